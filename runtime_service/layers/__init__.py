@@ -1,0 +1,1 @@
+"""Building blocks of the model: linear layers with their sharding rules, norms, rotary, attention."""

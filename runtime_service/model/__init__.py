@@ -1,0 +1,1 @@
+"""Model definitions; llama.py reads like the architecture."""

@@ -1,0 +1,117 @@
+"""HF LLaMA tensors to Kiln tensors (fused QKV and gate/up), and the split of those over ranks.
+
+Streams one tensor group at a time, so converting a large model never holds two copies of it.
+Reads safetensors only: no pickle, no torch.load.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from runtime_service.engine_config import Mapping
+from runtime_service.errors import InvalidRequest
+from runtime_service.layers.linear import shard_columns, shard_rows
+from runtime_service.model.llama import layer_index, sharding_rule
+from runtime_service.model_config import ModelArgs
+
+
+class SafetensorsFolder:
+    """Read access to every tensor in a folder's *.safetensors files, by name."""
+
+    def __init__(self, folder: Path):
+        files = sorted(Path(folder).glob("*.safetensors"))
+        if not files:
+            raise InvalidRequest(f"no *.safetensors weights in {folder} (pickled weights are refused)")
+        self._where: dict[str, Path] = {}
+        for file in files:
+            try:
+                with safe_open(file, framework="pt") as handle:
+                    for name in handle.keys():
+                        self._where[name] = file
+            except Exception as exc:
+                raise InvalidRequest(f"corrupt safetensors file {file.name}: {exc}") from exc
+
+    def names(self) -> set[str]:
+        return set(self._where)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._where:
+            raise InvalidRequest(f"weights are missing tensor {name!r}")
+        with safe_open(self._where[name], framework="pt") as handle:
+            return handle.get_tensor(name)
+
+
+def read_hf_config(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"cannot read config.json in {folder}: {exc}") from exc
+
+
+def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
+                       layers: range | None = None,
+                       with_embedding: bool = True,
+                       with_head: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (kiln name, full tensor) for the requested layers and ends of the model."""
+    names = source.names()
+    prefix = "model." if "model.embed_tokens.weight" in names else ""
+    get = lambda n: source.get(prefix + n)  # noqa: E731
+    if with_embedding:
+        yield "embed_tokens.weight", get("embed_tokens.weight")
+    for i in layers if layers is not None else range(args.num_layers):
+        hf = f"layers.{i}."
+        yield f"layers.{i}.input_norm.weight", get(hf + "input_layernorm.weight")
+        yield f"layers.{i}.post_attn_norm.weight", get(hf + "post_attention_layernorm.weight")
+        yield f"layers.{i}.attn.qkv_proj.weight", torch.cat(
+            [get(hf + f"self_attn.{p}_proj.weight") for p in "qkv"], dim=0)
+        yield f"layers.{i}.attn.o_proj.weight", get(hf + "self_attn.o_proj.weight")
+        if args.attention_bias:
+            yield f"layers.{i}.attn.qkv_proj.bias", torch.cat(
+                [get(hf + f"self_attn.{p}_proj.bias") for p in "qkv"], dim=0)
+            yield f"layers.{i}.attn.o_proj.bias", get(hf + "self_attn.o_proj.bias")
+        yield f"layers.{i}.mlp.gate_up_proj.weight", torch.cat(
+            [get(hf + "mlp.gate_proj.weight"), get(hf + "mlp.up_proj.weight")], dim=0)
+        yield f"layers.{i}.mlp.down_proj.weight", get(hf + "mlp.down_proj.weight")
+        if args.mlp_bias:
+            yield f"layers.{i}.mlp.gate_up_proj.bias", torch.cat(
+                [get(hf + "mlp.gate_proj.bias"), get(hf + "mlp.up_proj.bias")], dim=0)
+            yield f"layers.{i}.mlp.down_proj.bias", get(hf + "mlp.down_proj.bias")
+    if with_head:
+        yield "norm.weight", get("norm.weight")
+        if "lm_head.weight" in names and not args.tie_word_embeddings:
+            yield "lm_head.weight", source.get("lm_head.weight")
+        else:
+            yield "lm_head.weight", get("embed_tokens.weight")
+
+
+def shard_for_rank(name: str, full: torch.Tensor, args: ModelArgs, mapping: Mapping,
+                   rank: int) -> torch.Tensor:
+    """This rank's piece of a full tensor, by the rule its layer declares."""
+    rule, sections = sharding_rule(name, args)
+    tp_rank = mapping.tp_rank(rank)
+    if rule == "column":
+        return shard_columns(full, sections, tp_rank, mapping.tp_size)
+    if rule == "row":
+        return shard_rows(full, tp_rank, mapping.tp_size)
+    return full
+
+
+def rank_tensors(source: SafetensorsFolder, args: ModelArgs, mapping: Mapping,
+                 rank: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every (name, shard) that rank `rank` loads: its layers, plus embedding or head by stage."""
+    pp_rank = mapping.pp_rank(rank)
+    for name, full in convert_hf_tensors(
+            source, args, layers=mapping.layer_range(args, rank),
+            with_embedding=pp_rank == 0, with_head=pp_rank == mapping.pp_size - 1):
+        if (name == "lm_head.weight" and args.tie_word_embeddings and mapping.world_size == 1):
+            continue
+        yield name, shard_for_rank(name, full, args, mapping, rank)
+
+
+__all__ = ["SafetensorsFolder", "read_hf_config", "convert_hf_tensors", "shard_for_rank",
+           "rank_tensors", "layer_index"]

@@ -1,0 +1,142 @@
+"""LLaMA: embedding, RMSNorm, rotary, GQA attention over a paged KV cache, SwiGLU MLP, LM head.
+
+Parameter names here are the engine format's tensor names (`layers.3.attn.qkv_proj.weight`), with
+global layer indices so a pipeline stage holds only its own layers. Tensor parallelism lives in the
+parallel linear layers; nothing else here knows about it. `sharding_rule` says, for every tensor
+name, how the builder splits it over tensor-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from runtime_service.distributed import SINGLE_RANK, ParallelContext
+from runtime_service.layers.attention import AttentionMetadata, TorchReferenceAttention
+from runtime_service.layers.linear import ColumnParallelLinear, RowParallelLinear
+from runtime_service.layers.norm import RMSNorm
+from runtime_service.layers.rotary import RotaryEmbedding
+from runtime_service.model_config import ModelArgs
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, rotary: RotaryEmbedding, backend,
+                 parallel: ParallelContext):
+        super().__init__()
+        self.num_heads = args.num_heads // parallel.tp_size
+        self.num_kv_heads = args.num_kv_heads // parallel.tp_size
+        self.head_dim = args.head_dim
+        self.qkv_proj = ColumnParallelLinear(
+            args.hidden_size, (args.q_size, args.kv_size, args.kv_size), args.attention_bias, parallel)
+        self.o_proj = RowParallelLinear(args.q_size, args.hidden_size, args.attention_bias, parallel)
+        self.rotary = rotary
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata, k_cache: torch.Tensor,
+                v_cache: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split(self.qkv_proj.local_sections, dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(meta.positions, q, k, meta.token_seq_lens)
+        out = self.backend(q, k, v, k_cache, v_cache, meta)
+        return self.o_proj(out.flatten(1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs, parallel: ParallelContext):
+        super().__init__()
+        self.gate_up_proj = ColumnParallelLinear(
+            args.hidden_size, (args.intermediate_size, args.intermediate_size), args.mlp_bias,
+            parallel)
+        self.down_proj = RowParallelLinear(args.intermediate_size, args.hidden_size, args.mlp_bias,
+                                           parallel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(nn.functional.silu(gate) * up)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, rotary: RotaryEmbedding, backend,
+                 parallel: ParallelContext):
+        super().__init__()
+        self.input_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.attn = Attention(args, rotary, backend, parallel)
+        self.post_attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.mlp = FeedForward(args, parallel)
+
+    def forward(self, x, meta, k_cache, v_cache):
+        h = x + self.attn(self.input_norm(x), meta, k_cache, v_cache)
+        return h + self.mlp(self.post_attn_norm(h))
+
+
+class LlamaModel(nn.Module):
+    """One pipeline stage of a LLaMA model (the whole model when pp_size is 1)."""
+
+    def __init__(self, args: ModelArgs, layer_ids: range, parallel: ParallelContext = SINGLE_RANK,
+                 attention_backend=None):
+        super().__init__()
+        self.args = args
+        self.parallel = parallel
+        self.layer_ids = layer_ids
+        backend = attention_backend or TorchReferenceAttention(
+            args.num_heads // parallel.tp_size, args.num_kv_heads // parallel.tp_size,
+            args.head_dim)
+        rotary = RotaryEmbedding(args)
+        if parallel.is_first_stage:
+            self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+            self.embed_tokens.weight.requires_grad_(False)
+        self.layers = nn.ModuleDict(
+            {str(i): TransformerBlock(args, rotary, backend, parallel) for i in layer_ids})
+        if parallel.is_last_stage:
+            self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+            self.lm_head = ColumnParallelLinear(args.hidden_size, (args.vocab_size,), False, parallel)
+
+    def forward(self, tokens_or_hidden: torch.Tensor, meta: AttentionMetadata,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Token ids [T] on the first stage (hidden states [T, H] on later ones) -> hidden [T, H]."""
+        h = self.embed_tokens(tokens_or_hidden) if self.parallel.is_first_stage else tokens_or_hidden
+        for layer, (k_cache, v_cache) in zip(self.layers.values(), kv_caches):
+            h = layer(h, meta, k_cache, v_cache)
+        return h
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head on the selected rows [B, H] -> float32 logits [B, vocab]."""
+        logits = self.lm_head(self.norm(hidden))
+        return self.parallel.all_gather_last_dim(logits).float()
+
+    def tie_weights_if_needed(self) -> None:
+        if (self.args.tie_word_embeddings and self.parallel.tp_size == 1
+                and self.parallel.is_first_stage and self.parallel.is_last_stage):
+            self.lm_head.weight = self.embed_tokens.weight
+
+
+_COLUMN_SECTIONS = {
+    "attn.qkv_proj": lambda a: (a.q_size, a.kv_size, a.kv_size),
+    "mlp.gate_up_proj": lambda a: (a.intermediate_size, a.intermediate_size),
+}
+_ROW_WEIGHTS = ("attn.o_proj.weight", "mlp.down_proj.weight")
+_LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
+
+
+def sharding_rule(name: str, args: ModelArgs) -> tuple[str, tuple[int, ...]]:
+    """("column", sections), ("row", ()) or ("replicate", ()) for a full tensor name."""
+    if name == "lm_head.weight":
+        return "column", (args.vocab_size,)
+    match = _LAYER_NAME.match(name)
+    if match:
+        local = match.group(2)
+        for prefix, sections in _COLUMN_SECTIONS.items():
+            if local.startswith(prefix + "."):
+                return "column", sections(args)
+        if local in _ROW_WEIGHTS:
+            return "row", ()
+    return "replicate", ()
+
+
+def layer_index(name: str) -> int | None:
+    match = _LAYER_NAME.match(name)
+    return int(match.group(1)) if match else None

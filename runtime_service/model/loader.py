@@ -1,0 +1,114 @@
+"""Builds a rank's LlamaModel from a folder holding an HF model, a Kiln checkpoint or an engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from runtime_service.distributed import SINGLE_RANK, ParallelContext
+from runtime_service.engine_config import BuildConfig, EngineConfig, Mapping
+from runtime_service.engine_format import (TOKENIZER_DIR, detect_model_kind, rank_file,
+                                           read_engine_config)
+from runtime_service.errors import FailedPrecondition, InvalidRequest
+from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, read_hf_config
+from runtime_service.model.llama import LlamaModel
+from runtime_service.model_config import ModelArgs
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaModel
+    config: EngineConfig
+    kind: str                  # "hf", "checkpoint" or "engine"
+    tokenizer_dir: Path | None
+    dtype: torch.dtype
+
+
+def config_for_folder(folder: str | Path) -> tuple[str, EngineConfig]:
+    """The folder's kind and its EngineConfig (an HF folder gets an unsplit, unquantized one)."""
+    kind = detect_model_kind(folder)
+    if kind == "hf":
+        return kind, EngineConfig(model=ModelArgs.from_hf_config(read_hf_config(Path(folder))))
+    return kind, read_engine_config(folder)
+
+
+def tokenizer_dir_for(folder: Path, kind: str) -> Path | None:
+    candidate = folder if kind == "hf" else folder / TOKENIZER_DIR
+    has_files = any((candidate / name).is_file()
+                    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    return candidate if has_files else None
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: str | None = None,
+               parallel: ParallelContext = SINGLE_RANK, rank: int = 0,
+               attention_backend=None) -> LoadedModel:
+    """Loads rank `rank`'s weights into a model on `device`; dtype defaults to the build dtype."""
+    folder = Path(folder)
+    kind, config = config_for_folder(folder)
+    if config.quant.algo != "NONE":
+        raise FailedPrecondition(
+            f"engine is quantized with {config.quant.algo}, which this runtime does not load yet")
+    mapping = config.mapping
+    if parallel.tp_size * parallel.pp_size != mapping.world_size and kind != "hf":
+        raise FailedPrecondition(
+            f"{folder} was split for {mapping.world_size} ranks (tp {mapping.tp_size}, pp "
+            f"{mapping.pp_size}); the runtime started {parallel.tp_size * parallel.pp_size}")
+    if kind == "hf":
+        mapping = Mapping(parallel.tp_size, parallel.pp_size)
+        mapping.check_divides(config.model)
+        config = EngineConfig(model=config.model, mapping=mapping)
+    dtype_name = dtype or (config.build.dtype if config.build else None)
+    args = config.model
+    model = LlamaModel(args, mapping.layer_range(args, rank), parallel, attention_backend)
+    tensors = _read_rank_tensors(folder, kind, args, mapping, rank)
+    target_dtype = DTYPES[dtype_name] if dtype_name else next(iter(tensors.values())).dtype
+    _assign(model, tensors)
+    model.tie_weights_if_needed()
+    model.to(device=device, dtype=target_dtype)
+    model.eval()
+    return LoadedModel(model, config, kind, tokenizer_dir_for(folder, kind), target_dtype)
+
+
+def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mapping,
+                       rank: int) -> dict[str, torch.Tensor]:
+    if kind == "hf":
+        return dict(rank_tensors(SafetensorsFolder(folder), args, mapping, rank))
+    path = folder / rank_file(rank)
+    if not path.is_file():
+        raise InvalidRequest(f"{folder} has no weights for rank {rank} ({path.name})")
+    with safe_open(path, framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}
+
+
+def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:
+    """Copies tensors into parameters by name; every parameter must be given, with its shape."""
+    params = dict(model.named_parameters())
+    tied = model.args.tie_word_embeddings and "lm_head.weight" not in tensors
+    for name, param in params.items():
+        if name == "lm_head.weight" and tied:
+            continue
+        if name not in tensors:
+            raise InvalidRequest(f"weights are missing tensor {name!r}")
+        tensor = tensors[name]
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise InvalidRequest(
+                f"tensor {name!r} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(param.shape)}")
+        param.data = tensor
+    extra = set(tensors) - set(params)
+    if extra:
+        raise InvalidRequest(f"weights hold unexpected tensors: {sorted(extra)[:5]}")
+
+
+def default_build_config(config: EngineConfig) -> BuildConfig:
+    """Serving limits for a folder that carries none (an HF model or a checkpoint)."""
+    if config.build is not None:
+        return config.build
+    max_seq = min(config.model.max_position_embeddings, 4096)
+    return BuildConfig(dtype="float32", max_seq_len=max_seq, max_input_len=max_seq,
+                       max_num_tokens=max(max_seq, 2048))

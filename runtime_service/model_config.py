@@ -1,0 +1,143 @@
+"""The architecture of a LLaMA-family model, read from an HF config or a Kiln config.json.
+
+`ModelArgs` is the one description the model, the KV cache, the builder and the engine format
+share. It is built from HF's config.json fields (transformers 4 and 5 spellings) and written back
+into Kiln's config.json under "model".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from runtime_service.errors import InvalidRequest
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Rotary scaling as transformers defines it for LLaMA ("default" means none)."""
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.rope_type not in SUPPORTED_ROPE_TYPES:
+            raise InvalidRequest(
+                f"rope_scaling.rope_type={self.rope_type!r} is not supported; "
+                f"use one of {', '.join(SUPPORTED_ROPE_TYPES)}")
+        if self.factor <= 0:
+            raise InvalidRequest(f"rope_scaling.factor must be > 0, got {self.factor}")
+        if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise InvalidRequest("rope_scaling.high_freq_factor must exceed low_freq_factor")
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = 1
+    eos_token_ids: tuple[int, ...] = (2,)
+    pad_token_id: int | None = None
+    architecture: str = "LlamaForCausalLM"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise InvalidRequest(f"model.{name} must be a positive integer, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise InvalidRequest(
+                f"model.num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads})")
+        if self.head_dim % 2:
+            raise InvalidRequest(f"model.head_dim must be even for rotary, got {self.head_dim}")
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise InvalidRequest(
+                f"architecture {self.architecture!r} is not supported; Kiln serves "
+                f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @classmethod
+    def from_hf_config(cls, hf: dict) -> "ModelArgs":
+        """Reads an HF config.json dict; raises InvalidRequest for anything not LLaMA."""
+        architectures = hf.get("architectures") or ["LlamaForCausalLM"]
+        model_type = hf.get("model_type", "llama")
+        if model_type != "llama" or architectures[0] not in SUPPORTED_ARCHITECTURES:
+            raise InvalidRequest(
+                f"unknown architecture {architectures[0]!r} (model_type {model_type!r}); "
+                f"Kiln serves LLaMA-family models ({', '.join(SUPPORTED_ARCHITECTURES)})")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise InvalidRequest(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
+        rope = dict(hf.get("rope_parameters") or {})
+        legacy = hf.get("rope_scaling") or {}
+        rope = {**legacy, **rope}
+        rope_theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        scaling_fields = {f.name for f in dataclasses.fields(RopeScaling)}
+        scaling = RopeScaling(rope_type=rope_type,
+                              **{k: v for k, v in rope.items() if k in scaling_fields})
+        num_heads = hf["num_attention_heads"]
+        eos = hf.get("eos_token_id", 2)
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // num_heads,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            rope_scaling=scaling,
+            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=bool(hf.get("attention_bias", False)),
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+            pad_token_id=hf.get("pad_token_id"),
+            architecture=architectures[0],
+        )
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["eos_token_ids"] = list(self.eos_token_ids)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelArgs":
+        data = dict(data)
+        data["rope_scaling"] = RopeScaling(**data.get("rope_scaling", {}))
+        data["eos_token_ids"] = tuple(data.get("eos_token_ids", ()))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidRequest(f"unknown model fields in config.json: {sorted(unknown)}")
+        return cls(**data)

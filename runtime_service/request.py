@@ -1,0 +1,73 @@
+"""What goes into the engine and what comes out of it, as plain data (no torch).
+
+`SamplingParams` is the engine's one description of how to pick tokens; the server converts the
+proto's SamplingConfig into it in one place. `Request` is validated by `validation.py` before
+anything is scheduled. `RequestOutput` is one step's news for one request: the tokens produced
+since the last output, where in the output they start, and, at the end, why it finished.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+
+class FinishReason(str, enum.Enum):
+    LENGTH = "length"          # max_new_tokens or max_seq_len reached
+    END_ID = "end_id"          # the end token was sampled
+    STOP = "stop"              # a stop token sequence or stop string matched
+    ABORTED = "aborted"        # cancelled by the client or Abort
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to choose tokens. temperature 0 (or top_k 1) is greedy; 0 disables top_k/min_p."""
+
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    end_id: int | None = None              # None: the model's eos ids; -1: never stop on a token
+    ignore_eos: bool = False
+    stop_token_ids: tuple[tuple[int, ...], ...] = ()
+    stop_strings: tuple[str, ...] = ()
+    bad_token_ids: tuple[tuple[int, ...], ...] = ()
+    logprobs: bool = False
+    beam_width: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    priority: int = 0
+    arrival_time: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    request_id: str
+    offset: int                           # output position of new_token_ids[0]
+    new_token_ids: tuple[int, ...]
+    new_logprobs: tuple[float, ...] = ()
+    new_text: str = ""                    # decoded text of new tokens, when a tokenizer is set
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    num_cached_tokens: int = 0
+    sequence_index: int = 0
