@@ -1,0 +1,413 @@
+"""The engine: owns the step loop, the model runner and the scheduler; streams outputs per request.
+
+`submit(request)` validates at once (typed errors, nothing scheduled) and returns a stream that
+works with `for` and `async for`. The step loop runs on its own thread so a gRPC event loop stays
+responsive; each step is schedule -> execute -> update -> emit, and outputs leave as soon as the
+step ends. `abort(request_id)` frees the request's KV blocks at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from runtime_service.detokenizer import IncrementalDetokenizer
+from runtime_service.engine_config import BuildConfig, EngineConfig
+from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, Unavailable
+from runtime_service.kv_cache import KVCacheManager
+from runtime_service.model.loader import LoadedModel, default_build_config, load_model
+from runtime_service.model_runner import ModelRunner, SampledToken, kv_bytes_per_token
+from runtime_service.request import FinishReason, Request, RequestOutput
+from runtime_service.scheduler import Scheduler, SchedulerConfig, SchedulerPolicy
+from runtime_service.sequence import Sequence
+from runtime_service.validation import EngineLimits, validate_request
+
+log = logging.getLogger("kiln.executor")
+
+CPU_KV_BUDGET_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Serving settings chosen at start; None means "take it from the engine's build limits"."""
+
+    device: str = "cpu"
+    dtype: str | None = None
+    block_size: int = 16
+    kv_max_tokens: int | None = None
+    kv_free_gpu_memory_fraction: float = 0.9
+    max_batch_size: int | None = None
+    max_num_tokens: int | None = None
+    policy: SchedulerPolicy = SchedulerPolicy.GUARANTEED_NO_EVICT
+    enable_chunked_prefill: bool = True
+    max_queue_size: int = 1024
+    load_tokenizer: bool = True
+
+    def __post_init__(self):
+        if self.block_size < 1 or self.block_size > 1024:
+            raise InvalidRequest(f"block_size must be in [1, 1024], got {self.block_size}")
+        if self.kv_max_tokens is not None and self.kv_max_tokens < self.block_size:
+            raise InvalidRequest(
+                f"kv_max_tokens must be at least one block ({self.block_size}), got "
+                f"{self.kv_max_tokens}")
+        if not 0.0 < self.kv_free_gpu_memory_fraction <= 1.0:
+            raise InvalidRequest(
+                "kv_free_gpu_memory_fraction must be in (0, 1], got "
+                f"{self.kv_free_gpu_memory_fraction}")
+        if self.max_queue_size < 1:
+            raise InvalidRequest(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        object.__setattr__(self, "policy", SchedulerPolicy(self.policy))
+
+
+@dataclass(frozen=True)
+class ExecutorStats:
+    num_free_blocks: int
+    num_total_blocks: int
+    num_live_requests: int
+    num_waiting: int
+    num_running: int
+    num_steps: int
+    num_preemptions: int
+
+
+class RequestStream:
+    """Outputs of one request, in order; iterate with `for` or `async for`.
+
+    Created inside a running event loop it delivers through that loop; otherwise through a plain
+    thread-safe queue. Leaving the iteration early (close) aborts the request.
+    """
+
+    def __init__(self, request_id: str, executor: "Executor"):
+        self.request_id = request_id
+        self._executor = executor
+        self.finished = False
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._async_queue: asyncio.Queue = asyncio.Queue()
+        except RuntimeError:
+            self._loop = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def _push(self, item: RequestOutput | BaseException) -> None:
+        if self._loop is None:
+            self._queue.put(item)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._async_queue.put_nowait, item)
+        except RuntimeError:
+            pass                        # the consumer's loop is gone; nobody is listening
+
+    def _take(self, item: RequestOutput | BaseException) -> RequestOutput:
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        if item.finished:
+            self.finished = True
+        return item
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> RequestOutput:
+        if self.finished:
+            raise StopIteration
+        return self._take(self._queue.get())
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished:
+            raise StopAsyncIteration
+        return self._take(await self._async_queue.get())
+
+    def close(self) -> None:
+        if not self.finished:
+            self._executor.abort(self.request_id)
+
+
+class _Live:
+    """Executor-side state of one request: its sequence, stream and detokenizer."""
+
+    def __init__(self, seq: Sequence, stream: RequestStream, detok: IncrementalDetokenizer | None):
+        self.seq = seq
+        self.stream = stream
+        self.detok = detok
+        self.emitted_tokens = 0
+
+
+class Executor:
+    def __init__(self, loaded: LoadedModel, options: ExecutorOptions = ExecutorOptions()):
+        self.loaded = loaded
+        self.options = options
+        self.config: EngineConfig = loaded.config
+        build = default_build_config(loaded.config)
+        self.build: BuildConfig = build
+        device = torch.device(options.device)
+        block_size = options.block_size
+        num_blocks = self._num_kv_blocks(loaded, build, device)
+        self.kv = KVCacheManager(num_blocks, block_size)
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_batch_size=min(options.max_batch_size or build.max_batch_size, build.max_batch_size),
+            max_num_tokens=min(options.max_num_tokens or build.max_num_tokens, build.max_num_tokens),
+            policy=options.policy,
+            enable_chunked_prefill=options.enable_chunked_prefill,
+        ), self.kv)
+        self.runner = ModelRunner(loaded.model, num_blocks, block_size, device, loaded.dtype,
+                                  self.end_ids_of)
+        self.limits = EngineLimits(
+            vocab_size=loaded.config.model.vocab_size,
+            max_input_len=build.max_input_len,
+            max_seq_len=build.max_seq_len,
+            max_num_tokens=self.scheduler.config.max_num_tokens,
+            max_beam_width=build.max_beam_width,
+            max_kv_tokens=num_blocks * block_size,
+            enable_chunked_prefill=options.enable_chunked_prefill,
+        )
+        self.tokenizer = self._load_tokenizer(loaded.tokenizer_dir) if options.load_tokenizer else None
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._live: dict[str, _Live] = {}
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.num_steps = 0
+        self.num_preemptions = 0
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, options: ExecutorOptions = ExecutorOptions(),
+                    **load_kwargs) -> "Executor":
+        loaded = load_model(folder, device=options.device, dtype=options.dtype, **load_kwargs)
+        return cls(loaded, options)
+
+    def _num_kv_blocks(self, loaded: LoadedModel, build: BuildConfig, device: torch.device) -> int:
+        per_token = kv_bytes_per_token(loaded.model, loaded.dtype)
+        wanted = build.max_batch_size * build.max_seq_len
+        if device.type == "cuda":
+            free_bytes, _ = torch.cuda.mem_get_info(device)
+            by_memory = int(free_bytes * self.options.kv_free_gpu_memory_fraction) // per_token
+        else:
+            by_memory = CPU_KV_BUDGET_BYTES // per_token
+        tokens = min(wanted, by_memory)
+        if self.options.kv_max_tokens is not None:
+            tokens = min(self.options.kv_max_tokens, by_memory)
+        return max(1, tokens // self.options.block_size)
+
+    @staticmethod
+    def _load_tokenizer(folder: Path | None):
+        if folder is None:
+            return None
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+
+    def end_ids_of(self, seq: Sequence) -> tuple[int, ...]:
+        p = seq.sampling
+        if p.ignore_eos or p.end_id == -1:
+            return ()
+        if p.end_id is not None:
+            return (p.end_id,)
+        return self.config.model.eos_token_ids
+
+    # ---- client side (any thread) -------------------------------------------------------
+
+    def start(self) -> "Executor":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kiln-step-loop", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Aborts what is left, stops the step loop and waits for it."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def submit(self, request: Request) -> RequestStream:
+        if self._stopping:
+            raise Unavailable("the executor is shutting down")
+        validate_request(request, self.limits)
+        stream = RequestStream(request.request_id, self)
+        with self._lock:
+            if request.request_id in self._pending:
+                raise InvalidRequest(f"request_id {request.request_id!r} is already running")
+            if len(self._pending) >= self.options.max_queue_size:
+                raise CapacityExceeded(
+                    f"the queue is full ({self.options.max_queue_size} requests); retry later")
+            self._pending.add(request.request_id)
+        self._inbox.put(("submit", request, stream))
+        self._wakeup.set()
+        return stream
+
+    def abort(self, request_id: str) -> bool:
+        """Asks the loop to drop the request; True if it was known and not yet finished."""
+        with self._lock:
+            known = request_id in self._pending
+        if known:
+            self._inbox.put(("abort", request_id, None))
+            self._wakeup.set()
+        return known
+
+    def stats(self) -> ExecutorStats:
+        with self._lock:
+            live = len(self._pending)
+        return ExecutorStats(
+            num_free_blocks=self.kv.num_free_blocks,
+            num_total_blocks=self.kv.num_total_blocks,
+            num_live_requests=live,
+            num_waiting=len(self.scheduler.waiting),
+            num_running=len(self.scheduler.running),
+            num_steps=self.num_steps,
+            num_preemptions=self.num_preemptions,
+        )
+
+    # ---- the step loop (its own thread) ------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._drain_inbox()
+            if self._stopping:
+                for live in list(self._live.values()):
+                    self._finish(live, FinishReason.ABORTED)
+                return
+            if not self.scheduler.has_work:
+                self._wakeup.wait(0.5)
+                self._wakeup.clear()
+                continue
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server
+                log.exception("step failed; failing the requests in it")
+                for live in list(self._live.values()):
+                    self._fail(live, exc)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, payload, stream = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "submit":
+                seq = Sequence(payload, self.build.max_seq_len)
+                detok = (IncrementalDetokenizer(self.tokenizer, payload.prompt_token_ids)
+                         if self.tokenizer is not None else None)
+                self._live[payload.request_id] = _Live(seq, stream, detok)
+                self.scheduler.add(seq)
+            elif kind == "abort" and payload in self._live:
+                self._finish(self._live[payload], FinishReason.ABORTED)
+
+    def step(self) -> None:
+        """One iteration: schedule -> execute -> update -> emit."""
+        batch = self.scheduler.schedule()
+        self.num_preemptions += len(batch.preempted)
+        if not batch:
+            return
+        sampled = self.runner.execute(batch)
+        for item in batch.scheduled:
+            item.seq.num_computed_tokens += item.num_new_tokens
+        self.num_steps += 1
+        for token in sampled:
+            self._append(token)
+
+    def _append(self, token: SampledToken) -> None:
+        seq = token.seq
+        live = self._live[seq.request_id]
+        seq.token_ids.append(token.token_id)
+        seq.logprobs.append(token.logprob)
+        reason = self._finish_reason(seq)
+        new_text = live.detok.add([token.token_id]) if live.detok else ""
+        if live.detok and seq.sampling.stop_strings and reason is None:
+            new_text, hit = self._cut_at_stop_string(live, new_text)
+            if hit:
+                reason = FinishReason.STOP
+        self._emit(live, new_text, reason)
+        if reason is not None:
+            self._close(live)
+
+    def _finish_reason(self, seq: Sequence) -> FinishReason | None:
+        p = seq.sampling
+        last = seq.token_ids[-1]
+        if seq.num_output_tokens >= p.min_new_tokens:
+            if last in self.end_ids_of(seq):
+                return FinishReason.END_ID
+            output = seq.output_token_ids
+            for words in p.stop_token_ids:
+                if len(output) >= len(words) and output[-len(words):] == list(words):
+                    return FinishReason.STOP
+        if seq.num_tokens >= seq.max_total_tokens:
+            return FinishReason.LENGTH
+        return None
+
+    @staticmethod
+    def _cut_at_stop_string(live: _Live, new_text: str) -> tuple[str, bool]:
+        """Ends the text before the first stop string; returns the text to emit and a hit flag."""
+        text = live.detok.text
+        longest = max(len(s) for s in live.seq.sampling.stop_strings)
+        search_from = max(0, len(text) - len(new_text) - longest + 1)
+        hits = [i for s in live.seq.sampling.stop_strings
+                if (i := text.find(s, search_from)) >= 0]
+        if not hits:
+            return new_text, False
+        cut = min(hits)
+        emitted_before = len(text) - len(new_text)
+        live.detok.text = text[:cut]
+        return text[emitted_before:cut] if cut > emitted_before else "", True
+
+    def _emit(self, live: _Live, new_text: str, reason: FinishReason | None) -> None:
+        seq = live.seq
+        new_ids = seq.output_token_ids[live.emitted_tokens:]
+        new_logprobs = seq.logprobs[live.emitted_tokens:] if seq.sampling.logprobs else []
+        live.stream._push(RequestOutput(
+            request_id=seq.request_id,
+            offset=live.emitted_tokens,
+            new_token_ids=tuple(new_ids),
+            new_logprobs=tuple(new_logprobs),
+            new_text=new_text,
+            finished=reason is not None,
+            finish_reason=reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=seq.num_output_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+        ))
+        live.emitted_tokens = seq.num_output_tokens
+
+    def _close(self, live: _Live) -> None:
+        self.scheduler.finish(live.seq)
+        self._live.pop(live.seq.request_id, None)
+        with self._lock:
+            self._pending.discard(live.seq.request_id)
+
+    def _finish(self, live: _Live, reason: FinishReason) -> None:
+        live.seq.finish_reason = reason
+        self._emit(live, "", reason)
+        self._close(live)
+
+    def _fail(self, live: _Live, exc: Exception) -> None:
+        error = exc if isinstance(exc, KilnError) else Unavailable(f"the step failed: {exc}")
+        live.stream._push(error)
+        self._close(live)
+
+    # ---- convenience for tests, benchmarks and examples --------------------------------
+
+    def generate(self, requests: list[Request], timeout_s: float = 600.0) -> dict[str, list[int]]:
+        """Submits all requests, waits, returns each one's output token ids."""
+        streams = [self.submit(r) for r in requests]
+        deadline = time.monotonic() + timeout_s
+        results = {}
+        for request, stream in zip(requests, streams):
+            tokens: list[int] = []
+            for out in stream:
+                tokens.extend(out.new_token_ids)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"generation of {request.request_id} took over {timeout_s}s")
+            results[request.request_id] = tokens
+        return results

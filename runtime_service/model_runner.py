@@ -1,0 +1,96 @@
+"""Turns a SchedulerOutput into one forward pass and one sampled token per finishing sequence.
+
+Owns the KV-cache tensors (one [num_blocks, block_size, kv_heads, head_dim] pair per layer) and
+lays each step's tokens out flat for the attention backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from runtime_service.layers.attention import AttentionMetadata
+from runtime_service.model.llama import LlamaModel
+from runtime_service.sampler import build_sampling_batch, sample
+from runtime_service.scheduler import SchedulerOutput
+from runtime_service.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    seq: Sequence
+    token_id: int
+    logprob: float
+
+
+def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
+    args, parallel = model.args, model.parallel
+    kv_heads = args.num_kv_heads // parallel.tp_size
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * len(model.layer_ids) * kv_heads * args.head_dim * element
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
+                 device: torch.device, dtype: torch.dtype, end_ids_of):
+        self.model = model
+        self.device = torch.device(device)
+        self.block_size = block_size
+        self.end_ids_of = end_ids_of
+        args = model.args
+        kv_heads = args.num_kv_heads // model.parallel.tp_size
+        shape = (num_blocks, block_size, kv_heads, args.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=self.device),
+                           torch.zeros(shape, dtype=dtype, device=self.device))
+                          for _ in model.layer_ids]
+
+    def prepare(self, batch: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
+        """Flat token ids, attention metadata, and the rows whose last token is sampled."""
+        token_ids, positions, slots, token_seq_lens = [], [], [], []
+        query_lens, seq_lens, tables, sample_rows = [], [], [], []
+        for item in batch.scheduled:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_new_tokens
+            token_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            slots.extend(seq.block_ids[p // self.block_size] * self.block_size
+                         + p % self.block_size for p in range(start, end))
+            token_seq_lens.extend([end] * item.num_new_tokens)
+            query_lens.append(item.num_new_tokens)
+            seq_lens.append(end)
+            tables.append(seq.block_ids)
+            if item.completes:
+                sample_rows.append(len(token_ids) - 1)
+        width = max(len(t) for t in tables)
+        device = self.device
+        as_tensor = lambda v, dt: torch.tensor(v, dtype=dt, device=device)  # noqa: E731
+        query_start = [0]
+        for n in query_lens:
+            query_start.append(query_start[-1] + n)
+        meta = AttentionMetadata(
+            positions=as_tensor(positions, torch.int64),
+            slot_mapping=as_tensor(slots, torch.int64),
+            query_start=as_tensor(query_start, torch.int32),
+            seq_lens=as_tensor(seq_lens, torch.int32),
+            block_tables=as_tensor([t + [-1] * (width - len(t)) for t in tables], torch.int32),
+            token_seq_lens=as_tensor(token_seq_lens, torch.int64),
+            query_lens_host=query_lens,
+            seq_lens_host=seq_lens,
+            block_size=self.block_size,
+        )
+        return as_tensor(token_ids, torch.int64), meta, sample_rows
+
+    @torch.inference_mode()
+    def execute(self, batch: SchedulerOutput) -> list[SampledToken]:
+        input_ids, meta, sample_rows = self.prepare(batch)
+        hidden = self.model(input_ids, meta, self.kv_caches)
+        finishing = [item.seq for item in batch.scheduled if item.completes]
+        if not finishing:
+            return []
+        logits = self.model.compute_logits(hidden[sample_rows])
+        sampling = build_sampling_batch(finishing, self.end_ids_of, self.device)
+        result = sample(logits, sampling)
+        token_ids = result.token_ids.tolist()
+        logprobs = result.logprobs.tolist()
+        return [SampledToken(seq, t, lp) for seq, t, lp in zip(finishing, token_ids, logprobs)]

@@ -1,0 +1,107 @@
+"""Every check on a request, in one place, before anything is scheduled (TGI's habit).
+
+Pure Python. A request that fails raises a typed error naming the field and the allowed range;
+nothing about it has touched the scheduler, so other requests are unaffected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from runtime_service.errors import CapacityExceeded, FailedPrecondition, InvalidRequest
+from runtime_service.request import Request
+
+MAX_STOP_SEQUENCES = 64
+MAX_STOP_SEQUENCE_LEN = 256
+MAX_REQUEST_ID_LEN = 256
+MAX_SEED = 2 ** 63 - 1
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    vocab_size: int
+    max_input_len: int
+    max_seq_len: int
+    max_num_tokens: int
+    max_beam_width: int
+    max_kv_tokens: int
+    enable_chunked_prefill: bool = True
+
+
+def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise InvalidRequest(f"{name} must be a number, got {value!r}")
+    if value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise InvalidRequest(f"{name} must be in {bracket}{low}, {high}], got {value}")
+
+
+def validate_request(request: Request, limits: EngineLimits) -> None:
+    if not request.request_id or len(request.request_id) > MAX_REQUEST_ID_LEN:
+        raise InvalidRequest(
+            f"request_id must be 1 to {MAX_REQUEST_ID_LEN} characters long")
+    prompt = request.prompt_token_ids
+    if not prompt:
+        raise InvalidRequest("the prompt is empty")
+    if len(prompt) > limits.max_input_len:
+        raise InvalidRequest(
+            f"the prompt has {len(prompt)} tokens; this engine accepts at most "
+            f"{limits.max_input_len} (max_input_len)")
+    if len(prompt) >= limits.max_seq_len:
+        raise InvalidRequest(
+            f"the prompt has {len(prompt)} tokens, leaving no room to generate within "
+            f"max_seq_len={limits.max_seq_len}")
+    if not limits.enable_chunked_prefill and len(prompt) > limits.max_num_tokens:
+        raise InvalidRequest(
+            f"the prompt has {len(prompt)} tokens, over max_num_tokens={limits.max_num_tokens}, "
+            f"and chunked prefill is off")
+    for token in prompt:
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < limits.vocab_size:
+            raise InvalidRequest(
+                f"token id {token!r} is out of range [0, {limits.vocab_size})")
+    _validate_sampling(request, limits)
+    total = min(limits.max_seq_len, len(prompt) + request.sampling.max_new_tokens)
+    if total > limits.max_kv_tokens:
+        raise CapacityExceeded(
+            f"the request may grow to {total} tokens but the KV cache holds {limits.max_kv_tokens}")
+
+
+def _validate_sampling(request: Request, limits: EngineLimits) -> None:
+    p = request.sampling
+    _check_range("max_new_tokens", p.max_new_tokens, 1, limits.max_seq_len)
+    _check_range("min_new_tokens", p.min_new_tokens, 0, p.max_new_tokens)
+    _check_range("temperature", p.temperature, 0.0, 100.0)
+    _check_range("top_k", p.top_k, 0, limits.vocab_size)
+    _check_range("top_p", p.top_p, 0.0, 1.0, low_open=True)
+    _check_range("min_p", p.min_p, 0.0, 1.0)
+    _check_range("repetition_penalty", p.repetition_penalty, 0.0, 100.0, low_open=True)
+    _check_range("presence_penalty", p.presence_penalty, -100.0, 100.0)
+    _check_range("frequency_penalty", p.frequency_penalty, -100.0, 100.0)
+    _check_range("length_penalty", p.length_penalty, -100.0, 100.0)
+    if p.seed is not None:
+        _check_range("seed", p.seed, 0, MAX_SEED)
+    if p.end_id is not None and p.end_id != -1:
+        _check_range("end_id", p.end_id, 0, limits.vocab_size - 1)
+    for name, sequences in (("stop_token_ids", p.stop_token_ids), ("bad_token_ids", p.bad_token_ids)):
+        if len(sequences) > MAX_STOP_SEQUENCES:
+            raise InvalidRequest(f"{name} has {len(sequences)} sequences; at most {MAX_STOP_SEQUENCES}")
+        for words in sequences:
+            if not words or len(words) > MAX_STOP_SEQUENCE_LEN:
+                raise InvalidRequest(
+                    f"each of {name} must have 1 to {MAX_STOP_SEQUENCE_LEN} tokens")
+            for token in words:
+                if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < limits.vocab_size:
+                    raise InvalidRequest(f"{name} holds token id {token!r}, out of range")
+    if len(p.stop_strings) > MAX_STOP_SEQUENCES or any(
+            not s or len(s) > MAX_STOP_SEQUENCE_LEN for s in p.stop_strings):
+        raise InvalidRequest(
+            f"stop_strings: at most {MAX_STOP_SEQUENCES} non-empty strings of at most "
+            f"{MAX_STOP_SEQUENCE_LEN} characters")
+    _check_range("beam_width", p.beam_width, 1, 1024)
+    if p.beam_width > limits.max_beam_width:
+        raise FailedPrecondition(
+            f"beam_width={p.beam_width} exceeds the engine's max_beam_width="
+            f"{limits.max_beam_width}; rebuild the engine with a larger max_beam_width")
+    if p.beam_width > 1:
+        raise FailedPrecondition("beam search is not available in this runtime version")
