@@ -227,7 +227,7 @@ class KvCacheStats(_message.Message):
     def __init__(self, num_free_blocks: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., block_size: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "state", "kv_cache", "num_live_requests", "num_waiting", "num_running", "num_requests_total", "num_requests_aborted", "num_tokens_generated", "uptime_s", "load_engine_enabled", "device", "max_queue_size", "scheduler_policy")
+    __slots__ = ("version", "state", "kv_cache", "num_live_requests", "num_waiting", "num_running", "num_requests_total", "num_requests_aborted", "num_tokens_generated", "uptime_s", "load_engine_enabled", "device", "max_queue_size", "scheduler_policy", "quant_algos", "max_world_size")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +242,8 @@ class ServerInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_POLICY_FIELD_NUMBER: _ClassVar[int]
+    QUANT_ALGOS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     version: str
     state: ServerState
     kv_cache: KvCacheStats
@@ -256,7 +258,9 @@ class ServerInfo(_message.Message):
     device: str
     max_queue_size: int
     scheduler_policy: str
-    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ServerState, str]] = ..., kv_cache: _Optional[_Union[KvCacheStats, _Mapping]] = ..., num_live_requests: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_requests_total: _Optional[int] = ..., num_requests_aborted: _Optional[int] = ..., num_tokens_generated: _Optional[int] = ..., uptime_s: _Optional[float] = ..., load_engine_enabled: _Optional[bool] = ..., device: _Optional[str] = ..., max_queue_size: _Optional[int] = ..., scheduler_policy: _Optional[str] = ...) -> None: ...
+    quant_algos: _containers.RepeatedScalarFieldContainer[str]
+    max_world_size: int
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ServerState, str]] = ..., kv_cache: _Optional[_Union[KvCacheStats, _Mapping]] = ..., num_live_requests: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_requests_total: _Optional[int] = ..., num_requests_aborted: _Optional[int] = ..., num_tokens_generated: _Optional[int] = ..., uptime_s: _Optional[float] = ..., load_engine_enabled: _Optional[bool] = ..., device: _Optional[str] = ..., max_queue_size: _Optional[int] = ..., scheduler_policy: _Optional[str] = ..., quant_algos: _Optional[_Iterable[str]] = ..., max_world_size: _Optional[int] = ...) -> None: ...
 
 class RuntimeOptions(_message.Message):
     __slots__ = ("kv_max_tokens", "kv_free_gpu_memory_fraction", "scheduler_policy", "max_queue_size", "max_new_tokens", "sink_token_length", "max_attention_window", "enable_block_reuse")

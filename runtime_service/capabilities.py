@@ -1,0 +1,12 @@
+"""What this runtime can load, reported in GetServerInfo so clients refuse doomed builds early.
+
+Kept beside the loader's own refusals: `model/loader.py` refuses every quantized engine and
+`executor.py` runs a single rank, so an SDK that asks for W4A16_AWQ or tp_size=2 is told before a
+build starts rather than after. tests/unit/runtime_service/test_capabilities.py checks these
+against the loader, so the list cannot drift silently when quantized layers or ranks land.
+"""
+
+LOADABLE_QUANT_ALGOS: tuple[str, ...] = ("NONE",)
+MAX_WORLD_SIZE = 1
+STREAMING_LLM = False          # sink tokens + sliding window are not in the KV cache yet
+BLOCK_REUSE = False            # prefix reuse is not switchable from the executor options yet

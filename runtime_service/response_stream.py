@@ -1,0 +1,71 @@
+"""Turns a request's RequestOutputs into GenerateResponses: Chunks while streaming, then Completes.
+
+Each sequence's tokens are kept by output position (out[offset:] = new tokens), so an engine that
+rewrites a tail (beam search) and one that only appends are handled alike, and a Complete always
+carries the whole output of its sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kiln.v1 import runtime_pb2
+
+from runtime_service.convert import FINISH_REASONS
+from runtime_service.request import RequestOutput
+
+
+@dataclass
+class _SequenceState:
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    complete: bool = False
+
+
+class ResponseAssembler:
+    def __init__(self, request_id: str, streaming: bool, detokenize: bool):
+        self.request_id = request_id
+        self.streaming = streaming
+        self.detokenize = detokenize
+        self._sequences: dict[int, _SequenceState] = {}
+        self.finish_reason = None
+        self.num_prompt_tokens = 0
+        self.num_output_tokens = 0
+
+    def add(self, out: RequestOutput) -> list[runtime_pb2.GenerateResponse]:
+        """The responses this output produces (zero, one chunk, and/or one complete)."""
+        state = self._sequences.setdefault(out.sequence_index, _SequenceState())
+        del state.token_ids[out.offset:]
+        state.token_ids.extend(out.new_token_ids)
+        if out.new_logprobs:
+            del state.logprobs[out.offset:]
+            state.logprobs.extend(out.new_logprobs)
+        text = out.new_text if self.detokenize else ""
+        state.text += text
+        self.num_prompt_tokens = out.num_prompt_tokens
+        self.num_output_tokens = max(self.num_output_tokens, out.num_output_tokens)
+        responses = []
+        if self.streaming and (out.new_token_ids or text):
+            responses.append(runtime_pb2.GenerateResponse(
+                request_id=self.request_id,
+                chunk=runtime_pb2.Chunk(sequence_index=out.sequence_index, offset=out.offset,
+                                        token_ids=out.new_token_ids, text=text,
+                                        logprobs=out.new_logprobs)))
+        if out.finished and not state.complete:
+            state.complete = True
+            self.finish_reason = out.finish_reason
+            responses.append(runtime_pb2.GenerateResponse(
+                request_id=self.request_id,
+                complete=runtime_pb2.Complete(
+                    sequence_index=out.sequence_index, token_ids=state.token_ids,
+                    text=state.text, finish_reason=FINISH_REASONS[out.finish_reason],
+                    logprobs=state.logprobs,
+                    usage=runtime_pb2.Usage(prompt_tokens=out.num_prompt_tokens,
+                                            completion_tokens=len(state.token_ids),
+                                            cached_tokens=out.num_cached_tokens))))
+        return responses
+
+    @property
+    def done(self) -> bool:
+        return bool(self._sequences) and all(s.complete for s in self._sequences.values())
