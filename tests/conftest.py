@@ -1,6 +1,11 @@
 """Shared test setup: the `gpu` marker skips cleanly on machines without CUDA."""
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _cuda_available() -> bool:
@@ -18,3 +23,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct as an HF folder (made once from the PyPI GGUF, then cached)."""
+    from runtime_service.sample_model import smollm2_folder
+
+    return smollm2_folder()

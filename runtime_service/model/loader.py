@@ -109,6 +109,10 @@ def default_build_config(config: EngineConfig) -> BuildConfig:
     """Serving limits for a folder that carries none (an HF model or a checkpoint)."""
     if config.build is not None:
         return config.build
-    max_seq = min(config.model.max_position_embeddings, 4096)
+    model = config.model
+    reach = model.max_position_embeddings
+    if model.rope_scaling.rope_type == "dynamic":
+        reach = int(reach * model.rope_scaling.factor)   # dynamic NTK exists to extrapolate
+    max_seq = min(reach, 4096)
     return BuildConfig(dtype="float32", max_seq_len=max_seq, max_input_len=max_seq,
                        max_num_tokens=max(max_seq, 2048))
