@@ -106,11 +106,16 @@ class Scheduler:
                 continue
             out.scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_batch_size:
+        # After a preemption nothing is admitted this step: the freed blocks are for the running
+        # sequences, and a victim re-admitted at once would be preempted and scheduled together.
+        while (not out.preempted and self.waiting and budget > 0
+               and len(self.running) < self.config.max_batch_size):
             seq = self.waiting[0]
             num_new = seq.num_uncomputed_tokens
             if num_new > budget:
-                if not self.config.enable_chunked_prefill:
+                # A preempted sequence may have outgrown the budget; without chunks it would
+                # wait forever, so it is recomputed in chunks even when chunked prefill is off.
+                if not self.config.enable_chunked_prefill and seq.num_output_tokens == 0:
                     break
                 num_new = budget
             if not self._can_admit(seq) or not self.kv.allocate(seq, num_new):
