@@ -1,0 +1,382 @@
+"""Where engines live: one Store interface over a local folder or an S3 bucket prefix.
+
+A store holds engines under `engines/<engine_key>/` and human names under `names/<name>`.
+Publishing writes every object first and the manifest last, only if absent, so a reader that finds
+a manifest finds a complete engine, and an engine without one is treated as absent: an interrupted
+publish leaves nothing visible, and the next publish completes it (objects already there with the
+right size and sha256 are kept). Pulling reads each file in parallel byte ranges, checks every
+sha256 against the manifest and only then moves the folder into the local cache.
+
+The S3 store lives in store_s3.py and is imported only when an `s3://` URI is opened, so a runtime
+that serves local engines needs no minio client.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from runtime_service.engine_format import (MANIFEST, Manifest, check_relative_path, read_manifest,
+                                           sha256_file, verify_engine_folder)
+from runtime_service.errors import CorruptEngine, EngineNotFound, InvalidRequest
+
+ENGINES_PREFIX = "engines"
+NAMES_PREFIX = "names"
+PARTIAL_MARK = ".partial-"
+ENGINE_KEY = re.compile(r"^[0-9a-f]{64}$")
+ENGINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# (done_bytes, total_bytes, message): every long transfer reports through one of these.
+ProgressFn = Callable[[int, int, str], None]
+
+
+def check_engine_key(key: str) -> str:
+    if not isinstance(key, str) or not ENGINE_KEY.match(key):
+        raise InvalidRequest(f"engine key must be 64 lowercase hex characters, got {key!r}")
+    return key
+
+
+def check_engine_name(name: str) -> str:
+    if not ENGINE_NAME.match(name or "") or ".." in name:
+        raise InvalidRequest(
+            f"engine name {name!r} must be 1-128 characters of A-Z a-z 0-9 . _ - and not hold '..'")
+    return name
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach an S3 service. From flags or KILN_S3_* environment variables."""
+
+    endpoint: str
+    access_key: str = ""
+    secret_key: str = ""
+    secure: bool = False
+    region: str = "us-east-1"
+    ca_file: str | None = None
+    max_connections: int = 32
+
+    def __post_init__(self):
+        if not self.endpoint or "/" in self.endpoint:
+            raise InvalidRequest(
+                f"S3 endpoint must be host:port without a scheme, got {self.endpoint!r}")
+        if self.ca_file and not Path(self.ca_file).is_file():
+            raise InvalidRequest(f"S3 CA file {self.ca_file} does not exist")
+        if self.max_connections < 1:
+            raise InvalidRequest("S3 max_connections must be >= 1")
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "S3Settings":
+        env = os.environ if env is None else env
+        endpoint = env.get("KILN_S3_ENDPOINT", "")
+        if not endpoint:
+            raise InvalidRequest("s3:// URIs need KILN_S3_ENDPOINT (host:port) to be set")
+        return cls(endpoint=endpoint,
+                   access_key=env.get("KILN_S3_ACCESS_KEY", ""),
+                   secret_key=env.get("KILN_S3_SECRET_KEY", ""),
+                   secure=env.get("KILN_S3_SECURE", "0").lower() in ("1", "true", "yes"),
+                   region=env.get("KILN_S3_REGION", "us-east-1"),
+                   ca_file=env.get("KILN_S3_CA_FILE") or None)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str                    # relative to the store's root, '/'-separated
+    size_bytes: int
+    sha256: str | None = None   # as recorded at upload, when the store keeps it
+    etag: str | None = None     # changes when the object is rewritten (S3 only)
+
+
+class Store(ABC):
+    """Objects addressed by relative keys under one root, plus the engine operations on them."""
+
+    uri: str
+
+    # -- object primitives, one implementation per backend --------------------------------------
+
+    @abstractmethod
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every complete object under prefix/ (partial uploads never appear)."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None: ...
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
+        """Uploads a file so that it appears whole or not at all."""
+
+    @abstractmethod
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Writes data unless the key exists; False when it did. Never overwrites."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes | None:
+        """The whole object, or None when absent."""
+
+    @abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def get_file(self, key: str, dest: Path) -> None:
+        """Downloads one object to a local file (the caller renames it into place)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Removes the object if present."""
+
+    @abstractmethod
+    def child_uri(self, key: str) -> str: ...
+
+    def holds(self, key: str, size_bytes: int, sha256: str) -> bool:
+        """Whether the object exists with this size and (as recorded at upload) this sha256."""
+        info = self.stat(key)
+        return info is not None and info.size_bytes == size_bytes and info.sha256 == sha256
+
+    # -- engines ---------------------------------------------------------------------------------
+
+    def engine_uri(self, engine_key: str) -> str:
+        return self.child_uri(f"{ENGINES_PREFIX}/{check_engine_key(engine_key)}")
+
+    def read_engine_manifest(self, engine_key: str) -> Manifest | None:
+        """The manifest of a complete engine, or None (an engine without one is absent)."""
+        data = self.read_bytes(f"{ENGINES_PREFIX}/{check_engine_key(engine_key)}/{MANIFEST}")
+        return Manifest.from_json(data.decode()) if data is not None else None
+
+    def read_engine_file(self, engine_key: str, path: str) -> bytes | None:
+        return self.read_bytes(
+            f"{ENGINES_PREFIX}/{check_engine_key(engine_key)}/{check_relative_path(path)}")
+
+    def list_engine_keys(self) -> list[str]:
+        """Keys of complete engines only."""
+        keys = set()
+        for info in self.list_objects(ENGINES_PREFIX):
+            parts = info.key.split("/")
+            if len(parts) == 3 and parts[2] == MANIFEST and ENGINE_KEY.match(parts[1]):
+                keys.add(parts[1])
+        return sorted(keys)
+
+    def publish_engine(self, folder: Path, progress: ProgressFn | None = None) -> str:
+        """Uploads a local engine folder (its manifest already written) and returns its URI.
+
+        Objects go first, the manifest last and only if absent, so concurrent publishers of one
+        key never expose a half-written engine and never replace a published one.
+        """
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        key = check_engine_key(manifest.engine_key)
+        prefix = f"{ENGINES_PREFIX}/{key}"
+        if self.read_engine_manifest(key) is not None:
+            return self.engine_uri(key)
+        present = {info.key for info in self.list_objects(prefix)}
+        total = sum(entry.size_bytes for entry in manifest.files)
+        needed = [entry for entry in manifest.files
+                  if not (f"{prefix}/{entry.path}" in present
+                          and self.holds(f"{prefix}/{entry.path}", entry.size_bytes, entry.sha256))]
+        done = total - sum(entry.size_bytes for entry in needed)
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-publish") as pool:
+            uploads = {pool.submit(self.put_file, f"{prefix}/{entry.path}", folder / entry.path,
+                                   entry.sha256): entry for entry in needed}
+            for future in as_completed(uploads):
+                future.result()
+                done += uploads[future].size_bytes
+                if progress:
+                    progress(done, total, uploads[future].path)
+        self.put_bytes_if_absent(f"{prefix}/{MANIFEST}", (folder / MANIFEST).read_bytes())
+        return self.engine_uri(key)
+
+    def delete_engine(self, engine_key: str) -> None:
+        """Removes the manifest first, so the engine disappears before its files do."""
+        prefix = f"{ENGINES_PREFIX}/{check_engine_key(engine_key)}"
+        self.delete(f"{prefix}/{MANIFEST}")
+        for info in self.list_objects(prefix):
+            self.delete(info.key)
+        for name, key in self.list_names().items():
+            if key == engine_key:
+                self.delete(f"{NAMES_PREFIX}/{name}")
+
+    def set_name(self, name: str, engine_key: str) -> None:
+        self.put_bytes(f"{NAMES_PREFIX}/{check_engine_name(name)}",
+                       check_engine_key(engine_key).encode())
+
+    def list_names(self) -> dict[str, str]:
+        names = {}
+        for info in self.list_objects(NAMES_PREFIX):
+            name = info.key.split("/", 1)[1]
+            data = self.read_bytes(info.key)
+            if data is not None and ENGINE_KEY.match(data.decode(errors="replace")):
+                names[name] = data.decode()
+        return names
+
+    def resolve(self, key_or_name: str) -> str:
+        """The engine key for a key or a name; raises EngineNotFound when neither is complete."""
+        if ENGINE_KEY.match(key_or_name or ""):
+            key = key_or_name
+        else:
+            data = self.read_bytes(f"{NAMES_PREFIX}/{check_engine_name(key_or_name)}")
+            if data is None:
+                raise EngineNotFound(f"no engine named {key_or_name!r} in {self.uri}")
+            key = data.decode()
+        if self.read_engine_manifest(key) is None:
+            raise EngineNotFound(f"no engine {key_or_name!r} in {self.uri}")
+        return key
+
+
+class LocalStore(Store):
+    """A folder on this machine: the embedded default. Writes go through a temp file + rename."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_relative_path(key)
+
+    def child_uri(self, key: str) -> str:
+        return str(self._path(key))
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        base = self._path(prefix) if prefix else self.root
+        out = []
+        for root, _, files in os.walk(base):
+            for name in files:
+                if PARTIAL_MARK in name:
+                    continue
+                path = Path(root) / name
+                out.append(ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size))
+        return sorted(out, key=lambda info: info.key)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        return ObjectInfo(key, path.stat().st_size) if path.is_file() else None
+
+    def holds(self, key: str, size_bytes: int, sha256: str) -> bool:
+        path = self._path(key)
+        return (path.is_file() and path.stat().st_size == size_bytes
+                and sha256_file(path) == sha256)
+
+    def _temp_beside(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.with_name(f".{path.name}{PARTIAL_MARK}{uuid.uuid4().hex}")
+
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
+        target = self._path(key)
+        tmp = self._temp_beside(target)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        target = self._path(key)
+        tmp = self._temp_beside(target)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        target = self._path(key)
+        tmp = self._temp_beside(target)
+        try:
+            tmp.write_bytes(data)
+            os.link(tmp, target)  # fails if the target exists: an atomic "create only"
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        path = self._path(key)
+        return path.read_bytes() if path.is_file() else None
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        with open(self._path(key), "rb") as handle:
+            handle.seek(offset)
+            return handle.read(length)
+
+    def get_file(self, key: str, dest: Path) -> None:
+        shutil.copyfile(self._path(key), dest)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+        parent = self._path(key).parent
+        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+
+def open_store(uri: str | Path, settings: S3Settings | None = None) -> Store:
+    """A store for a local path, a file:// URI or s3://bucket/prefix; other schemes are refused."""
+    uri = str(uri)
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return LocalStore(parsed.path if parsed.scheme == "file" else uri)
+    if parsed.scheme == "s3":
+        from runtime_service.store_s3 import S3Store
+        return S3Store.from_uri(uri, settings or S3Settings.from_env())
+    raise InvalidRequest(
+        f"unsupported store URI scheme {parsed.scheme!r} in {uri!r}; use a path, file:// or s3://")
+
+
+def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | None = None,
+                progress: ProgressFn | None = None, num_workers: int = 8) -> Path:
+    """A verified local engine folder for `uri` (sha256 of every file checked).
+
+    A local engine is verified in place. A remote one is pulled into `cache_dir/<engine_key>`
+    through parallel ranged reads, verified, then renamed into place, so the cache never holds a
+    partial engine; a cached copy that still verifies is reused without downloading.
+    """
+    uri = str(uri)
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        folder = Path(parsed.path if parsed.scheme == "file" else uri)
+        if not (folder / MANIFEST).is_file():
+            raise EngineNotFound(f"no complete engine at {folder} (no {MANIFEST})")
+        verify_engine_folder(folder)
+        return folder
+    source = open_store(uri, settings)
+    data = source.read_bytes(MANIFEST)
+    if data is None:
+        raise EngineNotFound(f"no complete engine at {uri} (no {MANIFEST})")
+    manifest = Manifest.from_json(data.decode())
+    key = check_engine_key(manifest.engine_key)
+    cache_dir = Path(cache_dir)
+    target = cache_dir / key
+    if (target / MANIFEST).is_file():
+        try:
+            verify_engine_folder(target)
+            return target
+        except CorruptEngine:
+            shutil.rmtree(target)
+    elif target.exists():
+        shutil.rmtree(target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_MARK}{key}-", dir=cache_dir))
+    try:
+        from runtime_service.store_pull import download_verified
+        download_verified(source, manifest, partial, progress, num_workers)
+        (partial / MANIFEST).write_bytes(data)
+        try:
+            os.rename(partial, target)
+        except OSError:
+            if not (target / MANIFEST).is_file():  # lost a race only if the winner finished
+                raise
+        return target
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
