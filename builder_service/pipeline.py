@@ -1,0 +1,173 @@
+"""Load -> convert -> shard -> write: a source folder becomes a checkpoint or an engine folder.
+
+Conversion (fused QKV and gate/up) and the per-rank split are the runtime's own
+(`hf_convert.rank_tensors`, `layers.linear`), so the shards are exactly what its parallel layers
+load. Tensors stream one group at a time; a rank's file is written once its tensors are ready,
+cast to the build dtype on the way. Everything is written into a `.partial-` folder and renamed
+into place, and an engine's manifest is written last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+
+from runtime_service.engine_config import EngineConfig, Mapping
+from runtime_service.engine_format import (CHECKPOINT_FORMAT_NAME, CONFIG, FORMAT_NAME,
+                                           TOKENIZER_DIR, Manifest, build_manifest, rank_file,
+                                           write_manifest)
+from runtime_service.errors import InvalidRequest
+from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors
+from runtime_service.model.llama import layer_index
+from runtime_service.model.loader import DTYPES
+
+from builder_service import BUILDER_VERSION
+from builder_service.reshard import KilnShards, kiln_rank_tensors
+from builder_service.settings import check_quant_supported
+from builder_service.sources import TOKENIZER_FILES, ResolvedSource
+
+
+@dataclass(frozen=True)
+class BuildProgress:
+    stage: str
+    done: int = 0
+    total: int = 0
+    unit: str = ""
+    message: str = ""
+
+
+ProgressFn = Callable[[BuildProgress], None]
+
+
+def _ignore(_: BuildProgress) -> None:
+    pass
+
+
+def _source_rank_tensors(source: ResolvedSource, target: EngineConfig):
+    """A function rank -> iterator of (name, shard) for the target split, whatever the source."""
+    args, mapping = target.model, target.mapping
+    if source.kind == "hf":
+        weights = SafetensorsFolder(source.folder)
+        return lambda rank: rank_tensors(weights, args, mapping, rank)
+    check_quant_supported(source.config.quant)
+    shards = KilnShards(source.folder, source.config)
+    return lambda rank: kiln_rank_tensors(shards, args, mapping, rank)
+
+
+def _write_rank(tensors: Iterator[tuple[str, torch.Tensor]], path: Path, dtype: torch.dtype | None,
+                on_layer: Callable[[], None]) -> None:
+    out: dict[str, torch.Tensor] = {}
+    seen_storage = set()
+    last_layer = None
+    try:
+        for name, tensor in tensors:
+            tensor = (tensor.to(dtype) if dtype is not None else tensor).contiguous()
+            if tensor.untyped_storage().data_ptr() in seen_storage:
+                tensor = tensor.clone()  # safetensors refuses tensors that share memory
+            seen_storage.add(tensor.untyped_storage().data_ptr())
+            out[name] = tensor
+            index = layer_index(name)
+            if index is not None and index != last_layer:
+                if last_layer is not None:
+                    on_layer()
+                last_layer = index
+    except SafetensorError as exc:
+        raise InvalidRequest(f"corrupt source weights: {exc}") from exc
+    if last_layer is not None:
+        on_layer()
+    save_file(out, str(path), metadata={"format": "pt"})
+
+
+def _copy_tokenizer(source: ResolvedSource, out: Path) -> int:
+    src = source.folder if source.kind == "hf" else source.folder / TOKENIZER_DIR
+    names = ([n for n in TOKENIZER_FILES if (src / n).is_file()] if source.kind == "hf"
+             else sorted(p.name for p in src.glob("*") if p.is_file()) if src.is_dir() else [])
+    if names:
+        (out / TOKENIZER_DIR).mkdir()
+    for name in names:
+        shutil.copyfile(src / name, out / TOKENIZER_DIR / name)
+    return len(names)
+
+
+def write_model_folder(source: ResolvedSource, target: EngineConfig, out: Path,
+                       dtype: str | None, progress: ProgressFn = _ignore) -> None:
+    """Writes config.json, rank{r}.safetensors and tokenizer/ for `target` into `out`."""
+    args, mapping = target.model, target.mapping
+    mapping.check_divides(args)
+    torch_dtype = DTYPES[dtype] if dtype else None
+    tensors_for = _source_rank_tensors(source, target)
+    per_rank = len(mapping.layer_range(args, 0))
+    total = per_rank * mapping.world_size
+    done = 0
+    progress(BuildProgress("convert", 0, total, "layers", "fusing QKV and gate/up, splitting"))
+    for rank in range(mapping.world_size):
+        def on_layer():
+            nonlocal done
+            done += 1
+            progress(BuildProgress("convert", done, total, "layers", f"rank {rank}"))
+        _write_rank(tensors_for(rank), out / rank_file(rank), torch_dtype, on_layer)
+    copied = _copy_tokenizer(source, out)
+    progress(BuildProgress("write", 1, 1, "", f"config.json and {copied} tokenizer file(s)"))
+    (out / CONFIG).write_text(target.to_json())
+
+
+def _fresh_partial(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".partial-{final.name}-", dir=final.parent))
+
+
+def _move_into_place(partial: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(partial, final)
+
+
+def convert_checkpoint(source: ResolvedSource, out: Path, tp_size: int = 1, pp_size: int = 1,
+                       dtype: str | None = None, progress: ProgressFn = _ignore) -> EngineConfig:
+    """`kiln convert`: a Kiln checkpoint (no build limits, no manifest) in folder `out`."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise InvalidRequest(f"output folder {out} exists and is not empty")
+    target = EngineConfig(model=source.config.model, quant=source.config.quant,
+                          mapping=Mapping(tp_size, pp_size), format=CHECKPOINT_FORMAT_NAME)
+    partial = _fresh_partial(out)
+    try:
+        write_model_folder(source, target, partial, dtype, progress)
+        if out.exists():
+            out.rmdir()
+        os.rename(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def build_engine_folder(source: ResolvedSource, target: EngineConfig, engine_key: str,
+                        out: Path, progress: ProgressFn = _ignore) -> Manifest:
+    """An engine (manifest last) in folder `out`, replacing anything there."""
+    if target.build is None or target.target is None or target.format != FORMAT_NAME:
+        raise InvalidRequest("an engine config needs build limits, a target and format "
+                             f"{FORMAT_NAME!r}")
+    check_quant_supported(target.quant)
+    partial = _fresh_partial(Path(out))
+    try:
+        write_model_folder(source, target, partial, target.build.dtype, progress)
+        progress(BuildProgress("manifest", 0, 1, "", "hashing engine files"))
+        manifest = build_manifest(partial, engine_key, BUILDER_VERSION)
+        write_manifest(partial, manifest)
+        progress(BuildProgress("manifest", 1, 1, "", f"{len(manifest.files)} files"))
+        _move_into_place(partial, Path(out))
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return manifest
+
+
+__all__ = ["BuildProgress", "ProgressFn", "write_model_folder", "convert_checkpoint",
+           "build_engine_folder"]

@@ -1,0 +1,238 @@
+"""The Builder gRPC service (grpc.aio): builds, engine listing and content-addressed uploads.
+
+Builds run on a bounded thread pool (`max_concurrent_builds`); their progress crosses into the
+event loop through a queue, so many clients can stream at once while the loop stays free. Errors
+become gRPC status codes in status.py only. Health (grpc.health.v1) and server reflection are
+served beside it, so grpcurl works without the proto files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from kiln.v1 import builder_pb2, builder_pb2_grpc
+
+from runtime_service.errors import CapacityExceeded, InvalidRequest
+from runtime_service.store import S3Settings, open_store
+
+from builder_service.auth import BearerTokenInterceptor
+from builder_service.builder import EngineBuilder
+from builder_service.messages import (engine_summary, file_list, progress_event, result_event,
+                                      spec_from_request)
+from builder_service.pipeline import BuildProgress
+from builder_service.sources import SourceResolver
+from builder_service.status import grpc_status
+from builder_service.uploads import UPLOAD_SCHEME, UploadArea, UploadLimits, check_file_list
+
+log = logging.getLogger("kiln.builder")
+SERVICE_NAME = builder_pb2.DESCRIPTOR.services_by_name["Builder"].full_name
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    store_uri: str
+    work_dir: Path
+    listen: str = "127.0.0.1:50052"
+    allowed_roots: tuple[Path, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token: str | None = None
+    max_concurrent_builds: int = 2
+    upload_limits: UploadLimits = field(default_factory=UploadLimits)
+    s3_settings: S3Settings | None = None
+
+    def __post_init__(self):
+        if self.max_concurrent_builds < 1:
+            raise InvalidRequest("max_concurrent_builds must be >= 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidRequest("TLS needs both --tls-cert and --tls-key")
+
+
+class BuilderServicer(builder_pb2_grpc.BuilderServicer):
+    def __init__(self, builder: EngineBuilder, uploads: UploadArea, max_concurrent_builds: int):
+        self.builder = builder
+        self.uploads = uploads
+        self._pool = ThreadPoolExecutor(max_concurrent_builds, thread_name_prefix="kiln-build")
+
+    async def Build(self, request, context):
+        started = time.monotonic()
+        try:
+            spec = spec_from_request(request)
+            yield progress_event(BuildProgress("queued", 0, 0, "", "waiting for a build slot"))
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue = asyncio.Queue()
+            job = loop.run_in_executor(self._pool, self.builder.build, spec,
+                                       lambda p: loop.call_soon_threadsafe(events.put_nowait, p))
+            while True:
+                next_event = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({next_event, job},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if next_event in done:
+                    yield progress_event(next_event.result())
+                    continue
+                next_event.cancel()
+                break
+            while not events.empty():
+                yield progress_event(events.get_nowait())
+            outcome = job.result()
+            log.info("build source=%s key=%s cached=%s seconds=%.2f", spec.source,
+                     outcome.engine.engine_key, outcome.cached, time.monotonic() - started)
+            yield result_event(outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = grpc_status(exc)
+            log.info("build source=%s status=%s seconds=%.2f: %s", request.source, code.name,
+                     time.monotonic() - started, message)
+            await context.abort(code, message)
+
+    async def _unary(self, context, fn, *args):
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            await context.abort(*grpc_status(exc))
+
+    async def GetEngine(self, request, context):
+        return engine_summary(await self._unary(context, self.builder.describe, request.engine))
+
+    async def ListEngines(self, request, context):
+        engines = await self._unary(context, self.builder.list_engines)
+        return builder_pb2.ListEnginesResponse(engines=[engine_summary(e) for e in engines])
+
+    async def DeleteEngine(self, request, context):
+        key = await self._unary(context, self.builder.delete, request.engine)
+        log.info("delete key=%s", key)
+        return builder_pb2.DeleteEngineResponse(engine_key=key)
+
+    async def FindMissingBlobs(self, request, context):
+        missing = await self._unary(context, self.uploads.missing, list(request.sha256))
+        return builder_pb2.FindMissingBlobsResponse(missing=missing)
+
+    async def UploadSource(self, request_iterator, context):
+        writers = {}
+        try:
+            files, received = await self._receive_upload(request_iterator, writers)
+            ident = await asyncio.to_thread(self.uploads.assemble, files)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await context.abort(*grpc_status(exc))
+        finally:
+            for writer in writers.values():
+                writer.abandon()
+        log.info("upload id=%s files=%d received_bytes=%d", ident, len(files), received)
+        return builder_pb2.SourceRef(source_id=ident, uri=f"{UPLOAD_SCHEME}://{ident}",
+                                     size_bytes=sum(f.size_bytes for f in files),
+                                     received_bytes=received, num_files=len(files))
+
+    async def _receive_upload(self, request_iterator, writers: dict):
+        limits = self.uploads.limits
+        files, sizes, finished, received = None, {}, set(), 0
+        async for chunk in request_iterator:
+            kind = chunk.WhichOneof("kind")
+            if files is None:
+                if kind != "files":
+                    raise InvalidRequest("an upload starts with its file list")
+                files = file_list(chunk.files)
+                check_file_list(files, limits)
+                for entry in files:
+                    if sizes.setdefault(entry.sha256, entry.size_bytes) != entry.size_bytes:
+                        raise InvalidRequest(f"blob {entry.sha256[:12]} is listed with two sizes")
+                continue
+            if kind != "blob":
+                raise InvalidRequest("the file list may be sent only once")
+            blob = chunk.blob
+            if blob.sha256 not in sizes:
+                raise InvalidRequest(f"blob {blob.sha256[:12]} is not in the file list")
+            if blob.sha256 in finished:
+                raise InvalidRequest(f"blob {blob.sha256[:12]} was already sent")
+            if len(blob.data) > limits.max_chunk_bytes:
+                raise CapacityExceeded(f"chunks are limited to {limits.max_chunk_bytes} bytes")
+            writer = writers.get(blob.sha256)
+            if writer is None:
+                writer = writers[blob.sha256] = self.uploads.new_blob(blob.sha256,
+                                                                      sizes[blob.sha256])
+            writer.write(blob.offset, blob.data)
+            received += len(blob.data)
+            if writer.complete:
+                del writers[blob.sha256]
+                await asyncio.to_thread(writer.finish)
+                finished.add(blob.sha256)
+        if files is None:
+            raise InvalidRequest("empty upload: no file list")
+        if writers:
+            raise InvalidRequest(f"upload ended inside blob {next(iter(writers))[:12]}")
+        return files, received
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_builder(options: ServerOptions) -> tuple[EngineBuilder, UploadArea]:
+    work_dir = Path(options.work_dir)
+    uploads = UploadArea(work_dir / "uploads", options.upload_limits)
+    sources = SourceResolver(work_dir, list(options.allowed_roots), options.s3_settings, uploads)
+    store = open_store(options.store_uri, options.s3_settings)
+    return EngineBuilder(store, sources, work_dir), uploads
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int                  # the bound port, useful with port 0
+    servicer: BuilderServicer
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Reports NOT_SERVING, then drains in-flight calls for up to grace_s."""
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace_s)
+        self.servicer.close()
+
+
+async def start_server(options: ServerOptions) -> RunningServer:
+    builder, uploads = make_builder(options)
+    servicer = BuilderServicer(builder, uploads, options.max_concurrent_builds)
+    message_bytes = options.upload_limits.max_chunk_bytes + (1 << 16)
+    server = grpc.aio.server(
+        interceptors=[BearerTokenInterceptor(options.token)] if options.token else [],
+        options=[("grpc.max_receive_message_length", message_bytes),
+                 ("grpc.max_send_message_length", 64 << 20)])
+    builder_pb2_grpc.add_BuilderServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if options.tls_cert:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(options.tls_key).read_bytes(), Path(options.tls_cert).read_bytes())])
+        port = server.add_secure_port(options.listen, credentials)
+    else:
+        port = server.add_insecure_port(options.listen)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, servicer, health_servicer)
+
+
+async def serve(options: ServerOptions, grace_s: float = 30.0) -> None:
+    """Runs until SIGTERM or SIGINT, then reports NOT_SERVING and drains for `grace_s`."""
+    running = await start_server(options)
+    host = options.listen.rsplit(":", 1)[0]
+    print(f"kiln builder listening on {host}:{running.port} store={options.store_uri}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop(grace_s)

@@ -1,0 +1,93 @@
+"""What one build is asked for, validated before any byte of the model is read.
+
+`BuildSpec` holds the request as given; limits left unset take defaults that fit the model
+(`build_config`), because a sensible max_seq_len depends on the model's position range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime_service.engine_config import (SUPPORTED_DTYPES, BuildConfig, Mapping, QuantConfig,
+                                           Target)
+from runtime_service.errors import FailedPrecondition, InvalidRequest
+from runtime_service.model_config import ModelArgs
+from runtime_service.store import check_engine_name
+
+TARGET_DEVICES = ("any", "cpu", "cuda")
+SUPPORTED_QUANT_ALGOS = ("NONE",)
+DEFAULT_MAX_SEQ_LEN = 2048
+DEFAULT_MAX_INPUT_LEN = 1024
+DEFAULT_MAX_NUM_TOKENS = 4096
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+def check_quant_supported(quant: QuantConfig) -> None:
+    """Quantized builds share this path, but their algorithms are not implemented yet: refuse
+    them plainly rather than silently building an unquantized engine."""
+    if quant.algo not in SUPPORTED_QUANT_ALGOS:
+        raise FailedPrecondition(
+            f"quantization {quant.algo} is not supported yet by this builder; build with "
+            f"quant NONE")
+    if quant.kv_cache_dtype != "auto":
+        raise FailedPrecondition(
+            f"kv_cache_dtype {quant.kv_cache_dtype} is not supported yet by this builder")
+
+
+def max_supported_seq_len(model: ModelArgs) -> int:
+    """Positions the model can attend over: linear and dynamic rope scaling stretch the range."""
+    scaling = model.rope_scaling
+    if scaling.rope_type in ("linear", "dynamic"):
+        return int(model.max_position_embeddings * scaling.factor)
+    return model.max_position_embeddings
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    source: str
+    name: str = ""
+    dtype: str = "bfloat16"
+    max_batch_size: int | None = None
+    max_input_len: int | None = None
+    max_seq_len: int | None = None
+    max_num_tokens: int | None = None
+    max_beam_width: int | None = None
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    mapping: Mapping = field(default_factory=Mapping)
+    target: Target = field(default_factory=Target)
+
+    def __post_init__(self):
+        if not self.source:
+            raise InvalidRequest("build source is empty; give a path, s3:// URI or upload:// id")
+        if len(self.source) > 4096:
+            raise InvalidRequest("build source is longer than 4096 characters")
+        if self.name:
+            check_engine_name(self.name)
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise InvalidRequest(f"dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}")
+        for name in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens",
+                     "max_beam_width"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InvalidRequest(f"{name} must be an integer >= 1, got {value!r}")
+        if self.target.device not in TARGET_DEVICES:
+            raise InvalidRequest(
+                f"target device must be one of {TARGET_DEVICES}, got {self.target.device!r}")
+        check_quant_supported(self.quant)
+
+    def build_config(self, model: ModelArgs) -> BuildConfig:
+        """The engine's limits: the requested ones checked against the model, the rest defaults."""
+        limit = max_supported_seq_len(model)
+        max_seq_len = self.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, limit)
+        if max_seq_len > limit:
+            raise InvalidRequest(
+                f"max_seq_len={max_seq_len} exceeds the model's {limit} positions "
+                f"(max_position_embeddings={model.max_position_embeddings}, rope scaling "
+                f"{model.rope_scaling.rope_type})")
+        max_input_len = self.max_input_len or min(DEFAULT_MAX_INPUT_LEN, max_seq_len)
+        max_num_tokens = self.max_num_tokens or max(DEFAULT_MAX_NUM_TOKENS, max_input_len)
+        return BuildConfig(dtype=self.dtype,
+                           max_batch_size=self.max_batch_size or DEFAULT_MAX_BATCH_SIZE,
+                           max_input_len=max_input_len, max_seq_len=max_seq_len,
+                           max_num_tokens=max_num_tokens,
+                           max_beam_width=self.max_beam_width or 1)
