@@ -47,6 +47,7 @@ class ExecutorOptions:
     max_num_tokens: int | None = None
     policy: SchedulerPolicy = SchedulerPolicy.GUARANTEED_NO_EVICT
     enable_chunked_prefill: bool = True
+    enable_block_reuse: bool = False
     max_queue_size: int = 1024
     load_tokenizer: bool = True
 
@@ -75,6 +76,11 @@ class ExecutorStats:
     num_running: int
     num_steps: int
     num_preemptions: int
+
+
+def engine_identity(loaded: LoadedModel) -> str:
+    """Salts prefix hashes so cached blocks are never matched across different engines."""
+    return loaded.config.to_json() + str(loaded.dtype)
 
 
 class RequestStream:
@@ -153,7 +159,9 @@ class Executor:
         device = torch.device(options.device)
         block_size = options.block_size
         num_blocks = self._num_kv_blocks(loaded, build, device)
-        self.kv = KVCacheManager(num_blocks, block_size)
+        self.kv = KVCacheManager(num_blocks, block_size,
+                                 enable_prefix_reuse=options.enable_block_reuse,
+                                 engine_salt=engine_identity(loaded))
         self.scheduler = Scheduler(SchedulerConfig(
             max_batch_size=min(options.max_batch_size or build.max_batch_size, build.max_batch_size),
             max_num_tokens=min(options.max_num_tokens or build.max_num_tokens, build.max_num_tokens),
@@ -314,6 +322,7 @@ class Executor:
         sampled = self.runner.execute(batch)
         for item in batch.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
+            self.kv.register_computed_blocks(item.seq)
         self.num_steps += 1
         for token in sampled:
             self._append(token)

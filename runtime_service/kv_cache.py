@@ -1,13 +1,22 @@
-"""KV-cache block accounting: a pool of fixed-size blocks and each sequence's block table.
+"""KV-cache block accounting: a pool of fixed-size blocks, block tables, sharing and prefix reuse.
 
 Pure Python, no torch: the tensors that hold keys and values live in the model runner, indexed by
-the block ids handed out here. Blocks return to the pool when a sequence finishes, is aborted or
-is preempted; the counters let tests prove that nothing leaks.
+the block ids handed out here. A block may be held by several sequences (beams forked from one
+parent, requests with a common prefix): it carries a reference count and returns to the pool
+when the last holder lets go. Writing into a shared block first copies it (copy on write); the
+copies to perform are queued in `pending_copies` for the runner.
+
+Prefix reuse: each full, computed block gets a hash chained from its predecessor's, seeded by a
+salt (the engine's identity plus the request's cache salt), so identical prefixes in the same
+engine and salt find the same blocks. Free blocks that still hold a hashed prefix stay findable
+until the pool needs them (least recently freed first).
 """
 
 from __future__ import annotations
 
-from collections import deque
+import hashlib
+from collections import OrderedDict
+from array import array
 
 from runtime_service.errors import InvalidRequest
 from runtime_service.sequence import Sequence
@@ -17,16 +26,27 @@ def blocks_for_tokens(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
+def chain_hash(parent: bytes, token_ids: list[int]) -> bytes:
+    return hashlib.blake2b(parent + array("q", token_ids).tobytes(), digest_size=16).digest()
+
+
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_reuse: bool = False,
+                 engine_salt: str = ""):
         if num_blocks < 1 or block_size < 1:
             raise InvalidRequest(
                 f"KV cache needs at least one block of at least one token, got {num_blocks} "
                 f"blocks of {block_size}")
         self.num_total_blocks = num_blocks
         self.block_size = block_size
-        self._free: deque[int] = deque(range(num_blocks))
+        self.enable_prefix_reuse = enable_prefix_reuse
+        self.engine_salt = engine_salt.encode()
+        self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self._ref_count = [0] * num_blocks
+        self._hash_of_block: dict[int, bytes] = {}
+        self._block_of_hash: dict[bytes, int] = {}
         self._holders: dict[str, Sequence] = {}
+        self.pending_copies: list[tuple[int, int]] = []
 
     @property
     def num_free_blocks(self) -> int:
@@ -37,24 +57,126 @@ class KVCacheManager:
         """Sequences that hold at least one block."""
         return len(self._holders)
 
+    def ref_count(self, block_id: int) -> int:
+        return self._ref_count[block_id]
+
+    # ---- growing and freeing ---------------------------------------------------------------
+
     def num_new_blocks(self, seq: Sequence, num_new_tokens: int) -> int:
-        """Blocks `seq` must gain to hold `num_new_tokens` more computed tokens."""
+        """Blocks `seq` must gain (new ones and copies of shared ones) for `num_new_tokens`."""
         needed = blocks_for_tokens(seq.num_computed_tokens + num_new_tokens, self.block_size)
-        return max(0, needed - len(seq.block_ids))
+        grow = max(0, needed - len(seq.block_ids))
+        return grow + len(self._shared_blocks_to_write(seq, num_new_tokens))
+
+    def _shared_blocks_to_write(self, seq: Sequence, num_new_tokens: int) -> list[int]:
+        """Indices into seq.block_ids of already-held blocks that this step writes but shares."""
+        if num_new_tokens == 0:
+            return []
+        first = seq.num_computed_tokens // self.block_size
+        last = min(len(seq.block_ids),
+                   blocks_for_tokens(seq.num_computed_tokens + num_new_tokens, self.block_size))
+        return [i for i in range(first, last) if self._ref_count[seq.block_ids[i]] > 1]
 
     def allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
-        """Grows `seq`'s block table for `num_new_tokens`; False (and no change) if the pool is short."""
-        count = self.num_new_blocks(seq, num_new_tokens)
-        if count > len(self._free):
+        """Makes room for `num_new_tokens` more computed tokens; False (no change) if short."""
+        if self.num_new_blocks(seq, num_new_tokens) > len(self._free):
             return False
-        for _ in range(count):
-            seq.block_ids.append(self._free.popleft())
+        for index in self._shared_blocks_to_write(seq, num_new_tokens):
+            source = seq.block_ids[index]
+            copy = self._take_free_block()
+            self._release(source)
+            seq.block_ids[index] = copy
+            self.pending_copies.append((source, copy))
+        needed = blocks_for_tokens(seq.num_computed_tokens + num_new_tokens, self.block_size)
+        while len(seq.block_ids) < needed:
+            seq.block_ids.append(self._take_free_block())
         if seq.block_ids:
-            self._holders[seq.request_id] = seq
+            self._holders[seq.request_key] = seq
         return True
 
     def free(self, seq: Sequence) -> None:
-        """Returns all of `seq`'s blocks to the pool; safe to call twice."""
-        self._free.extend(seq.block_ids)
+        """Drops `seq`'s hold on all its blocks; safe to call twice."""
+        for block in seq.block_ids:
+            self._release(block)
         seq.block_ids = []
-        self._holders.pop(seq.request_id, None)
+        seq.block_hashes = []
+        self._holders.pop(seq.request_key, None)
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Gives `child` the same blocks as `parent` (shared, copied on first write)."""
+        self.free(child)
+        child.block_ids = list(parent.block_ids)
+        child.block_hashes = list(parent.block_hashes)
+        for block in child.block_ids:
+            self._ref_count[block] += 1
+        if child.block_ids:
+            self._holders[child.request_key] = child
+
+    def take_pending_copies(self) -> list[tuple[int, int]]:
+        copies, self.pending_copies = self.pending_copies, []
+        return copies
+
+    def _take_free_block(self) -> int:
+        block, _ = self._free.popitem(last=False)
+        old_hash = self._hash_of_block.pop(block, None)
+        if old_hash is not None and self._block_of_hash.get(old_hash) == block:
+            del self._block_of_hash[old_hash]
+        self._ref_count[block] = 1
+        return block
+
+    def _release(self, block: int) -> None:
+        self._ref_count[block] -= 1
+        if self._ref_count[block] == 0:
+            self._free[block] = None
+            if block not in self._hash_of_block:
+                self._free.move_to_end(block, last=False)   # reuse blank blocks first
+
+    # ---- prefix reuse ----------------------------------------------------------------------
+
+    def _root_hash(self, seq: Sequence) -> bytes:
+        return hashlib.blake2b(self.engine_salt + b"\0" + seq.cache_salt.encode(),
+                               digest_size=16).digest()
+
+    def claim_cached_prefix(self, seq: Sequence) -> int:
+        """For a sequence with nothing computed, takes the longest run of cached full blocks of
+        its tokens (always leaving one token to compute); returns the tokens reused."""
+        if not self.enable_prefix_reuse or seq.num_computed_tokens or seq.block_ids:
+            return 0
+        usable_blocks = (seq.num_tokens - 1) // self.block_size
+        parent = self._root_hash(seq)
+        hashes, blocks = [], []
+        for i in range(usable_blocks):
+            tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
+            parent = chain_hash(parent, tokens)
+            block = self._block_of_hash.get(parent)
+            if block is None:
+                break
+            hashes.append(parent)
+            blocks.append(block)
+        for block in blocks:
+            if self._ref_count[block] == 0:
+                del self._free[block]
+            self._ref_count[block] += 1
+        seq.block_ids = blocks
+        seq.block_hashes = hashes
+        reused = len(blocks) * self.block_size
+        seq.num_computed_tokens = reused
+        seq.num_cached_tokens = reused
+        if blocks:
+            self._holders[seq.request_key] = seq
+        return reused
+
+    def register_computed_blocks(self, seq: Sequence) -> None:
+        """Publishes `seq`'s newly full, computed blocks so later requests can reuse them."""
+        if not self.enable_prefix_reuse:
+            return
+        full = min(seq.num_computed_tokens // self.block_size, len(seq.block_ids))
+        parent = seq.block_hashes[-1] if seq.block_hashes else self._root_hash(seq)
+        for i in range(len(seq.block_hashes), full):
+            tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
+            parent = chain_hash(parent, tokens)
+            seq.block_hashes.append(parent)
+            block = seq.block_ids[i]
+            if parent not in self._block_of_hash and block not in self._hash_of_block:
+                self._block_of_hash[parent] = block
+                self._hash_of_block[block] = parent

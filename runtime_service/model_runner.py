@@ -81,8 +81,19 @@ class ModelRunner:
         )
         return as_tensor(token_ids, torch.int64), meta, sample_rows
 
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy-on-write: duplicates shared blocks before a sequence writes into its copy."""
+        if not copies:
+            return
+        source = torch.tensor([c[0] for c in copies], device=self.device)
+        dest = torch.tensor([c[1] for c in copies], device=self.device)
+        for k_cache, v_cache in self.kv_caches:
+            k_cache[dest] = k_cache[source]
+            v_cache[dest] = v_cache[source]
+
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> list[SampledToken]:
+        self.copy_blocks(batch.block_copies)
         input_ids, meta, sample_rows = self.prepare(batch)
         hidden = self.model(input_ids, meta, self.kv_caches)
         finishing = [item.seq for item in batch.scheduled if item.completes]

@@ -55,6 +55,7 @@ class Request:
     prompt_token_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     priority: int = 0
+    cache_salt: str = ""                  # prefix blocks are shared only within one salt
     arrival_time: float = field(default_factory=time.monotonic)
 
 

@@ -57,6 +57,7 @@ class ScheduledSequence:
 class SchedulerOutput:
     scheduled: list[ScheduledSequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    block_copies: list[tuple[int, int]] = field(default_factory=list)   # (source, dest) ids
 
     @property
     def num_tokens(self) -> int:
@@ -111,21 +112,32 @@ class Scheduler:
         while (not out.preempted and self.waiting and budget > 0
                and len(self.running) < self.config.max_batch_size):
             seq = self.waiting[0]
+            self.kv.claim_cached_prefix(seq)
             num_new = seq.num_uncomputed_tokens
             if num_new > budget:
                 # A preempted sequence may have outgrown the budget; without chunks it would
                 # wait forever, so it is recomputed in chunks even when chunked prefill is off.
                 if not self.config.enable_chunked_prefill and seq.num_output_tokens == 0:
+                    self._unclaim(seq)
                     break
                 num_new = budget
             if not self._can_admit(seq) or not self.kv.allocate(seq, num_new):
+                self._unclaim(seq)
                 break
             self.waiting.pop(0)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
+        out.block_copies = self.kv.take_pending_copies()
         return out
+
+    def _unclaim(self, seq: Sequence) -> None:
+        """A waiting sequence that is not admitted gives back the cached blocks it claimed."""
+        if seq.block_ids:
+            self.kv.free(seq)
+            seq.num_computed_tokens = 0
+            seq.num_cached_tokens = 0
 
     def _can_admit(self, seq: Sequence) -> bool:
         if self.config.policy is SchedulerPolicy.MAX_UTILIZATION:
@@ -154,6 +166,7 @@ class Scheduler:
         self.running.remove(seq)
         self.kv.free(seq)
         seq.num_computed_tokens = 0
+        seq.num_cached_tokens = 0
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.waiting.insert(0, seq)

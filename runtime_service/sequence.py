@@ -21,9 +21,14 @@ class SequenceStatus(enum.Enum):
 
 
 class Sequence:
-    def __init__(self, request: Request, max_seq_len: int):
+    def __init__(self, request: Request, max_seq_len: int, beam_index: int = 0):
         self.request = request
         self.request_id = request.request_id
+        self.beam_index = beam_index
+        self.request_key = request.request_id if beam_index == 0 else \
+            f"{request.request_id}#beam{beam_index}"
+        self.cache_salt = request.cache_salt
+        self.block_hashes: list[bytes] = []
         self.sampling = request.sampling
         self.token_ids: list[int] = list(request.prompt_token_ids)
         self.num_prompt_tokens = len(self.token_ids)
