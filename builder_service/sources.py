@@ -37,7 +37,10 @@ _SOURCE_PATTERNS = (CONFIG, MANIFEST, "*.safetensors", *TOKENIZER_FILES, f"{TOKE
 
 def is_source_file(relative_path: str) -> bool:
     """Whether a build reads this file of a source folder (everything else is ignored)."""
-    return any(fnmatch.fnmatchcase(relative_path, pattern) for pattern in _SOURCE_PATTERNS)
+    parts = relative_path.split("/")
+    return any(len(parts) == len(pattern.split("/"))
+               and all(map(fnmatch.fnmatchcase, parts, pattern.split("/")))
+               for pattern in _SOURCE_PATTERNS)
 
 
 @dataclass(frozen=True)
