@@ -51,13 +51,13 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     vocab = logits.shape[-1]
     seen = batch.seen_tokens
     if seen.numel():
-        valid = seen >= 0
-        index = seen.clamp(min=0)
-        picked = logits.gather(1, index)
+        # Padding (-1) marks a spare column, never token 0: a scatter with a repeated index
+        # keeps an arbitrary one of the written values.
+        is_seen = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
+        is_seen.scatter_(1, torch.where(seen >= 0, seen, vocab), True)
         penalty = batch.repetition_penalty[:, None]
-        penalized = torch.where(picked > 0, picked / penalty, picked * penalty)
-        picked = torch.where(valid, penalized, picked)
-        logits = logits.scatter(1, index, picked)
+        penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+        logits = torch.where(is_seen[:, :vocab], penalized, logits)
     out = batch.output_tokens
     if out.numel():
         valid = (out >= 0).to(logits.dtype)

@@ -5,7 +5,7 @@ a fake executor and checks the invariants on every step.
 """
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from runtime_service.errors import InvalidRequest
@@ -352,7 +352,7 @@ def workloads(draw):
         st.integers(0, 6),                       # arrival step
     ), min_size=1, max_size=10))
     largest = max(blocks_for_tokens(min(MAX_SEQ_LEN, p + n), block_size) for p, n, _, _ in requests)
-    num_blocks = largest + draw(st.integers(0, 8))
+    num_blocks = largest + draw(st.integers(0, 4))
     aborts = draw(st.lists(st.tuples(st.integers(0, 30), st.integers(0, len(requests) - 1)),
                            max_size=3))
     return dict(policy=policy, chunked=chunked, block_size=block_size, num_blocks=num_blocks,
@@ -407,10 +407,15 @@ def test_simulated_serving_keeps_every_invariant(w):
             if abort_step == step_index and arrivals[i] <= step_index and not seqs[i].is_finished:
                 scheduler.finish(seqs[i])
                 aborted.add(i)
+                event("a request was aborted")
         if step_index > max(arrivals.values()) and not scheduler.has_work:
             break
         out = scheduler.schedule()
         check_invariants(scheduler, out, seqs, config)
+        if out.preempted:
+            event("a request was preempted")
+        if any(not item.completes for item in out.scheduled):
+            event("a prompt was split into chunks")
         execute(scheduler, out)
     else:
         pytest.fail("the simulation did not finish: the scheduler stalled or livelocked")
