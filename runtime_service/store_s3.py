@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error
 
 from runtime_service.engine_format import check_relative_path
 from runtime_service.errors import EngineNotFound, InvalidRequest, PermissionDenied, Unavailable
@@ -38,6 +38,12 @@ def make_client(settings: S3Settings) -> Minio:
                  region=settings.region, http_client=http)
 
 
+def _is_missing(exc: Exception) -> bool:
+    if isinstance(exc, S3Error):
+        return exc.code in _MISSING
+    return isinstance(exc, InvalidResponseError) and getattr(exc, "_code", None) == 404
+
+
 def _translate(exc: Exception, what: str) -> Exception:
     """S3 and connection errors as Kiln's typed errors, so callers map them to gRPC codes."""
     if isinstance(exc, S3Error):
@@ -46,6 +52,12 @@ def _translate(exc: Exception, what: str) -> Exception:
         if exc.code == "NoSuchBucket":
             return EngineNotFound(f"S3 bucket for {what} does not exist")
         return Unavailable(f"S3 error on {what}: {exc.code} {exc.message}")
+    if isinstance(exc, InvalidResponseError):  # an error body minio-py could not parse
+        status = getattr(exc, "_code", None)
+        if status in (401, 403):
+            return PermissionDenied(f"S3 refused {what}: HTTP {status}")
+        if status == 404:
+            return EngineNotFound(f"S3 has nothing at {what}")
     return Unavailable(f"S3 unreachable on {what}: {exc}")
 
 
@@ -89,11 +101,9 @@ class S3Store(Store):
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             result = self.client.stat_object(self.bucket, self._key(key))
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                return None
-            raise _translate(exc, f"stat {key}") from exc
         except Exception as exc:
+            if _is_missing(exc):
+                return None
             raise _translate(exc, f"stat {key}") from exc
         meta = {k.lower(): v for k, v in (result.metadata or {}).items()}
         return ObjectInfo(key, result.size, meta.get(SHA256_META))
@@ -123,11 +133,9 @@ class S3Store(Store):
     def read_bytes(self, key: str) -> bytes | None:
         try:
             response = self.client.get_object(self.bucket, self._key(key))
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                return None
-            raise _translate(exc, f"read {key}") from exc
         except Exception as exc:
+            if _is_missing(exc):
+                return None
             raise _translate(exc, f"read {key}") from exc
         try:
             return response.read()
@@ -156,8 +164,6 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         try:
             self.client.remove_object(self.bucket, self._key(key))
-        except S3Error as exc:
-            if exc.code not in _MISSING:
-                raise _translate(exc, f"delete {key}") from exc
         except Exception as exc:
-            raise _translate(exc, f"delete {key}") from exc
+            if not _is_missing(exc):
+                raise _translate(exc, f"delete {key}") from exc

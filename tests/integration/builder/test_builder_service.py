@@ -1,0 +1,239 @@
+"""The Builder service end to end: gRPC on loopback, publishing to a real S3 server."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kiln.v1 import builder_pb2, builder_pb2_grpc, engine_pb2
+
+from builder_service.upload_client import upload_folder
+from runtime_service.engine_format import verify_engine_folder
+from runtime_service.errors import CorruptEngine, EngineNotFound, PermissionDenied
+from runtime_service.store import S3Settings, open_store, pull_engine
+from runtime_service.store_s3 import make_client
+
+from conftest import BUCKET, REPO, make_tiny_llama, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def stub(builder_server):
+    channel = grpc.insecure_channel(builder_server.address)
+    yield builder_pb2_grpc.BuilderStub(channel)
+    channel.close()
+
+
+def build(stub, server, source, name="", **settings):
+    request = builder_pb2.BuildRequest(source=source, name=name, settings=engine_pb2.BuildSettings(
+        dtype=settings.pop("dtype", "float32"),
+        parallel=engine_pb2.ParallelSettings(tp_size=settings.pop("tp", 1)), **settings))
+    events = list(stub.Build(request, metadata=server.metadata, timeout=120))
+    assert events[-1].HasField("result")
+    return events[:-1], events[-1].result
+
+
+def test_wrong_s3_keys_are_refused(s3):
+    wrong = S3Settings(endpoint=s3.settings.endpoint, access_key=s3.settings.access_key,
+                       secret_key="not-the-secret-key")
+    with pytest.raises(PermissionDenied):
+        open_store(f"s3://{BUCKET}/prod", wrong).list_engine_keys()
+
+
+def test_build_publish_list_pull_verify_delete(stub, builder_server, tiny_hf, s3, tmp_path):
+    source = upload_folder(stub, tiny_hf, builder_server.metadata)
+    progress, result = build(stub, builder_server, source.uri, name="tiny-tp2", tp=2)
+    stages = [e.progress.stage for e in progress]
+    assert {"queued", "resolve", "convert", "manifest", "publish"} <= set(stages)
+    assert not result.cached
+    ref = result.engine.ref
+    assert ref.uri == f"s3://{BUCKET}/prod/engines/{ref.engine_key}" and ref.name == "tiny-tp2"
+    assert result.engine.settings.parallel.tp_size == 2
+    assert result.engine.settings.max_seq_len == 256
+
+    progress, again = build(stub, builder_server, source.uri, tp=2)
+    assert again.cached and again.engine.ref.engine_key == ref.engine_key
+    assert "convert" not in [e.progress.stage for e in progress]
+
+    listed = stub.ListEngines(builder_pb2.ListEnginesRequest(), metadata=builder_server.metadata)
+    assert ref.engine_key in [e.ref.engine_key for e in listed.engines]
+    got = stub.GetEngine(builder_pb2.GetEngineRequest(engine="tiny-tp2"),
+                         metadata=builder_server.metadata)
+    assert got.ref.engine_key == ref.engine_key and got.num_files == 6
+
+    folder = pull_engine(ref.uri, tmp_path / "cache", s3.settings)
+    assert folder.name == ref.engine_key
+    assert verify_engine_folder(folder).engine_key == ref.engine_key
+    assert (folder / "rank1.safetensors").is_file() and (folder / "tokenizer").is_dir()
+
+    stub.DeleteEngine(builder_pb2.DeleteEngineRequest(engine=ref.engine_key),
+                      metadata=builder_server.metadata)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetEngine(builder_pb2.GetEngineRequest(engine="tiny-tp2"),
+                       metadata=builder_server.metadata)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(EngineNotFound):
+        pull_engine(ref.uri, tmp_path / "cache2", s3.settings)
+
+
+def test_second_upload_of_the_same_files_sends_nothing(stub, builder_server, tmp_path):
+    folder = make_tiny_llama(tmp_path / "m", seed=7)
+    first = upload_folder(stub, folder, builder_server.metadata)
+    second = upload_folder(stub, folder, builder_server.metadata)
+    # new weights travel; the tokenizer files equal earlier uploads' and may already be there
+    assert first.received_bytes >= (folder / "model.safetensors").stat().st_size > 0
+    assert second.received_bytes == 0 and second.source_id == first.source_id
+
+
+def test_flipped_byte_or_missing_file_in_a_published_engine_is_refused(
+        stub, builder_server, tiny_hf, s3, tmp_path):
+    source = upload_folder(stub, tiny_hf, builder_server.metadata)
+    _, result = build(stub, builder_server, source.uri, max_batch_size=3)
+    key = result.engine.ref.engine_key
+    client = make_client(s3.settings)
+    object_name = f"prod/engines/{key}/rank0.safetensors"
+    data = bytearray(client.get_object(BUCKET, object_name).read())
+    data[len(data) // 2] ^= 0x01
+    client.put_object(BUCKET, object_name, io.BytesIO(bytes(data)), len(data))
+    with pytest.raises(CorruptEngine, match="sha256"):
+        pull_engine(result.engine.ref.uri, tmp_path / "c1", s3.settings)
+    client.remove_object(BUCKET, f"prod/engines/{key}/tokenizer/tokenizer.json")
+    with pytest.raises(CorruptEngine, match="missing"):
+        pull_engine(result.engine.ref.uri, tmp_path / "c2", s3.settings)
+    assert not any(p.name == key for p in (tmp_path / "c2").iterdir())
+
+
+def test_a_source_can_come_from_s3(stub, builder_server, tiny_hf, s3):
+    client = make_client(s3.settings)
+    for path in tiny_hf.iterdir():
+        client.fput_object(BUCKET, f"models/tiny/{path.name}", str(path))
+    _, result = build(stub, builder_server, f"s3://{BUCKET}/models/tiny", max_batch_size=5)
+    assert not result.cached and result.engine.settings.max_batch_size == 5
+
+
+def test_concurrent_identical_builds_produce_one_engine(stub, builder_server, tiny_hf):
+    source = upload_folder(stub, tiny_hf, builder_server.metadata)
+    results = []
+
+    def one():
+        progress, result = build(stub, builder_server, source.uri, max_batch_size=7)
+        results.append(([e.progress.stage for e in progress], result))
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 3
+    assert len({r.engine.ref.engine_key for _, r in results}) == 1
+    assert sum("convert" in stages for stages, _ in results) == 1
+    assert sorted(r.cached for _, r in results) == [False, True, True]
+
+
+def test_bad_inputs_get_clear_status_codes_and_the_service_stays_up(
+        stub, builder_server, tiny_hf, tmp_path):
+    gpt = make_tiny_llama(builder_server.models / "gpt", with_tokenizer=False)
+    config = json.loads((gpt / "config.json").read_text())
+    config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    (gpt / "config.json").write_text(json.dumps(config))
+    no_weights = make_tiny_llama(builder_server.models / "empty", with_tokenizer=False)
+    (no_weights / "model.safetensors").unlink()
+    corrupt = make_tiny_llama(builder_server.models / "corrupt", with_tokenizer=False)
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4096])
+    inside = builder_server.models / "ok"
+    shutil.copytree(tiny_hf, inside)
+    code = grpc.StatusCode
+    cases = [
+        (str(gpt), {}, code.INVALID_ARGUMENT, "unknown architecture"),
+        (str(no_weights), {}, code.INVALID_ARGUMENT, "safetensors"),
+        (str(corrupt), {}, code.INVALID_ARGUMENT, "corrupt"),
+        (str(tiny_hf), {}, code.PERMISSION_DENIED, "allowed roots"),
+        (str(builder_server.models / ".." / "x"), {}, code.PERMISSION_DENIED, "allowed roots"),
+        ("http://example.com/model", {}, code.INVALID_ARGUMENT, "scheme"),
+        (f"s3://{BUCKET}/../etc", {}, code.INVALID_ARGUMENT, "unsafe"),
+        (f"s3://{BUCKET}/no/such/model", {}, code.NOT_FOUND, "no model files"),
+        (str(inside), {"tp": 3}, code.INVALID_ARGUMENT, "tp_size=3"),
+        (str(inside), {"max_seq_len": 100000}, code.INVALID_ARGUMENT, "max_seq_len"),
+        (str(inside), {"quant": engine_pb2.QuantSettings(algo="W4A16_AWQ")},
+         code.FAILED_PRECONDITION, "not supported yet"),
+    ]
+    for source, settings, expected, words in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            build(stub, builder_server, source, **settings)
+        assert info.value.code() == expected, (source, settings, info.value.details())
+        assert words in info.value.details(), (source, info.value.details())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetEngine(builder_pb2.GetEngineRequest(engine="../../etc"),
+                       metadata=builder_server.metadata)
+    assert info.value.code() == code.INVALID_ARGUMENT
+    _, ok = build(stub, builder_server, str(inside), max_batch_size=9)
+    assert ok.engine.ref.engine_key
+    assert builder_server.process.poll() is None
+
+
+def test_token_is_required_except_for_health(builder_server):
+    with grpc.insecure_channel(builder_server.address) as channel:
+        stub = builder_pb2_grpc.BuilderStub(channel)
+        for metadata in (None, [("authorization", "Bearer wrong-token-0123456789")]):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ListEngines(builder_pb2.ListEnginesRequest(), metadata=metadata)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Build(builder_pb2.BuildRequest(source="/x"), metadata=metadata))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="kiln.v1.Builder"))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_grpcurl_sees_the_service_through_reflection(builder_server):
+    grpcurl = shutil.which("grpcurl", path=str(REPO / ".venv" / "bin")) or shutil.which("grpcurl")
+    if grpcurl is None:
+        pytest.skip("grpcurl is not installed")
+    out = subprocess.run([grpcurl, "-plaintext", "-H", f"authorization: Bearer "
+                          f"{builder_server.token}", builder_server.address, "list"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "kiln.v1.Builder" in out.stdout and "grpc.health.v1.Health" in out.stdout
+
+
+def run_cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "builder_service", *args], cwd=REPO,
+                          env=subprocess_env(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_batch_build_cli_exit_codes(s3, tiny_hf, tmp_path, builder_server):
+    store = f"s3://{BUCKET}/jobs"
+    common = ["--model", str(tiny_hf), "--store", store, "--work-dir", str(tmp_path / "w"),
+              "--dtype", "float32"]
+    ok = run_cli("build", *common, "--tp", "2", "--name", "job", env=s3.env)
+    assert ok.returncode == 0, ok.stderr
+    ref = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert ref["name"] == "job" and not ref["cached"]
+    assert "stage=publish" in ok.stderr and "\r" not in ok.stderr
+    again = run_cli("build", *common, "--tp", "2", env=s3.env)
+    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["cached"]
+    assert run_cli("build", *common, "--tp", "3", env=s3.env).returncode == 2
+    assert run_cli("build", *common, "--quant", "FP8", env=s3.env).returncode == 3
+    wrong = {**s3.env, "KILN_S3_SECRET_KEY": "wrong-secret-key-123"}
+    denied = run_cli("build", *common, env=wrong)
+    assert denied.returncode == 2 and "S3 refused" in denied.stderr
+    remote = run_cli("build", "--model", str(tiny_hf), "--builder", builder_server.address,
+                     "--token-file", str(write_token(tmp_path, builder_server.token)),
+                     "--dtype", "float32", "--max-batch-size", "11")
+    assert remote.returncode == 0, remote.stderr
+    assert json.loads(remote.stdout.splitlines()[-1])["uri"].startswith(f"s3://{BUCKET}/prod/")
+
+
+def write_token(tmp_path, token):
+    path = tmp_path / "token"
+    path.write_text(token)
+    return path
