@@ -334,7 +334,7 @@ def open_store(uri: str | Path, settings: S3Settings | None = None) -> Store:
 
 
 def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | None = None,
-                progress: ProgressFn | None = None, num_workers: int = 8) -> Path:
+                progress: ProgressFn | None = None, num_workers: int = 16) -> Path:
     """A verified local engine folder for `uri` (sha256 of every file checked).
 
     A local engine is verified in place. A remote one is pulled into `cache_dir/<engine_key>`
