@@ -25,6 +25,14 @@ def example(name: str) -> dict:
     return yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
 
 
+def value_sets() -> dict[str, dict]:
+    """The value sets the tests render: the defaults and every example under k8s/examples."""
+    return {"default": {}, "external-s3": example("external-s3"),
+            "tls-token": example("tls-token"), "multi-node-lws": example("multi-node"),
+            "gpu-pods": example("gpu"), "two-models": example("two-models"),
+            "batch-build": example("batch-build")}
+
+
 def render(values: dict | None = None) -> list[dict]:
     """The manifests `helm template` would print for `values`, as parsed objects."""
     import helm_python as helm

@@ -10,22 +10,14 @@ import sys
 import pytest
 import yaml
 
-from k8s_chart import (CHART, CRD_KINDS, KUBE_VERSION, by_kind, containers, example,
-                       pod_templates, render)
+from k8s_chart import (CHART, CRD_KINDS, KUBE_VERSION, by_kind, containers,
+                       pod_templates, render, value_sets)
 
 pytest.importorskip("helm_python", reason="pip install helm-python-sdk (requirements.txt)")
 pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 import helm_python as helm  # noqa: E402
 
-VALUE_SETS = {
-    "default": {},
-    "external-s3": example("external-s3"),
-    "tls-token": example("tls-token"),
-    "multi-node-lws": example("multi-node"),
-    "gpu-pods": example("gpu"),
-    "two-models": example("two-models"),
-    "batch-build": example("batch-build"),
-}
+VALUE_SETS = value_sets()
 BUILTIN_KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job",
                  "StatefulSet", "Secret", "ServiceAccount"}
 
