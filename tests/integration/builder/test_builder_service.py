@@ -20,7 +20,8 @@ from runtime_service.errors import CorruptEngine, EngineNotFound, PermissionDeni
 from runtime_service.store import S3Settings, open_store, pull_engine
 from runtime_service.store_s3 import make_client
 
-from conftest import BUCKET, REPO, make_tiny_llama, subprocess_env
+from support.servers import BUCKET, REPO, subprocess_env
+from support.tiny_llama import make_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import pytest
 from runtime_service.errors import EngineNotFound
 from runtime_service.store import open_store, pull_engine
 
-from conftest import BUCKET, REPO, make_tiny_llama, start_s3, stop, subprocess_env
+from support.servers import BUCKET, REPO, start_s3, stop, subprocess_env
+from support.tiny_llama import make_tiny_llama
 
 
 @pytest.fixture

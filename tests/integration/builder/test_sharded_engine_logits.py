@@ -19,7 +19,7 @@ from runtime_service.engine_config import Mapping
 from runtime_service.model.loader import load_model
 from runtime_service.store import LocalStore
 
-from conftest import REPO, free_port, subprocess_env
+from support.servers import REPO, free_port, subprocess_env
 from tp_worker import TOKENS, kv_caches, prefill_metadata
 
 WORKER = Path(__file__).with_name("tp_worker.py")
