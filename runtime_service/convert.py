@@ -86,6 +86,7 @@ def sampling_params(msg: runtime_pb2.GenerateRequest, tokenizer,
             f"max_new_tokens={max_new} is over this server's limit of {limits.max_new_tokens}")
     stop_strings, stop_ids = _words(msg.stop_words, tokenizer, "stop_words", as_strings=True)
     _, bad_ids = _words(msg.bad_words, tokenizer, "bad_words", as_strings=False)
+    beam_width = s.beam_width if s.HasField("beam_width") else 1
     return SamplingParams(
         max_new_tokens=max_new,
         min_new_tokens=s.min_new_tokens,
@@ -103,7 +104,9 @@ def sampling_params(msg: runtime_pb2.GenerateRequest, tokenizer,
         stop_strings=stop_strings,
         bad_token_ids=bad_ids,
         logprobs=msg.output.return_logprobs,
-        beam_width=s.beam_width if s.HasField("beam_width") else 1,
+        beam_width=beam_width,
+        num_return_sequences=(s.num_return_sequences if s.HasField("num_return_sequences")
+                              else beam_width),
         length_penalty=s.length_penalty if s.HasField("length_penalty") else 1.0,
         early_stopping=s.early_stopping if s.HasField("early_stopping") else True,
     )

@@ -32,6 +32,7 @@ class ResponseAssembler:
         self.finish_reason = None
         self.num_prompt_tokens = 0
         self.num_output_tokens = 0
+        self._cached_tokens = 0
 
     def add(self, out: RequestOutput) -> list[runtime_pb2.GenerateResponse]:
         """The responses this output produces (zero, one chunk, and/or one complete)."""
@@ -42,7 +43,8 @@ class ResponseAssembler:
             del state.logprobs[out.offset:]
             state.logprobs.extend(out.new_logprobs)
         text = out.new_text if self.detokenize else ""
-        state.text += text
+        # offset 0 is a whole snapshot (first output, or a beam rewritten from its start)
+        state.text = text if out.offset == 0 else state.text + text
         self.num_prompt_tokens = out.num_prompt_tokens
         self.num_output_tokens = max(self.num_output_tokens, out.num_output_tokens)
         responses = []
@@ -52,19 +54,29 @@ class ResponseAssembler:
                 chunk=runtime_pb2.Chunk(sequence_index=out.sequence_index, offset=out.offset,
                                         token_ids=out.new_token_ids, text=text,
                                         logprobs=out.new_logprobs)))
-        if out.finished and not state.complete:
-            state.complete = True
+        # a sequence is over when it carries a reason (beams end one by one) or the request ends
+        if (out.finished or out.finish_reason is not None) and not state.complete:
             self.finish_reason = out.finish_reason
-            responses.append(runtime_pb2.GenerateResponse(
-                request_id=self.request_id,
-                complete=runtime_pb2.Complete(
-                    sequence_index=out.sequence_index, token_ids=state.token_ids,
-                    text=state.text, finish_reason=FINISH_REASONS[out.finish_reason],
-                    logprobs=state.logprobs,
-                    usage=runtime_pb2.Usage(prompt_tokens=out.num_prompt_tokens,
-                                            completion_tokens=len(state.token_ids),
-                                            cached_tokens=out.num_cached_tokens))))
+            self._cached_tokens = out.num_cached_tokens
+            responses.append(self._complete(out.sequence_index, state, out.finish_reason))
         return responses
+
+    def finish(self) -> list[runtime_pb2.GenerateResponse]:
+        """Completes for sequences the engine ended without a reason of their own."""
+        return [self._complete(index, state, self.finish_reason)
+                for index, state in sorted(self._sequences.items()) if not state.complete]
+
+    def _complete(self, index: int, state: _SequenceState, reason) -> runtime_pb2.GenerateResponse:
+        state.complete = True
+        return runtime_pb2.GenerateResponse(
+            request_id=self.request_id,
+            complete=runtime_pb2.Complete(
+                sequence_index=index, token_ids=state.token_ids, text=state.text,
+                finish_reason=FINISH_REASONS.get(reason, runtime_pb2.FINISH_REASON_UNSPECIFIED),
+                logprobs=state.logprobs,
+                usage=runtime_pb2.Usage(prompt_tokens=self.num_prompt_tokens,
+                                        completion_tokens=len(state.token_ids),
+                                        cached_tokens=self._cached_tokens)))
 
     @property
     def done(self) -> bool:

@@ -79,6 +79,8 @@ class RuntimeServicer:
                 async for out in stream:
                     for response in assembler.add(out):
                         yield response
+                for response in assembler.finish():
+                    yield response
             except KilnError as exc:
                 status = type(exc).__name__
                 await abort_with(context, exc)

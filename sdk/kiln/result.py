@@ -94,7 +94,10 @@ class GenerationResult:
             if part.logprobs:
                 del out.logprobs[part.offset:]
                 out.logprobs.extend(part.logprobs)
-            out.text = self._decode(out.token_ids) if self._decode else out.text + part.text
+            if self._decode:
+                out.text = self._decode(out.token_ids)
+            else:       # offset 0 is a whole snapshot (a beam rewritten from its start)
+                out.text = part.text if part.offset == 0 else out.text + part.text
         else:
             out.token_ids = list(part.token_ids)
             out.logprobs = list(part.logprobs)

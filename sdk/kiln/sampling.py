@@ -39,6 +39,7 @@ class SamplingConfig(Checked):
     max_new_tokens: int = 32
     min_new_tokens: int = 0
     beam_width: int = 1
+    num_return_sequences: int | None = None      # None: every beam (beam_width sequences)
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -66,6 +67,8 @@ class SamplingConfig(Checked):
             frequency_penalty=self.frequency_penalty, ignore_eos=self.ignore_eos,
             beam_width=self.beam_width, length_penalty=self.length_penalty,
             early_stopping=self.early_stopping)
+        if self.num_return_sequences is not None:
+            message.num_return_sequences = self.num_return_sequences
         if self.random_seed is not None:
             message.seed = self.random_seed
         if self.end_id is not None:
@@ -86,7 +89,8 @@ def _to_words(words, encode) -> list[runtime_pb2.WordSequence]:
 
 SamplingConfig._checks = {
     "max_new_tokens": integer(1, 1 << 20), "min_new_tokens": integer(0, 1 << 20),
-    "beam_width": integer(1, 64), "temperature": number(0.0, 100.0),
+    "beam_width": integer(1, 64), "num_return_sequences": integer(1, 64, optional=True),
+    "temperature": number(0.0, 100.0),
     "top_k": integer(0, 1 << 20), "top_p": number(0.0, 1.0, low_open=True),
     "min_p": number(0.0, 1.0), "repetition_penalty": number(0.0, 100.0, low_open=True),
     "presence_penalty": number(-100.0, 100.0), "frequency_penalty": number(-100.0, 100.0),

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def make_tiny_chat_llama(folder: Path, **config) -> Path:
-    """A 2-layer random LLaMA (vocab 49152) saved with SmolLM2's tokenizer."""
+    """A 2-layer random LLaMA (vocab 49152) saved with SmolLM2's tokenizer; made once per folder."""
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
@@ -38,6 +40,16 @@ def make_tiny_chat_llama(folder: Path, **config) -> Path:
     AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name).save_pretrained(
         str(folder))
     return folder
+
+
+def tiny_config(model_dir, **kwargs):
+    """A kiln.ModelConfig with build limits small enough for CPU tests."""
+    from kiln import ModelConfig
+    config = ModelConfig(model_dir=str(model_dir), **kwargs)
+    config.build_config.max_seq_len = 2048
+    config.build_config.max_input_len = 256
+    config.build_config.max_batch_size = 64
+    return config
 
 
 def build_engine(model: Path, store: Path, *extra: str, timeout_s: float = 600) -> dict:

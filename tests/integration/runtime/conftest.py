@@ -10,7 +10,7 @@ from support.kiln_servers import RuntimePod, build_engine, make_tiny_chat_llama,
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    return make_tiny_chat_llama(tmp_path_factory.mktemp("tiny") / "hf")
+    return make_tiny_chat_llama(tmp_path_factory.getbasetemp() / "tiny-chat-llama")
 
 
 @pytest.fixture(scope="session")

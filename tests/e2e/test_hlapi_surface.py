@@ -1,0 +1,215 @@
+"""Every example of HLAPI_SURFACE.md, through `import kiln` on the embedded default (real builder
+and runtime processes, real gRPC on loopback). Outputs are checked against transformers' greedy
+tokens on the same weights, not just for shape."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kiln import LLM, ModelConfig
+from kiln.errors import Cancelled, FailedPrecondition, InvalidArgument
+from kiln.hlapi import CapacitySchedulerPolicy, KvCacheConfig, SamplingConfig
+from kiln.quantization import QuantAlgo
+from support.kiln_servers import tiny_config
+from support.random_llama import hf_greedy
+
+
+def short(llm, n=6) -> SamplingConfig:
+    config = llm.get_default_sampling_config()
+    config.max_new_tokens = n
+    config.ignore_eos = True
+    return config
+
+
+def test_basic_usage_generates_transformers_greedy_text(llm, tiny_model):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    outputs = llm.generate(["To tell a story"], sampling_config=short(llm))
+    assert len(outputs) == 1
+    output = outputs[0]
+    ids = tokenizer("To tell a story")["input_ids"]
+    assert output.token_ids == hf_greedy(tiny_model, ids, 6)
+    assert output.text == tokenizer.decode(output.token_ids, skip_special_tokens=True)
+    assert output.finished and output.finish_reason == "length"
+    assert repr(output).startswith("GenerationResult(text=")
+
+
+def test_token_ids_in_give_ids_out_with_empty_text(llm, tiny_model):
+    batch = llm.generate([[32, 12]], sampling_config=short(llm))
+    single = llm.generate([32, 12], sampling_config=short(llm))
+    assert len(batch) == len(single) == 1
+    assert batch[0].text == "" and single[0].text == ""
+    assert batch[0].token_ids == single[0].token_ids == hf_greedy(tiny_model, [32, 12], 6)
+
+
+def test_a_batch_keeps_prompt_order(llm, tiny_model):
+    prompts = [[5, 6, 7], [100], [2000, 3000, 4000, 5000]]
+    outputs = llm.generate(prompts, sampling_config=short(llm, 4))
+    assert [o.token_ids for o in outputs] == [hf_greedy(tiny_model, p, 4) for p in prompts]
+
+
+def test_async_streaming_yields_growing_output_in_order(llm, tiny_model):
+    async def collect():
+        seen = []
+        async for output in llm.generate_async([9, 8, 7], streaming=True,
+                                               sampling_config=short(llm, 5)):
+            seen.append(list(output.token_ids))
+        return seen
+
+    seen = asyncio.run(collect())
+    assert [len(s) for s in seen] == [1, 2, 3, 4, 5]
+    assert all(seen[i] == seen[-1][:i + 1] for i in range(len(seen)))
+    assert seen[-1] == hf_greedy(tiny_model, [9, 8, 7], 5)
+
+
+def test_non_streaming_async_iteration_yields_the_final_result_once(llm):
+    async def collect():
+        return [o.finished or o.finish_reason for o in
+                [x async for x in llm.generate_async([3, 4], sampling_config=short(llm, 3))]]
+    assert len(asyncio.run(collect())) == 1
+
+
+def test_future_style_result_with_timeout_and_aresult(llm):
+    generation = llm.generate_async([11, 12], sampling_config=short(llm, 1500))
+    with pytest.raises(TimeoutError):
+        generation.result(timeout=0.01)
+    output = generation.result(timeout=120)
+    assert len(output.token_ids) == 1500
+
+    async def awaited():
+        return await llm.generate_async([11, 12], sampling_config=short(llm, 4)).aresult()
+    assert asyncio.run(awaited()).token_ids == output.token_ids[:4]
+
+    async def too_slow():
+        return await llm.generate_async([11, 12], sampling_config=short(llm, 1900)).aresult(
+            timeout=0.01)
+    with pytest.raises(TimeoutError):
+        asyncio.run(too_slow())
+
+
+def test_cancelling_a_generation_frees_its_kv_blocks(llm):
+    generation = llm.generate_async([1, 2, 3], streaming=True, sampling_config=short(llm, 1900))
+    next(iter(generation))
+    info = llm.server_info()
+    assert info.kv_cache.num_free_blocks < info.kv_cache.num_total_blocks
+    generation.cancel()
+    with pytest.raises(Cancelled):
+        generation.result(timeout=30)
+    import time
+    deadline = time.monotonic() + 10
+    while True:
+        info = llm.server_info()
+        if info.num_live_requests == 0 and \
+                info.kv_cache.num_free_blocks == info.kv_cache.num_total_blocks:
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(0.02)
+
+
+def test_default_sampling_config_comes_from_the_model(llm):
+    config = llm.get_default_sampling_config()
+    assert isinstance(config, SamplingConfig)
+    assert config.end_id == 2 and config.beam_width == 1
+
+
+def test_stop_words_end_the_output(llm, tiny_model):
+    full = llm.generate([[40, 41]], sampling_config=short(llm, 8))[0].token_ids
+    config = short(llm, 8)
+    config.stop_words = [full[2:4]]
+    stopped = llm.generate([[40, 41]], sampling_config=config)[0]
+    assert stopped.token_ids == full[:4] and stopped.finish_reason == "stop"
+
+
+def test_save_then_load_the_engine_without_a_rebuild(llm, tmp_path):
+    engine_dir = llm.save(tmp_path / "engine")
+    assert (engine_dir / "manifest.json").is_file()
+    expected = llm.generate([[21, 22]], sampling_config=short(llm))[0].token_ids
+    with LLM(ModelConfig(model_dir=str(engine_dir)), show_progress=False) as reloaded:
+        assert reloaded.builder is None and reloaded.build_result is None
+        assert reloaded.engine_key == llm.engine_key
+        assert reloaded.generate([[21, 22]], sampling_config=short(llm))[0].token_ids == expected
+    with pytest.raises(InvalidArgument):
+        llm.save(engine_dir)
+
+
+def test_runtime_customization_and_a_custom_tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+    hf = AutoTokenizer.from_pretrained(str(tiny_model))
+
+    class CountingTokenizer:
+        """A user's own tokenizer: the SDK must use it on both sides."""
+        eos_token_id = 2
+        pad_token_id = None
+
+        def __init__(self):
+            self.calls = 0
+
+        def encode(self, text, add_special_tokens=True):
+            self.calls += 1
+            return hf(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+        def decode(self, ids, skip_special_tokens=True):
+            self.calls += 1
+            return "<" + hf.decode(ids, skip_special_tokens=skip_special_tokens) + ">"
+
+    tokenizer = CountingTokenizer()
+    with LLM(tiny_config(tiny_model), tokenizer=tokenizer,
+             kv_cache_config=KvCacheConfig(max_new_tokens=128, free_gpu_memory_fraction=0.8),
+             capacity_scheduling_policy=CapacitySchedulerPolicy.GUARANTEED_NO_EVICT,
+             show_progress=False) as llm:
+        assert llm.server_info().scheduler_policy == "GUARANTEED_NO_EVICT"
+        config = short(llm, 5)
+        output = llm.generate(["Once upon a time"], sampling_config=config)[0]
+        ids = hf("Once upon a time")["input_ids"]
+        assert output.token_ids == hf_greedy(tiny_model, ids, 5)
+        assert output.text == "<" + hf.decode(output.token_ids, skip_special_tokens=True) + ">"
+        assert tokenizer.calls >= 2
+        assert llm.generate([[5, 6]], sampling_config=config)[0].text == ""
+        config.max_new_tokens = 129
+        with pytest.raises(InvalidArgument, match="max_new_tokens"):
+            llm.generate([[5, 6]], sampling_config=config)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: setattr(c.quant_config, "quant_algo", QuantAlgo.W4A16_AWQ), "quantization"),
+    (lambda c: setattr(c.parallel_config, "tp_size", 2), "ranks"),
+    (lambda c: setattr(c.parallel_config, "pp_size", 4), "ranks"),
+])
+def test_settings_not_built_yet_are_refused_clearly(tiny_model, change, message):
+    config = tiny_config(tiny_model)
+    change(config)
+    with pytest.raises(FailedPrecondition, match=message):
+        LLM(config, show_progress=False)
+
+
+def test_quant_algo_kiln_does_not_implement_is_invalid(tiny_model):
+    config = tiny_config(tiny_model)
+    config.quant_config.quant_algo = QuantAlgo.W8A8_SQ_PER_CHANNEL
+    with pytest.raises(InvalidArgument, match="not implemented"):
+        LLM(config, show_progress=False)
+
+
+def test_streaming_llm_is_refused_until_the_kv_cache_has_it(tiny_model):
+    with pytest.raises(FailedPrecondition, match="StreamingLLM"):
+        LLM(tiny_config(tiny_model), streaming_llm=True, show_progress=False)
+
+
+def test_beam_search_example_returns_every_beam_as_transformers_ranks_them(tiny_model):
+    import torch
+    from transformers import LlamaForCausalLM
+    with LLM(tiny_config(tiny_model, max_beam_width=4), show_progress=False) as llm:
+        sampling_config = llm.get_default_sampling_config()
+        sampling_config.beam_width = 4
+        sampling_config.max_new_tokens = 4
+        sampling_config.ignore_eos = True
+        output = llm.generate([[32, 12]], sampling_config=sampling_config)[0]
+    assert len(output.outputs) == 4 and len(output.token_ids) == 4 and len(output.text) == 4
+    model = LlamaForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf = model.generate(torch.tensor([[32, 12]]), num_beams=4, num_return_sequences=4,
+                            max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)
+    assert output.token_ids[0] == hf[0, 2:].tolist()
+    assert sorted(output.token_ids) == sorted(hf[:, 2:].tolist())
