@@ -126,6 +126,7 @@ def test_runtime_pods_probe_drain_and_run_locked_down(value_set, rendered):
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             gpus = model.get("gpusPerPod", 0)
             assert c["resources"]["limits"].get("nvidia.com/gpu", 0) == gpus
+            assert c["resources"]["requests"].get("nvidia.com/gpu", 0) == gpus
             assert args[args.index("--device") + 1] == ("cuda" if gpus else "cpu")
             if gpus:
                 assert {"key": "nvidia.com/gpu", "operator": "Exists",

@@ -217,6 +217,7 @@ containers:
       {{- $res := deepCopy ($m.resources | default dict) }}
       {{- if gt $gpus 0 }}
       {{- $_ := set $res "limits" (merge (dict "nvidia.com/gpu" $gpus) ($res.limits | default dict)) }}
+      {{- $_ := set $res "requests" (merge (dict "nvidia.com/gpu" $gpus) ($res.requests | default dict)) }}
       {{- end }}
       {{- toYaml $res | nindent 6 }}
     volumeMounts:
