@@ -27,6 +27,7 @@ class CompletionOutput:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
+    _pieces: dict = field(default_factory=dict, repr=False)   # offset -> text of that chunk
 
 
 class GenerationResult:
@@ -96,8 +97,10 @@ class GenerationResult:
                 out.logprobs.extend(part.logprobs)
             if self._decode:
                 out.text = self._decode(out.token_ids)
-            else:       # offset 0 is a whole snapshot (a beam rewritten from its start)
-                out.text = part.text if part.offset == 0 else out.text + part.text
+            else:       # text by chunk offset, so a resent or rewritten tail replaces, not repeats
+                out._pieces = {o: t for o, t in out._pieces.items() if o < part.offset}
+                out._pieces[part.offset] = part.text
+                out.text = "".join(out._pieces[o] for o in sorted(out._pieces))
         else:
             out.token_ids = list(part.token_ids)
             out.logprobs = list(part.logprobs)
