@@ -53,7 +53,7 @@ for argv in json.load(sys.stdin):
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             runpy.run_module(module, run_name="__main__", alter_sys=True)
-        results.append(f"ran without parsing arguments")
+        results.append("ran without parsing arguments")
     except Parsed:
         results.append("ok")
     except SystemExit as exc:
