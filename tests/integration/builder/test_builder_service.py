@@ -72,6 +72,9 @@ def test_build_publish_list_pull_verify_delete(stub, builder_server, tiny_hf, s3
     assert folder.name == ref.engine_key
     assert verify_engine_folder(folder).engine_key == ref.engine_key
     assert (folder / "rank1.safetensors").is_file() and (folder / "tokenizer").is_dir()
+    written = (folder / "rank0.safetensors").stat().st_mtime_ns
+    assert pull_engine(ref.uri, tmp_path / "cache", s3.settings) == folder  # cache reuse
+    assert (folder / "rank0.safetensors").stat().st_mtime_ns == written
 
     stub.DeleteEngine(builder_pb2.DeleteEngineRequest(engine=ref.engine_key),
                       metadata=builder_server.metadata)
