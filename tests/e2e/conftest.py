@@ -4,14 +4,10 @@ per-session KILN_HOME. The SmolLM2 folder lives in the real Kiln home so it is m
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 from support.kiln_servers import make_tiny_chat_llama, tiny_config
-
-SMOLLM2_DIR = Path(os.environ.get("KILN_HOME") or Path.home() / ".cache" / "kiln") / "models" / \
-    "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="session", autouse=True)

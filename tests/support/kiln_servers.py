@@ -21,6 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kiln.v1 import runtime_pb2, runtime_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
+# The real Kiln home (read before any test points KILN_HOME elsewhere), so SmolLM2 is made once.
+SMOLLM2_DIR = Path(os.environ.get("KILN_HOME") or Path.home() / ".cache" / "kiln") / "models" / \
+    "SmolLM2-135M-Instruct"
 
 
 def make_tiny_chat_llama(folder: Path, **config) -> Path:
