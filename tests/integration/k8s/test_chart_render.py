@@ -197,6 +197,11 @@ def test_build_jobs_bound_retries_and_time(rendered):
         assert job["spec"]["backoffLimit"] == 1
         assert job["spec"]["activeDeadlineSeconds"] == 7200
         assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+        fail_fast = job["spec"]["podFailurePolicy"]["rules"][0]
+        assert fail_fast["action"] == "FailJob"
+        assert fail_fast["onExitCodes"]["values"] == [2, 3, 4]
+        assert fail_fast["onExitCodes"]["containerName"] == \
+            job["spec"]["template"]["spec"]["containers"][0]["name"]
     local_args = local["spec"]["template"]["spec"]["containers"][0]["args"]
     assert local_args[:4] == ["python", "-m", "builder_service", "build"]
     assert local_args[local_args.index("--store") + 1] == "s3://kiln/engines"
