@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from runtime_service.beam_group import BeamGroup
 from runtime_service.detokenizer import IncrementalDetokenizer
 from runtime_service.engine_config import BuildConfig, EngineConfig
 from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, Unavailable
@@ -142,11 +143,17 @@ class RequestStream:
 class _Live:
     """Executor-side state of one request: its sequence, stream and detokenizer."""
 
-    def __init__(self, seq: Sequence, stream: RequestStream, detok: IncrementalDetokenizer | None):
+    def __init__(self, seq: Sequence, stream: RequestStream, detok: IncrementalDetokenizer | None,
+                 beams: BeamGroup | None):
         self.seq = seq
         self.stream = stream
         self.detok = detok
+        self.beams = beams
         self.emitted_tokens = 0
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        return self.beams.seqs if self.beams else [self.seq]
 
 
 class Executor:
@@ -308,7 +315,9 @@ class Executor:
                 seq = Sequence(payload, self.build.max_seq_len)
                 detok = (IncrementalDetokenizer(self.tokenizer, payload.prompt_token_ids)
                          if self.tokenizer is not None else None)
-                self._live[payload.request_id] = _Live(seq, stream, detok)
+                beams = (BeamGroup(seq, self.end_ids_of(seq))
+                         if payload.sampling.beam_width > 1 else None)
+                self._live[payload.request_id] = _Live(seq, stream, detok, beams)
                 self.scheduler.add(seq)
             elif kind == "abort" and payload in self._live:
                 self._finish(self._live[payload], FinishReason.ABORTED)
@@ -317,15 +326,61 @@ class Executor:
         """One iteration: schedule -> execute -> update -> emit."""
         batch = self.scheduler.schedule()
         self.num_preemptions += len(batch.preempted)
+        self._restart_preempted_beams(batch)
         if not batch:
             return
-        sampled = self.runner.execute(batch)
+        result = self.runner.execute(batch)
         for item in batch.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
             self.kv.register_computed_blocks(item.seq)
         self.num_steps += 1
-        for token in sampled:
+        for token in result.sampled:
             self._append(token)
+        if result.beam_log_probs:
+            self._advance_beams(result.beam_log_probs)
+
+    def _restart_preempted_beams(self, batch) -> None:
+        """A beam group loses all its beams together and is searched again from the prompt;
+        the search is deterministic, so its result does not change."""
+        for seq in batch.preempted:
+            live = self._live.get(seq.request_id)
+            if live is not None and live.beams is not None:
+                live.beams.restart(self.scheduler)
+                batch.scheduled = [s for s in batch.scheduled
+                                   if s.seq.request_id != seq.request_id]
+
+    def _advance_beams(self, rows: dict) -> None:
+        for live in [lv for lv in self._live.values() if lv.beams is not None]:
+            group = live.beams
+            if not group.add_rows(rows):
+                continue
+            group.advance(self.scheduler, self.kv, self.build.max_seq_len)
+            if group.search.done:
+                self._emit_final_beams(live)
+                self._close(live)
+            else:
+                for index, seq in enumerate(group.running):
+                    live.stream._push(self._beam_output(live, index, seq.output_token_ids))
+
+    def _beam_output(self, live: _Live, index: int, tokens, **fields) -> RequestOutput:
+        """A whole-beam snapshot: offset 0, so a client replaces what it showed for this beam."""
+        text = (self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+                if self.tokenizer is not None else "")
+        return RequestOutput(request_id=live.seq.request_id, offset=0,
+                             new_token_ids=tuple(tokens), new_text=text, sequence_index=index,
+                             num_prompt_tokens=live.seq.num_prompt_tokens,
+                             num_output_tokens=len(tokens),
+                             num_cached_tokens=live.seq.num_cached_tokens, **fields)
+
+    def _emit_final_beams(self, live: _Live) -> None:
+        group = live.beams
+        hypotheses = group.search.best(live.seq.sampling.num_return_sequences)
+        for index, hyp in enumerate(hypotheses):
+            ended = bool(hyp.token_ids) and hyp.token_ids[-1] in group.end_ids
+            live.stream._push(self._beam_output(
+                live, index, hyp.token_ids, finished=index == len(hypotheses) - 1,
+                finish_reason=FinishReason.END_ID if ended else FinishReason.LENGTH,
+                cumulative_logprob=hyp.score))
 
     def _append(self, token: SampledToken) -> None:
         seq = token.seq
@@ -390,7 +445,8 @@ class Executor:
         live.emitted_tokens = seq.num_output_tokens
 
     def _close(self, live: _Live) -> None:
-        self.scheduler.finish(live.seq)
+        for seq in live.sequences:
+            self.scheduler.finish(seq)
         self._live.pop(live.seq.request_id, None)
         with self._lock:
             self._pending.discard(live.seq.request_id)

@@ -112,6 +112,21 @@ class KVCacheManager:
         if child.block_ids:
             self._holders[child.request_key] = child
 
+    def reassign(self, seqs: list[Sequence], parents: list[int]) -> None:
+        """Beam step: sequence i takes the block table of sequence parents[i] (shared)."""
+        old_tables = [list(s.block_ids) for s in seqs]
+        old_hashes = [list(s.block_hashes) for s in seqs]
+        for seq, parent in zip(seqs, parents):
+            seq.block_ids = list(old_tables[parent])
+            seq.block_hashes = list(old_hashes[parent])
+            for block in seq.block_ids:
+                self._ref_count[block] += 1
+            if seq.block_ids:
+                self._holders[seq.request_key] = seq
+        for table in old_tables:
+            for block in table:
+                self._release(block)
+
     def take_pending_copies(self) -> list[tuple[int, int]]:
         copies, self.pending_copies = self.pending_copies, []
         return copies

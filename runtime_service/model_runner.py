@@ -6,7 +6,7 @@ lays each step's tokens out flat for the attention backend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,12 @@ class SampledToken:
     seq: Sequence
     token_id: int
     logprob: float
+
+
+@dataclass
+class StepResult:
+    sampled: list[SampledToken] = field(default_factory=list)
+    beam_log_probs: dict[str, torch.Tensor] = field(default_factory=dict)   # by request_key
 
 
 def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
@@ -92,16 +98,30 @@ class ModelRunner:
             v_cache[dest] = v_cache[source]
 
     @torch.inference_mode()
-    def execute(self, batch: SchedulerOutput) -> list[SampledToken]:
+    def execute(self, batch: SchedulerOutput) -> StepResult:
         self.copy_blocks(batch.block_copies)
+        finishing = [item.seq for item in batch.scheduled if item.completes]
         input_ids, meta, sample_rows = self.prepare(batch)
         hidden = self.model(input_ids, meta, self.kv_caches)
-        finishing = [item.seq for item in batch.scheduled if item.completes]
         if not finishing:
-            return []
+            return StepResult()
         logits = self.model.compute_logits(hidden[sample_rows])
-        sampling = build_sampling_batch(finishing, self.end_ids_of, self.device)
-        result = sample(logits, sampling)
-        token_ids = result.token_ids.tolist()
-        logprobs = result.logprobs.tolist()
-        return [SampledToken(seq, t, lp) for seq, t, lp in zip(finishing, token_ids, logprobs)]
+        return self.pick_tokens(finishing, logits)
+
+    def pick_tokens(self, finishing: list[Sequence], logits: torch.Tensor) -> "StepResult":
+        """Samples the plain rows; hands beam rows back as log-probabilities for the search."""
+        beam_rows = [i for i, seq in enumerate(finishing) if seq.sampling.beam_width > 1]
+        result = StepResult()
+        if beam_rows:
+            log_probs = logits[beam_rows].log_softmax(dim=-1).cpu()
+            result.beam_log_probs = {finishing[i].request_key: log_probs[j]
+                                     for j, i in enumerate(beam_rows)}
+            plain = [i for i in range(len(finishing)) if i not in set(beam_rows)]
+            finishing = [finishing[i] for i in plain]
+            logits = logits[plain]
+        if finishing:
+            picked = sample(logits, build_sampling_batch(finishing, self.end_ids_of,
+                                                         self.device))
+            result.sampled = [SampledToken(seq, t, lp) for seq, t, lp in zip(
+                finishing, picked.token_ids.tolist(), picked.logprobs.tolist())]
+        return result

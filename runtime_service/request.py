@@ -42,7 +42,8 @@ class SamplingParams:
     logprobs: bool = False
     beam_width: int = 1
     length_penalty: float = 1.0
-    early_stopping: bool = True
+    early_stopping: bool | str = True      # True, False or "never", as transformers defines them
+    num_return_sequences: int = 1
 
     @property
     def greedy(self) -> bool:
@@ -66,9 +67,10 @@ class RequestOutput:
     new_token_ids: tuple[int, ...]
     new_logprobs: tuple[float, ...] = ()
     new_text: str = ""                    # decoded text of new tokens, when a tokenizer is set
-    finished: bool = False
-    finish_reason: FinishReason | None = None
+    finished: bool = False                # the request is complete: this is its last output
+    finish_reason: FinishReason | None = None   # set when this sequence is complete
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
-    sequence_index: int = 0
+    sequence_index: int = 0               # beam (or returned sequence) this output belongs to
+    cumulative_logprob: float | None = None  # beam score (with length penalty) when beams run

@@ -83,6 +83,24 @@ class Scheduler:
         self.waiting.append(seq)
         self.waiting.sort(key=lambda s: (-s.request.priority, s.request.arrival_time))
 
+    def add_running(self, seq: Sequence) -> None:
+        """A beam forked from a running parent joins the batch directly; its parent's
+        admission reserved its blocks."""
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+
+    def requeue(self, seq: Sequence) -> None:
+        """Frees a sequence's blocks and puts it first in line to be recomputed."""
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.kv.free(seq)
+        seq.num_computed_tokens = 0
+        seq.num_cached_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        self.waiting.insert(0, seq)
+
     def finish(self, seq: Sequence) -> None:
         """Removes a sequence for good (finished or aborted) and frees its blocks."""
         if seq in self.running:
@@ -146,8 +164,10 @@ class Scheduler:
         return self.kv.num_free_blocks - reserved >= self._future_blocks(seq)
 
     def _future_blocks(self, seq: Sequence) -> int:
-        """Blocks `seq` may still need to reach its maximum length."""
-        return max(0, blocks_for_tokens(seq.max_total_tokens, self.kv.block_size)
+        """Blocks `seq` may still need to reach its maximum length (for each of its beams,
+        until they are forked)."""
+        return max(0, seq.reserved_beams * blocks_for_tokens(seq.max_total_tokens,
+                                                             self.kv.block_size)
                    - len(seq.block_ids))
 
     def _grow_or_preempt(self, seq: Sequence, num_new: int, out: SchedulerOutput) -> bool:

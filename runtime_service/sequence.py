@@ -40,6 +40,7 @@ class Sequence:
         self.max_total_tokens = min(max_seq_len,
                                     self.num_prompt_tokens + self.sampling.max_new_tokens)
         self.num_preemptions = 0
+        self.reserved_beams = 1 if beam_index else request.sampling.beam_width
         self.num_cached_tokens = 0
         self.seed = (self.sampling.seed if self.sampling.seed is not None
                      else random.getrandbits(62))

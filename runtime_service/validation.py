@@ -62,9 +62,11 @@ def validate_request(request: Request, limits: EngineLimits) -> None:
                 f"token id {token!r} is out of range [0, {limits.vocab_size})")
     _validate_sampling(request, limits)
     total = min(limits.max_seq_len, len(prompt) + request.sampling.max_new_tokens)
+    total *= request.sampling.beam_width
     if total > limits.max_kv_tokens:
         raise CapacityExceeded(
-            f"the request may grow to {total} tokens but the KV cache holds {limits.max_kv_tokens}")
+            f"the request may grow to {total} tokens (all beams) but the KV cache holds "
+            f"{limits.max_kv_tokens}")
 
 
 def _validate_sampling(request: Request, limits: EngineLimits) -> None:
@@ -103,5 +105,25 @@ def _validate_sampling(request: Request, limits: EngineLimits) -> None:
         raise FailedPrecondition(
             f"beam_width={p.beam_width} exceeds the engine's max_beam_width="
             f"{limits.max_beam_width}; rebuild the engine with a larger max_beam_width")
+    if p.early_stopping not in (True, False, "never"):
+        raise InvalidRequest(
+            f"early_stopping must be true, false or \"never\", got {p.early_stopping!r}")
+    _check_range("num_return_sequences", p.num_return_sequences, 1, p.beam_width)
     if p.beam_width > 1:
-        raise FailedPrecondition("beam search is not available in this runtime version")
+        _validate_beam_search(p)
+
+
+def _validate_beam_search(p) -> None:
+    """Beam search ranks by model log-probabilities; sampling-side settings do not apply."""
+    ignored = [name for name, off in (
+        ("temperature", p.temperature == 0.0), ("top_k", p.top_k in (0, 1)),
+        ("top_p", p.top_p == 1.0), ("min_p", p.min_p == 0.0),
+        ("repetition_penalty", p.repetition_penalty == 1.0),
+        ("presence_penalty", p.presence_penalty == 0.0),
+        ("frequency_penalty", p.frequency_penalty == 0.0),
+        ("stop_token_ids", not p.stop_token_ids), ("stop_strings", not p.stop_strings),
+        ("bad_token_ids", not p.bad_token_ids)) if not off]
+    if ignored:
+        raise InvalidRequest(
+            f"beam search (beam_width={p.beam_width}) does not combine with "
+            f"{', '.join(ignored)}; use beam_width 1 for those")

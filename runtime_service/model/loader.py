@@ -115,4 +115,7 @@ def default_build_config(config: EngineConfig) -> BuildConfig:
         reach = int(reach * model.rope_scaling.factor)   # dynamic NTK exists to extrapolate
     max_seq = min(reach, 4096)
     return BuildConfig(dtype="float32", max_seq_len=max_seq, max_input_len=max_seq,
-                       max_num_tokens=max(max_seq, 2048))
+                       max_num_tokens=max(max_seq, 2048), max_beam_width=UNBUILT_MAX_BEAM_WIDTH)
+
+
+UNBUILT_MAX_BEAM_WIDTH = 4   # an unbuilt folder has no build limit; this bounds beam memory

@@ -36,7 +36,9 @@ def hf_greedy(folder: Path, prompt: list[int], max_new_tokens: int, device: str 
     model = model or LlamaForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device).eval()
     ids = torch.tensor([prompt], device=device)
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+        # An explicit mask: HF would otherwise mask prompt tokens equal to the pad id.
+        out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=None, pad_token_id=0)
     return out[0, len(prompt):].tolist()
 

@@ -154,7 +154,7 @@ def test_bad_requests_fail_before_scheduling_and_others_continue(executor):
     with pytest.raises(InvalidRequest, match="max_input_len"):
         executor.submit(Request("long", [1] * (executor.limits.max_input_len + 1)))
     with pytest.raises(FailedPrecondition, match="max_beam_width"):
-        executor.submit(Request("beam", [1], SamplingParams(beam_width=4)))
+        executor.submit(Request("beam", [1], SamplingParams(beam_width=8)))
     with pytest.raises(InvalidRequest, match="already running"):
         executor.submit(Request("good", [1]))
     assert len(_tokens(good)) == 20

@@ -68,3 +68,22 @@ def test_stop_string_ends_generation_and_trims_text(hf_model, executor):
     full = tokenizer.decode(_hf_greedy(hf_model, ids, NEW_TOKENS), skip_special_tokens=True)
     assert outputs[-1].finish_reason is FinishReason.STOP
     assert text == full[:full.index("answer")]
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_beam_search_matches_transformers(hf_model, executor, k):
+    tokenizer, model = hf_model
+    ids = tokenizer(PROMPTS[1]).input_ids
+    with torch.no_grad():
+        prompt = torch.tensor([ids])
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=k,
+                             num_return_sequences=k, max_new_tokens=6, do_sample=False,
+                             length_penalty=1.0, early_stopping=True, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.eos_token_id)
+    outputs = [o for o in executor.submit(Request(f"beam{k}", ids, SamplingParams(
+        max_new_tokens=6, beam_width=k, num_return_sequences=k, early_stopping=True)))
+        if o.finish_reason is not None]
+    for out_row, score, ours in zip(out.sequences[:, len(ids):].tolist(),
+                                    out.sequences_scores.tolist(), outputs):
+        assert list(ours.new_token_ids) == out_row[:len(ours.new_token_ids)]
+        assert ours.cumulative_logprob == pytest.approx(score, abs=1e-4)
