@@ -8,5 +8,5 @@ against the loader, so the list cannot drift silently when quantized layers or r
 
 LOADABLE_QUANT_ALGOS: tuple[str, ...] = ("NONE",)
 MAX_WORLD_SIZE = 1
-STREAMING_LLM = False          # sink tokens + sliding window are not in the KV cache yet
-BLOCK_REUSE = False            # prefix reuse is not switchable from the executor options yet
+STREAMING_LLM = True           # sink tokens + sliding window (kv_cache.AttentionWindow)
+BLOCK_REUSE = True             # hashed prefix reuse (ExecutorOptions.enable_block_reuse)

@@ -70,6 +70,8 @@ def fetch_engine(uri: str, cache_dir: Path, progress=None) -> tuple[Path, str]:
 def apply_options(settings: RuntimeSettings, options: runtime_pb2.RuntimeOptions) -> RuntimeSettings:
     """The pod's settings with a LoadEngine call's non-zero options laid over them."""
     from runtime_service.executor import ExecutorOptions
+    if options.sink_token_length and not options.max_attention_window:
+        raise InvalidRequest("sink_token_length needs max_attention_window")
     if options.sink_token_length or options.max_attention_window:
         if not capabilities.STREAMING_LLM:
             raise FailedPrecondition(
@@ -90,6 +92,12 @@ def apply_options(settings: RuntimeSettings, options: runtime_pb2.RuntimeOptions
             raise InvalidRequest(f"unknown scheduler_policy {options.scheduler_policy!r}") from exc
     if options.max_queue_size:
         changes["max_queue_size"] = options.max_queue_size
+    if options.max_attention_window:
+        changes["max_attention_window"] = options.max_attention_window
+        changes["sink_token_length"] = options.sink_token_length
+        changes["streaming_llm"] = options.streaming_llm
+    if options.enable_block_reuse:
+        changes["enable_block_reuse"] = True
     limits = settings.limits
     if options.max_new_tokens:
         limits = ServingLimits(max_new_tokens=options.max_new_tokens,

@@ -22,7 +22,7 @@ from runtime_service.beam_group import BeamGroup
 from runtime_service.detokenizer import IncrementalDetokenizer
 from runtime_service.engine_config import BuildConfig, EngineConfig
 from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, Unavailable
-from runtime_service.kv_cache import KVCacheManager
+from runtime_service.kv_cache import AttentionWindow, KVCacheManager
 from runtime_service.model.loader import LoadedModel, default_build_config, load_model
 from runtime_service.model_runner import ModelRunner, SampledToken, kv_bytes_per_token
 from runtime_service.request import FinishReason, Request, RequestOutput
@@ -49,6 +49,12 @@ class ExecutorOptions:
     policy: SchedulerPolicy = SchedulerPolicy.GUARANTEED_NO_EVICT
     enable_chunked_prefill: bool = True
     enable_block_reuse: bool = False
+    # A sliding attention window keeps the first sink_token_length tokens and the last
+    # max_attention_window; with streaming_llm, rotary positions are positions in the cache
+    # (StreamingLLM), so a stream can run far past max_seq_len in bounded memory.
+    max_attention_window: int | None = None
+    sink_token_length: int = 0
+    streaming_llm: bool = False
     max_queue_size: int = 1024
     load_tokenizer: bool = True
 
@@ -166,9 +172,15 @@ class Executor:
         device = torch.device(options.device)
         block_size = options.block_size
         num_blocks = self._num_kv_blocks(loaded, build, device)
+        window = None
+        if options.max_attention_window is not None:
+            if loaded.config.model.rope_scaling.rope_type == "dynamic" and options.streaming_llm:
+                raise InvalidRequest("StreamingLLM does not combine with dynamic NTK rotary")
+            window = AttentionWindow(options.sink_token_length, options.max_attention_window,
+                                     rotate_in_cache=options.streaming_llm)
         self.kv = KVCacheManager(num_blocks, block_size,
                                  enable_prefix_reuse=options.enable_block_reuse,
-                                 engine_salt=engine_identity(loaded))
+                                 engine_salt=engine_identity(loaded), window=window)
         self.scheduler = Scheduler(SchedulerConfig(
             max_batch_size=min(options.max_batch_size or build.max_batch_size, build.max_batch_size),
             max_num_tokens=min(options.max_num_tokens or build.max_num_tokens, build.max_num_tokens),
@@ -176,7 +188,7 @@ class Executor:
             enable_chunked_prefill=options.enable_chunked_prefill,
         ), self.kv)
         self.runner = ModelRunner(loaded.model, num_blocks, block_size, device, loaded.dtype,
-                                  self.end_ids_of)
+                                  self.end_ids_of, rotate_in_cache=options.streaming_llm)
         self.limits = EngineLimits(
             vocab_size=loaded.config.model.vocab_size,
             max_input_len=build.max_input_len,
@@ -185,7 +197,11 @@ class Executor:
             max_beam_width=build.max_beam_width,
             max_kv_tokens=num_blocks * block_size,
             enable_chunked_prefill=options.enable_chunked_prefill,
+            window_tokens=(self.kv.max_blocks_per_sequence(1 << 40) * block_size
+                           if window is not None else None),
         )
+        # With a window only the prompt is bound by max_seq_len; the stream itself is not.
+        self.sequence_cap = build.max_seq_len if window is None else 1 << 40
         self.tokenizer = self._load_tokenizer(loaded.tokenizer_dir) if options.load_tokenizer else None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wakeup = threading.Event()
@@ -312,7 +328,7 @@ class Executor:
             except queue.Empty:
                 return
             if kind == "submit":
-                seq = Sequence(payload, self.build.max_seq_len)
+                seq = Sequence(payload, self.sequence_cap)
                 detok = (IncrementalDetokenizer(self.tokenizer, payload.prompt_token_ids)
                          if self.tokenizer is not None else None)
                 beams = (BeamGroup(seq, self.end_ids_of(seq))
@@ -333,6 +349,7 @@ class Executor:
         for item in batch.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
             self.kv.register_computed_blocks(item.seq)
+            self.kv.slide_window(item.seq)
         self.num_steps += 1
         for token in result.sampled:
             self._append(token)

@@ -15,8 +15,9 @@ until the pool needs them (least recently freed first).
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from runtime_service.errors import InvalidRequest
 from runtime_service.sequence import Sequence
@@ -26,13 +27,30 @@ def blocks_for_tokens(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
+@dataclass(frozen=True)
+class AttentionWindow:
+    """StreamingLLM: the first `sink_tokens` stay, then only the last `window_tokens` (both
+    rounded up to whole blocks). With `rotate_in_cache`, rotary positions are positions within
+    the cache, so keys are re-rotated when the window slides."""
+
+    sink_tokens: int
+    window_tokens: int
+    rotate_in_cache: bool = True
+
+    def __post_init__(self):
+        if self.sink_tokens < 0 or self.window_tokens < 1:
+            raise InvalidRequest(
+                f"sink_token_length must be >= 0 and max_attention_window >= 1, got "
+                f"{self.sink_tokens} and {self.window_tokens}")
+
+
 def chain_hash(parent: bytes, token_ids: list[int]) -> bytes:
     return hashlib.blake2b(parent + array("q", token_ids).tobytes(), digest_size=16).digest()
 
 
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_reuse: bool = False,
-                 engine_salt: str = ""):
+                 engine_salt: str = "", window: AttentionWindow | None = None):
         if num_blocks < 1 or block_size < 1:
             raise InvalidRequest(
                 f"KV cache needs at least one block of at least one token, got {num_blocks} "
@@ -47,6 +65,13 @@ class KVCacheManager:
         self._block_of_hash: dict[bytes, int] = {}
         self._holders: dict[str, Sequence] = {}
         self.pending_copies: list[tuple[int, int]] = []
+        self.window = window
+        if window is not None:
+            if enable_prefix_reuse:
+                raise InvalidRequest("block reuse does not combine with a sliding attention window")
+            self.sink_blocks = blocks_for_tokens(window.sink_tokens, block_size)
+            self.window_blocks = blocks_for_tokens(window.window_tokens, block_size)
+        self.pending_rotations: list[tuple[tuple[int, ...], int]] = []   # (blocks, shift)
 
     @property
     def num_free_blocks(self) -> int:
@@ -64,7 +89,7 @@ class KVCacheManager:
 
     def num_new_blocks(self, seq: Sequence, num_new_tokens: int) -> int:
         """Blocks `seq` must gain (new ones and copies of shared ones) for `num_new_tokens`."""
-        needed = blocks_for_tokens(seq.num_computed_tokens + num_new_tokens, self.block_size)
+        needed = blocks_for_tokens(seq.num_cached_positions + num_new_tokens, self.block_size)
         grow = max(0, needed - len(seq.block_ids))
         return grow + len(self._shared_blocks_to_write(seq, num_new_tokens))
 
@@ -72,9 +97,9 @@ class KVCacheManager:
         """Indices into seq.block_ids of already-held blocks that this step writes but shares."""
         if num_new_tokens == 0:
             return []
-        first = seq.num_computed_tokens // self.block_size
+        first = seq.num_cached_positions // self.block_size
         last = min(len(seq.block_ids),
-                   blocks_for_tokens(seq.num_computed_tokens + num_new_tokens, self.block_size))
+                   blocks_for_tokens(seq.num_cached_positions + num_new_tokens, self.block_size))
         return [i for i in range(first, last) if self._ref_count[seq.block_ids[i]] > 1]
 
     def allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
@@ -87,7 +112,7 @@ class KVCacheManager:
             self._release(source)
             seq.block_ids[index] = copy
             self.pending_copies.append((source, copy))
-        needed = blocks_for_tokens(seq.num_computed_tokens + num_new_tokens, self.block_size)
+        needed = blocks_for_tokens(seq.num_cached_positions + num_new_tokens, self.block_size)
         while len(seq.block_ids) < needed:
             seq.block_ids.append(self._take_free_block())
         if seq.block_ids:
@@ -99,6 +124,7 @@ class KVCacheManager:
         for block in seq.block_ids:
             self._release(block)
         seq.block_ids = []
+        seq.num_evicted_tokens = 0
         seq.block_hashes = []
         self._holders.pop(seq.request_key, None)
 
@@ -126,6 +152,31 @@ class KVCacheManager:
         for table in old_tables:
             for block in table:
                 self._release(block)
+
+    def max_blocks_per_sequence(self, max_total_tokens: int) -> int:
+        """The most blocks one sequence can hold at once: bounded by the window when set."""
+        blocks = blocks_for_tokens(max_total_tokens, self.block_size)
+        if self.window is None:
+            return blocks
+        return min(blocks, self.sink_blocks + self.window_blocks + 1)
+
+    def slide_window(self, seq: Sequence) -> None:
+        """Drops the oldest full blocks past the sink once the window holds more than its size;
+        queues the re-rotation of the blocks that moved down in the cache."""
+        if self.window is None:
+            return
+        full_blocks = seq.num_cached_positions // self.block_size
+        while full_blocks > self.sink_blocks + self.window_blocks:
+            self._release(seq.block_ids.pop(self.sink_blocks))
+            seq.num_evicted_tokens += self.block_size
+            full_blocks -= 1
+            if self.window.rotate_in_cache:
+                self.pending_rotations.append(
+                    (tuple(seq.block_ids[self.sink_blocks:]), self.block_size))
+
+    def take_pending_rotations(self) -> list[tuple[tuple[int, ...], int]]:
+        rotations, self.pending_rotations = self.pending_rotations, []
+        return rotations
 
     def take_pending_copies(self) -> list[tuple[int, int]]:
         copies, self.pending_copies = self.pending_copies, []

@@ -39,11 +39,13 @@ def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype, end_ids_of):
+                 device: torch.device, dtype: torch.dtype, end_ids_of,
+                 rotate_in_cache: bool = False):
         self.model = model
         self.device = torch.device(device)
         self.block_size = block_size
         self.end_ids_of = end_ids_of
+        self.rotate_in_cache = rotate_in_cache
         args = model.args
         kv_heads = args.num_kv_heads // model.parallel.tp_size
         shape = (num_blocks, block_size, kv_heads, args.head_dim)
@@ -58,13 +60,15 @@ class ModelRunner:
         for item in batch.scheduled:
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_new_tokens
+            shift = seq.num_evicted_tokens          # cache position = position - shift
             token_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
+            rotary_shift = shift if self.rotate_in_cache else 0
+            positions.extend(range(start - rotary_shift, end - rotary_shift))
             slots.extend(seq.block_ids[p // self.block_size] * self.block_size
-                         + p % self.block_size for p in range(start, end))
+                         + p % self.block_size for p in range(start - shift, end - shift))
             token_seq_lens.extend([end] * item.num_new_tokens)
             query_lens.append(item.num_new_tokens)
-            seq_lens.append(end)
+            seq_lens.append(end - shift)
             tables.append(seq.block_ids)
             if item.completes:
                 sample_rows.append(len(token_ids) - 1)
@@ -97,8 +101,25 @@ class ModelRunner:
             k_cache[dest] = k_cache[source]
             v_cache[dest] = v_cache[source]
 
+    def rotate_blocks(self, rotations: list[tuple[tuple[int, ...], int]]) -> None:
+        """StreamingLLM: keys that moved `shift` places down in the cache are turned back by
+        `shift` rotary positions (rotations compose), so positions stay cache positions."""
+        rotary = next(iter(self.model.layers.values())).attn.rotary
+        for blocks, shift in rotations:
+            if not blocks:
+                continue
+            index = torch.tensor(blocks, device=self.device)
+            for k_cache, _ in self.kv_caches:
+                keys = k_cache[index].float()
+                cos, sin = rotary.cos_sin(torch.tensor([-shift], device=self.device), None,
+                                          torch.float32)
+                half = keys.shape[-1] // 2
+                turned = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
+                k_cache[index] = (keys * cos + turned * sin).to(k_cache.dtype)
+
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> StepResult:
+        self.rotate_blocks(batch.block_rotations)
         self.copy_blocks(batch.block_copies)
         finishing = [item.seq for item in batch.scheduled if item.completes]
         input_ids, meta, sample_rows = self.prepare(batch)

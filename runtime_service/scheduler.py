@@ -18,7 +18,7 @@ import enum
 from dataclasses import dataclass, field
 
 from runtime_service.errors import InvalidRequest
-from runtime_service.kv_cache import KVCacheManager, blocks_for_tokens
+from runtime_service.kv_cache import KVCacheManager
 from runtime_service.sequence import Sequence, SequenceStatus
 
 
@@ -58,6 +58,7 @@ class SchedulerOutput:
     scheduled: list[ScheduledSequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     block_copies: list[tuple[int, int]] = field(default_factory=list)   # (source, dest) ids
+    block_rotations: list[tuple[tuple[int, ...], int]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -148,6 +149,7 @@ class Scheduler:
             out.scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
         out.block_copies = self.kv.take_pending_copies()
+        out.block_rotations = self.kv.take_pending_rotations()
         return out
 
     def _unclaim(self, seq: Sequence) -> None:
@@ -166,9 +168,8 @@ class Scheduler:
     def _future_blocks(self, seq: Sequence) -> int:
         """Blocks `seq` may still need to reach its maximum length (for each of its beams,
         until they are forked)."""
-        return max(0, seq.reserved_beams * blocks_for_tokens(seq.max_total_tokens,
-                                                             self.kv.block_size)
-                   - len(seq.block_ids))
+        most = self.kv.max_blocks_per_sequence(seq.max_total_tokens)
+        return max(0, seq.reserved_beams * most - len(seq.block_ids))
 
     def _grow_or_preempt(self, seq: Sequence, num_new: int, out: SchedulerOutput) -> bool:
         """Allocates for `seq`, preempting the newest running sequences if needed.

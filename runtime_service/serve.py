@@ -48,6 +48,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("GUARANTEED_NO_EVICT", "MAX_UTILIZATION"))
     parser.add_argument("--max-queue-size", type=int, default=1024)
     parser.add_argument("--max-batch-size", type=int)
+    parser.add_argument("--enable-block-reuse", action="store_true",
+                        help="share computed prefix blocks between requests")
+    parser.add_argument("--max-attention-window", type=int,
+                        help="keep only this many recent tokens in the KV cache")
+    parser.add_argument("--sink-token-length", type=int, default=0,
+                        help="first tokens always kept when a window is set")
+    parser.add_argument("--streaming-llm", action="store_true",
+                        help="with a window: rotary positions within the cache (StreamingLLM)")
+    parser.add_argument("--disable-chunked-context", action="store_true",
+                        help="prefill each prompt in one step")
     parser.add_argument("--max-new-tokens", type=int, default=2048,
                         help="the most new tokens one request may ask for")
     parser.add_argument("--default-max-new-tokens", type=int, default=32)
@@ -64,7 +74,10 @@ def settings_from_args(args) -> RuntimeSettings:
         kv_max_tokens=args.kv_max_tokens,
         kv_free_gpu_memory_fraction=args.kv_free_gpu_memory_fraction,
         max_batch_size=args.max_batch_size, policy=args.scheduler_policy,
-        max_queue_size=args.max_queue_size)
+        max_queue_size=args.max_queue_size, enable_block_reuse=args.enable_block_reuse,
+        max_attention_window=args.max_attention_window,
+        sink_token_length=args.sink_token_length, streaming_llm=args.streaming_llm,
+        enable_chunked_prefill=not args.disable_chunked_context)
     return RuntimeSettings(
         cache_dir=Path(args.cache_dir), executor=options,
         limits=ServingLimits(max_new_tokens=args.max_new_tokens,

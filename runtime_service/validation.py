@@ -16,6 +16,7 @@ MAX_STOP_SEQUENCES = 64
 MAX_STOP_SEQUENCE_LEN = 256
 MAX_REQUEST_ID_LEN = 256
 MAX_SEED = 2 ** 63 - 1
+MAX_STREAM_TOKENS = 1 << 24      # a StreamingLLM stream is bounded by time, not by memory
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class EngineLimits:
     max_beam_width: int
     max_kv_tokens: int
     enable_chunked_prefill: bool = True
+    window_tokens: int | None = None     # most tokens a sequence holds under a sliding window
 
 
 def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
@@ -61,7 +63,8 @@ def validate_request(request: Request, limits: EngineLimits) -> None:
             raise InvalidRequest(
                 f"token id {token!r} is out of range [0, {limits.vocab_size})")
     _validate_sampling(request, limits)
-    total = min(limits.max_seq_len, len(prompt) + request.sampling.max_new_tokens)
+    total = len(prompt) + request.sampling.max_new_tokens
+    total = min(total, limits.window_tokens or limits.max_seq_len)
     total *= request.sampling.beam_width
     if total > limits.max_kv_tokens:
         raise CapacityExceeded(
@@ -71,7 +74,8 @@ def validate_request(request: Request, limits: EngineLimits) -> None:
 
 def _validate_sampling(request: Request, limits: EngineLimits) -> None:
     p = request.sampling
-    _check_range("max_new_tokens", p.max_new_tokens, 1, limits.max_seq_len)
+    _check_range("max_new_tokens", p.max_new_tokens, 1,
+                 MAX_STREAM_TOKENS if limits.window_tokens else limits.max_seq_len)
     _check_range("min_new_tokens", p.min_new_tokens, 0, p.max_new_tokens)
     _check_range("temperature", p.temperature, 0.0, 100.0)
     _check_range("top_k", p.top_k, 0, limits.vocab_size)
@@ -110,6 +114,8 @@ def _validate_sampling(request: Request, limits: EngineLimits) -> None:
             f"early_stopping must be true, false or \"never\", got {p.early_stopping!r}")
     _check_range("num_return_sequences", p.num_return_sequences, 1, p.beam_width)
     if p.beam_width > 1:
+        if limits.window_tokens:
+            raise FailedPrecondition("beam search does not combine with a sliding attention window")
         _validate_beam_search(p)
 
 

@@ -214,6 +214,7 @@ class LLM:
                 else StreamingLLMParam()
             options.max_attention_window = param.max_attention_window_size
             options.sink_token_length = param.sink_token_length
+            options.streaming_llm = True
         return options
 
     def _attach(self, info, uri: str, engine_key: str | None) -> runtime_pb2.ModelInfo:

@@ -191,9 +191,31 @@ def test_quant_algo_kiln_does_not_implement_is_invalid(tiny_model):
         LLM(config, show_progress=False)
 
 
-def test_streaming_llm_is_refused_until_the_kv_cache_has_it(tiny_model):
-    with pytest.raises(FailedPrecondition, match="StreamingLLM"):
-        LLM(tiny_config(tiny_model), streaming_llm=True, show_progress=False)
+def test_streaming_llm_generates_past_its_window_through_the_sdk(tiny_model):
+    from kiln.hlapi import StreamingLLMParam
+    param = StreamingLLMParam(max_attention_window_size=32, sink_token_length=4)
+    with LLM(tiny_config(tiny_model), streaming_llm=param, show_progress=False) as llm:
+        sampling_config = llm.get_default_sampling_config()
+        sampling_config.max_new_tokens = 120
+        sampling_config.ignore_eos = True
+        output = llm.generate([[32, 12]], sampling_config=sampling_config)[0]
+        info = llm.runtime.server_info()
+    assert len(output.token_ids) == 120
+    assert info.kv_cache.num_free_blocks == info.kv_cache.num_total_blocks
+
+
+def test_block_reuse_serves_a_repeated_prompt_from_the_cache(tiny_model):
+    from kiln.hlapi import KvCacheConfig
+    prompt = list(range(100, 180))
+    with LLM(tiny_config(tiny_model), kv_cache_config=KvCacheConfig(enable_block_reuse=True),
+             show_progress=False) as llm:
+        sampling_config = llm.get_default_sampling_config()
+        sampling_config.max_new_tokens = 4
+        first = llm.generate([prompt], sampling_config=sampling_config)[0]
+        second = llm.generate([prompt], sampling_config=sampling_config)[0]
+    assert second.token_ids == first.token_ids
+    assert first.usage["cached_tokens"] == 0
+    assert second.usage["cached_tokens"] == 64             # four full blocks of 16
 
 
 def test_beam_search_example_returns_every_beam_as_transformers_ranks_them(tiny_model):

@@ -46,9 +46,8 @@ def test_empty_pod_is_not_serving_until_load_engine(tiny_engine, tmp_path):
             with pytest.raises(grpc.RpcError) as error:
                 stub.LoadEngine(runtime_pb2.LoadEngineRequest(
                     engine_uri=tiny_engine["uri"],
-                    options=runtime_pb2.RuntimeOptions(sink_token_length=4,
-                                                       max_attention_window=64)), timeout=60)
-            assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                    options=runtime_pb2.RuntimeOptions(sink_token_length=4)), timeout=60)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT   # sinks need a window
             model = stub.LoadEngine(runtime_pb2.LoadEngineRequest(
                 engine_uri=tiny_engine["uri"],
                 options=runtime_pb2.RuntimeOptions(kv_max_tokens=2048, max_new_tokens=100,
