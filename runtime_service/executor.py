@@ -57,6 +57,11 @@ class ExecutorOptions:
     streaming_llm: bool = False
     max_queue_size: int = 1024
     load_tokenizer: bool = True
+    # "auto": the Triton kernels on CUDA, the torch reference elsewhere; or "torch" / "triton".
+    attention_backend: str = "auto"
+    # Decode steps of up to this many sequences replay captured CUDA graphs (None: up to
+    # max_batch_size on CUDA; 0: never). CUDA with the Triton backend only.
+    cuda_graph_max_batch_size: int | None = None
 
     def __post_init__(self):
         if self.block_size < 1 or self.block_size > 1024:
@@ -71,6 +76,12 @@ class ExecutorOptions:
                 f"{self.kv_free_gpu_memory_fraction}")
         if self.max_queue_size < 1:
             raise InvalidRequest(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise InvalidRequest("attention_backend must be 'auto', 'torch' or 'triton', got "
+                                 f"{self.attention_backend!r}")
+        if self.cuda_graph_max_batch_size is not None and self.cuda_graph_max_batch_size < 0:
+            raise InvalidRequest("cuda_graph_max_batch_size must be >= 0, got "
+                                 f"{self.cuda_graph_max_batch_size}")
         object.__setattr__(self, "policy", SchedulerPolicy(self.policy))
 
 
@@ -187,8 +198,16 @@ class Executor:
             policy=options.policy,
             enable_chunked_prefill=options.enable_chunked_prefill,
         ), self.kv)
+        graph_batch = options.cuda_graph_max_batch_size
+        if graph_batch is None:
+            graph_batch = self.scheduler.config.max_batch_size if device.type == "cuda" else 0
+        if window is not None:
+            graph_batch = 0            # captured decode graphs assume absolute cache positions
         self.runner = ModelRunner(loaded.model, num_blocks, block_size, device, loaded.dtype,
-                                  self.end_ids_of, rotate_in_cache=options.streaming_llm)
+                                  self.end_ids_of, attention=options.attention_backend,
+                                  cuda_graph_max_batch_size=graph_batch,
+                                  max_seq_len=build.max_seq_len,
+                                  rotate_in_cache=options.streaming_llm)
         self.limits = EngineLimits(
             vocab_size=loaded.config.model.vocab_size,
             max_input_len=build.max_input_len,

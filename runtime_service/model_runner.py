@@ -1,7 +1,9 @@
 """Turns a SchedulerOutput into one forward pass and one sampled token per finishing sequence.
 
 Owns the KV-cache tensors (one [num_blocks, block_size, kv_heads, head_dim] pair per layer) and
-lays each step's tokens out flat for the attention backend.
+lays each step's tokens out flat for the attention backend. On CUDA it picks the Triton attention
+backend and replays captured CUDA graphs for pure decode steps; the only host synchronisation in a
+step is reading the sampled tokens.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from runtime_service.layers.attention import AttentionMetadata
+from runtime_service.layers.attention import AttentionMetadata, TorchReferenceAttention
 from runtime_service.model.llama import LlamaModel
-from runtime_service.sampler import build_sampling_batch, sample
+from runtime_service.sampler import build_sampling_batch, is_plain_greedy, sample, sample_greedy
 from runtime_service.scheduler import SchedulerOutput
 from runtime_service.sequence import Sequence
 
@@ -38,8 +40,13 @@ def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
 
 
 class ModelRunner:
+    """`attention`: "auto" (Triton on CUDA when installed), "torch" or "triton".
+    `cuda_graph_max_batch_size`: capture decode graphs up to this batch size (0: none); they
+    need CUDA, the Triton backend and `max_seq_len` (the widest block table)."""
+
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype, end_ids_of,
+                 device: torch.device, dtype: torch.dtype, end_ids_of, attention: str = "auto",
+                 cuda_graph_max_batch_size: int = 0, max_seq_len: int | None = None,
                  rotate_in_cache: bool = False):
         self.model = model
         self.device = torch.device(device)
@@ -52,6 +59,29 @@ class ModelRunner:
         self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=self.device),
                            torch.zeros(shape, dtype=dtype, device=self.device))
                           for _ in model.layer_ids]
+        self.attention_name = self._select_attention(attention, kv_heads)
+        self.graphs = None
+        if (cuda_graph_max_batch_size > 0 and self.attention_name == "triton"
+                and max_seq_len and args.rope_scaling.rope_type != "dynamic"
+                and model.parallel.tp_size * model.parallel.pp_size == 1):
+            from runtime_service.cuda_graphs import DecodeGraphs, default_batch_sizes
+            self.graphs = DecodeGraphs(model, self.kv_caches, block_size,
+                                       -(-max_seq_len // block_size),
+                                       default_batch_sizes(cuda_graph_max_batch_size),
+                                       self.device)
+            self.graphs.capture()
+
+    def _select_attention(self, attention: str, kv_heads: int) -> str:
+        """Installs the chosen backend unless the model was built with a custom one."""
+        current = next(iter(self.model.layers.values())).attn.backend
+        if not isinstance(current, TorchReferenceAttention):
+            return getattr(current, "name", type(current).__name__)
+        from runtime_service.layers.attention_triton import make_attention_backend
+        backend = make_attention_backend(attention, current.num_heads, kv_heads,
+                                         current.head_dim, self.device)
+        if not isinstance(backend, TorchReferenceAttention):
+            self.model.set_attention_backend(backend)
+        return backend.name
 
     def prepare(self, batch: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
         """Flat token ids, attention metadata, and the rows whose last token is sampled."""
@@ -117,11 +147,44 @@ class ModelRunner:
                 turned = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
                 k_cache[index] = (keys * cos + turned * sin).to(k_cache.dtype)
 
+    def _graph_rows(self, batch: SchedulerOutput) -> list | None:
+        """(token, position, slot, blocks) per sequence if a captured graph can run this step."""
+        scheduled = batch.scheduled
+        if (self.graphs is None or self.graphs.graph_size_for(len(scheduled)) is None
+                or not all(item.num_new_tokens == 1 and item.completes for item in scheduled)):
+            return None
+        rows = []
+        for item in scheduled:
+            seq = item.seq
+            p = seq.num_computed_tokens
+            slot = seq.block_ids[p // self.block_size] * self.block_size + p % self.block_size
+            rows.append((seq.token_ids[p], p, slot, seq.block_ids))
+        return rows
+
+    def rotate_blocks(self, rotations: list[tuple[tuple[int, ...], int]]) -> None:
+        """StreamingLLM: keys that moved `shift` places down in the cache are turned back by
+        `shift` rotary positions (rotations compose), so positions stay cache positions."""
+        rotary = next(iter(self.model.layers.values())).attn.rotary
+        for blocks, shift in rotations:
+            if not blocks:
+                continue
+            index = torch.tensor(blocks, device=self.device)
+            for k_cache, _ in self.kv_caches:
+                keys = k_cache[index].float()
+                cos, sin = rotary.cos_sin(torch.tensor([-shift], device=self.device), None,
+                                          torch.float32)
+                half = keys.shape[-1] // 2
+                turned = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
+                k_cache[index] = (keys * cos + turned * sin).to(k_cache.dtype)
+
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> StepResult:
         self.rotate_blocks(batch.block_rotations)
         self.copy_blocks(batch.block_copies)
         finishing = [item.seq for item in batch.scheduled if item.completes]
+        rows = self._graph_rows(batch)
+        if rows is not None:
+            return self.pick_tokens(finishing, self.graphs.run(rows))
         input_ids, meta, sample_rows = self.prepare(batch)
         hidden = self.model(input_ids, meta, self.kv_caches)
         if not finishing:
@@ -141,8 +204,11 @@ class ModelRunner:
             finishing = [finishing[i] for i in plain]
             logits = logits[plain]
         if finishing:
-            picked = sample(logits, build_sampling_batch(finishing, self.end_ids_of,
-                                                         self.device))
+            if is_plain_greedy(finishing):
+                picked = sample_greedy(logits)
+            else:
+                picked = sample(logits, build_sampling_batch(finishing, self.end_ids_of,
+                                                             self.device))
             result.sampled = [SampledToken(seq, t, lp) for seq, t, lp in zip(
                 finishing, picked.token_ids.tolist(), picked.logprobs.tolist())]
         return result

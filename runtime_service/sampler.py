@@ -127,6 +127,25 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     return SamplerOutput(tokens, logprobs)
 
 
+def is_plain_greedy(rows: list) -> bool:
+    """True when every row is greedy with no penalty and nothing banned this step, so that
+    `sample_greedy` gives exactly what `sample` would, without building a SamplingBatch."""
+    for seq in rows:
+        p = seq.sampling
+        if (not p.greedy or p.repetition_penalty != 1.0 or p.presence_penalty
+                or p.frequency_penalty or p.bad_token_ids
+                or seq.num_output_tokens < p.min_new_tokens):
+            return False
+    return True
+
+
+def sample_greedy(logits: torch.Tensor) -> SamplerOutput:
+    """Argmax of float32 logits [B, V] and its log-probability, all on the logits' device."""
+    tokens = logits.argmax(dim=-1)
+    logprobs = logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    return SamplerOutput(tokens, logprobs)
+
+
 def banned_tokens(token_ids: list[int], num_output: int, params, end_ids: tuple[int, ...]
                   ) -> list[int]:
     """Tokens a row may not pick now: bad words whose prefix was just produced, and end

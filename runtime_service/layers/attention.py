@@ -33,6 +33,11 @@ class AttentionMetadata:
     def num_seqs(self) -> int:
         return len(self.seq_lens_host)
 
+    @property
+    def is_decode(self) -> bool:
+        """Every sequence computes exactly one token this step."""
+        return all(n == 1 for n in self.query_lens_host)
+
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from runtime_service import kernels
 from runtime_service.model_config import ModelArgs
 
 
@@ -59,6 +60,17 @@ class RotaryEmbedding(nn.Module):
         self.args = args
         self.dynamic = args.rope_scaling.rope_type == "dynamic"
         self.register_buffer("inv_freq", base_inv_freq(args), persistent=False)
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def cos_sin_table(self, device: torch.device, dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for every position up to max_position_embeddings, computed by `cos_sin` (so
+        a lookup equals the direct computation), cached per device and dtype."""
+        key = (device, dtype)
+        if key not in self._tables:
+            positions = torch.arange(self.args.max_position_embeddings, device=device)
+            self._tables[key] = self.cos_sin(positions, None, dtype)
+        return self._tables[key]
 
     def cos_sin(self, positions: torch.Tensor, token_seq_lens: torch.Tensor | None,
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +88,9 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                 token_seq_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.dynamic and kernels.available(q) and q.dtype != torch.float32:
+            from runtime_service.kernels.rotary import apply_rotary_
+            return apply_rotary_(q, k, positions, *self.cos_sin_table(q.device, q.dtype))
         cos, sin = self.cos_sin(positions, token_seq_lens, q.dtype)
         cos, sin = cos[:, None, :], sin[:, None, :]
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin

@@ -13,6 +13,7 @@ import re
 import torch
 from torch import nn
 
+from runtime_service import kernels
 from runtime_service.distributed import SINGLE_RANK, ParallelContext
 from runtime_service.layers.attention import AttentionMetadata, TorchReferenceAttention
 from runtime_service.layers.linear import ColumnParallelLinear, RowParallelLinear
@@ -55,7 +56,11 @@ class FeedForward(nn.Module):
                                            parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if kernels.available(gate_up) and gate_up.dtype != torch.float32:
+            from runtime_service.kernels.activation import silu_and_mul
+            return self.down_proj(silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(nn.functional.silu(gate) * up)
 
 
@@ -107,6 +112,11 @@ class LlamaModel(nn.Module):
         """Final norm and LM head on the selected rows [B, H] -> float32 logits [B, vocab]."""
         logits = self.lm_head(self.norm(hidden))
         return self.parallel.all_gather_last_dim(logits).float()
+
+    def set_attention_backend(self, backend) -> None:
+        """Swaps the attention backend of every layer (the runner picks it for the device)."""
+        for layer in self.layers.values():
+            layer.attn.backend = backend
 
     def tie_weights_if_needed(self) -> None:
         if (self.args.tie_word_embeddings and self.parallel.tp_size == 1

@@ -1,0 +1,422 @@
+"""Kiln vs HF transformers on random-weight LLaMA shapes, same GPU, same run.
+
+Reports, for each side: batch-1 time per output token, time to first token for 128/1024/4096-token
+prompts, output tokens/s for 64 and 256 concurrent requests of 128-in/128-out and 1024-in/256-out,
+plus the bandwidth floor (weight bytes over measured device copy bandwidth) and whether Kiln's
+greedy tokens equal the torch reference backend's on the same engine. JSON to --json, a table last.
+
+    python3 bench/bench_decode.py --model llama2-7b --json out.json
+    python3 bench/bench_decode.py --model tiny --device cpu --quick     # smoke test of the script
+
+Weights are random (speed does not depend on their values). HF runs static batches of at most
+--hf-max-batch requests (its memory grows with the batch); its tokens/s for a larger concurrency is
+that of its largest batch, which is what serving such a load with `generate` would give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime_service import kernels  # noqa: E402
+from runtime_service.engine_config import BuildConfig, EngineConfig  # noqa: E402
+from runtime_service.executor import Executor, ExecutorOptions  # noqa: E402
+from runtime_service.layers.attention import TorchReferenceAttention  # noqa: E402
+from runtime_service.model.hf_convert import convert_hf_tensors  # noqa: E402
+from runtime_service.model.llama import LlamaModel  # noqa: E402
+from runtime_service.model.loader import LoadedModel  # noqa: E402
+from runtime_service.model_config import ModelArgs  # noqa: E402
+from runtime_service.request import Request, SamplingParams  # noqa: E402
+
+SHAPES = {
+    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                      max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5),
+    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5),
+    "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4608,
+                 rope_theta=10000.0, rms_norm_eps=1e-5),
+}
+TTFT_PROMPTS = (128, 1024, 4096)
+LOADS = ((64, 128, 128), (256, 128, 128), (64, 1024, 256), (256, 1024, 256))
+QUICK_LOADS = ((64, 128, 128),)
+
+
+def log(*parts) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}]", *parts, flush=True)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (count, length), generator=generator).tolist()
+
+
+def fixed_length(n: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n, min_new_tokens=n, end_id=-1)
+
+
+# ---- the model, built once on the device --------------------------------------------------------
+
+def build_hf(shape: dict, device: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**shape, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0, initializer_range=0.02)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if device == "cuda" else torch.float32)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval(), config
+
+
+class _StateDictSource:
+    """convert_hf_tensors reads any object with names() and get(name)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        self.state = state
+
+    def names(self) -> set[str]:
+        return set(self.state)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.state[name]
+
+
+def kiln_from_hf(hf_model, hf_config, dtype: torch.dtype, device: str,
+                 build: BuildConfig) -> LoadedModel:
+    """Kiln's LlamaModel holding the HF model's weights (fused QKV / gate-up made on the device)."""
+    args = ModelArgs.from_hf_config(hf_config.to_dict())
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaModel(args, range(args.num_layers))
+    finally:
+        torch.set_default_dtype(previous)
+    params = dict(model.named_parameters())
+    source = _StateDictSource(dict(hf_model.state_dict()))
+    for name, tensor in convert_hf_tensors(source, args):
+        params[name].data = tensor.to(device=device, dtype=dtype)
+    model.eval()
+    return LoadedModel(model, EngineConfig(model=args, build=build), "hf", None, dtype)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def copy_bandwidth(device: str) -> float | None:
+    """Bytes read plus written per second for a 2 GiB device-to-device copy (median of 20)."""
+    if device != "cuda":
+        return None
+    src = torch.empty(1 << 30, dtype=torch.float16, device=device).normal_()
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(25):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    return 2 * (1 << 31) / statistics.median(times[5:])
+
+
+# ---- HF transformers -----------------------------------------------------------------------------
+
+@torch.inference_mode()
+def bench_hf(model, vocab: int, device: str, quick: bool, max_batch: int) -> dict:
+    def generate(batch: list[list[int]], new_tokens: int) -> float:
+        ids = torch.tensor(batch, device=device)
+        sync(device)
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                       pad_token_id=0)
+        sync(device)
+        return time.perf_counter() - start
+
+    result: dict = {}
+    generate(prompts(1, 16, vocab, 0), 4)                     # warm-up
+    new_tokens = 8 if quick else 32
+    one = prompts(1, 128, vocab, 1)
+    first = statistics.median(generate(one, 1) for _ in range(3))
+    full = statistics.median(generate(one, new_tokens + 1) for _ in range(2))
+    result["tpot_ms_batch1"] = (full - first) / new_tokens * 1e3
+    log(f"HF batch-1 time per output token {result['tpot_ms_batch1']:.2f} ms")
+    result["ttft_ms"] = {}
+    for length in TTFT_PROMPTS:
+        result["ttft_ms"][str(length)] = statistics.median(
+            generate(prompts(1, length, vocab, 2), 1) for _ in range(3)) * 1e3
+        log(f"HF TTFT {length}: {result['ttft_ms'][str(length)]:.1f} ms")
+    result["throughput"] = {}
+    measured: dict = {}
+    for concurrency, input_len, output_len in (QUICK_LOADS if quick else LOADS):
+        batch = min(concurrency, max_batch)
+        key = (batch, input_len, output_len)
+        if key not in measured:
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            seconds = generate(prompts(batch, input_len, vocab, 3), output_len)
+            measured[key] = batch * output_len / seconds
+        name = f"{concurrency}x{input_len}/{output_len}"
+        result["throughput"][name] = {"output_tokens_per_s": measured[key], "hf_batch": batch}
+        log(f"HF {name} (static batches of {batch}): {measured[key]:.0f} tok/s")
+    return result
+
+
+# ---- Kiln ------------------------------------------------------------------------------------
+
+def kiln_generate_timed(executor: Executor, requests: list[Request]) -> tuple[float, list]:
+    """Submits all, waits for all; (wall seconds, per-request (first-token s, last s, tokens))."""
+    start = time.perf_counter()
+    streams = [executor.submit(r) for r in requests]
+    per_request = []
+    for stream in streams:
+        first = None
+        tokens: list[int] = []
+        for out in stream:
+            now = time.perf_counter() - start
+            if first is None and out.new_token_ids:
+                first = now
+            tokens.extend(out.new_token_ids)
+        per_request.append((first, time.perf_counter() - start, tokens))
+    return time.perf_counter() - start, per_request
+
+
+def bench_kiln(executor: Executor, vocab: int, device: str, quick: bool) -> dict:
+    result: dict = {"attention_backend": executor.runner.attention_name,
+                    "cuda_graphs": executor.runner.graphs is not None}
+    ids = iter(range(1 << 30))
+    req = lambda p, n: Request(f"r{next(ids)}", p, fixed_length(n))  # noqa: E731
+    kiln_generate_timed(executor, [req(p, 4) for p in prompts(3, 1024, vocab, 9)])     # warm-up
+    kiln_generate_timed(executor, [req(p, 4) for p in prompts(2, 7, vocab, 9)])
+    if device == "cuda":
+        torch.cuda.synchronize()
+        result["memory_reserved_bytes_warm"] = torch.cuda.memory_reserved()
+
+    new_tokens = 32 if quick else 128
+    tpots = []
+    for _ in range(2):
+        _, [(first, last, tokens)] = kiln_generate_timed(
+            executor, [req(prompts(1, 128, vocab, 1)[0], new_tokens + 1)])
+        tpots.append((last - first) / new_tokens)
+    result["tpot_ms_batch1"] = min(tpots) * 1e3
+    log(f"Kiln batch-1 time per output token {result['tpot_ms_batch1']:.2f} ms "
+        f"(runs {[round(t * 1e3, 3) for t in tpots]})")
+
+    result["ttft_ms"] = {}
+    for length in TTFT_PROMPTS:
+        times = []
+        for seed in range(3):
+            _, [(first, _, _)] = kiln_generate_timed(executor, [req(prompts(1, length, vocab,
+                                                                             20 + seed)[0], 1)])
+            times.append(first)
+        result["ttft_ms"][str(length)] = statistics.median(times) * 1e3
+        log(f"Kiln TTFT {length}: {result['ttft_ms'][str(length)]:.1f} ms")
+
+    result["throughput"] = {}
+    for concurrency, input_len, output_len in (QUICK_LOADS if quick else LOADS):
+        batch = [req(p, output_len) for p in prompts(concurrency, input_len, vocab, 3)]
+        steps_before = executor.num_steps
+        wall, per_request = kiln_generate_timed(executor, batch)
+        assert all(len(t) == output_len for _, _, t in per_request)
+        name = f"{concurrency}x{input_len}/{output_len}"
+        result["throughput"][name] = {
+            "output_tokens_per_s": concurrency * output_len / wall,
+            "wall_s": wall,
+            "steps": executor.num_steps - steps_before,
+        }
+        log(f"Kiln {name}: {concurrency * output_len / wall:.0f} tok/s, wall {wall:.2f} s, "
+            f"{executor.num_steps - steps_before} steps")
+    if device == "cuda":
+        torch.cuda.synchronize()
+        result["memory_reserved_bytes_end"] = torch.cuda.memory_reserved()
+    return result
+
+
+def profile_decode(executor: Executor, vocab: int, batch: int, path: Path) -> None:
+    """Kernel time table for a few decode steps at `batch` (CUDA graph nodes included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    requests = [Request(f"p{i}", p, fixed_length(24)) for i, p in
+                enumerate(prompts(batch, 128, vocab, 50))]
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        executor.generate(requests)
+    text = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    path.write_text(text)
+    log(f"profile at batch {batch}:\n" + "\n".join(text.splitlines()[:20]))
+
+
+def greedy_outputs(executor: Executor, vocab: int, new_tokens: int) -> list[tuple[list, list]]:
+    """(tokens, logprobs) of greedy continuations of four prompts run as one batch."""
+    lengths = (7, 128, 300, 1030)
+    params = SamplingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, end_id=-1,
+                            logprobs=True)
+    streams = [executor.submit(Request(f"g{i}", prompts(1, n, vocab, 40 + i)[0], params))
+               for i, n in enumerate(lengths)]
+    results = []
+    for stream in streams:
+        tokens, logprobs = [], []
+        for out in stream:
+            tokens.extend(out.new_token_ids)
+            logprobs.extend(out.new_logprobs)
+        results.append((tokens, logprobs))
+    return results
+
+
+def compare_with_reference(loaded: LoadedModel, fast: list[list[int]], vocab: int,
+                           new_tokens: int, device: str) -> dict:
+    """Same weights, torch reference attention, no fused kernels, no graphs."""
+    loaded.model.set_attention_backend(TorchReferenceAttention(
+        loaded.model.args.num_heads, loaded.model.args.num_kv_heads, loaded.model.args.head_dim))
+    with kernels.disabled():
+        executor = Executor(loaded, ExecutorOptions(
+            device=device, dtype="bfloat16", kv_max_tokens=8192, attention_backend="torch",
+            cuda_graph_max_batch_size=0, load_tokenizer=False)).start()
+        try:
+            reference = greedy_outputs(executor, vocab, new_tokens)
+        finally:
+            executor.shutdown()
+    first_diff, logprob_diff, mean_logprob = [], [], []
+    for (a, lp_a), (b, lp_b) in zip(fast, reference):
+        diverge = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        first_diff.append(diverge)
+        same = len(a) if diverge is None else diverge + 1      # logprobs agree up to here
+        logprob_diff.append(max(abs(x - y) for x, y in zip(lp_a[:same], lp_b[:same])))
+        mean_logprob.append(statistics.mean(lp_a))
+    return {"identical": [t for t, _ in fast] == [t for t, _ in reference],
+            "first_divergence_per_prompt": first_diff,
+            "max_abs_logprob_diff_until_divergence": logprob_diff,
+            "mean_chosen_logprob": mean_logprob,
+            "uniform_logprob": -math.log(vocab), "new_tokens": new_tokens}
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+def table(report: dict) -> str:
+    kiln, hf = report.get("kiln", {}), report.get("hf", {})
+    rows = [("metric", "kiln", "hf", "hf/kiln")]
+
+    def add(name, k, h, lower_better=True):
+        ratio = (h / k if lower_better else k / h) if (k and h) else None
+        rows.append((name, f"{k:.2f}" if k is not None else "-",
+                     f"{h:.2f}" if h is not None else "-",
+                     f"{ratio:.1f}x" if ratio else "-"))
+
+    add("batch-1 ms/token", kiln.get("tpot_ms_batch1"), hf.get("tpot_ms_batch1"))
+    for length in TTFT_PROMPTS:
+        add(f"TTFT {length} ms", kiln.get("ttft_ms", {}).get(str(length)),
+            hf.get("ttft_ms", {}).get(str(length)))
+    for name in kiln.get("throughput", hf.get("throughput", {})):
+        add(f"{name} tok/s", kiln.get("throughput", {}).get(name, {}).get("output_tokens_per_s"),
+            hf.get("throughput", {}).get(name, {}).get("output_tokens_per_s"), False)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"== {report['model']} on {report['device_name']} =="]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    floor = report.get("bandwidth_floor_ms")
+    if floor:
+        lines.append(f"bandwidth floor {floor:.2f} ms/token ({report['weight_bytes'] / 1e9:.2f} GB "
+                     f"at {report['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s); kiln batch-1 "
+                     f"at {floor / kiln['tpot_ms_batch1'] * 100:.0f}% of the floor"
+                     if kiln.get("tpot_ms_batch1") else "")
+    if "greedy_vs_reference" in report:
+        lines.append(f"greedy tokens identical to the reference backend: "
+                     f"{report['greedy_vs_reference']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(SHAPES), default="llama2-7b")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and one load")
+    parser.add_argument("--hf-max-batch", type=int, default=64)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, help="write a kernel table of batch-1/64 decode")
+    args = parser.parse_args(argv)
+
+    device = args.device
+    shape = SHAPES[args.model]
+    vocab = shape["vocab_size"]
+    report: dict = {"model": args.model, "device": device,
+                    "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                    "torch": torch.__version__}
+    bandwidth = copy_bandwidth(device)
+    log("building random-weight model", args.model)
+    hf_model, hf_config = build_hf(shape, device)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    report["weight_bytes"] = weight_bytes(hf_model)
+    if bandwidth:
+        report["copy_bandwidth_bytes_per_s"] = bandwidth
+        report["bandwidth_floor_ms"] = report["weight_bytes"] / bandwidth * 1e3
+        log(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; floor "
+            f"{report['bandwidth_floor_ms']:.2f} ms/token")
+    if not args.skip_hf:
+        report["hf"] = bench_hf(hf_model, vocab, device, args.quick, args.hf_max_batch)
+    build = BuildConfig(dtype="bfloat16", max_batch_size=256, max_input_len=4096,
+                        max_seq_len=4096 + 256, max_num_tokens=8192)
+    loaded = kiln_from_hf(hf_model, hf_config, dtype, device, build)
+    del hf_model
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    start = time.perf_counter()
+    executor = Executor(loaded, ExecutorOptions(device=device, dtype=str(dtype).split(".")[1],
+                                                load_tokenizer=False)).start()
+    report["kiln_start_s"] = time.perf_counter() - start
+    report["kv_cache_tokens"] = executor.kv.num_total_blocks * executor.options.block_size
+    log(f"Kiln executor up in {report['kiln_start_s']:.1f} s, KV cache "
+        f"{report['kv_cache_tokens']} tokens")
+    try:
+        report["kiln"] = bench_kiln(executor, vocab, device, args.quick)
+        if args.profile:
+            for batch in (1, 64):
+                try:
+                    profile_decode(executor, vocab, batch,
+                                   args.profile.with_name(f"{args.profile.stem}_b{batch}.txt"))
+                except Exception as exc:  # noqa: BLE001 - a profiler failure must not end the run
+                    log(f"profiling failed: {exc!r}")
+        fast = greedy_outputs(executor, vocab, 32)
+    finally:
+        executor.shutdown()
+    del executor
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    if not args.skip_reference:
+        report["greedy_vs_reference"] = compare_with_reference(loaded, fast, vocab, 32, device)
+    text = table(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One device call: GPU tests, then the benchmark; logs and JSON under $OUT.
+#   bash bench/gpu_session.sh quick   # tests + Llama-2-7B shape, Kiln only, short, with profiles
+#   bash bench/gpu_session.sh full    # tests + both shapes, Kiln and HF, every load
+#   bash bench/gpu_session.sh bench   # both shapes, no tests
+#   bash bench/gpu_session.sh tests   # the GPU tests only
+set -u
+mode=${1:-quick}
+OUT=${OUT:-/tmp/kiln_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+if [ "$mode" != "bench" ]; then
+  timeout 200 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
+    --continue-on-collection-errors --durations=8 -rf 2>&1 | tee "$OUT/pytest_gpu.log" | tail -60
+fi
+if [ "$mode" = "tests" ]; then
+  exit 0
+elif [ "$mode" = "quick" ]; then
+  timeout 300 python3 bench/bench_decode.py --model llama2-7b --quick --skip-hf \
+    --json "$OUT/quick_llama2-7b.json" --profile "$OUT/profile.txt" 2>&1 | tee "$OUT/bench_quick.log"
+else
+  for model in llama2-7b llama3-8b; do
+    timeout 260 python3 bench/bench_decode.py --model "$model" \
+      --json "$OUT/bench_$model.json" 2>&1 | tee "$OUT/bench_$model.log"
+  done
+fi

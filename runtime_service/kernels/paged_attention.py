@@ -1,0 +1,360 @@
+"""Paged attention over the block table: variable-length causal prefill and split-K decode.
+
+Layouts (the model runner's): q [T, Hq, D] flat over the step's tokens; caches
+[num_blocks, block_size, Hkv, D]; sequence i owns query rows query_start[i]:query_start[i+1] and
+has seq_lens[i] tokens of context after this step, the last q_len of which are its queries (so a
+later prefill chunk sees its earlier chunks and prefix-cache hits as context). GQA maps query head
+h to kv head h // (Hq // Hkv).
+
+- `prefill`: one program per (query tile, sequence, query head); online softmax over key tiles
+  gathered through the block table, causal at token granularity. Decode rows are valid input.
+- `decode`: one query per sequence. Split-K: program (sequence, kv head, split) covers one slice of
+  the context for all query heads of its group (the group's rows are one tl.dot tile), writing a
+  partial output and its log-sum-exp; `_combine_kernel` merges the splits. The slice length is
+  computed on the device from seq_lens, so the launch is graph-safe: the grid depends only on the
+  batch size.
+- `store_kv`: writes the step's new k and v into the caches at their slots (negative slots skipped,
+  which is how padded CUDA-graph rows stay harmless).
+
+Every function has a plain-torch twin (`*_reference`) that the tests compare against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _prefill_kernel(
+    Q, K_cache, V_cache, Out, block_tables, query_start, seq_lens, scale_log2,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    m_block = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    q_start = tl.load(query_start + seq)
+    q_len = tl.load(query_start + seq + 1) - q_start
+    if m_block * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(seq_lens + seq)
+    context = seq_len - q_len
+    kv_head = head // GROUP
+
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    m_mask = offs_m < q_len
+    q_ptrs = Q + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    table = block_tables + seq * stride_bt
+    end_n = tl.minimum(seq_len, context + (m_block + 1) * BLOCK_M)
+    for start_n in range(0, end_n, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < end_n
+        block = tl.load(table + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+        within = offs_n % BLOCK_SIZE
+        k_ptrs = (K_cache + block[:, None] * stride_kb + within[:, None] * stride_ks
+                  + kv_head * stride_kh + offs_d[None, :])
+        v_ptrs = (V_cache + block[:, None] * stride_vb + within[:, None] * stride_vs
+                  + kv_head * stride_vh + offs_d[None, :])
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+        causal = (offs_n[None, :] <= context + offs_m[:, None]) & n_mask[None, :]
+        s = tl.where(causal, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    o_ptrs = Out + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _decode_kernel(
+    Q, K_cache, V_cache, PartialOut, PartialLse, block_tables, seq_lens, scale_log2,
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    stride_pt, stride_ph, stride_ps, stride_lt, stride_lh,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens + seq)
+    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(seq_len, start + per_split)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    g_mask = offs_g < GROUP
+    heads = kv_head * GROUP + offs_g
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(Q + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    table = block_tables + seq * stride_bt
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < end
+        block = tl.load(table + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+        within = offs_n % BLOCK_SIZE
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(K_cache + block[:, None] * stride_kb + within[:, None] * stride_ks
+                    + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V_cache + block[:, None] * stride_vb + within[:, None] * stride_vs
+                    + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    has_work = l_i > 0
+    out = acc / tl.where(has_work, l_i, 1.0)[:, None]
+    lse = tl.where(has_work, m_i + tl.log2(tl.where(has_work, l_i, 1.0)), float("-inf"))
+    tl.store(PartialOut + seq * stride_pt + heads[:, None] * stride_ph + split * stride_ps
+             + offs_d[None, :], out, mask=g_mask[:, None] & d_mask[None, :])
+    tl.store(PartialLse + seq * stride_lt + heads * stride_lh + split, lse, mask=g_mask)
+
+
+@triton.jit
+def _combine_kernel(
+    PartialOut, PartialLse, Out,
+    stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, NUM_SPLITS)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    lse = tl.load(PartialLse + seq * stride_lt + head * stride_lh + offs_s)
+    m = tl.max(lse, 0)
+    weight = tl.exp2(lse - m)
+    parts = tl.load(PartialOut + seq * stride_pt + head * stride_ph
+                    + offs_s[:, None] * stride_ps + offs_d[None, :], mask=d_mask[None, :],
+                    other=0.0)
+    out = tl.sum(parts * weight[:, None], 0) / tl.sum(weight, 0)
+    tl.store(Out + seq * stride_ot + head * stride_oh + offs_d, out.to(Out.dtype.element_ty),
+             mask=d_mask)
+
+
+@triton.jit
+def _store_kv_kernel(
+    K, V, K_cache, V_cache, slots,
+    stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_kb, stride_ks, stride_kh_c, stride_vb, stride_vs, stride_vh_c,
+    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    token = tl.program_id(0)
+    slot = tl.load(slots + token).to(tl.int64)
+    if slot < 0:
+        return
+    block = slot // BLOCK_SIZE
+    within = slot % BLOCK_SIZE
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_h < NUM_KV_HEADS)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    k = tl.load(K + token * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask)
+    v = tl.load(V + token * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
+    tl.store(K_cache + block * stride_kb + within * stride_ks + offs_h[:, None] * stride_kh_c
+             + offs_d[None, :], k, mask=mask)
+    tl.store(V_cache + block * stride_vb + within * stride_vs + offs_h[:, None] * stride_vh_c
+             + offs_d[None, :], v, mask=mask)
+
+
+# ---- launchers ---------------------------------------------------------------------------------
+
+def _precision(q: torch.Tensor) -> str | None:
+    """float32 inputs get exact float32 products (Triton's default would be tf32)."""
+    return "ieee" if q.dtype == torch.float32 else None
+
+
+def _check_common(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  block_tables: torch.Tensor) -> tuple[int, int, int, int]:
+    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"expected q [T, Hq, D] and caches [N, bs, Hkv, D], got q "
+                         f"{tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, v_cache "
+                         f"{tuple(v_cache.shape)}")
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    if k_cache.shape[3] != head_dim or num_heads % num_kv_heads:
+        raise ValueError(f"head shapes disagree: q {tuple(q.shape)}, cache {tuple(k_cache.shape)}")
+    if q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
+        raise ValueError("the head dimension of q and of the caches must be contiguous")
+    if q.dtype != k_cache.dtype or k_cache.dtype != v_cache.dtype:
+        raise ValueError(f"dtypes disagree: q {q.dtype}, caches {k_cache.dtype}/{v_cache.dtype}")
+    if block_tables.dim() != 2 or block_tables.stride(1) != 1:
+        raise ValueError("block_tables must be [B, max_blocks] with contiguous rows")
+    return num_heads, num_kv_heads, head_dim, block_size
+
+
+def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+            block_tables: torch.Tensor, query_start: torch.Tensor, seq_lens: torch.Tensor,
+            max_query_len: int, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of every query row over its sequence's cached context -> [T, Hq, D]."""
+    num_heads, num_kv_heads, head_dim, block_size = _check_common(q, k_cache, v_cache,
+                                                                  block_tables)
+    num_seqs = seq_lens.shape[0]
+    if query_start.shape[0] != num_seqs + 1 or block_tables.shape[0] < num_seqs:
+        raise ValueError(f"query_start needs B + 1 = {num_seqs + 1} entries and block_tables B "
+                         f"rows; got {query_start.shape[0]} and {block_tables.shape[0]}")
+    out = torch.empty_like(q) if out is None else out
+    if num_seqs == 0 or max_query_len == 0:
+        return out
+    block_d = triton.next_power_of_2(head_dim)
+    block_m = 64 if max_query_len > 32 else 16
+    block_n = 64 if head_dim <= 128 else 32
+    grid = (triton.cdiv(max_query_len, block_m), num_seqs, num_heads)
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, out, block_tables, query_start, seq_lens, scale * _LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
+        BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=_precision(q),
+        num_warps=4, num_stages=2,
+    )
+    return out
+
+
+def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context: int,
+                      num_sms: int = 132) -> int:
+    """Splits per sequence so that about four programs per SM run, for contexts long enough to
+    split; a power of two in [1, 32]. Depends only on launch-time constants (graph-safe)."""
+    wanted = max(1, math.ceil(4 * num_sms / max(1, num_seqs * num_kv_heads)))
+    by_length = max(1, max_context // 128)
+    return min(32, triton.next_power_of_2(min(wanted, by_length)))
+
+
+def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+           block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+           num_splits: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One query row per sequence (q [B, Hq, D]) over its whole cached context -> [B, Hq, D]."""
+    num_heads, num_kv_heads, head_dim, block_size = _check_common(q, k_cache, v_cache,
+                                                                  block_tables)
+    num_seqs = q.shape[0]
+    if seq_lens.shape[0] != num_seqs or block_tables.shape[0] < num_seqs:
+        raise ValueError(f"decode needs one seq_len and block-table row per query row; got "
+                         f"{num_seqs} rows, {seq_lens.shape[0]} seq_lens, "
+                         f"{block_tables.shape[0]} table rows")
+    if num_splits < 1 or num_splits & (num_splits - 1):
+        raise ValueError(f"num_splits must be a power of two, got {num_splits}")
+    out = torch.empty_like(q) if out is None else out
+    if num_seqs == 0:
+        return out
+    group = num_heads // num_kv_heads
+    block_d = triton.next_power_of_2(head_dim)
+    partial = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32,
+                          device=q.device)
+    lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
+    _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
+        q, k_cache, v_cache, partial, lse, block_tables, seq_lens, scale * _LOG2E,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=64 if head_dim <= 128 else 32,
+        NUM_SPLITS=num_splits, PRECISION=_precision(q), num_warps=4, num_stages=2,
+    )
+    _combine_kernel[(num_seqs, num_heads)](
+        partial, lse, out,
+        partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
+        out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4,
+    )
+    return out
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """k, v [T, Hkv, D] into the caches at flat slots (block * block_size + offset); < 0 skips."""
+    if k.shape != v.shape or k.dim() != 3 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"expected k, v [T, Hkv, D] and equal caches; got k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}, caches {tuple(k_cache.shape)}")
+    if k.shape[1:] != k_cache.shape[2:] or slot_mapping.shape[0] != k.shape[0]:
+        raise ValueError(f"k {tuple(k.shape)} does not fit cache {tuple(k_cache.shape)} or "
+                         f"slot_mapping {tuple(slot_mapping.shape)}")
+    if k.stride(2) != 1 or v.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
+        raise ValueError("the head dimension of k, v and the caches must be contiguous")
+    num_tokens, num_kv_heads, head_dim = k.shape
+    if num_tokens == 0:
+        return
+    _store_kv_kernel[(num_tokens,)](
+        k, v, k_cache, v_cache, slot_mapping,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
+        BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_SIZE=k_cache.shape[1], num_warps=4,
+    )
+
+
+# ---- plain-torch references --------------------------------------------------------------------
+
+def _gather_context(cache: torch.Tensor, table_row: torch.Tensor, seq_len: int) -> torch.Tensor:
+    block_size = cache.shape[1]
+    blocks = table_row[:-(-seq_len // block_size)].long()
+    return cache[blocks].flatten(0, 1)[:seq_len]
+
+
+def prefill_reference(q, k_cache, v_cache, block_tables, query_start, seq_lens, scale):
+    """Float32 causal attention per sequence over the gathered context."""
+    out = torch.empty_like(q)
+    group = q.shape[1] // k_cache.shape[2]
+    starts = query_start.tolist()
+    for i, seq_len in enumerate(seq_lens.tolist()):
+        rows = slice(starts[i], starts[i + 1])
+        q_len = starts[i + 1] - starts[i]
+        keys = _gather_context(k_cache, block_tables[i], seq_len).float()
+        values = _gather_context(v_cache, block_tables[i], seq_len).float()
+        keys = keys.repeat_interleave(group, dim=1).transpose(0, 1)
+        values = values.repeat_interleave(group, dim=1).transpose(0, 1)
+        scores = q[rows].float().transpose(0, 1) @ keys.transpose(1, 2) * scale
+        mask = torch.ones(q_len, seq_len, dtype=torch.bool, device=q.device).tril(seq_len - q_len)
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        out[rows] = (probs @ values).transpose(0, 1).to(q.dtype)
+    return out
+
+
+def decode_reference(q, k_cache, v_cache, block_tables, seq_lens, scale):
+    num_seqs = q.shape[0]
+    query_start = torch.arange(num_seqs + 1, dtype=torch.int32, device=q.device)
+    return prefill_reference(q, k_cache, v_cache, block_tables, query_start, seq_lens, scale)
+
+
+def store_kv_reference(k, v, k_cache, v_cache, slot_mapping):
+    keep = slot_mapping >= 0
+    num_blocks, block_size = k_cache.shape[:2]
+    k_cache.view(num_blocks * block_size, *k_cache.shape[2:])[slot_mapping[keep]] = k[keep]
+    v_cache.view(num_blocks * block_size, *v_cache.shape[2:])[slot_mapping[keep]] = v[keep]
