@@ -104,6 +104,8 @@ def sampling_params(msg: runtime_pb2.GenerateRequest, tokenizer,
         stop_strings=stop_strings,
         bad_token_ids=bad_ids,
         logprobs=msg.output.return_logprobs,
+        top_logprobs=msg.output.top_logprobs,
+        prompt_logprobs=msg.output.return_prompt_logprobs,
         beam_width=beam_width,
         num_return_sequences=(s.num_return_sequences if s.HasField("num_return_sequences")
                               else beam_width),

@@ -34,3 +34,15 @@ class IncrementalDetokenizer:
         self.read_offset = len(self.token_ids)
         self.text += new_text
         return new_text
+
+    def flush(self) -> str:
+        """At the end of a request: the text still held back (a trailing partial character
+        decodes to U+FFFD, which is what a full decode of the output would show too)."""
+        prefix = self._decode(self.token_ids[self.prefix_offset:self.read_offset])
+        full = self._decode(self.token_ids[self.prefix_offset:])
+        if len(full) <= len(prefix):
+            return ""
+        new_text = full[len(prefix):]
+        self.prefix_offset = self.read_offset = len(self.token_ids)
+        self.text += new_text
+        return new_text

@@ -94,6 +94,7 @@ class ExecutorStats:
     num_running: int
     num_steps: int
     num_preemptions: int
+    peak_running: int              # most sequences ever in one step's running set
 
 
 def engine_identity(loaded: LoadedModel) -> str:
@@ -231,6 +232,7 @@ class Executor:
         self._stopping = False
         self.num_steps = 0
         self.num_preemptions = 0
+        self.peak_running = 0
 
     @classmethod
     def from_folder(cls, folder: str | Path, options: ExecutorOptions = ExecutorOptions(),
@@ -318,6 +320,7 @@ class Executor:
             num_running=len(self.scheduler.running),
             num_steps=self.num_steps,
             num_preemptions=self.num_preemptions,
+            peak_running=self.peak_running,
         )
 
     # ---- the step loop (its own thread) ------------------------------------------------
@@ -361,6 +364,7 @@ class Executor:
         """One iteration: schedule -> execute -> update -> emit."""
         batch = self.scheduler.schedule()
         self.num_preemptions += len(batch.preempted)
+        self.peak_running = max(self.peak_running, len(self.scheduler.running))
         self._restart_preempted_beams(batch)
         if not batch:
             return
@@ -423,12 +427,15 @@ class Executor:
         live = self._live[seq.request_id]
         seq.token_ids.append(token.token_id)
         seq.logprobs.append(token.logprob)
+        seq.top_logprobs.append(token.top)
         reason = self._finish_reason(seq)
         new_text = live.detok.add([token.token_id]) if live.detok else ""
         if live.detok and seq.sampling.stop_strings and reason is None:
             new_text, hit = self._cut_at_stop_string(live, new_text)
             if hit:
                 reason = FinishReason.STOP
+        elif live.detok and reason is not None:
+            new_text += live.detok.flush()
         self._emit(live, new_text, reason)
         if reason is not None:
             self._close(live)
@@ -466,11 +473,15 @@ class Executor:
         seq = live.seq
         new_ids = seq.output_token_ids[live.emitted_tokens:]
         new_logprobs = seq.logprobs[live.emitted_tokens:] if seq.sampling.logprobs else []
+        new_top = seq.top_logprobs[live.emitted_tokens:] if seq.sampling.top_logprobs else []
+        first = live.emitted_tokens == 0
         live.stream._push(RequestOutput(
             request_id=seq.request_id,
             offset=live.emitted_tokens,
             new_token_ids=tuple(new_ids),
             new_logprobs=tuple(new_logprobs),
+            new_top_logprobs=tuple(new_top),
+            prompt_logprobs=tuple(seq.prompt_logprobs) if first else (),
             new_text=new_text,
             finished=reason is not None,
             finish_reason=reason,

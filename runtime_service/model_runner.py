@@ -24,6 +24,7 @@ class SampledToken:
     seq: Sequence
     token_id: int
     logprob: float
+    top: tuple[tuple[int, float], ...] = ()    # the most likely tokens, when asked for
 
 
 @dataclass
@@ -131,22 +132,6 @@ class ModelRunner:
             k_cache[dest] = k_cache[source]
             v_cache[dest] = v_cache[source]
 
-    def rotate_blocks(self, rotations: list[tuple[tuple[int, ...], int]]) -> None:
-        """StreamingLLM: keys that moved `shift` places down in the cache are turned back by
-        `shift` rotary positions (rotations compose), so positions stay cache positions."""
-        rotary = next(iter(self.model.layers.values())).attn.rotary
-        for blocks, shift in rotations:
-            if not blocks:
-                continue
-            index = torch.tensor(blocks, device=self.device)
-            for k_cache, _ in self.kv_caches:
-                keys = k_cache[index].float()
-                cos, sin = rotary.cos_sin(torch.tensor([-shift], device=self.device), None,
-                                          torch.float32)
-                half = keys.shape[-1] // 2
-                turned = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
-                k_cache[index] = (keys * cos + turned * sin).to(k_cache.dtype)
-
     def _graph_rows(self, batch: SchedulerOutput) -> list | None:
         """(token, position, slot, blocks) per sequence if a captured graph can run this step."""
         scheduled = batch.scheduled
@@ -187,10 +172,26 @@ class ModelRunner:
             return self.pick_tokens(finishing, self.graphs.run(rows))
         input_ids, meta, sample_rows = self.prepare(batch)
         hidden = self.model(input_ids, meta, self.kv_caches)
+        self.score_prompts(batch, hidden)
         if not finishing:
             return StepResult()
         logits = self.model.compute_logits(hidden[sample_rows])
         return self.pick_tokens(finishing, logits)
+
+    def score_prompts(self, batch: SchedulerOutput, hidden: torch.Tensor) -> None:
+        """For requests that asked for prompt logprobs: the log-probability of each prompt
+        token given the ones before it, from this step's hidden states."""
+        row = 0
+        for item in batch.scheduled:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            first = max(start, len(seq.prompt_logprobs))     # recomputation scores nothing twice
+            last = min(start + item.num_new_tokens, seq.num_prompt_tokens - 1)
+            if seq.sampling.prompt_logprobs and first < last:
+                rows = hidden[row + first - start: row + last - start]
+                log_probs = self.model.compute_logits(rows).log_softmax(dim=-1)
+                targets = torch.tensor(seq.token_ids[first + 1:last + 1], device=self.device)
+                seq.prompt_logprobs.extend(log_probs.gather(1, targets[:, None])[:, 0].tolist())
+            row += item.num_new_tokens
 
     def pick_tokens(self, finishing: list[Sequence], logits: torch.Tensor) -> "StepResult":
         """Samples the plain rows; hands beam rows back as log-probabilities for the search."""
@@ -209,6 +210,12 @@ class ModelRunner:
             else:
                 picked = sample(logits, build_sampling_batch(finishing, self.end_ids_of,
                                                              self.device))
-            result.sampled = [SampledToken(seq, t, lp) for seq, t, lp in zip(
-                finishing, picked.token_ids.tolist(), picked.logprobs.tolist())]
+            tops = [()] * len(finishing)
+            if picked.top_ids is not None:
+                ids, values = picked.top_ids.tolist(), picked.top_logprobs.tolist()
+                tops = [tuple(zip(ids[r][:seq.sampling.top_logprobs],
+                                  values[r][:seq.sampling.top_logprobs]))
+                        for r, seq in enumerate(finishing)]
+            result.sampled = [SampledToken(seq, t, lp, top) for seq, t, lp, top in zip(
+                finishing, picked.token_ids.tolist(), picked.logprobs.tolist(), tops)]
         return result

@@ -40,6 +40,8 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = ()
     bad_token_ids: tuple[tuple[int, ...], ...] = ()
     logprobs: bool = False
+    top_logprobs: int = 0                  # also return the n most likely tokens per position
+    prompt_logprobs: bool = False          # log-probability of each prompt token (not the 1st)
     beam_width: int = 1
     length_penalty: float = 1.0
     early_stopping: bool | str = True      # True, False or "never", as transformers defines them
@@ -66,6 +68,8 @@ class RequestOutput:
     offset: int                           # output position of new_token_ids[0]
     new_token_ids: tuple[int, ...]
     new_logprobs: tuple[float, ...] = ()
+    new_top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()   # per token: (id, logprob)
+    prompt_logprobs: tuple[float, ...] = ()   # in the first output only, when asked for
     new_text: str = ""                    # decoded text of new tokens, when a tokenizer is set
     finished: bool = False                # the request is complete: this is its last output
     finish_reason: FinishReason | None = None   # set when this sequence is complete

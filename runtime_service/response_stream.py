@@ -19,8 +19,14 @@ from runtime_service.request import RequestOutput
 class _SequenceState:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list = field(default_factory=list)
     text: str = ""
     complete: bool = False
+
+
+def _top(alternatives) -> runtime_pb2.TopLogprobs:
+    return runtime_pb2.TopLogprobs(token_ids=[t for t, _ in alternatives],
+                                   logprobs=[v for _, v in alternatives])
 
 
 class ResponseAssembler:
@@ -33,6 +39,7 @@ class ResponseAssembler:
         self.num_prompt_tokens = 0
         self.num_output_tokens = 0
         self._cached_tokens = 0
+        self._prompt_logprobs: tuple[float, ...] = ()
 
     def add(self, out: RequestOutput) -> list[runtime_pb2.GenerateResponse]:
         """The responses this output produces (zero, one chunk, and/or one complete)."""
@@ -42,6 +49,12 @@ class ResponseAssembler:
         if out.new_logprobs:
             del state.logprobs[out.offset:]
             state.logprobs.extend(out.new_logprobs)
+        top = [_top(alternatives) for alternatives in out.new_top_logprobs]
+        if top:
+            del state.top_logprobs[out.offset:]
+            state.top_logprobs.extend(top)
+        if out.prompt_logprobs:
+            self._prompt_logprobs = out.prompt_logprobs
         text = out.new_text if self.detokenize else ""
         # offset 0 is a whole snapshot (first output, or a beam rewritten from its start)
         state.text = text if out.offset == 0 else state.text + text
@@ -53,7 +66,7 @@ class ResponseAssembler:
                 request_id=self.request_id,
                 chunk=runtime_pb2.Chunk(sequence_index=out.sequence_index, offset=out.offset,
                                         token_ids=out.new_token_ids, text=text,
-                                        logprobs=out.new_logprobs)))
+                                        logprobs=out.new_logprobs, top_logprobs=top)))
         # a sequence is over when it carries a reason (beams end one by one) or the request ends
         if (out.finished or out.finish_reason is not None) and not state.complete:
             self.finish_reason = out.finish_reason
@@ -73,7 +86,8 @@ class ResponseAssembler:
             complete=runtime_pb2.Complete(
                 sequence_index=index, token_ids=state.token_ids, text=state.text,
                 finish_reason=FINISH_REASONS.get(reason, runtime_pb2.FINISH_REASON_UNSPECIFIED),
-                logprobs=state.logprobs,
+                logprobs=state.logprobs, top_logprobs=state.top_logprobs,
+                prompt_logprobs=self._prompt_logprobs,
                 usage=runtime_pb2.Usage(prompt_tokens=self.num_prompt_tokens,
                                         completion_tokens=len(state.token_ids),
                                         cached_tokens=self._cached_tokens)))

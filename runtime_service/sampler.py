@@ -36,6 +36,7 @@ class SamplingBatch:
     seeds: list[int]
     output_index: list[int]            # per row: position of the token being sampled
     greedy_rows: list[bool]
+    top_logprobs: list[int]            # per row: how many alternatives to report
     any_penalty: bool
     any_filter: bool
 
@@ -44,6 +45,8 @@ class SamplingBatch:
 class SamplerOutput:
     token_ids: torch.Tensor            # [B] int64
     logprobs: torch.Tensor             # [B] float32
+    top_ids: torch.Tensor | None = None        # [B, n] the n most likely tokens, when asked
+    top_logprobs: torch.Tensor | None = None   # [B, n]
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
@@ -124,6 +127,10 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         is_greedy = torch.tensor(batch.greedy_rows, device=logits.device)
         tokens = torch.where(is_greedy, greedy, drawn)
     logprobs = logprobs_all.gather(1, tokens[:, None]).squeeze(1)
+    most = max(batch.top_logprobs, default=0)
+    if most:
+        top_logprobs, top_ids = logprobs_all.topk(most, dim=-1)
+        return SamplerOutput(tokens, logprobs, top_ids, top_logprobs)
     return SamplerOutput(tokens, logprobs)
 
 
@@ -133,7 +140,7 @@ def is_plain_greedy(rows: list) -> bool:
     for seq in rows:
         p = seq.sampling
         if (not p.greedy or p.repetition_penalty != 1.0 or p.presence_penalty
-                or p.frequency_penalty or p.bad_token_ids
+                or p.frequency_penalty or p.bad_token_ids or p.top_logprobs
                 or seq.num_output_tokens < p.min_new_tokens):
             return False
     return True
@@ -191,6 +198,7 @@ def build_sampling_batch(rows: list, end_ids_of, device: torch.device) -> Sampli
         seeds=[s.seed for s in rows],
         output_index=[s.num_output_tokens for s in rows],
         greedy_rows=[p.greedy for p in params],
+        top_logprobs=[p.top_logprobs for p in params],
         any_penalty=any_penalty,
         any_filter=any_filter,
     )

@@ -38,6 +38,8 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.logprobs: list[float] = []
+        self.top_logprobs: list[tuple[tuple[int, float], ...]] = []
+        self.prompt_logprobs: list[float] = []
         self.max_total_tokens = min(max_seq_len,
                                     self.num_prompt_tokens + self.sampling.max_new_tokens)
         self.num_preemptions = 0

@@ -16,6 +16,7 @@ MAX_STOP_SEQUENCES = 64
 MAX_STOP_SEQUENCE_LEN = 256
 MAX_REQUEST_ID_LEN = 256
 MAX_SEED = 2 ** 63 - 1
+MAX_TOP_LOGPROBS = 20
 MAX_STREAM_TOKENS = 1 << 24      # a StreamingLLM stream is bounded by time, not by memory
 
 
@@ -29,6 +30,12 @@ class EngineLimits:
     max_kv_tokens: int
     enable_chunked_prefill: bool = True
     window_tokens: int | None = None     # most tokens a sequence holds under a sliding window
+
+
+def _check_int(name: str, value, low, high) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an integer, got {value!r}")
+    _check_range(name, value, low, high)
 
 
 def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
@@ -74,11 +81,11 @@ def validate_request(request: Request, limits: EngineLimits) -> None:
 
 def _validate_sampling(request: Request, limits: EngineLimits) -> None:
     p = request.sampling
-    _check_range("max_new_tokens", p.max_new_tokens, 1,
+    _check_int("max_new_tokens", p.max_new_tokens, 1,
                  MAX_STREAM_TOKENS if limits.window_tokens else limits.max_seq_len)
-    _check_range("min_new_tokens", p.min_new_tokens, 0, p.max_new_tokens)
+    _check_int("min_new_tokens", p.min_new_tokens, 0, p.max_new_tokens)
     _check_range("temperature", p.temperature, 0.0, 100.0)
-    _check_range("top_k", p.top_k, 0, limits.vocab_size)
+    _check_int("top_k", p.top_k, 0, limits.vocab_size)
     _check_range("top_p", p.top_p, 0.0, 1.0, low_open=True)
     _check_range("min_p", p.min_p, 0.0, 1.0)
     _check_range("repetition_penalty", p.repetition_penalty, 0.0, 100.0, low_open=True)
@@ -86,9 +93,9 @@ def _validate_sampling(request: Request, limits: EngineLimits) -> None:
     _check_range("frequency_penalty", p.frequency_penalty, -100.0, 100.0)
     _check_range("length_penalty", p.length_penalty, -100.0, 100.0)
     if p.seed is not None:
-        _check_range("seed", p.seed, 0, MAX_SEED)
+        _check_int("seed", p.seed, 0, MAX_SEED)
     if p.end_id is not None and p.end_id != -1:
-        _check_range("end_id", p.end_id, 0, limits.vocab_size - 1)
+        _check_int("end_id", p.end_id, 0, limits.vocab_size - 1)
     for name, sequences in (("stop_token_ids", p.stop_token_ids), ("bad_token_ids", p.bad_token_ids)):
         if len(sequences) > MAX_STOP_SEQUENCES:
             raise InvalidRequest(f"{name} has {len(sequences)} sequences; at most {MAX_STOP_SEQUENCES}")
@@ -104,7 +111,8 @@ def _validate_sampling(request: Request, limits: EngineLimits) -> None:
         raise InvalidRequest(
             f"stop_strings: at most {MAX_STOP_SEQUENCES} non-empty strings of at most "
             f"{MAX_STOP_SEQUENCE_LEN} characters")
-    _check_range("beam_width", p.beam_width, 1, 1024)
+    _check_int("top_logprobs", p.top_logprobs, 0, MAX_TOP_LOGPROBS)
+    _check_int("beam_width", p.beam_width, 1, 1024)
     if p.beam_width > limits.max_beam_width:
         raise FailedPrecondition(
             f"beam_width={p.beam_width} exceeds the engine's max_beam_width="
@@ -112,7 +120,7 @@ def _validate_sampling(request: Request, limits: EngineLimits) -> None:
     if p.early_stopping not in (True, False, "never"):
         raise InvalidRequest(
             f"early_stopping must be true, false or \"never\", got {p.early_stopping!r}")
-    _check_range("num_return_sequences", p.num_return_sequences, 1, p.beam_width)
+    _check_int("num_return_sequences", p.num_return_sequences, 1, p.beam_width)
     if p.beam_width > 1:
         if limits.window_tokens:
             raise FailedPrecondition("beam search does not combine with a sliding attention window")
@@ -128,7 +136,8 @@ def _validate_beam_search(p) -> None:
         ("presence_penalty", p.presence_penalty == 0.0),
         ("frequency_penalty", p.frequency_penalty == 0.0),
         ("stop_token_ids", not p.stop_token_ids), ("stop_strings", not p.stop_strings),
-        ("bad_token_ids", not p.bad_token_ids)) if not off]
+        ("bad_token_ids", not p.bad_token_ids), ("top_logprobs", not p.top_logprobs),
+        ("prompt_logprobs", not p.prompt_logprobs)) if not off]
     if ignored:
         raise InvalidRequest(
             f"beam search (beam_width={p.beam_width}) does not combine with "

@@ -276,6 +276,8 @@ class LLM:
         request.stop_words.extend(stop_words)
         request.bad_words.extend(bad_words)
         request.output.return_logprobs = sampling.return_log_probs
+        request.output.top_logprobs = sampling.top_logprobs
+        request.output.return_prompt_logprobs = sampling.return_prompt_logprobs
         decode = None
         prompt_ids = None
         if isinstance(prompt, str):

@@ -26,6 +26,7 @@ class CompletionOutput:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     finish_reason: str | None = None
     _pieces: dict = field(default_factory=dict, repr=False)   # offset -> text of that chunk
 
@@ -40,6 +41,7 @@ class GenerationResult:
         self.outputs: list[CompletionOutput] = []
         self.finished = False
         self.usage: dict[str, int] = {}
+        self.prompt_logprobs: list[float] = []
         self._decode = decode
         self._cancel = cancel
         self._error: BaseException | None = None
@@ -104,6 +106,9 @@ class GenerationResult:
         else:
             out.token_ids = list(part.token_ids)
             out.logprobs = list(part.logprobs)
+            out.top_logprobs = [list(zip(top.token_ids, top.logprobs)) for top in part.top_logprobs]
+            if part.prompt_logprobs:
+                self.prompt_logprobs = list(part.prompt_logprobs)
             out.text = self._decode(out.token_ids) if self._decode else part.text
             out.finish_reason = FINISH_REASONS.get(part.finish_reason)
             self.usage = {"prompt_tokens": part.usage.prompt_tokens,

@@ -54,6 +54,8 @@ class SamplingConfig(Checked):
     pad_id: int | None = None
     ignore_eos: bool = False
     return_log_probs: bool = False
+    top_logprobs: int = 0                 # the n most likely tokens at each output position
+    return_prompt_logprobs: bool = False
     stop_words: list | None = None
     bad_words: list | None = None
 
@@ -97,5 +99,6 @@ SamplingConfig._checks = {
     "length_penalty": number(-100.0, 100.0), "early_stopping": boolean,
     "random_seed": integer(0, 2 ** 63 - 1, optional=True),
     "end_id": integer(-1, 1 << 31, optional=True), "pad_id": integer(0, 1 << 31, optional=True),
-    "ignore_eos": boolean, "return_log_probs": boolean, "stop_words": _words, "bad_words": _words,
+    "ignore_eos": boolean, "return_log_probs": boolean, "top_logprobs": integer(0, 20),
+    "return_prompt_logprobs": boolean, "stop_words": _words, "bad_words": _words,
 }

@@ -94,3 +94,12 @@ def test_special_tokens_add_no_text(tokenizer):
     detok, pieces = stream(tokenizer, prompt_ids, output_ids)
     assert pieces[-1] == ""
     assert "".join(pieces) == tokenizer.decode(output_ids, skip_special_tokens=True) == "Bye 👋"
+
+
+def test_flush_returns_a_trailing_partial_character_as_a_full_decode_would(tokenizer):
+    output = encode(tokenizer, "ok 🙂")
+    cut = output[:-1]                                  # stop in the middle of the emoji
+    detok = IncrementalDetokenizer(tokenizer, encode(tokenizer, "Say:"))
+    text = "".join(detok.add([t]) for t in cut) + detok.flush()
+    assert text == tokenizer.decode(cut, skip_special_tokens=True)
+    assert detok.flush() == ""

@@ -207,3 +207,29 @@ def test_thousands_of_random_submits_and_aborts_leak_nothing(folder):
     assert stats.num_free_blocks == stats.num_total_blocks
     assert stats.num_live_requests == 0
     assert executor.kv.num_live_sequences == 0
+
+
+def test_top_and_prompt_logprobs_match_transformers(folder):
+    from transformers import LlamaForCausalLM
+
+    executor = Executor.from_folder(folder, ExecutorOptions(block_size=4, max_num_tokens=5)).start()
+    prompt = random_prompts([11], VOCAB, seed=12)[0]
+    try:
+        outputs = list(executor.submit(Request("a", prompt, SamplingParams(
+            max_new_tokens=3, logprobs=True, top_logprobs=4, prompt_logprobs=True))))
+    finally:
+        executor.shutdown()
+    tokens = _tokens(outputs)
+    hf = LlamaForCausalLM.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        log_probs = hf(torch.tensor([prompt + tokens])).logits[0].log_softmax(-1)
+    expected_prompt = log_probs[torch.arange(10), torch.tensor(prompt[1:])]
+    assert torch.allclose(torch.tensor(outputs[0].prompt_logprobs), expected_prompt, atol=1e-4)
+    assert all(not o.prompt_logprobs for o in outputs[1:])
+    tops = [top for o in outputs for top in o.new_top_logprobs]
+    assert len(tops) == 3
+    for position, top in enumerate(tops):
+        values, ids = log_probs[len(prompt) - 1 + position].topk(4)
+        assert [t for t, _ in top] == ids.tolist()
+        assert torch.allclose(torch.tensor([v for _, v in top]), values, atol=1e-4)
+        assert top[0][0] == tokens[position]          # greedy picks the most likely

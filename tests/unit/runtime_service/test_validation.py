@@ -131,3 +131,10 @@ def test_max_seq_len_caps_the_kv_requirement():
     limits = dataclasses.replace(LIMITS, max_kv_tokens=64)
     validate_request(request(prompt=[1] * 30, max_new_tokens=64), limits)    # capped at 64
 
+
+
+@pytest.mark.parametrize("field, value", [("top_k", 2.5), ("max_new_tokens", 4.0),
+                                          ("seed", 1.5), ("beam_width", True)])
+def test_integer_fields_refuse_non_integers(field, value):
+    with pytest.raises(InvalidRequest, match=field):
+        validate_request(request(**{field: value}), LIMITS)
