@@ -43,10 +43,14 @@ class RuntimeSettings:
     allow_load_engine: bool = False
     grace_s: float = 30.0
     max_message_bytes: int = 4 << 20
+    step_stall_timeout_s: float = 60.0      # liveness: work but no step this long = stalled
 
     def __post_init__(self):
         if not 0 <= self.grace_s <= 3600:
             raise InvalidRequest(f"grace_s must be in [0, 3600], got {self.grace_s}")
+        if not 0 < self.step_stall_timeout_s <= 86400:
+            raise InvalidRequest(
+                f"step_stall_timeout_s must be in (0, 86400], got {self.step_stall_timeout_s}")
         if not 1024 <= self.max_message_bytes <= 256 << 20:
             raise InvalidRequest(
                 f"max_message_bytes must be in [1 KiB, 256 MiB], got {self.max_message_bytes}")

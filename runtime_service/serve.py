@@ -1,9 +1,12 @@
 """`python -m runtime_service serve`: one runtime pod's process, from flags to a draining exit.
 
 The server listens first (health NOT_SERVING) and loads the engine behind it, so probes see a
-live, unready pod during a long pull. SIGTERM or SIGINT: health goes NOT_SERVING, new Generate
-calls get UNAVAILABLE, running streams get `grace_s` to finish, then the process exits. A load
-that fails at start prints one line `kiln-runtime: error: CODE: message` and exits 2.
+live, unready pod during a long pull. The liveness health service (LIVENESS_SERVICE_NAME) is
+SERVING from the start, through loading and draining, and NOT_SERVING only while the step loop
+has work but has made no step for `--step-stall-timeout-s` (liveness.StepStallWatchdog).
+SIGTERM or SIGINT: health goes NOT_SERVING, new Generate calls get UNAVAILABLE, running streams
+get `grace_s` to finish, then the process exits. A load that fails at start prints one line
+`kiln-runtime: error: CODE: message` and exits 2.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from runtime_service.auth import TransportSecurity
 from runtime_service.convert import ServingLimits
 from runtime_service.engine_host import EngineHost, RuntimeSettings, State
 from runtime_service.errors import KilnError
-from runtime_service.server import SERVICE_NAME, RuntimeServicer, generic_handler
+from runtime_service.liveness import StepStallWatchdog
+from runtime_service.server import (LIVENESS_SERVICE_NAME, SERVICE_NAME, RuntimeServicer,
+                                    generic_handler)
 
 log = logging.getLogger("kiln.runtime")
 
@@ -63,6 +68,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-max-new-tokens", type=int, default=32)
     parser.add_argument("--max-message-bytes", type=int, default=4 << 20)
     parser.add_argument("--grace-s", type=float, default=30.0)
+    parser.add_argument("--step-stall-timeout-s", type=float, default=60.0,
+                        help=f"health service {LIVENESS_SERVICE_NAME} goes NOT_SERVING when the "
+                        "step loop has work but no step for this long")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument("--log-level", default="INFO")
 
@@ -83,7 +91,7 @@ def settings_from_args(args) -> RuntimeSettings:
         limits=ServingLimits(max_new_tokens=args.max_new_tokens,
                              default_max_new_tokens=args.default_max_new_tokens),
         allow_load_engine=args.allow_load_engine, grace_s=args.grace_s,
-        max_message_bytes=args.max_message_bytes)
+        max_message_bytes=args.max_message_bytes, step_stall_timeout_s=args.step_stall_timeout_s)
 
 
 class RuntimeServer:
@@ -105,8 +113,14 @@ class RuntimeServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.watchdog = StepStallWatchdog(self._executor_stats, settings.step_stall_timeout_s)
+        self._watching: asyncio.Task | None = None
         self._stopped = asyncio.Event()
         self.port = 0
+
+    def _executor_stats(self):
+        executor = self.host.executor
+        return executor.stats() if executor is not None else None
 
     def _on_state(self, state: State) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if state is State.SERVING
@@ -114,9 +128,32 @@ class RuntimeServer:
         for name in ("", SERVICE_NAME):
             asyncio.get_running_loop().create_task(self.health.set(name, status))
 
+    async def _watch_step_loop(self) -> None:
+        """Polls the watchdog and flips the liveness service, with one log line per flip."""
+        stalled = False
+        while True:
+            try:
+                verdict = self.watchdog.check()
+            except Exception:  # noqa: BLE001 - a failed read must not end the watch
+                log.exception("liveness check failed")
+            else:
+                if verdict.stalled != stalled:
+                    stalled = verdict.stalled
+                    await self.health.set(LIVENESS_SERVICE_NAME,
+                                          health_pb2.HealthCheckResponse.NOT_SERVING if stalled
+                                          else health_pb2.HealthCheckResponse.SERVING)
+                    log.log(logging.ERROR if stalled else logging.INFO,
+                            "liveness service=%s status=%s num_steps=%d stalled_for_s=%.1f "
+                            "timeout_s=%g", LIVENESS_SERVICE_NAME,
+                            "NOT_SERVING" if stalled else "SERVING", verdict.num_steps,
+                            verdict.stalled_for_s, self.watchdog.timeout_s)
+            await asyncio.sleep(self.watchdog.poll_interval_s)
+
     async def start(self, listen: str) -> int:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._watching = asyncio.get_running_loop().create_task(self._watch_step_loop())
         self.port = self.security.add_port(self.server, listen)
         if not self.port and not listen.startswith("unix:"):
             raise OSError(f"cannot listen on {listen}")
@@ -133,9 +170,16 @@ class RuntimeServer:
         deadline = loop.time() + self.settings.grace_s
         while self.servicer.num_active_streams and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        await self.server.stop(grace=1.0)
+        await self.stop(grace_s=1.0)
         await asyncio.to_thread(self.host.shutdown)
         self._stopped.set()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stops the liveness watch and the gRPC server (no drain: see drain_and_stop)."""
+        if self._watching is not None:
+            self._watching.cancel()
+            self._watching = None
+        await self.server.stop(grace=grace_s)
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -156,7 +200,7 @@ async def serve(args) -> int:
             await runtime.host.load(args.engine)
         except KilnError as exc:
             print(f"kiln-runtime: error: {exc.status}: {exc}", file=sys.stderr, flush=True)
-            await runtime.server.stop(grace=None)
+            await runtime.stop()
             return 2
     elif not settings.allow_load_engine:
         log.warning("started without --engine and without --allow-load-engine: nothing to serve")

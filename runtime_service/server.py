@@ -26,6 +26,8 @@ from runtime_service.rpc_errors import abort_with
 log = logging.getLogger("kiln.runtime")
 
 SERVICE_NAME = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name
+# A grpc.health.v1 name only (no RPCs): SERVING unless the step loop has work and makes no steps.
+LIVENESS_SERVICE_NAME = f"{SERVICE_NAME}.Liveness"
 EXPORT_CHUNK_BYTES = 1 << 20
 
 

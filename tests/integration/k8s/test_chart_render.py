@@ -139,6 +139,9 @@ def test_runtime_pods_probe_drain_and_run_locked_down(value_set, rendered):
             assert c["readinessProbe"]["grpc"] == {"port": 50051, "service": "kiln.v1.Runtime"}
             liveness = c["livenessProbe"]
             assert liveness["periodSeconds"] * liveness["failureThreshold"] > grace_s
+            # Liveness watches the step loop (--step-stall-timeout-s), not the drain.
+            assert liveness["grpc"] == {"port": 50051, "service": "kiln.v1.Runtime.Liveness"}
+            assert args[args.index("--step-stall-timeout-s") + 1] == "60"
 
 
 def test_each_model_gets_a_service_a_headless_service_an_hpa_and_a_pdb(rendered):
@@ -234,6 +237,7 @@ SCHEMA_REJECTS = {
     "unknown model field": _model(gpus=1),
     "CPU model over several nodes": _model(gpusPerPod=0, nodes=2, tp=2),
     "TLS without a Secret": {"tls": {"enabled": True}},
+    "step stall timeout of zero": {"runtime": {"stepStallTimeoutSeconds": 0}},
     "store that is not s3": {"store": {"uri": "http://minio:9000/kiln"}},
     "negative build backoff": {"buildJob": {"backoffLimit": -1}},
     "build without a model": {"builds": [{"name": "b"}]},

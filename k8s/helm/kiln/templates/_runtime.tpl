@@ -88,6 +88,8 @@ args: root, m
 {{- end }}
 - --grace-s
 - {{ int $r.drainSeconds | quote }}
+- --step-stall-timeout-s
+- {{ int $r.stepStallTimeoutSeconds | quote }}
 {{- with include "kiln.transportArgs" .root }}{{ . | trim | nindent 0 }}{{ end }}
 {{- end }}
 

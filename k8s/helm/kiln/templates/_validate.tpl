@@ -9,7 +9,7 @@ uniqueness by key); each failure names the model and the field. runtime-deployme
 {{- end }}
 {{- $p := $v.runtime.probes }}
 {{- if (le (mul (int $p.livenessPeriodSeconds) (int $p.livenessFailureThreshold)) (int $v.runtime.drainSeconds)) }}
-{{- fail (printf "runtime.probes: livenessPeriodSeconds * livenessFailureThreshold (%d s) must exceed runtime.drainSeconds (%d s), since the server reports NOT_SERVING while it drains" (mul (int $p.livenessPeriodSeconds) (int $p.livenessFailureThreshold)) (int $v.runtime.drainSeconds)) }}
+{{- fail (printf "runtime.probes: livenessPeriodSeconds * livenessFailureThreshold (%d s) must exceed runtime.drainSeconds (%d s), so that a draining pod is never restarted (health \"\" and kiln.v1.Runtime report NOT_SERVING while it drains)" (mul (int $p.livenessPeriodSeconds) (int $p.livenessFailureThreshold)) (int $v.runtime.drainSeconds)) }}
 {{- end }}
 {{- $names := dict }}
 {{- range $v.models }}
