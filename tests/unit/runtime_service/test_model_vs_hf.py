@@ -112,14 +112,50 @@ def test_dynamic_ntk_rope_matches_transformers_past_max_positions(tmp_path):
 
 
 @pytest.mark.gpu
-def test_bf16_cuda_matches_transformers_bf16_first_16_tokens(tmp_path):
+def test_bf16_cuda_is_as_accurate_as_transformers_bf16(tmp_path):
+    """bf16 on both sides, Kiln's fast path (Triton kernels, CUDA graphs) against transformers.
+
+    Random weights give nearly flat distributions: transformers' own bf16 log-probabilities
+    differ from its fp32 ones by up to ~1 on this model (measured on an H100), so bf16 tokens
+    part at near-ties and cannot tell rounding from a bug. Accuracy can: on Kiln's greedy
+    trajectories (decode path) and on transformers' greedy continuations (Kiln's prefill path,
+    prompt_logprobs), Kiln's bf16 error against fp32 transformers must be of the size of
+    transformers' own bf16 error. A wrong position, block or head is off by whole units."""
+    from transformers import LlamaForCausalLM
+
     folder = make_random_llama(tmp_path, hidden_size=256, num_attention_heads=4,
                                num_key_value_heads=2, num_hidden_layers=4, vocab_size=512)
-    prompts = random_prompts((8, 33, 100), vocab_size=512)
-    expected = [hf_greedy(folder, p, 16, device="cuda", dtype=torch.bfloat16) for p in prompts]
+    prompts = random_prompts((8, 33, 100, 5, 17), vocab_size=512)
+    bf16 = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).cuda().eval()
+    fp32 = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).cuda().eval()
+
+    def log_probs(model, tokens: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens], device="cuda")).logits[0].float()
+        return logits.log_softmax(-1)[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])].cpu()
+
     executor = Executor.from_folder(folder, ExecutorOptions(device="cuda", dtype="bfloat16")).start()
+    kiln_errors, hf_errors = [], []
     try:
-        got = executor.generate([Request(f"r{i}", p, _greedy(16)) for i, p in enumerate(prompts)])
+        for i, prompt in enumerate(prompts):
+            decoded = list(executor.submit(Request(f"d{i}", prompt, SamplingParams(
+                max_new_tokens=16, ignore_eos=True, logprobs=True))))
+            tokens = prompt + [t for o in decoded for t in o.new_token_ids]
+            kiln = torch.tensor([lp for o in decoded for lp in o.new_logprobs])
+            truth = log_probs(fp32, tokens)[len(prompt) - 1:]
+            kiln_errors.append(kiln - truth)
+            hf_errors.append(log_probs(bf16, tokens)[len(prompt) - 1:] - truth)
+            continuation = prompt + hf_greedy(folder, prompt, 16, device="cuda",
+                                              dtype=torch.bfloat16, model=bf16)
+            scored = list(executor.submit(Request(f"p{i}", continuation, SamplingParams(
+                max_new_tokens=1, prompt_logprobs=True))))
+            truth = log_probs(fp32, continuation)
+            kiln_errors.append(torch.tensor(scored[0].prompt_logprobs) - truth)
+            hf_errors.append(log_probs(bf16, continuation) - truth)
     finally:
         executor.shutdown()
-    assert [got[f"r{i}"] for i in range(len(prompts))] == expected
+    kiln_error, hf_error = torch.cat(kiln_errors).abs(), torch.cat(hf_errors).abs()
+    assert len(kiln_error) > 300
+    assert kiln_error.median() <= 2 * hf_error.median() + 0.02, (kiln_error.median(),
+                                                                 hf_error.median())
+    assert kiln_error.max() <= 2 * hf_error.max() + 0.1, (kiln_error.max(), hf_error.max())
