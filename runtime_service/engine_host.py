@@ -102,6 +102,8 @@ def apply_options(settings: RuntimeSettings, options: runtime_pb2.RuntimeOptions
         changes["streaming_llm"] = options.streaming_llm
     if options.enable_block_reuse:
         changes["enable_block_reuse"] = True
+    if options.HasField("enable_chunked_context"):
+        changes["enable_chunked_prefill"] = options.enable_chunked_context
     limits = settings.limits
     if options.max_new_tokens:
         limits = ServingLimits(max_new_tokens=options.max_new_tokens,

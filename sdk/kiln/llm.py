@@ -18,7 +18,7 @@ import tempfile
 import weakref
 from pathlib import Path
 
-from kiln._checks import boolean, instance, one_of
+from kiln._checks import boolean, instance, integer, one_of
 from kiln.client import BuilderClient, Endpoint, LoopThread, RuntimeClient
 from kiln.embedded import default_device, kiln_home, start_builder, start_runtime
 from kiln.errors import FailedPrecondition, InvalidArgument
@@ -55,6 +55,7 @@ class LLM:
     def __init__(self, config: ModelConfig, tokenizer=None, kv_cache_config: KvCacheConfig | None = None,
                  capacity_scheduling_policy=CapacitySchedulerPolicy.GUARANTEED_NO_EVICT,
                  async_mode: bool = False, streaming_llm: bool | StreamingLLMParam = False, *,
+                 enable_chunked_context: bool = True,
                  builder: str | None = None, runtime: str | None = None,
                  kiln_home_dir: str | None = None, show_progress: bool = True,
                  startup_timeout_s: float = 900.0):
@@ -70,6 +71,7 @@ class LLM:
         if not isinstance(streaming_llm, (bool, StreamingLLMParam)):
             raise InvalidArgument("streaming_llm must be a bool or a StreamingLLMParam")
         self.streaming_llm = streaming_llm
+        self.enable_chunked_context = boolean("enable_chunked_context", enable_chunked_context)
         self.show_progress = show_progress
         self.build_result: builder_pb2.BuildResult | None = None
         self._last_stage = None
@@ -215,6 +217,8 @@ class LLM:
             options.max_attention_window = param.max_attention_window_size
             options.sink_token_length = param.sink_token_length
             options.streaming_llm = True
+        if not self.enable_chunked_context:
+            options.enable_chunked_context = False
         return options
 
     def _attach(self, info, uri: str, engine_key: str | None) -> runtime_pb2.ModelInfo:
@@ -263,13 +267,14 @@ class LLM:
 
     def generate_async(self, prompt, streaming: bool = False,
                        sampling_config: SamplingConfig | None = None,
-                       timeout_s: float | None = None) -> GenerationResult:
+                       timeout_s: float | None = None, priority: int = 0) -> GenerationResult:
         """Starts one request; the result is a future (`result`, `aresult`) and, with
         streaming=True, an iterator (`for` / `async for`) that yields after every chunk."""
         sampling = instance(SamplingConfig, optional=True)("sampling_config", sampling_config) \
             or self.get_default_sampling_config()
         boolean("streaming", streaming)
-        request = runtime_pb2.GenerateRequest(streaming=streaming)
+        integer(-1000, 1000)("priority", priority)
+        request = runtime_pb2.GenerateRequest(streaming=streaming, priority=priority)
         encode = self._encode_word if self.tokenizer is not None else None
         request.sampling.CopyFrom(sampling.to_proto(encode)[0])
         _, stop_words, bad_words = sampling.to_proto(encode)
@@ -303,8 +308,9 @@ class LLM:
         return self.runtime.generate(request, prompt, prompt_ids, decode, timeout_s)
 
     def generate(self, prompts, sampling_config: SamplingConfig | list | None = None,
-                 timeout_s: float | None = None) -> list[GenerationResult]:
-        """Generates for a batch: strings, token-id lists, or one of either."""
+                 timeout_s: float | None = None, priority: int = 0) -> list[GenerationResult]:
+        """Generates for a batch: strings, token-id lists, or one of either. Higher `priority`
+        requests are admitted first when the runtime has a queue."""
         if isinstance(prompts, str) or _is_token_ids(prompts):
             prompts = [prompts]
         prompts = list(prompts)
@@ -318,7 +324,7 @@ class LLM:
         try:
             for prompt, config in zip(prompts, configs):
                 results.append(self.generate_async(prompt, sampling_config=config,
-                                                   timeout_s=timeout_s))
+                                                   timeout_s=timeout_s, priority=priority))
             return [result.result() for result in results]
         except BaseException:
             for result in results:

@@ -235,3 +235,14 @@ def test_beam_search_example_returns_every_beam_as_transformers_ranks_them(tiny_
                             eos_token_id=None, pad_token_id=0)
     assert output.token_ids[0] == hf[0, 2:].tolist()
     assert sorted(output.token_ids) == sorted(hf[:, 2:].tolist())
+
+
+def test_unchunked_context_and_priority_give_the_same_tokens(llm, tiny_model):
+    sampling_config = llm.get_default_sampling_config()
+    sampling_config.max_new_tokens = 6
+    expected = llm.generate([[32, 12, 7]], sampling_config=sampling_config)[0].token_ids
+    with LLM(tiny_config(tiny_model), enable_chunked_context=False, show_progress=False) as other:
+        got = other.generate([[32, 12, 7]], sampling_config=sampling_config, priority=3)[0]
+    assert got.token_ids == expected
+    with pytest.raises(InvalidArgument, match="priority"):
+        llm.generate([[1]], priority=10_000)

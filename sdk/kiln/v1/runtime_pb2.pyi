@@ -283,7 +283,7 @@ class ServerInfo(_message.Message):
     def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ServerState, str]] = ..., kv_cache: _Optional[_Union[KvCacheStats, _Mapping]] = ..., num_live_requests: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_requests_total: _Optional[int] = ..., num_requests_aborted: _Optional[int] = ..., num_tokens_generated: _Optional[int] = ..., uptime_s: _Optional[float] = ..., load_engine_enabled: _Optional[bool] = ..., device: _Optional[str] = ..., max_queue_size: _Optional[int] = ..., scheduler_policy: _Optional[str] = ..., quant_algos: _Optional[_Iterable[str]] = ..., max_world_size: _Optional[int] = ...) -> None: ...
 
 class RuntimeOptions(_message.Message):
-    __slots__ = ("kv_max_tokens", "kv_free_gpu_memory_fraction", "scheduler_policy", "max_queue_size", "max_new_tokens", "sink_token_length", "max_attention_window", "enable_block_reuse", "streaming_llm")
+    __slots__ = ("kv_max_tokens", "kv_free_gpu_memory_fraction", "scheduler_policy", "max_queue_size", "max_new_tokens", "sink_token_length", "max_attention_window", "enable_block_reuse", "streaming_llm", "enable_chunked_context")
     KV_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_FREE_GPU_MEMORY_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +293,7 @@ class RuntimeOptions(_message.Message):
     MAX_ATTENTION_WINDOW_FIELD_NUMBER: _ClassVar[int]
     ENABLE_BLOCK_REUSE_FIELD_NUMBER: _ClassVar[int]
     STREAMING_LLM_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_CHUNKED_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     kv_max_tokens: int
     kv_free_gpu_memory_fraction: float
     scheduler_policy: str
@@ -302,7 +303,8 @@ class RuntimeOptions(_message.Message):
     max_attention_window: int
     enable_block_reuse: bool
     streaming_llm: bool
-    def __init__(self, kv_max_tokens: _Optional[int] = ..., kv_free_gpu_memory_fraction: _Optional[float] = ..., scheduler_policy: _Optional[str] = ..., max_queue_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., sink_token_length: _Optional[int] = ..., max_attention_window: _Optional[int] = ..., enable_block_reuse: _Optional[bool] = ..., streaming_llm: _Optional[bool] = ...) -> None: ...
+    enable_chunked_context: bool
+    def __init__(self, kv_max_tokens: _Optional[int] = ..., kv_free_gpu_memory_fraction: _Optional[float] = ..., scheduler_policy: _Optional[str] = ..., max_queue_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., sink_token_length: _Optional[int] = ..., max_attention_window: _Optional[int] = ..., enable_block_reuse: _Optional[bool] = ..., streaming_llm: _Optional[bool] = ..., enable_chunked_context: _Optional[bool] = ...) -> None: ...
 
 class LoadEngineRequest(_message.Message):
     __slots__ = ("engine_uri", "options")
