@@ -103,7 +103,7 @@ def _build_remote(args, printer) -> None:
     import grpc
     from kiln.v1 import builder_pb2_grpc
 
-    from builder_service.auth import read_token_file
+    from runtime_service.auth import read_token_file
     from builder_service.messages import request_from_spec
     from builder_service.pipeline import BuildProgress
     from builder_service.upload_client import upload_folder
@@ -144,7 +144,7 @@ def _convert(args, printer) -> None:
 
 
 def _serve(args) -> None:
-    from builder_service.auth import read_token_file
+    from runtime_service.auth import read_token_file
     from builder_service.server import ServerOptions, serve
     from builder_service.uploads import UploadLimits
     options = ServerOptions(

@@ -21,10 +21,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kiln.v1 import builder_pb2, builder_pb2_grpc
 
+from runtime_service.auth import TransportSecurity
 from runtime_service.errors import CapacityExceeded, InvalidRequest
 from runtime_service.store import S3Settings, open_store
 
-from builder_service.auth import BearerTokenInterceptor
 from builder_service.builder import EngineBuilder
 from builder_service.messages import (engine_summary, file_list, progress_event, result_event,
                                       spec_from_request)
@@ -53,8 +53,10 @@ class ServerOptions:
     def __post_init__(self):
         if self.max_concurrent_builds < 1:
             raise InvalidRequest("max_concurrent_builds must be >= 1")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise InvalidRequest("TLS needs both --tls-cert and --tls-key")
+
+    @property
+    def security(self) -> TransportSecurity:
+        return TransportSecurity(self.tls_cert, self.tls_key, self.token)
 
 
 class BuilderServicer(builder_pb2_grpc.BuilderServicer):
@@ -204,8 +206,9 @@ async def start_server(options: ServerOptions) -> RunningServer:
     builder, uploads = make_builder(options)
     servicer = BuilderServicer(builder, uploads, options.max_concurrent_builds)
     message_bytes = options.upload_limits.max_chunk_bytes + (1 << 16)
+    security = options.security
     server = grpc.aio.server(
-        interceptors=[BearerTokenInterceptor(options.token)] if options.token else [],
+        interceptors=security.interceptors(),
         options=[("grpc.max_receive_message_length", message_bytes),
                  ("grpc.max_send_message_length", 64 << 20)])
     builder_pb2_grpc.add_BuilderServicer_to_server(servicer, server)
@@ -213,12 +216,7 @@ async def start_server(options: ServerOptions) -> RunningServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if options.tls_cert:
-        credentials = grpc.ssl_server_credentials(
-            [(Path(options.tls_key).read_bytes(), Path(options.tls_cert).read_bytes())])
-        port = server.add_secure_port(options.listen, credentials)
-    else:
-        port = server.add_insecure_port(options.listen)
+    port = security.add_port(server, options.listen)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -22,6 +22,17 @@ log = logging.getLogger("kiln.auth")
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 
 
+def read_token_file(path: str | Path) -> str:
+    """The bearer token in a file (servers check it, clients send it), at least 16 characters."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read --token-file {path}: {exc}") from exc
+    if len(token) < 16:
+        raise InvalidRequest(f"the token in {path} is shorter than 16 characters")
+    return token
+
+
 @dataclass(frozen=True)
 class TransportSecurity:
     tls_cert: Path | None = None
@@ -40,12 +51,7 @@ class TransportSecurity:
     @classmethod
     def from_files(cls, tls_cert: str | None, tls_key: str | None,
                    token_file: str | None) -> "TransportSecurity":
-        token = None
-        if token_file:
-            try:
-                token = Path(token_file).read_text().strip()
-            except OSError as exc:
-                raise InvalidRequest(f"cannot read --token-file {token_file}: {exc}") from exc
+        token = read_token_file(token_file) if token_file else None
         return cls(Path(tls_cert) if tls_cert else None, Path(tls_key) if tls_key else None, token)
 
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
