@@ -446,9 +446,9 @@ class Executor:
         if seq.num_output_tokens >= p.min_new_tokens:
             if last in self.end_ids_of(seq):
                 return FinishReason.END_ID
-            output = seq.output_token_ids
             for words in p.stop_token_ids:
-                if len(output) >= len(words) and output[-len(words):] == list(words):
+                if (seq.num_output_tokens >= len(words)
+                        and seq.token_ids[-len(words):] == list(words)):
                     return FinishReason.STOP
         if seq.num_tokens >= seq.max_total_tokens:
             return FinishReason.LENGTH
@@ -471,7 +471,7 @@ class Executor:
 
     def _emit(self, live: _Live, new_text: str, reason: FinishReason | None) -> None:
         seq = live.seq
-        new_ids = seq.output_token_ids[live.emitted_tokens:]
+        new_ids = seq.token_ids[seq.num_prompt_tokens + live.emitted_tokens:]
         new_logprobs = seq.logprobs[live.emitted_tokens:] if seq.sampling.logprobs else []
         new_top = seq.top_logprobs[live.emitted_tokens:] if seq.sampling.top_logprobs else []
         first = live.emitted_tokens == 0

@@ -74,10 +74,13 @@ class TorchReferenceAttention:
                 values = values.repeat_interleave(group, dim=1)
             query = q[start:start + q_len].transpose(0, 1)          # [H, q_len, D]
             context_before = seq_len - q_len
-            mask = torch.ones(q_len, seq_len, dtype=torch.bool, device=q.device).tril(context_before)
+            # A whole new sequence is plain causal attention, which takes SDPA's fast kernels;
+            # a chunk after cached context needs the offset mask.
+            mask = None if context_before == 0 else torch.ones(
+                q_len, seq_len, dtype=torch.bool, device=q.device).tril(context_before)
             attn = torch.nn.functional.scaled_dot_product_attention(
                 query, keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask,
-                scale=self.scale)
+                is_causal=mask is None and q_len > 1, scale=self.scale)
             out[start:start + q_len] = attn.transpose(0, 1)
             start += q_len
         return out
