@@ -8,12 +8,10 @@ step ends. `abort(request_id)` frees the request's KV blocks at the next step bo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,137 +23,19 @@ from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, 
 from runtime_service.kv_cache import AttentionWindow, KVCacheManager
 from runtime_service.model.loader import LoadedModel, default_build_config, load_model
 from runtime_service.model_runner import ModelRunner, SampledToken, kv_bytes_per_token
+from runtime_service.executor_options import CPU_KV_BUDGET_BYTES, ExecutorOptions, ExecutorStats
 from runtime_service.request import FinishReason, Request, RequestOutput
-from runtime_service.scheduler import Scheduler, SchedulerConfig, SchedulerPolicy
+from runtime_service.request_stream import RequestStream
+from runtime_service.scheduler import Scheduler, SchedulerConfig
 from runtime_service.sequence import Sequence
+from runtime_service.stopping import cut_at_stop_string, finish_reason
 from runtime_service.validation import EngineLimits, validate_request
 
 log = logging.getLogger("kiln.executor")
 
-CPU_KV_BUDGET_BYTES = 2 << 30
-
-
-@dataclass(frozen=True)
-class ExecutorOptions:
-    """Serving settings chosen at start; None means "take it from the engine's build limits"."""
-
-    device: str = "cpu"
-    dtype: str | None = None
-    block_size: int = 16
-    kv_max_tokens: int | None = None
-    kv_free_gpu_memory_fraction: float = 0.9
-    max_batch_size: int | None = None
-    max_num_tokens: int | None = None
-    policy: SchedulerPolicy = SchedulerPolicy.GUARANTEED_NO_EVICT
-    enable_chunked_prefill: bool = True
-    enable_block_reuse: bool = False
-    # A sliding attention window keeps the first sink_token_length tokens and the last
-    # max_attention_window; with streaming_llm, rotary positions are positions in the cache
-    # (StreamingLLM), so a stream can run far past max_seq_len in bounded memory.
-    max_attention_window: int | None = None
-    sink_token_length: int = 0
-    streaming_llm: bool = False
-    max_queue_size: int = 1024
-    load_tokenizer: bool = True
-    # "auto": the Triton kernels on CUDA, the torch reference elsewhere; or "torch" / "triton".
-    attention_backend: str = "auto"
-    # Decode steps of up to this many sequences replay captured CUDA graphs (None: up to
-    # max_batch_size on CUDA; 0: never). CUDA with the Triton backend only.
-    cuda_graph_max_batch_size: int | None = None
-
-    def __post_init__(self):
-        if self.block_size < 1 or self.block_size > 1024:
-            raise InvalidRequest(f"block_size must be in [1, 1024], got {self.block_size}")
-        if self.kv_max_tokens is not None and self.kv_max_tokens < self.block_size:
-            raise InvalidRequest(
-                f"kv_max_tokens must be at least one block ({self.block_size}), got "
-                f"{self.kv_max_tokens}")
-        if not 0.0 < self.kv_free_gpu_memory_fraction <= 1.0:
-            raise InvalidRequest(
-                "kv_free_gpu_memory_fraction must be in (0, 1], got "
-                f"{self.kv_free_gpu_memory_fraction}")
-        if self.max_queue_size < 1:
-            raise InvalidRequest(f"max_queue_size must be >= 1, got {self.max_queue_size}")
-        if self.attention_backend not in ("auto", "torch", "triton"):
-            raise InvalidRequest("attention_backend must be 'auto', 'torch' or 'triton', got "
-                                 f"{self.attention_backend!r}")
-        if self.cuda_graph_max_batch_size is not None and self.cuda_graph_max_batch_size < 0:
-            raise InvalidRequest("cuda_graph_max_batch_size must be >= 0, got "
-                                 f"{self.cuda_graph_max_batch_size}")
-        object.__setattr__(self, "policy", SchedulerPolicy(self.policy))
-
-
-@dataclass(frozen=True)
-class ExecutorStats:
-    num_free_blocks: int
-    num_total_blocks: int
-    num_live_requests: int
-    num_waiting: int
-    num_running: int
-    num_steps: int
-    num_preemptions: int
-    peak_running: int              # most sequences ever in one step's running set
-
-
 def engine_identity(loaded: LoadedModel) -> str:
     """Salts prefix hashes so cached blocks are never matched across different engines."""
     return loaded.config.to_json() + str(loaded.dtype)
-
-
-class RequestStream:
-    """Outputs of one request, in order; iterate with `for` or `async for`.
-
-    Created inside a running event loop it delivers through that loop; otherwise through a plain
-    thread-safe queue. Leaving the iteration early (close) aborts the request.
-    """
-
-    def __init__(self, request_id: str, executor: "Executor"):
-        self.request_id = request_id
-        self._executor = executor
-        self.finished = False
-        try:
-            self._loop = asyncio.get_running_loop()
-            self._async_queue: asyncio.Queue = asyncio.Queue()
-        except RuntimeError:
-            self._loop = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-
-    def _push(self, item: RequestOutput | BaseException) -> None:
-        if self._loop is None:
-            self._queue.put(item)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._async_queue.put_nowait, item)
-        except RuntimeError:
-            pass                        # the consumer's loop is gone; nobody is listening
-
-    def _take(self, item: RequestOutput | BaseException) -> RequestOutput:
-        if isinstance(item, BaseException):
-            self.finished = True
-            raise item
-        if item.finished:
-            self.finished = True
-        return item
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> RequestOutput:
-        if self.finished:
-            raise StopIteration
-        return self._take(self._queue.get())
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if self.finished:
-            raise StopAsyncIteration
-        return self._take(await self._async_queue.get())
-
-    def close(self) -> None:
-        if not self.finished:
-            self._executor.abort(self.request_id)
 
 
 class _Live:
@@ -288,7 +168,7 @@ class Executor:
         if self._stopping:
             raise Unavailable("the executor is shutting down")
         validate_request(request, self.limits)
-        stream = RequestStream(request.request_id, self)
+        stream = RequestStream(request.request_id, self.abort)
         with self._lock:
             if request.request_id in self._pending:
                 raise InvalidRequest(f"request_id {request.request_id!r} is already running")
@@ -428,10 +308,10 @@ class Executor:
         seq.token_ids.append(token.token_id)
         seq.logprobs.append(token.logprob)
         seq.top_logprobs.append(token.top)
-        reason = self._finish_reason(seq)
+        reason = finish_reason(seq, self.end_ids_of(seq))
         new_text = live.detok.add([token.token_id]) if live.detok else ""
         if live.detok and seq.sampling.stop_strings and reason is None:
-            new_text, hit = self._cut_at_stop_string(live, new_text)
+            new_text, hit = cut_at_stop_string(live.detok, seq.sampling.stop_strings, new_text)
             if hit:
                 reason = FinishReason.STOP
         elif live.detok and reason is not None:
@@ -439,35 +319,6 @@ class Executor:
         self._emit(live, new_text, reason)
         if reason is not None:
             self._close(live)
-
-    def _finish_reason(self, seq: Sequence) -> FinishReason | None:
-        p = seq.sampling
-        last = seq.token_ids[-1]
-        if seq.num_output_tokens >= p.min_new_tokens:
-            if last in self.end_ids_of(seq):
-                return FinishReason.END_ID
-            for words in p.stop_token_ids:
-                if (seq.num_output_tokens >= len(words)
-                        and seq.token_ids[-len(words):] == list(words)):
-                    return FinishReason.STOP
-        if seq.num_tokens >= seq.max_total_tokens:
-            return FinishReason.LENGTH
-        return None
-
-    @staticmethod
-    def _cut_at_stop_string(live: _Live, new_text: str) -> tuple[str, bool]:
-        """Ends the text before the first stop string; returns the text to emit and a hit flag."""
-        text = live.detok.text
-        longest = max(len(s) for s in live.seq.sampling.stop_strings)
-        search_from = max(0, len(text) - len(new_text) - longest + 1)
-        hits = [i for s in live.seq.sampling.stop_strings
-                if (i := text.find(s, search_from)) >= 0]
-        if not hits:
-            return new_text, False
-        cut = min(hits)
-        emitted_before = len(text) - len(new_text)
-        live.detok.text = text[:cut]
-        return text[emitted_before:cut] if cut > emitted_before else "", True
 
     def _emit(self, live: _Live, new_text: str, reason: FinishReason | None) -> None:
         seq = live.seq
