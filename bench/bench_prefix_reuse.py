@@ -25,22 +25,12 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-
-def git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=REPO)
-    dirty = subprocess.run(["git", "status", "--porcelain", "runtime_service"],
-                           capture_output=True, text=True, cwd=REPO).stdout.strip()
-    return done.stdout.strip() + ("+uncommitted runtime_service changes" if dirty else "")
+from bench_common import git_commit  # also puts the repo and tests/ on sys.path
 
 
 def ttft_and_tokens(executor, request) -> tuple[float, list[int], int]:

@@ -28,23 +28,13 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import git_commit  # also puts the repo and tests/ on sys.path
 SERIES_EVERY = 64          # tokens per point of the per-token series kept in the JSON
-sys.path.insert(0, str(REPO / "tests"))
-
-
-def git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=REPO)
-    dirty = subprocess.run(["git", "status", "--porcelain", "runtime_service"],
-                           capture_output=True, text=True, cwd=REPO).stdout.strip()
-    return done.stdout.strip() + ("+uncommitted runtime_service changes" if dirty else "")
 
 
 def rss_mib() -> float | None:
