@@ -7,6 +7,7 @@ greedy tokens equal the torch reference backend's on the same engine. JSON to --
 
     python3 bench/bench_decode.py --model llama2-7b --json out.json
     python3 bench/bench_decode.py --model tiny --device cpu --quick     # smoke test of the script
+    python3 bench/bench_decode.py --model llama2-7b --grpc              # also through a runtime pod
 
 Weights are random (speed does not depend on their values). HF runs static batches of at most
 --hf-max-batch requests (its memory grows with the batch); its tokens/s for a larger concurrency is
@@ -19,8 +20,10 @@ import argparse
 import gc
 import json
 import math
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -315,26 +318,41 @@ def compare_with_reference(loaded: LoadedModel, fast: list[list[int]], vocab: in
             "uniform_logprob": -math.log(vocab), "new_tokens": new_tokens}
 
 
+def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch.dtype,
+                       vocab: int, quick: bool) -> dict:
+    """The same loads through an engine built by the builder and served by a runtime pod."""
+    from grpc_load import RuntimePod, build_engine, measure
+    uri = build_engine(work / "hf", work / "store", build, device, str(dtype).split(".")[1])
+    pod = RuntimePod(uri, work, device, max_new_tokens=build.max_seq_len)
+    try:
+        address = pod.wait()
+        return measure(address, lambda n, length, seed: prompts(n, length, vocab, seed),
+                       TTFT_PROMPTS, QUICK_LOADS if quick else LOADS, quick, log)
+    finally:
+        pod.stop()
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 def table(report: dict) -> str:
-    kiln, hf = report.get("kiln", {}), report.get("hf", {})
-    rows = [("metric", "kiln", "hf", "hf/kiln")]
+    kiln, hf, grpc = report.get("kiln", {}), report.get("hf", {}), report.get("kiln_grpc", {})
+    rows = [("metric", "kiln", "hf", "hf/kiln", "kiln gRPC")]
 
-    def add(name, k, h, lower_better=True):
+    def cell(value):
+        return f"{value:.2f}" if value is not None else "-"
+
+    def add(name, pick, lower_better=True):
+        k, h, g = pick(kiln), pick(hf), pick(grpc)
         ratio = (h / k if lower_better else k / h) if (k and h) else None
-        rows.append((name, f"{k:.2f}" if k is not None else "-",
-                     f"{h:.2f}" if h is not None else "-",
-                     f"{ratio:.1f}x" if ratio else "-"))
+        rows.append((name, cell(k), cell(h), f"{ratio:.1f}x" if ratio else "-", cell(g)))
 
-    add("batch-1 ms/token", kiln.get("tpot_ms_batch1"), hf.get("tpot_ms_batch1"))
+    add("batch-1 ms/token", lambda r: r.get("tpot_ms_batch1"))
     for length in TTFT_PROMPTS:
-        add(f"TTFT {length} ms", kiln.get("ttft_ms", {}).get(str(length)),
-            hf.get("ttft_ms", {}).get(str(length)))
+        add(f"TTFT {length} ms", lambda r, key=str(length): r.get("ttft_ms", {}).get(key))
     for name in kiln.get("throughput", hf.get("throughput", {})):
-        add(f"{name} tok/s", kiln.get("throughput", {}).get(name, {}).get("output_tokens_per_s"),
-            hf.get("throughput", {}).get(name, {}).get("output_tokens_per_s"), False)
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        add(f"{name} tok/s", lambda r, key=name: r.get("throughput", {}).get(key, {}).get(
+            "output_tokens_per_s"), False)
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = [f"== {report['model']} on {report['device_name']} =="]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     floor = report.get("bandwidth_floor_ms")
@@ -359,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-max-batch", type=int, default=64)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="write a kernel table of batch-1/64 decode")
+    parser.add_argument("--grpc", action="store_true",
+                        help="also run the loads through a runtime pod over gRPC")
     args = parser.parse_args(argv)
 
     device = args.device
@@ -382,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     build = BuildConfig(dtype="bfloat16", max_batch_size=256, max_input_len=4096,
                         max_seq_len=4096 + 256, max_num_tokens=8192)
     loaded = kiln_from_hf(hf_model, hf_config, dtype, device, build)
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
+    if args.grpc:
+        hf_model.to(dtype).save_pretrained(str(work / "hf"), safe_serialization=True)
     del hf_model
     gc.collect()
     if device == "cuda":
@@ -411,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
     if not args.skip_reference:
         report["greedy_vs_reference"] = compare_with_reference(loaded, fast, vocab, 32, device)
+    if args.grpc:
+        del loaded
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        report["kiln_grpc"] = bench_through_grpc(work, build, device, dtype, vocab, args.quick)
+    shutil.rmtree(work, ignore_errors=True)
     text = table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -9,6 +9,13 @@ mode=${1:-quick}
 OUT=${OUT:-/tmp/kiln_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+export PYTHONPATH="$PWD/sdk:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The device has no grpcio-health-checking / grpcio-reflection, which the runtime pod (--grpc
+# mode) and the SDK need: carry them as wheels in .whl (bench/NOTES.md says how).
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 if [ "$mode" != "bench" ]; then
   timeout 200 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
@@ -21,7 +28,7 @@ elif [ "$mode" = "quick" ]; then
     --json "$OUT/quick_llama2-7b.json" --profile "$OUT/profile.txt" 2>&1 | tee "$OUT/bench_quick.log"
 else
   for model in llama2-7b llama3-8b; do
-    timeout 260 python3 bench/bench_decode.py --model "$model" \
+    timeout 420 python3 bench/bench_decode.py --model "$model" --grpc \
       --json "$OUT/bench_$model.json" 2>&1 | tee "$OUT/bench_$model.log"
   done
 fi

@@ -1,0 +1,96 @@
+"""bench_decode's second mode: the same loads through a real runtime pod over gRPC.
+
+The random-weight model is saved as an HF folder, built into an engine by the real builder CLI
+with the same build limits as the in-process run, and served by `python -m runtime_service
+serve` on loopback; the loads then go through `kiln.v1.Runtime/Generate` streams, so the figures
+include the server, protobuf and the socket. Keys match bench_decode's in-process report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench_grpc_streaming import run_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_engine(hf_folder: Path, store: Path, build, device: str, dtype: str) -> str:
+    """The engine URI `python -m builder_service build` publishes for the bench's limits."""
+    done = subprocess.run(
+        [sys.executable, "-m", "builder_service", "build", "--model", str(hf_folder),
+         "--store", str(store), "--dtype", dtype, "--target-device", device,
+         "--max-batch-size", str(build.max_batch_size), "--max-input-len", str(build.max_input_len),
+         "--max-seq-len", str(build.max_seq_len), "--max-num-tokens", str(build.max_num_tokens)],
+        capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"engine build failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["uri"]
+
+
+class RuntimePod:
+    """A runtime process on 127.0.0.1, SERVING once `wait` returns; `stop` drains it."""
+
+    def __init__(self, engine_uri: str, work: Path, device: str, max_new_tokens: int):
+        self.port_file = work / "runtime.port"
+        self.log = open(work / "runtime.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runtime_service", "serve", "--engine", engine_uri,
+             "--listen", "127.0.0.1:0", "--port-file", str(self.port_file), "--device", device,
+             "--cache-dir", str(work / "cache"), "--max-new-tokens", str(max_new_tokens),
+             "--max-queue-size", "4096"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def wait(self, timeout_s: float = 900.0) -> str:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the runtime exited with {self.process.returncode}")
+            if self.port_file.is_file() and self.port_file.read_text().strip():
+                address = f"127.0.0.1:{self.port_file.read_text().strip()}"
+                with grpc.insecure_channel(address) as channel:
+                    try:
+                        status = health_pb2_grpc.HealthStub(channel).Check(
+                            health_pb2.HealthCheckRequest(), timeout=2).status
+                    except grpc.RpcError:
+                        status = None
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return address
+            time.sleep(0.5)
+        raise RuntimeError(f"the runtime was not SERVING within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def measure(address: str, prompts, ttft_prompts, loads, quick: bool, log) -> dict:
+    """tpot_ms_batch1, ttft_ms and throughput, as bench_decode reports them in-process."""
+    run = lambda batch, n: asyncio.run(run_grpc(address, batch, n))  # noqa: E731
+    run(prompts(2, 1024, 9), 4)                                        # warm-up
+    new_tokens = 32 if quick else 128
+    tpots = [run(prompts(1, 128, 1), new_tokens + 1)["per_token_latency_ms"] for _ in range(2)]
+    result = {"tpot_ms_batch1": min(tpots), "ttft_ms": {}, "throughput": {}}
+    log(f"Kiln gRPC batch-1 time per output token {result['tpot_ms_batch1']:.2f} ms")
+    for length in ttft_prompts:
+        times = [run(prompts(1, length, 20 + seed), 1)["ttft_ms"] for seed in range(3)]
+        result["ttft_ms"][str(length)] = sorted(times)[1]
+        log(f"Kiln gRPC TTFT {length}: {result['ttft_ms'][str(length)]:.1f} ms")
+    for concurrency, input_len, output_len in loads:
+        name = f"{concurrency}x{input_len}/{output_len}"
+        summary = run(prompts(concurrency, input_len, 3), output_len)
+        result["throughput"][name] = {"output_tokens_per_s": summary["tokens_per_s"]}
+        log(f"Kiln gRPC {name}: {summary['tokens_per_s']:.0f} tok/s")
+    return result
