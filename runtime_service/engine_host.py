@@ -161,11 +161,24 @@ class EngineHost:
     @staticmethod
     def _load_blocking(uri: str, settings: RuntimeSettings):
         from runtime_service.executor import Executor, ExecutorOptions
+        from runtime_service.rank_worker import engine_world_size, start_ranked_executor
         started = time.monotonic()
         folder, kind = fetch_engine(uri, settings.cache_dir)
-        executor = Executor.from_folder(folder, settings.executor or ExecutorOptions()).start()
+        options = settings.executor or ExecutorOptions()
+        world_size = engine_world_size(folder) if kind != "hf" else 1
+        if world_size > capabilities.MAX_WORLD_SIZE:
+            raise FailedPrecondition(f"the engine needs {world_size} ranks; this runtime runs at "
+                                     f"most {capabilities.MAX_WORLD_SIZE}")
+        if world_size > 1:
+            executor = start_ranked_executor(folder, uri, options, settings.cache_dir).start()
+        else:
+            executor = Executor.from_folder(folder, options).start()
         warmup = Request("kiln-warmup", [0], SamplingParams(max_new_tokens=2, ignore_eos=True))
-        executor.generate([warmup], timeout_s=600)
+        try:
+            executor.generate([warmup], timeout_s=600)
+        except BaseException:
+            executor.shutdown()         # stops the step loop and, with ranks, every rank
+            raise
         log.info("loaded %s (%s) from %s in %.1fs", folder, kind, uri, time.monotonic() - started)
         return executor, folder, kind
 

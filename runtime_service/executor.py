@@ -8,6 +8,7 @@ step ends. `abort(request_id)` frees the request's KV blocks at the next step bo
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -22,8 +23,8 @@ from runtime_service.engine_config import BuildConfig, EngineConfig
 from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, Unavailable
 from runtime_service.kv_cache import AttentionWindow, KVCacheManager
 from runtime_service.model.loader import LoadedModel, default_build_config, load_model
-from runtime_service.model_runner import ModelRunner, SampledToken, kv_bytes_per_token
-from runtime_service.executor_options import CPU_KV_BUDGET_BYTES, ExecutorOptions, ExecutorStats
+from runtime_service.model_runner import ModelRunner, SampledToken, kv_tokens_by_memory
+from runtime_service.executor_options import ExecutorOptions, ExecutorStats
 from runtime_service.request import FinishReason, Request, RequestOutput
 from runtime_service.request_stream import RequestStream
 from runtime_service.scheduler import Scheduler, SchedulerConfig
@@ -55,15 +56,22 @@ class _Live:
 
 
 class Executor:
-    def __init__(self, loaded: LoadedModel, options: ExecutorOptions = ExecutorOptions()):
+    """`ranks`: the process group of a tp x pp engine (runtime_service.ranks.RankGroup), whose
+    other ranks run each step's forward on their shards; None for a single-rank engine."""
+
+    def __init__(self, loaded: LoadedModel, options: ExecutorOptions = ExecutorOptions(),
+                 ranks=None):
         self.loaded = loaded
         self.options = options
+        self.ranks = ranks
         self.config: EngineConfig = loaded.config
         build = default_build_config(loaded.config)
         self.build: BuildConfig = build
         device = torch.device(options.device)
         block_size = options.block_size
         num_blocks = self._num_kv_blocks(loaded, build, device)
+        if ranks is not None:
+            num_blocks = ranks.agree_num_kv_blocks(num_blocks)
         window = None
         if options.max_attention_window is not None:
             if loaded.config.model.rope_scaling.rope_type == "dynamic" and options.streaming_llm:
@@ -84,7 +92,11 @@ class Executor:
             graph_batch = self.scheduler.config.max_batch_size if device.type == "cuda" else 0
         if window is not None:
             graph_batch = 0            # captured decode graphs assume absolute cache positions
-        self.runner = ModelRunner(loaded.model, num_blocks, block_size, device, loaded.dtype,
+        runner_class = ModelRunner
+        if ranks is not None:
+            from runtime_service.ranked_runner import RankedModelRunner
+            runner_class = functools.partial(RankedModelRunner, ranks)
+        self.runner = runner_class(loaded.model, num_blocks, block_size, device, loaded.dtype,
                                   self.end_ids_of, attention=options.attention_backend,
                                   cuda_graph_max_batch_size=graph_batch,
                                   max_seq_len=build.max_seq_len,
@@ -121,13 +133,9 @@ class Executor:
         return cls(loaded, options)
 
     def _num_kv_blocks(self, loaded: LoadedModel, build: BuildConfig, device: torch.device) -> int:
-        per_token = kv_bytes_per_token(loaded.model, loaded.dtype)
         wanted = build.max_batch_size * build.max_seq_len
-        if device.type == "cuda":
-            free_bytes, _ = torch.cuda.mem_get_info(device)
-            by_memory = int(free_bytes * self.options.kv_free_gpu_memory_fraction) // per_token
-        else:
-            by_memory = CPU_KV_BUDGET_BYTES // per_token
+        by_memory = kv_tokens_by_memory(loaded.model, loaded.dtype, device,
+                                        self.options.kv_free_gpu_memory_fraction)
         tokens = min(wanted, by_memory)
         if self.options.kv_max_tokens is not None:
             tokens = min(self.options.kv_max_tokens, by_memory)
@@ -163,6 +171,8 @@ class Executor:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        if self.ranks is not None:
+            self.ranks.close()
 
     def submit(self, request: Request) -> RequestStream:
         if self._stopping:
@@ -215,6 +225,8 @@ class Executor:
             if not self.scheduler.has_work:
                 self._wakeup.wait(0.5)
                 self._wakeup.clear()
+                if self.ranks is not None:
+                    self.ranks.keep_alive()
                 continue
             try:
                 self.step()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from runtime_service.executor_options import CPU_KV_BUDGET_BYTES
 from runtime_service.layers.attention import AttentionMetadata, TorchReferenceAttention
 from runtime_service.model.llama import LlamaModel
 from runtime_service.sampler import build_sampling_batch, is_plain_greedy, sample, sample_greedy
@@ -31,6 +32,58 @@ class SampledToken:
 class StepResult:
     sampled: list[SampledToken] = field(default_factory=list)
     beam_log_probs: dict[str, torch.Tensor] = field(default_factory=dict)   # by request_key
+
+
+@dataclass
+class StepInputs:
+    """One step's forward inputs as plain lists: rank 0 lays them out and broadcasts them, and
+    every rank runs its shard's forward on them."""
+
+    token_ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    slot_mapping: list[int] = field(default_factory=list)
+    token_seq_lens: list[int] = field(default_factory=list)
+    query_lens: list[int] = field(default_factory=list)
+    seq_lens: list[int] = field(default_factory=list)
+    block_tables: list[list[int]] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)
+    logit_rows: list[int] = field(default_factory=list)     # prompt-scored rows, then sample rows
+    block_copies: list[tuple[int, int]] = field(default_factory=list)
+    block_rotations: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PromptSpan:
+    """Prompt tokens first..last-1 of `seq` are scored from this step's hidden rows `rows`."""
+
+    seq: Sequence
+    first: int
+    last: int
+    rows: slice
+
+
+def prompt_spans(batch: SchedulerOutput) -> list[PromptSpan]:
+    spans, row = [], 0
+    for item in batch.scheduled:
+        seq, start = item.seq, item.seq.num_computed_tokens
+        first = max(start, len(seq.prompt_logprobs))     # recomputation scores nothing twice
+        last = min(start + item.num_new_tokens, seq.num_prompt_tokens - 1)
+        if seq.sampling.prompt_logprobs and first < last:
+            spans.append(PromptSpan(seq, first, last,
+                                    slice(row + first - start, row + last - start)))
+        row += item.num_new_tokens
+    return spans
+
+
+def kv_tokens_by_memory(model: LlamaModel, dtype: torch.dtype, device: torch.device,
+                        gpu_memory_fraction: float) -> int:
+    """How many tokens of this rank's KV cache fit: a share of free GPU memory, or the CPU
+    budget."""
+    per_token = kv_bytes_per_token(model, dtype)
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        return int(free_bytes * gpu_memory_fraction) // per_token
+    return CPU_KV_BUDGET_BYTES // per_token
 
 
 def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
@@ -84,43 +137,55 @@ class ModelRunner:
             self.model.set_attention_backend(backend)
         return backend.name
 
-    def prepare(self, batch: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
-        """Flat token ids, attention metadata, and the rows whose last token is sampled."""
-        token_ids, positions, slots, token_seq_lens = [], [], [], []
-        query_lens, seq_lens, tables, sample_rows = [], [], [], []
+    def layout(self, batch: SchedulerOutput) -> StepInputs:
+        """The step's tokens laid out flat, as plain lists (what rank 0 broadcasts to the others)."""
+        inputs = StepInputs(block_copies=list(batch.block_copies),
+                            block_rotations=list(batch.block_rotations))
+        tables = []
         for item in batch.scheduled:
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_new_tokens
             shift = seq.num_evicted_tokens          # cache position = position - shift
-            token_ids.extend(seq.token_ids[start:end])
+            inputs.token_ids.extend(seq.token_ids[start:end])
             rotary_shift = shift if self.rotate_in_cache else 0
-            positions.extend(range(start - rotary_shift, end - rotary_shift))
-            slots.extend(seq.block_ids[p // self.block_size] * self.block_size
-                         + p % self.block_size for p in range(start - shift, end - shift))
-            token_seq_lens.extend([end] * item.num_new_tokens)
-            query_lens.append(item.num_new_tokens)
-            seq_lens.append(end - shift)
+            inputs.positions.extend(range(start - rotary_shift, end - rotary_shift))
+            inputs.slot_mapping.extend(
+                seq.block_ids[p // self.block_size] * self.block_size + p % self.block_size
+                for p in range(start - shift, end - shift))
+            inputs.token_seq_lens.extend([end] * item.num_new_tokens)
+            inputs.query_lens.append(item.num_new_tokens)
+            inputs.seq_lens.append(end - shift)
             tables.append(seq.block_ids)
             if item.completes:
-                sample_rows.append(len(token_ids) - 1)
+                inputs.sample_rows.append(len(inputs.token_ids) - 1)
         width = max(len(t) for t in tables)
+        inputs.block_tables = [t + [-1] * (width - len(t)) for t in tables]
+        return inputs
+
+    def to_device(self, inputs: StepInputs) -> tuple[torch.Tensor, AttentionMetadata]:
         device = self.device
         as_tensor = lambda v, dt: torch.tensor(v, dtype=dt, device=device)  # noqa: E731
         query_start = [0]
-        for n in query_lens:
+        for n in inputs.query_lens:
             query_start.append(query_start[-1] + n)
         meta = AttentionMetadata(
-            positions=as_tensor(positions, torch.int64),
-            slot_mapping=as_tensor(slots, torch.int64),
+            positions=as_tensor(inputs.positions, torch.int64),
+            slot_mapping=as_tensor(inputs.slot_mapping, torch.int64),
             query_start=as_tensor(query_start, torch.int32),
-            seq_lens=as_tensor(seq_lens, torch.int32),
-            block_tables=as_tensor([t + [-1] * (width - len(t)) for t in tables], torch.int32),
-            token_seq_lens=as_tensor(token_seq_lens, torch.int64),
-            query_lens_host=query_lens,
-            seq_lens_host=seq_lens,
+            seq_lens=as_tensor(inputs.seq_lens, torch.int32),
+            block_tables=as_tensor(inputs.block_tables, torch.int32),
+            token_seq_lens=as_tensor(inputs.token_seq_lens, torch.int64),
+            query_lens_host=inputs.query_lens,
+            seq_lens_host=inputs.seq_lens,
             block_size=self.block_size,
         )
-        return as_tensor(token_ids, torch.int64), meta, sample_rows
+        return as_tensor(inputs.token_ids, torch.int64), meta
+
+    def prepare(self, batch: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
+        """Flat token ids, attention metadata, and the rows whose last token is sampled."""
+        inputs = self.layout(batch)
+        input_ids, meta = self.to_device(inputs)
+        return input_ids, meta, inputs.sample_rows
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicates shared blocks before a sequence writes into its copy."""
@@ -181,17 +246,15 @@ class ModelRunner:
     def score_prompts(self, batch: SchedulerOutput, hidden: torch.Tensor) -> None:
         """For requests that asked for prompt logprobs: the log-probability of each prompt
         token given the ones before it, from this step's hidden states."""
-        row = 0
-        for item in batch.scheduled:
-            seq, start = item.seq, item.seq.num_computed_tokens
-            first = max(start, len(seq.prompt_logprobs))     # recomputation scores nothing twice
-            last = min(start + item.num_new_tokens, seq.num_prompt_tokens - 1)
-            if seq.sampling.prompt_logprobs and first < last:
-                rows = hidden[row + first - start: row + last - start]
-                log_probs = self.model.compute_logits(rows).log_softmax(dim=-1)
-                targets = torch.tensor(seq.token_ids[first + 1:last + 1], device=self.device)
-                seq.prompt_logprobs.extend(log_probs.gather(1, targets[:, None])[:, 0].tolist())
-            row += item.num_new_tokens
+        for span in prompt_spans(batch):
+            self.record_prompt_logprobs(span, self.model.compute_logits(hidden[span.rows]))
+
+    def record_prompt_logprobs(self, span: "PromptSpan", logits: torch.Tensor) -> None:
+        log_probs = logits.log_softmax(dim=-1)
+        seq = span.seq
+        targets = torch.tensor(seq.token_ids[span.first + 1:span.last + 1],
+                               device=log_probs.device)
+        seq.prompt_logprobs.extend(log_probs.gather(1, targets[:, None])[:, 0].tolist())
 
     def pick_tokens(self, finishing: list[Sequence], logits: torch.Tensor) -> "StepResult":
         """Samples the plain rows; hands beam rows back as log-probabilities for the search."""

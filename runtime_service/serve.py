@@ -4,6 +4,8 @@ The server listens first (health NOT_SERVING) and loads the engine behind it, so
 live, unready pod during a long pull. The liveness health service (LIVENESS_SERVICE_NAME) is
 SERVING from the start, through loading and draining, and NOT_SERVING only while the step loop
 has work but has made no step for `--step-stall-timeout-s` (liveness.StepStallWatchdog).
+An engine split over several ranks starts them (runtime_service/ranks.py); on a node started by a
+launcher with RANK >= 1 `serve` hosts that node's ranks instead of a server.
 SIGTERM or SIGINT: health goes NOT_SERVING, new Generate calls get UNAVAILABLE, running streams
 get `grace_s` to finish, then the process exits. A load that fails at start prints one line
 `kiln-runtime: error: CODE: message` and exits 2.
@@ -215,6 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from runtime_service.rank_layout import launch_layout
+    layout = launch_layout()
+    if layout.launched and layout.node_rank > 0:
+        # A launched node other than the leader's (LWS worker pod, srun task): it serves no
+        # gRPC; it hosts its ranks of whatever engine rank 0 loads, until rank 0 stops.
+        from runtime_service.rank_worker import run_launched_node
+        log.info("node %d of %d: hosting ranks %d..%d for the leader at %s:%d", layout.node_rank,
+                 layout.num_nodes, layout.rank, layout.rank + layout.ranks_per_node - 1,
+                 layout.master_addr, layout.master_port)
+        return run_launched_node(layout, args.device, Path(args.cache_dir))
     try:
         return asyncio.run(serve(args))
     except KilnError as exc:

@@ -174,14 +174,22 @@ def test_runtime_customization_and_a_custom_tokenizer(tiny_model):
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: setattr(c.quant_config, "quant_algo", QuantAlgo.W4A16_AWQ), "quantization"),
-    (lambda c: setattr(c.parallel_config, "tp_size", 2), "ranks"),
-    (lambda c: setattr(c.parallel_config, "pp_size", 4), "ranks"),
+    (lambda c: (setattr(c.parallel_config, "tp_size", 4),
+                setattr(c.parallel_config, "pp_size", 4)), "ranks"),
 ])
 def test_settings_not_built_yet_are_refused_clearly(tiny_model, change, message):
     config = tiny_config(tiny_model)
     change(config)
     with pytest.raises(FailedPrecondition, match=message):
         LLM(config, show_progress=False)
+
+
+def test_tensor_parallel_engine_is_served_on_two_ranks_through_the_sdk(tiny_model):
+    config = tiny_config(tiny_model)
+    config.parallel_config.tp_size = 2
+    with LLM(config, show_progress=False) as llm:
+        output = llm.generate([[5, 6, 7, 8]], sampling_config=short(llm, 5))[0]
+        assert output.token_ids == hf_greedy(tiny_model, [5, 6, 7, 8], 5)
 
 
 def test_quant_algo_kiln_does_not_implement_is_invalid(tiny_model):

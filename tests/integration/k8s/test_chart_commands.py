@@ -305,9 +305,6 @@ def test_leaderworkerset_leader_runs_the_server_under_kiln_launch(workspace, bui
     assert code == 0, leader.log()
 
 
-@pytest.mark.xfail(reason="kiln-launch exits at once on ranks other than 0 and the runtime starts "
-                          "its ranks on one node only, so an LWS worker pod has nothing to host; "
-                          "see k8s/README.md, 'Multi-node'", strict=False)
 def test_leaderworkerset_worker_stays_up_to_host_its_ranks(workspace):
     lws = by_kind(render(value_sets()["multi-node-lws"]), "LeaderWorkerSet")["demo-kiln-llama3-70b"]
     c = container_of(lws, "worker")
@@ -347,3 +344,41 @@ def test_builder_serves_with_rendered_args_and_takes_the_rendered_remote_build(w
     finally:
         code = builder.terminate(grace_period_s(deployment))
     assert code == 0, builder.log()
+
+
+def test_leaderworkerset_group_serves_a_tp2_engine_across_two_pods(workspace, hf_model):
+    """Leader and worker pods run the same rendered command; the worker joins the leader's
+    process group through MASTER_ADDR / MASTER_PORT and stops when the leader does."""
+    from kiln.v1 import runtime_pb2, runtime_pb2_grpc
+    from support.kiln_servers import build_engine
+    from support.random_llama import hf_greedy
+    engine = build_engine(hf_model, workspace / "store-tp2", "--tp", "2", "--max-seq-len", "256",
+                          "--max-input-len", "128", "--max-batch-size", "4")["uri"]
+    lws = by_kind(render(value_sets()["multi-node-lws"]), "LeaderWorkerSet")["demo-kiln-llama3-70b"]
+    launch = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": str(free_port())}
+    port = free_port()
+    pods = {}
+    for index, role in enumerate(("leader", "worker")):
+        c = container_of(lws, role)
+        args = with_flags(c["args"], engine=engine, listen=f"127.0.0.1:{port + index}",
+                          cache_dir=str(workspace / f"cache-lws-{role}"), dtype="float32")
+        pods[role] = Process(localize(args), workspace / f"lws-{role}.log",
+                             env={**launch, "RANK": str(index)})
+    try:
+        c = container_of(lws, "leader")
+        pods["leader"].wait_health(f"127.0.0.1:{port}", c["readinessProbe"]["grpc"]["service"])
+        prompt = [5, 17, 99, 3, 250]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = runtime_pb2_grpc.RuntimeStub(channel)
+            reply = list(stub.Generate(runtime_pb2.GenerateRequest(
+                token_ids=runtime_pb2.TokenIds(ids=prompt),
+                sampling=runtime_pb2.SamplingConfig(max_new_tokens=6, ignore_eos=True)),
+                timeout=60))
+        assert list(reply[-1].complete.token_ids) == hf_greedy(hf_model, prompt, 6)
+        assert pods["worker"].process.poll() is None
+    finally:
+        leader_code = pods["leader"].terminate(grace_period_s(lws, "leader"))
+        worker_code = pods["worker"].terminate(grace_period_s(lws, "worker"))
+    assert leader_code == 0, pods["leader"].log()
+    assert worker_code == 0, pods["worker"].log()

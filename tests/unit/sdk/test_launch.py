@@ -22,3 +22,10 @@ def test_script_runs_on_rank_zero_only(env, runs, tmp_path):
     assert marker.exists() == runs
     if runs:
         assert marker.read_text() == "4"
+
+
+def test_the_runtime_server_runs_on_every_rank():
+    from kiln.launch import runs_on_every_rank
+    assert runs_on_every_rank(["python", "-m", "runtime_service", "serve", "--engine", "e"])
+    assert not runs_on_every_rank(["python", "app.py"])
+    assert not runs_on_every_rank(["python", "-m", "runtime_service", "worker"])
