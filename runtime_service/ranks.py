@@ -18,7 +18,9 @@ CUDA) with send/recv, and the tensor-parallel collectives run in the parallel la
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import logging
 import os
 import signal
@@ -34,6 +36,8 @@ import torch.distributed as dist
 
 from runtime_service.distributed import ParallelContext
 from runtime_service.engine_config import Mapping
+from runtime_service.errors import KilnError
+from runtime_service.model_runner import StepInputs
 from runtime_service.rank_layout import RankLayout
 
 log = logging.getLogger("kiln.ranks")
@@ -67,6 +71,36 @@ class LoadStatus:
 
 STOP = "stop"
 KEEPALIVE = "keepalive"
+
+_MESSAGE_TYPES = {cls.__name__: cls for cls in (LoadPlan, LoadStatus, StepInputs)}
+
+
+def encode_message(message) -> bytes:
+    """JSON, never pickle: a rank decodes only these dataclasses, strings and integers."""
+    if dataclasses.is_dataclass(message):
+        fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+        if isinstance(message, LoadPlan):
+            fields["mapping"] = {"tp_size": message.mapping.tp_size,
+                                 "pp_size": message.mapping.pp_size}
+        body = {"type": type(message).__name__, "fields": fields}
+    elif isinstance(message, (str, int)) or message is None:
+        body = {"type": "value", "value": message}
+    else:
+        raise TypeError(f"cannot send a {type(message).__name__} between ranks")
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_message(data: bytes):
+    body = json.loads(data.decode())
+    if body["type"] == "value":
+        return body["value"]
+    cls = _MESSAGE_TYPES.get(body["type"])
+    if cls is None:
+        raise KilnError(f"unknown rank message type {body['type']!r}")
+    fields = body["fields"]
+    if cls is LoadPlan:
+        fields["mapping"] = Mapping(**fields["mapping"])
+    return cls(**fields)
 
 
 def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
@@ -117,6 +151,8 @@ class RankGroup:
         dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
                                 rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
+        # control messages always travel over gloo on the CPU, also beside nccl on CUDA
+        self._control = dist.new_group(backend="gloo") if self.device.type == "cuda" else None
         self.parallel = ParallelContext()
         self.mapping = Mapping()
         self.max_kv_blocks: int | None = None     # the least any other rank can hold
@@ -128,10 +164,14 @@ class RankGroup:
 
     def broadcast(self, message=None):
         """Rank 0 sends `message`; every rank returns it."""
-        box = [message]
-        dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+        data = encode_message(message) if self.rank == 0 else b""
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        dist.broadcast(size, src=0, group=self._control)
+        buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.rank == 0
+                  else torch.empty(int(size), dtype=torch.uint8))
+        dist.broadcast(buffer, src=0, group=self._control)
         self._last_broadcast_s = time.monotonic()
-        return box[0]
+        return message if self.rank == 0 else decode_message(buffer.numpy().tobytes())
 
     def keep_alive(self) -> None:
         """Rank 0, idle: tells the waiting ranks it is still there before their wait times out."""
@@ -139,9 +179,16 @@ class RankGroup:
             self.broadcast(KEEPALIVE)
 
     def gather_status(self, status: LoadStatus) -> list[LoadStatus]:
-        everyone = [None] * self.world_size
-        dist.all_gather_object(everyone, status)
-        return everyone
+        data = encode_message(status)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=self._control)
+        longest = int(max(sizes))
+        mine = torch.zeros(longest, dtype=torch.uint8)
+        mine[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        buffers = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world_size)]
+        dist.all_gather(buffers, mine, group=self._control)
+        return [decode_message(buffer[:int(size)].numpy().tobytes())
+                for buffer, size in zip(buffers, sizes)]
 
     def setup_parallel(self, mapping: Mapping) -> ParallelContext:
         """Creates each pipeline stage's tensor-parallel group (every rank creates all)."""

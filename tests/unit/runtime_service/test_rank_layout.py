@@ -36,3 +36,24 @@ def test_open_mpi_variables_are_read():
     layout = RankLayout.from_env(env)
     assert (layout.rank, layout.world_size, layout.local_rank, layout.master_port) == \
         (3, 4, 3, 29500)
+
+
+def test_rank_messages_round_trip_as_json_and_refuse_other_types():
+    import pytest as _pytest
+
+    from runtime_service.engine_config import Mapping
+    from runtime_service.model_runner import StepInputs
+    from runtime_service.ranks import (STOP, LoadPlan, LoadStatus, decode_message,
+                                       encode_message)
+
+    plan = LoadPlan(uri="s3://b/e", folder="/tmp/e", mapping=Mapping(2, 2), dtype=None,
+                    gpu_memory_fraction=0.9, block_size=16, attention_backend="auto")
+    step = StepInputs(token_ids=[1, 2], positions=[0, 1], block_tables=[[3, 4]],
+                      block_copies=[[1, 2]], block_rotations=[[[5, 6], 16]])
+    for message in (plan, LoadStatus(rank=3, error="", max_kv_tokens=64), step, STOP, 7):
+        assert decode_message(encode_message(message)) == message
+    assert b"pickle" not in encode_message(plan)
+    with _pytest.raises(TypeError):
+        encode_message(object())
+    with _pytest.raises(Exception, match="unknown rank message"):
+        decode_message(b'{"type": "os.system", "fields": {}}')
