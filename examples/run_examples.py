@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,19 @@ GROUPS = {
                        ["run_llm_generate_async_example"], ["run_llm_with_async_future"],
                        ["run_llm_with_token_ids"], ["run_llm_with_runtime_customization"],
                        ["run_llm_with_beam_search"]],
-    "run_multi_gpu": [["run_llm_on_tensor_parallel", "--tp_size", "2"]],
+    "run_multi_gpu": [["run_llm_on_tensor_parallel", "--tp_size", "{tp_size}"]],
     "run_quant": [["run_llm_with_quantization", "--quant_type", "int4_awq"],
                   ["run_llm_with_quantization", "--quant_type", "fp8"]],
 }
+
+
+def tensor_parallel_size(model_dir: str) -> int:
+    """2 as in the HLAPI example, or the smallest split the model's KV heads allow (SmolLM2's
+    3 KV heads split in 3)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    model = config.get("model", config)                      # a Kiln engine nests it
+    kv_heads = model.get("num_key_value_heads") or model.get("num_kv_heads") or 2
+    return next(n for n in range(2, kv_heads + 1) if kv_heads % n == 0) if kv_heads > 1 else 1
 
 
 def main(argv=None) -> int:
@@ -36,6 +46,7 @@ def main(argv=None) -> int:
     for task, *extra in GROUPS[args.group]:
         if args.only and task != args.only:
             continue
+        extra = [a.format(tp_size=tensor_parallel_size(args.model_dir)) for a in extra]
         code = subprocess.call([sys.executable, str(EXAMPLES), "--task", task, "--model_dir",
                                 args.model_dir, "--max_new_tokens", args.max_new_tokens, *extra])
         failed += code != 0
