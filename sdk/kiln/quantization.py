@@ -30,6 +30,17 @@ WEIGHT_ALGOS = {QuantAlgo.W4A16_AWQ: "W4A16_AWQ", QuantAlgo.W8A16: "W8A16", Quan
 KV_CACHE_ALGOS = {QuantAlgo.INT8: "int8", QuantAlgo.FP8: "fp8"}
 
 
+def _builder_name(field: str, algo: QuantAlgo | None, names: dict, unset: str) -> str:
+    """The Builder's spelling of `algo`, or InvalidArgument naming what Kiln implements."""
+    if algo is None:
+        return unset
+    if algo not in names:
+        raise InvalidArgument(
+            f"{field} {algo.name} is not implemented by Kiln; use one of "
+            f"{', '.join(a.name for a in names)} or None")
+    return names[algo]
+
+
 @dataclass(slots=True)
 class QuantConfig(Checked):
     quant_algo: QuantAlgo | None = None
@@ -39,23 +50,12 @@ class QuantConfig(Checked):
     @property
     def builder_algo(self) -> str:
         """The Builder's name for the weight algorithm ("NONE" when unquantized)."""
-        if self.quant_algo is None:
-            return "NONE"
-        if self.quant_algo not in WEIGHT_ALGOS:
-            raise InvalidArgument(
-                f"quant_algo {self.quant_algo.name} is not implemented by Kiln; use one of "
-                f"{', '.join(a.name for a in WEIGHT_ALGOS)} or None")
-        return WEIGHT_ALGOS[self.quant_algo]
+        return _builder_name("quant_algo", self.quant_algo, WEIGHT_ALGOS, "NONE")
 
     @property
     def builder_kv_cache_dtype(self) -> str:
-        if self.kv_cache_quant_algo is None:
-            return "auto"
-        if self.kv_cache_quant_algo not in KV_CACHE_ALGOS:
-            raise InvalidArgument(
-                f"kv_cache_quant_algo {self.kv_cache_quant_algo.name} is not implemented by Kiln; "
-                f"use INT8, FP8 or None")
-        return KV_CACHE_ALGOS[self.kv_cache_quant_algo]
+        return _builder_name("kv_cache_quant_algo", self.kv_cache_quant_algo, KV_CACHE_ALGOS,
+                             "auto")
 
     @property
     def requires_quantization(self) -> bool:
