@@ -1,8 +1,11 @@
-"""RMSNorm in one pass per row, rounding where transformers' LlamaRMSNorm rounds.
+"""RMSNorm in one pass per row, rounding where transformers' LlamaRMSNorm rounds; and the same norm
+with the residual add before it fused in (`add_rms_norm`), which saves a decoder layer two launches.
 
 The reference (and HF) computes in float32, casts the normalised row to the model dtype, then
 multiplies by the weight in that dtype; the kernel does the same roundings, so outputs differ
-from the reference only through the order of the float32 sum of squares.
+from the reference only through the order of the float32 sum of squares. The fused kernel rounds
+the residual sum to the model dtype, as torch's add does, before it stores or normalises it, so
+that sum is bit-exact.
 """
 
 from __future__ import annotations
@@ -13,37 +16,90 @@ import triton.language as tl
 
 
 @triton.jit
+def _store_normed_row(x, W, Out, offs, mask, eps, HIDDEN: tl.constexpr):
+    """x: one row in float32, zero past HIDDEN; Out points at the row's first element."""
+    rstd = tl.rsqrt(tl.sum(x * x, 0) / HIDDEN + eps)
+    normed = (x * rstd).to(Out.dtype.element_ty).to(tl.float32)
+    w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Out + offs, (w * normed).to(Out.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rms_norm_kernel(X, W, Out, stride_x, stride_o, eps, HIDDEN: tl.constexpr,
                      BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
     x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(x * x, 0) / HIDDEN + eps)
-    normed = (x * rstd).to(Out.dtype.element_ty).to(tl.float32)
-    w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Out + row * stride_o + offs, (w * normed).to(Out.dtype.element_ty), mask=mask)
+    _store_normed_row(x, W, Out + row * stride_o, offs, mask, eps, HIDDEN)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [..., H] (last dim contiguous), weight [H] in x's dtype -> normalised [..., H]."""
+@triton.jit
+def _add_rms_norm_kernel(X, R, W, Out, Sum, stride_x, stride_r, stride_o, stride_s, eps,
+                         HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
+    x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    r = tl.load(R + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
+    summed = (x + r).to(Sum.dtype.element_ty)
+    tl.store(Sum + row * stride_s + offs, summed, mask=mask)
+    _store_normed_row(summed.to(tl.float32), W, Out + row * stride_o, offs, mask, eps, HIDDEN)
+
+
+def _check_norm_args(x: torch.Tensor, weight: torch.Tensor) -> None:
     hidden = x.shape[-1]
     if weight.shape != (hidden,) or weight.dtype != x.dtype:
         raise ValueError(f"weight must be [{hidden}] in {x.dtype}; got {tuple(weight.shape)} "
                          f"{weight.dtype}")
     if x.stride(-1) != 1 or not weight.is_contiguous():
-        raise ValueError("rms_norm needs the hidden dimension contiguous")
-    rows = x.reshape(-1, hidden)
+        raise ValueError("the norm needs the hidden dimension of x and weight contiguous")
+
+
+def _launch_options(hidden: int) -> dict:
+    block = triton.next_power_of_2(hidden)
+    return dict(HIDDEN=hidden, BLOCK=block, num_warps=min(16, max(1, block // 512)))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [..., H] (last dim contiguous), weight [H] in x's dtype -> normalised [..., H]."""
+    _check_norm_args(x, weight)
+    rows = x.reshape(-1, x.shape[-1])
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     if rows.shape[0]:
-        block = triton.next_power_of_2(hidden)
         _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), eps,
-                                           HIDDEN=hidden, BLOCK=block,
-                                           num_warps=min(16, max(1, block // 512)))
+                                           **_launch_options(rows.shape[1]))
     return out.view(x.shape)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, residual [..., H] (same shape and dtype, last dim contiguous), weight [H] ->
+    (rms_norm(x + residual), x + residual), the sum rounded to the dtype as torch rounds it."""
+    if residual.shape != x.shape or residual.dtype != x.dtype:
+        raise ValueError(f"residual must be {tuple(x.shape)} in {x.dtype}; got "
+                         f"{tuple(residual.shape)} {residual.dtype}")
+    if residual.stride(-1) != 1:
+        raise ValueError("the norm needs the residual's hidden dimension contiguous")
+    _check_norm_args(x, weight)
+    rows = x.reshape(-1, x.shape[-1])
+    residual_rows = residual.reshape(rows.shape)
+    out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+    summed = torch.empty_like(out)
+    if rows.shape[0]:
+        _add_rms_norm_kernel[(rows.shape[0],)](
+            rows, residual_rows, weight, out, summed, rows.stride(0), residual_rows.stride(0),
+            out.stride(0), summed.stride(0), eps, **_launch_options(rows.shape[1]))
+    return out.view(x.shape), summed.view(x.shape)
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype = x.dtype
     x32 = x.to(torch.float32)
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+
+
+def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    summed = x + residual
+    return rms_norm_reference(summed, weight, eps), summed
