@@ -73,9 +73,16 @@ class TransformerBlock(nn.Module):
         self.post_attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = FeedForward(args, parallel)
 
-    def forward(self, x, meta, k_cache, v_cache):
-        h = x + self.attn(self.input_norm(x), meta, k_cache, v_cache)
-        return h + self.mlp(self.post_attn_norm(h))
+    def forward(self, x, residual, meta, k_cache, v_cache):
+        """The residual stream h comes in as x + residual (as x alone when residual is None) and
+        leaves the same way, so each add happens inside the norm that reads its result."""
+        if residual is None:
+            x, residual = self.input_norm(x), x
+        else:
+            x, residual = self.input_norm.forward_with_residual(x, residual)
+        x = self.attn(x, meta, k_cache, v_cache)
+        x, residual = self.post_attn_norm.forward_with_residual(x, residual)
+        return self.mlp(x), residual
 
 
 class LlamaModel(nn.Module):
@@ -102,11 +109,14 @@ class LlamaModel(nn.Module):
 
     def forward(self, tokens_or_hidden: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Token ids [T] on the first stage (hidden states [T, H] on later ones) -> hidden [T, H]."""
-        h = self.embed_tokens(tokens_or_hidden) if self.parallel.is_first_stage else tokens_or_hidden
+        """Token ids [T] on the first stage (hidden states [T, H] on later ones) -> hidden [T, H]:
+        the residual stream after the stage's last layer, not normalised (compute_logits
+        normalises the rows it needs; the next stage takes it as its input)."""
+        x = self.embed_tokens(tokens_or_hidden) if self.parallel.is_first_stage else tokens_or_hidden
+        residual = None
         for layer, (k_cache, v_cache) in zip(self.layers.values(), kv_caches):
-            h = layer(h, meta, k_cache, v_cache)
-        return h
+            x, residual = layer(x, residual, meta, k_cache, v_cache)
+        return x if residual is None else x + residual
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on the selected rows [B, H] -> float32 logits [B, vocab]."""
