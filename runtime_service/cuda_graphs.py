@@ -3,8 +3,9 @@
 A decode step launches several hundred small kernels; replaying a captured graph removes their
 launch cost, which at batch 1 is of the order of the whole weight-streaming time. Graphs read
 their inputs from fixed device buffers, so a step writes its token ids, positions, slots,
-context lengths and block tables into one pinned host buffer and copies it to the device in a
-single transfer before the replay. A batch of n sequences replays the smallest captured size
+context lengths and block tables into a pinned host buffer and copies it to the device in a
+single transfer before the replay. Two host buffers take turns: while step n's copy may still be
+queued behind step n-1, step n+1 is written into the other one. A batch of n sequences replays the smallest captured size
 >= n; padding rows write no KV (slot -1), attend over one token of block 0 and are never sampled.
 
 Requires the Triton attention backend (its decode launch depends only on the batch size) and a
@@ -46,10 +47,10 @@ class DecodeGraphs:
         self.width = max_blocks_per_seq
         n = self.max_batch_size
         fields = 4 * n + n * self.width
-        self._host = torch.zeros(fields, dtype=torch.int64, pin_memory=True)
-        self._host_np = self._host.numpy()
+        self._hosts = [torch.zeros(fields, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self._host_views_of = [self._split(h.numpy()) for h in self._hosts]
+        self._turn = 0
         self._device = torch.zeros(fields, dtype=torch.int64, device=device)
-        self._host_views = self._split(self._host_np)
         self._device_views = self._split(self._device)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._logits: dict[int, torch.Tensor] = {}
@@ -59,6 +60,14 @@ class DecodeGraphs:
         ids, positions, slots, seq_lens = (buf[i * n:(i + 1) * n] for i in range(4))
         tables = buf[4 * n:].reshape(n, self.width)
         return ids, positions, slots, seq_lens, tables
+
+    @property
+    def _host(self) -> torch.Tensor:
+        return self._hosts[self._turn]
+
+    @property
+    def _host_views(self):
+        return self._host_views_of[self._turn]
 
     def _fill_padding(self, start: int) -> None:
         ids, positions, slots, seq_lens, tables = self._host_views
@@ -126,12 +135,14 @@ class DecodeGraphs:
                 return size
         return None
 
-    def run(self, rows: list[tuple[int, int, int, list[int]]]) -> torch.Tensor:
+    def run(self, rows: list[tuple[int, int, int, list[int]]], patch_ids=None) -> torch.Tensor:
         """rows: (token_id, position, slot, block_ids) per sequence -> float32 logits [n, V].
+        `patch_ids(ids)`, if given, rewrites the device's token-id input before the replay.
 
         The logits are a view of the graph's output buffer, valid until the next replay."""
         num_seqs = len(rows)
         size = self.graph_size_for(num_seqs)
+        self._turn ^= 1
         ids, positions, slots, seq_lens, tables = self._host_views
         for i, (token_id, position, slot, block_ids) in enumerate(rows):
             ids[i] = token_id
@@ -142,5 +153,7 @@ class DecodeGraphs:
         self._fill_padding(num_seqs)
         used = 4 * self.max_batch_size + size * self.width
         self._device[:used].copy_(self._host[:used], non_blocking=True)
+        if patch_ids is not None:
+            patch_ids(self._device_views[0])
         self._graphs[size].replay()
         return self._logits[size][:num_seqs]

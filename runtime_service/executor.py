@@ -2,8 +2,17 @@
 
 `submit(request)` validates at once (typed errors, nothing scheduled) and returns a stream that
 works with `for` and `async for`. The step loop runs on its own thread so a gRPC event loop stays
-responsive; each step is schedule -> execute -> update -> emit, and outputs leave as soon as the
-step ends. `abort(request_id)` frees the request's KV blocks at the next step boundary.
+responsive; each step is schedule -> launch -> update -> emit, and outputs leave as soon as the
+step's tokens reach the host. `abort(request_id)` frees the request's KV blocks at the next step
+boundary.
+
+Overlapped scheduling (on CUDA by default): step n+1 is scheduled and queued on the device
+before step n's tokens are read, so the host's work (scheduling, layout, emitting) hides behind
+the GPU's. A sequence's token from step n feeds step n+1 on the device. The price is one wasted
+row when a sequence stops on an end token or a stop word (it was already queued for one more
+step); length limits are known ahead and cost nothing. Requests whose sampling reads their
+previous tokens (penalties, bad words, beam search) and attention windows turn overlap off for
+as long as they are live.
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ from runtime_service.engine_config import BuildConfig, EngineConfig
 from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, Unavailable
 from runtime_service.kv_cache import AttentionWindow, KVCacheManager
 from runtime_service.model.loader import LoadedModel, default_build_config, load_model
-from runtime_service.model_runner import ModelRunner, SampledToken, kv_tokens_by_memory
+from runtime_service.model_runner import (ModelRunner, PendingStep, SampledToken,
+                                          kv_tokens_by_memory)
 from runtime_service.executor_options import ExecutorOptions, ExecutorStats
 from runtime_service.request import FinishReason, Request, RequestOutput
 from runtime_service.request_stream import RequestStream
@@ -39,6 +49,14 @@ def engine_identity(loaded: LoadedModel) -> str:
     return loaded.config.to_json() + str(loaded.dtype)
 
 
+def samples_without_history(seq: Sequence) -> bool:
+    """True when picking this request's next token needs none of its earlier tokens on the
+    host, so its steps may overlap (min_new_tokens needs only their count)."""
+    p = seq.sampling
+    return (p.beam_width == 1 and not p.bad_token_ids and p.repetition_penalty == 1.0
+            and not p.presence_penalty and not p.frequency_penalty)
+
+
 class _Live:
     """Executor-side state of one request: its sequence, stream and detokenizer."""
 
@@ -49,6 +67,7 @@ class _Live:
         self.detok = detok
         self.beams = beams
         self.emitted_tokens = 0
+        self.blocks_overlap = not samples_without_history(seq)
 
     @property
     def sequences(self) -> list[Sequence]:
@@ -114,6 +133,12 @@ class Executor:
         )
         # With a window only the prompt is bound by max_seq_len; the stream itself is not.
         self.sequence_cap = build.max_seq_len if window is None else 1 << 40
+        overlap = options.overlap_scheduling
+        if overlap is None:
+            overlap = device.type == "cuda"
+        self.overlap = overlap and window is None and self.runner.supports_overlap
+        self._in_flight: PendingStep | None = None
+        self._num_blocking_overlap = 0       # live requests that need steps one at a time
         self.tokenizer = self._load_tokenizer(loaded.tokenizer_dir) if options.load_tokenizer else None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wakeup = threading.Event()
@@ -124,6 +149,7 @@ class Executor:
         self._stopping = False
         self.num_steps = 0
         self.num_preemptions = 0
+        self.num_overlapped_steps = 0
         self.peak_running = 0
 
     @classmethod
@@ -211,6 +237,7 @@ class Executor:
             num_steps=self.num_steps,
             num_preemptions=self.num_preemptions,
             peak_running=self.peak_running,
+            num_overlapped_steps=self.num_overlapped_steps,
         )
 
     # ---- the step loop (its own thread) ------------------------------------------------
@@ -219,6 +246,7 @@ class Executor:
         while True:
             self._drain_inbox()
             if self._stopping:
+                self._in_flight = None
                 for live in list(self._live.values()):
                     self._finish(live, FinishReason.ABORTED)
                 return
@@ -232,6 +260,7 @@ class Executor:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server
                 log.exception("step failed; failing the requests in it")
+                self._in_flight = None
                 for live in list(self._live.values()):
                     self._fail(live, exc)
 
@@ -247,27 +276,55 @@ class Executor:
                          if self.tokenizer is not None else None)
                 beams = (BeamGroup(seq, self.end_ids_of(seq))
                          if payload.sampling.beam_width > 1 else None)
-                self._live[payload.request_id] = _Live(seq, stream, detok, beams)
+                live = _Live(seq, stream, detok, beams)
+                self._live[payload.request_id] = live
+                self._num_blocking_overlap += live.blocks_overlap
                 self.scheduler.add(seq)
             elif kind == "abort" and payload in self._live:
                 self._finish(self._live[payload], FinishReason.ABORTED)
 
+    @property
+    def _may_overlap(self) -> bool:
+        return self.overlap and self._num_blocking_overlap == 0
+
     def step(self) -> None:
-        """One iteration: schedule -> execute -> update -> emit."""
+        """One iteration: schedule -> launch -> update -> emit (the previous step's tokens,
+        when steps overlap, else this step's)."""
+        if self._in_flight is not None and not self._may_overlap:
+            self._complete(self._take_in_flight())
         batch = self.scheduler.schedule()
         self.num_preemptions += len(batch.preempted)
         self.peak_running = max(self.peak_running, len(self.scheduler.running))
         self._restart_preempted_beams(batch)
-        if not batch:
-            return
-        result = self.runner.execute(batch)
-        for item in batch.scheduled:
-            item.seq.num_computed_tokens += item.num_new_tokens
-            self.kv.register_computed_blocks(item.seq)
-            self.kv.slide_window(item.seq)
-        self.num_steps += 1
+        launched = self.runner.launch(batch) if batch else None
+        if launched is not None:
+            for item in batch.scheduled:
+                item.seq.num_computed_tokens += item.num_new_tokens
+                self.kv.register_computed_blocks(item.seq)
+                self.kv.slide_window(item.seq)
+            for seq in launched.sampled_seqs:
+                seq.num_pending_tokens += 1
+            self.num_steps += 1
+        if self._in_flight is not None:
+            self.num_overlapped_steps += launched is not None
+            self._complete(self._take_in_flight())
+        if launched is not None:
+            if self._may_overlap:
+                self._in_flight = launched
+            else:
+                self._complete(launched)
+
+    def _take_in_flight(self) -> PendingStep:
+        launched, self._in_flight = self._in_flight, None
+        return launched
+
+    def _complete(self, launched: PendingStep) -> None:
+        """Reads a launched step's tokens and hands them on; a sequence that was stopped or
+        aborted while the step ran drops its token."""
+        result = launched.result()
         for token in result.sampled:
-            self._append(token)
+            if not token.seq.is_finished:
+                self._append(token)
         if result.beam_log_probs:
             self._advance_beams(result.beam_log_probs)
 
@@ -317,9 +374,11 @@ class Executor:
     def _append(self, token: SampledToken) -> None:
         seq = token.seq
         live = self._live[seq.request_id]
+        seq.num_pending_tokens -= 1
         seq.token_ids.append(token.token_id)
         seq.logprobs.append(token.logprob)
         seq.top_logprobs.append(token.top)
+        self.kv.register_computed_blocks(seq)      # a block that waited for this token to be known
         reason = finish_reason(seq, self.end_ids_of(seq))
         new_text = live.detok.add([token.token_id]) if live.detok else ""
         if live.detok and seq.sampling.stop_strings and reason is None:
@@ -357,7 +416,8 @@ class Executor:
     def _close(self, live: _Live) -> None:
         for seq in live.sequences:
             self.scheduler.finish(seq)
-        self._live.pop(live.seq.request_id, None)
+        if self._live.pop(live.seq.request_id, None) is not None:
+            self._num_blocking_overlap -= live.blocks_overlap
         with self._lock:
             self._pending.discard(live.seq.request_id)
 

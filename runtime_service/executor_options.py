@@ -41,6 +41,9 @@ class ExecutorOptions:
     # Decode steps of up to this many sequences replay captured CUDA graphs (None: up to
     # max_batch_size on CUDA; 0: never). CUDA with the Triton backend only.
     cuda_graph_max_batch_size: int | None = None
+    # Schedule and queue step n+1 before step n's tokens reach the host (None: on CUDA only,
+    # where the GPU then never waits for the host; on CPU nothing runs concurrently).
+    overlap_scheduling: bool | None = None
 
     def __post_init__(self):
         if self.block_size < 1 or self.block_size > 1024:
@@ -74,3 +77,4 @@ class ExecutorStats:
     num_steps: int
     num_preemptions: int
     peak_running: int              # most sequences ever in one step's running set
+    num_overlapped_steps: int = 0  # steps queued before the previous step's tokens were read

@@ -237,7 +237,9 @@ class KVCacheManager:
         """Publishes `seq`'s newly full, computed blocks so later requests can reuse them."""
         if not self.enable_prefix_reuse:
             return
-        full = min(seq.num_computed_tokens // self.block_size, len(seq.block_ids))
+        # A pending token (sampled, not yet read back) is computed but unknown: not hashed yet.
+        known = min(seq.num_computed_tokens, seq.num_tokens)
+        full = min(known // self.block_size, len(seq.block_ids))
         parent = seq.block_hashes[-1] if seq.block_hashes else self._root_hash(seq)
         for i in range(len(seq.block_hashes), full):
             tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]

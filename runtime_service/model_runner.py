@@ -2,8 +2,12 @@
 
 Owns the KV-cache tensors (one [num_blocks, block_size, kv_heads, head_dim] pair per layer) and
 lays each step's tokens out flat for the attention backend. On CUDA it picks the Triton attention
-backend and replays captured CUDA graphs for pure decode steps; the only host synchronisation in a
-step is reading the sampled tokens.
+backend and replays captured CUDA graphs for pure decode steps.
+
+`launch` queues a step on the device and returns at once: the sampled tokens travel back to the
+host on their own (`PendingStep.result` waits for them), so the executor can schedule and queue
+step n+1 while step n runs. A token that step n sampled and that step n+1 consumes never visits
+the host on the way: step n+1's input row is filled on the device from step n's output.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from runtime_service.model.llama import LlamaModel
 from runtime_service.sampler import build_sampling_batch, is_plain_greedy, sample, sample_greedy
 from runtime_service.scheduler import SchedulerOutput
 from runtime_service.sequence import Sequence
+from runtime_service.transfer import upload
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,37 @@ class SampledToken:
 class StepResult:
     sampled: list[SampledToken] = field(default_factory=list)
     beam_log_probs: dict[str, torch.Tensor] = field(default_factory=dict)   # by request_key
+
+
+@dataclass
+class PendingStep:
+    """A launched step: its sampled tokens are being copied to host memory (pinned on CUDA)
+    and are readable once `ready` has passed."""
+
+    sampled_seqs: list[Sequence] = field(default_factory=list)
+    token_ids: torch.Tensor | None = None
+    logprobs: torch.Tensor | None = None
+    top_ids: torch.Tensor | None = None
+    top_logprobs: torch.Tensor | None = None
+    ready: torch.cuda.Event | None = None
+    beam_log_probs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def result(self) -> StepResult:
+        """Waits for this step's tokens (only this step's, not later ones) and returns them."""
+        result = StepResult(beam_log_probs=self.beam_log_probs)
+        if not self.sampled_seqs:
+            return result
+        if self.ready is not None:
+            self.ready.synchronize()
+        tops = [()] * len(self.sampled_seqs)
+        if self.top_ids is not None:
+            ids, values = self.top_ids.tolist(), self.top_logprobs.tolist()
+            tops = [tuple(zip(ids[r][:seq.sampling.top_logprobs],
+                              values[r][:seq.sampling.top_logprobs]))
+                    for r, seq in enumerate(self.sampled_seqs)]
+        result.sampled = [SampledToken(seq, t, lp, top) for seq, t, lp, top in zip(
+            self.sampled_seqs, self.token_ids.tolist(), self.logprobs.tolist(), tops)]
+        return result
 
 
 @dataclass
@@ -50,6 +86,8 @@ class StepInputs:
     logit_rows: list[int] = field(default_factory=list)     # prompt-scored rows, then sample rows
     block_copies: list[tuple[int, int]] = field(default_factory=list)
     block_rotations: list = field(default_factory=list)
+    # (flat row, row of the previous step's samples): inputs still on the device
+    pending_rows: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -98,6 +136,8 @@ class ModelRunner:
     `cuda_graph_max_batch_size`: capture decode graphs up to this batch size (0: none); they
     need CUDA, the Triton backend and `max_seq_len` (the widest block table)."""
 
+    supports_overlap = True       # `launch` may run ahead of the previous step's `result`
+
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
                  device: torch.device, dtype: torch.dtype, end_ids_of, attention: str = "auto",
                  cuda_graph_max_batch_size: int = 0, max_seq_len: int | None = None,
@@ -114,6 +154,9 @@ class ModelRunner:
                            torch.zeros(shape, dtype=dtype, device=self.device))
                           for _ in model.layer_ids]
         self.attention_name = self._select_attention(attention, kv_heads)
+        # The latest step's sampled tokens on the device, and each sequence's row in them.
+        self._last_sampled: torch.Tensor | None = None
+        self._last_rows: dict[str, int] = {}
         self.graphs = None
         if (cuda_graph_max_batch_size > 0 and self.attention_name == "triton"
                 and max_seq_len and args.rope_scaling.rope_type != "dynamic"
@@ -146,7 +189,12 @@ class ModelRunner:
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_new_tokens
             shift = seq.num_evicted_tokens          # cache position = position - shift
-            inputs.token_ids.extend(seq.token_ids[start:end])
+            known_end = min(end, seq.num_tokens)
+            inputs.token_ids.extend(seq.token_ids[start:known_end])
+            if end > known_end:       # the last input was sampled by the step still running
+                inputs.pending_rows.append((len(inputs.token_ids),
+                                            self._last_rows[seq.request_key]))
+                inputs.token_ids.append(0)
             rotary_shift = shift if self.rotate_in_cache else 0
             inputs.positions.extend(range(start - rotary_shift, end - rotary_shift))
             inputs.slot_mapping.extend(
@@ -164,7 +212,7 @@ class ModelRunner:
 
     def to_device(self, inputs: StepInputs) -> tuple[torch.Tensor, AttentionMetadata]:
         device = self.device
-        as_tensor = lambda v, dt: torch.tensor(v, dtype=dt, device=device)  # noqa: E731
+        as_tensor = lambda v, dt: upload(v, dt, device)  # noqa: E731
         query_start = [0]
         for n in inputs.query_lens:
             query_start.append(query_start[-1] + n)
@@ -179,13 +227,23 @@ class ModelRunner:
             seq_lens_host=inputs.seq_lens,
             block_size=self.block_size,
         )
-        return as_tensor(inputs.token_ids, torch.int64), meta
+        input_ids = as_tensor(inputs.token_ids, torch.int64)
+        self.fill_pending(input_ids, inputs.pending_rows)
+        return input_ids, meta
 
-    def prepare(self, batch: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
-        """Flat token ids, attention metadata, and the rows whose last token is sampled."""
-        inputs = self.layout(batch)
-        input_ids, meta = self.to_device(inputs)
-        return input_ids, meta, inputs.sample_rows
+    def fill_pending(self, input_ids: torch.Tensor, pending_rows: list[tuple[int, int]]) -> None:
+        """Writes the previous step's sampled tokens into the rows that consume them, on the
+        device and in stream order, so the host never waits for them."""
+        if not pending_rows:
+            return
+        rows = [r for r, _ in pending_rows]
+        sources = [s for _, s in pending_rows]
+        n = len(pending_rows)
+        if rows == sources == list(range(n)):       # steady decode: same sequences, same order
+            input_ids[:n].copy_(self._last_sampled[:n])
+            return
+        index = upload(rows + sources, torch.int64, self.device)
+        input_ids[index[:n]] = self._last_sampled[index[n:]]
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicates shared blocks before a sequence writes into its copy."""
@@ -197,19 +255,25 @@ class ModelRunner:
             k_cache[dest] = k_cache[source]
             v_cache[dest] = v_cache[source]
 
-    def _graph_rows(self, batch: SchedulerOutput) -> list | None:
-        """(token, position, slot, blocks) per sequence if a captured graph can run this step."""
+    def _graph_rows(self, batch: SchedulerOutput) -> tuple[list, list] | None:
+        """(token, position, slot, blocks) per sequence, and the rows whose token is pending,
+        if a captured graph can run this step."""
         scheduled = batch.scheduled
         if (self.graphs is None or self.graphs.graph_size_for(len(scheduled)) is None
                 or not all(item.num_new_tokens == 1 and item.completes for item in scheduled)):
             return None
-        rows = []
-        for item in scheduled:
+        rows, pending = [], []
+        for i, item in enumerate(scheduled):
             seq = item.seq
             p = seq.num_computed_tokens
             slot = seq.block_ids[p // self.block_size] * self.block_size + p % self.block_size
-            rows.append((seq.token_ids[p], p, slot, seq.block_ids))
-        return rows
+            if p < seq.num_tokens:
+                token = seq.token_ids[p]
+            else:
+                token = 0
+                pending.append((i, self._last_rows[seq.request_key]))
+            rows.append((token, p, slot, seq.block_ids))
+        return rows, pending
 
     def rotate_blocks(self, rotations: list[tuple[tuple[int, ...], int]]) -> None:
         """StreamingLLM: keys that moved `shift` places down in the cache are turned back by
@@ -227,21 +291,29 @@ class ModelRunner:
                 turned = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
                 k_cache[index] = (keys * cos + turned * sin).to(k_cache.dtype)
 
-    @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> StepResult:
+        """One step, waiting for its tokens."""
+        return self.launch(batch).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: SchedulerOutput) -> PendingStep:
+        """Queues one step on the device; only prompt logprobs, when asked for, wait for it."""
         self.rotate_blocks(batch.block_rotations)
         self.copy_blocks(batch.block_copies)
         finishing = [item.seq for item in batch.scheduled if item.completes]
-        rows = self._graph_rows(batch)
-        if rows is not None:
-            return self.pick_tokens(finishing, self.graphs.run(rows))
-        input_ids, meta, sample_rows = self.prepare(batch)
+        graph_rows = self._graph_rows(batch)
+        if graph_rows is not None:
+            rows, pending = graph_rows
+            logits = self.graphs.run(rows, lambda ids: self.fill_pending(ids, pending))
+            return self.sample_tokens(finishing, logits)
+        inputs = self.layout(batch)
+        input_ids, meta = self.to_device(inputs)
         hidden = self.model(input_ids, meta, self.kv_caches)
         self.score_prompts(batch, hidden)
         if not finishing:
-            return StepResult()
-        logits = self.model.compute_logits(hidden[sample_rows])
-        return self.pick_tokens(finishing, logits)
+            return PendingStep()
+        rows = upload(inputs.sample_rows, torch.int64, self.device)
+        return self.sample_tokens(finishing, self.model.compute_logits(hidden[rows]))
 
     def score_prompts(self, batch: SchedulerOutput, hidden: torch.Tensor) -> None:
         """For requests that asked for prompt logprobs: the log-probability of each prompt
@@ -256,29 +328,32 @@ class ModelRunner:
                                device=log_probs.device)
         seq.prompt_logprobs.extend(log_probs.gather(1, targets[:, None])[:, 0].tolist())
 
-    def pick_tokens(self, finishing: list[Sequence], logits: torch.Tensor) -> "StepResult":
-        """Samples the plain rows; hands beam rows back as log-probabilities for the search."""
+    def sample_tokens(self, finishing: list[Sequence], logits: torch.Tensor) -> PendingStep:
+        """Samples the plain rows on the device and starts copying them to the host; hands
+        beam rows back as log-probabilities for the search (on the host at once)."""
+        step = PendingStep()
         beam_rows = [i for i, seq in enumerate(finishing) if seq.sampling.beam_width > 1]
-        result = StepResult()
         if beam_rows:
             log_probs = logits[beam_rows].log_softmax(dim=-1).cpu()
-            result.beam_log_probs = {finishing[i].request_key: log_probs[j]
-                                     for j, i in enumerate(beam_rows)}
+            step.beam_log_probs = {finishing[i].request_key: log_probs[j]
+                                   for j, i in enumerate(beam_rows)}
             plain = [i for i in range(len(finishing)) if i not in set(beam_rows)]
             finishing = [finishing[i] for i in plain]
             logits = logits[plain]
-        if finishing:
-            if is_plain_greedy(finishing):
-                picked = sample_greedy(logits)
-            else:
-                picked = sample(logits, build_sampling_batch(finishing, self.end_ids_of,
-                                                             self.device))
-            tops = [()] * len(finishing)
-            if picked.top_ids is not None:
-                ids, values = picked.top_ids.tolist(), picked.top_logprobs.tolist()
-                tops = [tuple(zip(ids[r][:seq.sampling.top_logprobs],
-                                  values[r][:seq.sampling.top_logprobs]))
-                        for r, seq in enumerate(finishing)]
-            result.sampled = [SampledToken(seq, t, lp, top) for seq, t, lp, top in zip(
-                finishing, picked.token_ids.tolist(), picked.logprobs.tolist(), tops)]
-        return result
+        if not finishing:
+            return step
+        if is_plain_greedy(finishing):
+            picked = sample_greedy(logits)
+        else:
+            picked = sample(logits, build_sampling_batch(finishing, self.end_ids_of, self.device))
+        self._last_sampled = picked.token_ids
+        self._last_rows = {seq.request_key: i for i, seq in enumerate(finishing)}
+        step.sampled_seqs = finishing
+        to_host = lambda t: t.to("cpu", non_blocking=True) if t.is_cuda else t  # noqa: E731
+        step.token_ids, step.logprobs = to_host(picked.token_ids), to_host(picked.logprobs)
+        if picked.top_ids is not None:
+            step.top_ids, step.top_logprobs = to_host(picked.top_ids), to_host(picked.top_logprobs)
+        if picked.token_ids.is_cuda:
+            step.ready = torch.cuda.Event()
+            step.ready.record()
+        return step

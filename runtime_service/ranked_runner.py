@@ -16,6 +16,10 @@ from runtime_service.scheduler import SchedulerOutput
 
 
 class RankedModelRunner(ModelRunner):
+    # The other ranks get each step's inputs as host lists, so a token still on rank 0's
+    # device cannot join the next step without waiting for it: steps run one at a time.
+    supports_overlap = False
+
     def __init__(self, group: RankGroup, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.group = group
@@ -38,7 +42,7 @@ class RankedModelRunner(ModelRunner):
             offset += count
         if not finishing:
             return StepResult()
-        return self.pick_tokens(finishing, logits[offset:])
+        return self.sample_tokens(finishing, logits[offset:]).result()
 
     @torch.inference_mode()
     def run_step(self, inputs: StepInputs) -> torch.Tensor | None:

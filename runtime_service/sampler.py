@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime_service.transfer import upload
+
 _SEED_STRIDE = 1_000_003
 
 
@@ -76,9 +78,10 @@ def apply_bans(logits: torch.Tensor, banned: list[list[int]]) -> torch.Tensor:
     rows = [i for i, ids in enumerate(banned) for _ in ids]
     if rows:
         cols = [t for ids in banned for t in ids]
+        device = logits.device
         logits = logits.index_put(
-            (torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)),
-            torch.tensor(float("-inf"), device=logits.device))
+            (upload(rows, torch.int64, device), upload(cols, torch.int64, device)),
+            torch.full((), float("-inf"), device=device))
     return logits
 
 
@@ -124,7 +127,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         filtered = filter_logits(scaled, batch.top_k, batch.top_p, batch.min_p) \
             if batch.any_filter else scaled
         drawn = _draw(filtered.softmax(dim=-1), batch.seeds, batch.output_index)
-        is_greedy = torch.tensor(batch.greedy_rows, device=logits.device)
+        is_greedy = upload(batch.greedy_rows, torch.bool, logits.device)
         tokens = torch.where(is_greedy, greedy, drawn)
     logprobs = logprobs_all.gather(1, tokens[:, None]).squeeze(1)
     most = max(batch.top_logprobs, default=0)
@@ -141,7 +144,7 @@ def is_plain_greedy(rows: list) -> bool:
         p = seq.sampling
         if (not p.greedy or p.repetition_penalty != 1.0 or p.presence_penalty
                 or p.frequency_penalty or p.bad_token_ids or p.top_logprobs
-                or seq.num_output_tokens < p.min_new_tokens):
+                or seq.num_outputs_sampled < p.min_new_tokens):
             return False
     return True
 
@@ -170,7 +173,7 @@ def banned_tokens(token_ids: list[int], num_output: int, params, end_ids: tuple[
 
 def build_sampling_batch(rows: list, end_ids_of, device: torch.device) -> SamplingBatch:
     """Collects per-row settings from sequences (anything with token_ids, sampling,
-    num_prompt_tokens, num_output_tokens and a seed)."""
+    num_prompt_tokens, num_outputs_sampled and a seed)."""
     params = [seq.sampling for seq in rows]
     any_penalty = any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty
                       for p in params)
@@ -178,13 +181,13 @@ def build_sampling_batch(rows: list, end_ids_of, device: torch.device) -> Sampli
 
     def padded(lists: list[list[int]]) -> torch.Tensor:
         width = max((len(x) for x in lists), default=0)
-        return torch.tensor([x + [-1] * (width - len(x)) for x in lists], dtype=torch.int64,
-                            device=device).reshape(len(lists), width)
+        return upload([x + [-1] * (width - len(x)) for x in lists], torch.int64,
+                      device).reshape(len(lists), width)
 
-    floats = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
+    floats = lambda values: upload(values, torch.float32, device)  # noqa: E731
     return SamplingBatch(
         temperature=floats([0.0 if p.greedy else p.temperature for p in params]),
-        top_k=torch.tensor([p.top_k for p in params], dtype=torch.int64, device=device),
+        top_k=upload([p.top_k for p in params], torch.int64, device),
         top_p=floats([p.top_p for p in params]),
         min_p=floats([p.min_p for p in params]),
         repetition_penalty=floats([p.repetition_penalty for p in params]),
@@ -193,10 +196,10 @@ def build_sampling_batch(rows: list, end_ids_of, device: torch.device) -> Sampli
         seen_tokens=padded([s.token_ids if s.sampling.repetition_penalty != 1.0 else []
                             for s in rows]) if any_penalty else padded([]),
         output_tokens=padded([s.output_token_ids for s in rows]) if any_penalty else padded([]),
-        banned=[banned_tokens(s.token_ids, s.num_output_tokens, s.sampling, end_ids_of(s))
+        banned=[banned_tokens(s.token_ids, s.num_outputs_sampled, s.sampling, end_ids_of(s))
                 for s in rows],
         seeds=[s.seed for s in rows],
-        output_index=[s.num_output_tokens for s in rows],
+        output_index=[s.num_outputs_sampled for s in rows],
         greedy_rows=[p.greedy for p in params],
         top_logprobs=[p.top_logprobs for p in params],
         any_penalty=any_penalty,

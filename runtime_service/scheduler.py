@@ -50,7 +50,8 @@ class ScheduledSequence:
     @property
     def completes(self) -> bool:
         """True when this step computes the sequence's last uncomputed token, so it samples."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+        seq = self.seq
+        return seq.num_computed_tokens + self.num_new_tokens == seq.num_tokens + seq.num_pending_tokens
 
 
 @dataclass
@@ -120,8 +121,8 @@ class Scheduler:
             if seq not in self.running:       # preempted earlier in this loop
                 continue
             num_new = min(seq.num_uncomputed_tokens, budget)
-            if num_new == 0:
-                continue
+            if num_new == 0 or (seq.num_pending_tokens and seq.reached_max_length):
+                continue       # a sequence whose pending token ends it computes nothing more
             if not self._grow_or_preempt(seq, num_new, out):
                 continue
             out.scheduled.append(ScheduledSequence(seq, num_new))
@@ -136,7 +137,7 @@ class Scheduler:
             if num_new > budget:
                 # A preempted sequence may have outgrown the budget; without chunks it would
                 # wait forever, so it is recomputed in chunks even when chunked prefill is off.
-                if not self.config.enable_chunked_prefill and seq.num_output_tokens == 0:
+                if not self.config.enable_chunked_prefill and seq.num_outputs_sampled == 0:
                     self._unclaim(seq)
                     break
                 num_new = budget

@@ -33,6 +33,9 @@ class Sequence:
         self.token_ids: list[int] = list(request.prompt_token_ids)
         self.num_prompt_tokens = len(self.token_ids)
         self.num_computed_tokens = 0
+        # Sampled on the device by a step whose tokens the host has not read yet (overlapped
+        # scheduling): the cache must catch up to them, though token_ids does not hold them.
+        self.num_pending_tokens = 0
         self.num_evicted_tokens = 0      # dropped from the cache by a sliding attention window
         self.block_ids: list[int] = []
         self.status = SequenceStatus.WAITING
@@ -57,6 +60,11 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
+    def num_outputs_sampled(self) -> int:
+        """Output tokens sampled so far, including those still on the device."""
+        return self.num_output_tokens + self.num_pending_tokens
+
+    @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens:]
 
@@ -67,7 +75,12 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return self.num_tokens - self.num_computed_tokens
+        return self.num_tokens + self.num_pending_tokens - self.num_computed_tokens
+
+    @property
+    def reached_max_length(self) -> bool:
+        """True when the tokens sampled so far (pending ones too) fill max_total_tokens."""
+        return self.num_tokens + self.num_pending_tokens >= self.max_total_tokens
 
     @property
     def is_finished(self) -> bool:

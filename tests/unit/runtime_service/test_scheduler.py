@@ -427,3 +427,28 @@ def test_simulated_serving_keeps_every_invariant(w):
         if i not in aborted:
             expected = seq.max_total_tokens - seq.num_prompt_tokens
             assert seq.output_token_ids == [1000 + k for k in range(expected)]
+
+
+def test_pending_token_counts_as_uncomputed_and_one_that_fills_max_length_stops_scheduling():
+    """Overlapped steps: a token sampled on the device but not yet read is one the cache must
+    still compute; when it is the sequence's last allowed token, nothing more is scheduled, so
+    no block is taken beyond the sequence's reservation."""
+    scheduler = make_scheduler(num_blocks=8, block_size=4)
+    going, ending = make_seq("going", 4, max_new_tokens=8), make_seq("ending", 4, max_new_tokens=2)
+    add_all(scheduler, going, ending)
+    for item in scheduler.schedule().scheduled:           # both prompts, each samples a token
+        item.seq.num_computed_tokens += item.num_new_tokens
+        item.seq.num_pending_tokens += 1
+    ending.token_ids.append(7)                              # "ending" read its first token back
+    ending.num_pending_tokens -= 1
+    out = scheduler.schedule()                              # "going": the pending token only
+    assert [(s.seq.request_id, s.num_new_tokens, s.completes) for s in out.scheduled] == [
+        ("going", 1, True), ("ending", 1, True)]
+    for item in out.scheduled:
+        item.seq.num_computed_tokens += 1
+        item.seq.num_pending_tokens += 1
+    assert ending.reached_max_length                        # 4 + 1 known + 1 pending = 6
+    blocks_before = len(ending.block_ids)
+    out = scheduler.schedule()
+    assert [s.seq.request_id for s in out.scheduled] == ["going"]
+    assert len(ending.block_ids) == blocks_before
