@@ -221,15 +221,7 @@ def bench_kiln(executor: Executor, vocab: int, device: str, quick: bool) -> dict
         torch.cuda.synchronize()
         result["memory_reserved_bytes_warm"] = torch.cuda.memory_reserved()
 
-    new_tokens = 32 if quick else 128
-    tpots = []
-    for _ in range(2):
-        _, [(first, last, tokens)] = kiln_generate_timed(
-            executor, [req(prompts(1, 128, vocab, 1)[0], new_tokens + 1)])
-        tpots.append((last - first) / new_tokens)
-    result["tpot_ms_batch1"] = min(tpots) * 1e3
-    log(f"Kiln batch-1 time per output token {result['tpot_ms_batch1']:.2f} ms "
-        f"(runs {[round(t * 1e3, 3) for t in tpots]})")
+    result["tpot_ms_batch1"] = batch1_tpot_ms(executor, vocab, quick)
 
     result["ttft_ms"] = {}
     for length in TTFT_PROMPTS:
@@ -242,22 +234,64 @@ def bench_kiln(executor: Executor, vocab: int, device: str, quick: bool) -> dict
         log(f"Kiln TTFT {length}: {result['ttft_ms'][str(length)]:.1f} ms")
 
     result["throughput"] = {}
-    for concurrency, input_len, output_len in (QUICK_LOADS if quick else LOADS):
-        batch = [req(p, output_len) for p in prompts(concurrency, input_len, vocab, 3)]
-        steps_before = executor.num_steps
-        wall, per_request = kiln_generate_timed(executor, batch)
-        assert all(len(t) == output_len for _, _, t in per_request)
-        name = f"{concurrency}x{input_len}/{output_len}"
-        result["throughput"][name] = {
-            "output_tokens_per_s": concurrency * output_len / wall,
-            "wall_s": wall,
-            "steps": executor.num_steps - steps_before,
-        }
-        log(f"Kiln {name}: {concurrency * output_len / wall:.0f} tok/s, wall {wall:.2f} s, "
-            f"{executor.num_steps - steps_before} steps")
+    for load in (QUICK_LOADS if quick else LOADS):
+        name, result["throughput"][name] = load_throughput(executor, vocab, load)
     if device == "cuda":
         torch.cuda.synchronize()
         result["memory_reserved_bytes_end"] = torch.cuda.memory_reserved()
+    return result
+
+
+def batch1_tpot_ms(executor: Executor, vocab: int, quick: bool, label: str = "Kiln") -> float:
+    """Best of two single-request runs: (last token - first token) / tokens after the first."""
+    new_tokens = 32 if quick else 128
+    tpots = []
+    for run in range(2):
+        request = Request(f"tpot-{label}-{run}", prompts(1, 128, vocab, 1)[0],
+                          fixed_length(new_tokens + 1))
+        _, [(first, last, _)] = kiln_generate_timed(executor, [request])
+        tpots.append((last - first) / new_tokens)
+    log(f"{label} batch-1 time per output token {min(tpots) * 1e3:.2f} ms "
+        f"(runs {[round(t * 1e3, 3) for t in tpots]})")
+    return min(tpots) * 1e3
+
+
+def load_throughput(executor: Executor, vocab: int, load: tuple[int, int, int],
+                    label: str = "Kiln") -> tuple[str, dict]:
+    """All requests of a load submitted at once; output tokens over the wall time to the last."""
+    concurrency, input_len, output_len = load
+    name = f"{concurrency}x{input_len}/{output_len}"
+    batch = [Request(f"{label}-{name}-{i}", p, fixed_length(output_len))
+             for i, p in enumerate(prompts(concurrency, input_len, vocab, 3))]
+    steps_before, overlapped_before = executor.num_steps, executor.num_overlapped_steps
+    wall, per_request = kiln_generate_timed(executor, batch)
+    assert all(len(t) == output_len for _, _, t in per_request)
+    figures = {"output_tokens_per_s": concurrency * output_len / wall, "wall_s": wall,
+               "steps": executor.num_steps - steps_before,
+               "overlapped_steps": executor.num_overlapped_steps - overlapped_before}
+    log(f"{label} {name}: {figures['output_tokens_per_s']:.0f} tok/s, wall {wall:.2f} s, "
+        f"{figures['steps']} steps ({figures['overlapped_steps']} overlapped)")
+    return name, figures
+
+
+def bench_ablations(executor: Executor, vocab: int, quick: bool) -> dict:
+    """Batch-1 and 64x128/128 again with one fast-path piece switched off at a time, so each
+    piece's effect is measured in the same run on the same engine."""
+    from runtime_service.layers import linear
+
+    overlap_was = executor.overlap
+    switches = {"no_overlap": lambda on: setattr(executor, "overlap", on and overlap_was)}
+    if hasattr(linear, "set_small_batch_gemv"):
+        switches["no_gemv"] = linear.set_small_batch_gemv
+    result = {}
+    for name, switch in switches.items():
+        switch(False)
+        try:
+            result[name] = {"tpot_ms_batch1": batch1_tpot_ms(executor, vocab, quick, name)}
+            load_name, figures = load_throughput(executor, vocab, QUICK_LOADS[0], name)
+            result[name]["throughput"] = {load_name: figures}
+        finally:
+            switch(True)
     return result
 
 
@@ -361,6 +395,10 @@ def table(report: dict) -> str:
                      f"at {report['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s); kiln batch-1 "
                      f"at {floor / kiln['tpot_ms_batch1'] * 100:.0f}% of the floor"
                      if kiln.get("tpot_ms_batch1") else "")
+    for name, figures in report.get("kiln_ablations", {}).items():
+        load, throughput = next(iter(figures["throughput"].items()))
+        lines.append(f"kiln with {name}: batch-1 {figures['tpot_ms_batch1']:.2f} ms/token, "
+                     f"{load} {throughput['output_tokens_per_s']:.0f} tok/s")
     if "greedy_vs_reference" in report:
         lines.append(f"greedy tokens identical to the reference backend: "
                      f"{report['greedy_vs_reference']}")
@@ -377,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-max-batch", type=int, default=64)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="write a kernel table of batch-1/64 decode")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also measure batch-1 and 64x128/128 with overlapped scheduling "
+                             "(and the small-batch GEMV) switched off")
     parser.add_argument("--grpc", action="store_true",
                         help="also run the loads through a runtime pod over gRPC")
     args = parser.parse_args(argv)
@@ -418,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['kv_cache_tokens']} tokens")
     try:
         report["kiln"] = bench_kiln(executor, vocab, device, args.quick)
+        if args.ablations:
+            report["kiln_ablations"] = bench_ablations(executor, vocab, args.quick)
         if args.profile:
             for batch in (1, 64):
                 try:
