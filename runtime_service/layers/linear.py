@@ -4,16 +4,59 @@ A column-parallel layer splits its output features over ranks (each fused sectio
 rank r of a fused QKV holds its own q, k and v heads); a row-parallel layer splits its input
 features and all-reduces the partial sums. The builder calls `shard_columns` / `shard_rows` when it
 writes rank files; the runtime loads those shards straight into these modules.
+
+Both layers send decode-sized inputs (at most GEMV_MAX_ROWS rows) on CUDA to the Triton GEMV
+(kernels/gemv.py, tuned per shape to stream the weight at memory bandwidth); everything else, and
+every CPU input, goes to nn.functional.linear.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from runtime_service import kernels
 from runtime_service.distributed import SINGLE_RANK, ParallelContext
+
+# Rows up to which the GEMV runs instead of cuBLAS: the decode graphs' batch sizes 1, 2, 4, 8.
+# The kernel takes up to 16 (its tensor-core row tile); bench/bench_gemv.py --rows 16 measures
+# whether that pays.
+GEMV_MAX_ROWS = 8
+
+_gemv_enabled = True
+
+
+@contextlib.contextmanager
+def gemv_enabled(enabled: bool) -> Iterator[None]:
+    """Within the block (process-wide), decode-sized linears use the Triton GEMV (True) or cuBLAS
+    (False), so a benchmark can compare the two on the same weights in one process. A CUDA graph
+    keeps the path that was on when it was captured."""
+    global _gemv_enabled
+    previous, _gemv_enabled = _gemv_enabled, enabled
+    try:
+        yield
+    finally:
+        _gemv_enabled = previous
+
+
+def uses_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """True when `linear(x, weight, bias)` runs the Triton GEMV."""
+    return (_gemv_enabled and x.dim() == 2 and 0 < x.shape[0] <= GEMV_MAX_ROWS
+            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype)
+            and x.stride(1) == 1 and weight.is_contiguous() and kernels.available(x))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """nn.functional.linear, with decode-sized CUDA inputs sent to the Triton GEMV."""
+    if uses_gemv(x, weight, bias):
+        from runtime_service.kernels.gemv import gemv
+        return gemv(x, weight, bias)
+    return nn.functional.linear(x, weight, bias)
 
 
 def shard_columns(full: torch.Tensor, sections: Sequence[int], tp_rank: int,
@@ -51,7 +94,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_local), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
@@ -66,5 +109,5 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.parallel.all_reduce(nn.functional.linear(x, self.weight))
+        y = self.parallel.all_reduce(linear(x, self.weight))
         return y + self.bias if self.bias is not None else y

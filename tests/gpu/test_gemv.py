@@ -1,0 +1,158 @@
+"""The decode GEMV against its plain-torch reference on fresh random inputs (CUDA only).
+
+Inputs are drawn anew on every run (the seed is printed on failure) and outputs are poisoned
+with NaN first, so an unwritten element fails. The kernels sum float32 products in their own
+order and round once, so each element may differ from the reference by one unit in the last
+place plus the float32 summation error; almost all elements must round identically.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [torch.bfloat16, torch.float16]
+SEED = random.randrange(2 ** 31)
+# (N, K): non-multiples of every block size and an unaligned K; Llama-2-7B's down_proj.
+SHAPES = [(1000, 4104), (4096, 11008), (96, 64)]
+ULP = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
+
+
+def _inputs(rows: int, n: int, k: int, dtype: torch.dtype, with_bias: bool, salt: int = 0):
+    generator = torch.Generator(device="cuda").manual_seed(SEED + salt)
+    x = torch.randn(rows, k, device="cuda", generator=generator).to(dtype)
+    weight = (torch.randn(n, k, device="cuda", generator=generator) * k ** -0.5).to(dtype)
+    bias = torch.randn(n, device="cuda", generator=generator).to(dtype) if with_bias else None
+    return x, weight, bias
+
+
+def _assert_close_to_reference(out, x, weight, bias, context: str) -> None:
+    from runtime_service.kernels.gemv import gemv_reference
+
+    ref = gemv_reference(x, weight, bias).float()
+    scale = x.float().abs() @ weight.float().abs().T
+    err = (out.float() - ref).abs()
+    bound = ULP[x.dtype] * ref.abs() + 1e-4 * scale + 1e-6
+    where = f"{context} (seed {SEED})"
+    assert not out.isnan().any(), f"unwritten output: {where}"
+    assert (err <= bound).all(), f"error {(err / bound).max().item():.2f}x the bound: {where}"
+    differing = (out.float() != ref).float().mean().item()
+    assert differing < 0.05, f"{differing:.1%} of elements round unlike the reference: {where}"
+
+
+def _configs():
+    from runtime_service.kernels.gemv import _DOT_TILES, _FMA_TILES
+
+    fma, dot = _FMA_TILES[0], _DOT_TILES[0]
+    return [fma, replace(fma, split_k=3), dot, replace(dot, split_k=3)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("config_index", range(4))
+def test_each_kernel_matches_reference_for_every_row_count(config_index, shape, dtype):
+    from runtime_service.kernels.gemv import MAX_ROWS, gemv
+
+    config = _configs()[config_index]
+    n, k = shape
+    row_counts = range(1, MAX_ROWS + 1) if config.kind == "dot" else range(1, 9)
+    for rows in row_counts:
+        for with_bias in (False, True):
+            x, weight, bias = _inputs(rows, n, k, dtype, with_bias, salt=rows)
+            out = torch.full((rows, n), float("nan"), dtype=dtype, device="cuda")
+            gemv(x, weight, bias, config=config, out=out)
+            _assert_close_to_reference(out, x, weight, bias,
+                                       f"{config}, rows {rows}, {shape}, bias {with_bias}")
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_every_tuning_candidate_matches_reference(rows):
+    from runtime_service.kernels.gemv import _sm_count, candidate_configs, gemv
+
+    n, k = 4096, 11008
+    x, weight, _ = _inputs(rows, n, k, torch.bfloat16, False)
+    for config in candidate_configs(rows, n, k, _sm_count(torch.cuda.current_device())):
+        out = torch.full((rows, n), float("nan"), dtype=x.dtype, device="cuda")
+        gemv(x, weight, config=config, out=out)
+        _assert_close_to_reference(out, x, weight, None, f"{config}, rows {rows}")
+
+
+@pytest.mark.parametrize("dtype, shape", [(torch.bfloat16, SHAPES[0]), (torch.bfloat16, SHAPES[1]),
+                                          (torch.float16, SHAPES[1])])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_tuned_gemv_matches_reference(rows, shape, dtype):
+    from runtime_service.kernels.gemv import gemv, tuned_config
+
+    x, weight, bias = _inputs(rows, *shape, dtype, True)
+    out = gemv(x, weight, bias)
+    _assert_close_to_reference(out, x, weight, bias, f"tuned {tuned_config(x, weight)}, "
+                                                     f"rows {rows}, {shape}")
+
+
+@pytest.mark.parametrize("split_k", [None, 4])
+@pytest.mark.parametrize("rows", [1, 4])
+def test_replays_inside_a_cuda_graph(rows, split_k):
+    from runtime_service.kernels.gemv import GemvConfig, gemv
+
+    n, k = 4096, 11008
+    config = GemvConfig("dot", 64, 128, 4, 4, split_k) if split_k else None
+    x, weight, bias = _inputs(rows, n, k, torch.bfloat16, True)
+    gemv(x, weight, bias, config=config)                  # tunes and compiles before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = gemv(x, weight, bias, config=config)
+    for salt in range(1, 4):
+        fresh, _, _ = _inputs(rows, n, k, torch.bfloat16, False, salt=salt)
+        x.copy_(fresh)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        _assert_close_to_reference(out, x, weight, bias, f"replay {salt}, rows {rows}")
+
+
+BAD_INPUTS = {   # name -> call given a good x [2, 64], weight [32, 64] and the module
+    "3-D x": lambda x, w, g: g.gemv(x[None], w),
+    "K mismatch": lambda x, w, g: g.gemv(x, w[:, :48]),
+    "too many rows": lambda x, w, g: g.gemv(x.repeat(g.MAX_ROWS, 1), w),
+    "no rows": lambda x, w, g: g.gemv(x[:0], w),
+    "float32": lambda x, w, g: g.gemv(x.float(), w.float()),
+    "mixed dtypes": lambda x, w, g: g.gemv(x.half(), w),
+    "strided K": lambda x, w, g: g.gemv(x.T.contiguous().T, w),
+    "strided weight": lambda x, w, g: g.gemv(x, w.T.contiguous().T),
+    "bias length": lambda x, w, g: g.gemv(x, w, w[0, :31]),
+    "bias dtype": lambda x, w, g: g.gemv(x, w, w[:, 0].float()),
+    "out shape": lambda x, w, g: g.gemv(x, w, out=w[:2, :31]),
+    "dot tile too narrow": lambda x, w, g: g.GemvConfig("dot", 8, 128),
+    "tile not a power of two": lambda x, w, g: g.GemvConfig("fma", 24, 128),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_launcher_rejects_bad_inputs(case):
+    from runtime_service.kernels import gemv
+
+    x = torch.randn(2, 64, dtype=torch.bfloat16, device="cuda")
+    weight = torch.randn(32, 64, dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(ValueError):
+        BAD_INPUTS[case](x, weight, gemv)
+
+
+def test_layers_take_the_gemv_for_decode_rows_only():
+    from runtime_service.kernels.gemv import tuned_configs
+    from runtime_service.layers.linear import GEMV_MAX_ROWS, ColumnParallelLinear, gemv_enabled
+
+    layer = ColumnParallelLinear(4104, (1000,), True).to(device="cuda", dtype=torch.bfloat16)
+    x, weight, bias = _inputs(GEMV_MAX_ROWS + 1, 1000, 4104, torch.bfloat16, True)
+    layer.weight.data, layer.bias.data = weight, bias
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, weight, bias))   # cuBLAS
+    decode = x[:1]
+    with gemv_enabled(False):
+        assert torch.equal(layer(decode), torch.nn.functional.linear(decode, weight, bias))
+    _assert_close_to_reference(layer(decode), decode, weight, bias, "layer, one row")
+    assert any(key[2:] == (1, 1000, 4104) for key in tuned_configs())

@@ -1,0 +1,142 @@
+"""Which path the parallel linear layers take: nn.functional.linear on CPU, bit for bit, and the
+Triton GEMV only for decode-sized CUDA inputs while the switch is on (checked here with a stand-in
+GEMV, so no GPU or triton is needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from runtime_service import kernels
+from runtime_service.layers import linear as linear_mod
+from runtime_service.layers.linear import (GEMV_MAX_ROWS, ColumnParallelLinear, RowParallelLinear,
+                                           gemv_enabled, uses_gemv)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _column(in_features: int, out_features: int, bias: bool, dtype: torch.dtype):
+    layer = ColumnParallelLinear(in_features, (out_features,), bias).to(dtype)
+    generator = torch.Generator().manual_seed(in_features * 31 + out_features)
+    layer.weight.data = torch.randn(layer.weight.shape, generator=generator).to(dtype)
+    if bias:
+        layer.bias.data = torch.randn(layer.bias.shape, generator=generator).to(dtype)
+    return layer
+
+
+def _row(in_features: int, out_features: int, bias: bool, dtype: torch.dtype):
+    layer = RowParallelLinear(in_features, out_features, bias).to(dtype)
+    generator = torch.Generator().manual_seed(in_features * 17 + out_features)
+    layer.weight.data = torch.randn(layer.weight.shape, generator=generator).to(dtype)
+    if bias:
+        layer.bias.data = torch.randn(layer.bias.shape, generator=generator).to(dtype)
+    return layer
+
+
+@pytest.fixture
+def fake_gemv(monkeypatch):
+    """Makes every tensor look kernel-ready and records the calls a stand-in GEMV receives."""
+    calls = []
+
+    def gemv(x, weight, bias=None):
+        calls.append((x, weight, bias))
+        return nn.functional.linear(x, weight, bias) + 1000
+
+    monkeypatch.setattr(kernels, "available", lambda tensor=None: True)
+    monkeypatch.setitem(sys.modules, "runtime_service.kernels.gemv",
+                        types.SimpleNamespace(gemv=gemv))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 3, GEMV_MAX_ROWS, 40])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_layers_equal_functional_linear_bit_for_bit(dtype, rows, bias):
+    x = torch.randn(rows, 48, generator=torch.Generator().manual_seed(rows)).to(dtype)
+    column = _column(48, 24, bias, dtype)
+    assert torch.equal(column(x), nn.functional.linear(x, column.weight, column.bias))
+    row = _row(48, 24, bias, dtype)
+    expected = nn.functional.linear(x, row.weight)
+    if bias:
+        expected = expected + row.bias
+    assert torch.equal(row(x), expected)
+
+
+def test_cpu_input_never_takes_the_gemv():
+    x = torch.randn(1, 16, dtype=torch.bfloat16)
+    assert not uses_gemv(x, torch.randn(8, 16, dtype=torch.bfloat16))
+
+
+def test_decode_sized_inputs_take_the_gemv_and_others_do_not(fake_gemv):
+    weight = torch.randn(8, 16, dtype=torch.bfloat16)
+    for rows in range(1, GEMV_MAX_ROWS + 1):
+        assert uses_gemv(torch.randn(rows, 16, dtype=torch.bfloat16), weight)
+    assert not uses_gemv(torch.randn(GEMV_MAX_ROWS + 1, 16, dtype=torch.bfloat16), weight)
+    assert not uses_gemv(torch.randn(0, 16, dtype=torch.bfloat16), weight)
+    assert not uses_gemv(torch.randn(1, 16), weight.float())                      # float32
+    assert not uses_gemv(torch.randn(1, 16, dtype=torch.float16), weight)         # mixed dtypes
+    assert not uses_gemv(torch.randn(1, 2, 16, dtype=torch.bfloat16), weight)     # not 2-D
+    assert not uses_gemv(torch.randn(16, 2, dtype=torch.bfloat16).T, weight)      # strided K
+    assert not uses_gemv(torch.randn(1, 16, dtype=torch.bfloat16), weight,
+                         torch.randn(8))                                          # float32 bias
+    assert not uses_gemv(torch.randn(1, 16, dtype=torch.bfloat16),
+                         torch.randn(16, 8, dtype=torch.bfloat16).T)              # strided weight
+
+
+def test_column_layer_passes_its_bias_to_the_gemv(fake_gemv):
+    layer = _column(16, 8, True, torch.bfloat16)
+    x = torch.randn(2, 16, dtype=torch.bfloat16)
+    out = layer(x)
+    assert len(fake_gemv) == 1
+    passed_x, passed_weight, passed_bias = fake_gemv[0]
+    assert passed_x is x and passed_weight is layer.weight and passed_bias is layer.bias
+    assert torch.equal(out, nn.functional.linear(x, layer.weight, layer.bias) + 1000)
+
+
+def test_row_layer_adds_its_bias_after_the_all_reduce(fake_gemv, monkeypatch):
+    layer = _row(16, 8, True, torch.bfloat16)
+    reduced = []
+    monkeypatch.setattr(layer.parallel, "all_reduce", lambda y: reduced.append(y.clone()) or y)
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    out = layer(x)
+    assert fake_gemv[0][2] is None                       # the GEMV itself gets no bias
+    partial = nn.functional.linear(x, layer.weight) + 1000
+    assert torch.equal(reduced[0], partial)
+    assert torch.equal(out, partial + layer.bias)
+
+
+def test_switch_off_sends_everything_to_functional_linear_and_restores(fake_gemv):
+    layer = _column(16, 8, False, torch.bfloat16)
+    x = torch.randn(1, 16, dtype=torch.bfloat16)
+    with gemv_enabled(False):
+        assert torch.equal(layer(x), nn.functional.linear(x, layer.weight))
+        with gemv_enabled(True):
+            layer(x)
+        assert len(fake_gemv) == 1
+        layer(x)
+    assert len(fake_gemv) == 1
+    layer(x)
+    assert len(fake_gemv) == 2
+
+
+def test_switch_is_restored_when_the_block_raises():
+    with pytest.raises(RuntimeError):
+        with gemv_enabled(False):
+            raise RuntimeError("boom")
+    assert linear_mod._gemv_enabled
+
+
+def test_cpu_forward_never_imports_triton():
+    code = ("import sys, torch; from runtime_service.layers.linear import ColumnParallelLinear; "
+            "layer = ColumnParallelLinear(8, (4,), True).to(torch.bfloat16); "
+            "layer(torch.randn(1, 8, dtype=torch.bfloat16)); "
+            "sys.exit(1 if 'triton' in sys.modules else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
