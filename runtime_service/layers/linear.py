@@ -29,17 +29,23 @@ GEMV_MAX_ROWS = 8
 _gemv_enabled = True
 
 
-@contextlib.contextmanager
-def gemv_enabled(enabled: bool) -> Iterator[None]:
-    """Within the block (process-wide), decode-sized linears use the Triton GEMV (True) or cuBLAS
-    (False), so a benchmark can compare the two on the same weights in one process. A CUDA graph
-    keeps the path that was on when it was captured."""
+def set_small_batch_gemv(enabled: bool) -> bool:
+    """Switches (process-wide) whether decode-sized linears use the Triton GEMV (True) or cuBLAS
+    (False), so a benchmark can compare the two on the same weights in one process; returns the
+    previous setting. A captured CUDA graph keeps the path that was on when it was captured."""
     global _gemv_enabled
     previous, _gemv_enabled = _gemv_enabled, enabled
+    return previous
+
+
+@contextlib.contextmanager
+def gemv_enabled(enabled: bool) -> Iterator[None]:
+    """`set_small_batch_gemv(enabled)` for the duration of the block."""
+    previous = set_small_batch_gemv(enabled)
     try:
         yield
     finally:
-        _gemv_enabled = previous
+        set_small_batch_gemv(previous)
 
 
 def uses_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:

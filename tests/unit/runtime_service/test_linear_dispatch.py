@@ -16,7 +16,7 @@ from torch import nn
 from runtime_service import kernels
 from runtime_service.layers import linear as linear_mod
 from runtime_service.layers.linear import (GEMV_MAX_ROWS, ColumnParallelLinear, RowParallelLinear,
-                                           gemv_enabled, uses_gemv)
+                                           gemv_enabled, set_small_batch_gemv, uses_gemv)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -123,6 +123,19 @@ def test_switch_off_sends_everything_to_functional_linear_and_restores(fake_gemv
     assert len(fake_gemv) == 1
     layer(x)
     assert len(fake_gemv) == 2
+
+
+def test_setter_switches_and_returns_the_previous_setting(fake_gemv):
+    layer = _column(16, 8, False, torch.bfloat16)
+    x = torch.randn(1, 16, dtype=torch.bfloat16)
+    assert set_small_batch_gemv(False) is True
+    try:
+        layer(x)
+        assert not fake_gemv
+    finally:
+        assert set_small_batch_gemv(True) is False
+    layer(x)
+    assert len(fake_gemv) == 1
 
 
 def test_switch_is_restored_when_the_block_raises():
