@@ -281,8 +281,13 @@ def bench_ablations(executor: Executor, vocab: int, quick: bool) -> dict:
 
     overlap_was = executor.overlap
     switches = {"no_overlap": lambda on: setattr(executor, "overlap", on and overlap_was)}
-    if hasattr(linear, "set_small_batch_gemv"):
-        switches["no_gemv"] = linear.set_small_batch_gemv
+    graphs = executor.runner.graphs
+
+    def gemv(on: bool) -> None:
+        linear.set_small_batch_gemv(on)
+        if graphs is not None:
+            graphs.capture()          # a captured graph keeps the linears it was captured with
+    switches["no_gemv"] = gemv
     result = {}
     for name, switch in switches.items():
         switch(False)
