@@ -65,6 +65,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with a window: rotary positions within the cache (StreamingLLM)")
     parser.add_argument("--disable-chunked-context", action="store_true",
                         help="prefill each prompt in one step")
+    parser.add_argument("--no-overlap-scheduling", action="store_true",
+                        help="on CUDA, run steps one at a time instead of scheduling step n+1 "
+                        "while step n runs")
     parser.add_argument("--max-new-tokens", type=int, default=2048,
                         help="the most new tokens one request may ask for")
     parser.add_argument("--default-max-new-tokens", type=int, default=32)
@@ -87,7 +90,8 @@ def settings_from_args(args) -> RuntimeSettings:
         max_queue_size=args.max_queue_size, enable_block_reuse=args.enable_block_reuse,
         max_attention_window=args.max_attention_window,
         sink_token_length=args.sink_token_length, streaming_llm=args.streaming_llm,
-        enable_chunked_prefill=not args.disable_chunked_context)
+        enable_chunked_prefill=not args.disable_chunked_context,
+        overlap_scheduling=False if args.no_overlap_scheduling else None)
     return RuntimeSettings(
         cache_dir=Path(args.cache_dir), executor=options,
         limits=ServingLimits(max_new_tokens=args.max_new_tokens,

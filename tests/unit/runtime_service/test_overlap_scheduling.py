@@ -173,3 +173,15 @@ def test_random_submits_and_aborts_under_overlap_leak_nothing(folder):
     assert stats.num_free_blocks == stats.num_total_blocks
     assert stats.num_live_requests == 0
     assert executor.kv.num_live_sequences == 0
+
+
+def test_runtime_flag_turns_overlap_off_and_the_default_leaves_it_to_the_device():
+    import argparse
+
+    from runtime_service.serve import add_serve_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    default = settings_from_args(parser.parse_args([])).executor
+    off = settings_from_args(parser.parse_args(["--no-overlap-scheduling"])).executor
+    assert default.overlap_scheduling is None and off.overlap_scheduling is False
