@@ -1,9 +1,15 @@
-"""Rotary embedding (rotate-half layout) applied in place to q and k in one launch.
+"""Rotary embedding (rotate-half layout) applied in place to q and k in one launch, and the same
+rotation fused with the KV-cache store.
 
 cos/sin come from a per-position table in the model dtype (built by the layer with the same torch
 code the reference uses), and the kernel asks for the reference's roundings (each product, then the
 sum, in the model dtype). The compiler may still fuse a product into the sum, so a few elements can
 differ from the reference by one unit in the last place.
+
+`rotary_store_kv_` exists for decode, where each layer's rotary and store launches cost about as
+much as the work they do: one launch rotates q in place and writes the rotated k (never written
+back to k) and v straight into the paged caches. Both kernels rotate through `_rotate`, so the
+fused result is bit-identical to `apply_rotary_` followed by `paged_attention.store_kv`.
 """
 
 from __future__ import annotations
@@ -14,14 +20,25 @@ import triton.language as tl
 
 
 @triton.jit
-def _rotate(ptrs_lo, c, s, mask, HALF: tl.constexpr):
-    x1 = tl.load(ptrs_lo, mask=mask, other=0.0)
-    x2 = tl.load(ptrs_lo + HALF, mask=mask, other=0.0)
+def _rotate(src_lo, dst_lo, c, s, mask, HALF: tl.constexpr):
+    """Rotates the head vectors whose first halves `src_lo` points at into `dst_lo` (which may
+    be `src_lo`): the one place the rotation's roundings are written down."""
+    x1 = tl.load(src_lo, mask=mask, other=0.0)
+    x2 = tl.load(src_lo + HALF, mask=mask, other=0.0)
     dtype = x1.dtype
     lo = (x1 * c).to(dtype).to(tl.float32) + (-x2 * s).to(dtype).to(tl.float32)
     hi = (x2 * c).to(dtype).to(tl.float32) + (x1 * s).to(dtype).to(tl.float32)
-    tl.store(ptrs_lo, lo.to(dtype), mask=mask)
-    tl.store(ptrs_lo + HALF, hi.to(dtype), mask=mask)
+    tl.store(dst_lo, lo.to(dtype), mask=mask)
+    tl.store(dst_lo + HALF, hi.to(dtype), mask=mask)
+
+
+@triton.jit
+def _cos_sin_row(positions, Cos, Sin, token, stride_c, max_position, offs_d, d_mask):
+    pos = tl.load(positions + token).to(tl.int64)
+    pos = tl.minimum(tl.maximum(pos, 0), max_position - 1)
+    c = tl.load(Cos + pos * stride_c + offs_d, mask=d_mask, other=0.0)[None, :]
+    s = tl.load(Sin + pos * stride_c + offs_d, mask=d_mask, other=0.0)[None, :]
+    return c, s
 
 
 @triton.jit
@@ -30,29 +47,59 @@ def _rotary_kernel(Q, K, positions, Cos, Sin, stride_qt, stride_qh, stride_kt, s
                    NUM_Q_HEADS: tl.constexpr, NUM_K_HEADS: tl.constexpr, HALF: tl.constexpr,
                    BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions + token).to(tl.int64)
-    pos = tl.minimum(tl.maximum(pos, 0), max_position - 1)
     offs_d = tl.arange(0, BLOCK_HALF)
     d_mask = offs_d < HALF
-    c = tl.load(Cos + pos * stride_c + offs_d, mask=d_mask, other=0.0)[None, :]
-    s = tl.load(Sin + pos * stride_c + offs_d, mask=d_mask, other=0.0)[None, :]
+    c, s = _cos_sin_row(positions, Cos, Sin, token, stride_c, max_position, offs_d, d_mask)
     offs_hq = tl.arange(0, BLOCK_HQ)
-    _rotate(Q + token * stride_qt + offs_hq[:, None] * stride_qh + offs_d[None, :], c, s,
-            (offs_hq < NUM_Q_HEADS)[:, None] & d_mask[None, :], HALF)
+    q_lo = Q + token * stride_qt + offs_hq[:, None] * stride_qh + offs_d[None, :]
+    _rotate(q_lo, q_lo, c, s, (offs_hq < NUM_Q_HEADS)[:, None] & d_mask[None, :], HALF)
     offs_hk = tl.arange(0, BLOCK_HK)
-    _rotate(K + token * stride_kt + offs_hk[:, None] * stride_kh + offs_d[None, :], c, s,
-            (offs_hk < NUM_K_HEADS)[:, None] & d_mask[None, :], HALF)
+    k_lo = K + token * stride_kt + offs_hk[:, None] * stride_kh + offs_d[None, :]
+    _rotate(k_lo, k_lo, c, s, (offs_hk < NUM_K_HEADS)[:, None] & d_mask[None, :], HALF)
 
 
-def apply_rotary_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
-                  cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotates q [T, Hq, D] and k [T, Hk, D] in place; cos/sin [max_position, D] in q's dtype.
-    Positions past the table are clamped to its last row (the layer sizes the table to the
-    model's maximum position)."""
+@triton.jit
+def _rotary_store_kv_kernel(
+    Q, K, V, K_cache, V_cache, positions, slots, Cos, Sin,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_kb, stride_ks, stride_kh_c, stride_vb, stride_vs, stride_vh_c,
+    stride_c, max_position,
+    NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_HALF)
+    d_mask = offs_d < HALF
+    c, s = _cos_sin_row(positions, Cos, Sin, token, stride_c, max_position, offs_d, d_mask)
+    offs_hq = tl.arange(0, BLOCK_HQ)
+    q_lo = Q + token * stride_qt + offs_hq[:, None] * stride_qh + offs_d[None, :]
+    _rotate(q_lo, q_lo, c, s, (offs_hq < NUM_Q_HEADS)[:, None] & d_mask[None, :], HALF)
+    slot = tl.load(slots + token).to(tl.int64)
+    if slot >= 0:
+        block = slot // BLOCK_SIZE
+        within = slot % BLOCK_SIZE
+        offs_hk = tl.arange(0, BLOCK_HK)
+        kv_mask = (offs_hk < NUM_KV_HEADS)[:, None] & d_mask[None, :]
+        k_lo = K + token * stride_kt + offs_hk[:, None] * stride_kh + offs_d[None, :]
+        k_dst = (K_cache + block * stride_kb + within * stride_ks + offs_hk[:, None] * stride_kh_c
+                 + offs_d[None, :])
+        _rotate(k_lo, k_dst, c, s, kv_mask, HALF)
+        v_lo = V + token * stride_vt + offs_hk[:, None] * stride_vh + offs_d[None, :]
+        v_dst = (V_cache + block * stride_vb + within * stride_vs + offs_hk[:, None] * stride_vh_c
+                 + offs_d[None, :])
+        tl.store(v_dst, tl.load(v_lo, mask=kv_mask), mask=kv_mask)
+        tl.store(v_dst + HALF, tl.load(v_lo + HALF, mask=kv_mask), mask=kv_mask)
+
+
+def _check_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor) -> None:
     if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
         raise ValueError(f"expected q [T, Hq, D], k [T, Hk, D]; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}")
     head_dim = q.shape[2]
+    if head_dim % 2:
+        raise ValueError(f"rotary needs an even head dimension, got {head_dim}")
     if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != head_dim:
         raise ValueError(f"cos/sin must be [max_position, {head_dim}]; got {tuple(cos.shape)}")
     if q.stride(2) != 1 or k.stride(2) != 1 or cos.stride(1) != 1 or sin.stride() != cos.stride():
@@ -61,16 +108,62 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
         raise ValueError(f"positions must be [{q.shape[0]}], got {tuple(positions.shape)}")
     if q.dtype != k.dtype or cos.dtype != q.dtype:
         raise ValueError(f"dtypes disagree: q {q.dtype}, k {k.dtype}, cos {cos.dtype}")
+
+
+def _head_blocks(q: torch.Tensor, k: torch.Tensor) -> dict:
+    return dict(BLOCK_HQ=triton.next_power_of_2(q.shape[1]),
+                BLOCK_HK=triton.next_power_of_2(k.shape[1]),
+                BLOCK_HALF=triton.next_power_of_2(q.shape[2] // 2))
+
+
+def apply_rotary_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                  cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotates q [T, Hq, D] and k [T, Hk, D] in place; cos/sin [max_position, D] in q's dtype.
+    Positions past the table are clamped to its last row (the layer sizes the table to the
+    model's maximum position)."""
+    _check_rotary(q, k, positions, cos, sin)
     if q.shape[0]:
-        half = head_dim // 2
         _rotary_kernel[(q.shape[0],)](
             q, k, positions, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             cos.stride(0), cos.shape[0],
-            NUM_Q_HEADS=q.shape[1], NUM_K_HEADS=k.shape[1], HALF=half,
-            BLOCK_HQ=triton.next_power_of_2(q.shape[1]),
-            BLOCK_HK=triton.next_power_of_2(k.shape[1]),
-            BLOCK_HALF=triton.next_power_of_2(half), num_warps=4)
+            NUM_Q_HEADS=q.shape[1], NUM_K_HEADS=k.shape[1], HALF=q.shape[2] // 2,
+            **_head_blocks(q, k), num_warps=4)
     return q, k
+
+
+def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
+                     cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates q [T, Hq, D] in place and writes rotated k and v [T, Hkv, D] into the caches
+    [num_blocks, block_size, Hkv, D] at flat slots (block * block_size + offset); returns q.
+
+    k itself is left unrotated (that write is the round trip this kernel saves). Rows with a
+    negative slot store nothing (padded CUDA-graph rows); their q is still rotated, harmlessly.
+    Positions are clamped to the table as in `apply_rotary_`. Graph-safe: no host syncs, no
+    allocations."""
+    _check_rotary(q, k, positions, cos, sin)
+    if v.shape != k.shape or k_cache.shape != v_cache.shape or k_cache.dim() != 4:
+        raise ValueError(f"expected v like k {tuple(k.shape)} and equal caches [N, bs, Hkv, D]; "
+                         f"got v {tuple(v.shape)}, caches {tuple(k_cache.shape)}, "
+                         f"{tuple(v_cache.shape)}")
+    if k_cache.shape[2:] != k.shape[1:] or slot_mapping.shape != (k.shape[0],):
+        raise ValueError(f"k {tuple(k.shape)} does not fit cache {tuple(k_cache.shape)} or "
+                         f"slot_mapping {tuple(slot_mapping.shape)}")
+    if v.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
+        raise ValueError("the head dimension of v and the caches must be contiguous")
+    if v.dtype != q.dtype or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"dtypes disagree: q {q.dtype}, v {v.dtype}, caches "
+                         f"{k_cache.dtype}/{v_cache.dtype}")
+    if q.shape[0]:
+        _rotary_store_kv_kernel[(q.shape[0],)](
+            q, k, v, k_cache, v_cache, positions, slot_mapping, cos, sin,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            cos.stride(0), cos.shape[0],
+            NUM_Q_HEADS=q.shape[1], NUM_KV_HEADS=k.shape[1], HALF=q.shape[2] // 2,
+            BLOCK_SIZE=k_cache.shape[1], **_head_blocks(q, k), num_warps=4)
+    return q
 
 
 def rotary_reference(q, k, positions, cos, sin):
@@ -80,3 +173,14 @@ def rotary_reference(q, k, positions, cos, sin):
 
     c, s = cos[positions][:, None, :], sin[positions][:, None, :]
     return q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
+
+
+def rotary_store_kv_reference(q, k, v, k_cache, v_cache, positions, slot_mapping, cos, sin):
+    """Returns rotated q; writes rotated k and v into the caches at the non-negative slots."""
+    positions = positions.clamp(0, cos.shape[0] - 1)
+    q, k = rotary_reference(q, k, positions, cos, sin)
+    keep = slot_mapping >= 0
+    num_slots = k_cache.shape[0] * k_cache.shape[1]
+    k_cache.view(num_slots, *k_cache.shape[2:])[slot_mapping[keep]] = k[keep]
+    v_cache.view(num_slots, *v_cache.shape[2:])[slot_mapping[keep]] = v[keep]
+    return q

@@ -6,6 +6,9 @@ KV cache, reached through its block table. Newly computed keys and values are wr
 cache at `slot_mapping` (block * block_size + offset) before attention reads it, so a sequence's
 earlier chunks, prefix-cache hits and its new tokens are read the same way.
 
+Backends take q and k before rotary and apply the layer's rotary module themselves, so a fast
+backend can fuse the rotation into its cache write.
+
 The reference backend loops over sequences and is the oracle that fast kernels are tested against;
 it runs on the CPU and on CUDA.
 """
@@ -59,7 +62,8 @@ class TorchReferenceAttention:
         self.scale = head_dim ** -0.5
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+                 v_cache: torch.Tensor, meta: AttentionMetadata, rotary) -> torch.Tensor:
+        q, k = rotary(meta.positions, q, k, meta.token_seq_lens)
         write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
         out = torch.empty_like(q)
         group = self.num_heads // self.num_kv_heads

@@ -86,11 +86,20 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
+    def kernel_cos_sin(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cos/sin table the Triton kernel reads for q, or None where `forward` takes the
+        torch path (dynamic NTK, no kernels, float32): the one place that choice is made, so a
+        backend fusing rotary into its own kernel rotates exactly when `forward` would."""
+        if self.dynamic or not kernels.available(q) or q.dtype == torch.float32:
+            return None
+        return self.cos_sin_table(q.device, q.dtype)
+
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                 token_seq_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.dynamic and kernels.available(q) and q.dtype != torch.float32:
+        table = self.kernel_cos_sin(q)
+        if table is not None:
             from runtime_service.kernels.rotary import apply_rotary_
-            return apply_rotary_(q, k, positions, *self.cos_sin_table(q.device, q.dtype))
+            return apply_rotary_(q, k, positions, *table)
         cos, sin = self.cos_sin(positions, token_seq_lens, q.dtype)
         cos, sin = cos[:, None, :], sin[:, None, :]
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin

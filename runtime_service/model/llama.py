@@ -41,8 +41,7 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(meta.positions, q, k, meta.token_seq_lens)
-        out = self.backend(q, k, v, k_cache, v_cache, meta)
+        out = self.backend(q, k, v, k_cache, v_cache, meta, self.rotary)
         return self.o_proj(out.flatten(1))
 
 
