@@ -165,7 +165,8 @@ class GemvConfig:
 # K = 11008 (Llama-2's down projection) is a multiple of 256 but not of 512: the 256-wide tiles
 # run it without masks.
 _FMA_TILES = (GemvConfig("fma", 8, 512, 4, 1), GemvConfig("fma", 16, 512, 4, 1),
-              GemvConfig("fma", 8, 256, 4, 1), GemvConfig("fma", 8, 256, 4, 3),
+              GemvConfig("fma", 4, 256, 4, 1), GemvConfig("fma", 8, 256, 4, 1),
+              GemvConfig("fma", 8, 256, 4, 3),
               GemvConfig("fma", 16, 256, 4, 3), GemvConfig("fma", 32, 256, 8, 3))
 # cuBLAS itself is a candidate, so a shape where no tile beats it keeps cuBLAS.
 CUBLAS = GemvConfig("cublas", 1, 1)
@@ -184,11 +185,14 @@ def split_to_fill(n_blocks: int, k: int, block_k: int, sm_count: int) -> int:
 
 def candidate_configs(rows: int, n: int, k: int, sm_count: int) -> list[GemvConfig]:
     """What the tuner times: cuBLAS, and each tile unsplit and, where it leaves SMs idle,
-    split to fill."""
+    split to fill. Long rows (K = 11008, 14336) also try two splits: with a few long programs
+    per SM, the SMs that drew one program fewer idle through the last wave."""
     configs = [CUBLAS]
     for tile in (_FMA_TILES if rows == 1 else ()) + _DOT_TILES:
         configs.append(tile)
         split = split_to_fill(triton.cdiv(n, tile.block_n), k, tile.block_k, sm_count)
+        if split == 1 and triton.cdiv(k, tile.block_k) >= 32:
+            split = 2
         if split > 1:
             configs.append(replace(tile, split_k=split))
     return configs
