@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime_service.model_runner import ModelRunner, StepInputs, StepResult, prompt_spans
+from runtime_service.model_runner import ModelRunner, PendingStep, StepInputs, prompt_spans
 from runtime_service.ranks import KEEPALIVE, RankGroup
 from runtime_service.scheduler import SchedulerOutput
 
@@ -25,7 +25,7 @@ class RankedModelRunner(ModelRunner):
         self.group = group
 
     @torch.inference_mode()
-    def execute(self, batch: SchedulerOutput) -> StepResult:
+    def launch(self, batch: SchedulerOutput) -> PendingStep:
         """Rank 0's step: broadcast, forward on every rank, then score and sample here."""
         finishing = [item.seq for item in batch.scheduled if item.completes]
         spans = prompt_spans(batch)
@@ -41,8 +41,8 @@ class RankedModelRunner(ModelRunner):
             self.record_prompt_logprobs(span, logits[offset:offset + count])
             offset += count
         if not finishing:
-            return StepResult()
-        return self.sample_tokens(finishing, logits[offset:]).result()
+            return PendingStep()
+        return self.sample_tokens(finishing, logits[offset:])
 
     @torch.inference_mode()
     def run_step(self, inputs: StepInputs) -> torch.Tensor | None:
