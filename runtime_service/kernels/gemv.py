@@ -320,7 +320,7 @@ def _tune(x, weight, candidates: list[GemvConfig]) -> GemvConfig:
     for config in candidates:
         try:
             timings_us[config] = _graph_time_us(
-                functools.partial(_launch, x, bias=None, config=config, out=None), x, copies)
+                functools.partial(_launch, bias=None, config=config, out=None), x, copies)
         except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is skipped
             log.warning("gemv config %s failed on %s: %r", config, tuple(weight.shape), exc)
     if not timings_us:
