@@ -41,10 +41,13 @@ from runtime_service.model.loader import LoadedModel  # noqa: E402
 from runtime_service.model_config import ModelArgs  # noqa: E402
 from runtime_service.request import Request, SamplingParams  # noqa: E402
 
+# Llama-2's 4096 positions are raised to 4352 so that its engine (max_seq_len 4096 + 256, which
+# the builder checks against the model) holds a 4096-token prompt and 256 new tokens; the rope
+# and every weight shape are Llama-2's.
 SHAPES = {
     "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                      max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5),
+                      max_position_embeddings=4352, rope_theta=10000.0, rms_norm_eps=1e-5),
     "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                       max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5),
