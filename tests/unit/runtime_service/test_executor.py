@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ from runtime_service.errors import CapacityExceeded, FailedPrecondition, Invalid
 from runtime_service.executor import Executor, ExecutorOptions
 from runtime_service.request import FinishReason, Request, SamplingParams
 from support.random_llama import make_random_llama, random_prompts
+from support.random_load import submit_and_abort_at_random, wait_idle
 
 VOCAB = 320
 
@@ -35,16 +34,6 @@ def _collect(stream):
 
 def _tokens(outputs):
     return [t for out in outputs for t in out.new_token_ids]
-
-
-def _wait_idle(executor, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stats = executor.stats()
-        if stats.num_live_requests == 0 and stats.num_running == 0 and stats.num_waiting == 0:
-            return stats
-        time.sleep(0.01)
-    raise AssertionError(f"executor did not go idle: {executor.stats()}")
 
 
 def test_stream_offsets_are_contiguous_and_last_output_finishes(executor):
@@ -137,7 +126,7 @@ def test_abort_frees_blocks_and_ends_stream(executor):
     assert executor.abort("long")
     rest = list(stream)
     assert (rest[-1] if rest else first).finish_reason is FinishReason.ABORTED
-    stats = _wait_idle(executor)
+    stats = wait_idle(executor)
     assert stats.num_free_blocks == stats.num_total_blocks
     assert not executor.abort("long")
 
@@ -158,7 +147,7 @@ def test_bad_requests_fail_before_scheduling_and_others_continue(executor):
     with pytest.raises(InvalidRequest, match="already running"):
         executor.submit(Request("good", [1]))
     assert len(_tokens(good)) == 20
-    assert _wait_idle(executor).num_live_requests == 0
+    assert wait_idle(executor).num_live_requests == 0
 
 
 def test_queue_bound_answers_capacity_exceeded(folder):
@@ -187,21 +176,9 @@ def test_thousands_of_random_submits_and_aborts_leak_nothing(folder):
     """2,000 requests of random shapes, a third aborted at random moments."""
     executor = Executor.from_folder(folder, ExecutorOptions(
         block_size=4, kv_max_tokens=512, policy="MAX_UTILIZATION", max_num_tokens=64)).start()
-    rng = random.Random(7)
     try:
-        streams = []
-        for i in range(2000):
-            prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 24))]
-            params = SamplingParams(max_new_tokens=rng.randint(1, 6),
-                                    temperature=rng.choice([0.0, 0.8]), seed=i)
-            streams.append(executor.submit(Request(f"r{i}", prompt, params)))
-            if rng.random() < 0.33:
-                executor.abort(f"r{rng.randrange(i + 1)}")
-            if len(streams) > 200:
-                _collect(streams.pop(0))
-        for stream in streams:
-            _collect(stream)
-        stats = _wait_idle(executor, timeout_s=60)
+        submit_and_abort_at_random(executor, 2000, VOCAB, seed=7)
+        stats = wait_idle(executor, timeout_s=60)
     finally:
         executor.shutdown()
     assert stats.num_free_blocks == stats.num_total_blocks

@@ -8,14 +8,12 @@ overlap on and off and compares everything a client sees, and checks that overla
 
 from __future__ import annotations
 
-import random
-import time
-
 import pytest
 
 from runtime_service.executor import Executor, ExecutorOptions
 from runtime_service.request import Request, SamplingParams
 from support.random_llama import make_random_llama, random_prompts
+from support.random_load import submit_and_abort_at_random, wait_idle
 
 VOCAB = 320
 
@@ -39,7 +37,7 @@ def _run(folder, requests, late_requests=(), **options):
             outputs = {}
         for request_id, stream in streams.items():
             outputs.setdefault(request_id, []).extend(stream)
-        stats = _wait_idle(executor)
+        stats = wait_idle(executor)
     finally:
         executor.shutdown()
     seen = {}
@@ -53,16 +51,6 @@ def _run(folder, requests, late_requests=(), **options):
             [out.offset for out in outs],
         )
     return seen, stats
-
-
-def _wait_idle(executor, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stats = executor.stats()
-        if stats.num_live_requests == 0 and stats.num_running == 0 and stats.num_waiting == 0:
-            return stats
-        time.sleep(0.01)
-    raise AssertionError(f"executor did not go idle: {executor.stats()}")
 
 
 def _assert_same_outputs(folder, requests, late_requests=(), **options):
@@ -126,7 +114,7 @@ def test_prefix_reuse_under_overlap_hits_the_cache_and_changes_nothing(folder):
     try:
         first = list(executor.submit(requests[0]))
         later = [list(executor.submit(r)) for r in requests[1:]]
-        stats = _wait_idle(executor)
+        stats = wait_idle(executor)
     finally:
         executor.shutdown()
     assert [t for out in first for t in out.new_token_ids] == sequential["r0"][0]
@@ -151,22 +139,10 @@ def test_random_submits_and_aborts_under_overlap_leak_nothing(folder):
     executor = Executor.from_folder(folder, ExecutorOptions(
         block_size=4, kv_max_tokens=256, policy="MAX_UTILIZATION", max_num_tokens=48,
         enable_block_reuse=True, overlap_scheduling=True)).start()
-    rng = random.Random(3)
     try:
-        streams = []
-        for i in range(500):
-            prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 24))]
-            params = SamplingParams(max_new_tokens=rng.randint(1, 8),
-                                    temperature=rng.choice([0.0, 0.8]), seed=i,
-                                    end_id=rng.randrange(VOCAB))
-            streams.append(executor.submit(Request(f"r{i}", prompt, params)))
-            if rng.random() < 0.33:
-                executor.abort(f"r{rng.randrange(i + 1)}")
-            if len(streams) > 40:
-                list(streams.pop(0))
-        for stream in streams:
-            list(stream)
-        stats = _wait_idle(executor, timeout_s=60)
+        submit_and_abort_at_random(executor, 500, VOCAB, seed=3, max_new_tokens=8,
+                                   unread_streams=40, random_end_ids=True)
+        stats = wait_idle(executor, timeout_s=60)
     finally:
         executor.shutdown()
     assert stats.num_overlapped_steps > 0
