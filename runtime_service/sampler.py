@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime_service import kernels
 from runtime_service.transfer import upload
 
 _SEED_STRIDE = 1_000_003
@@ -151,6 +152,9 @@ def is_plain_greedy(rows: list) -> bool:
 
 def sample_greedy(logits: torch.Tensor) -> SamplerOutput:
     """Argmax of float32 logits [B, V] and its log-probability, all on the logits' device."""
+    if kernels.available(logits) and logits.stride(-1) == 1:
+        from runtime_service.kernels.sampling import greedy_pick
+        return SamplerOutput(*greedy_pick(logits))
     tokens = logits.argmax(dim=-1)
     logprobs = logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
     return SamplerOutput(tokens, logprobs)
