@@ -10,9 +10,11 @@ h to kv head h // (Hq // Hkv).
   gathered through the block table, causal at token granularity. Decode rows are valid input.
 - `decode`: one query per sequence. Split-K: program (sequence, kv head, split) covers one slice of
   the context for all query heads of its group (the group's rows are one tl.dot tile), writing a
-  partial output and its log-sum-exp; `_combine_kernel` merges the splits. The slice length is
-  computed on the device from seq_lens, so the launch is graph-safe: the grid depends only on the
-  batch size.
+  partial output and its log-sum-exp. The slice length is computed on the device from seq_lens,
+  so the launch is graph-safe: the grid depends only on the batch size. The splits are merged in
+  the same launch (flash-decoding with an arrival counter, see `_decode_kernel`), or, with
+  `fused_combine=False`, by a second launch (`_combine_kernel`); both merge through
+  `_merge_splits`, so the two give the same bits.
 - `store_kv`: writes the step's new k and v into the caches at their slots (negative slots skipped,
   which is how padded CUDA-graph rows stay harmless).
 
@@ -88,16 +90,25 @@ def _prefill_kernel(
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["fused_combine"])
 def _decode_kernel(
-    Q, K_cache, V_cache, PartialOut, PartialLse, block_tables, seq_lens, scale_log2,
+    Q, K_cache, V_cache, PartialOut, PartialLse, Out, arrival_counts, block_tables, seq_lens,
+    scale_log2, fused_combine,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
-    stride_pt, stride_ph, stride_ps, stride_lt, stride_lh,
+    stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    """With `fused_combine` set, the last split program to finish for its (sequence, kv head)
+    merges the partials. Ordering: every thread's partial stores precede a CTA barrier, after
+    which one thread does the acq_rel (gpu scope) add on the arrival count; the adds form one
+    release sequence, so the program that reads NUM_SPLITS - 1 has acquired every other
+    program's stores, and Triton's broadcast of the add's result (shared memory, then a barrier)
+    orders its threads' partial loads after that acquire. The merger resets the count to 0 for
+    the next launch (no other program touches it until then). `fused_combine` is a runtime flag
+    (not specialised) so both paths run one binary: the partials are the same bits."""
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -139,9 +150,62 @@ def _decode_kernel(
     has_work = l_i > 0
     out = acc / tl.where(has_work, l_i, 1.0)[:, None]
     lse = tl.where(has_work, m_i + tl.log2(tl.where(has_work, l_i, 1.0)), float("-inf"))
+    gd_mask = g_mask[:, None] & d_mask[None, :]
+    if NUM_SPLITS == 1:
+        if fused_combine != 0:
+            # One split: its partial is the output (the merge would multiply by exp2(0) = 1).
+            tl.store(Out + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                     out.to(Out.dtype.element_ty), mask=gd_mask)
+            return
     tl.store(PartialOut + seq * stride_pt + heads[:, None] * stride_ph + split * stride_ps
-             + offs_d[None, :], out, mask=g_mask[:, None] & d_mask[None, :])
+             + offs_d[None, :], out, mask=gd_mask)
     tl.store(PartialLse + seq * stride_lt + heads * stride_lh + split, lse, mask=g_mask)
+    if NUM_SPLITS > 1:
+        if fused_combine != 0:
+            tl.debug_barrier()          # every thread's partial stores come before the release
+            counter = arrival_counts + seq * tl.num_programs(1) + kv_head
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == NUM_SPLITS - 1:
+                for g in tl.static_range(GROUP):
+                    _merge_splits(PartialOut, PartialLse, Out, seq, kv_head * GROUP + g,
+                                  stride_pt, stride_ph, stride_ps, stride_lt, stride_lh,
+                                  stride_ot, stride_oh, HEAD_DIM, BLOCK_D, NUM_SPLITS)
+                tl.store(counter, 0)
+
+
+@triton.jit
+def _merge_splits(
+    PartialOut, PartialLse, Out, seq, head,
+    stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+):
+    """Out[seq, head] = the lse-weighted mean of its split partials. The sums run split by split
+    in order, one output element per lane, with the weights as scalars: the bits do not depend
+    on a tile layout (a tree reduction's order would), so the fused and the two-launch paths
+    agree, and no value crosses lanes (no shared-memory round trip per split). The loads bypass
+    L1 (.cg): the partials were written by other programs."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    lse_row = PartialLse + seq * stride_lt + head * stride_lh
+    part_row = PartialOut + seq * stride_pt + head * stride_ph + offs_d
+    if NUM_SPLITS == 1:
+        # The partial is the output; as in the fused path, no weight of exp2(0) = 1 touches it.
+        out = tl.load(part_row, mask=d_mask, other=0.0, cache_modifier=".cg")
+    else:
+        m = tl.load(lse_row, cache_modifier=".cg")
+        for s in tl.static_range(1, NUM_SPLITS):
+            m = tl.maximum(m, tl.load(lse_row + s, cache_modifier=".cg"))
+        total = tl.zeros_like(m)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for s in tl.static_range(NUM_SPLITS):
+            weight = tl.exp2(tl.load(lse_row + s, cache_modifier=".cg") - m)
+            part = tl.load(part_row + s * stride_ps, mask=d_mask, other=0.0,
+                           cache_modifier=".cg")
+            total = total + weight
+            acc = acc + part * weight
+        out = acc / total
+    tl.store(Out + seq * stride_ot + head * stride_oh + offs_d, out.to(Out.dtype.element_ty),
+             mask=d_mask)
 
 
 @triton.jit
@@ -150,20 +214,10 @@ def _combine_kernel(
     stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
 ):
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    offs_s = tl.arange(0, NUM_SPLITS)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-    lse = tl.load(PartialLse + seq * stride_lt + head * stride_lh + offs_s)
-    m = tl.max(lse, 0)
-    weight = tl.exp2(lse - m)
-    parts = tl.load(PartialOut + seq * stride_pt + head * stride_ph
-                    + offs_s[:, None] * stride_ps + offs_d[None, :], mask=d_mask[None, :],
-                    other=0.0)
-    out = tl.sum(parts * weight[:, None], 0) / tl.sum(weight, 0)
-    tl.store(Out + seq * stride_ot + head * stride_oh + offs_d, out.to(Out.dtype.element_ty),
-             mask=d_mask)
+    """The two-launch merge, one program per (sequence, query head)."""
+    _merge_splits(PartialOut, PartialLse, Out, tl.program_id(0), tl.program_id(1),
+                  stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
+                  HEAD_DIM, BLOCK_D, NUM_SPLITS)
 
 
 @triton.jit
@@ -255,10 +309,45 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context: int,
     return min(32, triton.next_power_of_2(min(wanted, by_length)))
 
 
+_arrival_counts: dict[torch.device, torch.Tensor] = {}
+_retired_arrival_counts: list[torch.Tensor] = []
+
+
+def _arrival_counts_for(device: torch.device, num_counters: int) -> torch.Tensor:
+    """The fused decode's per-(sequence, kv head) arrival counts: one zeroed int32 buffer per
+    device, grown (never shrunk) when a launch needs more. Each launch leaves every count it
+    used at 0, so the buffer is shared by all layers, steps and graph replays on the device.
+
+    Rules: (1) the buffer must already be large enough when a CUDA graph is captured: a graph's
+    allocation would come from its private pool and its zeroing would only be recorded, so this
+    raises instead. Warm up at the largest batch size before capturing (DecodeGraphs does, largest
+    first). (2) A buffer that is outgrown stays alive, since graphs captured earlier hold its
+    address. (3) One decode at a time per device: launches on concurrent streams would share
+    counts."""
+    counts = _arrival_counts.get(device)
+    if counts is not None and counts.numel() >= num_counters:
+        return counts
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"decode needs {num_counters} arrival counters on {device} but has "
+            f"{0 if counts is None else counts.numel()}; run decode at this batch size before "
+            f"capturing a CUDA graph")
+    if counts is not None:
+        _retired_arrival_counts.append(counts)
+    counts = torch.zeros(max(4096, triton.next_power_of_2(num_counters)), dtype=torch.int32,
+                         device=device)
+    _arrival_counts[device] = counts
+    return counts
+
+
 def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-           num_splits: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """One query row per sequence (q [B, Hq, D]) over its whole cached context -> [B, Hq, D]."""
+           num_splits: int, out: torch.Tensor | None = None,
+           fused_combine: bool = True) -> torch.Tensor:
+    """One query row per sequence (q [B, Hq, D]) over its whole cached context -> [B, Hq, D].
+
+    `fused_combine=False` merges the splits in a second launch instead of in the decode launch;
+    the result has the same bits (the tests compare the two)."""
     num_heads, num_kv_heads, head_dim, block_size = _check_common(q, k_cache, v_cache,
                                                                   block_tables)
     num_seqs = q.shape[0]
@@ -269,6 +358,9 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if num_splits < 1 or num_splits & (num_splits - 1):
         raise ValueError(f"num_splits must be a power of two, got {num_splits}")
     out = torch.empty_like(q) if out is None else out
+    if out.shape != q.shape or out.stride(2) != 1:
+        raise ValueError(f"out must be like q {tuple(q.shape)} with a contiguous head dimension; "
+                         f"got {tuple(out.shape)}")
     if num_seqs == 0:
         return out
     group = num_heads // num_kv_heads
@@ -276,22 +368,28 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     partial = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32,
                           device=q.device)
     lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
+    # Both paths pass the counts (unused by the two-launch path) so they run one binary.
+    counts = _arrival_counts_for(q.device, num_seqs * num_kv_heads)
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, partial, lse, block_tables, seq_lens, scale * _LOG2E,
+        q, k_cache, v_cache, partial, lse, out, counts, block_tables, seq_lens, scale * _LOG2E,
+        int(fused_combine),
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
+        out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=64 if head_dim <= 128 else 32,
-        NUM_SPLITS=num_splits, PRECISION=_precision(q), num_warps=4, num_stages=2,
+        NUM_SPLITS=num_splits, PRECISION=_precision(q),
+        num_warps=4, num_stages=2,
     )
-    _combine_kernel[(num_seqs, num_heads)](
-        partial, lse, out,
-        partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
-        out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4,
-    )
+    if not fused_combine:
+        _combine_kernel[(num_seqs, num_heads)](
+            partial, lse, out,
+            partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
+            lse.stride(1), out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4,
+        )
     return out
 
 
