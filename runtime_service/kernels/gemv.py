@@ -10,15 +10,20 @@ At decode a linear layer sees one row per sequence, so its cost is streaming the
   rows share one read of W.
 - cuBLAS, timed beside them: on an H100 it wins some shapes at 2-4 rows (bench/NOTES.md).
 
+With `gated=True` x is a SwiGLU gate_up projection [M, 2K] = [gate | up] and the kernels read
+silu(gate) * up as their input row, computed per K tile with the roundings of activation.py's
+`_silu_mul_kernel`: the down projection then needs no activation launch of its own, and its
+result equals `gemv(silu_and_mul(x), weight)` bit for bit under the same config.
+
 Both read W along K in 16-byte vectors through a `num_stages`-deep pipeline. Split-K gives the
 narrow projections (N = 4096: o_proj, down_proj) enough programs to fill the GPU: each split
 writes float32 partial sums to a workspace and `_split_sum_kernel` adds them in a fixed order,
 adds the bias and casts. No atomics: results are deterministic and no buffer needs zeroing.
 
-`gemv` tunes a config per (device, dtype, rows rounded up to a power of two, N, K) on first use,
-timing each candidate inside a CUDA graph over weight copies larger than L2. That first call
-must come before CUDA-graph capture (the decode graphs' warm-up passes make it); a first call
-during capture, or off CUDA (the Triton interpreter), runs `default_config` untimed.
+`gemv` tunes a config per (device, dtype, rows rounded up to a power of two, N, K, gated) on
+first use, timing each candidate inside a CUDA graph over weight copies larger than L2. That
+first call must come before CUDA-graph capture (the decode graphs' warm-up passes make it); a
+first call during capture, or off CUDA (the Triton interpreter), runs `default_config` untimed.
 """
 
 from __future__ import annotations
@@ -38,10 +43,19 @@ _SUM_BLOCK = 1024
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
+@triton.jit
+def _silu_mul(gate, up):
+    """silu(gate) * up, rounded to up's dtype after silu and after the product, exactly as
+    activation.py's `_silu_mul_kernel` rounds (the gated GEMV's bit-identity rests on it)."""
+    g = gate.to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(up.dtype).to(tl.float32)
+    return (act * up.to(tl.float32)).to(up.dtype)
+
+
 @triton.jit(do_not_specialize=["M", "N"])
 def _fma_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                NUM_STAGES: tl.constexpr):
+                GATED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
@@ -60,10 +74,14 @@ def _fma_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.c
         if EVEN_K:
             w = tl.load(w_ptrs)
             xk = tl.load(x_ptrs)
+            if GATED:
+                xk = _silu_mul(xk, tl.load(x_ptrs + K))
         else:
             in_k = k + offs_k < K
             w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
             xk = tl.load(x_ptrs, mask=in_k, other=0.0)
+            if GATED:
+                xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=in_k, other=0.0))
         acc += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
@@ -75,8 +93,8 @@ def _fma_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.c
 
 @triton.jit(do_not_specialize=["M", "N"])
 def _dot_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                EVEN_K: tl.constexpr):
+                GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -94,10 +112,14 @@ def _dot_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.c
     for k in range(k_start, k_end, BLOCK_K):
         if EVEN_K:
             xk = tl.load(x_ptrs)
+            if GATED:
+                xk = _silu_mul(xk, tl.load(x_ptrs + K))
             w = tl.load(w_ptrs)
         else:
             in_k = (k + offs_k < K)[None, :]
             xk = tl.load(x_ptrs, mask=in_k, other=0.0)
+            if GATED:
+                xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=in_k, other=0.0))
             w = tl.load(w_ptrs, mask=in_k, other=0.0)
         acc = tl.dot(xk, tl.trans(w), acc)
         x_ptrs += BLOCK_K
@@ -206,33 +228,43 @@ def default_config(n: int, k: int, sm_count: int) -> GemvConfig:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: GemvConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+         config: GemvConfig | None = None, out: torch.Tensor | None = None,
+         gated: bool = False) -> torch.Tensor:
     """x [M, K] (1 <= M <= MAX_ROWS, last dim contiguous) times weight [N, K] (contiguous,
     nn.Linear layout), plus bias [N], all in x's dtype (bfloat16 or float16) -> [M, N].
 
     Products and sums in float32, one rounding at the end. `config` skips the tuner (tests, the
-    interpreter); `out` is a contiguous [M, N] tensor to write into.
+    interpreter); `out` is a contiguous [M, N] tensor to write into. `gated`: x is [M, 2K] =
+    [gate | up] and the input row is silu(gate) * up, rounded as `silu_and_mul` rounds it.
     """
-    _check_inputs(x, weight, bias, out)
+    _check_inputs(x, weight, bias, out, gated)
     if config is None:
-        config = tuned_config(x, weight)
-    return _launch(x, weight, bias, config, out)
+        config = tuned_config(x, weight, gated)
+    return _launch(x, weight, bias, config, out, gated)
 
 
-def gemv_reference(x: torch.Tensor, weight: torch.Tensor,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
+def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   gated: bool = False) -> torch.Tensor:
+    if gated:
+        gate, up = x.chunk(2, dim=-1)
+        x = torch.nn.functional.silu(gate) * up
     y = x.float() @ weight.float().T
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
 
 
-def _check_inputs(x, weight, bias, out) -> None:
+def _check_inputs(x, weight, bias, out, gated: bool = False) -> None:
     if x.dim() != 2 or weight.dim() != 2:
         raise ValueError(f"x must be [M, K] and weight [N, K]; got {tuple(x.shape)} and "
                          f"{tuple(weight.shape)}")
     rows, k = x.shape
     n = weight.shape[0]
+    if gated:
+        if weight.shape[1] * 2 != k:
+            raise ValueError(f"gated x must be [M, 2K] with K = weight.shape[1] = "
+                             f"{weight.shape[1]}; got {tuple(x.shape)}")
+        k //= 2
     if weight.shape[1] != k or k == 0 or n == 0:
         raise ValueError(f"weight must be [N, {k}] with N, K > 0; got {tuple(weight.shape)}")
     if not 1 <= rows <= MAX_ROWS:
@@ -254,12 +286,15 @@ def _check_inputs(x, weight, bias, out) -> None:
                          f"{x.device}; got {tuple(out.shape)} {out.dtype}")
 
 
-def _launch(x, weight, bias, config: GemvConfig, out) -> torch.Tensor:
+def _launch(x, weight, bias, config: GemvConfig, out, gated: bool = False) -> torch.Tensor:
     if config.kind == "cublas":
+        if gated:
+            from runtime_service.kernels.activation import silu_and_mul
+            x = silu_and_mul(x)
         y = torch.nn.functional.linear(x, weight, bias)
         return y if out is None else out.copy_(y)
-    rows, k = x.shape
-    n = weight.shape[0]
+    rows = x.shape[0]
+    n, k = weight.shape
     if out is None:
         out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     split = config.split_k
@@ -269,7 +304,7 @@ def _launch(x, weight, bias, config: GemvConfig, out) -> torch.Tensor:
     fused_bias = bias if split == 1 else None
     n_blocks = triton.cdiv(n, config.block_n)
     args = (x, weight, fused_bias, target, rows, n, k, x.stride(0), k_per_split)
-    options = dict(HAS_BIAS=fused_bias is not None, BLOCK_N=config.block_n,
+    options = dict(HAS_BIAS=fused_bias is not None, GATED=gated, BLOCK_N=config.block_n,
                    BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0,
                    num_warps=config.num_warps, num_stages=config.num_stages)
     if config.kind == "dot":
@@ -288,10 +323,10 @@ def _launch(x, weight, bias, config: GemvConfig, out) -> torch.Tensor:
 _tuned: dict[tuple, GemvConfig] = {}
 
 
-def tuned_config(x: torch.Tensor, weight: torch.Tensor) -> GemvConfig:
+def tuned_config(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> GemvConfig:
     """The fastest candidate for this shape, timed on the first call (see the module doc)."""
     rows, (n, k) = x.shape[0], weight.shape
-    key = (x.device, x.dtype, 1 << (rows - 1).bit_length(), n, k)
+    key = (x.device, x.dtype, 1 << (rows - 1).bit_length(), n, k, gated)
     config = _tuned.get(key)
     if config is not None:
         return config
@@ -300,17 +335,18 @@ def tuned_config(x: torch.Tensor, weight: torch.Tensor) -> GemvConfig:
     sm_count = _sm_count(x.device.index)
     if torch.cuda.is_current_stream_capturing():
         return default_config(n, k, sm_count)
-    config = _tune(x, weight, candidate_configs(rows, n, k, sm_count))
+    config = _tune(x, weight, candidate_configs(rows, n, k, sm_count), gated)
     _tuned[key] = config
     return config
 
 
 def tuned_configs() -> dict[tuple, GemvConfig]:
-    """Every choice made so far, by (device, dtype, rows bucket, N, K): for benchmark reports."""
+    """Every choice made so far, by (device, dtype, rows bucket, N, K, gated): for benchmark
+    reports."""
     return dict(_tuned)
 
 
-def _tune(x, weight, candidates: list[GemvConfig]) -> GemvConfig:
+def _tune(x, weight, candidates: list[GemvConfig], gated: bool) -> GemvConfig:
     """Times each candidate as decode runs it: back to back inside a CUDA graph, each call
     reading a different copy of the weight, the copies together larger than L2 (timing single
     launches with the cache flushed between them favoured other configs than the graphs run
@@ -320,16 +356,17 @@ def _tune(x, weight, candidates: list[GemvConfig]) -> GemvConfig:
     for config in candidates:
         try:
             timings_us[config] = _graph_time_us(
-                functools.partial(_launch, bias=None, config=config, out=None), x, copies)
+                functools.partial(_launch, bias=None, config=config, out=None, gated=gated), x,
+                copies)
         except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is skipped
             log.warning("gemv config %s failed on %s: %r", config, tuple(weight.shape), exc)
     if not timings_us:
         raise RuntimeError(f"no gemv config runs for x {tuple(x.shape)}, weight "
                            f"{tuple(weight.shape)}")
     best = min(timings_us, key=timings_us.get)
-    log.info("gemv M=%d N=%d K=%d %s: %s, %.1f us (%d candidates)", x.shape[0],
-             weight.shape[0], weight.shape[1], str(x.dtype).split(".")[1], best,
-             timings_us[best], len(timings_us))
+    log.info("gemv M=%d N=%d K=%d %s%s: %s, %.1f us (%d candidates)", x.shape[0],
+             weight.shape[0], weight.shape[1], str(x.dtype).split(".")[1],
+             " gated" if gated else "", best, timings_us[best], len(timings_us))
     return best
 
 

@@ -7,7 +7,9 @@ writes rank files; the runtime loads those shards straight into these modules.
 
 Both layers send decode-sized inputs (at most GEMV_MAX_ROWS rows) on CUDA to the Triton GEMV
 (kernels/gemv.py, tuned per shape to stream the weight at memory bandwidth); everything else, and
-every CPU input, goes to nn.functional.linear.
+every CPU input, goes to nn.functional.linear. SwiGLU's down projection can take the gate_up
+projection itself (`RowParallelLinear.forward_gate_up`): at decode the GEMV then forms
+silu(gate) * up as it loads its input, saving the activation kernel's launch and round trip.
 """
 
 from __future__ import annotations
@@ -65,6 +67,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     return nn.functional.linear(x, weight, bias)
 
 
+def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """linear(silu(gate) * up, weight, bias) for gate_up = [gate | up], bit for bit: decode-sized
+    CUDA inputs run the gated GEMV (which rounds silu(gate) * up as the activation kernel does),
+    the rest the activation followed by `linear`."""
+    if uses_gemv(gate_up, weight, bias):
+        from runtime_service.kernels.gemv import gemv
+        return gemv(gate_up, weight, bias, gated=True)
+    return linear(_silu_and_mul(gate_up), weight, bias)
+
+
+def _silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    if kernels.available(gate_up) and gate_up.dtype != torch.float32:
+        from runtime_service.kernels.activation import silu_and_mul
+        return silu_and_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return nn.functional.silu(gate) * up
+
+
 def shard_columns(full: torch.Tensor, sections: Sequence[int], tp_rank: int,
                   tp_size: int) -> torch.Tensor:
     """Rank `tp_rank`'s slice of dim 0, taken from each fused section in turn."""
@@ -116,4 +137,10 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.parallel.all_reduce(linear(x, self.weight))
+        return y + self.bias if self.bias is not None else y
+
+    def forward_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """self(silu(gate) * up) for gate_up = [gate | up], SwiGLU's down projection, with the
+        activation folded into the GEMV at decode."""
+        y = self.parallel.all_reduce(silu_mul_linear(gate_up, self.weight))
         return y + self.bias if self.bias is not None else y

@@ -55,12 +55,8 @@ class FeedForward(nn.Module):
                                            parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)
-        if kernels.available(gate_up) and gate_up.dtype != torch.float32:
-            from runtime_service.kernels.activation import silu_and_mul
-            return self.down_proj(silu_and_mul(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(nn.functional.silu(gate) * up)
+        """down_proj(silu(gate) * up), the activation applied inside the down projection."""
+        return self.down_proj.forward_gate_up(self.gate_up_proj(x))
 
 
 class TransformerBlock(nn.Module):

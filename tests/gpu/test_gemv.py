@@ -3,7 +3,9 @@
 Inputs are drawn anew on every run (the seed is printed on failure) and outputs are poisoned
 with NaN first, so an unwritten element fails. The kernels sum float32 products in their own
 order and round once, so each element may differ from the reference by one unit in the last
-place plus the float32 summation error; almost all elements must round identically.
+place plus the float32 summation error; almost all elements must round identically. The gated
+mode (x = [gate | up], input row silu(gate) * up) must equal silu_and_mul followed by the plain
+GEMV bit for bit under the same config.
 """
 
 from __future__ import annotations
@@ -31,9 +33,20 @@ def _inputs(rows: int, n: int, k: int, dtype: torch.dtype, with_bias: bool, salt
     return x, weight, bias
 
 
-def _assert_close_to_reference(out, x, weight, bias, context: str) -> None:
+def _gated_inputs(rows: int, n: int, k: int, dtype: torch.dtype, with_bias: bool, salt: int = 0):
+    """gate_up [rows, 2k] = [gate | up] for a down projection weight [n, k]."""
+    _, weight, bias = _inputs(rows, n, k, dtype, with_bias, salt)
+    generator = torch.Generator(device="cuda").manual_seed(SEED + salt + 7919)
+    gate_up = (torch.randn(rows, 2 * k, device="cuda", generator=generator) * 2).to(dtype)
+    return gate_up, weight, bias
+
+
+def _assert_close_to_reference(out, x, weight, bias, context: str, gated: bool = False) -> None:
+    from runtime_service.kernels.activation import silu_and_mul_reference
     from runtime_service.kernels.gemv import gemv_reference
 
+    if gated:               # torch rounds silu(gate) * up where the kernels do
+        x = silu_and_mul_reference(x)
     ref = gemv_reference(x, weight, bias).float()
     scale = x.float().abs() @ weight.float().abs().T
     err = (out.float() - ref).abs()
@@ -130,6 +143,8 @@ BAD_INPUTS = {   # name -> call given a good x [2, 64], weight [32, 64] and the 
     "out shape": lambda x, w, g: g.gemv(x, w, out=w[:2, :31]),
     "dot tile too narrow": lambda x, w, g: g.GemvConfig("dot", 8, 128),
     "tile not a power of two": lambda x, w, g: g.GemvConfig("fma", 24, 128),
+    "gated x not [M, 2K]": lambda x, w, g: g.gemv(x, w, gated=True),
+    "gated x of odd width": lambda x, w, g: g.gemv(torch.cat([x, x, x[:, :1]], 1), w, gated=True),
 }
 
 
@@ -155,4 +170,96 @@ def test_layers_take_the_gemv_for_decode_rows_only():
     with gemv_enabled(False):
         assert torch.equal(layer(decode), torch.nn.functional.linear(decode, weight, bias))
     _assert_close_to_reference(layer(decode), decode, weight, bias, "layer, one row")
-    assert any(key[2:] == (1, 1000, 4104) for key in tuned_configs())
+    assert any(key[2:] == (1, 1000, 4104, False) for key in tuned_configs())
+
+
+def _gated_configs():
+    from runtime_service.kernels.gemv import _DOT_TILES, _FMA_TILES, CUBLAS
+
+    fma_k512, fma_k256, dot = _FMA_TILES[0], _FMA_TILES[3], _DOT_TILES[0]
+    return [fma_k512, fma_k256, replace(fma_k256, split_k=3), dot, replace(dot, split_k=3),
+            CUBLAS]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4096, 11008), (1000, 4104)])
+@pytest.mark.parametrize("config_index", range(6))
+def test_gated_gemv_equals_silu_and_mul_then_gemv_bit_for_bit(config_index, shape, dtype):
+    from runtime_service.kernels.activation import silu_and_mul
+    from runtime_service.kernels.gemv import gemv
+
+    config = _gated_configs()[config_index]
+    n, k = shape
+    for rows in range(1, 9):
+        for with_bias in (False, True):
+            gate_up, weight, bias = _gated_inputs(rows, n, k, dtype, with_bias, salt=rows)
+            out = torch.full((rows, n), float("nan"), dtype=dtype, device="cuda")
+            gemv(gate_up, weight, bias, config=config, out=out, gated=True)
+            expected = gemv(silu_and_mul(gate_up), weight, bias, config=config)
+            where = f"{config}, rows {rows}, {shape}, {dtype}, bias {with_bias} (seed {SEED})"
+            assert not out.isnan().any(), f"unwritten output: {where}"
+            differing = (out != expected).sum().item()
+            assert differing == 0, f"{differing} elements differ from the unfused path: {where}"
+
+
+@pytest.mark.parametrize("dtype, shape", [(torch.bfloat16, (1000, 4104)),
+                                          (torch.bfloat16, (4096, 11008)),
+                                          (torch.float16, (4096, 11008))])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_tuned_gated_gemv_matches_reference(rows, shape, dtype):
+    from runtime_service.kernels.gemv import gemv, tuned_config, tuned_configs
+
+    gate_up, weight, bias = _gated_inputs(rows, *shape, dtype, True)
+    out = gemv(gate_up, weight, bias, gated=True)
+    config = tuned_config(gate_up, weight, gated=True)
+    _assert_close_to_reference(out, gate_up, weight, bias,
+                               f"tuned gated {config}, rows {rows}, {shape}", gated=True)
+    bucket = 1 << (rows - 1).bit_length()
+    assert any(key[1:] == (dtype, bucket, *shape, True) for key in tuned_configs())
+
+
+@pytest.mark.parametrize("split_k", [None, 4])
+@pytest.mark.parametrize("rows", [1, 4])
+def test_gated_gemv_replays_inside_a_cuda_graph(rows, split_k):
+    from runtime_service.kernels.gemv import GemvConfig, gemv, tuned_config
+
+    n, k = 4096, 11008
+    gate_up, weight, bias = _gated_inputs(rows, n, k, torch.bfloat16, True)
+    # Tunes and compiles before capture.
+    config = GemvConfig("dot", 64, 128, 4, 4, split_k) if split_k else tuned_config(
+        gate_up, weight, gated=True)
+    gemv(gate_up, weight, bias, config=config, gated=True)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = gemv(gate_up, weight, bias, config=config, gated=True)
+    for salt in range(1, 4):
+        fresh, _, _ = _gated_inputs(rows, n, k, torch.bfloat16, False, salt=salt)
+        gate_up.copy_(fresh)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        if config.kind != "cublas":     # cuBLAS may pick another algorithm when captured
+            eager = gemv(gate_up, weight, bias, config=config, gated=True)
+            assert torch.equal(out, eager), f"replay {salt} differs from eager (seed {SEED})"
+        _assert_close_to_reference(out, gate_up, weight, bias, f"replay {salt}, rows {rows}",
+                                   gated=True)
+
+
+def test_down_projection_of_gate_up_takes_the_gated_gemv_for_decode_rows_only():
+    from runtime_service.kernels.activation import silu_and_mul
+    from runtime_service.kernels.gemv import gemv, tuned_config
+    from runtime_service.layers.linear import GEMV_MAX_ROWS, RowParallelLinear, gemv_enabled
+
+    layer = RowParallelLinear(4104, 1000, True).to(device="cuda", dtype=torch.bfloat16)
+    gate_up, weight, bias = _gated_inputs(GEMV_MAX_ROWS + 1, 1000, 4104, torch.bfloat16, True)
+    layer.weight.data, layer.bias.data = weight, bias
+    unfused = torch.nn.functional.linear(silu_and_mul(gate_up), weight) + bias
+    assert torch.equal(layer.forward_gate_up(gate_up), unfused)               # cuBLAS
+    decode = gate_up[:2]
+    with gemv_enabled(False):
+        unfused = torch.nn.functional.linear(silu_and_mul(decode), weight) + bias
+        assert torch.equal(layer.forward_gate_up(decode), unfused)
+    out = layer.forward_gate_up(decode)
+    config = tuned_config(decode, weight, gated=True)
+    assert torch.equal(out, gemv(silu_and_mul(decode), weight, config=config) + bias)

@@ -1,6 +1,7 @@
 """Which path the parallel linear layers take: nn.functional.linear on CPU, bit for bit, and the
 Triton GEMV only for decode-sized CUDA inputs while the switch is on (checked here with a stand-in
-GEMV, so no GPU or triton is needed)."""
+GEMV, so no GPU or triton is needed). The same for SwiGLU's down projection of gate_up: silu then
+linear on CPU, the gated GEMV at decode."""
 
 from __future__ import annotations
 
@@ -39,14 +40,33 @@ def _row(in_features: int, out_features: int, bias: bool, dtype: torch.dtype):
     return layer
 
 
+def _silu_mul(gate_up):
+    gate, up = gate_up.chunk(2, dim=-1)
+    return nn.functional.silu(gate) * up
+
+
+@pytest.fixture
+def fake_activation(monkeypatch):
+    """Records the calls a stand-in for the silu_and_mul kernel receives."""
+    calls = []
+
+    def silu_and_mul(x):
+        calls.append(x)
+        return _silu_mul(x)
+
+    monkeypatch.setitem(sys.modules, "runtime_service.kernels.activation",
+                        types.SimpleNamespace(silu_and_mul=silu_and_mul))
+    return calls
+
+
 @pytest.fixture
 def fake_gemv(monkeypatch):
     """Makes every tensor look kernel-ready and records the calls a stand-in GEMV receives."""
     calls = []
 
-    def gemv(x, weight, bias=None):
-        calls.append((x, weight, bias))
-        return nn.functional.linear(x, weight, bias) + 1000
+    def gemv(x, weight, bias=None, gated=False):
+        calls.append((x, weight, bias, gated))
+        return nn.functional.linear(_silu_mul(x) if gated else x, weight, bias) + 1000
 
     monkeypatch.setattr(kernels, "available", lambda tensor=None: True)
     monkeypatch.setitem(sys.modules, "runtime_service.kernels.gemv",
@@ -94,7 +114,7 @@ def test_column_layer_passes_its_bias_to_the_gemv(fake_gemv):
     x = torch.randn(2, 16, dtype=torch.bfloat16)
     out = layer(x)
     assert len(fake_gemv) == 1
-    passed_x, passed_weight, passed_bias = fake_gemv[0]
+    passed_x, passed_weight, passed_bias, _ = fake_gemv[0]
     assert passed_x is x and passed_weight is layer.weight and passed_bias is layer.bias
     assert torch.equal(out, nn.functional.linear(x, layer.weight, layer.bias) + 1000)
 
@@ -149,6 +169,61 @@ def test_cpu_forward_never_imports_triton():
     code = ("import sys, torch; from runtime_service.layers.linear import ColumnParallelLinear; "
             "layer = ColumnParallelLinear(8, (4,), True).to(torch.bfloat16); "
             "layer(torch.randn(1, 8, dtype=torch.bfloat16)); "
+            "sys.exit(1 if 'triton' in sys.modules else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 3, GEMV_MAX_ROWS, 40])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_down_projection_of_gate_up_equals_silu_then_linear_bit_for_bit(dtype, rows, bias):
+    gate_up = torch.randn(rows, 96, generator=torch.Generator().manual_seed(rows)).to(dtype) * 4
+    row = _row(48, 24, bias, dtype)
+    expected = nn.functional.linear(_silu_mul(gate_up), row.weight)
+    if bias:
+        expected = expected + row.bias
+    assert torch.equal(row.forward_gate_up(gate_up), expected)
+
+
+def test_decode_sized_gate_up_takes_the_gated_gemv_and_bias_follows_the_all_reduce(
+        fake_gemv, fake_activation, monkeypatch):
+    layer = _row(16, 8, True, torch.bfloat16)
+    reduced = []
+    monkeypatch.setattr(layer.parallel, "all_reduce", lambda y: reduced.append(y.clone()) or y)
+    gate_up = torch.randn(GEMV_MAX_ROWS, 32, dtype=torch.bfloat16)
+    out = layer.forward_gate_up(gate_up)
+    assert len(fake_gemv) == 1 and not fake_activation
+    passed_x, passed_weight, passed_bias, gated = fake_gemv[0]
+    assert passed_x is gate_up and passed_weight is layer.weight and passed_bias is None and gated
+    partial = nn.functional.linear(_silu_mul(gate_up), layer.weight) + 1000
+    assert torch.equal(reduced[0], partial)
+    assert torch.equal(out, partial + layer.bias)
+
+
+def test_prefill_gate_up_takes_the_activation_kernel_then_linear(fake_gemv, fake_activation):
+    layer = _row(16, 8, False, torch.bfloat16)
+    gate_up = torch.randn(GEMV_MAX_ROWS + 1, 32, dtype=torch.bfloat16)
+    out = layer.forward_gate_up(gate_up)
+    assert not fake_gemv and len(fake_activation) == 1 and fake_activation[0] is gate_up
+    assert torch.equal(out, nn.functional.linear(_silu_mul(gate_up), layer.weight))
+
+
+def test_switch_off_sends_gate_up_to_the_activation_kernel_then_linear(fake_gemv,
+                                                                        fake_activation):
+    layer = _row(16, 8, False, torch.bfloat16)
+    gate_up = torch.randn(1, 32, dtype=torch.bfloat16)
+    with gemv_enabled(False):
+        out = layer.forward_gate_up(gate_up)
+    assert not fake_gemv and len(fake_activation) == 1
+    assert torch.equal(out, nn.functional.linear(_silu_mul(gate_up), layer.weight))
+
+
+def test_cpu_down_projection_of_gate_up_never_imports_triton():
+    code = ("import sys, torch; from runtime_service.layers.linear import RowParallelLinear; "
+            "layer = RowParallelLinear(8, 4, True).to(torch.bfloat16); "
+            "layer.forward_gate_up(torch.randn(1, 16, dtype=torch.bfloat16)); "
             "sys.exit(1 if 'triton' in sys.modules else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=REPO)
