@@ -13,7 +13,6 @@ import re
 import torch
 from torch import nn
 
-from runtime_service import kernels
 from runtime_service.distributed import SINGLE_RANK, ParallelContext
 from runtime_service.layers.attention import AttentionMetadata, TorchReferenceAttention
 from runtime_service.layers.linear import ColumnParallelLinear, RowParallelLinear
