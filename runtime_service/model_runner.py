@@ -342,7 +342,7 @@ class ModelRunner:
             logits = logits[plain]
         if not finishing:
             return step
-        if is_plain_greedy(finishing):
+        if is_plain_greedy(finishing, self.end_ids_of):
             picked = sample_greedy(logits)
         else:
             picked = sample(logits, build_sampling_batch(finishing, self.end_ids_of, self.device))

@@ -138,14 +138,18 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     return SamplerOutput(tokens, logprobs)
 
 
-def is_plain_greedy(rows: list) -> bool:
+def is_plain_greedy(rows: list, end_ids_of) -> bool:
     """True when every row is greedy with no penalty and nothing banned this step, so that
-    `sample_greedy` gives exactly what `sample` would, without building a SamplingBatch."""
+    `sample_greedy` gives exactly what `sample` would, without building a SamplingBatch.
+    min_new_tokens bans only end tokens and one-token stop words: with none (ignore_eos, a
+    fixed-length benchmark) it bans nothing."""
     for seq in rows:
         p = seq.sampling
         if (not p.greedy or p.repetition_penalty != 1.0 or p.presence_penalty
-                or p.frequency_penalty or p.bad_token_ids or p.top_logprobs
-                or seq.num_outputs_sampled < p.min_new_tokens):
+                or p.frequency_penalty or p.bad_token_ids or p.top_logprobs):
+            return False
+        if seq.num_outputs_sampled < p.min_new_tokens and banned_tokens(
+                seq.token_ids, seq.num_outputs_sampled, p, end_ids_of(seq)):
             return False
     return True
 

@@ -368,3 +368,18 @@ def test_build_sampling_batch_collects_per_row_settings():
     assert batch.banned == [[], [], [0]]
     plain = batch_of([make_seq(), make_seq(seed=1, temperature=1.0)])
     assert not plain.any_penalty and not plain.any_filter
+
+
+def test_plain_greedy_shortcut_only_when_min_new_tokens_has_nothing_to_ban():
+    from runtime_service.sampler import is_plain_greedy
+
+    no_end = lambda seq: ()  # noqa: E731
+    with_end = lambda seq: (7,)  # noqa: E731
+    fixed_length = make_seq(max_new_tokens=8, min_new_tokens=8)
+    assert is_plain_greedy([fixed_length], no_end)          # nothing to ban: argmax is exact
+    assert not is_plain_greedy([fixed_length], with_end)    # end id 7 is banned until 8 tokens
+    assert is_plain_greedy([make_seq(output=range(8), max_new_tokens=9, min_new_tokens=8)],
+                           with_end)
+    one_token_stop = make_seq(max_new_tokens=8, min_new_tokens=8, stop_token_ids=((5,),))
+    assert not is_plain_greedy([one_token_stop], no_end)
+    assert not is_plain_greedy([make_seq(temperature=0.7)], no_end)
