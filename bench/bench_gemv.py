@@ -22,7 +22,6 @@ import importlib.metadata
 import json
 import logging
 import math
-import statistics
 import sys
 from pathlib import Path
 
@@ -61,26 +60,9 @@ def triton_gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def time_per_call_us(call, x: torch.Tensor, weights: list[torch.Tensor], calls: int,
                      replays: int) -> float:
-    """Median over `replays` of (graph replay time / calls), the graph making `calls` calls that
-    cycle over the weight copies."""
-    for weight in weights:             # warm-up: tuning, compilation, cuBLAS heuristics
-        call(x, weight)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            call(x, weights[i % len(weights)])
-    graph.replay()
-    times_us = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times_us.append(start.elapsed_time(end) * 1e3 / calls)
-    del graph
-    return statistics.median(times_us)
+    from runtime_service.kernels.gemv import graph_time_per_call_us
+
+    return graph_time_per_call_us(call, x, weights, calls, replays)
 
 
 def bench_projection(model: str, name: str, n: int, k: int, row_counts: list[int],

@@ -355,7 +355,7 @@ def _tune(x, weight, candidates: list[GemvConfig], gated: bool) -> GemvConfig:
     timings_us = {}
     for config in candidates:
         try:
-            timings_us[config] = _graph_time_us(
+            timings_us[config] = graph_time_per_call_us(
                 functools.partial(_launch, bias=None, config=config, out=None, gated=gated), x,
                 copies)
         except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is skipped
@@ -375,10 +375,10 @@ def _copies_beyond_l2(weight: torch.Tensor) -> int:
     return max(1, -(-3 * l2_bytes // (weight.numel() * weight.element_size())))
 
 
-def _graph_time_us(call, x: torch.Tensor, copies: list[torch.Tensor], calls: int = 24,
-                   replays: int = 5) -> float:
+def graph_time_per_call_us(call, x: torch.Tensor, copies: list[torch.Tensor], calls: int = 24,
+                           replays: int = 5) -> float:
     """Median GPU time per call of `call(x, weight)` in a graph of `calls` calls cycling over
-    `copies`."""
+    `copies` (the tuner's clock, and bench/bench_gemv.py's)."""
     for weight in copies:               # compiles, and leaves nothing lazy for the capture
         call(x, weight)
     torch.cuda.synchronize()
