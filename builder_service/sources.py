@@ -12,13 +12,12 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from runtime_service.atomic_folder import fill_then_rename
 from runtime_service.engine_config import EngineConfig
 from runtime_service.engine_format import (CONFIG, MANIFEST, TOKENIZER_DIR, detect_model_kind,
                                            sha256_file)
@@ -154,17 +153,11 @@ class SourceResolver:
         target = self.work_dir / "sources" / f"s3-{hashlib.sha256(listing).hexdigest()}"
         if target.is_dir():
             return target
-        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
-        try:
+
+        def fill(partial: Path) -> None:
             for info in objects:
                 dest = partial / info.key
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 store.get_file(info.key, dest)
-            try:
-                os.rename(partial, target)
-            except OSError:
-                if not target.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        return target
+
+        return fill_then_rename(target, fill)

@@ -11,12 +11,11 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime_service.atomic_folder import fill_then_rename
 from runtime_service.engine_format import check_relative_path
 from runtime_service.errors import CapacityExceeded, EngineNotFound, InvalidRequest
 
@@ -148,21 +147,16 @@ class UploadArea:
         missing = self.missing([e.sha256 for e in files])
         if missing:
             raise InvalidRequest(f"upload is missing {len(missing)} blob(s), e.g. {missing[0][:12]}")
-        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.source_dir))
-        try:
+
+        def fill(partial: Path) -> None:
             for entry in files:
                 dest = partial / entry.path
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.link(self.blob_path(entry.sha256), dest)
             (partial / f".{FILE_LIST}").write_text(json.dumps(
                 [[e.path, e.sha256, e.size_bytes] for e in files]))
-            try:
-                os.rename(partial, target)
-            except OSError:
-                if not target.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
+
+        fill_then_rename(target, fill)
         return ident
 
     def source_folder(self, ident: str) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -27,11 +26,11 @@ from urllib.parse import urlparse
 
 from runtime_service.engine_format import (MANIFEST, Manifest, check_relative_path, read_manifest,
                                            sha256_file, verify_engine_folder)
+from runtime_service.atomic_folder import PARTIAL_MARK, fill_then_rename
 from runtime_service.errors import CorruptEngine, EngineNotFound, InvalidRequest
 
 ENGINES_PREFIX = "engines"
 NAMES_PREFIX = "names"
-PARTIAL_MARK = ".partial-"
 ENGINE_KEY = re.compile(r"^[0-9a-f]{64}$")
 ENGINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -365,18 +364,11 @@ def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | N
             shutil.rmtree(target)
     elif target.exists():
         shutil.rmtree(target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_MARK}{key}-", dir=cache_dir))
-    try:
-        from runtime_service.store_pull import download_verified
+    from runtime_service.store_pull import download_verified
+
+    def fill(partial: Path) -> None:
         download_verified(source, manifest, partial, progress, num_workers)
         (partial / MANIFEST).write_bytes(data)
-        try:
-            os.rename(partial, target)
-        except OSError:
-            if not (target / MANIFEST).is_file():  # lost a race only if the winner finished
-                raise
-        return target
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+
+    # A rival pull that renamed first counts only if it finished (wrote its manifest).
+    return fill_then_rename(target, fill, finished=lambda t: (t / MANIFEST).is_file())
