@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated, of {', '.join(MODELS)}")
-    parser.add_argument("--rows", default="1,2,4,8", help="comma-separated row counts (<= 16)")
+    parser.add_argument("--rows", default="1,2,4,8", help="comma-separated row counts (<= 64)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16")
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--json", type=Path)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from runtime_service.layers.attention import AttentionMetadata
+from runtime_service.layers.linear import gemv_rows_up_to
 from runtime_service.model.llama import LlamaModel
 
 log = logging.getLogger("kiln.cuda_graphs")
@@ -116,6 +117,10 @@ class DecodeGraphs:
         log.info("captured decode graphs for batch sizes %s", self.batch_sizes)
 
     def _capture_all(self, stream: torch.cuda.Stream, pool) -> None:
+        with gemv_rows_up_to(self.max_batch_size):
+            self._capture_each(stream, pool)
+
+    def _capture_each(self, stream: torch.cuda.Stream, pool) -> None:
         for batch_size in reversed(self.batch_sizes):
             meta = self._meta(batch_size)
             stream.wait_stream(torch.cuda.current_stream())

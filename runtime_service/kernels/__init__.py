@@ -13,6 +13,10 @@ import os
 
 _disabled_depth = 0
 
+# The decode GEMV's largest row tile (kernels/gemv.py); here so that callers can read it without
+# importing triton.
+GEMV_ROW_LIMIT = 64
+
 
 @functools.lru_cache(maxsize=1)
 def triton_installed() -> bool:

@@ -6,8 +6,8 @@ At decode a linear layer sees one row per sequence, so its cost is streaming the
 - `_fma_kernel`, one row of x per program: each thread multiplies its part of a
   [BLOCK_N, BLOCK_K] weight tile into float32 registers and reduces once, after the K loop. It
   reads W once per row of x, so it is a candidate only for a single row.
-- `_dot_kernel`: the rows of x, padded to 16, meet the weight tile in a tensor-core dot, so all
-  rows share one read of W.
+- `_dot_kernel`: the rows of x, padded to a power of two of at least 16 (up to 64, a decode
+  graph's batch), meet the weight tile in a tensor-core dot, so all rows share one read of W.
 - cuBLAS, timed beside them: on an H100 it wins some shapes at 2-4 rows (bench/NOTES.md).
 
 With `gated=True` x is a SwiGLU gate_up projection [M, 2K] = [gate | up] and the kernels read
@@ -38,7 +38,7 @@ import triton.language as tl
 
 log = logging.getLogger("kiln.kernels.gemv")
 
-MAX_ROWS = 16               # the dot kernel's row tile; more rows are a GEMM's job
+from runtime_service.kernels import GEMV_ROW_LIMIT as MAX_ROWS  # more rows are a GEMM's job
 _SUM_BLOCK = 1024
 _DTYPES = (torch.bfloat16, torch.float16)
 
@@ -194,6 +194,11 @@ _FMA_TILES = (GemvConfig("fma", 8, 512, 4, 1), GemvConfig("fma", 16, 512, 4, 1),
 CUBLAS = GemvConfig("cublas", 1, 1)
 _DOT_TILES = (GemvConfig("dot", 64, 128, 4, 4), GemvConfig("dot", 32, 256, 4, 4),
               GemvConfig("dot", 128, 128, 4, 3), GemvConfig("dot", 64, 256, 8, 3))
+# Past 16 rows the x tile grows to 32-64 rows, so the weight tiles shrink along K to keep a
+# stage of x plus W near 32 KiB of shared memory.
+_WIDE_DOT_TILES = (GemvConfig("dot", 64, 128, 4, 4), GemvConfig("dot", 128, 64, 4, 4),
+                   GemvConfig("dot", 64, 64, 4, 6), GemvConfig("dot", 32, 128, 4, 5),
+                   GemvConfig("dot", 128, 128, 8, 3))
 
 
 def split_to_fill(n_blocks: int, k: int, block_k: int, sm_count: int) -> int:
@@ -210,7 +215,8 @@ def candidate_configs(rows: int, n: int, k: int, sm_count: int) -> list[GemvConf
     split to fill. Long rows (K = 11008, 14336) also try two splits: with a few long programs
     per SM, the SMs that drew one program fewer idle through the last wave."""
     configs = [CUBLAS]
-    for tile in (_FMA_TILES if rows == 1 else ()) + _DOT_TILES:
+    tiles = _DOT_TILES if rows <= 16 else _WIDE_DOT_TILES
+    for tile in (_FMA_TILES if rows == 1 else ()) + tiles:
         configs.append(tile)
         split = split_to_fill(triton.cdiv(n, tile.block_n), k, tile.block_k, sm_count)
         if split == 1 and triton.cdiv(k, tile.block_k) >= 32:
@@ -218,6 +224,12 @@ def candidate_configs(rows: int, n: int, k: int, sm_count: int) -> list[GemvConf
         if split > 1:
             configs.append(replace(tile, split_k=split))
     return configs
+
+
+def row_tile(rows: int) -> int:
+    """The dot kernel's row tile for `rows` rows: a power of two, at least 16 (the smallest
+    tensor-core tile)."""
+    return max(16, triton.next_power_of_2(rows))
 
 
 def default_config(n: int, k: int, sm_count: int) -> GemvConfig:
@@ -308,7 +320,7 @@ def _launch(x, weight, bias, config: GemvConfig, out, gated: bool = False) -> to
                    BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0,
                    num_warps=config.num_warps, num_stages=config.num_stages)
     if config.kind == "dot":
-        _dot_kernel[(n_blocks, split)](*args, BLOCK_M=MAX_ROWS, **options)
+        _dot_kernel[(n_blocks, split)](*args, BLOCK_M=row_tile(rows), **options)
     else:
         _fma_kernel[(n_blocks, split, rows)](*args, NUM_STAGES=config.num_stages, **options)
     if split > 1:

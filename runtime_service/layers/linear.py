@@ -5,9 +5,10 @@ rank r of a fused QKV holds its own q, k and v heads); a row-parallel layer spli
 features and all-reduces the partial sums. The builder calls `shard_columns` / `shard_rows` when it
 writes rank files; the runtime loads those shards straight into these modules.
 
-Both layers send decode-sized inputs (at most GEMV_MAX_ROWS rows) on CUDA to the Triton GEMV
-(kernels/gemv.py, tuned per shape to stream the weight at memory bandwidth); everything else, and
-every CPU input, goes to nn.functional.linear. SwiGLU's down projection can take the gate_up
+Both layers send decode-sized inputs on CUDA to the Triton GEMV (kernels/gemv.py, tuned per
+shape to stream the weight at memory bandwidth): up to GEMV_MAX_ROWS rows always, and up to
+gemv.MAX_ROWS inside the decode graphs (`gemv_rows_up_to`). Everything else, and every CPU input,
+goes to nn.functional.linear. SwiGLU's down projection can take the gate_up
 projection itself (`RowParallelLinear.forward_gate_up`): at decode the GEMV then forms
 silu(gate) * up as it loads its input, saving the activation kernel's launch and round trip.
 """
@@ -23,12 +24,15 @@ from torch import nn
 from runtime_service import kernels
 from runtime_service.distributed import SINGLE_RANK, ParallelContext
 
-# Rows up to which the GEMV runs instead of cuBLAS: the decode graphs' batch sizes 1, 2, 4, 8.
-# The kernel takes up to 16 (its tensor-core row tile); bench/bench_gemv.py --rows 16 measures
-# whether that pays.
+# Rows up to which the GEMV runs instead of cuBLAS anywhere: the decode graphs' batch sizes
+# 1, 2, 4, 8, tuned while the graphs warm up. The GEMV takes up to 64 rows, but tuning a row
+# bucket compiles and times a dozen kernels per shape (seconds): the decode graphs raise the
+# limit while they warm up and capture (startup time), and an eager prefill of 9-64 tokens
+# never stalls on a first-use tuning.
 GEMV_MAX_ROWS = 8
 
 _gemv_enabled = True
+_gemv_max_rows = GEMV_MAX_ROWS
 
 
 def set_small_batch_gemv(enabled: bool) -> bool:
@@ -50,9 +54,22 @@ def gemv_enabled(enabled: bool) -> Iterator[None]:
         set_small_batch_gemv(previous)
 
 
+@contextlib.contextmanager
+def gemv_rows_up_to(rows: int) -> Iterator[None]:
+    """Within the block, linears of up to `rows` rows (at most the GEMV's row limit, 64) take
+    the GEMV: for the decode graphs, whose warm-up tunes each row bucket before capture."""
+    global _gemv_max_rows
+    previous = _gemv_max_rows
+    _gemv_max_rows = max(GEMV_MAX_ROWS, min(rows, kernels.GEMV_ROW_LIMIT))
+    try:
+        yield
+    finally:
+        _gemv_max_rows = previous
+
+
 def uses_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """True when `linear(x, weight, bias)` runs the Triton GEMV."""
-    return (_gemv_enabled and x.dim() == 2 and 0 < x.shape[0] <= GEMV_MAX_ROWS
+    return (_gemv_enabled and x.dim() == 2 and 0 < x.shape[0] <= _gemv_max_rows
             and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype)
             and x.stride(1) == 1 and weight.is_contiguous() and kernels.available(x))

@@ -74,12 +74,12 @@ def _query(batch: int, num_heads: int, head_dim: int, dtype: torch.dtype,
     return torch.randn(batch, num_heads, head_dim, generator=generator).to(dtype).to(DEVICE)
 
 
-def _decode(q, k_cache, v_cache, tables, lens, num_splits, fused_combine):
+def _decode(q, k_cache, v_cache, tables, lens, num_splits, fused_combine, config=None):
     from runtime_service.kernels import paged_attention as pa
 
     out = torch.full_like(q, float("nan"))
     pa.decode(q, k_cache, v_cache, tables, lens, q.shape[-1] ** -0.5, num_splits, out=out,
-              fused_combine=fused_combine)
+              fused_combine=fused_combine, config=config)
     return out
 
 
@@ -115,6 +115,43 @@ def test_fused_combine_is_bit_identical_to_two_launches(dtype, heads, head_dim, 
     assert not fused.isnan().any(), f"unwritten output ({context})"
     assert torch.equal(fused, two_launches), context
     assert _counts_are_zero(q.device), context
+    ref = pa.decode_reference(q, k_cache, v_cache, tables, lens, head_dim ** -0.5)
+    assert _rel_err(fused, ref) < TOLERANCE[dtype], context
+
+
+# (block_n, num_warps, num_stages, use_dot): tensor-core and CUDA-core variants, short and long
+# key tiles, shallow and deep pipelines.
+LAUNCH_CONFIGS = [(64, 4, 2, True), (128, 8, 2, True), (32, 4, 3, False), (64, 8, 2, False),
+                  (16, 2, 4, False)]
+
+
+@pytest.mark.parametrize("config", LAUNCH_CONFIGS, ids=str)
+@pytest.mark.parametrize("num_splits", [1, 4])
+@pytest.mark.parametrize("heads", HEADS, ids=HEAD_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_launch_config_matches_reference(dtype, heads, num_splits, config):
+    """The launch shapes bench/bench_attention.py sweeps compute the same attention, and each
+    keeps the fused merge bit-identical to the two-launch one."""
+    from runtime_service.kernels import paged_attention as pa
+
+    num_heads, num_kv_heads = heads
+    head_dim, batch = 128, 64
+    case_seed = SEED + 7 * num_splits + num_kv_heads + sum(config[:3])
+    rng = random.Random(case_seed)
+    generator = torch.Generator().manual_seed(case_seed)
+    seq_lens, num_padded = _draw_seq_lens(rng, batch, num_splits)
+    k_cache, v_cache = _caches(num_kv_heads, head_dim, dtype, generator)
+    tables = _tables(seq_lens, num_padded, generator)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    q = _query(batch, num_heads, head_dim, dtype, generator)
+    launch = pa.DecodeConfig(*config)
+
+    two_launches = _decode(q, k_cache, v_cache, tables, lens, num_splits, False, launch)
+    fused = _decode(q, k_cache, v_cache, tables, lens, num_splits, True, launch)
+    torch.cuda.synchronize()
+    context = f"seed {SEED}, {launch}, lens {seq_lens}"
+    assert not fused.isnan().any(), f"unwritten output ({context})"
+    assert torch.equal(fused, two_launches), context
     ref = pa.decode_reference(q, k_cache, v_cache, tables, lens, head_dim ** -0.5)
     assert _rel_err(fused, ref) < TOLERANCE[dtype], context
 

@@ -188,3 +188,12 @@ def test_launchers_reject_bad_shapes():
     good = torch.randn(3, 16, 2, 64, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(ValueError):
         pa.decode(q, good, good, tables, lens, 0.1, 3)                     # not a power of 2
+
+
+@pytest.mark.parametrize("fields", [dict(block_n=24), dict(block_n=8), dict(num_warps=3),
+                                    dict(num_stages=0), dict(num_stages=9)], ids=str)
+def test_decode_config_rejects_impossible_launch_shapes(fields):
+    from runtime_service.kernels import paged_attention as pa
+
+    with pytest.raises(ValueError):
+        pa.DecodeConfig(**fields)

@@ -17,7 +17,8 @@ from torch import nn
 from runtime_service import kernels
 from runtime_service.layers import linear as linear_mod
 from runtime_service.layers.linear import (GEMV_MAX_ROWS, ColumnParallelLinear, RowParallelLinear,
-                                           gemv_enabled, set_small_batch_gemv, uses_gemv)
+                                           gemv_enabled, gemv_rows_up_to, set_small_batch_gemv,
+                                           uses_gemv)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -86,6 +87,26 @@ def test_cpu_layers_equal_functional_linear_bit_for_bit(dtype, rows, bias):
     if bias:
         expected = expected + row.bias
     assert torch.equal(row(x), expected)
+
+
+def test_decode_graphs_raise_the_row_limit_only_inside_their_block(fake_gemv):
+    """Eager linears of 9-64 rows stay on cuBLAS (a first-use tuning would stall a prefill);
+    inside `gemv_rows_up_to` (the decode graphs' warm-up and capture) they take the GEMV, never
+    past its 64-row tile, and the limit comes back afterwards, also after an error."""
+    weight = torch.randn(8, 16, dtype=torch.bfloat16)
+    rows = lambda n: torch.randn(n, 16, dtype=torch.bfloat16)  # noqa: E731
+    assert not uses_gemv(rows(48), weight)
+    with gemv_rows_up_to(48):
+        assert uses_gemv(rows(48), weight) and uses_gemv(rows(1), weight)
+        assert not uses_gemv(rows(49), weight)
+    with gemv_rows_up_to(256):
+        assert uses_gemv(rows(64), weight)
+        assert not uses_gemv(rows(65), weight)
+    with gemv_rows_up_to(2):                      # never below the eager limit
+        assert uses_gemv(rows(GEMV_MAX_ROWS), weight)
+    with pytest.raises(RuntimeError), gemv_rows_up_to(64):
+        raise RuntimeError("capture failed")
+    assert not uses_gemv(rows(GEMV_MAX_ROWS + 1), weight)
 
 
 def test_cpu_input_never_takes_the_gemv():

@@ -1,0 +1,186 @@
+"""Decode attention: Kiln's paged split-K kernel against torch's SDPA and the bandwidth floor.
+
+A decode step reads every live sequence's whole KV cache once per layer, so at batch 64 and a few
+hundred tokens of context attention is a third of the step (bench/NOTES.md, run 5). For the
+Llama-2-7B (MHA) and Llama-3-8B (GQA, 4 query heads per kv head) head shapes and a set of
+(batch, context) loads, this prints per layer:
+
+- the floor: K and V bytes over the device copy bandwidth measured in the same run;
+- torch's `scaled_dot_product_attention` on contiguous [B, H, L, D] caches (what transformers
+  runs; its flash kernel does not read a block table, so it is the unpaged peer);
+- Kiln's `paged_attention.decode` with its default launch config, and every config of a sweep
+  (key tile, warps, pipeline depth, tensor-core dot or CUDA-core products), the best named.
+
+Calls are timed back to back inside a CUDA graph, each reading another layer's caches, the
+caches together several times the L2 (as a decode step reads them). JSON to --json, a table last.
+
+    python3 bench/bench_attention.py --json attention.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import git_commit  # noqa: E402
+from bench_decode import copy_bandwidth, log  # noqa: E402
+
+HEADS = {"llama2-7b": (32, 32), "llama3-8b": (32, 8)}         # (query heads, kv heads)
+HEAD_DIM = 128
+BLOCK_SIZE = 16
+# (batch, context): batch-1 decode at two prompt lengths, the 64- and 256-stream loads of
+# bench_decode at their mean context (128 in + 64 out) and at 1024 + 128.
+LOADS = ((1, 1024), (1, 4096), (64, 192), (64, 1152), (256, 192))
+SWEEP = dict(block_n=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3, 4),
+             use_dot=(True, False))
+DEFAULT_L2_BYTES = 50 << 20
+
+
+def sweep_configs(group: int):
+    """The sweep, less CUDA-core tiles whose float32 product tile ([group, keys, head_dim])
+    would need more than 128 registers a thread."""
+    from runtime_service.kernels.paged_attention import DecodeConfig
+
+    configs = []
+    for block_n, warps, stages, use_dot in itertools.product(*SWEEP.values()):
+        if not use_dot and triton_next_pow2(group) * block_n * HEAD_DIM > 128 * warps * 32:
+            continue
+        configs.append(DecodeConfig(block_n, warps, stages, use_dot))
+    return configs
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def layer_caches(batch: int, context: int, num_kv_heads: int, l2_bytes: int,
+                 generator: torch.Generator):
+    """Enough layers' paged caches (shuffled block tables, as a long-running pool leaves them)
+    that together they exceed the L2 three times; plus the same K/V laid out for SDPA."""
+    blocks_per_seq = math.ceil(context / BLOCK_SIZE)
+    num_blocks = batch * blocks_per_seq + 1
+    bytes_per_layer = 2 * batch * context * num_kv_heads * HEAD_DIM * 2
+    layers = max(1, math.ceil(3 * l2_bytes / bytes_per_layer))
+    shape = (num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM)
+    paged = [(torch.randn(shape, device="cuda", dtype=torch.bfloat16),
+              torch.randn(shape, device="cuda", dtype=torch.bfloat16)) for _ in range(layers)]
+    order = torch.randperm(num_blocks - 1, generator=generator) + 1
+    tables = order.view(batch, blocks_per_seq).to(torch.int32).cuda()
+    dense = [(torch.randn(batch, num_kv_heads, context, HEAD_DIM, device="cuda",
+                          dtype=torch.bfloat16),
+              torch.randn(batch, num_kv_heads, context, HEAD_DIM, device="cuda",
+                          dtype=torch.bfloat16)) for _ in range(layers)]
+    return paged, tables, dense, bytes_per_layer
+
+
+def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes: int,
+               sweep: bool) -> dict:
+    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.kernels.gemv import graph_time_per_call_us
+
+    num_heads, num_kv_heads = HEADS[model]
+    group = num_heads // num_kv_heads
+    generator = torch.Generator().manual_seed(batch * 7919 + context)
+    paged, tables, dense, kv_bytes = layer_caches(batch, context, num_kv_heads, l2_bytes,
+                                                  generator)
+    q = torch.randn(batch, num_heads, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+    scale = HEAD_DIM ** -0.5
+    # The splits the runtime's graphs use: sized by the table width the graphs are built with.
+    splits = pa.decode_num_splits(batch, num_kv_heads, 4352,
+                                  torch.cuda.get_device_properties(0).multi_processor_count)
+
+    def kiln(config):
+        return lambda q_, kv: pa.decode(q_, kv[0], kv[1], tables, lens, scale, splits,
+                                        config=config)
+
+    q4 = q[:, :, None, :]
+
+    def sdpa(q_, kv):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q4, kv[0], kv[1], scale=scale, enable_gqa=group > 1)
+
+    reference = pa.decode_reference(q[:1], *paged[0], tables[:1], lens[:1], scale)
+    check = pa.decode(q[:1], *paged[0], tables[:1], lens[:1], scale, splits).float()
+    rel_err = ((check - reference.float()).norm() / reference.float().norm()).item()
+
+    result = {"model": model, "batch": batch, "context": context, "splits": splits,
+              "kv_bytes_per_layer": kv_bytes, "floor_us": kv_bytes / bandwidth * 1e6,
+              "sdpa_us": graph_time_per_call_us(sdpa, q, dense),
+              "kiln_default_config": str(pa.default_decode_config(group, HEAD_DIM)),
+              "kiln_default_us": graph_time_per_call_us(kiln(None), q, paged),
+              "kiln_rel_err_vs_reference": rel_err}
+    if sweep:
+        timings = {}
+        for config in sweep_configs(group):
+            try:
+                timings[str(config)] = graph_time_per_call_us(kiln(config), q, paged)
+            except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is reported
+                log(f"  {config} failed: {exc!r}"[:200])
+        ranked = sorted(timings.items(), key=lambda item: item[1])
+        result["sweep_us"] = dict(ranked)
+        result["kiln_best_config"], result["kiln_best_us"] = ranked[0]
+    del paged, dense
+    torch.cuda.empty_cache()
+    log(f"{model} batch {batch} context {context}: floor {result['floor_us']:.1f} us, SDPA "
+        f"{result['sdpa_us']:.1f}, Kiln {result['kiln_default_us']:.1f}"
+        + (f", best {result['kiln_best_us']:.1f} [{result['kiln_best_config']}]" if sweep
+           else ""))
+    return result
+
+
+def table(report: dict) -> str:
+    bandwidth = report["copy_bandwidth_bytes_per_s"]
+    header = ("model", "batch", "context", "floor us", "SDPA us", "Kiln us", "TB/s", "best us",
+              "TB/s", "best config")
+    rows = [header]
+    for c in report["cases"]:
+        rate = lambda us: f"{c['kv_bytes_per_layer'] / us / 1e6:.2f}"  # noqa: E731
+        best = c.get("kiln_best_us")
+        rows.append((c["model"], str(c["batch"]), str(c["context"]), f"{c['floor_us']:.1f}",
+                     f"{c['sdpa_us']:.1f}", f"{c['kiln_default_us']:.1f}",
+                     rate(c["kiln_default_us"]), f"{best:.1f}" if best else "-",
+                     rate(best) if best else "-", c.get("kiln_best_config", "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [f"== decode attention per layer on {report['device_name']} (copy bandwidth "
+             f"{bandwidth / 1e12:.2f} TB/s read+write; Kiln default "
+             f"{report['cases'][0]['kiln_default_config']}) =="]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(HEADS))
+    parser.add_argument("--no-sweep", action="store_true", help="time the default config only")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_attention needs a CUDA device", file=sys.stderr)
+        return 2
+    props = torch.cuda.get_device_properties(0)
+    bandwidth = copy_bandwidth("cuda")
+    l2_bytes = getattr(props, "L2_cache_size", 0) or DEFAULT_L2_BYTES
+    report = {"device_name": props.name, "torch": torch.__version__, "commit": git_commit(),
+              "copy_bandwidth_bytes_per_s": bandwidth, "cases": []}
+    with torch.inference_mode():
+        for model in args.models.split(","):
+            for batch, context in LOADS:
+                report["cases"].append(bench_load(model, batch, context, bandwidth, l2_bytes,
+                                                  not args.no_sweep))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
