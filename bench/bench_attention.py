@@ -8,8 +8,8 @@ Llama-2-7B (MHA) and Llama-3-8B (GQA, 4 query heads per kv head) head shapes and
 - the floor: K and V bytes over the device copy bandwidth measured in the same run;
 - torch's `scaled_dot_product_attention` on contiguous [B, H, L, D] caches (what transformers
   runs; its flash kernel does not read a block table, so it is the unpaged peer);
-- Kiln's `paged_attention.decode` with its default launch config, and every config of a sweep
-  (key tile, warps, pipeline depth, tensor-core dot or CUDA-core products), the best named.
+- Kiln's `paged_attention.decode` with its default launch config and split count, and every
+  point of a sweep (key tile, warps, pipeline depth, splits x1/x2/x4), the best named.
 
 Calls are timed back to back inside a CUDA graph, each reading another layer's caches, the
 caches together several times the L2 (as a decode step reads them). JSON to --json, a table last.
@@ -36,29 +36,24 @@ from bench_decode import copy_bandwidth, log  # noqa: E402
 HEADS = {"llama2-7b": (32, 32), "llama3-8b": (32, 8)}         # (query heads, kv heads)
 HEAD_DIM = 128
 BLOCK_SIZE = 16
-# (batch, context): batch-1 decode at two prompt lengths, the 64- and 256-stream loads of
-# bench_decode at their mean context (128 in + 64 out) and at 1024 + 128.
-LOADS = ((1, 1024), (1, 4096), (64, 192), (64, 1152), (256, 192))
-SWEEP = dict(block_n=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3, 4),
-             use_dot=(True, False))
+# (batch, context): batch-1 decode at two prompt lengths; the 64- and 256-stream loads of
+# bench_decode early and late in their 128-token outputs (contexts 129-256: a context that is
+# not a multiple of the key tile leaves the last tile part empty), and 64 streams at 1024 + 128.
+LOADS = ((1, 1024), (1, 4096), (64, 140), (64, 200), (64, 1152), (256, 160))
+SWEEP = dict(block_n=(16, 32, 64), num_warps=(2, 4, 8), num_stages=(2, 3),
+             split_factor=(1, 2, 4))
 DEFAULT_L2_BYTES = 50 << 20
 
 
-def sweep_configs(group: int):
-    """The sweep, less CUDA-core tiles whose float32 product tile ([group, keys, head_dim])
-    would need more than 128 registers a thread."""
+def sweep_points(default_splits: int):
+    """(launch config, splits) pairs: every tile shape at the default split count and at two
+    and four times it (at most 32)."""
     from runtime_service.kernels.paged_attention import DecodeConfig
 
-    configs = []
-    for block_n, warps, stages, use_dot in itertools.product(*SWEEP.values()):
-        if not use_dot and triton_next_pow2(group) * block_n * HEAD_DIM > 128 * warps * 32:
-            continue
-        configs.append(DecodeConfig(block_n, warps, stages, use_dot))
-    return configs
-
-
-def triton_next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
+    for block_n, warps, stages, factor in itertools.product(*SWEEP.values()):
+        splits = default_splits * factor
+        if splits <= 32 and (factor == 1 or block_n >= 32):
+            yield DecodeConfig(block_n, warps, stages), splits
 
 
 def layer_caches(batch: int, context: int, num_kv_heads: int, l2_bytes: int,
@@ -98,8 +93,8 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
     splits = pa.decode_num_splits(batch, num_kv_heads, 4352,
                                   torch.cuda.get_device_properties(0).multi_processor_count)
 
-    def kiln(config):
-        return lambda q_, kv: pa.decode(q_, kv[0], kv[1], tables, lens, scale, splits,
+    def kiln(config, num_splits=splits):
+        return lambda q_, kv: pa.decode(q_, kv[0], kv[1], tables, lens, scale, num_splits,
                                         config=config)
 
     q4 = q[:, :, None, :]
@@ -120,11 +115,12 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
               "kiln_rel_err_vs_reference": rel_err}
     if sweep:
         timings = {}
-        for config in sweep_configs(group):
+        for config, num_splits in sweep_points(splits):
+            name = f"{config} splits{num_splits}"
             try:
-                timings[str(config)] = graph_time_per_call_us(kiln(config), q, paged)
+                timings[name] = graph_time_per_call_us(kiln(config, num_splits), q, paged)
             except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is reported
-                log(f"  {config} failed: {exc!r}"[:200])
+                log(f"  {name} failed: {exc!r}"[:200])
         ranked = sorted(timings.items(), key=lambda item: item[1])
         result["sweep_us"] = dict(ranked)
         result["kiln_best_config"], result["kiln_best_us"] = ranked[0]

@@ -100,14 +100,9 @@ def _decode_kernel(
     stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """`USE_DOT` puts the group's query rows (padded to a 16-row tile) through tensor-core dots;
-    without it the scores and the weighted sum of values are float32 products summed on CUDA
-    cores, with p unrounded (for one query row per kv head, where 15 of the dot's 16 rows would
-    be padding).
-
-    With `fused_combine` set, the last split program to finish for its (sequence, kv head)
+    """With `fused_combine` set, the last split program to finish for its (sequence, kv head)
     merges the partials. Ordering: every thread's partial stores precede a CTA barrier, after
     which one thread does the acq_rel (gpu scope) add on the arrival count; the adds form one
     release sequence, so the program that reads NUM_SPLITS - 1 has acquired every other
@@ -143,10 +138,7 @@ def _decode_kernel(
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(K_cache + block[:, None] * stride_kb + within[:, None] * stride_ks
                     + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        if USE_DOT:
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        else:
-            s = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], 2) * scale_log2
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -154,11 +146,7 @@ def _decode_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V_cache + block[:, None] * stride_vb + within[:, None] * stride_vs
                     + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-        if USE_DOT:
-            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        else:
-            pv = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], 1)
-        acc = acc * alpha[:, None] + pv
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     has_work = l_i > 0
     out = acc / tl.where(has_work, l_i, 1.0)[:, None]
@@ -325,13 +313,11 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context: int,
 @dataclass(frozen=True)
 class DecodeConfig:
     """How a decode launch tiles its work: keys per loop iteration (`block_n`), warps and
-    pipeline depth per program, and whether the group's query rows meet the keys in a
-    tensor-core dot (`use_dot`) or in float32 products on CUDA cores."""
+    pipeline depth per program."""
 
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
-    use_dot: bool = True
 
     def __post_init__(self):
         if self.block_n < 16 or self.block_n & (self.block_n - 1):
@@ -342,8 +328,7 @@ class DecodeConfig:
             raise ValueError(f"num_stages must be in 1..8, got {self.num_stages}")
 
     def __str__(self) -> str:
-        return (f"{'dot' if self.use_dot else 'fma'} n{self.block_n} w{self.num_warps} "
-                f"s{self.num_stages}")
+        return f"n{self.block_n} w{self.num_warps} s{self.num_stages}"
 
 
 def default_decode_config(group: int, head_dim: int) -> DecodeConfig:
@@ -410,7 +395,6 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     group = num_heads // num_kv_heads
     config = config or default_decode_config(group, head_dim)
     block_d = triton.next_power_of_2(head_dim)
-    block_g = triton.next_power_of_2(group)
     partial = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32,
                           device=q.device)
     lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
@@ -424,9 +408,9 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
-        GROUP=group, BLOCK_G=max(16, block_g) if config.use_dot else block_g,
-        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n,
-        NUM_SPLITS=num_splits, PRECISION=_precision(q), USE_DOT=config.use_dot,
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n,
+        NUM_SPLITS=num_splits, PRECISION=_precision(q),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not fused_combine:
