@@ -316,6 +316,28 @@ def profile_decode(executor: Executor, vocab: int, batch: int, path: Path) -> No
     log(f"profile at batch {batch}:\n" + "\n".join(text.splitlines()[:20]))
 
 
+def profile_prefill_host(executor: Executor, vocab: int, length: int, path: Path) -> None:
+    """Where the step loop's host time goes while one `length`-token prompt is prefilled (TTFT
+    at short prompts is host time, not GPU time): cProfile of its steps, by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    step = executor.step
+    executor.step = lambda: profiler.runcall(step)      # the loop calls self.step()
+    try:
+        request = Request(f"host-profile-{length}", prompts(1, length, vocab, 77)[0],
+                          fixed_length(1))
+        wall, _ = kiln_generate_timed(executor, [request])
+    finally:
+        del executor.step
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(50)
+    path.write_text(f"TTFT {length} under cProfile: {wall * 1e3:.1f} ms\n" + text.getvalue())
+    log(f"host profile of a {length}-token prefill written to {path}")
+
+
 def greedy_outputs(executor: Executor, vocab: int, new_tokens: int) -> list[tuple[list, list]]:
     """(tokens, logprobs) of greedy continuations of four prompts run as one batch."""
     lengths = (7, 128, 300, 1030)
@@ -422,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer tokens and one load")
     parser.add_argument("--hf-max-batch", type=int, default=64)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--profile", type=Path, help="write a kernel table of batch-1/64 decode")
+    parser.add_argument("--profile", type=Path, help="write kernel tables of batch-1/64 decode and a host profile of a "
+                             "1024-token prefill")
     parser.add_argument("--ablations", action="store_true",
                         help="also measure batch-1 and 64x128/128 with overlapped scheduling "
                              "(and the small-batch GEMV) switched off")
@@ -476,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
                                    args.profile.with_name(f"{args.profile.stem}_b{batch}.txt"))
                 except Exception as exc:  # noqa: BLE001 - a profiler failure must not end the run
                     log(f"profiling failed: {exc!r}")
+            profile_prefill_host(executor, vocab, 1024,
+                                 args.profile.with_name(f"{args.profile.stem}_host_prefill.txt"))
         fast = greedy_outputs(executor, vocab, 32)
     finally:
         executor.shutdown()
