@@ -20,6 +20,7 @@ import argparse
 import gc
 import json
 import math
+import re
 import shutil
 import statistics
 import sys
@@ -58,6 +59,23 @@ SHAPES = {
 TTFT_PROMPTS = (128, 1024, 4096)
 LOADS = ((64, 128, 128), (256, 128, 128), (64, 1024, 256), (256, 1024, 256))
 QUICK_LOADS = ((64, 128, 128),)
+_chosen_loads: tuple | None = None          # --loads
+
+
+def loads_for(quick: bool) -> tuple:
+    """The throughput loads to run: --loads if given, else the quick or the full set."""
+    return _chosen_loads or (QUICK_LOADS if quick else LOADS)
+
+
+def parse_loads(text: str) -> tuple:
+    """'64x128/128,256x128/128' -> ((64, 128, 128), (256, 128, 128))."""
+    loads = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d+)x(\d+)/(\d+)", part.strip())
+        if not match:
+            raise argparse.ArgumentTypeError(f"a load is CONCURRENCYxINPUT/OUTPUT, got {part!r}")
+        loads.append(tuple(int(g) for g in match.groups()))
+    return tuple(loads)
 
 
 def log(*parts) -> None:
@@ -179,7 +197,7 @@ def bench_hf(model, vocab: int, device: str, quick: bool, max_batch: int) -> dic
         log(f"HF TTFT {length}: {result['ttft_ms'][str(length)]:.1f} ms")
     result["throughput"] = {}
     measured: dict = {}
-    for concurrency, input_len, output_len in (QUICK_LOADS if quick else LOADS):
+    for concurrency, input_len, output_len in loads_for(quick):
         batch = min(concurrency, max_batch)
         key = (batch, input_len, output_len)
         if key not in measured:
@@ -237,7 +255,7 @@ def bench_kiln(executor: Executor, vocab: int, device: str, quick: bool) -> dict
         log(f"Kiln TTFT {length}: {result['ttft_ms'][str(length)]:.1f} ms")
 
     result["throughput"] = {}
-    for load in (QUICK_LOADS if quick else LOADS):
+    for load in loads_for(quick):
         name, result["throughput"][name] = load_throughput(executor, vocab, load)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -398,7 +416,7 @@ def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch
     try:
         address = pod.wait()
         return measure(address, lambda n, length, seed: prompts(n, length, vocab, seed),
-                       TTFT_PROMPTS, QUICK_LOADS if quick else LOADS, quick, log)
+                       TTFT_PROMPTS, loads_for(quick), quick, log)
     finally:
         pod.stop()
 
@@ -450,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--quick", action="store_true", help="fewer tokens and one load")
     parser.add_argument("--hf-max-batch", type=int, default=64)
+    parser.add_argument("--loads", type=parse_loads,
+                        help="throughput loads instead of the default set, e.g. 256x128/128")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="write kernel tables of batch-1/64 decode and a host profile of a "
                              "1024-token prefill")
@@ -459,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc", action="store_true",
                         help="also run the loads through a runtime pod over gRPC")
     args = parser.parse_args(argv)
+    global _chosen_loads
+    _chosen_loads = args.loads
 
     device = args.device
     shape = SHAPES[args.model]

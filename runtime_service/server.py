@@ -78,8 +78,8 @@ class RuntimeServicer:
             assembler = ResponseAssembler(wanted.request.request_id, wanted.streaming,
                                           wanted.detokenize)
             try:
-                async for out in stream:
-                    for response in assembler.add(out):
+                async for outputs in stream.batches():
+                    for response in assembler.add_all(outputs):
                         yield response
                 for response in assembler.finish():
                     yield response
