@@ -96,27 +96,8 @@ def _counts_are_zero(device: torch.device) -> bool:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_fused_combine_is_bit_identical_to_two_launches(dtype, heads, head_dim, batch,
                                                         num_splits):
-    from runtime_service.kernels import paged_attention as pa
-
-    num_heads, num_kv_heads = heads
-    case_seed = SEED + 1000 * batch + 10 * num_splits + head_dim + num_kv_heads
-    rng = random.Random(case_seed)
-    generator = torch.Generator().manual_seed(case_seed)
-    seq_lens, num_padded = _draw_seq_lens(rng, batch, num_splits)
-    k_cache, v_cache = _caches(num_kv_heads, head_dim, dtype, generator)
-    tables = _tables(seq_lens, num_padded, generator)
-    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
-    q = _query(batch, num_heads, head_dim, dtype, generator)
-
-    two_launches = _decode(q, k_cache, v_cache, tables, lens, num_splits, fused_combine=False)
-    fused = _decode(q, k_cache, v_cache, tables, lens, num_splits, fused_combine=True)
-    torch.cuda.synchronize()
-    context = f"seed {SEED}, lens {seq_lens}"
-    assert not fused.isnan().any(), f"unwritten output ({context})"
-    assert torch.equal(fused, two_launches), context
-    assert _counts_are_zero(q.device), context
-    ref = pa.decode_reference(q, k_cache, v_cache, tables, lens, head_dim ** -0.5)
-    assert _rel_err(fused, ref) < TOLERANCE[dtype], context
+    case_seed = SEED + 1000 * batch + 10 * num_splits + head_dim + heads[1]
+    _check_fused_decode(dtype, heads, head_dim, batch, num_splits, case_seed)
 
 
 # (block_n, num_warps, num_stages): short and long key tiles, shallow and deep pipelines.
@@ -132,9 +113,17 @@ def test_every_launch_config_matches_reference(dtype, heads, num_splits, config)
     keeps the fused merge bit-identical to the two-launch one."""
     from runtime_service.kernels import paged_attention as pa
 
+    case_seed = SEED + 7 * num_splits + heads[1] + sum(config)
+    _check_fused_decode(dtype, heads, 128, 64, num_splits, case_seed, pa.DecodeConfig(*config))
+
+
+def _check_fused_decode(dtype, heads, head_dim: int, batch: int, num_splits: int,
+                        case_seed: int, config=None) -> None:
+    """One drawn case: the fused merge equals the two-launch one bit for bit, writes every
+    output, leaves the arrival counts at 0 and agrees with the torch reference."""
+    from runtime_service.kernels import paged_attention as pa
+
     num_heads, num_kv_heads = heads
-    head_dim, batch = 128, 64
-    case_seed = SEED + 7 * num_splits + num_kv_heads + sum(config[:3])
     rng = random.Random(case_seed)
     generator = torch.Generator().manual_seed(case_seed)
     seq_lens, num_padded = _draw_seq_lens(rng, batch, num_splits)
@@ -142,14 +131,14 @@ def test_every_launch_config_matches_reference(dtype, heads, num_splits, config)
     tables = _tables(seq_lens, num_padded, generator)
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     q = _query(batch, num_heads, head_dim, dtype, generator)
-    launch = pa.DecodeConfig(*config)
 
-    two_launches = _decode(q, k_cache, v_cache, tables, lens, num_splits, False, launch)
-    fused = _decode(q, k_cache, v_cache, tables, lens, num_splits, True, launch)
+    two_launches = _decode(q, k_cache, v_cache, tables, lens, num_splits, False, config)
+    fused = _decode(q, k_cache, v_cache, tables, lens, num_splits, True, config)
     torch.cuda.synchronize()
-    context = f"seed {SEED}, {launch}, lens {seq_lens}"
+    context = f"seed {SEED}, {config or 'default config'}, lens {seq_lens}"
     assert not fused.isnan().any(), f"unwritten output ({context})"
     assert torch.equal(fused, two_launches), context
+    assert _counts_are_zero(q.device), context
     ref = pa.decode_reference(q, k_cache, v_cache, tables, lens, head_dim ** -0.5)
     assert _rel_err(fused, ref) < TOLERANCE[dtype], context
 
