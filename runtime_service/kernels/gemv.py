@@ -36,9 +36,11 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.kernels import GEMV_ROW_LIMIT
+
 log = logging.getLogger("kiln.kernels.gemv")
 
-from runtime_service.kernels import GEMV_ROW_LIMIT as MAX_ROWS  # more rows are a GEMM's job
+MAX_ROWS = GEMV_ROW_LIMIT   # the dot kernel's largest row tile; more rows are a GEMM's job
 _SUM_BLOCK = 1024
 _DTYPES = (torch.bfloat16, torch.float16)
 

@@ -7,7 +7,7 @@ writes rank files; the runtime loads those shards straight into these modules.
 
 Both layers send decode-sized inputs on CUDA to the Triton GEMV (kernels/gemv.py, tuned per
 shape to stream the weight at memory bandwidth): up to GEMV_MAX_ROWS rows always, and up to
-gemv.MAX_ROWS inside the decode graphs (`gemv_rows_up_to`). Everything else, and every CPU input,
+kernels.GEMV_ROW_LIMIT (64) inside the decode graphs (`gemv_rows_up_to`). Everything else, and every CPU input,
 goes to nn.functional.linear. SwiGLU's down projection can take the gate_up
 projection itself (`RowParallelLinear.forward_gate_up`): at decode the GEMV then forms
 silu(gate) * up as it loads its input, saving the activation kernel's launch and round trip.
