@@ -89,9 +89,12 @@ class KVCacheManager:
 
     def num_new_blocks(self, seq: Sequence, num_new_tokens: int) -> int:
         """Blocks `seq` must gain (new ones and copies of shared ones) for `num_new_tokens`."""
+        return self._growth(seq, num_new_tokens) + len(self._shared_blocks_to_write(
+            seq, num_new_tokens))
+
+    def _growth(self, seq: Sequence, num_new_tokens: int) -> int:
         needed = blocks_for_tokens(seq.num_cached_positions + num_new_tokens, self.block_size)
-        grow = max(0, needed - len(seq.block_ids))
-        return grow + len(self._shared_blocks_to_write(seq, num_new_tokens))
+        return max(0, needed - len(seq.block_ids))
 
     def _shared_blocks_to_write(self, seq: Sequence, num_new_tokens: int) -> list[int]:
         """Indices into seq.block_ids of already-held blocks that this step writes but shares."""
@@ -103,10 +106,12 @@ class KVCacheManager:
         return [i for i in range(first, last) if self._ref_count[seq.block_ids[i]] > 1]
 
     def allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
-        """Makes room for `num_new_tokens` more computed tokens; False (no change) if short."""
-        if self.num_new_blocks(seq, num_new_tokens) > len(self._free):
+        """Makes room for `num_new_tokens` more computed tokens; False (no change) if short.
+        Runs for every scheduled sequence every step, so the shared blocks are found once."""
+        shared = self._shared_blocks_to_write(seq, num_new_tokens)
+        if self._growth(seq, num_new_tokens) + len(shared) > len(self._free):
             return False
-        for index in self._shared_blocks_to_write(seq, num_new_tokens):
+        for index in shared:
             source = seq.block_ids[index]
             copy = self._take_free_block()
             self._release(source)

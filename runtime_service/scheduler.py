@@ -118,7 +118,7 @@ class Scheduler:
         for seq in list(self.running):
             if budget == 0:
                 break
-            if seq not in self.running:       # preempted earlier in this loop
+            if seq.status is not SequenceStatus.RUNNING:    # preempted earlier in this loop
                 continue
             num_new = min(seq.num_uncomputed_tokens, budget)
             if num_new == 0 or (seq.num_pending_tokens and seq.reached_max_length):
