@@ -35,7 +35,7 @@ from runtime_service.model.loader import LoadedModel, default_build_config, load
 from runtime_service.model_runner import (ModelRunner, PendingStep, SampledToken,
                                           kv_tokens_by_memory)
 from runtime_service.executor_options import ExecutorOptions, ExecutorStats
-from runtime_service.request import FinishReason, Request, RequestOutput
+from runtime_service.request import FinishReason, Request, RequestOutput, SamplingParams
 from runtime_service.request_stream import RequestStream
 from runtime_service.scheduler import Scheduler, SchedulerConfig
 from runtime_service.sequence import Sequence
@@ -137,6 +137,8 @@ class Executor:
         if overlap is None:
             overlap = device.type == "cuda"
         self.overlap = overlap and window is None and self.runner.supports_overlap
+        warm_up = options.warm_up_largest_step
+        self.warms_up = device.type == "cuda" if warm_up is None else warm_up
         self._in_flight: PendingStep | None = None
         self._num_blocking_overlap = 0       # live requests that need steps one at a time
         self.tokenizer = self._load_tokenizer(loaded.tokenizer_dir) if options.load_tokenizer else None
@@ -188,7 +190,30 @@ class Executor:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="kiln-step-loop", daemon=True)
             self._thread.start()
+            if self.warms_up:
+                self.generate(self.largest_step_requests())
         return self
+
+    def largest_step_requests(self) -> list[Request]:
+        """One step's worth of prompt tokens (max_num_tokens, or what the KV cache holds, less
+        a block a request), split over as few requests as the input limit allows, each asking
+        for one token. Their token ids count up without repeating while the step is smaller than
+        the vocabulary, so a prefix cache has nothing to share and the step computes them all."""
+        config = self.scheduler.config
+        per_request = max(1, min(self.limits.max_input_len, self.build.max_seq_len - 1,
+                                 config.max_num_tokens))
+        count = min(-(-config.max_num_tokens // per_request), config.max_batch_size)
+        room = self.kv.num_total_blocks * self.kv.block_size - count * self.kv.block_size
+        total = max(count, min(config.max_num_tokens, room))
+        vocab = self.limits.vocab_size
+        requests = []
+        for index in range(count):
+            length = max(1, min(per_request, total - index * per_request))
+            first = index * per_request
+            ids = [(first + j) % (vocab - 1) + 1 for j in range(length)]
+            requests.append(Request(f"kiln-warm-up-{index}", ids,
+                                    SamplingParams(max_new_tokens=1, end_id=-1)))
+        return requests
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
         """Aborts what is left, stops the step loop and waits for it."""

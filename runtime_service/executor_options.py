@@ -44,6 +44,11 @@ class ExecutorOptions:
     # Schedule and queue step n+1 before step n's tokens reach the host (None: on CUDA only,
     # where the GPU then never waits for the host; on CPU nothing runs concurrently).
     overlap_scheduling: bool | None = None
+    # At start, run one step of max_num_tokens prompt tokens (None: on CUDA only), so that the
+    # caching allocator holds the largest step's activations before the first request and memory
+    # stays flat from then on: without it, the first full-size prefill of a 7B engine grew the
+    # reserved memory by ~365 MB mid-serving (bench/NOTES.md, runs 5 and 8).
+    warm_up_largest_step: bool | None = None
 
     def __post_init__(self):
         if self.block_size < 1 or self.block_size > 1024:

@@ -68,6 +68,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overlap-scheduling", action="store_true",
                         help="on CUDA, run steps one at a time instead of scheduling step n+1 "
                         "while step n runs")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="on CUDA, skip the start-up step of max_num_tokens prompt tokens "
+                        "that reserves the largest step's memory before serving")
     parser.add_argument("--max-new-tokens", type=int, default=2048,
                         help="the most new tokens one request may ask for")
     parser.add_argument("--default-max-new-tokens", type=int, default=32)
@@ -91,7 +94,8 @@ def settings_from_args(args) -> RuntimeSettings:
         max_attention_window=args.max_attention_window,
         sink_token_length=args.sink_token_length, streaming_llm=args.streaming_llm,
         enable_chunked_prefill=not args.disable_chunked_context,
-        overlap_scheduling=False if args.no_overlap_scheduling else None)
+        overlap_scheduling=False if args.no_overlap_scheduling else None,
+        warm_up_largest_step=False if args.no_warm_up else None)
     return RuntimeSettings(
         cache_dir=Path(args.cache_dir), executor=options,
         limits=ServingLimits(max_new_tokens=args.max_new_tokens,

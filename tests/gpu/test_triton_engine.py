@@ -1,5 +1,6 @@
 """The CUDA fast path (Triton attention, fused layers, decode CUDA graphs) agrees with the torch
-reference path on the same engine to rounding level, and stops allocating once warm.
+reference path on the same engine to rounding level, and stops allocating once warm (the
+start-up warm-up covers the largest step).
 
 In bf16/fp16 the two paths round differently (another summation order in attention and norms),
 and these random models (weights drawn with std 0.2) amplify it: log-probabilities of the same
@@ -101,6 +102,25 @@ def test_decode_steps_replay_graphs_and_memory_stays_flat(tmp_path):
         executor.shutdown()
     assert [first[f"a{i}"] for i in range(3)] == [second[f"b{i}"] for i in range(3)]   # repeatable
     assert len(replays) >= 2 * 39 and max(replays) <= 3
+
+
+def test_a_full_size_prefill_after_start_grows_no_memory(tmp_path):
+    """The start-up warm-up has already run a step of max_num_tokens prompt tokens, so a
+    full-size step of other prompts allocates nothing new."""
+    folder = make_random_llama(tmp_path, **SHAPES["gqa"])
+    executor = Executor.from_folder(folder, ExecutorOptions(
+        device="cuda", dtype="bfloat16", block_size=16, max_num_tokens=256)).start()
+    try:
+        assert executor.warms_up and executor.stats().num_steps >= 1
+        torch.cuda.synchronize()
+        reserved = torch.cuda.memory_reserved()
+        shifted = [Request(f"full-{r.request_id}", [t % 500 + 7 for t in r.prompt_token_ids],
+                           _greedy(1)) for r in executor.largest_step_requests()]
+        executor.generate(shifted)
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_reserved() == reserved
+    finally:
+        executor.shutdown()
 
 
 def test_overlapped_steps_on_cuda_give_the_sequential_tokens(tmp_path):
