@@ -186,10 +186,18 @@ def test_switch_is_restored_when_the_block_raises():
     assert linear_mod._gemv_enabled
 
 
-def test_cpu_forward_never_imports_triton():
-    code = ("import sys, torch; from runtime_service.layers.linear import ColumnParallelLinear; "
-            "layer = ColumnParallelLinear(8, (4,), True).to(torch.bfloat16); "
-            "layer(torch.randn(1, 8, dtype=torch.bfloat16)); "
+CPU_FORWARDS = {   # a decode-sized bf16 call on the CPU, in a fresh interpreter
+    "column forward": "layer = ColumnParallelLinear(8, (4,), True).to(torch.bfloat16); "
+                      "layer(torch.randn(1, 8, dtype=torch.bfloat16))",
+    "down projection of gate_up": "layer = RowParallelLinear(8, 4, True).to(torch.bfloat16); "
+                                  "layer.forward_gate_up(torch.randn(1, 16, dtype=torch.bfloat16))",
+}
+
+
+@pytest.mark.parametrize("call", sorted(CPU_FORWARDS))
+def test_cpu_forward_never_imports_triton(call):
+    code = ("import sys, torch; from runtime_service.layers.linear import ColumnParallelLinear, "
+            f"RowParallelLinear; {CPU_FORWARDS[call]}; "
             "sys.exit(1 if 'triton' in sys.modules else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=REPO)
@@ -239,13 +247,3 @@ def test_switch_off_sends_gate_up_to_the_activation_kernel_then_linear(fake_gemv
         out = layer.forward_gate_up(gate_up)
     assert not fake_gemv and len(fake_activation) == 1
     assert torch.equal(out, nn.functional.linear(_silu_mul(gate_up), layer.weight))
-
-
-def test_cpu_down_projection_of_gate_up_never_imports_triton():
-    code = ("import sys, torch; from runtime_service.layers.linear import RowParallelLinear; "
-            "layer = RowParallelLinear(8, 4, True).to(torch.bfloat16); "
-            "layer.forward_gate_up(torch.randn(1, 16, dtype=torch.bfloat16)); "
-            "sys.exit(1 if 'triton' in sys.modules else 0)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=REPO)
-    assert done.returncode == 0, done.stdout + done.stderr
