@@ -48,7 +48,7 @@ DEFAULT_L2_BYTES = 50 << 20
 def sweep_points(default_splits: int):
     """(launch config, splits) pairs: every tile shape at the default split count and at two
     and four times it (at most 32)."""
-    from runtime_service.kernels.paged_attention import DecodeConfig
+    from runtime_service.model.kernels.paged_attention import DecodeConfig
 
     for block_n, warps, stages, factor in itertools.product(*SWEEP.values()):
         splits = default_splits * factor
@@ -78,8 +78,8 @@ def layer_caches(batch: int, context: int, num_kv_heads: int, l2_bytes: int,
 
 def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes: int,
                sweep: bool) -> dict:
-    from runtime_service.kernels import paged_attention as pa
-    from runtime_service.kernels.gemv import graph_time_per_call_us
+    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels.gemv import graph_time_per_call_us
 
     num_heads, num_kv_heads = HEADS[model]
     group = num_heads // num_kv_heads

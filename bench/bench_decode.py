@@ -32,15 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime_service import kernels  # noqa: E402
-from runtime_service.engine_config import BuildConfig, EngineConfig  # noqa: E402
-from runtime_service.executor import Executor, ExecutorOptions  # noqa: E402
-from runtime_service.layers.attention import TorchReferenceAttention  # noqa: E402
+from runtime_service.model import kernels# noqa: E402
+from runtime_service.format.engine_config import BuildConfig, EngineConfig  # noqa: E402
+from runtime_service.engine.executor import Executor, ExecutorOptions  # noqa: E402
+from runtime_service.model.layers.attention import TorchReferenceAttention  # noqa: E402
 from runtime_service.model.hf_convert import convert_hf_tensors  # noqa: E402
 from runtime_service.model.llama import LlamaModel  # noqa: E402
 from runtime_service.model.loader import LoadedModel  # noqa: E402
-from runtime_service.model_config import ModelArgs  # noqa: E402
-from runtime_service.request import Request, SamplingParams  # noqa: E402
+from runtime_service.format.model_config import ModelArgs  # noqa: E402
+from runtime_service.engine.request import Request, SamplingParams  # noqa: E402
 
 # Llama-2's 4096 positions are raised to 4352 so that its engine (max_seq_len 4096 + 256, which
 # the builder checks against the model) holds a 4096-token prompt and 256 new tokens; the rope
@@ -305,7 +305,7 @@ def load_throughput(executor: Executor, vocab: int, load: tuple[int, int, int],
 def bench_ablations(executor: Executor, vocab: int, quick: bool) -> dict:
     """Batch-1 and 64x128/128 again with one fast-path piece switched off at a time, so each
     piece's effect is measured in the same run on the same engine."""
-    from runtime_service.layers import linear
+    from runtime_service.model.layers import linear
 
     overlap_was = executor.overlap
     switches = {"no_overlap": lambda on: setattr(executor, "overlap", on and overlap_was)}

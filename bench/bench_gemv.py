@@ -53,21 +53,21 @@ def cublas(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def triton_gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    from runtime_service.kernels.gemv import gemv
+    from runtime_service.model.kernels.gemv import gemv
 
     return gemv(x, weight)
 
 
 def time_per_call_us(call, x: torch.Tensor, weights: list[torch.Tensor], calls: int,
                      replays: int) -> float:
-    from runtime_service.kernels.gemv import graph_time_per_call_us
+    from runtime_service.model.kernels.gemv import graph_time_per_call_us
 
     return graph_time_per_call_us(call, x, weights, calls, replays)
 
 
 def bench_projection(model: str, name: str, n: int, k: int, row_counts: list[int],
                      dtype: torch.dtype, l2_bytes: int, replays: int) -> list[dict]:
-    from runtime_service.kernels.gemv import tuned_config
+    from runtime_service.model.kernels.gemv import tuned_config
 
     weight_bytes = n * k * dtype.itemsize
     copies = max(2, math.ceil(3 * l2_bytes / weight_bytes))

@@ -78,7 +78,7 @@ async def run_grpc(address: str, batch: list[list[int]], new_tokens: int) -> dic
 
 
 async def run_inprocess(executor, batch: list[list[int]], new_tokens: int, tag: str) -> dict:
-    from runtime_service.request import Request, SamplingParams
+    from runtime_service.engine.request import Request, SamplingParams
 
     async def one(i, prompt):
         times = []
@@ -113,7 +113,7 @@ def main() -> int:
     sys.path.insert(0, str(REPO / "tests"))
     from support.kiln_servers import RuntimePod
 
-    from runtime_service.executor import Executor, ExecutorOptions
+    from runtime_service.engine.executor import Executor, ExecutorOptions
     from runtime_service.store import pull_engine
 
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-"))

@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime_service.kv_cache import KVCacheManager  # noqa: E402
-from runtime_service.request import Request, SamplingParams  # noqa: E402
-from runtime_service.scheduler import Scheduler, SchedulerConfig  # noqa: E402
-from runtime_service.sequence import Sequence  # noqa: E402
+from runtime_service.engine.kv_cache import KVCacheManager  # noqa: E402
+from runtime_service.engine.request import Request, SamplingParams  # noqa: E402
+from runtime_service.engine.scheduler import Scheduler, SchedulerConfig  # noqa: E402
+from runtime_service.engine.sequence import Sequence  # noqa: E402
 
 # Whole-load wall / steps on one H100, Llama-2-7B shape (run 8: 1.246 s / 128 steps at 64,
 # 2.865 s / 132 steps at 256), prefill included: the GPU time a step's host work can hide under.

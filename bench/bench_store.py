@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from runtime_service.engine_format import build_manifest, write_manifest
+from runtime_service.format.engine_format import build_manifest, write_manifest
 from runtime_service.store import S3Settings, open_store, pull_engine
-from runtime_service.store_s3 import make_client
+from runtime_service.store.s3 import make_client
 
 BUCKET = "bench"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime_service.request import RequestOutput  # noqa: E402
-from runtime_service.request_stream import RequestStream  # noqa: E402
+from runtime_service.engine.request import RequestOutput  # noqa: E402
+from runtime_service.engine.request_stream import RequestStream  # noqa: E402
 
 
 def per_output_wakeup(stream: RequestStream, item) -> None:

@@ -134,8 +134,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from runtime_service.executor import Executor, ExecutorOptions
-    from runtime_service.request import Request, SamplingParams
+    from runtime_service.engine.executor import Executor, ExecutorOptions
+    from runtime_service.engine.request import Request, SamplingParams
     from support.random_llama import make_random_llama, random_prompts
 
     stream_len = args.windows * args.window

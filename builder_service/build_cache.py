@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
-from runtime_service.engine_format import Manifest
+from runtime_service.format.engine_format import Manifest
 from runtime_service.store import Store, check_engine_key
 
 

@@ -12,8 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime_service.engine_config import EngineConfig
-from runtime_service.engine_format import CONFIG, FORMAT_NAME, Manifest, verify_engine_folder
+from runtime_service.format.engine_config import EngineConfig
+from runtime_service.format.engine_format import CONFIG, FORMAT_NAME, Manifest, verify_engine_folder
 from runtime_service.errors import CorruptEngine, EngineNotFound
 from runtime_service.store import Store
 

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from runtime_service.engine_config import Mapping, QuantConfig, Target
+from runtime_service.format.engine_config import Mapping, QuantConfig, Target
 from runtime_service.errors import InvalidRequest
 
 from builder_service.status import EXIT_INTERNAL, EXIT_OK, exit_code_for
@@ -103,7 +103,7 @@ def _build_remote(args, printer) -> None:
     import grpc
     from kiln.v1 import builder_pb2_grpc
 
-    from runtime_service.auth import read_token_file
+    from runtime_service.server.auth import read_token_file
     from builder_service.messages import request_from_spec
     from builder_service.pipeline import BuildProgress
     from builder_service.upload_client import upload_folder
@@ -144,7 +144,7 @@ def _convert(args, printer) -> None:
 
 
 def _serve(args) -> None:
-    from runtime_service.auth import read_token_file
+    from runtime_service.server.auth import read_token_file
     from builder_service.server import ServerOptions, serve
     from builder_service.uploads import UploadLimits
     options = ServerOptions(

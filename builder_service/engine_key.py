@@ -12,8 +12,8 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-from runtime_service.engine_config import BuildConfig, Mapping, QuantConfig, Target
-from runtime_service.engine_format import FORMAT_VERSION, check_relative_path
+from runtime_service.format.engine_config import BuildConfig, Mapping, QuantConfig, Target
+from runtime_service.format.engine_format import FORMAT_VERSION, check_relative_path
 
 
 def canonical_json(value) -> bytes:

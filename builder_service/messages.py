@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from kiln.v1 import builder_pb2, engine_pb2
 
-from runtime_service.engine_config import BuildConfig, Mapping, QuantConfig, Target
+from runtime_service.format.engine_config import BuildConfig, Mapping, QuantConfig, Target
 
 from builder_service.builder import BuildOutcome, EngineInfo
 from builder_service.pipeline import BuildProgress

@@ -20,8 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from runtime_service.engine_config import EngineConfig, Mapping
-from runtime_service.engine_format import (CHECKPOINT_FORMAT_NAME, CONFIG, FORMAT_NAME,
+from runtime_service.format.engine_config import EngineConfig, Mapping
+from runtime_service.format.engine_format import (CHECKPOINT_FORMAT_NAME, CONFIG, FORMAT_NAME,
                                            TOKENIZER_DIR, Manifest, build_manifest, rank_file,
                                            write_manifest)
 from runtime_service.errors import InvalidRequest

@@ -1,5 +1,5 @@
 """Full tensors from a checkpoint's or engine's rank files, so either can be rebuilt with another
-split, dtype or set of limits. The inverse of the split in runtime_service.layers.linear: column
+split, dtype or set of limits. The inverse of the split in runtime_service.model.layers.linear: column
 shards are rejoined section by section, row shards along the input features."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from runtime_service.engine_config import EngineConfig, Mapping
-from runtime_service.engine_format import rank_file
+from runtime_service.format.engine_config import EngineConfig, Mapping
+from runtime_service.format.engine_format import rank_file
 from runtime_service.errors import InvalidRequest
 from runtime_service.model.hf_convert import shard_for_rank
 from runtime_service.model.llama import layer_index, sharding_rule
-from runtime_service.model_config import ModelArgs
+from runtime_service.format.model_config import ModelArgs
 
 
 class KilnShards:

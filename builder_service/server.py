@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kiln.v1 import builder_pb2, builder_pb2_grpc
 
-from runtime_service.auth import TransportSecurity
+from runtime_service.server.auth import TransportSecurity
 from runtime_service.errors import CapacityExceeded, InvalidRequest
 from runtime_service.store import S3Settings, open_store
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime_service.engine_config import (SUPPORTED_DTYPES, BuildConfig, Mapping, QuantConfig,
+from runtime_service.format.engine_config import (SUPPORTED_DTYPES, BuildConfig, Mapping, QuantConfig,
                                            Target)
 from runtime_service.errors import FailedPrecondition, InvalidRequest
-from runtime_service.model_config import ModelArgs
+from runtime_service.format.model_config import ModelArgs
 from runtime_service.store import check_engine_name
 
 TARGET_DEVICES = ("any", "cpu", "cuda")

@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime_service.atomic_folder import fill_then_rename
-from runtime_service.engine_format import check_relative_path
+from runtime_service.store.atomic_folder import fill_then_rename
+from runtime_service.format.engine_format import check_relative_path
 from runtime_service.errors import CapacityExceeded, EngineNotFound, InvalidRequest
 
 UPLOAD_SCHEME = "upload"

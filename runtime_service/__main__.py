@@ -11,9 +11,9 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m runtime_service {{{','.join(COMMANDS)}}} [--help]", file=sys.stderr)
         return 2
     if argv[0] == "worker":
-        from runtime_service.rank_worker import main as worker_main
+        from runtime_service.distributed.rank_worker import main as worker_main
         return worker_main(argv[1:])
-    from runtime_service.serve import main as serve_main
+    from runtime_service.server.serve import main as serve_main
     return serve_main(argv[1:])
 
 

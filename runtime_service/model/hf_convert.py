@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from runtime_service.engine_config import Mapping
+from runtime_service.format.engine_config import Mapping
 from runtime_service.errors import InvalidRequest
-from runtime_service.layers.linear import shard_columns, shard_rows
+from runtime_service.model.layers.linear import shard_columns, shard_rows
 from runtime_service.model.llama import layer_index, sharding_rule
-from runtime_service.model_config import ModelArgs
+from runtime_service.format.model_config import ModelArgs
 
 
 class SafetensorsFolder:

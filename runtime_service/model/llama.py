@@ -13,12 +13,12 @@ import re
 import torch
 from torch import nn
 
-from runtime_service.distributed import SINGLE_RANK, ParallelContext
-from runtime_service.layers.attention import AttentionMetadata, TorchReferenceAttention
-from runtime_service.layers.linear import ColumnParallelLinear, RowParallelLinear
-from runtime_service.layers.norm import RMSNorm
-from runtime_service.layers.rotary import RotaryEmbedding
-from runtime_service.model_config import ModelArgs
+from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
+from runtime_service.model.layers.attention import AttentionMetadata, TorchReferenceAttention
+from runtime_service.model.layers.linear import ColumnParallelLinear, RowParallelLinear
+from runtime_service.model.layers.norm import RMSNorm
+from runtime_service.model.layers.rotary import RotaryEmbedding
+from runtime_service.format.model_config import ModelArgs
 
 
 class Attention(nn.Module):

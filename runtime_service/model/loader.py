@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from runtime_service.distributed import SINGLE_RANK, ParallelContext
-from runtime_service.engine_config import BuildConfig, EngineConfig, Mapping
-from runtime_service.engine_format import (TOKENIZER_DIR, detect_model_kind, rank_file,
+from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
+from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapping
+from runtime_service.format.engine_format import (TOKENIZER_DIR, detect_model_kind, rank_file,
                                            read_engine_config)
 from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, read_hf_config
 from runtime_service.model.llama import LlamaModel
-from runtime_service.model_config import ModelArgs
+from runtime_service.format.model_config import ModelArgs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -75,7 +75,7 @@ def _query(batch: int, num_heads: int, head_dim: int, dtype: torch.dtype,
 
 
 def _decode(q, k_cache, v_cache, tables, lens, num_splits, fused_combine, config=None):
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     out = torch.full_like(q, float("nan"))
     pa.decode(q, k_cache, v_cache, tables, lens, q.shape[-1] ** -0.5, num_splits, out=out,
@@ -84,7 +84,7 @@ def _decode(q, k_cache, v_cache, tables, lens, num_splits, fused_combine, config
 
 
 def _counts_are_zero(device: torch.device) -> bool:
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     return not pa._arrival_counts[device].any().item()
 
@@ -111,7 +111,7 @@ LAUNCH_CONFIGS = [(64, 4, 2), (128, 8, 2), (32, 4, 3), (16, 2, 4), (32, 8, 4)]
 def test_every_launch_config_matches_reference(dtype, heads, num_splits, config):
     """The launch shapes bench/bench_attention.py sweeps compute the same attention, and each
     keeps the fused merge bit-identical to the two-launch one."""
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     case_seed = SEED + 7 * num_splits + heads[1] + sum(config)
     _check_fused_decode(dtype, heads, 128, 64, num_splits, case_seed, pa.DecodeConfig(*config))
@@ -121,7 +121,7 @@ def _check_fused_decode(dtype, heads, head_dim: int, batch: int, num_splits: int
                         case_seed: int, config=None) -> None:
     """One drawn case: the fused merge equals the two-launch one bit for bit, writes every
     output, leaves the arrival counts at 0 and agrees with the torch reference."""
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     num_heads, num_kv_heads = heads
     rng = random.Random(case_seed)
@@ -166,7 +166,7 @@ def test_repeated_fused_launches_reset_their_counters(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heads", HEADS, ids=HEAD_IDS)
 def test_fused_decode_in_cuda_graph_replays_with_changing_seq_lens(heads, dtype):
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     num_heads, num_kv_heads = heads
     batch, num_splits, head_dim = 8, 32, 128
@@ -207,7 +207,7 @@ def test_fused_decode_in_cuda_graph_replays_with_changing_seq_lens(heads, dtype)
 
 
 def test_arrival_counts_grow_outside_capture_and_keep_outgrown_buffers(monkeypatch):
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     monkeypatch.setattr(pa, "_arrival_counts", {})
     monkeypatch.setattr(pa, "_retired_arrival_counts", [])

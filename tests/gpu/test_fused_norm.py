@@ -42,7 +42,7 @@ def _assert_matches(normed, summed, ref_normed, ref_summed):
 @pytest.mark.parametrize("hidden", [64, 100, 576, 4096, 5120])
 @pytest.mark.parametrize("rows", [1, 7, 300])
 def test_add_rms_norm_matches_reference(rows, hidden, dtype):
-    from runtime_service.kernels.rms_norm import add_rms_norm, add_rms_norm_reference
+    from runtime_service.model.kernels.rms_norm import add_rms_norm, add_rms_norm_reference
 
     x, residual, weight = _inputs((rows, hidden), dtype, SEED + rows * 7919 + hidden)
     normed, summed = add_rms_norm(x, residual, weight, 1e-5)
@@ -51,7 +51,7 @@ def test_add_rms_norm_matches_reference(rows, hidden, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_add_rms_norm_reads_strided_rows_of_any_rank(dtype):
-    from runtime_service.kernels.rms_norm import add_rms_norm, add_rms_norm_reference
+    from runtime_service.model.kernels.rms_norm import add_rms_norm, add_rms_norm_reference
 
     wide, residual, weight = _inputs((3, 5, 2 * 4096), dtype, SEED)
     x = wide[..., :4096]                                    # rows 2 * 4096 apart
@@ -63,8 +63,8 @@ def test_add_rms_norm_reads_strided_rows_of_any_rank(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_norm_layer_fuses_the_add_on_cuda(dtype):
-    from runtime_service import kernels
-    from runtime_service.layers.norm import RMSNorm
+    from runtime_service.model import kernels
+    from runtime_service.model.layers.norm import RMSNorm
 
     x, residual, weight = _inputs((9, 4096), dtype, SEED)
     norm = RMSNorm(4096, 1e-5).to(device="cuda", dtype=dtype)
@@ -76,7 +76,7 @@ def test_norm_layer_fuses_the_add_on_cuda(dtype):
 
 
 def test_add_rms_norm_rejects_bad_inputs():
-    from runtime_service.kernels.rms_norm import add_rms_norm
+    from runtime_service.model.kernels.rms_norm import add_rms_norm
 
     x, residual, weight = _inputs((4, 256), torch.bfloat16, SEED)
     bad = [

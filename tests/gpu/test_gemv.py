@@ -42,8 +42,8 @@ def _gated_inputs(rows: int, n: int, k: int, dtype: torch.dtype, with_bias: bool
 
 
 def _assert_close_to_reference(out, x, weight, bias, context: str, gated: bool = False) -> None:
-    from runtime_service.kernels.activation import silu_and_mul_reference
-    from runtime_service.kernels.gemv import gemv_reference
+    from runtime_service.model.kernels.activation import silu_and_mul_reference
+    from runtime_service.model.kernels.gemv import gemv_reference
 
     if gated:               # torch rounds silu(gate) * up where the kernels do
         x = silu_and_mul_reference(x)
@@ -59,7 +59,7 @@ def _assert_close_to_reference(out, x, weight, bias, context: str, gated: bool =
 
 
 def _configs():
-    from runtime_service.kernels.gemv import _DOT_TILES, _FMA_TILES
+    from runtime_service.model.kernels.gemv import _DOT_TILES, _FMA_TILES
 
     fma, dot = _FMA_TILES[0], _DOT_TILES[0]
     return [fma, replace(fma, split_k=3), dot, replace(dot, split_k=3)]
@@ -69,7 +69,7 @@ def _configs():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("config_index", range(4))
 def test_each_kernel_matches_reference_for_every_row_count(config_index, shape, dtype):
-    from runtime_service.kernels.gemv import MAX_ROWS, gemv
+    from runtime_service.model.kernels.gemv import MAX_ROWS, gemv
 
     config = _configs()[config_index]
     n, k = shape
@@ -87,7 +87,7 @@ def test_each_kernel_matches_reference_for_every_row_count(config_index, shape, 
 
 @pytest.mark.parametrize("rows", [1, 5, 40])
 def test_every_tuning_candidate_matches_reference(rows):
-    from runtime_service.kernels.gemv import _sm_count, candidate_configs, gemv
+    from runtime_service.model.kernels.gemv import _sm_count, candidate_configs, gemv
 
     n, k = 4096, 11008
     x, weight, _ = _inputs(rows, n, k, torch.bfloat16, False)
@@ -101,7 +101,7 @@ def test_every_tuning_candidate_matches_reference(rows):
                                           (torch.float16, SHAPES[1])])
 @pytest.mark.parametrize("rows", [1, 3, 8, 24, 64])
 def test_tuned_gemv_matches_reference(rows, shape, dtype):
-    from runtime_service.kernels.gemv import gemv, tuned_config
+    from runtime_service.model.kernels.gemv import gemv, tuned_config
 
     x, weight, bias = _inputs(rows, *shape, dtype, True)
     out = gemv(x, weight, bias)
@@ -112,7 +112,7 @@ def test_tuned_gemv_matches_reference(rows, shape, dtype):
 @pytest.mark.parametrize("split_k", [None, 4])
 @pytest.mark.parametrize("rows", [1, 4, 48])
 def test_replays_inside_a_cuda_graph(rows, split_k):
-    from runtime_service.kernels.gemv import GemvConfig, gemv
+    from runtime_service.model.kernels.gemv import GemvConfig, gemv
 
     n, k = 4096, 11008
     config = GemvConfig("dot", 64, 128, 4, 4, split_k) if split_k else None
@@ -152,7 +152,7 @@ BAD_INPUTS = {   # name -> call given a good x [2, 64], weight [32, 64] and the 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_launcher_rejects_bad_inputs(case):
-    from runtime_service.kernels import gemv
+    from runtime_service.model.kernels import gemv
 
     x = torch.randn(2, 64, dtype=torch.bfloat16, device="cuda")
     weight = torch.randn(32, 64, dtype=torch.bfloat16, device="cuda")
@@ -161,8 +161,8 @@ def test_launcher_rejects_bad_inputs(case):
 
 
 def test_layers_take_the_gemv_for_decode_rows_only():
-    from runtime_service.kernels.gemv import tuned_configs
-    from runtime_service.layers.linear import GEMV_MAX_ROWS, ColumnParallelLinear, gemv_enabled
+    from runtime_service.model.kernels.gemv import tuned_configs
+    from runtime_service.model.layers.linear import GEMV_MAX_ROWS, ColumnParallelLinear, gemv_enabled
 
     layer = ColumnParallelLinear(4104, (1000,), True).to(device="cuda", dtype=torch.bfloat16)
     x, weight, bias = _inputs(GEMV_MAX_ROWS + 1, 1000, 4104, torch.bfloat16, True)
@@ -176,7 +176,7 @@ def test_layers_take_the_gemv_for_decode_rows_only():
 
 
 def _gated_configs():
-    from runtime_service.kernels.gemv import _DOT_TILES, _FMA_TILES, CUBLAS
+    from runtime_service.model.kernels.gemv import _DOT_TILES, _FMA_TILES, CUBLAS
 
     fma_k512, fma_k256, dot = _FMA_TILES[0], _FMA_TILES[3], _DOT_TILES[0]
     return [fma_k512, fma_k256, replace(fma_k256, split_k=3), dot, replace(dot, split_k=3),
@@ -187,8 +187,8 @@ def _gated_configs():
 @pytest.mark.parametrize("shape", [(4096, 11008), (1000, 4104)])
 @pytest.mark.parametrize("config_index", range(6))
 def test_gated_gemv_equals_silu_and_mul_then_gemv_bit_for_bit(config_index, shape, dtype):
-    from runtime_service.kernels.activation import silu_and_mul
-    from runtime_service.kernels.gemv import gemv
+    from runtime_service.model.kernels.activation import silu_and_mul
+    from runtime_service.model.kernels.gemv import gemv
 
     config = _gated_configs()[config_index]
     n, k = shape
@@ -209,7 +209,7 @@ def test_gated_gemv_equals_silu_and_mul_then_gemv_bit_for_bit(config_index, shap
                                           (torch.float16, (4096, 11008))])
 @pytest.mark.parametrize("rows", [1, 3, 8, 40])
 def test_tuned_gated_gemv_matches_reference(rows, shape, dtype):
-    from runtime_service.kernels.gemv import gemv, tuned_config, tuned_configs
+    from runtime_service.model.kernels.gemv import gemv, tuned_config, tuned_configs
 
     gate_up, weight, bias = _gated_inputs(rows, *shape, dtype, True)
     out = gemv(gate_up, weight, bias, gated=True)
@@ -223,7 +223,7 @@ def test_tuned_gated_gemv_matches_reference(rows, shape, dtype):
 @pytest.mark.parametrize("split_k", [None, 4])
 @pytest.mark.parametrize("rows", [1, 4, 64])
 def test_gated_gemv_replays_inside_a_cuda_graph(rows, split_k):
-    from runtime_service.kernels.gemv import GemvConfig, gemv, tuned_config
+    from runtime_service.model.kernels.gemv import GemvConfig, gemv, tuned_config
 
     n, k = 4096, 11008
     gate_up, weight, bias = _gated_inputs(rows, n, k, torch.bfloat16, True)
@@ -249,9 +249,9 @@ def test_gated_gemv_replays_inside_a_cuda_graph(rows, split_k):
 
 
 def test_down_projection_of_gate_up_takes_the_gated_gemv_for_decode_rows_only():
-    from runtime_service.kernels.activation import silu_and_mul
-    from runtime_service.kernels.gemv import gemv, tuned_config
-    from runtime_service.layers.linear import GEMV_MAX_ROWS, RowParallelLinear, gemv_enabled
+    from runtime_service.model.kernels.activation import silu_and_mul
+    from runtime_service.model.kernels.gemv import gemv, tuned_config
+    from runtime_service.model.layers.linear import GEMV_MAX_ROWS, RowParallelLinear, gemv_enabled
 
     layer = RowParallelLinear(4104, 1000, True).to(device="cuda", dtype=torch.bfloat16)
     gate_up, weight, bias = _gated_inputs(GEMV_MAX_ROWS + 1, 1000, 4104, torch.bfloat16, True)

@@ -15,7 +15,7 @@ SEED = random.randrange(2 ** 31)
 @pytest.mark.parametrize("rows", [1, 3, 64])
 @pytest.mark.parametrize("vocab", [5, 1000, 2048, 32000, 128256])
 def test_greedy_pick_equals_argmax_and_log_softmax(rows, vocab):
-    from runtime_service.kernels.sampling import greedy_pick, greedy_pick_reference
+    from runtime_service.model.kernels.sampling import greedy_pick, greedy_pick_reference
 
     generator = torch.Generator(device="cuda").manual_seed(SEED + rows * vocab)
     logits = torch.randn(rows, vocab, generator=generator, device="cuda") * 4
@@ -27,7 +27,7 @@ def test_greedy_pick_equals_argmax_and_log_softmax(rows, vocab):
 
 
 def test_ties_go_to_the_lowest_index_across_chunks_and_minus_inf_is_skipped():
-    from runtime_service.kernels.sampling import greedy_pick
+    from runtime_service.model.kernels.sampling import greedy_pick
 
     logits = torch.full((3, 5000), float("-inf"), device="cuda")
     logits[0, [4100, 2100, 4999]] = 3.0          # equal maxima in chunks 2, 1 and 2
@@ -40,7 +40,7 @@ def test_ties_go_to_the_lowest_index_across_chunks_and_minus_inf_is_skipped():
 
 
 def test_a_row_view_with_a_stride_is_read_in_place():
-    from runtime_service.kernels.sampling import greedy_pick, greedy_pick_reference
+    from runtime_service.model.kernels.sampling import greedy_pick, greedy_pick_reference
 
     wide = torch.randn(4, 3000, device="cuda")
     view = wide[:, :2500]

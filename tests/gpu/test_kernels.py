@@ -56,7 +56,7 @@ ATTN_SHAPES = [   # (num_heads, num_kv_heads, head_dim, block_size)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ATTN_SHAPES)
 def test_prefill_matches_reference_with_chunked_context(shape, dtype):
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     num_heads, num_kv_heads, head_dim, block_size = shape
     generator = torch.Generator().manual_seed(SEED + hash(shape) % 1000)
@@ -81,7 +81,7 @@ def test_prefill_matches_reference_with_chunked_context(shape, dtype):
 @pytest.mark.parametrize("shape", ATTN_SHAPES)
 @pytest.mark.parametrize("num_splits", [1, 4, 32])
 def test_split_k_decode_matches_reference(shape, dtype, num_splits):
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     num_heads, num_kv_heads, head_dim, block_size = shape
     generator = torch.Generator().manual_seed(SEED + num_splits)
@@ -99,7 +99,7 @@ def test_split_k_decode_matches_reference(shape, dtype, num_splits):
 
 
 def test_float32_attention_uses_exact_products():
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     generator = torch.Generator().manual_seed(SEED)
     q, k_cache, v_cache, tables, starts, lens = _paged_batch(
@@ -111,7 +111,7 @@ def test_float32_attention_uses_exact_products():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_store_kv_writes_slots_and_skips_negative(dtype):
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     generator = torch.Generator().manual_seed(SEED)
     k_cache = torch.randn(9, 16, 8, 128, generator=generator).to(dtype).cuda()
@@ -129,7 +129,7 @@ def test_store_kv_writes_slots_and_skips_negative(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 4096), (7, 4096), (300, 5120), (3, 576), (2, 100)])
 def test_rms_norm_matches_reference(shape, dtype):
-    from runtime_service.kernels.rms_norm import rms_norm, rms_norm_reference
+    from runtime_service.model.kernels.rms_norm import rms_norm, rms_norm_reference
 
     x = torch.randn(shape, device="cuda").to(dtype) * 3
     weight = torch.randn(shape[-1], device="cuda").to(dtype)
@@ -142,7 +142,7 @@ def test_rms_norm_matches_reference(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads", [(32, 32, 128), (32, 8, 128), (9, 3, 64), (3, 3, 24)])
 def test_rotary_matches_reference_to_rounding(heads, dtype):
-    from runtime_service.kernels.rotary import apply_rotary_, rotary_reference
+    from runtime_service.model.kernels.rotary import apply_rotary_, rotary_reference
 
     num_heads, num_kv_heads, head_dim = heads
     tokens = random.Random(SEED).randint(1, 300)
@@ -167,7 +167,7 @@ def test_rotary_matches_reference_to_rounding(heads, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 2 * 11008), (5, 2 * 14336), (129, 2 * 128), (2, 2 * 100)])
 def test_silu_and_mul_matches_reference(shape, dtype):
-    from runtime_service.kernels.activation import silu_and_mul, silu_and_mul_reference
+    from runtime_service.model.kernels.activation import silu_and_mul, silu_and_mul_reference
 
     x = torch.randn(shape, device="cuda").to(dtype) * 4
     out = silu_and_mul(x)
@@ -177,7 +177,7 @@ def test_silu_and_mul_matches_reference(shape, dtype):
 
 
 def test_launchers_reject_bad_shapes():
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     q = torch.randn(4, 8, 64, device="cuda", dtype=torch.bfloat16)
     cache = torch.randn(3, 16, 3, 64, device="cuda", dtype=torch.bfloat16)   # 8 % 3 != 0
@@ -193,7 +193,7 @@ def test_launchers_reject_bad_shapes():
 @pytest.mark.parametrize("fields", [dict(block_n=24), dict(block_n=8), dict(num_warps=3),
                                     dict(num_stages=0), dict(num_stages=9)], ids=str)
 def test_decode_config_rejects_impossible_launch_shapes(fields):
-    from runtime_service.kernels import paged_attention as pa
+    from runtime_service.model.kernels import paged_attention as pa
 
     with pytest.raises(ValueError):
         pa.DecodeConfig(**fields)

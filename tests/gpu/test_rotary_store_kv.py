@@ -45,8 +45,8 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("tokens", [1, 7, 300])
 def test_fused_rotary_store_kv_is_bit_identical_to_separate_kernels(tokens, head_dim, heads,
                                                                     dtype):
-    from runtime_service.kernels import paged_attention as pa
-    from runtime_service.kernels.rotary import (apply_rotary_, rotary_store_kv_,
+    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels.rotary import (apply_rotary_, rotary_store_kv_,
                                                 rotary_store_kv_reference)
 
     num_heads, num_kv_heads = heads
@@ -90,7 +90,7 @@ def test_fused_rotary_store_kv_is_bit_identical_to_separate_kernels(tokens, head
 def _step(query_lens, seq_lens, tables, width, padding_rows=0):
     """AttentionMetadata for one step; padding rows are CUDA-graph padding (position 0, slot -1,
     one token of context in block 0)."""
-    from runtime_service.layers.attention import AttentionMetadata
+    from runtime_service.model.layers.attention import AttentionMetadata
 
     positions, slots, token_seq_lens = [], [], []
     for q_len, seq_len, table in zip(query_lens, seq_lens, tables):
@@ -123,9 +123,9 @@ def _step(query_lens, seq_lens, tables, width, padding_rows=0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads", [(32, 8, 128), (8, 8, 64)])
 def test_backend_fused_path_equals_separate_kernels_over_prefill_and_decode(heads, dtype):
-    from runtime_service.layers.attention_triton import TritonPagedAttention
-    from runtime_service.layers.rotary import RotaryEmbedding
-    from runtime_service.model_config import ModelArgs
+    from runtime_service.model.layers.attention_triton import TritonPagedAttention
+    from runtime_service.model.layers.rotary import RotaryEmbedding
+    from runtime_service.format.model_config import ModelArgs
 
     num_heads, num_kv_heads, head_dim = heads
     args = ModelArgs(vocab_size=16, hidden_size=num_heads * head_dim, intermediate_size=16,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime_service import kernels
-from runtime_service.executor import Executor, ExecutorOptions
-from runtime_service.request import Request, SamplingParams
+from runtime_service.model import kernels
+from runtime_service.engine.executor import Executor, ExecutorOptions
+from runtime_service.engine.request import Request, SamplingParams
 from support.random_llama import make_random_llama, random_prompts
 
 pytestmark = pytest.mark.gpu

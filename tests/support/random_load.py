@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 
-from runtime_service.request import Request, SamplingParams
+from runtime_service.engine.request import Request, SamplingParams
 
 
 def submit_and_abort_at_random(executor, num_requests: int, vocab_size: int, seed: int,

@@ -15,10 +15,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kiln.v1 import builder_pb2, builder_pb2_grpc, engine_pb2
 
 from builder_service.upload_client import upload_folder
-from runtime_service.engine_format import verify_engine_folder
+from runtime_service.format.engine_format import verify_engine_folder
 from runtime_service.errors import CorruptEngine, EngineNotFound, PermissionDenied
 from runtime_service.store import S3Settings, open_store, pull_engine
-from runtime_service.store_s3 import make_client
+from runtime_service.store.s3 import make_client
 
 from support.servers import BUCKET, REPO, subprocess_env
 from support.tiny_llama import make_tiny_llama

@@ -14,8 +14,8 @@ from transformers import LlamaForCausalLM
 from builder_service.builder import EngineBuilder
 from builder_service.settings import BuildSpec
 from builder_service.sources import SourceResolver
-from runtime_service.distributed import ParallelContext
-from runtime_service.engine_config import Mapping
+from runtime_service.model.parallel import ParallelContext
+from runtime_service.format.engine_config import Mapping
 from runtime_service.model.loader import load_model
 from runtime_service.store import LocalStore
 

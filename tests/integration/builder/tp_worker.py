@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from runtime_service.distributed import ParallelContext
-from runtime_service.layers.attention import AttentionMetadata
+from runtime_service.model.parallel import ParallelContext
+from runtime_service.model.layers.attention import AttentionMetadata
 from runtime_service.model.loader import load_model
 
 TOKENS = [5, 17, 99, 3, 250, 8, 9]

@@ -111,7 +111,7 @@ def test_kiln_launch_is_the_installed_entry_point():
 
 def test_chart_ports_are_the_services_defaults():
     from builder_service.cli import DEFAULT_PORT as builder_port
-    from runtime_service.serve import DEFAULT_LISTEN
+    from runtime_service.server.serve import DEFAULT_LISTEN
     values = render({})
     builder = by_kind(values, "Service")["demo-kiln-builder"]
     assert builder["spec"]["ports"][0]["port"] == builder_port

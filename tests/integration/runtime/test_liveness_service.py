@@ -16,10 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.v1 import runtime_pb2
-from runtime_service.engine_host import RuntimeSettings
-from runtime_service.executor import ExecutorOptions
-from runtime_service.serve import RuntimeServer
-from runtime_service.server import LIVENESS_SERVICE_NAME, SERVICE_NAME
+from runtime_service.server.engine_host import RuntimeSettings
+from runtime_service.engine.executor import ExecutorOptions
+from runtime_service.server.serve import RuntimeServer
+from runtime_service.server.servicer import LIVENESS_SERVICE_NAME, SERVICE_NAME
 from support.kiln_servers import REPO, RuntimePod, runtime_stub
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

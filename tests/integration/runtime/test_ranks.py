@@ -11,9 +11,9 @@ import psutil
 import pytest
 
 from kiln.v1 import runtime_pb2
-from runtime_service.executor import Executor, ExecutorOptions
-from runtime_service.rank_worker import start_ranked_executor
-from runtime_service.request import Request, SamplingParams
+from runtime_service.engine.executor import Executor, ExecutorOptions
+from runtime_service.distributed.rank_worker import start_ranked_executor
+from runtime_service.engine.request import Request, SamplingParams
 from support.kiln_servers import RuntimePod, build_engine, runtime_stub, wait_all_blocks_free
 from support.random_llama import hf_greedy, make_random_llama
 

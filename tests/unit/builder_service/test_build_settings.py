@@ -1,9 +1,9 @@
 import pytest
 
 from builder_service.settings import BuildSpec
-from runtime_service.engine_config import Mapping, QuantConfig, Target
+from runtime_service.format.engine_config import Mapping, QuantConfig, Target
 from runtime_service.errors import FailedPrecondition, InvalidRequest
-from runtime_service.model_config import ModelArgs, RopeScaling
+from runtime_service.format.model_config import ModelArgs, RopeScaling
 
 MODEL = ModelArgs(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=256)

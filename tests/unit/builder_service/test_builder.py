@@ -9,7 +9,7 @@ from builder_service.pipeline import BuildProgress
 from builder_service.progress import ProgressPrinter
 from builder_service.settings import BuildSpec
 from builder_service.sources import SourceResolver
-from runtime_service.engine_config import Mapping
+from runtime_service.format.engine_config import Mapping
 from runtime_service.errors import EngineNotFound
 from runtime_service.store import LocalStore
 

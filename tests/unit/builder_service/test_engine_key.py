@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from builder_service.engine_key import engine_key, source_digest
-from runtime_service.engine_config import BuildConfig, Mapping, QuantConfig, Target
+from runtime_service.format.engine_config import BuildConfig, Mapping, QuantConfig, Target
 from runtime_service.errors import InvalidRequest
 
 SOURCE = "a" * 64

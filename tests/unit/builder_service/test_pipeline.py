@@ -8,8 +8,8 @@ from builder_service.pipeline import build_engine_folder, convert_checkpoint
 from builder_service.reshard import KilnShards
 from builder_service.settings import BuildSpec
 from builder_service.sources import SourceResolver
-from runtime_service.engine_config import EngineConfig, Mapping
-from runtime_service.engine_format import (FORMAT_NAME, MANIFEST, detect_model_kind,
+from runtime_service.format.engine_config import EngineConfig, Mapping
+from runtime_service.format.engine_format import (FORMAT_NAME, MANIFEST, detect_model_kind,
                                            verify_engine_folder)
 from runtime_service.errors import InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, convert_hf_tensors

@@ -34,7 +34,7 @@ kiln.dev/model: {{ .m.name }}
 {{- end }}
 
 {{/*
-`python -m runtime_service serve ...` for one model (CONTRACTS.md), one argument per line.
+`python -m runtime_service serve ...` for one model (docs/ARCHITECTURE.md, contracts), one argument per line.
 args: root, m
 */}}
 {{- define "kiln.runtimeServeArgs" -}}

@@ -1,0 +1,470 @@
+"""The engine: owns the step loop, the model runner and the scheduler; streams outputs per request.
+
+`submit(request)` validates at once (typed errors, nothing scheduled) and returns a stream that
+works with `for` and `async for`. The step loop runs on its own thread so a gRPC event loop stays
+responsive; each step is schedule -> launch -> update -> emit, and outputs leave as soon as the
+step's tokens reach the host. `abort(request_id)` frees the request's KV blocks at the next step
+boundary.
+
+Overlapped scheduling (on CUDA by default): step n+1 is scheduled and queued on the device
+before step n's tokens are read, so the host's work (scheduling, layout, emitting) hides behind
+the GPU's. A sequence's token from step n feeds step n+1 on the device. The price is one wasted
+row when a sequence stops on an end token or a stop word (it was already queued for one more
+step); length limits are known ahead and cost nothing. Requests whose sampling reads their
+previous tokens (penalties, bad words, beam search) and attention windows turn overlap off for
+as long as they are live.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from runtime_service.engine.beam_group import BeamGroup
+from runtime_service.engine.detokenizer import IncrementalDetokenizer
+from runtime_service.format.engine_config import BuildConfig, EngineConfig
+from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, Unavailable
+from runtime_service.engine.kv_cache import AttentionWindow, KVCacheManager
+from runtime_service.model.loader import LoadedModel, default_build_config, load_model
+from runtime_service.model.model_runner import (ModelRunner, PendingStep, SampledToken,
+                                          kv_tokens_by_memory)
+from runtime_service.engine.executor_options import ExecutorOptions, ExecutorStats
+from runtime_service.engine.request import FinishReason, Request, RequestOutput, SamplingParams
+from runtime_service.engine.request_stream import RequestStream
+from runtime_service.engine.scheduler import Scheduler, SchedulerConfig
+from runtime_service.engine.sequence import Sequence
+from runtime_service.engine.stopping import cut_at_stop_string, finish_reason
+from runtime_service.engine.validation import EngineLimits, validate_request
+
+log = logging.getLogger("kiln.executor")
+
+def engine_identity(loaded: LoadedModel) -> str:
+    """Salts prefix hashes so cached blocks are never matched across different engines."""
+    return loaded.config.to_json() + str(loaded.dtype)
+
+
+def samples_without_history(seq: Sequence) -> bool:
+    """True when picking this request's next token needs none of its earlier tokens on the
+    host, so its steps may overlap (min_new_tokens needs only their count)."""
+    p = seq.sampling
+    return (p.beam_width == 1 and not p.bad_token_ids and p.repetition_penalty == 1.0
+            and not p.presence_penalty and not p.frequency_penalty)
+
+
+class _Live:
+    """Executor-side state of one request: its sequence, stream and detokenizer."""
+
+    def __init__(self, seq: Sequence, stream: RequestStream, detok: IncrementalDetokenizer | None,
+                 beams: BeamGroup | None):
+        self.seq = seq
+        self.stream = stream
+        self.detok = detok
+        self.beams = beams
+        self.emitted_tokens = 0
+        self.blocks_overlap = not samples_without_history(seq)
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        return self.beams.seqs if self.beams else [self.seq]
+
+
+class Executor:
+    """`ranks`: the process group of a tp x pp engine (distributed.ranks.RankGroup), whose other
+    ranks run each step's forward on their shards, and `runner_class` the runner that drives them
+    (distributed.ranked_runner); None and ModelRunner for a single-rank engine. The engine is
+    handed both, so it never imports the distributed package that builds on it."""
+
+    def __init__(self, loaded: LoadedModel, options: ExecutorOptions = ExecutorOptions(),
+                 ranks=None, runner_class=ModelRunner):
+        self.loaded = loaded
+        self.options = options
+        self.ranks = ranks
+        self.config: EngineConfig = loaded.config
+        build = default_build_config(loaded.config)
+        self.build: BuildConfig = build
+        device = torch.device(options.device)
+        block_size = options.block_size
+        num_blocks = self._num_kv_blocks(loaded, build, device)
+        if ranks is not None:
+            num_blocks = ranks.agree_num_kv_blocks(num_blocks)
+        window = None
+        if options.max_attention_window is not None:
+            if loaded.config.model.rope_scaling.rope_type == "dynamic" and options.streaming_llm:
+                raise InvalidRequest("StreamingLLM does not combine with dynamic NTK rotary")
+            window = AttentionWindow(options.sink_token_length, options.max_attention_window,
+                                     rotate_in_cache=options.streaming_llm)
+        self.kv = KVCacheManager(num_blocks, block_size,
+                                 enable_prefix_reuse=options.enable_block_reuse,
+                                 engine_salt=engine_identity(loaded), window=window)
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_batch_size=min(options.max_batch_size or build.max_batch_size, build.max_batch_size),
+            max_num_tokens=min(options.max_num_tokens or build.max_num_tokens, build.max_num_tokens),
+            policy=options.policy,
+            enable_chunked_prefill=options.enable_chunked_prefill,
+        ), self.kv)
+        graph_batch = options.cuda_graph_max_batch_size
+        if graph_batch is None:
+            graph_batch = self.scheduler.config.max_batch_size if device.type == "cuda" else 0
+        if window is not None:
+            graph_batch = 0            # captured decode graphs assume absolute cache positions
+        self.runner = runner_class(loaded.model, num_blocks, block_size, device, loaded.dtype,
+                                  self.end_ids_of, attention=options.attention_backend,
+                                  cuda_graph_max_batch_size=graph_batch,
+                                  max_seq_len=build.max_seq_len,
+                                  rotate_in_cache=options.streaming_llm)
+        self.limits = EngineLimits(
+            vocab_size=loaded.config.model.vocab_size,
+            max_input_len=build.max_input_len,
+            max_seq_len=build.max_seq_len,
+            max_num_tokens=self.scheduler.config.max_num_tokens,
+            max_beam_width=build.max_beam_width,
+            max_kv_tokens=num_blocks * block_size,
+            enable_chunked_prefill=options.enable_chunked_prefill,
+            window_tokens=(self.kv.max_blocks_per_sequence(1 << 40) * block_size
+                           if window is not None else None),
+        )
+        # With a window only the prompt is bound by max_seq_len; the stream itself is not.
+        self.sequence_cap = build.max_seq_len if window is None else 1 << 40
+        overlap = options.overlap_scheduling
+        if overlap is None:
+            overlap = device.type == "cuda"
+        self.overlap = overlap and window is None and self.runner.supports_overlap
+        warm_up = options.warm_up_largest_step
+        self.warms_up = device.type == "cuda" if warm_up is None else warm_up
+        self._in_flight: PendingStep | None = None
+        self._num_blocking_overlap = 0       # live requests that need steps one at a time
+        self.tokenizer = self._load_tokenizer(loaded.tokenizer_dir) if options.load_tokenizer else None
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._live: dict[str, _Live] = {}
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.num_steps = 0
+        self.num_preemptions = 0
+        self.num_overlapped_steps = 0
+        self.peak_running = 0
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, options: ExecutorOptions = ExecutorOptions(),
+                    **load_kwargs) -> "Executor":
+        loaded = load_model(folder, device=options.device, dtype=options.dtype, **load_kwargs)
+        return cls(loaded, options)
+
+    def _num_kv_blocks(self, loaded: LoadedModel, build: BuildConfig, device: torch.device) -> int:
+        wanted = build.max_batch_size * build.max_seq_len
+        by_memory = kv_tokens_by_memory(loaded.model, loaded.dtype, device,
+                                        self.options.kv_free_gpu_memory_fraction)
+        tokens = min(wanted, by_memory)
+        if self.options.kv_max_tokens is not None:
+            tokens = min(self.options.kv_max_tokens, by_memory)
+        return max(1, tokens // self.options.block_size)
+
+    @staticmethod
+    def _load_tokenizer(folder: Path | None):
+        if folder is None:
+            return None
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+
+    def end_ids_of(self, seq: Sequence) -> tuple[int, ...]:
+        p = seq.sampling
+        if p.ignore_eos or p.end_id == -1:
+            return ()
+        if p.end_id is not None:
+            return (p.end_id,)
+        return self.config.model.eos_token_ids
+
+    # ---- client side (any thread) -------------------------------------------------------
+
+    def start(self) -> "Executor":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kiln-step-loop", daemon=True)
+            self._thread.start()
+            if self.warms_up:
+                self.generate(self.largest_step_requests())
+        return self
+
+    def largest_step_requests(self) -> list[Request]:
+        """One step's worth of prompt tokens (max_num_tokens, or what the KV cache holds, less
+        a block a request), split over as few requests as the input limit allows, each asking
+        for one token. Their token ids count up without repeating while the step is smaller than
+        the vocabulary, so a prefix cache has nothing to share and the step computes them all."""
+        config = self.scheduler.config
+        per_request = max(1, min(self.limits.max_input_len, self.build.max_seq_len - 1,
+                                 config.max_num_tokens))
+        count = min(-(-config.max_num_tokens // per_request), config.max_batch_size)
+        room = self.kv.num_total_blocks * self.kv.block_size - count * self.kv.block_size
+        total = max(count, min(config.max_num_tokens, room))
+        vocab = self.limits.vocab_size
+        requests = []
+        for index in range(count):
+            length = max(1, min(per_request, total - index * per_request))
+            first = index * per_request
+            ids = [(first + j) % (vocab - 1) + 1 for j in range(length)]
+            requests.append(Request(f"kiln-warm-up-{index}", ids,
+                                    SamplingParams(max_new_tokens=1, end_id=-1)))
+        return requests
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Aborts what is left, stops the step loop and waits for it."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if self.ranks is not None:
+            self.ranks.close()
+
+    def submit(self, request: Request) -> RequestStream:
+        if self._stopping:
+            raise Unavailable("the executor is shutting down")
+        validate_request(request, self.limits)
+        stream = RequestStream(request.request_id, self.abort)
+        with self._lock:
+            if request.request_id in self._pending:
+                raise InvalidRequest(f"request_id {request.request_id!r} is already running")
+            if len(self._pending) >= self.options.max_queue_size:
+                raise CapacityExceeded(
+                    f"the queue is full ({self.options.max_queue_size} requests); retry later")
+            self._pending.add(request.request_id)
+        self._inbox.put(("submit", request, stream))
+        self._wakeup.set()
+        return stream
+
+    def abort(self, request_id: str) -> bool:
+        """Asks the loop to drop the request; True if it was known and not yet finished."""
+        with self._lock:
+            known = request_id in self._pending
+        if known:
+            self._inbox.put(("abort", request_id, None))
+            self._wakeup.set()
+        return known
+
+    def stats(self) -> ExecutorStats:
+        with self._lock:
+            live = len(self._pending)
+        return ExecutorStats(
+            num_free_blocks=self.kv.num_free_blocks,
+            num_total_blocks=self.kv.num_total_blocks,
+            num_live_requests=live,
+            num_waiting=len(self.scheduler.waiting),
+            num_running=len(self.scheduler.running),
+            num_steps=self.num_steps,
+            num_preemptions=self.num_preemptions,
+            peak_running=self.peak_running,
+            num_overlapped_steps=self.num_overlapped_steps,
+        )
+
+    # ---- the step loop (its own thread) ------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._drain_inbox()
+            if self._stopping:
+                self._in_flight = None
+                for live in list(self._live.values()):
+                    self._finish(live, FinishReason.ABORTED)
+                return
+            if not self.scheduler.has_work:
+                self._wakeup.wait(0.5)
+                self._wakeup.clear()
+                if self.ranks is not None:
+                    self.ranks.keep_alive()
+                continue
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server
+                log.exception("step failed; failing the requests in it")
+                self._in_flight = None
+                for live in list(self._live.values()):
+                    self._fail(live, exc)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, payload, stream = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "submit":
+                seq = Sequence(payload, self.sequence_cap)
+                detok = (IncrementalDetokenizer(self.tokenizer, payload.prompt_token_ids)
+                         if self.tokenizer is not None else None)
+                beams = (BeamGroup(seq, self.end_ids_of(seq))
+                         if payload.sampling.beam_width > 1 else None)
+                live = _Live(seq, stream, detok, beams)
+                self._live[payload.request_id] = live
+                self._num_blocking_overlap += live.blocks_overlap
+                self.scheduler.add(seq)
+            elif kind == "abort" and payload in self._live:
+                self._finish(self._live[payload], FinishReason.ABORTED)
+
+    @property
+    def _may_overlap(self) -> bool:
+        return self.overlap and self._num_blocking_overlap == 0
+
+    def step(self) -> None:
+        """One iteration: schedule -> launch -> update -> emit (the previous step's tokens,
+        when steps overlap, else this step's)."""
+        if self._in_flight is not None and not self._may_overlap:
+            self._complete(self._take_in_flight())
+        batch = self.scheduler.schedule()
+        self.num_preemptions += len(batch.preempted)
+        self.peak_running = max(self.peak_running, len(self.scheduler.running))
+        self._restart_preempted_beams(batch)
+        launched = self.runner.launch(batch) if batch else None
+        if launched is not None:
+            for item in batch.scheduled:
+                item.seq.num_computed_tokens += item.num_new_tokens
+                self.kv.register_computed_blocks(item.seq)
+                self.kv.slide_window(item.seq)
+            for seq in launched.sampled_seqs:
+                seq.num_pending_tokens += 1
+            self.num_steps += 1
+        if self._in_flight is not None:
+            self.num_overlapped_steps += launched is not None
+            self._complete(self._take_in_flight())
+        if launched is not None:
+            if self._may_overlap:
+                self._in_flight = launched
+            else:
+                self._complete(launched)
+
+    def _take_in_flight(self) -> PendingStep:
+        launched, self._in_flight = self._in_flight, None
+        return launched
+
+    def _complete(self, launched: PendingStep) -> None:
+        """Reads a launched step's tokens and hands them on; a sequence that was stopped or
+        aborted while the step ran drops its token."""
+        result = launched.result()
+        for token in result.sampled:
+            if not token.seq.is_finished:
+                self._append(token)
+        if result.beam_log_probs:
+            self._advance_beams(result.beam_log_probs)
+
+    def _restart_preempted_beams(self, batch) -> None:
+        """A beam group loses all its beams together and is searched again from the prompt;
+        the search is deterministic, so its result does not change."""
+        for seq in batch.preempted:
+            live = self._live.get(seq.request_id)
+            if live is not None and live.beams is not None:
+                live.beams.restart(self.scheduler)
+                batch.scheduled = [s for s in batch.scheduled
+                                   if s.seq.request_id != seq.request_id]
+
+    def _advance_beams(self, rows: dict) -> None:
+        for live in [lv for lv in self._live.values() if lv.beams is not None]:
+            group = live.beams
+            if not group.add_rows(rows):
+                continue
+            group.advance(self.scheduler, self.kv, self.build.max_seq_len)
+            if group.search.done:
+                self._emit_final_beams(live)
+                self._close(live)
+            else:
+                for index, seq in enumerate(group.running):
+                    live.stream._push(self._beam_output(live, index, seq.output_token_ids))
+
+    def _beam_output(self, live: _Live, index: int, tokens, **fields) -> RequestOutput:
+        """A whole-beam snapshot: offset 0, so a client replaces what it showed for this beam."""
+        text = (self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+                if self.tokenizer is not None else "")
+        return RequestOutput(request_id=live.seq.request_id, offset=0,
+                             new_token_ids=tuple(tokens), new_text=text, sequence_index=index,
+                             num_prompt_tokens=live.seq.num_prompt_tokens,
+                             num_output_tokens=len(tokens),
+                             num_cached_tokens=live.seq.num_cached_tokens, **fields)
+
+    def _emit_final_beams(self, live: _Live) -> None:
+        group = live.beams
+        hypotheses = group.search.best(live.seq.sampling.num_return_sequences)
+        for index, hyp in enumerate(hypotheses):
+            ended = bool(hyp.token_ids) and hyp.token_ids[-1] in group.end_ids
+            live.stream._push(self._beam_output(
+                live, index, hyp.token_ids, finished=index == len(hypotheses) - 1,
+                finish_reason=FinishReason.END_ID if ended else FinishReason.LENGTH,
+                cumulative_logprob=hyp.score))
+
+    def _append(self, token: SampledToken) -> None:
+        seq = token.seq
+        live = self._live[seq.request_id]
+        seq.num_pending_tokens -= 1
+        seq.token_ids.append(token.token_id)
+        seq.logprobs.append(token.logprob)
+        seq.top_logprobs.append(token.top)
+        self.kv.register_computed_blocks(seq)      # a block that waited for this token to be known
+        reason = finish_reason(seq, self.end_ids_of(seq))
+        new_text = live.detok.add([token.token_id]) if live.detok else ""
+        if live.detok and seq.sampling.stop_strings and reason is None:
+            new_text, hit = cut_at_stop_string(live.detok, seq.sampling.stop_strings, new_text)
+            if hit:
+                reason = FinishReason.STOP
+        elif live.detok and reason is not None:
+            new_text += live.detok.flush()
+        self._emit(live, new_text, reason)
+        if reason is not None:
+            self._close(live)
+
+    def _emit(self, live: _Live, new_text: str, reason: FinishReason | None) -> None:
+        seq = live.seq
+        new_ids = seq.token_ids[seq.num_prompt_tokens + live.emitted_tokens:]
+        new_logprobs = seq.logprobs[live.emitted_tokens:] if seq.sampling.logprobs else []
+        new_top = seq.top_logprobs[live.emitted_tokens:] if seq.sampling.top_logprobs else []
+        first = live.emitted_tokens == 0
+        live.stream._push(RequestOutput(
+            request_id=seq.request_id,
+            offset=live.emitted_tokens,
+            new_token_ids=tuple(new_ids),
+            new_logprobs=tuple(new_logprobs),
+            new_top_logprobs=tuple(new_top),
+            prompt_logprobs=tuple(seq.prompt_logprobs) if first else (),
+            new_text=new_text,
+            finished=reason is not None,
+            finish_reason=reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=seq.num_output_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+        ))
+        live.emitted_tokens = seq.num_output_tokens
+
+    def _close(self, live: _Live) -> None:
+        for seq in live.sequences:
+            self.scheduler.finish(seq)
+        if self._live.pop(live.seq.request_id, None) is not None:
+            self._num_blocking_overlap -= live.blocks_overlap
+        with self._lock:
+            self._pending.discard(live.seq.request_id)
+
+    def _finish(self, live: _Live, reason: FinishReason) -> None:
+        live.seq.finish_reason = reason
+        self._emit(live, "", reason)
+        self._close(live)
+
+    def _fail(self, live: _Live, exc: Exception) -> None:
+        error = exc if isinstance(exc, KilnError) else Unavailable(f"the step failed: {exc}")
+        live.stream._push(error)
+        self._close(live)
+
+    # ---- convenience for tests, benchmarks and examples --------------------------------
+
+    def generate(self, requests: list[Request], timeout_s: float = 600.0) -> dict[str, list[int]]:
+        """Submits all requests, waits, returns each one's output token ids."""
+        streams = [self.submit(r) for r in requests]
+        deadline = time.monotonic() + timeout_s
+        results = {}
+        for request, stream in zip(requests, streams):
+            tokens: list[int] = []
+            for out in stream:
+                tokens.extend(out.new_token_ids)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"generation of {request.request_id} took over {timeout_s}s")
+            results[request.request_id] = tokens
+        return results

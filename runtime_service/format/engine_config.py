@@ -1,0 +1,164 @@
+"""The settings stored in a checkpoint's or engine's config.json, as frozen dataclasses.
+
+A checkpoint holds model + quant + mapping; an engine adds build (its serving limits) and target
+(the device it was packed for). One source of truth: the builder writes these, the runtime reads
+them, and the engine key is derived from their canonical JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from runtime_service.errors import InvalidRequest
+from runtime_service.format.model_config import ModelArgs
+
+SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
+QUANT_ALGOS = ("NONE", "W4A16_AWQ", "W8A16", "FP8")
+KV_CACHE_DTYPES = ("auto", "int8", "fp8")
+
+
+def _positive(owner: str, name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidRequest(f"{owner}.{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How weights (and optionally the KV cache) are stored. NONE means the build dtype."""
+
+    algo: str = "NONE"
+    group_size: int = 128
+    kv_cache_dtype: str = "auto"
+
+    def __post_init__(self):
+        if self.algo not in QUANT_ALGOS:
+            raise InvalidRequest(f"quant.algo must be one of {QUANT_ALGOS}, got {self.algo!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise InvalidRequest(
+                f"quant.kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
+        _positive("quant", "group_size", self.group_size)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """How the model is split over ranks: rank r has tp rank r % tp_size, pp rank r // tp_size."""
+
+    tp_size: int = 1
+    pp_size: int = 1
+
+    def __post_init__(self):
+        _positive("mapping", "tp_size", self.tp_size)
+        _positive("mapping", "pp_size", self.pp_size)
+
+    @property
+    def world_size(self) -> int:
+        return self.tp_size * self.pp_size
+
+    def tp_rank(self, rank: int) -> int:
+        return rank % self.tp_size
+
+    def pp_rank(self, rank: int) -> int:
+        return rank // self.tp_size
+
+    def check_divides(self, model: ModelArgs) -> None:
+        """Raises InvalidRequest when the split does not divide heads, KV heads or layers."""
+        if model.num_heads % self.tp_size or model.num_kv_heads % self.tp_size:
+            raise InvalidRequest(
+                f"tp_size={self.tp_size} must divide num_heads={model.num_heads} and "
+                f"num_kv_heads={model.num_kv_heads}")
+        if model.intermediate_size % self.tp_size:
+            raise InvalidRequest(
+                f"tp_size={self.tp_size} must divide intermediate_size={model.intermediate_size}")
+        if model.vocab_size % self.tp_size:
+            raise InvalidRequest(
+                f"tp_size={self.tp_size} must divide vocab_size={model.vocab_size}")
+        if model.num_layers % self.pp_size:
+            raise InvalidRequest(
+                f"pp_size={self.pp_size} must divide num_layers={model.num_layers}")
+
+    def layer_range(self, model: ModelArgs, rank: int) -> range:
+        per_stage = model.num_layers // self.pp_size
+        start = self.pp_rank(rank) * per_stage
+        return range(start, start + per_stage)
+
+    def to_dict(self) -> dict:
+        return {"world_size": self.world_size, "tp_size": self.tp_size, "pp_size": self.pp_size}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """The serving limits an engine is built for; requests beyond them are refused."""
+
+    dtype: str = "bfloat16"
+    max_batch_size: int = 64
+    max_input_len: int = 1024
+    max_seq_len: int = 2048
+    max_num_tokens: int = 4096
+    max_beam_width: int = 1
+
+    def __post_init__(self):
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise InvalidRequest(f"build.dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}")
+        for name in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens",
+                     "max_beam_width"):
+            _positive("build", name, getattr(self, name))
+        if self.max_input_len > self.max_seq_len:
+            raise InvalidRequest(
+                f"build.max_input_len ({self.max_input_len}) must not exceed max_seq_len "
+                f"({self.max_seq_len})")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The device an engine was packed for ("cpu" or "cuda") and its compute capability."""
+
+    device: str = "any"
+    capability: str = ""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The whole config.json of a checkpoint (build is None) or an engine."""
+
+    model: ModelArgs
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    mapping: Mapping = field(default_factory=Mapping)
+    build: BuildConfig | None = None
+    target: Target | None = None
+    format: str = "kiln-checkpoint"
+    format_version: int = 1
+
+    def to_dict(self) -> dict:
+        data = {
+            "format": self.format,
+            "format_version": self.format_version,
+            "model": self.model.to_dict(),
+            "quant": dataclasses.asdict(self.quant),
+            "mapping": self.mapping.to_dict(),
+        }
+        if self.build is not None:
+            data["build"] = dataclasses.asdict(self.build)
+        if self.target is not None:
+            data["target"] = dataclasses.asdict(self.target)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EngineConfig":
+        try:
+            mapping = data.get("mapping", {})
+            return cls(
+                model=ModelArgs.from_dict(data["model"]),
+                quant=QuantConfig(**data.get("quant", {})),
+                mapping=Mapping(tp_size=mapping.get("tp_size", 1), pp_size=mapping.get("pp_size", 1)),
+                build=BuildConfig(**data["build"]) if data.get("build") else None,
+                target=Target(**data["target"]) if data.get("target") else None,
+                format=data.get("format", "kiln-checkpoint"),
+                format_version=data.get("format_version", 1),
+            )
+        except (KeyError, TypeError) as exc:
+            raise InvalidRequest(f"config.json is malformed: {exc}") from exc

@@ -1,0 +1,72 @@
+"""The CUDA attention backend: Triton paged kernels behind the same call as the reference.
+
+Importing this module needs no triton; the kernels load when the backend is built (on CUDA).
+A step whose every query row is a decode row (query length 1) takes the split-K decode kernel;
+any other step (prefill, chunked prefill, mixed batches) takes the variable-length prefill kernel,
+which handles decode rows too.
+
+Rotary and the cache write are one kernel (`rotary_store_kv_`) wherever the rotary module would
+run its Triton kernel: in decode each launch costs about as much as its work, and the fused one
+never writes the rotated k back. Elsewhere (dynamic NTK, float32) rotary runs first, then
+`store_kv`. `fuse_rotary=False` keeps them separate, which the tests compare against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from runtime_service.model.layers.attention import AttentionMetadata, TorchReferenceAttention
+
+
+class TritonPagedAttention:
+    name = "triton"
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
+                 fuse_rotary: bool = True):
+        from runtime_service.model.kernels import paged_attention, rotary
+
+        self._kernels = paged_attention
+        self._rotary_kernels = rotary
+        self.fuse_rotary = fuse_rotary
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+        device = torch.device(device)
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor, meta: AttentionMetadata, rotary) -> torch.Tensor:
+        kernels = self._kernels
+        table = rotary.kernel_cos_sin(q) if self.fuse_rotary else None
+        if table is not None:
+            self._rotary_kernels.rotary_store_kv_(q, k, v, k_cache, v_cache, meta.positions,
+                                                  meta.slot_mapping, *table)
+        else:
+            q, k = rotary(meta.positions, q, k, meta.token_seq_lens)
+            kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        if meta.is_decode:
+            max_context = meta.block_tables.shape[1] * meta.block_size
+            splits = kernels.decode_num_splits(q.shape[0], self.num_kv_heads, max_context,
+                                               self.num_sms)
+            return kernels.decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
+                                  self.scale, splits)
+        return kernels.prefill(q, k_cache, v_cache, meta.block_tables, meta.query_start,
+                               meta.seq_lens, max(meta.query_lens_host), self.scale)
+
+
+def make_attention_backend(name: str, num_heads: int, num_kv_heads: int, head_dim: int,
+                           device: torch.device):
+    """"torch", "triton", or "auto" (triton on CUDA when installed, else the torch reference)."""
+    from runtime_service.model import kernels
+
+    device = torch.device(device)
+    if name == "auto":
+        name = "triton" if device.type == "cuda" and kernels.triton_installed() else "torch"
+    if name == "torch":
+        return TorchReferenceAttention(num_heads, num_kv_heads, head_dim)
+    if name == "triton":
+        if device.type != "cuda" or not kernels.triton_installed():
+            raise ValueError("the triton attention backend needs a CUDA device and triton")
+        return TritonPagedAttention(num_heads, num_kv_heads, head_dim, device)
+    raise ValueError(f"attention backend must be 'auto', 'torch' or 'triton', got {name!r}")

@@ -1,0 +1,163 @@
+"""Linear layers and the tensor-parallel sharding rules, written once for builder and runtime.
+
+A column-parallel layer splits its output features over ranks (each fused section separately, so
+rank r of a fused QKV holds its own q, k and v heads); a row-parallel layer splits its input
+features and all-reduces the partial sums. The builder calls `shard_columns` / `shard_rows` when it
+writes rank files; the runtime loads those shards straight into these modules.
+
+Both layers send decode-sized inputs on CUDA to the Triton GEMV (kernels/gemv.py, tuned per
+shape to stream the weight at memory bandwidth): up to GEMV_MAX_ROWS rows always, and up to
+kernels.GEMV_ROW_LIMIT (64) inside the decode graphs (`gemv_rows_up_to`). Everything else, and every CPU input,
+goes to nn.functional.linear. SwiGLU's down projection can take the gate_up
+projection itself (`RowParallelLinear.forward_gate_up`): at decode the GEMV then forms
+silu(gate) * up as it loads its input, saving the activation kernel's launch and round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from runtime_service.model import kernels
+from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
+
+# Rows up to which the GEMV runs instead of cuBLAS anywhere: the decode graphs' batch sizes
+# 1, 2, 4, 8, tuned while the graphs warm up. The GEMV takes up to 64 rows, but tuning a row
+# bucket compiles and times a dozen kernels per shape (seconds): the decode graphs raise the
+# limit while they warm up and capture (startup time), and an eager prefill of 9-64 tokens
+# never stalls on a first-use tuning.
+GEMV_MAX_ROWS = 8
+
+_gemv_enabled = True
+_gemv_max_rows = GEMV_MAX_ROWS
+
+
+def set_small_batch_gemv(enabled: bool) -> bool:
+    """Switches (process-wide) whether decode-sized linears use the Triton GEMV (True) or cuBLAS
+    (False), so a benchmark can compare the two on the same weights in one process; returns the
+    previous setting. A captured CUDA graph keeps the path that was on when it was captured."""
+    global _gemv_enabled
+    previous, _gemv_enabled = _gemv_enabled, enabled
+    return previous
+
+
+@contextlib.contextmanager
+def gemv_enabled(enabled: bool) -> Iterator[None]:
+    """`set_small_batch_gemv(enabled)` for the duration of the block."""
+    previous = set_small_batch_gemv(enabled)
+    try:
+        yield
+    finally:
+        set_small_batch_gemv(previous)
+
+
+@contextlib.contextmanager
+def gemv_rows_up_to(rows: int) -> Iterator[None]:
+    """Within the block, linears of up to `rows` rows (at most the GEMV's row limit, 64) take
+    the GEMV: for the decode graphs, whose warm-up tunes each row bucket before capture."""
+    global _gemv_max_rows
+    previous = _gemv_max_rows
+    _gemv_max_rows = max(GEMV_MAX_ROWS, min(rows, kernels.GEMV_ROW_LIMIT))
+    try:
+        yield
+    finally:
+        _gemv_max_rows = previous
+
+
+def uses_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """True when `linear(x, weight, bias)` runs the Triton GEMV."""
+    return (_gemv_enabled and x.dim() == 2 and 0 < x.shape[0] <= _gemv_max_rows
+            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype)
+            and x.stride(1) == 1 and weight.is_contiguous() and kernels.available(x))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """nn.functional.linear, with decode-sized CUDA inputs sent to the Triton GEMV."""
+    if uses_gemv(x, weight, bias):
+        from runtime_service.model.kernels.gemv import gemv
+        return gemv(x, weight, bias)
+    return nn.functional.linear(x, weight, bias)
+
+
+def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """linear(silu(gate) * up, weight, bias) for gate_up = [gate | up], bit for bit: decode-sized
+    CUDA inputs run the gated GEMV (which rounds silu(gate) * up as the activation kernel does),
+    the rest the activation followed by `linear`."""
+    if uses_gemv(gate_up, weight, bias):
+        from runtime_service.model.kernels.gemv import gemv
+        return gemv(gate_up, weight, bias, gated=True)
+    return linear(_silu_and_mul(gate_up), weight, bias)
+
+
+def _silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    if kernels.available(gate_up) and gate_up.dtype != torch.float32:
+        from runtime_service.model.kernels.activation import silu_and_mul
+        return silu_and_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return nn.functional.silu(gate) * up
+
+
+def shard_columns(full: torch.Tensor, sections: Sequence[int], tp_rank: int,
+                  tp_size: int) -> torch.Tensor:
+    """Rank `tp_rank`'s slice of dim 0, taken from each fused section in turn."""
+    if tp_size == 1:
+        return full
+    parts = []
+    offset = 0
+    for size in sections:
+        step = size // tp_size
+        parts.append(full[offset + tp_rank * step: offset + (tp_rank + 1) * step])
+        offset += size
+    return torch.cat(parts, dim=0).contiguous()
+
+
+def shard_rows(full: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
+    """Rank `tp_rank`'s slice of the input-feature dim (dim 1) of a row-parallel weight."""
+    if tp_size == 1:
+        return full
+    step = full.shape[1] // tp_size
+    return full[:, tp_rank * step:(tp_rank + 1) * step].contiguous()
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x W^T (+ b) for this rank's output features; `sections` are the fused parts' full sizes."""
+
+    def __init__(self, in_features: int, sections: Sequence[int], bias: bool,
+                 parallel: ParallelContext = SINGLE_RANK):
+        super().__init__()
+        self.sections = tuple(sections)
+        self.local_sections = tuple(s // parallel.tp_size for s in sections)
+        out_local = sum(self.local_sections)
+        self.weight = nn.Parameter(torch.empty(out_local, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_local), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    """y = all_reduce(x_r W_r^T) + b: each rank holds a slice of the input features."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool,
+                 parallel: ParallelContext = SINGLE_RANK):
+        super().__init__()
+        self.parallel = parallel
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features // parallel.tp_size), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.parallel.all_reduce(linear(x, self.weight))
+        return y + self.bias if self.bias is not None else y
+
+    def forward_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """self(silu(gate) * up) for gate_up = [gate | up], SwiGLU's down projection, with the
+        activation folded into the GEMV at decode."""
+        y = self.parallel.all_reduce(silu_mul_linear(gate_up, self.weight))
+        return y + self.bias if self.bias is not None else y

@@ -1,0 +1,175 @@
+"""The pod's one engine and its life: EMPTY -> LOADING -> SERVING -> DRAINING.
+
+Loading (pull, verify, load weights, warm up) runs on a worker thread so the gRPC loop keeps
+answering health checks and GetServerInfo meanwhile. Health says SERVING only after a warm-up
+request has gone through the whole step loop, so the first real request never pays for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kiln.v1 import engine_pb2, runtime_pb2
+
+from runtime_service.server import capabilities
+from runtime_service.server.convert import ServingLimits, model_info
+from runtime_service.format.engine_format import read_manifest
+from runtime_service.errors import FailedPrecondition, InvalidRequest, Unavailable
+from runtime_service.engine.request import Request, SamplingParams
+from runtime_service.store import fetch_engine
+
+log = logging.getLogger("kiln.runtime")
+
+
+class State(enum.Enum):
+    EMPTY = runtime_pb2.SERVER_STATE_EMPTY
+    LOADING = runtime_pb2.SERVER_STATE_LOADING
+    SERVING = runtime_pb2.SERVER_STATE_SERVING
+    DRAINING = runtime_pb2.SERVER_STATE_DRAINING
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Everything a runtime pod is started with (the `serve` flags), validated once."""
+
+    cache_dir: Path = Path.home() / ".cache" / "kiln" / "engines"
+    executor: object = None                 # ExecutorOptions; None = defaults
+    limits: ServingLimits = field(default_factory=ServingLimits)
+    allow_load_engine: bool = False
+    grace_s: float = 30.0
+    max_message_bytes: int = 4 << 20
+    step_stall_timeout_s: float = 60.0      # liveness: work but no step this long = stalled
+
+    def __post_init__(self):
+        if not 0 <= self.grace_s <= 3600:
+            raise InvalidRequest(f"grace_s must be in [0, 3600], got {self.grace_s}")
+        if not 0 < self.step_stall_timeout_s <= 86400:
+            raise InvalidRequest(
+                f"step_stall_timeout_s must be in (0, 86400], got {self.step_stall_timeout_s}")
+        if not 1024 <= self.max_message_bytes <= 256 << 20:
+            raise InvalidRequest(
+                f"max_message_bytes must be in [1 KiB, 256 MiB], got {self.max_message_bytes}")
+
+
+def apply_options(settings: RuntimeSettings, options: runtime_pb2.RuntimeOptions) -> RuntimeSettings:
+    """The pod's settings with a LoadEngine call's non-zero options laid over them."""
+    from runtime_service.engine.executor import ExecutorOptions
+    if options.sink_token_length and not options.max_attention_window:
+        raise InvalidRequest("sink_token_length needs max_attention_window")
+    if options.sink_token_length or options.max_attention_window:
+        if not capabilities.STREAMING_LLM:
+            raise FailedPrecondition(
+                "StreamingLLM (sink tokens with a sliding attention window) is not available in "
+                "this runtime")
+    if options.enable_block_reuse and not capabilities.BLOCK_REUSE:
+        raise FailedPrecondition("KV block reuse is not available in this runtime")
+    executor = settings.executor or ExecutorOptions()
+    changes = {}
+    if options.kv_max_tokens:
+        changes["kv_max_tokens"] = options.kv_max_tokens
+    if options.kv_free_gpu_memory_fraction:
+        changes["kv_free_gpu_memory_fraction"] = options.kv_free_gpu_memory_fraction
+    if options.scheduler_policy:
+        try:
+            changes["policy"] = type(executor.policy)(options.scheduler_policy)
+        except ValueError as exc:
+            raise InvalidRequest(f"unknown scheduler_policy {options.scheduler_policy!r}") from exc
+    if options.max_queue_size:
+        changes["max_queue_size"] = options.max_queue_size
+    if options.max_attention_window:
+        changes["max_attention_window"] = options.max_attention_window
+        changes["sink_token_length"] = options.sink_token_length
+        changes["streaming_llm"] = options.streaming_llm
+    if options.enable_block_reuse:
+        changes["enable_block_reuse"] = True
+    if options.HasField("enable_chunked_context"):
+        changes["enable_chunked_prefill"] = options.enable_chunked_context
+    limits = settings.limits
+    if options.max_new_tokens:
+        limits = ServingLimits(max_new_tokens=options.max_new_tokens,
+                               default_max_new_tokens=limits.default_max_new_tokens,
+                               max_text_chars=limits.max_text_chars)
+    return replace(settings, executor=replace(executor, **changes), limits=limits)
+
+
+class EngineHost:
+    def __init__(self, settings: RuntimeSettings, on_state=None):
+        self.settings = settings
+        self.state = State.EMPTY
+        self.executor = None
+        self.folder: Path | None = None
+        self.info: runtime_pb2.ModelInfo | None = None
+        self._on_state = on_state or (lambda state: None)
+        self.started_at = time.monotonic()
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self._on_state(state)
+
+    @property
+    def limits(self) -> ServingLimits:
+        return self.settings.limits
+
+    def require_serving(self):
+        if self.state is State.SERVING:
+            return self.executor
+        if self.state is State.DRAINING:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        if self.state is State.LOADING:
+            raise Unavailable("the engine is still loading; retry shortly")
+        raise FailedPrecondition("no engine is loaded; call LoadEngine first")
+
+    async def load(self, uri: str, options: runtime_pb2.RuntimeOptions | None = None):
+        if self.state is not State.EMPTY:
+            raise FailedPrecondition(
+                f"this pod already has an engine ({self.state.name.lower()}); start another pod")
+        settings = apply_options(self.settings, options) if options else self.settings
+        self._set_state(State.LOADING)
+        try:
+            self.executor, self.folder, kind = await asyncio.to_thread(self._load_blocking, uri,
+                                                                       settings)
+        except BaseException:
+            self._set_state(State.EMPTY)
+            raise
+        self.settings = settings
+        key = read_manifest(self.folder).engine_key if kind == "engine" else ""
+        self.info = model_info(self.executor, engine_pb2.EngineRef(engine_key=key, uri=uri), kind,
+                               settings.limits)
+        self._set_state(State.SERVING)
+        return self.info
+
+    @staticmethod
+    def _load_blocking(uri: str, settings: RuntimeSettings):
+        from runtime_service.engine.executor import Executor, ExecutorOptions
+        from runtime_service.distributed.rank_worker import engine_world_size, start_ranked_executor
+        started = time.monotonic()
+        folder, kind = fetch_engine(uri, settings.cache_dir)
+        options = settings.executor or ExecutorOptions()
+        world_size = engine_world_size(folder) if kind != "hf" else 1
+        if world_size > capabilities.MAX_WORLD_SIZE:
+            raise FailedPrecondition(f"the engine needs {world_size} ranks; this runtime runs at "
+                                     f"most {capabilities.MAX_WORLD_SIZE}")
+        if world_size > 1:
+            executor = start_ranked_executor(folder, uri, options, settings.cache_dir).start()
+        else:
+            executor = Executor.from_folder(folder, options).start()
+        warmup = Request("kiln-warmup", [0], SamplingParams(max_new_tokens=2, ignore_eos=True))
+        try:
+            executor.generate([warmup], timeout_s=600)
+        except BaseException:
+            executor.shutdown()         # stops the step loop and, with ranks, every rank
+            raise
+        log.info("loaded %s (%s) from %s in %.1fs", folder, kind, uri, time.monotonic() - started)
+        return executor, folder, kind
+
+    async def drain(self) -> None:
+        self._set_state(State.DRAINING)
+
+    def shutdown(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()

@@ -1,0 +1,96 @@
+"""Building the engine an LLM serves: refuse what the runtime could never serve, turn the
+ModelConfig into BuildSettings, upload a local folder when the builder is remote, and stream the
+build's progress to the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kiln.client import BuilderClient
+from kiln.errors import FailedPrecondition, InvalidArgument
+from kiln.model_config import ModelConfig
+from kiln.v1 import builder_pb2, engine_pb2, runtime_pb2
+
+
+def local_engine_key(model_dir: str) -> str | None:
+    """The engine key of a complete Kiln engine folder on this machine, else None."""
+    folder = Path(model_dir)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if config.get("format") != "kiln-engine":
+        return None
+    return manifest.get("engine_key") or None
+
+
+def check_capabilities(config: ModelConfig, info: runtime_pb2.ServerInfo) -> None:
+    """Refuses, before any build, what the runtime could never serve."""
+    quant = config.quant_config
+    algo, kv_dtype = quant.builder_algo, quant.builder_kv_cache_dtype
+    if algo not in info.quant_algos:
+        raise FailedPrecondition(
+            f"quantization {algo} is not available yet: this runtime loads "
+            f"{', '.join(info.quant_algos)} engines only")
+    if kv_dtype != "auto" and f"kv_{kv_dtype}" not in info.quant_algos:
+        raise FailedPrecondition(
+            f"a {kv_dtype} KV cache is not available yet in this runtime")
+    parallel = config.parallel_config
+    if parallel.auto_parallel:
+        raise FailedPrecondition(
+            "auto_parallel is not available yet; set parallel_config.tp_size and pp_size")
+    if parallel.world_size > info.max_world_size:
+        raise FailedPrecondition(
+            f"tp_size={parallel.tp_size} x pp_size={parallel.pp_size} needs "
+            f"{parallel.world_size} ranks; this runtime runs at most {info.max_world_size} "
+            f"(parallel ranks are not available yet)")
+
+
+def build_settings(config: ModelConfig, info: runtime_pb2.ServerInfo) -> engine_pb2.BuildSettings:
+    build = config.build_config
+    quant = config.quant_config
+    dtype = build.dtype or ("float32" if info.device == "cpu" else "bfloat16")
+    return engine_pb2.BuildSettings(
+        dtype=dtype, max_batch_size=build.max_batch_size or 0,
+        max_input_len=build.max_input_len or 0, max_seq_len=build.max_seq_len or 0,
+        max_num_tokens=build.max_num_tokens or 0, max_beam_width=config.max_beam_width,
+        quant=engine_pb2.QuantSettings(algo=quant.builder_algo, group_size=quant.group_size,
+                                       kv_cache_dtype=quant.builder_kv_cache_dtype),
+        parallel=engine_pb2.ParallelSettings(tp_size=config.parallel_config.tp_size,
+                                             pp_size=config.parallel_config.pp_size),
+        target=engine_pb2.TargetSettings(device=info.device or "any"))
+
+
+class BuildProgressPrinter:
+    """One stderr line per stage, and one when a stage completes."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._last_stage = None
+
+    def __call__(self, progress) -> None:
+        stage_changed = progress.stage != self._last_stage
+        self._last_stage = progress.stage
+        complete = progress.total and progress.done == progress.total
+        if self.enabled and (stage_changed or complete):
+            total = f"/{progress.total}" if progress.total else ""
+            print(f"kiln build: {progress.stage} {progress.done}{total} {progress.unit} "
+                  f"{progress.message}".rstrip(), file=sys.stderr, flush=True)
+
+
+def build_engine(config: ModelConfig, builder: BuilderClient, info: runtime_pb2.ServerInfo,
+                 local_builder: bool, show_progress: bool = True) -> builder_pb2.BuildResult:
+    """Builds (or finds) the engine for `config`. A local folder is passed by path to a builder
+    on this machine and uploaded, content-addressed, to a remote one."""
+    source = config.model_dir
+    if not source.startswith("s3://"):
+        folder = Path(source).resolve()
+        if not folder.is_dir():
+            raise InvalidArgument(f"model_dir {source} is not a folder")
+        source = str(folder) if local_builder else builder.upload_folder(folder).uri
+    request = builder_pb2.BuildRequest(source=source, settings=build_settings(config, info))
+    return builder.build(request, BuildProgressPrinter(show_progress))

@@ -1,0 +1,76 @@
+"""Where the services are: endpoints from arguments or KILN_BUILDER / KILN_RUNTIME, else the
+embedded default started as local processes.
+
+`start_services` returns what an LLM needs before building: a runtime client, the runtime's
+ServerInfo and, when a build is needed, a builder client. Everything it started is recorded in the
+lists it is given, so the caller can stop it all on failure or shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.client import BuilderClient, Endpoint, LoopThread, RuntimeClient
+from kiln.embedded import ServiceProcess, default_device, kiln_home, start_builder, start_runtime
+from kiln.v1 import runtime_pb2
+
+
+@dataclass
+class Services:
+    home: Path
+    runtime: RuntimeClient
+    server_info: runtime_pb2.ServerInfo
+    builder_address: str | None           # None: no builder needed (a saved engine, embedded)
+    builder_process: ServiceProcess | None
+
+
+def start_services(model_dir: str, builder: str | None, runtime: str | None,
+                   home_dir: str | None, needs_builder_for_local_engine: bool,
+                   loop: LoopThread, processes: list, clients: list,
+                   timeout_s: float) -> Services:
+    """Finds or starts the runtime (and the builder when one is needed) and waits for both."""
+    builder = builder or os.environ.get("KILN_BUILDER") or None
+    runtime = runtime or os.environ.get("KILN_RUNTIME") or None
+    home = kiln_home(home_dir)
+    embedded_runtime = runtime is None
+    needs_builder = needs_builder_for_local_engine or not embedded_runtime
+    runtime_process = builder_process = None
+    if embedded_runtime:
+        runtime_process = start_runtime(home, default_device())
+        processes.append(runtime_process)
+    if needs_builder and builder is None:
+        remote = model_dir.startswith("s3://")
+        roots = [str(Path(model_dir).resolve())] if not remote else []
+        builder_process = start_builder(home, roots)
+        processes.append(builder_process)
+    if runtime_process is not None:
+        runtime = runtime_process.wait_listening(timeout_s)
+    runtime_client = RuntimeClient(Endpoint.from_env(runtime), loop)
+    clients.append(runtime_client)
+    server_info = runtime_client.server_info()
+    if needs_builder and builder_process is not None:
+        builder = builder_process.wait_listening(timeout_s)
+        wait_healthy(builder_process, loop, timeout_s)
+    return Services(home, runtime_client, server_info, builder if needs_builder else None,
+                    builder_process)
+
+
+def wait_healthy(process: ServiceProcess, loop: LoopThread, timeout_s: float) -> None:
+    """Polls a started builder's health until SERVING (or its process dies, or time runs out)."""
+    client = BuilderClient(Endpoint.from_env(process.address), loop)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            process.check_alive()
+            try:
+                if client.health() == "SERVING":
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+    finally:
+        client.close()
