@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from runtime_service.errors import EngineNotFound
+from runtime_service.store.atomic_folder import fill_then_rename
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_HOME = Path(os.environ.get("KILN_HOME", Path.home() / ".cache" / "kiln"))
@@ -35,7 +36,7 @@ def gguf_path() -> Path:
 def smollm2_folder(dest: str | Path | None = None) -> Path:
     """The HF folder (config, safetensors, tokenizer); made once, reused afterwards."""
     dest = Path(dest) if dest else DEFAULT_HOME / "models" / "SmolLM2-135M-Instruct"
-    if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
+    if _complete(dest):
         return dest
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -47,11 +48,18 @@ def smollm2_folder(dest: str | Path | None = None) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    partial = dest.with_name(dest.name + ".partial")
-    model.save_pretrained(str(partial), safe_serialization=True)
-    tokenizer.save_pretrained(str(partial))
-    partial.rename(dest)
-    return dest
+
+    def fill(partial: Path) -> None:
+        model.save_pretrained(str(partial), safe_serialization=True)
+        tokenizer.save_pretrained(str(partial))
+
+    # Two test runs (or a test and the demo) may make it at once: each fills its own folder,
+    # the first rename wins and the other keeps the winner's complete copy.
+    return fill_then_rename(dest, fill, finished=_complete)
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 if __name__ == "__main__":
