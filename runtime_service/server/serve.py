@@ -29,6 +29,7 @@ from runtime_service.server.convert import ServingLimits
 from runtime_service.server.engine_host import EngineHost, RuntimeSettings, State
 from runtime_service.errors import KilnError
 from runtime_service.server.liveness import StepStallWatchdog
+from runtime_service.store.atomic_folder import remove_abandoned_partials
 from runtime_service.server.servicer import (LIVENESS_SERVICE_NAME, SERVICE_NAME, RuntimeServicer,
                                     generic_handler)
 
@@ -199,6 +200,8 @@ async def serve(args) -> int:
     settings = settings_from_args(args)
     security = TransportSecurity.from_files(args.tls_cert, args.tls_key, args.token_file)
     runtime = RuntimeServer(settings, security)
+    # what a pull killed mid-way left behind (a live pull of another pod holds its lock)
+    await asyncio.to_thread(remove_abandoned_partials, settings.cache_dir)
     port = await runtime.start(args.listen)
     if args.port_file:
         Path(args.port_file).write_text(str(port))
