@@ -140,26 +140,11 @@ class RuntimeClient(_Client):
         """Starts a Generate call; the returned result fills in as responses arrive."""
         if not request.request_id:
             request.request_id = uuid.uuid4().hex
-        holder = {}
+        call = _GenerateCall(self, request, timeout_s)
         result = GenerationResult(request.request_id, prompt, prompt_token_ids, request.streaming,
-                                  decode, cancel=lambda: self.loop.loop.call_soon_threadsafe(
-                                      lambda: holder["call"].cancel() if "call" in holder else None))
-
-        async def pump():
-            call = self.stub.Generate(request, metadata=self.endpoint.metadata, timeout=timeout_s)
-            holder["call"] = call
-            try:
-                async for response in call:
-                    result._deliver(response)
-                result._deliver(_END)
-            except grpc.aio.AioRpcError as exc:
-                result._deliver(from_rpc_error(exc))
-            except asyncio.CancelledError:
-                result._deliver(from_rpc_error_cancelled())
-            except BaseException as exc:  # noqa: BLE001 - the caller must see every failure
-                result._deliver(exc)
-
-        self.loop.spawn(pump())
+                                  decode, cancel=call.cancel)
+        call.result = result
+        self.loop.spawn(call.pump())
         return result
 
     def export_engine(self, folder: Path, timeout_s: float = 3600.0) -> list[str]:
@@ -187,6 +172,49 @@ class RuntimeClient(_Client):
             if handle is not None and not handle.closed:
                 handle.close()
         return written
+
+
+class _GenerateCall:
+    """One Generate call on the client's loop. A cancel is remembered, so one that arrives
+    before the gRPC call exists (right after `generate_async()`) still cancels it."""
+
+    def __init__(self, client: "RuntimeClient", request: runtime_pb2.GenerateRequest,
+                 timeout_s: float | None):
+        self.client = client
+        self.request = request
+        self.timeout_s = timeout_s
+        self.result: GenerationResult | None = None
+        self.cancelled = False
+        self._call = None
+
+    def cancel(self) -> None:
+        """From any thread: cancels the call now, or as soon as it starts."""
+        self.client.loop.loop.call_soon_threadsafe(self._cancel_on_loop)
+
+    def _cancel_on_loop(self) -> None:
+        self.cancelled = True
+        if self._call is not None:
+            self._call.cancel()
+
+    async def pump(self) -> None:
+        result = self.result
+        try:
+            if self.cancelled:
+                raise asyncio.CancelledError
+            self._call = self.client.stub.Generate(self.request,
+                                                   metadata=self.client.endpoint.metadata,
+                                                   timeout=self.timeout_s)
+            if self.cancelled:
+                self._call.cancel()
+            async for response in self._call:
+                result._deliver(response)
+            result._deliver(_END)
+        except grpc.aio.AioRpcError as exc:
+            result._deliver(from_rpc_error(exc))
+        except asyncio.CancelledError:
+            result._deliver(from_rpc_error_cancelled())
+        except BaseException as exc:  # noqa: BLE001 - the caller must see every failure
+            result._deliver(exc)
 
 
 def from_rpc_error_cancelled():
