@@ -226,8 +226,9 @@ async def start_server(options: ServerOptions) -> RunningServer:
 async def serve(options: ServerOptions, grace_s: float = 30.0) -> None:
     """Runs until SIGTERM or SIGINT, then reports NOT_SERVING and drains for `grace_s`."""
     running = await start_server(options)
-    host = options.listen.rsplit(":", 1)[0]
-    print(f"kiln builder listening on {host}:{running.port} store={options.store_uri}", flush=True)
+    where = options.listen if options.listen.startswith("unix:") else \
+        f"{options.listen.rsplit(':', 1)[0]}:{running.port}"
+    print(f"kiln builder listening on {where} store={options.store_uri}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kiln._checks import boolean, instance, integer, one_of
 from kiln.attach import attach_runtime, runtime_options
-from kiln.client import BuilderClient, Endpoint, LoopThread
+from kiln.client import BuilderClient, LoopThread
 from kiln.engine_build import build_engine, check_capabilities, local_engine_key
 from kiln.errors import InvalidArgument
 from kiln.model_config import ModelConfig
@@ -81,8 +81,8 @@ class LLM:
         self.home, self.runtime = services.home, services.runtime
         check_capabilities(self.config, services.server_info)
         self.builder = None
-        if services.builder_address is not None:
-            self.builder = BuilderClient(Endpoint.from_env(services.builder_address), self._loop)
+        if services.builder is not None:
+            self.builder = BuilderClient(services.builder, self._loop)
             self._clients.append(self.builder)
             self.build_result = build_engine(self.config, self.builder, services.server_info,
                                              local_builder=services.builder_process is not None,

@@ -23,7 +23,7 @@ class Services:
     home: Path
     runtime: RuntimeClient
     server_info: runtime_pb2.ServerInfo
-    builder_address: str | None           # None: no builder needed (a saved engine, embedded)
+    builder: Endpoint | None              # None: no builder needed (a saved engine, embedded)
     builder_process: ServiceProcess | None
 
 
@@ -47,20 +47,26 @@ def start_services(model_dir: str, builder: str | None, runtime: str | None,
         builder_process = start_builder(home, roots)
         processes.append(builder_process)
     if runtime_process is not None:
-        runtime = runtime_process.wait_listening(timeout_s)
-    runtime_client = RuntimeClient(Endpoint.from_env(runtime), loop)
+        runtime_endpoint = Endpoint(runtime_process.wait_listening(timeout_s),
+                                    runtime_process.token)
+    else:
+        runtime_endpoint = Endpoint.from_env(runtime)
+    runtime_client = RuntimeClient(runtime_endpoint, loop)
     clients.append(runtime_client)
     server_info = runtime_client.server_info()
+    builder_endpoint = None
     if needs_builder and builder_process is not None:
-        builder = builder_process.wait_listening(timeout_s)
+        builder_endpoint = Endpoint(builder_process.wait_listening(timeout_s),
+                                    builder_process.token)
         wait_healthy(builder_process, loop, timeout_s)
-    return Services(home, runtime_client, server_info, builder if needs_builder else None,
-                    builder_process)
+    elif needs_builder:
+        builder_endpoint = Endpoint.from_env(builder)
+    return Services(home, runtime_client, server_info, builder_endpoint, builder_process)
 
 
 def wait_healthy(process: ServiceProcess, loop: LoopThread, timeout_s: float) -> None:
     """Polls a started builder's health until SERVING (or its process dies, or time runs out)."""
-    client = BuilderClient(Endpoint.from_env(process.address), loop)
+    client = BuilderClient(Endpoint(process.address, process.token), loop)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
