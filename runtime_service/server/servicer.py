@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.protobuf.message import DecodeError
 from kiln.v1 import runtime_pb2
 
 from runtime_service import __version__
@@ -24,6 +23,8 @@ from runtime_service.format.engine_format import MANIFEST, read_manifest
 from runtime_service.server.engine_host import EngineHost
 from runtime_service.errors import FailedPrecondition, InvalidRequest, KilnError
 from runtime_service.server.response_stream import ResponseAssembler
+from runtime_service.server.lenient import lenient as _lenient
+from runtime_service.server.lenient import parsed as _parsed
 from runtime_service.server.rpc_errors import abort_with
 
 log = logging.getLogger("kiln.runtime")
@@ -36,26 +37,6 @@ EXPORT_CHUNK_BYTES = 1 << 20
 # tokenizer releases the GIL), never on the event loop, so health checks and other streams keep
 # flowing while large prompts are tokenized; two threads bound the CPU one client can take.
 TOKENIZE_THREADS = 2
-
-
-class _Malformed:
-    def __init__(self, message: str):
-        self.message = message
-
-
-def _lenient(message_cls):
-    def parse(data: bytes):
-        try:
-            return message_cls.FromString(data)
-        except DecodeError as exc:
-            return _Malformed(f"the request is not a valid {message_cls.DESCRIPTOR.full_name}: {exc}")
-    return parse
-
-
-def _parsed(request):
-    if isinstance(request, _Malformed):
-        raise InvalidRequest(request.message)
-    return request
 
 
 class RuntimeServicer:
