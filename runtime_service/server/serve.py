@@ -155,7 +155,7 @@ class RuntimeServer:
                   LIVENESS_SERVICE_NAME)
         if getattr(self.host.executor, "ranks", None) is not None:
             self.exit_code = 1
-            loop.create_task(self.drain_and_stop(force=True))
+            loop.create_task(self.drain_and_stop())
 
     async def _watch_step_loop(self) -> None:
         """Polls the watchdog and flips the liveness service, with one log line per flip."""
@@ -190,10 +190,9 @@ class RuntimeServer:
         log.info("runtime listening on %s (port %d)", listen, self.port)
         return self.port
 
-    async def drain_and_stop(self, force: bool = False) -> None:
-        """NOT_SERVING, refuse new calls, let running streams finish within the grace period.
-        `force`: also when the host already turned DRAINING (a failed engine)."""
-        if self._draining or (self.host.state is State.DRAINING and not force):
+    async def drain_and_stop(self) -> None:
+        """NOT_SERVING, refuse new calls, let running streams finish within the grace period."""
+        if self._draining:
             return
         self._draining = True
         await self.host.drain()
