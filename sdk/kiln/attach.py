@@ -59,3 +59,11 @@ def attach_runtime(runtime: RuntimeClient, info: runtime_pb2.ServerInfo, uri: st
             "the runtime already serves its engine; kv_cache_config, "
             "capacity_scheduling_policy and streaming_llm are set when a pod starts")
     return model_info
+
+
+def attach_replicas(runtime: RuntimeClient, uri: str, engine_key: str,
+                    options: runtime_pb2.RuntimeOptions) -> None:
+    """Every replica a stream may resume on serves the primary's engine (an empty one is given
+    it), so a resumed request continues on the same weights."""
+    for replica in runtime.replicas:
+        attach_runtime(replica, replica.server_info(), uri, engine_key, options)

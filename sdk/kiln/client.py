@@ -20,7 +20,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.errors import DataLoss, InvalidArgument, from_rpc_error
-from kiln.result import _END, GenerationResult
+from kiln.generate_call import GenerateCall
+from kiln.result import GenerationResult
 from kiln.v1 import builder_pb2, builder_pb2_grpc, runtime_pb2, runtime_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 << 20
@@ -113,9 +114,23 @@ class _Client:
 
 
 class RuntimeClient(_Client):
-    def __init__(self, endpoint: Endpoint, loop: LoopThread):
+    """A runtime, plus `replicas` serving the same engine: a Generate whose pod dies or drains
+    mid-stream resumes on the next one (kiln/resume.py). Unary calls go to `endpoint`."""
+
+    def __init__(self, endpoint: Endpoint, loop: LoopThread, replicas: tuple = ()):
         super().__init__(endpoint, loop)
         self.stub = runtime_pb2_grpc.RuntimeStub(self.channel)
+        self.replicas = [RuntimeClient(replica, loop) for replica in replicas]
+        self.resume_backoff_s = 0.2
+
+    def generate_targets(self) -> list:
+        """(stub, metadata) of every replica, this one first."""
+        return [(client.stub, client.endpoint.metadata) for client in [self, *self.replicas]]
+
+    def close(self) -> None:
+        for replica in self.replicas:
+            replica.close()
+        super().close()
 
     def server_info(self) -> runtime_pb2.ServerInfo:
         return self._unary(self.stub.GetServerInfo, runtime_pb2.GetServerInfoRequest())
@@ -140,7 +155,7 @@ class RuntimeClient(_Client):
         """Starts a Generate call; the returned result fills in as responses arrive."""
         if not request.request_id:
             request.request_id = uuid.uuid4().hex
-        call = _GenerateCall(self, request, timeout_s)
+        call = GenerateCall(self, request, timeout_s)
         result = GenerationResult(request.request_id, prompt, prompt_token_ids, request.streaming,
                                   decode, cancel=call.cancel)
         call.result = result
@@ -172,54 +187,6 @@ class RuntimeClient(_Client):
             if handle is not None and not handle.closed:
                 handle.close()
         return written
-
-
-class _GenerateCall:
-    """One Generate call on the client's loop. A cancel is remembered, so one that arrives
-    before the gRPC call exists (right after `generate_async()`) still cancels it."""
-
-    def __init__(self, client: "RuntimeClient", request: runtime_pb2.GenerateRequest,
-                 timeout_s: float | None):
-        self.client = client
-        self.request = request
-        self.timeout_s = timeout_s
-        self.result: GenerationResult | None = None
-        self.cancelled = False
-        self._call = None
-
-    def cancel(self) -> None:
-        """From any thread: cancels the call now, or as soon as it starts."""
-        self.client.loop.loop.call_soon_threadsafe(self._cancel_on_loop)
-
-    def _cancel_on_loop(self) -> None:
-        self.cancelled = True
-        if self._call is not None:
-            self._call.cancel()
-
-    async def pump(self) -> None:
-        result = self.result
-        try:
-            if self.cancelled:
-                raise asyncio.CancelledError
-            self._call = self.client.stub.Generate(self.request,
-                                                   metadata=self.client.endpoint.metadata,
-                                                   timeout=self.timeout_s)
-            if self.cancelled:
-                self._call.cancel()
-            async for response in self._call:
-                result._deliver(response)
-            result._deliver(_END)
-        except grpc.aio.AioRpcError as exc:
-            result._deliver(from_rpc_error(exc))
-        except asyncio.CancelledError:
-            result._deliver(from_rpc_error_cancelled())
-        except BaseException as exc:  # noqa: BLE001 - the caller must see every failure
-            result._deliver(exc)
-
-
-def from_rpc_error_cancelled():
-    from kiln.errors import Cancelled
-    return Cancelled("the request was cancelled")
 
 
 def _safe_join(folder: Path, relative: str) -> Path:

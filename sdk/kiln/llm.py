@@ -17,7 +17,7 @@ import weakref
 from pathlib import Path
 
 from kiln._checks import boolean, instance, integer, one_of
-from kiln.attach import attach_runtime, runtime_options
+from kiln.attach import attach_replicas, attach_runtime, runtime_options
 from kiln.client import BuilderClient, LoopThread
 from kiln.engine_build import build_engine, check_capabilities, local_engine_key
 from kiln.errors import InvalidArgument
@@ -43,7 +43,7 @@ class LLM:
                  capacity_scheduling_policy=CapacitySchedulerPolicy.GUARANTEED_NO_EVICT,
                  async_mode: bool = False, streaming_llm: bool | StreamingLLMParam = False, *,
                  enable_chunked_context: bool = True,
-                 builder: str | None = None, runtime: str | None = None,
+                 builder: str | None = None, runtime: str | list[str] | None = None,
                  kiln_home_dir: str | None = None, show_progress: bool = True,
                  startup_timeout_s: float = 900.0):
         self.config = instance(ModelConfig)("config", config)
@@ -94,6 +94,8 @@ class LLM:
                                   self.streaming_llm, self.enable_chunked_context)
         self.model_info = attach_runtime(self.runtime, services.server_info, uri, engine_key,
                                          options)
+        attach_replicas(self.runtime, uri, engine_key or self.model_info.engine.engine_key,
+                        options)
 
     # ---- generation ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.client import BuilderClient, Endpoint, LoopThread, RuntimeClient
+from kiln.errors import InvalidArgument
 from kiln.embedded import ServiceProcess, default_device, kiln_home, start_builder, start_runtime
 from kiln.v1 import runtime_pb2
 
@@ -33,7 +34,7 @@ def start_services(model_dir: str, builder: str | None, runtime: str | None,
                    timeout_s: float) -> Services:
     """Finds or starts the runtime (and the builder when one is needed) and waits for both."""
     builder = builder or os.environ.get("KILN_BUILDER") or None
-    runtime = runtime or os.environ.get("KILN_RUNTIME") or None
+    runtime = runtime_addresses(runtime or os.environ.get("KILN_RUNTIME") or None)
     home = kiln_home(home_dir)
     embedded_runtime = runtime is None
     needs_builder = needs_builder_for_local_engine or not embedded_runtime
@@ -50,8 +51,9 @@ def start_services(model_dir: str, builder: str | None, runtime: str | None,
         runtime_endpoint = Endpoint(runtime_process.wait_listening(timeout_s),
                                     runtime_process.token)
     else:
-        runtime_endpoint = Endpoint.from_env(runtime)
-    runtime_client = RuntimeClient(runtime_endpoint, loop)
+        runtime_endpoint = Endpoint.from_env(runtime[0])
+    replicas = tuple(Endpoint.from_env(address) for address in (runtime or [])[1:])
+    runtime_client = RuntimeClient(runtime_endpoint, loop, replicas)
     clients.append(runtime_client)
     server_info = runtime_client.server_info()
     builder_endpoint = None
@@ -62,6 +64,19 @@ def start_services(model_dir: str, builder: str | None, runtime: str | None,
     elif needs_builder:
         builder_endpoint = Endpoint.from_env(builder)
     return Services(home, runtime_client, server_info, builder_endpoint, builder_process)
+
+
+def runtime_addresses(runtime: str | list[str] | tuple | None) -> list[str] | None:
+    """`runtime=` (or KILN_RUNTIME): one address, several separated by commas, or a list. The
+    first takes the unary calls; a stream resumes on the others when its replica fails."""
+    if runtime is None:
+        return None
+    items = runtime.split(",") if isinstance(runtime, str) else list(runtime)
+    addresses = [item.strip() for item in items if isinstance(item, str) and item.strip()]
+    if not addresses or len(addresses) != len(items):
+        raise InvalidArgument(f"runtime must be 'host:port', several separated by commas, or a "
+                              f"list of them; got {runtime!r}")
+    return addresses
 
 
 def wait_healthy(process: ServiceProcess, loop: LoopThread, timeout_s: float) -> None:
