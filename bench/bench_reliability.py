@@ -20,7 +20,6 @@ import json
 import platform
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import bench_common  # noqa: F401 - puts the repository and tests/ on sys.path
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.client import Endpoint, LoopThread, RuntimeClient
 from kiln.errors import Cancelled, DeadlineExceeded
@@ -55,35 +53,46 @@ def token_request(ids, max_new_tokens: int, seed: int | None = None, request_id:
                                        token_ids=runtime_pb2.TokenIds(ids=ids))
 
 
+PROBE = """
+import json, sys, time, grpc
+stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(sys.argv[1]))
+stub.Check(health_pb2.HealthCheckRequest(), timeout=30)
+print("ready", flush=True)
+latencies = []
+import select
+while not select.select([sys.stdin], [], [], float(sys.argv[2]))[0]:
+    started = time.perf_counter()
+    try:
+        stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    except grpc.RpcError:
+        pass
+    latencies.append(time.perf_counter() - started)
+print(json.dumps(latencies), flush=True)
+"""
+
+
 class HealthProbe:
-    """Polls grpc.health.v1 every `interval_s` on its own thread and keeps each latency."""
+    """Polls grpc.health.v1 every `interval_s` from its own process (so the load this process
+    generates cannot delay the probe) and keeps each latency."""
 
     def __init__(self, address: str, interval_s: float = 0.02):
-        self.channel = grpc.insecure_channel(address)
-        self.stub = health_pb2_grpc.HealthStub(self.channel)
+        self.address = address
         self.interval_s = interval_s
         self.latencies_s: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            try:
-                self.stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
-            except grpc.RpcError:
-                pass
-            self.latencies_s.append(time.perf_counter() - started)
-            self._stop.wait(self.interval_s)
+        self._process = None
 
     def __enter__(self):
-        self._thread.start()
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", PROBE, self.address, str(self.interval_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout.readline().strip() == "ready"
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.channel.close()
+        self._process.stdin.write("stop\n")
+        self._process.stdin.flush()
+        self.latencies_s = json.loads(self._process.stdout.readline())
+        self._process.wait(30)
 
 
 def pod_dir(work: Path, name: str) -> Path:
@@ -219,23 +228,28 @@ def bench_overload(model: Path, work: Path, queue_size: int) -> dict:
     try:
         pod.wait_serving()
         outcomes = []
+        channel = grpc.insecure_channel(pod.address)        # connected before the burst
+        stub = runtime_stub(channel)
+        stub.GetServerInfo(runtime_pb2.GetServerInfoRequest(), timeout=10)
+        go = threading.Barrier(10 * queue_size)
 
         def one(index):
-            with grpc.insecure_channel(pod.address) as channel:
-                started = time.perf_counter()
-                try:
-                    responses = list(runtime_stub(channel).Generate(
-                        token_request([7, 8, index % 200 + 1], 64), timeout=300))
-                    outcomes.append(("ok", len(responses[-1].complete.token_ids),
-                                     time.perf_counter() - started))
-                except grpc.RpcError as exc:
-                    outcomes.append((exc.code().name, 0, time.perf_counter() - started))
+            go.wait()
+            started = time.perf_counter()
+            try:
+                responses = list(stub.Generate(token_request([7, 8, index % 200 + 1], 64),
+                                               timeout=300))
+                outcomes.append(("ok", len(responses[-1].complete.token_ids),
+                                 time.perf_counter() - started))
+            except grpc.RpcError as exc:
+                outcomes.append((exc.code().name, 0, time.perf_counter() - started))
         with HealthProbe(pod.address) as probe:
             threads = [threading.Thread(target=one, args=(i,)) for i in range(10 * queue_size)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
+        channel.close()
         refused = [o for o in outcomes if o[0] == "RESOURCE_EXHAUSTED"]
         admitted = [o for o in outcomes if o[0] == "ok"]
         return {"requests": len(outcomes), "queue_size": queue_size, "refused": len(refused),

@@ -48,6 +48,7 @@ log = logging.getLogger("kiln.executor")
 # the engine cannot recover: it refuses new work and reports through `on_failure`.
 MAX_CONSECUTIVE_STEP_FAILURES = 3
 
+
 def engine_identity(loaded: LoadedModel) -> str:
     """Salts prefix hashes so cached blocks are never matched across different engines."""
     return loaded.config.to_json() + str(loaded.dtype)

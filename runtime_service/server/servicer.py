@@ -61,8 +61,12 @@ class RuntimeServicer:
         try:
             try:
                 executor = self.host.require_serving()
-                wanted = await self._off_loop(engine_request, _parsed(request),
-                                              executor.tokenizer, self.host.limits)
+                request = _parsed(request)
+                if request.HasField("text"):
+                    wanted = await self._off_loop(engine_request, request, executor.tokenizer,
+                                                  self.host.limits)
+                else:               # token ids: nothing slow to do, so no thread hop either
+                    wanted = engine_request(request, executor.tokenizer, self.host.limits)
                 stream = executor.submit(wanted.request)
             except Exception as exc:
                 status = type(exc).__name__
