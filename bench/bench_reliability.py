@@ -55,6 +55,7 @@ def token_request(ids, max_new_tokens: int, seed: int | None = None, request_id:
 
 PROBE = """
 import json, sys, time, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(sys.argv[1]))
 stub.Check(health_pb2.HealthCheckRequest(), timeout=30)
 print("ready", flush=True)
