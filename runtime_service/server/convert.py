@@ -135,7 +135,7 @@ def engine_request(msg: runtime_pb2.GenerateRequest, tokenizer,
         prompt = list(msg.token_ids.ids)
     else:
         raise InvalidRequest("the request has no input: set text or token_ids")
-    if msg.resume_offset >= len(prompt):
+    if msg.resume_offset and msg.resume_offset >= len(prompt):
         raise InvalidRequest(f"resume_offset={msg.resume_offset} must be below the input's "
                              f"{len(prompt)} tokens (it counts output tokens at its end)")
     detokenize = msg.output.detokenize if msg.output.HasField("detokenize") else kind == "text"
