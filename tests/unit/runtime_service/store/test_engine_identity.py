@@ -106,3 +106,23 @@ def test_partials_of_a_killed_pull_are_removed_and_a_live_ones_kept(tmp_path):
     store, _ = published(tmp_path, "good")
     pull_from_store(store, GENUINE, cache)
     assert not live.exists()            # its writer is gone now: the pull swept it
+
+
+def test_the_partial_folder_of_a_sigkilled_pull_is_removed(tmp_path):
+    cache = tmp_path / "cache"
+    puller = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from runtime_service.store.atomic_folder import fill_then_rename\n"
+        "def fill(folder):\n"
+        "    (folder / 'rank0.safetensors').write_bytes(b'w' * 1_000_000)\n"
+        "    print('filling', flush=True)\n"
+        "    time.sleep(60)\n"
+        f"fill_then_rename(Path({str(cache / GENUINE)!r}), fill)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert puller.stdout.readline().strip() == "filling"
+    puller.kill()
+    puller.wait(10)
+    assert [p.name.startswith(PARTIAL_MARK) for p in cache.iterdir()] == [True]
+    assert remove_abandoned_partials(cache) == 1_000_000
+    assert list(cache.iterdir()) == []
