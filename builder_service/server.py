@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from kiln.v1 import builder_pb2, builder_pb2_grpc
 
 from runtime_service.server.auth import TransportSecurity
+from runtime_service.server.lenient import lenient, parsed
 from runtime_service.errors import CapacityExceeded, InvalidRequest
 from runtime_service.store import S3Settings, open_store
 
@@ -68,7 +69,7 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
     async def Build(self, request, context):
         started = time.monotonic()
         try:
-            spec = spec_from_request(request)
+            spec = spec_from_request(parsed(request))
             yield progress_event(BuildProgress("queued", 0, 0, "", "waiting for a build slot"))
             loop = asyncio.get_running_loop()
             events: asyncio.Queue = asyncio.Queue()
@@ -93,7 +94,8 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
             raise
         except Exception as exc:
             code, message = grpc_status(exc)
-            log.info("build source=%s status=%s seconds=%.2f: %s", request.source, code.name,
+            log.info("build source=%s status=%s seconds=%.2f: %s",
+                     getattr(request, "source", "?"), code.name,
                      time.monotonic() - started, message)
             await context.abort(code, message)
 
@@ -104,19 +106,24 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
             await context.abort(*grpc_status(exc))
 
     async def GetEngine(self, request, context):
-        return engine_summary(await self._unary(context, self.builder.describe, request.engine))
+        return engine_summary(await self._unary(
+            context, lambda: self.builder.describe(parsed(request).engine)))
 
     async def ListEngines(self, request, context):
-        engines = await self._unary(context, self.builder.list_engines)
+        def listed():
+            parsed(request)
+            return self.builder.list_engines()
+        engines = await self._unary(context, listed)
         return builder_pb2.ListEnginesResponse(engines=[engine_summary(e) for e in engines])
 
     async def DeleteEngine(self, request, context):
-        key = await self._unary(context, self.builder.delete, request.engine)
+        key = await self._unary(context, lambda: self.builder.delete(parsed(request).engine))
         log.info("delete key=%s", key)
         return builder_pb2.DeleteEngineResponse(engine_key=key)
 
     async def FindMissingBlobs(self, request, context):
-        missing = await self._unary(context, self.uploads.missing, list(request.sha256))
+        missing = await self._unary(context,
+                                    lambda: self.uploads.missing(list(parsed(request).sha256)))
         return builder_pb2.FindMissingBlobsResponse(missing=missing)
 
     async def UploadSource(self, request_iterator, context):
@@ -140,6 +147,7 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
         limits = self.uploads.limits
         files, sizes, finished, received = None, {}, set(), 0
         async for chunk in request_iterator:
+            chunk = parsed(chunk)
             kind = chunk.WhichOneof("kind")
             if files is None:
                 if kind != "files":
@@ -179,6 +187,24 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def generic_handler(servicer: BuilderServicer) -> grpc.GenericRpcHandler:
+    """The Builder's method table with lenient parsing: undecodable bytes are INVALID_ARGUMENT
+    (the generated table answers UNKNOWN, or INTERNAL on the UploadSource stream)."""
+    m = builder_pb2
+    serialize = lambda message: message.SerializeToString()  # noqa: E731
+    unary = {"GetEngine": m.GetEngineRequest, "ListEngines": m.ListEnginesRequest,
+             "DeleteEngine": m.DeleteEngineRequest, "FindMissingBlobs": m.FindMissingBlobsRequest}
+    handlers = {name: grpc.unary_unary_rpc_method_handler(
+        getattr(servicer, name), request_deserializer=lenient(cls), response_serializer=serialize)
+        for name, cls in unary.items()}
+    handlers["Build"] = grpc.unary_stream_rpc_method_handler(
+        servicer.Build, request_deserializer=lenient(m.BuildRequest), response_serializer=serialize)
+    handlers["UploadSource"] = grpc.stream_unary_rpc_method_handler(
+        servicer.UploadSource, request_deserializer=lenient(m.SourceChunk),
+        response_serializer=serialize)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
 def make_builder(options: ServerOptions) -> tuple[EngineBuilder, UploadArea]:
     work_dir = Path(options.work_dir)
     uploads = UploadArea(work_dir / "uploads", options.upload_limits)
@@ -211,7 +237,7 @@ async def start_server(options: ServerOptions) -> RunningServer:
         interceptors=security.interceptors(),
         options=[("grpc.max_receive_message_length", message_bytes),
                  ("grpc.max_send_message_length", 64 << 20)])
-    builder_pb2_grpc.add_BuilderServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((generic_handler(servicer),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -226,8 +252,9 @@ async def start_server(options: ServerOptions) -> RunningServer:
 async def serve(options: ServerOptions, grace_s: float = 30.0) -> None:
     """Runs until SIGTERM or SIGINT, then reports NOT_SERVING and drains for `grace_s`."""
     running = await start_server(options)
-    host = options.listen.rsplit(":", 1)[0]
-    print(f"kiln builder listening on {host}:{running.port} store={options.store_uri}", flush=True)
+    where = options.listen if options.listen.startswith("unix:") else \
+        f"{options.listen.rsplit(':', 1)[0]}:{running.port}"
+    print(f"kiln builder listening on {where} store={options.store_uri}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from runtime_service.format.engine_config import (SUPPORTED_DTYPES, BuildConfig, Mapping, QuantConfig,
@@ -20,6 +21,11 @@ DEFAULT_MAX_SEQ_LEN = 2048
 DEFAULT_MAX_INPUT_LEN = 1024
 DEFAULT_MAX_NUM_TOKENS = 4096
 DEFAULT_MAX_BATCH_SIZE = 64
+# Upper bounds a build may ask for: far above any real deployment, low enough that sizes derived
+# from them (KV blocks, beam rows, sampling buffers) stay finite integers.
+MAX_LIMITS = {"max_batch_size": 4096, "max_input_len": 1 << 20, "max_seq_len": 1 << 20,
+              "max_num_tokens": 1 << 20, "max_beam_width": 64}
+CAPABILITY = re.compile(r"^[0-9]{1,2}\.[0-9]{1,2}$")      # CUDA compute capability, e.g. "9.0"
 
 
 def check_quant_supported(quant: QuantConfig) -> None:
@@ -68,11 +74,16 @@ class BuildSpec:
         for name in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens",
                      "max_beam_width"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise InvalidRequest(f"{name} must be an integer >= 1, got {value!r}")
+            if value is not None and (not isinstance(value, int)
+                                      or not 1 <= value <= MAX_LIMITS[name]):
+                raise InvalidRequest(
+                    f"{name} must be an integer in [1, {MAX_LIMITS[name]}], got {value!r}")
         if self.target.device not in TARGET_DEVICES:
             raise InvalidRequest(
                 f"target device must be one of {TARGET_DEVICES}, got {self.target.device!r}")
+        if self.target.capability and not CAPABILITY.match(self.target.capability):
+            raise InvalidRequest(f"target capability must look like '9.0' (major.minor), got "
+                                 f"{self.target.capability[:20]!r}")
         check_quant_supported(self.quant)
 
     def build_config(self, model: ModelArgs) -> BuildConfig:

@@ -44,6 +44,24 @@ class SourceFileEntry:
     size_bytes: int
 
 
+MAX_NAME_BYTES = 255           # one path component, as most file systems allow
+MAX_PATH_BYTES = 1024
+
+
+def check_upload_path(path: str) -> str:
+    """A relative path the builder can create on any common file system, or InvalidRequest."""
+    check_relative_path(path)
+    if "\x00" in path:
+        raise InvalidRequest(f"file path {path!r} holds a NUL byte")
+    encoded = path.encode("utf-8", errors="surrogatepass")
+    if len(encoded) > MAX_PATH_BYTES:
+        raise InvalidRequest(f"file path {path[:40]!r}... is longer than {MAX_PATH_BYTES} bytes")
+    if any(len(part.encode("utf-8", errors="surrogatepass")) > MAX_NAME_BYTES
+           for part in path.split("/")):
+        raise InvalidRequest(f"a name in {path[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
+    return path
+
+
 def check_file_list(files: list[SourceFileEntry], limits: UploadLimits) -> None:
     if not files:
         raise InvalidRequest("an upload needs at least one file")
@@ -51,10 +69,15 @@ def check_file_list(files: list[SourceFileEntry], limits: UploadLimits) -> None:
         raise CapacityExceeded(f"an upload holds at most {limits.max_files} files")
     seen = set()
     for entry in files:
-        check_relative_path(entry.path)
+        check_upload_path(entry.path)
         if entry.path in seen:
             raise InvalidRequest(f"file {entry.path} is listed twice")
         seen.add(entry.path)
+    folders = {"/".join(parts[:i]) for parts in (p.split("/") for p in seen)
+               for i in range(1, len(parts))}
+    clash = sorted(seen & folders)
+    if clash:
+        raise InvalidRequest(f"{clash[0]!r} is listed as a file and as a folder of other files")
         if not SHA256_HEX.match(entry.sha256):
             raise InvalidRequest(f"file {entry.path} has a malformed sha256")
         if entry.size_bytes < 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -127,7 +128,14 @@ def run_rank(rank: int, world_size: int, local_rank: int, master_addr: str, mast
                                    attention=plan.attention_backend)
         log.info("rank %d serving its shard (tp rank %d, pp rank %d, %d KV blocks)", rank,
                  parallel.tp_rank, parallel.pp_rank, num_blocks)
-        runner.serve_steps()
+        try:
+            runner.serve_steps()
+        except Exception:  # noqa: BLE001 - see below
+            # A rank that cannot run a step leaves at once, without the group's goodbyes that
+            # would wait on the others: its closed connections are how they learn of it.
+            log.exception("rank %d failed a step; exiting", rank)
+            logging.shutdown()
+            os._exit(1)
         return 0
     finally:
         group.leave()

@@ -27,6 +27,7 @@ class RankedModelRunner(ModelRunner):
     @torch.inference_mode()
     def launch(self, batch: SchedulerOutput) -> PendingStep:
         """Rank 0's step: broadcast, forward on every rank, then score and sample here."""
+        self.faults.before_step()
         finishing = [item.seq for item in batch.scheduled if item.completes]
         spans = prompt_spans(batch)
         inputs = self.layout(batch)
@@ -88,4 +89,5 @@ class RankedModelRunner(ModelRunner):
                 continue
             if not isinstance(message, StepInputs):    # STOP
                 return
+            self.faults.before_step()
             self.run_step(message)

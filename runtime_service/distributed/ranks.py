@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from runtime_service.model.parallel import ParallelContext
 from runtime_service.format.engine_config import Mapping
-from runtime_service.errors import KilnError
+from runtime_service.errors import KilnError, Unavailable
 from runtime_service.model.model_runner import StepInputs
 from runtime_service.distributed.rank_layout import RankLayout
 
@@ -71,6 +71,10 @@ class LoadStatus:
 
 STOP = "stop"
 KEEPALIVE = "keepalive"
+
+
+class RankLost(Unavailable):
+    """A rank process is gone: the group cannot run another step."""
 
 _MESSAGE_TYPES = {cls.__name__: cls for cls in (LoadPlan, LoadStatus, StepInputs)}
 
@@ -158,6 +162,7 @@ class RankGroup:
         self.max_kv_blocks: int | None = None     # the least any other rank can hold
         self._closed = False
         self.stop_telling = False           # True once the other ranks left on their own
+        self.failed = False                 # a step failed: ranks may be gone or stuck
         self._last_broadcast_s = time.monotonic()
 
     # ---- control messages, always from rank 0 ----
@@ -174,9 +179,19 @@ class RankGroup:
         return message if self.rank == 0 else decode_message(buffer.numpy().tobytes())
 
     def keep_alive(self) -> None:
-        """Rank 0, idle: tells the waiting ranks it is still there before their wait times out."""
-        if not self._closed and time.monotonic() - self._last_broadcast_s > self.keepalive_interval_s:
+        """Rank 0, idle: raises RankLost when a rank it spawned has exited, and tells the
+        waiting ranks it is still there before their wait times out."""
+        if self._closed:
+            return
+        self.check_children()
+        if time.monotonic() - self._last_broadcast_s > self.keepalive_interval_s:
             self.broadcast(KEEPALIVE)
+
+    def check_children(self) -> None:
+        for proc in self.children:
+            code = proc.poll()
+            if code is not None:
+                raise RankLost(f"rank process {proc.pid} exited with code {code}")
 
     def gather_status(self, status: LoadStatus) -> list[LoadStatus]:
         data = encode_message(status)
@@ -233,6 +248,14 @@ class RankGroup:
         if self._closed:
             return
         self._closed = True
+        if self.failed:
+            # Rank 0 exits next; a rank blocked in a collective with a dead one may never
+            # return, so it is killed rather than told (ranks on other nodes exit when their
+            # collectives with this process fail).
+            for proc in self.children:
+                proc.kill()
+                proc.wait(5)
+            return
         if self.rank == 0 and not self.stop_telling:
             try:
                 self.broadcast(STOP)

@@ -43,9 +43,25 @@ from runtime_service.engine.validation import EngineLimits, validate_request
 
 log = logging.getLogger("kiln.executor")
 
+# A step that raises fails the requests in flight and the loop goes on; this many failed steps
+# in a row (or any failure of a multi-rank step, after which the ranks' state is unknown) mean
+# the engine cannot recover: it refuses new work and reports through `on_failure`.
+MAX_CONSECUTIVE_STEP_FAILURES = 3
+
+
 def engine_identity(loaded: LoadedModel) -> str:
     """Salts prefix hashes so cached blocks are never matched across different engines."""
     return loaded.config.to_json() + str(loaded.dtype)
+
+
+def step_error(exc: BaseException) -> KilnError:
+    """What the requests of a failed step end with: the typed error itself, RESOURCE_EXHAUSTED
+    for device memory, else UNAVAILABLE (the replica failed, another may serve the request)."""
+    if isinstance(exc, KilnError):
+        return exc
+    if isinstance(exc, torch.OutOfMemoryError):
+        return CapacityExceeded(f"the step ran out of device memory ({exc}); retry later")
+    return Unavailable(f"the step failed ({type(exc).__name__}: {exc}); retry")
 
 
 def samples_without_history(seq: Sequence) -> bool:
@@ -146,6 +162,9 @@ class Executor:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.failure: BaseException | None = None     # set once the engine cannot recover
+        self.on_failure = lambda exc: None            # called once, from the step-loop thread
+        self._consecutive_failures = 0
         self.num_steps = 0
         self.num_preemptions = 0
         self.num_overlapped_steps = 0
@@ -228,13 +247,17 @@ class Executor:
         validate_request(request, self.limits)
         stream = RequestStream(request.request_id, self.abort)
         with self._lock:
+            if self.failure is not None:
+                raise Unavailable(f"the engine failed ({self.failure}); retry on another replica")
             if request.request_id in self._pending:
                 raise InvalidRequest(f"request_id {request.request_id!r} is already running")
             if len(self._pending) >= self.options.max_queue_size:
                 raise CapacityExceeded(
                     f"the queue is full ({self.options.max_queue_size} requests); retry later")
             self._pending.add(request.request_id)
-        self._inbox.put(("submit", request, stream))
+            # inside the lock, so a failing loop that drains the inbox after setting `failure`
+            # sees every request admitted before it
+            self._inbox.put(("submit", request, stream))
         self._wakeup.set()
         return stream
 
@@ -272,19 +295,38 @@ class Executor:
                 for live in list(self._live.values()):
                     self._finish(live, FinishReason.ABORTED)
                 return
-            if not self.scheduler.has_work:
-                self._wakeup.wait(0.5)
-                self._wakeup.clear()
-                if self.ranks is not None:
-                    self.ranks.keep_alive()
-                continue
             try:
+                if not self.scheduler.has_work:
+                    self._wakeup.wait(0.5)
+                    self._wakeup.clear()
+                    if self.ranks is not None:
+                        self.ranks.keep_alive()     # also notices a rank that died idle
+                    continue
                 self.step()
+                self._consecutive_failures = 0
             except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server
                 log.exception("step failed; failing the requests in it")
                 self._in_flight = None
+                error = step_error(exc)
                 for live in list(self._live.values()):
-                    self._fail(live, exc)
+                    self._fail(live, error)
+                self._consecutive_failures += 1
+                if (self.ranks is not None
+                        or self._consecutive_failures >= MAX_CONSECUTIVE_STEP_FAILURES):
+                    self._give_up(exc, error)
+                    return
+
+    def _give_up(self, cause: BaseException, error: KilnError) -> None:
+        """The engine cannot recover: refuse new work, fail what was admitted, tell the host."""
+        log.error("the engine cannot recover (%s); refusing new requests", cause)
+        with self._lock:
+            self.failure = cause
+        if self.ranks is not None:
+            self.ranks.failed = True        # no goodbye to ranks that may be gone or stuck
+        self._drain_inbox()
+        for live in list(self._live.values()):
+            self._fail(live, error)
+        self.on_failure(cause)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -448,8 +490,7 @@ class Executor:
         self._emit(live, "", reason)
         self._close(live)
 
-    def _fail(self, live: _Live, exc: Exception) -> None:
-        error = exc if isinstance(exc, KilnError) else Unavailable(f"the step failed: {exc}")
+    def _fail(self, live: _Live, error: KilnError) -> None:
         live.stream._push(error)
         self._close(live)
 

@@ -46,6 +46,7 @@ class SamplingParams:
     length_penalty: float = 1.0
     early_stopping: bool | str = True      # True, False or "never", as transformers defines them
     num_return_sequences: int = 1
+    seed_offset: int = 0                   # seeded draws start at this output index (a resume)
 
     @property
     def greedy(self) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime_service.format.engine_config import EngineConfig
-from runtime_service.errors import CorruptEngine, EngineNotFound, InvalidRequest
+from runtime_service.errors import CorruptEngine, EngineNotFound, FailedPrecondition, InvalidRequest
 
 FORMAT_NAME = "kiln-engine"
 CHECKPOINT_FORMAT_NAME = "kiln-checkpoint"
@@ -111,6 +111,22 @@ class Manifest:
             check_relative_path(entry.path)
         return manifest
 
+    def check_servable(self) -> "Manifest":
+        """Refuses a manifest this runtime must not serve: another format, a version it does not
+        know (its files may mean something else), or no files at all (nothing would be verified,
+        so anything in the folder would be served)."""
+        if self.format != FORMAT_NAME:
+            raise CorruptEngine(f"manifest format is {self.format!r}, not {FORMAT_NAME!r}")
+        if self.format_version != FORMAT_VERSION:
+            raise FailedPrecondition(
+                f"the engine uses format version {self.format_version!r}; this runtime reads "
+                f"version {FORMAT_VERSION}; rebuild the engine with this version's builder")
+        paths = {entry.path for entry in self.files}
+        if CONFIG not in paths:
+            raise CorruptEngine(f"the manifest lists {len(paths)} files and not {CONFIG}; an "
+                                f"engine's manifest lists every file it holds")
+        return self
+
 
 def check_relative_path(path: str) -> str:
     """Refuses absolute paths, '..' and empty parts in a path stored in a manifest or a key."""
@@ -154,9 +170,10 @@ def read_manifest(folder: str | Path) -> Manifest:
 
 
 def verify_engine_folder(folder: str | Path) -> Manifest:
-    """Checks every manifest entry's size and sha256; raises CorruptEngine on any mismatch."""
+    """Checks the manifest is servable and every entry's size and sha256; raises CorruptEngine on
+    any mismatch (FailedPrecondition for an unknown format version)."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder).check_servable()
     for entry in manifest.files:
         path = folder / entry.path
         if not path.is_file():

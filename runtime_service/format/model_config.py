@@ -37,6 +37,10 @@ class RopeScaling:
             raise InvalidRequest("rope_scaling.high_freq_factor must exceed low_freq_factor")
 
 
+REQUIRED_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                      "num_attention_heads")
+
+
 @dataclass(frozen=True)
 class ModelArgs:
     vocab_size: int
@@ -102,6 +106,11 @@ class ModelArgs:
         scaling_fields = {f.name for f in dataclasses.fields(RopeScaling)}
         scaling = RopeScaling(rope_type=rope_type,
                               **{k: v for k, v in rope.items() if k in scaling_fields})
+        missing = [name for name in REQUIRED_HF_FIELDS
+                   if not (isinstance(hf.get(name), int) and hf[name] > 0)]
+        if missing:
+            raise InvalidRequest(f"config.json lacks a positive integer {', '.join(missing)}; it "
+                                 f"is not a complete LLaMA config")
         num_heads = hf["num_attention_heads"]
         eos = hf.get("eos_token_id", 2)
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())

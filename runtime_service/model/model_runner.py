@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from runtime_service.model.faults import StepFaults
 from runtime_service.model.layers.attention import AttentionMetadata, TorchReferenceAttention
 from runtime_service.model.llama import LlamaModel
 from runtime_service.model.sampler import build_sampling_batch, is_plain_greedy, sample, sample_greedy
@@ -151,6 +152,8 @@ class ModelRunner:
         self.block_size = block_size
         self.end_ids_of = end_ids_of
         self.rotate_in_cache = rotate_in_cache
+        parallel = model.parallel
+        self.faults = StepFaults.from_env(parallel.pp_rank * parallel.tp_size + parallel.tp_rank)
         args = model.args
         kv_heads = args.num_kv_heads // model.parallel.tp_size
         shape = (num_blocks, block_size, kv_heads, args.head_dim)
@@ -302,6 +305,7 @@ class ModelRunner:
     @torch.inference_mode()
     def launch(self, batch: SchedulerOutput) -> PendingStep:
         """Queues one step on the device; only prompt logprobs, when asked for, wait for it."""
+        self.faults.before_step()
         self.rotate_blocks(batch.block_rotations)
         self.copy_blocks(batch.block_copies)
         finishing = [item.seq for item in batch.scheduled if item.completes]

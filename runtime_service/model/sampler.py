@@ -207,7 +207,7 @@ def build_sampling_batch(rows: list, end_ids_of, device: torch.device) -> Sampli
         banned=[banned_tokens(s.token_ids, s.num_outputs_sampled, s.sampling, end_ids_of(s))
                 for s in rows],
         seeds=[s.seed for s in rows],
-        output_index=[s.num_outputs_sampled for s in rows],
+        output_index=[s.num_outputs_sampled + s.sampling.seed_offset for s in rows],
         greedy_rows=[p.greedy for p in params],
         top_logprobs=[p.top_logprobs for p in params],
         any_penalty=any_penalty,

@@ -111,6 +111,7 @@ def sampling_params(msg: runtime_pb2.GenerateRequest, tokenizer,
                               else beam_width),
         length_penalty=s.length_penalty if s.HasField("length_penalty") else 1.0,
         early_stopping=s.early_stopping if s.HasField("early_stopping") else True,
+        seed_offset=msg.resume_offset,
     )
 
 
@@ -134,6 +135,9 @@ def engine_request(msg: runtime_pb2.GenerateRequest, tokenizer,
         prompt = list(msg.token_ids.ids)
     else:
         raise InvalidRequest("the request has no input: set text or token_ids")
+    if msg.resume_offset and msg.resume_offset >= len(prompt):
+        raise InvalidRequest(f"resume_offset={msg.resume_offset} must be below the input's "
+                             f"{len(prompt)} tokens (it counts output tokens at its end)")
     detokenize = msg.output.detokenize if msg.output.HasField("detokenize") else kind == "text"
     request = Request(request_id=request_id, prompt_token_ids=prompt,
                       sampling=sampling_params(msg, tokenizer, limits), priority=msg.priority)

@@ -98,13 +98,18 @@ def apply_options(settings: RuntimeSettings, options: runtime_pb2.RuntimeOptions
 
 
 class EngineHost:
-    def __init__(self, settings: RuntimeSettings, on_state=None):
+    """`on_failure(exc)` runs on the event loop once the engine fails beyond recovery (the host
+    has then turned DRAINING and refuses new requests with UNAVAILABLE)."""
+
+    def __init__(self, settings: RuntimeSettings, on_state=None, on_failure=None):
         self.settings = settings
         self.state = State.EMPTY
         self.executor = None
         self.folder: Path | None = None
         self.info: runtime_pb2.ModelInfo | None = None
+        self.failure: BaseException | None = None
         self._on_state = on_state or (lambda state: None)
+        self._on_failure = on_failure or (lambda exc: None)
         self.started_at = time.monotonic()
 
     def _set_state(self, state: State) -> None:
@@ -116,6 +121,8 @@ class EngineHost:
         return self.settings.limits
 
     def require_serving(self):
+        if self.failure is not None:
+            raise Unavailable(f"the engine failed ({self.failure}); retry on another replica")
         if self.state is State.SERVING:
             return self.executor
         if self.state is State.DRAINING:
@@ -137,6 +144,8 @@ class EngineHost:
             self._set_state(State.EMPTY)
             raise
         self.settings = settings
+        loop = asyncio.get_running_loop()
+        self.executor.on_failure = lambda exc: loop.call_soon_threadsafe(self._engine_failed, exc)
         key = read_manifest(self.folder).engine_key if kind == "engine" else ""
         self.info = model_info(self.executor, engine_pb2.EngineRef(engine_key=key, uri=uri), kind,
                                settings.limits)
@@ -166,6 +175,12 @@ class EngineHost:
             raise
         log.info("loaded %s (%s) from %s in %.1fs", folder, kind, uri, time.monotonic() - started)
         return executor, folder, kind
+
+    def _engine_failed(self, exc: BaseException) -> None:
+        log.error("engine failed beyond recovery: %s", exc)
+        self.failure = exc
+        self._set_state(State.DRAINING)
+        self._on_failure(exc)
 
     async def drain(self) -> None:
         self._set_state(State.DRAINING)

@@ -29,6 +29,7 @@ from runtime_service.server.convert import ServingLimits
 from runtime_service.server.engine_host import EngineHost, RuntimeSettings, State
 from runtime_service.errors import KilnError
 from runtime_service.server.liveness import StepStallWatchdog
+from runtime_service.store.atomic_folder import remove_abandoned_partials
 from runtime_service.server.servicer import (LIVENESS_SERVICE_NAME, SERVICE_NAME, RuntimeServicer,
                                     generic_handler)
 
@@ -111,7 +112,8 @@ class RuntimeServer:
         self.settings = settings
         self.security = security
         self.health = health.aio.HealthServicer()
-        self.host = EngineHost(settings, on_state=self._on_state)
+        self.host = EngineHost(settings, on_state=self._on_state,
+                               on_failure=self._on_engine_failure)
         self.servicer = RuntimeServicer(self.host)
         size = settings.max_message_bytes
         self.server = grpc.aio.server(
@@ -127,6 +129,8 @@ class RuntimeServer:
         self._watching: asyncio.Task | None = None
         self._stopped = asyncio.Event()
         self.port = 0
+        self.exit_code = 0
+        self._draining = False
 
     def _executor_stats(self):
         executor = self.host.executor
@@ -137,6 +141,21 @@ class RuntimeServer:
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in ("", SERVICE_NAME):
             asyncio.get_running_loop().create_task(self.health.set(name, status))
+
+    def _on_engine_failure(self, exc: BaseException) -> None:
+        """Liveness goes NOT_SERVING so the orchestrator restarts the pod. An engine on several
+        ranks also exits (code 1): its process group cannot be mended in place."""
+        loop = asyncio.get_running_loop()
+        if self._watching is not None:
+            self._watching.cancel()
+            self._watching = None
+        loop.create_task(self.health.set(LIVENESS_SERVICE_NAME,
+                                         health_pb2.HealthCheckResponse.NOT_SERVING))
+        log.error("liveness service=%s status=NOT_SERVING reason=engine-failed",
+                  LIVENESS_SERVICE_NAME)
+        if getattr(self.host.executor, "ranks", None) is not None:
+            self.exit_code = 1
+            loop.create_task(self.drain_and_stop())
 
     async def _watch_step_loop(self) -> None:
         """Polls the watchdog and flips the liveness service, with one log line per flip."""
@@ -173,8 +192,9 @@ class RuntimeServer:
 
     async def drain_and_stop(self) -> None:
         """NOT_SERVING, refuse new calls, let running streams finish within the grace period."""
-        if self.host.state is State.DRAINING:
+        if self._draining:
             return
+        self._draining = True
         await self.host.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.grace_s
@@ -199,6 +219,8 @@ async def serve(args) -> int:
     settings = settings_from_args(args)
     security = TransportSecurity.from_files(args.tls_cert, args.tls_key, args.token_file)
     runtime = RuntimeServer(settings, security)
+    # what a pull killed mid-way left behind (a live pull of another pod holds its lock)
+    await asyncio.to_thread(remove_abandoned_partials, settings.cache_dir)
     port = await runtime.start(args.listen)
     if args.port_file:
         Path(args.port_file).write_text(str(port))
@@ -215,7 +237,7 @@ async def serve(args) -> int:
     elif not settings.allow_load_engine:
         log.warning("started without --engine and without --allow-load-engine: nothing to serve")
     await runtime.wait()
-    return 0
+    return runtime.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,11 +8,12 @@ the next step boundary. One structured log line per request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.protobuf.message import DecodeError
 from kiln.v1 import runtime_pb2
 
 from runtime_service import __version__
@@ -22,6 +23,8 @@ from runtime_service.format.engine_format import MANIFEST, read_manifest
 from runtime_service.server.engine_host import EngineHost
 from runtime_service.errors import FailedPrecondition, InvalidRequest, KilnError
 from runtime_service.server.response_stream import ResponseAssembler
+from runtime_service.server.lenient import lenient as _lenient
+from runtime_service.server.lenient import parsed as _parsed
 from runtime_service.server.rpc_errors import abort_with
 
 log = logging.getLogger("kiln.runtime")
@@ -30,26 +33,10 @@ SERVICE_NAME = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name
 # A grpc.health.v1 name only (no RPCs): SERVING unless the step loop has work and makes no steps.
 LIVENESS_SERVICE_NAME = f"{SERVICE_NAME}.Liveness"
 EXPORT_CHUNK_BYTES = 1 << 20
-
-
-class _Malformed:
-    def __init__(self, message: str):
-        self.message = message
-
-
-def _lenient(message_cls):
-    def parse(data: bytes):
-        try:
-            return message_cls.FromString(data)
-        except DecodeError as exc:
-            return _Malformed(f"the request is not a valid {message_cls.DESCRIPTOR.full_name}: {exc}")
-    return parse
-
-
-def _parsed(request):
-    if isinstance(request, _Malformed):
-        raise InvalidRequest(request.message)
-    return request
+# Tokenizing a 1 MiB prompt takes over a second on a CPU core. It runs on these threads (the
+# tokenizer releases the GIL), never on the event loop, so health checks and other streams keep
+# flowing while large prompts are tokenized; two threads bound the CPU one client can take.
+TOKENIZE_THREADS = 2
 
 
 class RuntimeServicer:
@@ -59,6 +46,10 @@ class RuntimeServicer:
         self.num_requests_total = 0
         self.num_requests_aborted = 0
         self.num_tokens_generated = 0
+        self._tokenizing = ThreadPoolExecutor(TOKENIZE_THREADS, thread_name_prefix="kiln-tokenize")
+
+    async def _off_loop(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizing, fn, *args)
 
     # ---- Generate ------------------------------------------------------------------------
 
@@ -70,7 +61,12 @@ class RuntimeServicer:
         try:
             try:
                 executor = self.host.require_serving()
-                wanted = engine_request(_parsed(request), executor.tokenizer, self.host.limits)
+                request = _parsed(request)
+                if request.HasField("text"):
+                    wanted = await self._off_loop(engine_request, request, executor.tokenizer,
+                                                  self.host.limits)
+                else:               # token ids: nothing slow to do, so no thread hop either
+                    wanted = engine_request(request, executor.tokenizer, self.host.limits)
                 stream = executor.submit(wanted.request)
             except Exception as exc:
                 status = type(exc).__name__
@@ -162,7 +158,9 @@ class RuntimeServicer:
                 f"the text has {len(request.text)} characters; at most "
                 f"{self.host.limits.max_text_chars}")
         special = request.add_special_tokens if request.HasField("add_special_tokens") else True
-        ids = executor.tokenizer(request.text, add_special_tokens=special)["input_ids"]
+        encoded = await self._off_loop(
+            lambda: executor.tokenizer(request.text, add_special_tokens=special))
+        ids = encoded["input_ids"]
         return runtime_pb2.TokenizeResponse(token_ids=ids)
 
     # ---- ExportEngine --------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
@@ -9,8 +10,9 @@ from urllib.parse import urlparse
 from runtime_service.errors import CorruptEngine, EngineNotFound, InvalidRequest
 from runtime_service.format.engine_format import (MANIFEST, Manifest, detect_model_kind,
                                                   verify_engine_folder)
-from runtime_service.store.atomic_folder import fill_then_rename
-from runtime_service.store.base import ProgressFn, S3Settings, Store, check_engine_key
+from runtime_service.store.atomic_folder import fill_then_rename, remove_abandoned_partials
+from runtime_service.store.base import (ENGINE_KEY, ProgressFn, S3Settings, Store,
+                                        check_engine_key)
 from runtime_service.store.local import LocalStore
 
 
@@ -31,9 +33,8 @@ def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | N
                 progress: ProgressFn | None = None, num_workers: int = 16) -> Path:
     """A verified local engine folder for `uri` (sha256 of every file checked).
 
-    A local engine is verified in place. A remote one is pulled into `cache_dir/<engine_key>`
-    through parallel ranged reads, verified, then renamed into place, so the cache never holds a
-    partial engine; a cached copy that still verifies is reused without downloading.
+    A local engine is verified in place. A remote one is pulled into the cache (see
+    `pull_from_store`).
     """
     uri = str(uri)
     parsed = urlparse(uri)
@@ -43,20 +44,51 @@ def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | N
             raise EngineNotFound(f"no complete engine at {folder} (no {MANIFEST})")
         verify_engine_folder(folder)
         return folder
-    source = open_store(uri, settings)
+    return pull_from_store(open_store(uri, settings), key_named_by(uri), cache_dir, progress,
+                           num_workers)
+
+
+def key_named_by(uri: str) -> str | None:
+    """The engine key a URI names (its last part, as in `engines/<key>`), or None."""
+    last = urlparse(str(uri)).path.rstrip("/").rsplit("/", 1)[-1]
+    return last if ENGINE_KEY.match(last) else None
+
+
+def cache_entry_name(manifest_bytes: bytes, engine_key: str) -> str:
+    """`<engine_key>.<16 hex of the manifest's sha256>`: an entry can only ever hold files that
+    match this exact manifest, so an engine that merely claims a key never fills (or shadows)
+    the entry of the genuine engine with that key."""
+    return f"{engine_key}.{hashlib.sha256(manifest_bytes).hexdigest()[:16]}"
+
+
+def pull_from_store(source: Store, expected_key: str | None, cache_dir: str | Path,
+                    progress: ProgressFn | None = None, num_workers: int = 16) -> Path:
+    """Pulls the engine at the root of `source` into `cache_dir/<cache_entry_name>`.
+
+    The manifest must name the key the URI asked for (`expected_key`), be servable (a known
+    format version, files listed), and every file is verified while it downloads into a
+    `.partial-` folder that is renamed into place only when complete. A cached entry is reused
+    when it still verifies; partial folders left by a killed pull are removed first.
+    """
     data = source.read_bytes(MANIFEST)
     if data is None:
-        raise EngineNotFound(f"no complete engine at {uri} (no {MANIFEST})")
-    manifest = Manifest.from_json(data.decode())
+        raise EngineNotFound(f"no complete engine at {source.uri} (no {MANIFEST})")
+    manifest = Manifest.from_json(data.decode()).check_servable()
     key = check_engine_key(manifest.engine_key)
+    if expected_key is not None and key != expected_key:
+        raise CorruptEngine(f"the engine at {source.uri} claims key {key[:12]}, but its URI "
+                            f"names {expected_key[:12]}; refusing it")
     cache_dir = Path(cache_dir)
-    target = cache_dir / key
+    remove_abandoned_partials(cache_dir)
+    target = cache_dir / cache_entry_name(data, key)
     if (target / MANIFEST).is_file():
         try:
-            verify_engine_folder(target)
-            return target
+            if (target / MANIFEST).read_bytes() == data:
+                verify_engine_folder(target)
+                return target
         except CorruptEngine:
-            shutil.rmtree(target)
+            pass
+        shutil.rmtree(target)
     elif target.exists():
         shutil.rmtree(target)
     from runtime_service.store.download import download_verified

@@ -38,9 +38,16 @@ def runtime_options(kv_cache_config: KvCacheConfig | None,
 def attach_runtime(runtime: RuntimeClient, info: runtime_pb2.ServerInfo, uri: str,
                    engine_key: str | None,
                    options: runtime_pb2.RuntimeOptions) -> runtime_pb2.ModelInfo:
-    """The ModelInfo of the runtime once it serves `uri` with `options`."""
+    """The ModelInfo of the runtime once it serves `uri` with `options`; the runtime must report
+    the engine key that was asked for, also right after it loaded (the engine it verified)."""
     if info.state == runtime_pb2.SERVER_STATE_EMPTY:
-        return runtime.load_engine(uri, options)
+        model_info = runtime.load_engine(uri, options)
+        served = model_info.engine
+        if served.uri != uri or (engine_key and served.engine_key != engine_key):
+            raise FailedPrecondition(
+                f"the runtime was asked to load {uri} ({(engine_key or '?')[:12]}) but reports "
+                f"{served.uri} ({served.engine_key[:12]}); refusing to use it")
+        return model_info
     model_info = runtime.model_info()
     if engine_key and model_info.engine.engine_key != engine_key:
         raise FailedPrecondition(
@@ -52,3 +59,11 @@ def attach_runtime(runtime: RuntimeClient, info: runtime_pb2.ServerInfo, uri: st
             "the runtime already serves its engine; kv_cache_config, "
             "capacity_scheduling_policy and streaming_llm are set when a pod starts")
     return model_info
+
+
+def attach_replicas(runtime: RuntimeClient, uri: str, engine_key: str,
+                    options: runtime_pb2.RuntimeOptions) -> None:
+    """Every replica a stream may resume on serves the primary's engine (an empty one is given
+    it), so a resumed request continues on the same weights."""
+    for replica in runtime.replicas:
+        attach_runtime(replica, replica.server_info(), uri, engine_key, options)

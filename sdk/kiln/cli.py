@@ -132,7 +132,8 @@ def _engines(argv: list[str]) -> int:
         if address is None:
             process = start_builder(kiln_home(), [])
             address = process.wait_listening(120)
-        client = BuilderClient(Endpoint.from_env(address), loop)
+        client = BuilderClient(Endpoint(address, process.token) if process is not None
+                               else Endpoint.from_env(address), loop)
         if process is not None:
             _wait_serving(client, process)
         if args.action == "list":

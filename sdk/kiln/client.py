@@ -20,7 +20,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.errors import DataLoss, InvalidArgument, from_rpc_error
-from kiln.result import _END, GenerationResult
+from kiln.generate_call import GenerateCall
+from kiln.result import GenerationResult
 from kiln.v1 import builder_pb2, builder_pb2_grpc, runtime_pb2, runtime_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 << 20
@@ -113,9 +114,23 @@ class _Client:
 
 
 class RuntimeClient(_Client):
-    def __init__(self, endpoint: Endpoint, loop: LoopThread):
+    """A runtime, plus `replicas` serving the same engine: a Generate whose pod dies or drains
+    mid-stream resumes on the next one (kiln/resume.py). Unary calls go to `endpoint`."""
+
+    def __init__(self, endpoint: Endpoint, loop: LoopThread, replicas: tuple = ()):
         super().__init__(endpoint, loop)
         self.stub = runtime_pb2_grpc.RuntimeStub(self.channel)
+        self.replicas = [RuntimeClient(replica, loop) for replica in replicas]
+        self.resume_backoff_s = 0.2
+
+    def generate_targets(self) -> list:
+        """(stub, metadata) of every replica, this one first."""
+        return [(client.stub, client.endpoint.metadata) for client in [self, *self.replicas]]
+
+    def close(self) -> None:
+        for replica in self.replicas:
+            replica.close()
+        super().close()
 
     def server_info(self) -> runtime_pb2.ServerInfo:
         return self._unary(self.stub.GetServerInfo, runtime_pb2.GetServerInfoRequest())
@@ -140,26 +155,11 @@ class RuntimeClient(_Client):
         """Starts a Generate call; the returned result fills in as responses arrive."""
         if not request.request_id:
             request.request_id = uuid.uuid4().hex
-        holder = {}
+        call = GenerateCall(self, request, timeout_s)
         result = GenerationResult(request.request_id, prompt, prompt_token_ids, request.streaming,
-                                  decode, cancel=lambda: self.loop.loop.call_soon_threadsafe(
-                                      lambda: holder["call"].cancel() if "call" in holder else None))
-
-        async def pump():
-            call = self.stub.Generate(request, metadata=self.endpoint.metadata, timeout=timeout_s)
-            holder["call"] = call
-            try:
-                async for response in call:
-                    result._deliver(response)
-                result._deliver(_END)
-            except grpc.aio.AioRpcError as exc:
-                result._deliver(from_rpc_error(exc))
-            except asyncio.CancelledError:
-                result._deliver(from_rpc_error_cancelled())
-            except BaseException as exc:  # noqa: BLE001 - the caller must see every failure
-                result._deliver(exc)
-
-        self.loop.spawn(pump())
+                                  decode, cancel=call.cancel)
+        call.result = result
+        self.loop.spawn(call.pump())
         return result
 
     def export_engine(self, folder: Path, timeout_s: float = 3600.0) -> list[str]:
@@ -187,11 +187,6 @@ class RuntimeClient(_Client):
             if handle is not None and not handle.closed:
                 handle.close()
         return written
-
-
-def from_rpc_error_cancelled():
-    from kiln.errors import Cancelled
-    return Cancelled("the request was cancelled")
 
 
 def _safe_join(folder: Path, relative: str) -> Path:

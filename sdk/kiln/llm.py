@@ -17,8 +17,8 @@ import weakref
 from pathlib import Path
 
 from kiln._checks import boolean, instance, integer, one_of
-from kiln.attach import attach_runtime, runtime_options
-from kiln.client import BuilderClient, Endpoint, LoopThread
+from kiln.attach import attach_replicas, attach_runtime, runtime_options
+from kiln.client import BuilderClient, LoopThread
 from kiln.engine_build import build_engine, check_capabilities, local_engine_key
 from kiln.errors import InvalidArgument
 from kiln.model_config import ModelConfig
@@ -43,7 +43,7 @@ class LLM:
                  capacity_scheduling_policy=CapacitySchedulerPolicy.GUARANTEED_NO_EVICT,
                  async_mode: bool = False, streaming_llm: bool | StreamingLLMParam = False, *,
                  enable_chunked_context: bool = True,
-                 builder: str | None = None, runtime: str | None = None,
+                 builder: str | None = None, runtime: str | list[str] | None = None,
                  kiln_home_dir: str | None = None, show_progress: bool = True,
                  startup_timeout_s: float = 900.0):
         self.config = instance(ModelConfig)("config", config)
@@ -81,8 +81,8 @@ class LLM:
         self.home, self.runtime = services.home, services.runtime
         check_capabilities(self.config, services.server_info)
         self.builder = None
-        if services.builder_address is not None:
-            self.builder = BuilderClient(Endpoint.from_env(services.builder_address), self._loop)
+        if services.builder is not None:
+            self.builder = BuilderClient(services.builder, self._loop)
             self._clients.append(self.builder)
             self.build_result = build_engine(self.config, self.builder, services.server_info,
                                              local_builder=services.builder_process is not None,
@@ -94,6 +94,8 @@ class LLM:
                                   self.streaming_llm, self.enable_chunked_context)
         self.model_info = attach_runtime(self.runtime, services.server_info, uri, engine_key,
                                          options)
+        attach_replicas(self.runtime, uri, engine_key or self.model_info.engine.engine_key,
+                        options)
 
     # ---- generation ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.client import BuilderClient, Endpoint, LoopThread, RuntimeClient
+from kiln.errors import InvalidArgument
 from kiln.embedded import ServiceProcess, default_device, kiln_home, start_builder, start_runtime
 from kiln.v1 import runtime_pb2
 
@@ -23,7 +24,7 @@ class Services:
     home: Path
     runtime: RuntimeClient
     server_info: runtime_pb2.ServerInfo
-    builder_address: str | None           # None: no builder needed (a saved engine, embedded)
+    builder: Endpoint | None              # None: no builder needed (a saved engine, embedded)
     builder_process: ServiceProcess | None
 
 
@@ -33,7 +34,7 @@ def start_services(model_dir: str, builder: str | None, runtime: str | None,
                    timeout_s: float) -> Services:
     """Finds or starts the runtime (and the builder when one is needed) and waits for both."""
     builder = builder or os.environ.get("KILN_BUILDER") or None
-    runtime = runtime or os.environ.get("KILN_RUNTIME") or None
+    runtime = runtime_addresses(runtime or os.environ.get("KILN_RUNTIME") or None)
     home = kiln_home(home_dir)
     embedded_runtime = runtime is None
     needs_builder = needs_builder_for_local_engine or not embedded_runtime
@@ -47,20 +48,40 @@ def start_services(model_dir: str, builder: str | None, runtime: str | None,
         builder_process = start_builder(home, roots)
         processes.append(builder_process)
     if runtime_process is not None:
-        runtime = runtime_process.wait_listening(timeout_s)
-    runtime_client = RuntimeClient(Endpoint.from_env(runtime), loop)
+        runtime_endpoint = Endpoint(runtime_process.wait_listening(timeout_s),
+                                    runtime_process.token)
+    else:
+        runtime_endpoint = Endpoint.from_env(runtime[0])
+    replicas = tuple(Endpoint.from_env(address) for address in (runtime or [])[1:])
+    runtime_client = RuntimeClient(runtime_endpoint, loop, replicas)
     clients.append(runtime_client)
     server_info = runtime_client.server_info()
+    builder_endpoint = None
     if needs_builder and builder_process is not None:
-        builder = builder_process.wait_listening(timeout_s)
+        builder_endpoint = Endpoint(builder_process.wait_listening(timeout_s),
+                                    builder_process.token)
         wait_healthy(builder_process, loop, timeout_s)
-    return Services(home, runtime_client, server_info, builder if needs_builder else None,
-                    builder_process)
+    elif needs_builder:
+        builder_endpoint = Endpoint.from_env(builder)
+    return Services(home, runtime_client, server_info, builder_endpoint, builder_process)
+
+
+def runtime_addresses(runtime: str | list[str] | tuple | None) -> list[str] | None:
+    """`runtime=` (or KILN_RUNTIME): one address, several separated by commas, or a list. The
+    first takes the unary calls; a stream resumes on the others when its replica fails."""
+    if runtime is None:
+        return None
+    items = runtime.split(",") if isinstance(runtime, str) else list(runtime)
+    addresses = [item.strip() for item in items if isinstance(item, str) and item.strip()]
+    if not addresses or len(addresses) != len(items):
+        raise InvalidArgument(f"runtime must be 'host:port', several separated by commas, or a "
+                              f"list of them; got {runtime!r}")
+    return addresses
 
 
 def wait_healthy(process: ServiceProcess, loop: LoopThread, timeout_s: float) -> None:
     """Polls a started builder's health until SERVING (or its process dies, or time runs out)."""
-    client = BuilderClient(Endpoint.from_env(process.address), loop)
+    client = BuilderClient(Endpoint(process.address, process.token), loop)
     deadline = time.monotonic() + timeout_s
     try:
         while True:

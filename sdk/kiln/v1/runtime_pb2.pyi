@@ -105,7 +105,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "text", "token_ids", "sampling", "output", "stop_words", "bad_words", "streaming", "priority")
+    __slots__ = ("request_id", "text", "token_ids", "sampling", "output", "stop_words", "bad_words", "streaming", "priority", "resume_offset")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class GenerateRequest(_message.Message):
     BAD_WORDS_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     token_ids: TokenIds
@@ -124,7 +125,8 @@ class GenerateRequest(_message.Message):
     bad_words: _containers.RepeatedCompositeFieldContainer[WordSequence]
     streaming: bool
     priority: int
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingConfig, _Mapping]] = ..., output: _Optional[_Union[OutputConfig, _Mapping]] = ..., stop_words: _Optional[_Iterable[_Union[WordSequence, _Mapping]]] = ..., bad_words: _Optional[_Iterable[_Union[WordSequence, _Mapping]]] = ..., streaming: _Optional[bool] = ..., priority: _Optional[int] = ...) -> None: ...
+    resume_offset: int
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingConfig, _Mapping]] = ..., output: _Optional[_Union[OutputConfig, _Mapping]] = ..., stop_words: _Optional[_Iterable[_Union[WordSequence, _Mapping]]] = ..., bad_words: _Optional[_Iterable[_Union[WordSequence, _Mapping]]] = ..., streaming: _Optional[bool] = ..., priority: _Optional[int] = ..., resume_offset: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "cached_tokens")

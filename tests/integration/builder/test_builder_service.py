@@ -69,7 +69,7 @@ def test_build_publish_list_pull_verify_delete(stub, builder_server, tiny_hf, s3
     assert got.ref.engine_key == ref.engine_key and got.num_files == 6
 
     folder = pull_engine(ref.uri, tmp_path / "cache", s3.settings)
-    assert folder.name == ref.engine_key
+    assert folder.name.startswith(ref.engine_key + ".")
     assert verify_engine_folder(folder).engine_key == ref.engine_key
     assert (folder / "rank1.safetensors").is_file() and (folder / "tokenizer").is_dir()
     written = (folder / "rank0.safetensors").stat().st_mtime_ns
