@@ -46,6 +46,12 @@ class SamplingParams:
     length_penalty: float = 1.0
     early_stopping: bool | str = True      # True, False or "never", as transformers defines them
     num_return_sequences: int = 1
+    top_p_min: float = 1e-6                # top-p decay: the floor top_p decays to
+    top_p_reset_id: int | None = None      # top-p decay: the token that restores top_p
+    top_p_decay: float = 1.0               # top-p decay: factor applied after each token
+    beam_search_diversity_rate: float = 0.0   # the k-th child of a beam scores k * rate lower
+    context_logits: bool = False           # return the logits at every prompt position
+    generation_logits: bool = False        # return the logits each output token came from
 
     @property
     def greedy(self) -> bool:
