@@ -69,6 +69,15 @@ class Request:
 
 
 @dataclass(frozen=True)
+class LogitsMatrix:
+    """Logits rows [rows, cols] as float32 little-endian bytes: what the wire carries as is."""
+
+    rows: int
+    cols: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class RequestOutput:
     request_id: str
     offset: int                           # output position of new_token_ids[0]
@@ -84,3 +93,5 @@ class RequestOutput:
     num_cached_tokens: int = 0
     sequence_index: int = 0               # beam (or returned sequence) this output belongs to
     cumulative_logprob: float | None = None  # beam score (with length penalty) when beams run
+    context_logits: LogitsMatrix | None = None      # in the last output, when asked for
+    generation_logits: LogitsMatrix | None = None   # in the last output, when asked for
