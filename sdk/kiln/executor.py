@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from kiln.hlapi.tokenizer import TokenizerBase, tokenizer_factory
+from kiln.tokenizer import TokenizerBase, tokenizer_factory
 from kiln.llm import LLM
 from kiln.model_config import ModelConfig
 from kiln.output import OutputConfig

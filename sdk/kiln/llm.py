@@ -58,7 +58,7 @@ class LLM:
         self.config = instance(ModelConfig)("config", config)
         if tokenizer is not None and not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
             raise InvalidArgument("tokenizer must have encode(text) and decode(token_ids) methods")
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
         self.kv_cache_config = instance(KvCacheConfig, optional=True)("kv_cache_config",
                                                                       kv_cache_config)
         self.capacity_scheduling_policy = one_of(CapacitySchedulerPolicy)(
@@ -149,6 +149,15 @@ class LLM:
     @property
     def engine_key(self) -> str:
         return self.model_info.engine.engine_key
+
+    @property
+    def tokenizer(self):
+        """The tokenizer given to the LLM, or None: the runtime then tokenizes text."""
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
 
     def get_default_sampling_config(self) -> SamplingConfig:
         """end_id and pad_id from the tokenizer, else from the engine (pad falls back to end);
@@ -297,5 +306,5 @@ class LLM:
     def __enter__(self) -> "LLM":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
         self.shutdown()

@@ -39,6 +39,7 @@ class CompletionOutput:
 class GenerationResult(GenerationOutput):
     __eq__ = object.__eq__          # a result is a live object, compared by identity
     __hash__ = object.__hash__
+    beam_search_enabled = False
 
     def __init__(self, request_id: str, prompt, prompt_token_ids, streaming: bool,
                  decode=None, cancel=None, beam_width: int = 1,

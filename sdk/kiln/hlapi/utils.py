@@ -7,17 +7,21 @@ without it), so the SDK never needs torch.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 from kiln.output import GenerationOutput, OutputConfig
 from kiln.sampling import SamplingConfig
 
 __all__ = ["SamplingConfig", "OutputConfig", "GenerationOutput", "print_colored",
-           "file_with_glob_exists", "file_with_suffix_exists", "get_device_count", "GpuArch"]
+           "file_with_glob_exists", "file_with_suffix_exists", "get_device_count", "GpuArch",
+           "ContextManager", "print_traceback_on_error", "suppress_runtime_log"]
 
 _COLORS = {"grey": "\x1b[38;20m", "yellow": "\x1b[33;20m", "red": "\x1b[31;20m",
            "bold_red": "\x1b[31;1m", "bold_green": "\033[1;32m", "green": "\033[0;32m"}
@@ -28,6 +32,37 @@ def print_colored(message: str, color: str | None = None, writer: io.TextIOBase 
     if color is not None and color not in _COLORS:
         raise ValueError(f"color must be one of {', '.join(_COLORS)}, got {color!r}")
     writer.write(f"{_COLORS[color]}{message}\x1b[0m" if color else message)
+
+
+def print_traceback_on_error(func):
+    """Prints the traceback of an exception escaping `func` (where a caller would otherwise
+    swallow it, as worker threads do), then re-raises it."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            traceback.print_exc()
+            raise
+    return wrapper
+
+
+class ContextManager:
+    """Enters and exits a resource that is itself a context manager."""
+
+    def __init__(self, resource):
+        self.resource = resource
+
+    def __enter__(self):
+        return self.resource.__enter__()
+
+    def __exit__(self, exc_type, exc_value, tb):
+        return self.resource.__exit__(exc_type, exc_value, tb)
+
+
+def suppress_runtime_log() -> None:
+    """Keeps the SDK's informational log lines quiet (warnings and errors still show)."""
+    logging.getLogger("kiln").setLevel(logging.WARNING)
 
 
 def file_with_glob_exists(directory, glob: str) -> bool:
