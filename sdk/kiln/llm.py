@@ -72,6 +72,11 @@ class LLM:
         self._check_options(normalize_log_probs, context_chunking_policy,
                             embedding_parallel_mode, share_embedding_table)
         self.config.build_config.check()
+        parallel = self.config.parallel_config
+        if parallel.devices != list(range(parallel.world_size)):
+            raise InvalidArgument(
+                f"parallel_config.devices={parallel.devices}: the runtime places rank r on "
+                f"local GPU r; choose the GPUs with CUDA_VISIBLE_DEVICES where it runs")
         self.show_progress = show_progress
         self.build_result: builder_pb2.BuildResult | None = None
         self._processes = []

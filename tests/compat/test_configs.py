@@ -133,6 +133,14 @@ def test_quant_options_the_builder_does_not_take_are_refused_before_a_build(tmp_
         check_capabilities(config, info)
 
 
+def test_devices_other_than_the_runtime_placement_are_refused(tmp_path):
+    from kiln.hlapi import LLM, ModelConfig
+    config = ModelConfig(str(tmp_path))
+    config.parallel_config.devices = [1]
+    with pytest.raises(InvalidArgument, match="CUDA_VISIBLE_DEVICES"):
+        LLM(config)
+
+
 @pytest.mark.parametrize("options, match", [
     ({"normalize_log_probs": False}, "normalize_log_probs"),
     ({"context_chunking_policy": "EQUAL_PROGRESS"}, "EQUAL_PROGRESS"),
