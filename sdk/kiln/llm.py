@@ -16,27 +16,24 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 import weakref
 from pathlib import Path
 
 from kiln import prompts as inputs
 from kiln._checks import boolean, instance, integer, one_of
 from kiln.attach import attach_runtime, runtime_options
-from kiln.build_config import NoEffectWarning
 from kiln.client import BuilderClient, Endpoint, LoopThread
 from kiln.engine_build import build_engine, check_capabilities, local_engine_key
 from kiln.errors import InvalidArgument
+from kiln.llm_options import (check_context_chunking, check_devices, check_embedding_options,
+                              check_normalize_log_probs, streaming_llm_param)
 from kiln.model_config import ModelConfig
 from kiln.output import OutputConfig
 from kiln.result import GenerationResult
-from kiln.runtime_config import (CapacitySchedulerPolicy, ContextChunkingPolicy, KvCacheConfig,
-                                 StreamingLLMParam)
+from kiln.runtime_config import CapacitySchedulerPolicy, KvCacheConfig, StreamingLLMParam
 from kiln.sampling import SamplingConfig
 from kiln.services import start_services
 from kiln.v1 import builder_pb2, runtime_pb2
-
-EMBEDDING_PARALLEL_MODES = ("NONE", "SHARDING_ALONG_VOCAB", "SHARDING_ALONG_HIDDEN")
 
 log = logging.getLogger("kiln")
 
@@ -64,19 +61,17 @@ class LLM:
         self.capacity_scheduling_policy = one_of(CapacitySchedulerPolicy)(
             "capacity_scheduling_policy", capacity_scheduling_policy)
         self.async_mode = boolean("async_mode", async_mode)
-        self.enable_streaming_llm = self._streaming_llm(
-            enable_streaming_llm if enable_streaming_llm is not None else streaming_llm)
+        self.enable_streaming_llm = streaming_llm_param(
+            enable_streaming_llm if enable_streaming_llm is not None else streaming_llm,
+            self.config.build_config.plugin_config)
         self.streaming_llm = self.enable_streaming_llm
         self.enable_chunked_context = boolean("enable_chunked_context", enable_chunked_context)
         self.async_engine_tmp_dir = async_engine_tmp_dir
-        self._check_options(normalize_log_probs, context_chunking_policy,
-                            embedding_parallel_mode, share_embedding_table)
+        self.normalize_log_probs = check_normalize_log_probs(normalize_log_probs)
+        self.context_chunking_policy = check_context_chunking(context_chunking_policy)
+        check_embedding_options(embedding_parallel_mode, share_embedding_table)
         self.config.build_config.check()
-        parallel = self.config.parallel_config
-        if parallel.devices != list(range(parallel.world_size)):
-            raise InvalidArgument(
-                f"parallel_config.devices={parallel.devices}: the runtime places rank r on "
-                f"local GPU r; choose the GPUs with CUDA_VISIBLE_DEVICES where it runs")
+        check_devices(self.config.parallel_config)
         self.show_progress = show_progress
         self.build_result: builder_pb2.BuildResult | None = None
         self._processes = []
@@ -91,40 +86,6 @@ class LLM:
         except BaseException:
             self.shutdown()
             raise
-
-    def _streaming_llm(self, value) -> StreamingLLMParam | bool:
-        """StreamingLLM from the argument or PluginConfig.streamingllm; True takes the defaults."""
-        if not isinstance(value, (bool, StreamingLLMParam)):
-            raise InvalidArgument("streaming_llm must be a bool or a StreamingLLMParam")
-        if value is False and self.config.build_config.plugin_config.streamingllm:
-            value = True
-        return StreamingLLMParam() if value is True else value
-
-    def _check_options(self, normalize_log_probs, context_chunking_policy,
-                       embedding_parallel_mode, share_embedding_table) -> None:
-        """The HLAPI's additional options: what Kiln does, what it refuses, what only warns."""
-        if boolean("normalize_log_probs", normalize_log_probs) is False:
-            raise InvalidArgument("normalize_log_probs=False is not available: Kiln returns "
-                                  "normalized log-probabilities only")
-        self.normalize_log_probs = True
-        policy = one_of(ContextChunkingPolicy, optional=True)("context_chunking_policy",
-                                                              context_chunking_policy)
-        if policy is ContextChunkingPolicy.EQUAL_PROGRESS:
-            raise InvalidArgument("context_chunking_policy EQUAL_PROGRESS is not available: "
-                                  "Kiln chunks prompts first come, first served")
-        self.context_chunking_policy = policy
-        if embedding_parallel_mode not in EMBEDDING_PARALLEL_MODES:
-            raise InvalidArgument(f"embedding_parallel_mode must be one of "
-                                  f"{', '.join(EMBEDDING_PARALLEL_MODES)}, got "
-                                  f"{embedding_parallel_mode!r}")
-        noops = [name for name, changed in (
-            ("embedding_parallel_mode", embedding_parallel_mode != "SHARDING_ALONG_VOCAB"),
-            ("share_embedding_table", boolean("share_embedding_table", share_embedding_table)))
-            if changed]
-        for name in noops:
-            warnings.warn(f"LLM({name}=...) picks TensorRT's embedding layout and has no effect "
-                          f"in Kiln (which shards along the vocabulary and ties the table when "
-                          f"the checkpoint does)", NoEffectWarning, stacklevel=3)
 
     def _start(self, builder, runtime, home_dir, timeout_s) -> None:
         engine_key = local_engine_key(self.config.model_dir)

@@ -195,3 +195,11 @@ def test_utils_helpers(tmp_path):
     assert out.getvalue().startswith("\033[0;32mhi")
     assert get_device_count() >= 0
     assert GpuArch.is_post_volta() == (get_device_count() > 0 and GpuArch.get_arch() >= 7)
+
+
+def test_embedding_layout_options_warn_that_they_have_no_effect():
+    from kiln.llm_options import check_embedding_options
+    with pytest.warns(NoEffectWarning) as caught:
+        check_embedding_options("NONE", True)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "embedding_parallel_mode" in messages and "share_embedding_table" in messages
