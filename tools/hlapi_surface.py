@@ -107,7 +107,9 @@ def main(argv=None) -> int:
             print("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
     else:
         for path, signature, label, note in rows:
-            print(f"{path}{'' if signature == '-' else signature}\n    -> {label}"
+            shown = "" if signature == "-" else (
+                f" [{signature}]" if signature.startswith("enum:") else signature)
+            print(f"{path}{shown}\n    -> {label}"
                   f"{'  (' + note + ')' if note else ''}")
     counts = {w: sum(r[2] == w for r in rows) for w in words.values()}
     print(f"\n{len(rows)} names: " + ", ".join(f"{n} {w}" for w, n in counts.items())
