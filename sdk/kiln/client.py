@@ -141,13 +141,20 @@ class RuntimeClient(_Client):
         if not request.request_id:
             request.request_id = uuid.uuid4().hex
         holder = {}
+
+        def cancel_call():          # on the loop; a cancel before the call exists waits for it
+            holder["cancelled"] = True
+            if "call" in holder:
+                holder["call"].cancel()
         result = GenerationResult(request.request_id, prompt, prompt_token_ids, request.streaming,
                                   decode, cancel=lambda: self.loop.loop.call_soon_threadsafe(
-                                      lambda: holder["call"].cancel() if "call" in holder else None))
+                                      cancel_call))
 
         async def pump():
             call = self.stub.Generate(request, metadata=self.endpoint.metadata, timeout=timeout_s)
             holder["call"] = call
+            if holder.get("cancelled"):
+                call.cancel()
             try:
                 async for response in call:
                     result._deliver(response)

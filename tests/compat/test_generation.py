@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kiln.errors import InvalidArgument
+from kiln.errors import Cancelled, InvalidArgument
 from kiln.hlapi import OutputConfig, SamplingConfig
 from kiln.hlapi.tokenizer import TokenizerBase
 from support.random_llama import hf_greedy
@@ -92,6 +92,14 @@ def test_the_result_is_a_future_and_a_text_stream(llm):
     next(long)                                  # the call is running once a chunk arrived
     long.cancel()
     assert long.cancelled() and long.exception(timeout=60) is not None
+
+
+def test_cancel_right_after_submitting_cancels(llm):
+    """cancel() before the gRPC call has started must still abort the request."""
+    generation = llm.generate_async(PROMPT, greedy(2000))
+    generation.cancel()
+    assert generation.cancelled()
+    assert isinstance(generation.exception(timeout=60), Cancelled)
 
 
 def test_iterating_then_waiting_for_the_result_ends(llm):
