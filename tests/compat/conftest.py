@@ -35,7 +35,9 @@ def compat_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llm(compat_home, compat_model):
     from kiln.hlapi import LLM
-    with LLM(tiny_config(compat_model, max_beam_width=2), show_progress=False) as llm:
+    config = tiny_config(compat_model, max_beam_width=2)
+    config.build_config.dtype = "float32"      # compared with transformers in fp32, on any device
+    with LLM(config, show_progress=False) as llm:
         yield llm
 
 
