@@ -17,6 +17,7 @@ import tempfile
 from kiln import LLM, ModelConfig
 from kiln.errors import FailedPrecondition
 from kiln.hlapi import CapacitySchedulerPolicy, KvCacheConfig, SamplingConfig
+from kiln.hlapi.utils import get_device_count
 from kiln.quantization import QuantAlgo
 
 PROMPTS = ["To tell a story", "The capital of France is"]
@@ -59,10 +60,12 @@ def run_llm_generate_async_example(model_dir: str, prompt: str, max_new_tokens: 
 
 
 def run_llm_with_async_future(model_dir: str, prompt: str, max_new_tokens: int, **_):
-    with LLM(ModelConfig(model_dir=model_dir)) as llm:
+    with LLM(ModelConfig(model_dir=model_dir),
+             kv_cache_config=KvCacheConfig(free_gpu_memory_fraction=0.4)) as llm:
         sampling = _sampling(llm, max_new_tokens)
-        generation = llm.generate_async(prompt or PROMPTS[0], sampling_config=sampling)
-        print(generation.result(timeout=600))
+        # the HLAPI's pattern: iterate the future, block on .result() inside the loop
+        for output in llm.generate_async(prompt or PROMPTS[0], sampling):
+            print(output.result(timeout=600))
 
         async def awaited():
             return await llm.generate_async(prompt or PROMPTS[1], sampling_config=sampling).aresult()
@@ -101,6 +104,17 @@ def run_llm_on_tensor_parallel(model_dir: str, prompt: str, max_new_tokens: int,
             print(output)
 
 
+def run_llm_with_auto_parallel(model_dir: str, prompt: str, max_new_tokens: int,
+                               world_size=2, **_):
+    config = ModelConfig(model_dir=model_dir)
+    config.parallel_config.auto_parallel = True
+    config.parallel_config.world_size = world_size
+    print(f"{get_device_count()} GPUs here")
+    with LLM(config) as llm:
+        for output in llm.generate([prompt or PROMPTS[0]], _sampling(llm, max_new_tokens)):
+            print(output)
+
+
 def run_llm_with_quantization(model_dir: str, prompt: str, max_new_tokens: int,
                               quant_type="int4_awq", **_):
     config = ModelConfig(model_dir=model_dir)
@@ -115,7 +129,8 @@ def run_llm_with_quantization(model_dir: str, prompt: str, max_new_tokens: int,
 TASKS = {f.__name__: f for f in (
     run_llm_from_huggingface_model, run_llm_from_tllm_engine, run_llm_generate_async_example,
     run_llm_with_async_future, run_llm_with_token_ids, run_llm_with_runtime_customization,
-    run_llm_with_beam_search, run_llm_on_tensor_parallel, run_llm_with_quantization)}
+    run_llm_with_beam_search, run_llm_on_tensor_parallel, run_llm_with_auto_parallel,
+    run_llm_with_quantization)}
 
 
 def main(argv=None) -> int:

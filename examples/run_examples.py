@@ -20,7 +20,8 @@ GROUPS = {
                        ["run_llm_generate_async_example"], ["run_llm_with_async_future"],
                        ["run_llm_with_token_ids"], ["run_llm_with_runtime_customization"],
                        ["run_llm_with_beam_search"]],
-    "run_multi_gpu": [["run_llm_on_tensor_parallel", "--tp_size", "{tp_size}"]],
+    "run_multi_gpu": [["run_llm_on_tensor_parallel", "--tp_size", "{tp_size}"],
+                      ["run_llm_with_auto_parallel"]],
     "run_quant": [["run_llm_with_quantization", "--quant_type", "int4_awq"],
                   ["run_llm_with_quantization", "--quant_type", "fp8"]],
 }

@@ -22,7 +22,8 @@ class BeamGroup:
         self.leader = leader
         self.end_ids = end_ids
         self.search = BeamSearch(p.beam_width, leader.num_prompt_tokens, leader.max_total_tokens,
-                                 end_ids, p.length_penalty, p.early_stopping)
+                                 end_ids, p.length_penalty, p.early_stopping,
+                                 p.beam_search_diversity_rate)
         self.seqs: list[Sequence] = [leader]
         self.pending_rows: dict[str, torch.Tensor] = {}
 

@@ -5,7 +5,8 @@ each new beam continues and with which token; the executor then re-points the be
 (shared, copied on write) instead of copying caches. The bookkeeping follows transformers'
 vectorized beam search (top 2k candidates, finished hypotheses kept with the length penalty
 score / generated_length ** length_penalty, early_stopping True / False / "never"), so sequences
-and scores equal `generate(num_beams=k, ...)` for the same logits.
+and scores equal `generate(num_beams=k, ...)` for the same logits. A diversity rate (off by
+default) lowers each beam's k-th best child by k * rate before the candidates are compared.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ class BeamHypothesis:
 class BeamSearch:
     def __init__(self, beam_width: int, prompt_len: int, max_length: int,
                  end_ids: tuple[int, ...], length_penalty: float = 1.0,
-                 early_stopping: bool | str = True):
+                 early_stopping: bool | str = True, diversity_rate: float = 0.0):
         self.k = beam_width
         self.prompt_len = prompt_len
         self.max_length = max_length
         self.end_ids = tuple(end_ids)
         self.length_penalty = length_penalty
         self.early_stopping = early_stopping
+        self.diversity_rate = diversity_rate
         self.reset()
 
     def reset(self) -> None:
@@ -59,9 +61,12 @@ class BeamSearch:
     def step(self, log_probs: torch.Tensor) -> list[BeamChoice]:
         """log_probs [num_running, V] (float32, CPU) -> the k new running beams."""
         k, vocab = self.k, log_probs.shape[-1]
-        scores = (log_probs + self.running_scores[:, None]).reshape(-1)
         keep = max(2, 1 + len(self.end_ids)) * k
-        top_scores, top_index = scores.topk(min(keep, scores.numel()))
+        if self.diversity_rate:
+            top_scores, top_index = self._diverse_candidates(log_probs, keep)
+        else:
+            scores = (log_probs + self.running_scores[:, None]).reshape(-1)
+            top_scores, top_index = scores.topk(min(keep, scores.numel()))
         parents = (top_index // vocab).tolist()
         tokens = (top_index % vocab).tolist()
         at_limit = self.cur_len + 1 >= self.max_length
@@ -81,6 +86,21 @@ class BeamSearch:
         full_and_early = bool(self.is_finished.all()) and self.early_stopping is True
         self.done = not self.improvement_possible or full_and_early or all_hit
         return choices
+
+    def _diverse_candidates(self, log_probs: torch.Tensor, keep: int):
+        """The best `keep` (score, flat index) pairs when the k-th best child of each beam
+        (k = 0, 1, ...) loses k * diversity_rate (Li et al. 2016, "A Simple, Fast Diverse
+        Decoding Algorithm", as TensorRT-LLM's beam_search_diversity_rate applies it), so that
+        siblings compete less with other beams. A beam's top `keep` children suffice: the
+        penalty only grows with rank."""
+        vocab = log_probs.shape[-1]
+        per_beam = min(keep, vocab)
+        child_scores, child_tokens = log_probs.topk(per_beam, dim=-1)
+        ranks = torch.arange(per_beam, dtype=child_scores.dtype)
+        scores = child_scores + self.running_scores[:, None] - self.diversity_rate * ranks
+        flat = child_tokens + torch.arange(log_probs.shape[0])[:, None] * vocab
+        top_scores, order = scores.reshape(-1).topk(min(keep, scores.numel()))
+        return top_scores, flat.reshape(-1)[order]
 
     def _update_finished(self, top_scores: torch.Tensor, candidates: list[list[int]],
                          hits: torch.Tensor) -> None:

@@ -34,7 +34,8 @@ from runtime_service.model.loader import LoadedModel, default_build_config, load
 from runtime_service.model.model_runner import (ModelRunner, PendingStep, SampledToken,
                                           kv_tokens_by_memory)
 from runtime_service.engine.executor_options import ExecutorOptions, ExecutorStats
-from runtime_service.engine.request import FinishReason, Request, RequestOutput, SamplingParams
+from runtime_service.engine.request import (FinishReason, LogitsMatrix, Request, RequestOutput,
+                                            SamplingParams)
 from runtime_service.engine.request_stream import RequestStream
 from runtime_service.engine.scheduler import Scheduler, SchedulerConfig
 from runtime_service.engine.sequence import Sequence
@@ -474,6 +475,7 @@ class Executor:
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            **(_logits(seq) if reason is not None else {}),
         ))
         live.emitted_tokens = seq.num_output_tokens
 
@@ -509,3 +511,21 @@ class Executor:
                     raise TimeoutError(f"generation of {request.request_id} took over {timeout_s}s")
             results[request.request_id] = tokens
         return results
+
+
+def _matrix(rows: list[torch.Tensor]) -> LogitsMatrix | None:
+    if not rows:
+        return None
+    stacked = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows]).to(torch.float32)
+    return LogitsMatrix(stacked.shape[0], stacked.shape[1], stacked.numpy().astype("<f4").tobytes())
+
+
+def _logits(seq: Sequence) -> dict:
+    """The logits a finished sequence asked for: context logits are the prompt positions'
+    rows and the first output token's (the last prompt position predicts it)."""
+    out = {}
+    if seq.sampling.context_logits:
+        out["context_logits"] = _matrix(seq.context_logits + seq.generation_logits[:1])
+    if seq.sampling.generation_logits:
+        out["generation_logits"] = _matrix(seq.generation_logits[:seq.num_output_tokens])
+    return out

@@ -212,7 +212,7 @@ class KVCacheManager:
         """For a sequence with nothing computed, takes the longest run of cached full blocks of
         its tokens (always leaving one token to compute); returns the tokens reused."""
         if (not self.enable_prefix_reuse or seq.num_computed_tokens or seq.block_ids
-                or seq.sampling.prompt_logprobs):      # those need every prompt position's logits
+                or seq.wants_prompt_logits):      # those need every prompt position's logits
             return 0
         usable_blocks = (seq.num_tokens - 1) // self.block_size
         parent = self._root_hash(seq)

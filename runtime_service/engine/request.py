@@ -47,6 +47,12 @@ class SamplingParams:
     early_stopping: bool | str = True      # True, False or "never", as transformers defines them
     num_return_sequences: int = 1
     seed_offset: int = 0                   # seeded draws start at this output index (a resume)
+    top_p_min: float = 1e-6                # top-p decay: the floor top_p decays to
+    top_p_reset_id: int | None = None      # top-p decay: the token that restores top_p
+    top_p_decay: float = 1.0               # top-p decay: factor applied after each token
+    beam_search_diversity_rate: float = 0.0   # the k-th child of a beam scores k * rate lower
+    context_logits: bool = False           # return the logits at every prompt position
+    generation_logits: bool = False        # return the logits each output token came from
 
     @property
     def greedy(self) -> bool:
@@ -61,6 +67,15 @@ class Request:
     priority: int = 0
     cache_salt: str = ""                  # prefix blocks are shared only within one salt
     arrival_time: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class LogitsMatrix:
+    """Logits rows [rows, cols] as float32 little-endian bytes: what the wire carries as is."""
+
+    rows: int
+    cols: int
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -79,3 +94,5 @@ class RequestOutput:
     num_cached_tokens: int = 0
     sequence_index: int = 0               # beam (or returned sequence) this output belongs to
     cumulative_logprob: float | None = None  # beam score (with length penalty) when beams run
+    context_logits: LogitsMatrix | None = None      # in the last output, when asked for
+    generation_logits: LogitsMatrix | None = None   # in the last output, when asked for

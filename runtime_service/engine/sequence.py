@@ -43,6 +43,8 @@ class Sequence:
         self.logprobs: list[float] = []
         self.top_logprobs: list[tuple[tuple[int, float], ...]] = []
         self.prompt_logprobs: list[float] = []
+        self.context_logits: list = []       # [n, V] float32 CPU tensors, prompt positions
+        self.generation_logits: list = []    # [V] float32 CPU tensors, one per output token
         self.max_total_tokens = min(max_seq_len,
                                     self.num_prompt_tokens + self.sampling.max_new_tokens)
         self.num_preemptions = 0
@@ -58,6 +60,15 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_prompt_scored(self) -> int:
+        """Prompt positions whose logits were already kept (logprobs or context logits)."""
+        return max(len(self.prompt_logprobs), sum(len(rows) for rows in self.context_logits))
+
+    @property
+    def wants_prompt_logits(self) -> bool:
+        return self.sampling.prompt_logprobs or self.sampling.context_logits
 
     @property
     def num_outputs_sampled(self) -> int:

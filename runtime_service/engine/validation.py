@@ -92,6 +92,11 @@ def _validate_sampling(request: Request, limits: EngineLimits) -> None:
     _check_range("presence_penalty", p.presence_penalty, -100.0, 100.0)
     _check_range("frequency_penalty", p.frequency_penalty, -100.0, 100.0)
     _check_range("length_penalty", p.length_penalty, -100.0, 100.0)
+    _check_range("top_p_min", p.top_p_min, 0.0, 1.0, low_open=True)
+    _check_range("top_p_decay", p.top_p_decay, 0.0, 1.0, low_open=True)
+    if p.top_p_reset_id is not None and p.top_p_reset_id != -1:
+        _check_int("top_p_reset_ids", p.top_p_reset_id, 0, limits.vocab_size - 1)
+    _check_range("beam_search_diversity_rate", p.beam_search_diversity_rate, 0.0, 100.0)
     if p.seed is not None:
         _check_int("seed", p.seed, 0, MAX_SEED)
     if p.end_id is not None and p.end_id != -1:
@@ -137,7 +142,9 @@ def _validate_beam_search(p) -> None:
         ("frequency_penalty", p.frequency_penalty == 0.0),
         ("stop_token_ids", not p.stop_token_ids), ("stop_strings", not p.stop_strings),
         ("bad_token_ids", not p.bad_token_ids), ("top_logprobs", not p.top_logprobs),
-        ("prompt_logprobs", not p.prompt_logprobs)) if not off]
+        ("prompt_logprobs", not p.prompt_logprobs), ("top_p_decay", p.top_p_decay == 1.0),
+        ("context_logits", not p.context_logits),
+        ("generation_logits", not p.generation_logits)) if not off]
     if ignored:
         raise InvalidRequest(
             f"beam search (beam_width={p.beam_width}) does not combine with "

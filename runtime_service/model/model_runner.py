@@ -109,9 +109,9 @@ def prompt_spans(batch: SchedulerOutput) -> list[PromptSpan]:
     spans, row = [], 0
     for item in batch.scheduled:
         seq, start = item.seq, item.seq.num_computed_tokens
-        first = max(start, len(seq.prompt_logprobs))     # recomputation scores nothing twice
+        first = max(start, seq.num_prompt_scored)     # recomputation scores nothing twice
         last = min(start + item.num_new_tokens, seq.num_prompt_tokens - 1)
-        if seq.sampling.prompt_logprobs and first < last:
+        if seq.wants_prompt_logits and first < last:
             spans.append(PromptSpan(seq, first, last,
                                     slice(row + first - start, row + last - start)))
         row += item.num_new_tokens
@@ -330,16 +330,33 @@ class ModelRunner:
             self.record_prompt_logprobs(span, self.model.compute_logits(hidden[span.rows]))
 
     def record_prompt_logprobs(self, span: "PromptSpan", logits: torch.Tensor) -> None:
-        log_probs = logits.log_softmax(dim=-1)
+        """Keeps what the sequence asked for of these prompt positions' logits: the logits
+        themselves (context logits) and/or each next prompt token's log-probability."""
         seq = span.seq
+        if seq.sampling.context_logits:
+            seq.context_logits.append(logits.float().cpu())
+        if not seq.sampling.prompt_logprobs:
+            return
+        log_probs = logits.log_softmax(dim=-1)
         targets = torch.tensor(seq.token_ids[span.first + 1:span.last + 1],
                                device=log_probs.device)
         seq.prompt_logprobs.extend(log_probs.gather(1, targets[:, None])[:, 0].tolist())
+
+    @staticmethod
+    def keep_step_logits(finishing: list[Sequence], logits: torch.Tensor) -> None:
+        """Copies to the host the row each token is about to be chosen from, for sequences
+        that asked for generation logits (or context logits, whose last row this is). Indexed
+        by output position, so a recomputed step overwrites rather than repeats."""
+        for i, seq in enumerate(finishing):
+            if seq.sampling.generation_logits or seq.sampling.context_logits:
+                del seq.generation_logits[seq.num_outputs_sampled:]
+                seq.generation_logits.append(logits[i].float().cpu())
 
     def sample_tokens(self, finishing: list[Sequence], logits: torch.Tensor) -> PendingStep:
         """Samples the plain rows on the device and starts copying them to the host; hands
         beam rows back as log-probabilities for the search (on the host at once)."""
         step = PendingStep()
+        self.keep_step_logits(finishing, logits)
         beam_rows = [i for i, seq in enumerate(finishing) if seq.sampling.beam_width > 1]
         if beam_rows:
             log_probs = logits[beam_rows].log_softmax(dim=-1).cpu()

@@ -2,7 +2,7 @@
 
 Order of operations, per row: penalties (repetition over prompt and output, presence and
 frequency over output), masks (bad words, end tokens before min_new_tokens), temperature, then
-top-k, top-p and min-p filtering, then greedy argmax or a seeded draw. Logprobs are taken from
+top-k, top-p (with its decay) and min-p filtering, then greedy argmax or a seeded draw. Logprobs are taken from
 the distribution after penalties, masks and temperature, before filtering.
 
 Seeds: row i draws with a generator seeded from (seed_i, output index), so a request's tokens
@@ -179,13 +179,27 @@ def banned_tokens(token_ids: list[int], num_output: int, params, end_ids: tuple[
     return banned
 
 
+def decayed_top_p(params, output_token_ids: list[int]) -> float:
+    """top_p for the next token under the top-p decay rule (TensorRT-LLM's topPDecay): after
+    each token it becomes max(top_p * top_p_decay, top_p_min), and the reset token restores it.
+    Recomputed from the output so far, so preemption and recomputation give the same value."""
+    top_p = params.top_p
+    if params.top_p_decay == 1.0:
+        return top_p
+    for token in output_token_ids:
+        top_p = params.top_p if token == params.top_p_reset_id else \
+            max(top_p * params.top_p_decay, params.top_p_min)
+    return top_p
+
+
 def build_sampling_batch(rows: list, end_ids_of, device: torch.device) -> SamplingBatch:
     """Collects per-row settings from sequences (anything with token_ids, sampling,
     num_prompt_tokens, num_outputs_sampled and a seed)."""
     params = [seq.sampling for seq in rows]
     any_penalty = any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty
                       for p in params)
-    any_filter = any(p.top_k > 1 or p.top_p < 1.0 or p.min_p > 0.0 for p in params)
+    top_p = [decayed_top_p(s.sampling, s.output_token_ids) for s in rows]
+    any_filter = any(p.top_k > 1 or q < 1.0 or p.min_p > 0.0 for p, q in zip(params, top_p))
 
     def padded(lists: list[list[int]]) -> torch.Tensor:
         width = max((len(x) for x in lists), default=0)
@@ -196,7 +210,7 @@ def build_sampling_batch(rows: list, end_ids_of, device: torch.device) -> Sampli
     return SamplingBatch(
         temperature=floats([0.0 if p.greedy else p.temperature for p in params]),
         top_k=upload([p.top_k for p in params], torch.int64, device),
-        top_p=floats([p.top_p for p in params]),
+        top_p=floats(top_p),
         min_p=floats([p.min_p for p in params]),
         repetition_penalty=floats([p.repetition_penalty for p in params]),
         presence_penalty=floats([p.presence_penalty for p in params]),

@@ -110,8 +110,15 @@ def sampling_params(msg: runtime_pb2.GenerateRequest, tokenizer,
         num_return_sequences=(s.num_return_sequences if s.HasField("num_return_sequences")
                               else beam_width),
         length_penalty=s.length_penalty if s.HasField("length_penalty") else 1.0,
-        early_stopping=s.early_stopping if s.HasField("early_stopping") else True,
         seed_offset=msg.resume_offset,
+        early_stopping="never" if s.early_stopping_never else
+        s.early_stopping if s.HasField("early_stopping") else True,
+        top_p_min=s.top_p_min if s.HasField("top_p_min") else 1e-6,
+        top_p_reset_id=s.top_p_reset_ids if s.HasField("top_p_reset_ids") else None,
+        top_p_decay=s.top_p_decay if s.HasField("top_p_decay") else 1.0,
+        beam_search_diversity_rate=s.beam_search_diversity_rate,
+        context_logits=msg.output.return_context_logits,
+        generation_logits=msg.output.return_generation_logits,
     )
 
 

@@ -56,6 +56,7 @@ class ResponseAssembler:
         self.num_output_tokens = 0
         self._cached_tokens = 0
         self._prompt_logprobs: tuple[float, ...] = ()
+        self._logits: dict[str, runtime_pb2.Logits] = {}
 
     def add(self, out: RequestOutput) -> list[runtime_pb2.GenerateResponse]:
         """The responses this output produces (zero, one chunk, and/or one complete)."""
@@ -95,6 +96,11 @@ class ResponseAssembler:
             state.top_logprobs.extend(top)
         if out.prompt_logprobs:
             self._prompt_logprobs = out.prompt_logprobs
+        for name in ("context_logits", "generation_logits"):
+            matrix = getattr(out, name)
+            if matrix is not None:
+                self._logits[name] = runtime_pb2.Logits(rows=matrix.rows, cols=matrix.cols,
+                                                        data=matrix.data)
         text = out.new_text if self.detokenize else ""
         # offset 0 is a whole snapshot (first output, or a beam rewritten from its start)
         state.text = text if out.offset == 0 else state.text + text
@@ -125,7 +131,7 @@ class ResponseAssembler:
                 sequence_index=index, token_ids=state.token_ids, text=state.text,
                 finish_reason=FINISH_REASONS.get(reason, runtime_pb2.FINISH_REASON_UNSPECIFIED),
                 logprobs=state.logprobs, top_logprobs=state.top_logprobs,
-                prompt_logprobs=self._prompt_logprobs,
+                prompt_logprobs=self._prompt_logprobs, **self._logits,
                 usage=runtime_pb2.Usage(prompt_tokens=self.num_prompt_tokens,
                                         completion_tokens=len(state.token_ids),
                                         cached_tokens=self._cached_tokens)))

@@ -8,14 +8,16 @@
 
 __version__ = "0.1.0"
 
+from kiln.build_config import BuildConfig
 from kiln.errors import KilnError
 from kiln.llm import LLM
-from kiln.model_config import BuildConfig, ModelConfig, ParallelConfig
+from kiln.model_config import ModelConfig, ParallelConfig
+from kiln.output import OutputConfig
 from kiln.quantization import QuantAlgo, QuantConfig
 from kiln.result import CompletionOutput, GenerationResult
 from kiln.runtime_config import CapacitySchedulerPolicy, KvCacheConfig, StreamingLLMParam
 from kiln.sampling import SamplingConfig
 
 __all__ = ["LLM", "ModelConfig", "ParallelConfig", "BuildConfig", "QuantAlgo", "QuantConfig",
-           "SamplingConfig", "KvCacheConfig", "CapacitySchedulerPolicy", "StreamingLLMParam",
-           "GenerationResult", "CompletionOutput", "KilnError"]
+           "SamplingConfig", "OutputConfig", "KvCacheConfig", "CapacitySchedulerPolicy",
+           "StreamingLLMParam", "GenerationResult", "CompletionOutput", "KilnError"]

@@ -32,6 +32,13 @@ def check_capabilities(config: ModelConfig, info: runtime_pb2.ServerInfo) -> Non
     """Refuses, before any build, what the runtime could never serve."""
     quant = config.quant_config
     algo, kv_dtype = quant.builder_algo, quant.builder_kv_cache_dtype
+    unbuilt = [name for name, value in (
+        ("smoothquant_val", quant.smoothquant_val), ("has_zero_point", quant.has_zero_point),
+        ("pre_quant_scale", quant.pre_quant_scale), ("exclude_modules", quant.exclude_modules))
+        if value]
+    if unbuilt:
+        raise FailedPrecondition(
+            f"QuantConfig.{unbuilt[0]} is not available yet: the Builder does not take it")
     if algo not in info.quant_algos:
         raise FailedPrecondition(
             f"quantization {algo} is not available yet: this runtime loads "
@@ -56,8 +63,8 @@ def build_settings(config: ModelConfig, info: runtime_pb2.ServerInfo) -> engine_
     dtype = build.dtype or ("float32" if info.device == "cpu" else "bfloat16")
     return engine_pb2.BuildSettings(
         dtype=dtype, max_batch_size=build.max_batch_size or 0,
-        max_input_len=build.max_input_len or 0, max_seq_len=build.max_seq_len or 0,
-        max_num_tokens=build.max_num_tokens or 0, max_beam_width=config.max_beam_width,
+        max_input_len=build.max_input_len or 0, max_seq_len=build.seq_len_limit or 0,
+        max_num_tokens=build.max_num_tokens or 0, max_beam_width=config.beam_width_limit,
         quant=engine_pb2.QuantSettings(algo=quant.builder_algo, group_size=quant.group_size,
                                        kv_cache_dtype=quant.builder_kv_cache_dtype),
         parallel=engine_pb2.ParallelSettings(tp_size=config.parallel_config.tp_size,

@@ -1,19 +1,23 @@
-"""`ModelConfig` and its parts: what model to serve and what engine to build for it.
+"""`ModelConfig` and `ParallelConfig`: what model to serve, split how, built how.
 
 `model_dir` is an HF folder, a Kiln checkpoint or a Kiln engine, local or `s3://`; the Builder tells
-them apart. Build limits left as None take the Builder's defaults, except dtype, which the SDK
-picks from the runtime's device (float32 on a CPU, bfloat16 on a GPU).
+them apart, and `model_format` says which for a local folder. A local checkpoint or engine
+carries its tp/pp split, which ModelConfig adopts (a different explicit split is refused), so a
+checkpoint converted with tp=2 is served with tp=2. Build limits left as None take the Builder's
+defaults, except dtype, which the SDK picks from the runtime's device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+import json
+from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path
 
 from kiln._checks import Checked, boolean, instance, integer, text
+from kiln.build_config import DTYPES, BuildConfig, PluginConfig  # noqa: F401 - re-exported
 from kiln.errors import InvalidArgument
 from kiln.quantization import QuantConfig
-
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(slots=True)
@@ -24,6 +28,7 @@ class ParallelConfig(Checked):
     pp_size: int = 1
     auto_parallel: bool = False
     _world_size: int | None = field(default=None, repr=False)
+    _devices: list[int] | None = field(default=None, repr=False)
 
     @property
     def world_size(self) -> int:
@@ -40,41 +45,104 @@ class ParallelConfig(Checked):
                 f"{self.tp_size * self.pp_size} unless auto_parallel is set")
         self._world_size = value
 
+    @property
+    def devices(self) -> list[int]:
+        """The GPU ordinals the ranks run on: 0..world_size-1 unless set."""
+        return list(self._devices) if self._devices is not None else list(range(self.world_size))
+
+    @devices.setter
+    def devices(self, devices: list[int]) -> None:
+        if not isinstance(devices, (list, tuple)) or len(devices) != self.world_size or any(
+                isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices):
+            raise InvalidArgument(f"ParallelConfig.devices must list {self.world_size} GPU "
+                                  f"ordinals (one per rank), got {devices!r}")
+        self._devices = list(devices)
+
+    @property
+    def is_multi_gpu(self) -> bool:
+        return self.world_size > 1
+
 
 ParallelConfig._checks = {"tp_size": integer(1, 4096), "pp_size": integer(1, 4096),
                           "auto_parallel": boolean}
 
 
-def _dtype(name: str, value):
-    if value is not None and value not in DTYPES:
-        raise InvalidArgument(f"{name} must be one of {', '.join(DTYPES)} or None, got {value!r}")
-    return value
+class ModelFormatKind(enum.Enum):
+    """What a local model_dir holds (the HLAPI's _ModelFormatKind)."""
+
+    HF = 0
+    TLLM_CKPT = 1
+    TLLM_ENGINE = 2
 
 
-@dataclass(slots=True)
-class BuildConfig(Checked):
-    """The engine's serving limits; None takes the Builder's default."""
+def model_format(model_dir: str) -> ModelFormatKind | None:
+    """The kind of a local folder from its config.json; None for s3:// or an unreadable one."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    kind = config.get("format")
+    if kind == "kiln-engine":
+        return ModelFormatKind.TLLM_ENGINE
+    if kind == "kiln-checkpoint":
+        return ModelFormatKind.TLLM_CKPT
+    return ModelFormatKind.HF
 
-    dtype: str | None = None
-    max_batch_size: int | None = None
-    max_input_len: int | None = None
-    max_seq_len: int | None = None
-    max_num_tokens: int | None = None
 
-
-BuildConfig._checks = {"dtype": _dtype,
-                       **{name: integer(1, 1 << 20, optional=True)
-                          for name in ("max_batch_size", "max_input_len", "max_seq_len",
-                                       "max_num_tokens")}}
+def _mapping(model_dir: str) -> tuple[int, int] | None:
+    try:
+        mapping = json.loads((Path(model_dir) / "config.json").read_text()).get("mapping") or {}
+    except (OSError, ValueError):
+        return None
+    return int(mapping.get("tp_size", 1)), int(mapping.get("pp_size", 1))
 
 
 @dataclass(slots=True)
 class ModelConfig(Checked):
     model_dir: str
-    max_beam_width: int = 1
-    quant_config: QuantConfig = field(default_factory=QuantConfig)
+    model: object = None
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    quant_config: QuantConfig = field(default_factory=QuantConfig)
+    _: KW_ONLY
     build_config: BuildConfig = field(default_factory=BuildConfig)
+    max_beam_width: int = 1
+    model_format: ModelFormatKind | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        if self.model is not None:
+            raise InvalidArgument("ModelConfig.model (a model name or an in-memory module) is "
+                                  "not available in Kiln; give model_dir")
+        object.__setattr__(self, "model_format", model_format(self.model_dir))
+        if self.model_format in (ModelFormatKind.TLLM_CKPT, ModelFormatKind.TLLM_ENGINE):
+            self._adopt_mapping()
+
+    def _adopt_mapping(self) -> None:
+        """The folder's tp/pp split becomes parallel_config's; an explicit other one is refused."""
+        mapping = _mapping(self.model_dir)
+        if mapping is None:
+            return
+        tp, pp = mapping
+        asked = self.parallel_config
+        for name, mine, theirs in (("tp_size", asked.tp_size, tp), ("pp_size", asked.pp_size, pp)):
+            if mine not in (1, theirs):
+                raise InvalidArgument(f"parallel_config.{name}={mine} does not match the "
+                                      f"{self.model_format.name} folder's {name}={theirs}")
+        if asked.auto_parallel and tp * pp > 1:
+            raise InvalidArgument("auto_parallel does not apply to a folder already split in "
+                                  f"tp={tp} x pp={pp}")
+        if not asked.auto_parallel:
+            self.parallel_config = ParallelConfig(tp_size=tp, pp_size=pp)
+
+    @property
+    def beam_width_limit(self) -> int:
+        """The engine's max_beam_width: BuildConfig's, or the older ModelConfig spelling."""
+        return max(self.build_config.max_beam_width or 1, self.max_beam_width)
+
+    def _update_plugin_config(self, key: str, value) -> None:
+        """Sets one PluginConfig switch (the HLAPI's helper), validated like any field."""
+        if not hasattr(self.build_config.plugin_config, key):
+            raise InvalidArgument(f"PluginConfig has no field {key}")
+        setattr(self.build_config.plugin_config, key, value)
 
 
 ModelConfig._checks = {"model_dir": text(), "max_beam_width": integer(1, 64),

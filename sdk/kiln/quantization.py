@@ -7,10 +7,11 @@ does, and one the runtime cannot load yet is refused before any build starts (se
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
-from kiln._checks import Checked, integer, one_of
+from kiln._checks import Checked, boolean, integer, number, one_of
 from kiln.errors import InvalidArgument
 
 
@@ -22,12 +23,43 @@ class QuantAlgo(str, enum.Enum):
     W4A16_GPTQ = "W4A16_GPTQ"
     W8A8_SQ_PER_CHANNEL = "W8A8_SQ_PER_CHANNEL"
     W8A8_SQ_PER_TENSOR_PLUGIN = "W8A8_SQ_PER_TENSOR_PLUGIN"
+    W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN = "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
+    W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN = "W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN"
+    W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN = "W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN"
     FP8 = "FP8"
     INT8 = "INT8"
 
 
 WEIGHT_ALGOS = {QuantAlgo.W4A16_AWQ: "W4A16_AWQ", QuantAlgo.W8A16: "W8A16", QuantAlgo.FP8: "FP8"}
 KV_CACHE_ALGOS = {QuantAlgo.INT8: "int8", QuantAlgo.FP8: "fp8"}
+
+
+class QuantMode(enum.IntFlag):
+    """What an algorithm quantizes, as flags (the HLAPI's QuantMode, reduced to its meaning)."""
+
+    NONE = 0
+    INT4_WEIGHTS = 1
+    INT8_WEIGHTS = 2
+    ACTIVATIONS = 4
+    PER_CHANNEL = 8
+    PER_TOKEN = 16
+    PER_GROUP = 32
+    INT8_KV_CACHE = 64
+    FP8_KV_CACHE = 128
+    FP8_QDQ = 256
+
+
+_MODES = {
+    QuantAlgo.W8A16: QuantMode.INT8_WEIGHTS,
+    QuantAlgo.W4A16: QuantMode.INT4_WEIGHTS,
+    QuantAlgo.W4A16_AWQ: QuantMode.INT4_WEIGHTS | QuantMode.PER_GROUP,
+    QuantAlgo.W4A16_GPTQ: QuantMode.INT4_WEIGHTS | QuantMode.PER_GROUP,
+    QuantAlgo.W4A8_AWQ: QuantMode.INT4_WEIGHTS | QuantMode.PER_GROUP | QuantMode.FP8_QDQ,
+    QuantAlgo.W8A8_SQ_PER_CHANNEL: (QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS
+                                    | QuantMode.PER_CHANNEL | QuantMode.PER_TOKEN),
+    QuantAlgo.W8A8_SQ_PER_TENSOR_PLUGIN: QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS,
+    QuantAlgo.FP8: QuantMode.FP8_QDQ,
+}
 
 
 def _builder_name(field: str, algo: QuantAlgo | None, names: dict, unset: str) -> str:
@@ -41,11 +73,35 @@ def _builder_name(field: str, algo: QuantAlgo | None, names: dict, unset: str) -
     return names[algo]
 
 
+def _module_names(name: str, value):
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidArgument(f"{name} must be a list of module names, got {value!r}")
+    return list(value)
+
+
 @dataclass(slots=True)
 class QuantConfig(Checked):
     quant_algo: QuantAlgo | None = None
     kv_cache_quant_algo: QuantAlgo | None = None
     group_size: int = 128
+    smoothquant_val: float | None = None
+    has_zero_point: bool = False
+    pre_quant_scale: bool = False
+    exclude_modules: list[str] | None = None
+
+    @property
+    def quant_mode(self) -> QuantMode:
+        mode = _MODES.get(self.quant_algo, QuantMode.NONE)
+        if self.kv_cache_quant_algo is QuantAlgo.INT8:
+            mode |= QuantMode.INT8_KV_CACHE
+        elif self.kv_cache_quant_algo is QuantAlgo.FP8:
+            mode |= QuantMode.FP8_KV_CACHE
+        return mode
+
+    def asdict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @property
     def builder_algo(self) -> str:
@@ -64,4 +120,7 @@ class QuantConfig(Checked):
 
 QuantConfig._checks = {"quant_algo": one_of(QuantAlgo, optional=True),
                        "kv_cache_quant_algo": one_of(QuantAlgo, optional=True),
-                       "group_size": integer(1, 4096)}
+                       "group_size": integer(1, 4096),
+                       "smoothquant_val": number(0.0, 1.0, optional=True),
+                       "has_zero_point": boolean, "pre_quant_scale": boolean,
+                       "exclude_modules": _module_names}

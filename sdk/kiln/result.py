@@ -4,6 +4,10 @@ The gRPC side (a background thread) only appends raw responses; the caller's sid
 when it looks, one per step of iteration, so `async for` / `for` see the output grow chunk by
 chunk and `result()` sees it whole. `offset` placement (out[offset:] = tokens) makes duplicates
 harmless. Works from any thread and any event loop.
+
+It is the HLAPI's GenerationResult too: a GenerationOutput (text, token_ids, log_probs,
+context_logits, generation_logits) with the future's running / cancelled / exception and the
+stream's text_diff.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from kiln.errors import KilnError
+from kiln.output import GenerationOutput, decode_logits
 
 FINISH_REASONS = {0: None, 1: "length", 2: "end_id", 3: "stop", 4: "aborted"}
 _END = object()
@@ -31,9 +36,14 @@ class CompletionOutput:
     _pieces: dict = field(default_factory=dict, repr=False)   # offset -> text of that chunk
 
 
-class GenerationResult:
+class GenerationResult(GenerationOutput):
+    __eq__ = object.__eq__          # a result is a live object, compared by identity
+    __hash__ = object.__hash__
+    beam_search_enabled = False
+
     def __init__(self, request_id: str, prompt, prompt_token_ids, streaming: bool,
-                 decode=None, cancel=None):
+                 decode=None, cancel=None, beam_width: int = 1,
+                 exclude_input_from_output: bool = True):
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
@@ -42,6 +52,12 @@ class GenerationResult:
         self.finished = False
         self.usage: dict[str, int] = {}
         self.prompt_logprobs: list[float] = []
+        self.beam_search_enabled = beam_width > 1
+        self.exclude_input_from_output = exclude_input_from_output
+        self._context_logits = None
+        self._generation_logits: dict[int, object] = {}
+        self._last_text = ""
+        self._cancelled = False
         self._decode = decode
         self._cancel = cancel
         self._error: BaseException | None = None
@@ -109,6 +125,11 @@ class GenerationResult:
             out.top_logprobs = [list(zip(top.token_ids, top.logprobs)) for top in part.top_logprobs]
             if part.prompt_logprobs:
                 self.prompt_logprobs = list(part.prompt_logprobs)
+            if part.HasField("context_logits"):
+                self._context_logits = decode_logits(part.context_logits)
+            if part.HasField("generation_logits"):
+                self._generation_logits[part.sequence_index] = decode_logits(
+                    part.generation_logits)
             out.text = self._decode(out.token_ids) if self._decode else part.text
             out.finish_reason = FINISH_REASONS.get(part.finish_reason)
             self.usage = {"prompt_tokens": part.usage.prompt_tokens,
@@ -162,7 +183,25 @@ class GenerationResult:
     def cancel(self) -> None:
         """Cancels the call; the server aborts the request and frees its KV blocks."""
         if self._cancel is not None and not self.done():
+            self._cancelled = True
             self._cancel()
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def running(self) -> bool:
+        return not self.done()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Waits like result() and returns the request's error instead of raising it (None
+        when it succeeded); a timeout still raises TimeoutError, as a future's does."""
+        try:
+            self.result(timeout)
+        except TimeoutError:
+            raise
+        except Exception as exc:        # noqa: BLE001 - handing the error back is the point
+            return exc
+        return None
 
     # ---- iteration: one yield per chunk (streaming) or one at the end --------------------
 
@@ -171,7 +210,8 @@ class GenerationResult:
         while True:
             kind = self._apply_next()
             if kind == "":
-                return None
+                # result() may already have drained the end: then iteration is over, not idle
+                return False if self.finished else None
             if kind == "end":
                 self._raise_if_failed()
                 return False
@@ -208,15 +248,50 @@ class GenerationResult:
     # ---- the HLAPI's view: the first sequence, or all of them with beams -----------------
 
     def _pick(self, name: str):
-        values = [getattr(o, name) for o in self.outputs]
+        values = [self._value(o, name) for o in self.outputs]
         if len(values) <= 1:
             return values[0] if values else ([] if name in ("token_ids", "logprobs") else
                                              "" if name == "text" else None)
         return values
 
+    def _value(self, out: CompletionOutput, name: str):
+        """One sequence's field; with OutputConfig.exclude_input_from_output=False the token
+        ids and text carry the prompt in front, as the HLAPI returns them."""
+        value = getattr(out, name)
+        if self.exclude_input_from_output or name not in ("token_ids", "text"):
+            return value
+        if name == "token_ids":
+            return list(self.prompt_token_ids or []) + value
+        if self._decode and self.prompt_token_ids is not None:
+            return self._decode(list(self.prompt_token_ids) + out.token_ids)
+        return (self.prompt if isinstance(self.prompt, str) else "") + value
+
     @property
     def text(self):
         return self._pick("text")
+
+    @property
+    def text_diff(self) -> str:
+        """The text added since the last text_diff (streaming, one sequence)."""
+        if self.beam_search_enabled:
+            raise ValueError("text_diff is for one sequence; with beam search read .text")
+        text = self.text
+        diff, self._last_text = text[len(self._last_text):], text
+        return diff
+
+    @property
+    def log_probs(self):
+        return self._pick("logprobs")
+
+    @property
+    def context_logits(self):
+        return self._context_logits
+
+    @property
+    def generation_logits(self):
+        """[output tokens, vocab] per sequence (a list of them with several sequences)."""
+        values = [self._generation_logits.get(o.index) for o in self.outputs]
+        return values[0] if len(values) == 1 else (values or None)
 
     @property
     def token_ids(self):

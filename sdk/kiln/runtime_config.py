@@ -8,7 +8,7 @@ FAILED_PRECONDITION rather than serving without it.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from kiln._checks import Checked, boolean, integer, number
 
@@ -18,17 +18,24 @@ class CapacitySchedulerPolicy(str, enum.Enum):
     MAX_UTILIZATION = "MAX_UTILIZATION"
 
 
+class ContextChunkingPolicy(str, enum.Enum):
+    FIRST_COME_FIRST_SERVED = "FIRST_COME_FIRST_SERVED"
+    EQUAL_PROGRESS = "EQUAL_PROGRESS"
+
+
 @dataclass(slots=True)
 class KvCacheConfig(Checked):
-    """max_tokens bounds the KV pool; free_gpu_memory_fraction sizes it on a GPU;
-    max_new_tokens is the most new tokens one request may ask for (the runtime refuses more)."""
+    """max_tokens bounds the KV pool; free_gpu_memory_fraction sizes it on a GPU. The order is
+    the HLAPI's; max_new_tokens (the README's older field: the most new tokens one request may
+    ask for, the runtime refuses more) is a keyword."""
 
     max_tokens: int | None = None
-    max_new_tokens: int | None = None
-    free_gpu_memory_fraction: float | None = None
     max_attention_window: int | None = None
     sink_token_length: int | None = None
+    free_gpu_memory_fraction: float | None = None
     enable_block_reuse: bool = False
+    _: KW_ONLY
+    max_new_tokens: int | None = None
 
 
 KvCacheConfig._checks = {"max_tokens": integer(1, 1 << 40, optional=True),
@@ -40,11 +47,11 @@ KvCacheConfig._checks = {"max_tokens": integer(1, 1 << 40, optional=True),
                          "enable_block_reuse": boolean}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class StreamingLLMParam(Checked):
     """StreamingLLM: keep `sink_token_length` first tokens plus a sliding window."""
 
-    max_attention_window_size: int = 1024
+    max_attention_window_size: int = 2048
     sink_token_length: int = 4
 
 

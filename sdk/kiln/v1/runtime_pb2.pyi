@@ -35,7 +35,7 @@ SERVER_STATE_SERVING: ServerState
 SERVER_STATE_DRAINING: ServerState
 
 class SamplingConfig(_message.Message):
-    __slots__ = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "end_id", "ignore_eos", "beam_width", "length_penalty", "early_stopping", "num_return_sequences")
+    __slots__ = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "end_id", "ignore_eos", "beam_width", "length_penalty", "early_stopping", "num_return_sequences", "top_p_min", "top_p_reset_ids", "top_p_decay", "beam_search_diversity_rate", "early_stopping_never")
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MIN_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,11 @@ class SamplingConfig(_message.Message):
     LENGTH_PENALTY_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_FIELD_NUMBER: _ClassVar[int]
     NUM_RETURN_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_MIN_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_RESET_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_DECAY_FIELD_NUMBER: _ClassVar[int]
+    BEAM_SEARCH_DIVERSITY_RATE_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPING_NEVER_FIELD_NUMBER: _ClassVar[int]
     max_new_tokens: int
     min_new_tokens: int
     temperature: float
@@ -68,19 +73,38 @@ class SamplingConfig(_message.Message):
     length_penalty: float
     early_stopping: bool
     num_return_sequences: int
-    def __init__(self, max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., end_id: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., beam_width: _Optional[int] = ..., length_penalty: _Optional[float] = ..., early_stopping: _Optional[bool] = ..., num_return_sequences: _Optional[int] = ...) -> None: ...
+    top_p_min: float
+    top_p_reset_ids: int
+    top_p_decay: float
+    beam_search_diversity_rate: float
+    early_stopping_never: bool
+    def __init__(self, max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., end_id: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., beam_width: _Optional[int] = ..., length_penalty: _Optional[float] = ..., early_stopping: _Optional[bool] = ..., num_return_sequences: _Optional[int] = ..., top_p_min: _Optional[float] = ..., top_p_reset_ids: _Optional[int] = ..., top_p_decay: _Optional[float] = ..., beam_search_diversity_rate: _Optional[float] = ..., early_stopping_never: _Optional[bool] = ...) -> None: ...
 
 class OutputConfig(_message.Message):
-    __slots__ = ("return_logprobs", "detokenize", "top_logprobs", "return_prompt_logprobs")
+    __slots__ = ("return_logprobs", "detokenize", "top_logprobs", "return_prompt_logprobs", "return_context_logits", "return_generation_logits")
     RETURN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     DETOKENIZE_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_CONTEXT_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_GENERATION_LOGITS_FIELD_NUMBER: _ClassVar[int]
     return_logprobs: bool
     detokenize: bool
     top_logprobs: int
     return_prompt_logprobs: bool
-    def __init__(self, return_logprobs: _Optional[bool] = ..., detokenize: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., return_prompt_logprobs: _Optional[bool] = ...) -> None: ...
+    return_context_logits: bool
+    return_generation_logits: bool
+    def __init__(self, return_logprobs: _Optional[bool] = ..., detokenize: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., return_prompt_logprobs: _Optional[bool] = ..., return_context_logits: _Optional[bool] = ..., return_generation_logits: _Optional[bool] = ...) -> None: ...
+
+class Logits(_message.Message):
+    __slots__ = ("rows", "cols", "data")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    data: bytes
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class TopLogprobs(_message.Message):
     __slots__ = ("token_ids", "logprobs")
@@ -155,7 +179,7 @@ class Chunk(_message.Message):
     def __init__(self, sequence_index: _Optional[int] = ..., offset: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ...) -> None: ...
 
 class Complete(_message.Message):
-    __slots__ = ("sequence_index", "token_ids", "text", "finish_reason", "usage", "logprobs", "top_logprobs", "prompt_logprobs")
+    __slots__ = ("sequence_index", "token_ids", "text", "finish_reason", "usage", "logprobs", "top_logprobs", "prompt_logprobs", "context_logits", "generation_logits")
     SEQUENCE_INDEX_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +188,8 @@ class Complete(_message.Message):
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_LOGITS_FIELD_NUMBER: _ClassVar[int]
     sequence_index: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
@@ -172,7 +198,9 @@ class Complete(_message.Message):
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     top_logprobs: _containers.RepeatedCompositeFieldContainer[TopLogprobs]
     prompt_logprobs: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, sequence_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., prompt_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
+    context_logits: Logits
+    generation_logits: Logits
+    def __init__(self, sequence_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., prompt_logprobs: _Optional[_Iterable[float]] = ..., context_logits: _Optional[_Union[Logits, _Mapping]] = ..., generation_logits: _Optional[_Union[Logits, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("request_id", "chunk", "complete")
