@@ -39,7 +39,7 @@ class EngineSnapshot:
     stats: object               # engine.executor_options.ExecutorStats
 
 
-class _EngineStatsCollector:
+class EngineStatsCollector:
     """Gauges and counters read from the executor at scrape time: no cost between scrapes.
 
     The step rate is the steps made since the previous scrape over the time between them (the
@@ -127,7 +127,7 @@ class RuntimeMetrics:
         self.generation_tokens = counter("generation_tokens", "Tokens generated.")
         self.prefix_cached_tokens = counter("prefix_cached_tokens",
                                             "Prompt tokens served from the prefix cache.")
-        r.register(_EngineStatsCollector(snapshot))
+        r.register(EngineStatsCollector(snapshot))
 
 
 @dataclass(frozen=True)

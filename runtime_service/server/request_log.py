@@ -13,13 +13,10 @@ timestamps and the ResponseAssembler's counts, so the step loop never does obser
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from runtime_service import errors
 from runtime_service.server.metrics import RuntimeMetrics
@@ -161,37 +158,3 @@ class RequestObserver:
 
 def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 4)
-
-
-class KeyValueFormatter(logging.Formatter):
-    """`time LEVEL logger message key=value ...`: the structured fields after the message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = getattr(record, "kiln", None)
-        if fields:
-            line += " " + " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items())
-        return line
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the structured fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": datetime.fromtimestamp(record.created, timezone.utc)
-                 .isoformat(timespec="milliseconds"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
-        entry.update(getattr(record, "kiln", None) or {})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level: str, log_format: str) -> None:
-    """The process's root handler on stderr: `text` (key=value fields) or `json` lines."""
-    if log_format not in ("text", "json"):
-        raise errors.InvalidRequest(f"--log-format must be text or json, got {log_format!r}")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else
-                         KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -32,7 +32,7 @@ from runtime_service.server.liveness import StepStallWatchdog
 from runtime_service.server.observability import (ObservabilitySettings, PodObservability,
                                                   add_observability_arguments,
                                                   observability_from_args)
-from runtime_service.server.request_log import configure_logging
+from runtime_service.server.log_format import configure_logging
 from runtime_service.server.servicer import (LIVENESS_SERVICE_NAME, SERVICE_NAME, RuntimeServicer,
                                     generic_handler)
 

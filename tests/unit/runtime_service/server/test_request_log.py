@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from runtime_service.engine.request import FinishReason, Request
 from runtime_service.errors import InvalidRequest
 from runtime_service.server.metrics import MetricsEndpoint, RuntimeMetrics
-from runtime_service.server.request_log import (JsonFormatter, KeyValueFormatter, RequestObserver,
-                                                ServedModel, configure_logging, grpc_code)
+from runtime_service.server.log_format import JsonFormatter, KeyValueFormatter, configure_logging
+from runtime_service.server.request_log import RequestObserver, ServedModel, grpc_code
 from runtime_service.server.tracing import Tracing
 
 SERVED = ServedModel(engine_key="k" * 64, model="smol")
