@@ -1,14 +1,19 @@
 """A live runtime pod's /metrics after a known load, its JSON request log and its OTLP traces.
 
 The pod of this module serves metrics on a loopback port, logs JSON and exports spans to an
-OTLP receiver the test runs itself. Each test scrapes before and after its own load and checks
+OTLP receiver the test runs itself; a real Prometheus (Debian's `prometheus`, which .ci/run
+installs) scrapes it and is queried through its HTTP API. Each test scrapes before and after its own load and checks
 the differences, parsed with prometheus_client.parser, so the order of tests never matters.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
 import time
+import urllib.parse
 import urllib.request
 from concurrent import futures
 
@@ -200,3 +205,58 @@ def test_metrics_are_off_unless_asked_for():
     from runtime_service.server.observability import ObservabilitySettings, PodObservability
     off = PodObservability(ObservabilitySettings(), host=None)
     assert off.metrics is None and off.start() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prometheus_query(port: int, query: str) -> list[dict]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None,
+                    reason="needs Debian's prometheus package (.ci/run installs it)")
+def test_a_real_prometheus_scrapes_the_pod_and_answers_queries(observed_pod, observed_stub,
+                                                               tiny_engine, tmp_path):
+    generate(observed_stub, 4, 5, request_id="prometheus-probe")
+    target = observed_pod.metrics_url.split("//")[1].split("/")[0]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(json.dumps({
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [{"job_name": "kiln-runtime",
+                            "static_configs": [{"targets": [target]}]}]}))
+    port = _free_port()
+    log = open(tmp_path / "prometheus.log", "wb")
+    server = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ours = value(scrape(observed_pod.metrics_url), "kiln_generation_tokens_total")
+        query = f'sum(kiln_generation_tokens_total{{model="{MODEL_NAME}"}})'
+        seen = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and seen != ours:
+            try:
+                result = _prometheus_query(port, query)
+                seen = float(result[0]["value"][1]) if result else None
+            except OSError:
+                seen = None             # not listening yet
+            time.sleep(0.25)
+        assert seen == ours > 0
+        (kv,) = _prometheus_query(port, "kiln_kv_blocks_total")
+        assert kv["metric"]["engine_key"] == tiny_engine["engine_key"]
+        assert kv["metric"]["model"] == MODEL_NAME and float(kv["value"][1]) > 0
+        p95 = _prometheus_query(port, "histogram_quantile(0.95, sum by (le) "
+                                      "(kiln_time_to_first_token_seconds_bucket))")
+        assert p95 and float(p95[0]["value"][1]) > 0
+    finally:
+        server.terminate()
+        server.wait(20)
+        log.close()
