@@ -17,8 +17,6 @@ import logging
 import threading
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from builder_service.pipeline import BuildProgress
 from runtime_service.server.tracing import Tracing
 
@@ -29,7 +27,11 @@ BYTE_STAGES = {"publish": "published", "pull": "pulled"}
 
 
 class BuilderMetrics:
+    """The builder's metrics in a registry of their own (prometheus-client is imported only
+    when metrics are on)."""
+
     def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         self.registry = r = CollectorRegistry()
         self.builds = Counter("kiln_builds", "Build calls by outcome: built, cached or the "
                               "gRPC code of the failure.", ["outcome"], registry=r)

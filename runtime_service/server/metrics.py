@@ -6,6 +6,8 @@ request histograms and counters are observed once per request when its Generate 
 (request_log.RequestRecord), and the engine's gauges (live, running and waiting requests, KV
 blocks, preemptions, step rate) are read from `Executor.stats()` only when Prometheus scrapes.
 Each server owns its own CollectorRegistry, so several pods in one test process never mix.
+prometheus-client is imported only when metrics are switched on, so a pod without them (the
+default) runs where it is not installed.
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from runtime_service.errors import InvalidRequest
 
@@ -62,6 +61,7 @@ class EngineStatsCollector:
         return (num_steps - last[1]) / (now - last[0])
 
     def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         snap = self._snapshot()
         if snap is None:
             return
@@ -97,13 +97,14 @@ class RuntimeMetrics:
     """The runtime's request metrics in a registry of their own, plus the engine collector."""
 
     def __init__(self, snapshot: Callable[[], EngineSnapshot | None] = lambda: None):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
         self.registry = CollectorRegistry()
         r = self.registry
 
-        def histogram(name: str, doc: str, buckets) -> Histogram:
+        def histogram(name: str, doc: str, buckets):
             return Histogram(f"kiln_{name}", doc, LABELS, buckets=buckets, registry=r)
 
-        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()):
             return Counter(f"kiln_{name}", doc, LABELS + extra, registry=r)
 
         self.time_to_first_token = histogram(
@@ -148,7 +149,8 @@ class MetricsEndpoint:
 class MetricsServer:
     """prometheus-client's HTTP server on its own daemon thread (off the event loop)."""
 
-    def __init__(self, registry: CollectorRegistry, endpoint: MetricsEndpoint):
+    def __init__(self, registry, endpoint: MetricsEndpoint):
+        from prometheus_client import start_http_server
         self._server, self._thread = start_http_server(endpoint.port, endpoint.host,
                                                        registry=registry)
         self.port = self._server.server_port
