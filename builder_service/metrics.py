@@ -59,6 +59,7 @@ class BuildRecord:
         self.source = source
         self.stages: list[tuple[str, float]] = []       # (stage, monotonic start)
         self.bytes = {"published": 0, "pulled": 0}
+        self.finished = False
         self.span = observer.tracing.start_call("kiln.v1.Builder/Build", metadata,
                                                 self._started_wall, {"kiln.source": source})
         if observer.metrics is not None:
@@ -73,7 +74,10 @@ class BuildRecord:
                 self.bytes[kind] = max(self.bytes[kind], event.done)
 
     def finish(self, outcome: str, engine_key: str = "") -> None:
-        self._observer.finish(self, outcome, engine_key)
+        """Ends the record once: later calls do nothing."""
+        if not self.finished:
+            self.finished = True
+            self._observer.finish(self, outcome, engine_key)
 
     def durations(self, ended: float) -> list[tuple[str, float, float]]:
         """(stage, start, end) in monotonic seconds, each stage ending where the next starts."""

@@ -77,7 +77,6 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
     async def Build(self, request, context):
         started = time.monotonic()
         record = self.observer.start(context.invocation_metadata(), request.source)
-        outcome = None
         try:
             spec = spec_from_request(request)
             queued = BuildProgress("queued", 0, 0, "", "waiting for a build slot")
@@ -106,8 +105,6 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
             record.finish("cached" if outcome.cached else "built", outcome.engine.engine_key)
             yield result_event(outcome)
         except asyncio.CancelledError:
-            if outcome is None:
-                record.finish("CANCELLED")
             raise
         except Exception as exc:
             code, message = grpc_status(exc)
@@ -115,6 +112,9 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
                      time.monotonic() - started, message)
             record.finish(code.name)
             await context.abort(code, message)
+        finally:
+            if not record.finished:         # the client left (cancel, deadline, disconnect)
+                record.finish("CANCELLED")
 
     async def _unary(self, context, fn, *args):
         try:
