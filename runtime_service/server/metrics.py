@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from runtime_service.errors import InvalidRequest
 
@@ -129,6 +130,20 @@ class RuntimeMetrics:
         self.prefix_cached_tokens = counter("prefix_cached_tokens",
                                             "Prompt tokens served from the prefix cache.")
         r.register(EngineStatsCollector(snapshot))
+        self._children: dict[tuple[str, str], SimpleNamespace] = {}
+
+    def of(self, engine_key: str, model: str) -> SimpleNamespace:
+        """The series of one engine and model, looked up once (a label lookup costs more than
+        the observation itself): the same attribute names, without `.labels(...)`."""
+        key = (engine_key, model)
+        children = self._children.get(key)
+        if children is None:
+            names = ("time_to_first_token", "time_per_output_token", "e2e_latency", "queue_time",
+                     "prompt_length", "output_length", "prompt_tokens", "generation_tokens",
+                     "prefix_cached_tokens")
+            children = SimpleNamespace(**{n: getattr(self, n).labels(*key) for n in names})
+            self._children[key] = children
+        return children
 
 
 @dataclass(frozen=True)

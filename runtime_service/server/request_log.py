@@ -119,23 +119,23 @@ class RequestObserver:
 
     def _observe(self, code, reason, prompt, output, cached, ttft, tpot, queue, duration,
                  reached_engine: bool) -> None:
-        m, served = self.metrics, self.served_model()
-        labels = (served.engine_key, served.model)
-        m.requests.labels(*labels, code, reason).inc()
+        served = self.served_model()
+        self.metrics.requests.labels(served.engine_key, served.model, code, reason).inc()
         if not reached_engine:
             return
-        m.prompt_tokens.labels(*labels).inc(prompt)
-        m.generation_tokens.labels(*labels).inc(output)
-        m.prefix_cached_tokens.labels(*labels).inc(cached)
-        m.prompt_length.labels(*labels).observe(prompt)
-        m.output_length.labels(*labels).observe(output)
-        m.e2e_latency.labels(*labels).observe(duration)
+        m = self.metrics.of(served.engine_key, served.model)
+        m.prompt_tokens.inc(prompt)
+        m.generation_tokens.inc(output)
+        m.prefix_cached_tokens.inc(cached)
+        m.prompt_length.observe(prompt)
+        m.output_length.observe(output)
+        m.e2e_latency.observe(duration)
         if ttft is not None:
-            m.time_to_first_token.labels(*labels).observe(ttft)
+            m.time_to_first_token.observe(ttft)
         if tpot is not None:
-            m.time_per_output_token.labels(*labels).observe(tpot)
+            m.time_per_output_token.observe(tpot)
         if queue is not None:
-            m.queue_time.labels(*labels).observe(queue)
+            m.queue_time.observe(queue)
 
     def _trace(self, record, code, scheduled, ended, request_id, prompt, output, cached) -> None:
         tracing, span = self.tracing, record.span
