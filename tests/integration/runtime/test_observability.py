@@ -110,14 +110,20 @@ def test_counts_equal_the_load_sent(observed_pod, observed_stub, tiny_engine):
     with pytest.raises(grpc.RpcError) as refused:
         list(observed_stub.Generate(bad, timeout=30))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    after = scrape(observed_pod.metrics_url)
-
     labels = {"engine_key": tiny_engine["engine_key"], "model": MODEL_NAME}
+    n = len(LOAD)
+    # A refused call's status reaches the client as the server aborts it, a moment before the
+    # call's record is closed: wait (bounded) for all n + 1 calls to be counted.
+    deadline = time.monotonic() + 10
+    after = scrape(observed_pod.metrics_url)
+    while time.monotonic() < deadline and value(after, "kiln_requests_total", **labels) < \
+            value(before, "kiln_requests_total", **labels) + n + 1:
+        time.sleep(0.02)
+        after = scrape(observed_pod.metrics_url)
 
     def delta(name, **extra):
         return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
 
-    n = len(LOAD)
     assert delta("kiln_requests_total", code="OK", finish_reason="length") == n
     assert delta("kiln_requests_total", code="INVALID_ARGUMENT", finish_reason="") == 1
     assert delta("kiln_requests_total") == n + 1
@@ -135,12 +141,19 @@ def test_counts_equal_the_load_sent(observed_pod, observed_stub, tiny_engine):
     assert delta("kiln_request_generation_tokens_bucket", le="4.0") == 0
     assert delta("kiln_request_generation_tokens_bucket", le="8.0") == n
     assert delta("kiln_engine_steps_total") >= max(t for _, t in LOAD)
-    # Gauges read from the engine at scrape time: idle again, every block back.
-    assert value(after, "kiln_requests_live", **labels) == 0
-    assert value(after, "kiln_requests_running", **labels) == 0
-    assert value(after, "kiln_kv_blocks_used", **labels) == 0
-    assert value(after, "kiln_kv_blocks_total", **labels) > 0
-    assert (("kiln_preemptions_total", tuple(sorted(labels.items()))) in after)
+    # Gauges read from the engine at scrape time: idle again, every block back (the step loop
+    # frees a request's blocks just after handing on its last token, so allow it that moment).
+    deadline = time.monotonic() + 10
+    idle = after
+    while time.monotonic() < deadline and (value(idle, "kiln_requests_live", **labels)
+                                           or value(idle, "kiln_kv_blocks_used", **labels)):
+        time.sleep(0.02)
+        idle = scrape(observed_pod.metrics_url)
+    assert value(idle, "kiln_requests_live", **labels) == 0
+    assert value(idle, "kiln_requests_running", **labels) == 0
+    assert value(idle, "kiln_kv_blocks_used", **labels) == 0
+    assert value(idle, "kiln_kv_blocks_total", **labels) > 0
+    assert (("kiln_preemptions_total", tuple(sorted(labels.items()))) in idle)
 
 
 def test_a_cancelled_stream_counts_as_cancelled(observed_pod, observed_stub):
