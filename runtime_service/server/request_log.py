@@ -110,7 +110,8 @@ class RequestObserver:
         log.info("generate", extra={"kiln": {
             "request_id": request_id, "status": code, "finish_reason": reason,
             "prompt_tokens": prompt, "output_tokens": output, "cached_tokens": cached,
-            "ttft_s": _rounded(ttft), "queue_s": _rounded(queue), "duration_s": round(duration, 4)}})
+            "ttft_s": _rounded(ttft), "queue_s": _rounded(queue),
+            "duration_s": round(duration, 4)}})
         if self.metrics is not None:
             self._observe(code, reason, prompt, output, cached, ttft, tpot, queue, duration,
                           reached_engine=assembler is not None)

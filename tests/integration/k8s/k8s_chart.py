@@ -18,8 +18,8 @@ RELEASE = "demo"
 NAMESPACE = "kiln"
 
 # The objects a cluster validates only once a controller installs their CRD.
-CRD_KINDS = {("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"), ("keda.sh/v1alpha1", "ScaledObject"),
-             ("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
+             ("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 
 def example(name: str) -> dict:
