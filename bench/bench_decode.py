@@ -8,6 +8,8 @@ greedy tokens equal the torch reference backend's on the same engine. JSON to --
     python3 bench/bench_decode.py --model llama2-7b --json out.json
     python3 bench/bench_decode.py --model tiny --device cpu --quick     # smoke test of the script
     python3 bench/bench_decode.py --model llama2-7b --grpc              # also through a runtime pod
+    python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
+        --grpc-metrics both --json metrics.json     # the pod's /metrics off vs on (scraped 1/s)
 
 Weights are random (speed does not depend on their values). HF runs static batches of at most
 --hf-max-batch requests (its memory grows with the batch); its tokens/s for a larger concurrency is
@@ -408,17 +410,38 @@ def compare_with_reference(loaded: LoadedModel, fast: list[list[int]], vocab: in
 
 
 def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch.dtype,
-                       vocab: int, quick: bool) -> dict:
-    """The same loads through an engine built by the builder and served by a runtime pod."""
+                       vocab: int, quick: bool, metrics: tuple[bool, ...] = (False,),
+                       scrape_interval_s: float = 1.0) -> dict[bool, dict]:
+    """The same loads through an engine built by the builder and served by a runtime pod, once
+    per entry of `metrics` (the pod's /metrics off or on, scraped every `scrape_interval_s`
+    while on); keyed by that switch."""
     from grpc_load import RuntimePod, build_engine, measure
     uri = build_engine(work / "hf", work / "store", build, device, str(dtype).split(".")[1])
-    pod = RuntimePod(uri, work, device, max_new_tokens=build.max_seq_len)
-    try:
-        address = pod.wait()
-        return measure(address, lambda n, length, seed: prompts(n, length, vocab, seed),
-                       TTFT_PROMPTS, loads_for(quick), quick, log)
-    finally:
-        pod.stop()
+    results = {}
+    for on in metrics:
+        log(f"Kiln gRPC pod with metrics {'on' if on else 'off'}")
+        pod = RuntimePod(uri, work, device, max_new_tokens=build.max_seq_len, metrics=on)
+        scraper = None
+        try:
+            address = pod.wait()
+            scraper = pod.scraper(scrape_interval_s) if on else None
+            results[on] = measure(address, lambda n, length, seed: prompts(n, length, vocab, seed),
+                                  TTFT_PROMPTS, loads_for(quick), quick, log)
+        finally:
+            if scraper is not None:
+                results.setdefault(on, {})["metrics"] = scraper.stop()
+            pod.stop()
+    return results
+
+
+def metrics_overhead(off: dict, on: dict) -> dict:
+    """Throughput lost with metrics on, in percent of the metrics-off figure (per load), and
+    the batch-1 time per token added."""
+    overhead = {name: 100.0 * (1 - on["throughput"][name]["output_tokens_per_s"] /
+                               figures["output_tokens_per_s"])
+                for name, figures in off["throughput"].items()}
+    return {"throughput_loss_pct": overhead,
+            "tpot_ms_batch1_added": on["tpot_ms_batch1"] - off["tpot_ms_batch1"]}
 
 
 # ---- main ----------------------------------------------------------------------------------
@@ -454,6 +477,12 @@ def table(report: dict) -> str:
         load, throughput = next(iter(figures["throughput"].items()))
         lines.append(f"kiln with {name}: batch-1 {figures['tpot_ms_batch1']:.2f} ms/token, "
                      f"{load} {throughput['output_tokens_per_s']:.0f} tok/s")
+    overhead = report.get("metrics_overhead")
+    if overhead:
+        lines.append("gRPC pod with /metrics on vs off: " + ", ".join(
+            f"{name} {loss:+.2f}% tok/s lost" for name, loss in
+            overhead["throughput_loss_pct"].items()) +
+            f"; batch-1 {overhead['tpot_ms_batch1_added']:+.3f} ms/token")
     if "greedy_vs_reference" in report:
         lines.append(f"greedy tokens identical to the reference backend: "
                      f"{report['greedy_vs_reference']}")
@@ -478,6 +507,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(and the small-batch GEMV) switched off")
     parser.add_argument("--grpc", action="store_true",
                         help="also run the loads through a runtime pod over gRPC")
+    parser.add_argument("--grpc-metrics", choices=("off", "on", "both"), default="off",
+                        help="the gRPC pod's Prometheus /metrics (--metrics-listen), scraped "
+                        "every --scrape-interval-s while on; both: one pod each, and the "
+                        "throughput lost with metrics on")
+    parser.add_argument("--scrape-interval-s", type=float, default=1.0)
     args = parser.parse_args(argv)
     global _chosen_loads
     _chosen_loads = args.loads
@@ -544,7 +578,13 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-        report["kiln_grpc"] = bench_through_grpc(work, build, device, dtype, vocab, args.quick)
+        switch = {"off": (False,), "on": (True,), "both": (False, True)}[args.grpc_metrics]
+        runs = bench_through_grpc(work, build, device, dtype, vocab, args.quick, switch,
+                                  args.scrape_interval_s)
+        report["kiln_grpc"] = runs[switch[0]]
+        if args.grpc_metrics == "both":
+            report["kiln_grpc_metrics_on"] = runs[True]
+            report["metrics_overhead"] = metrics_overhead(runs[False], runs[True])
     shutil.rmtree(work, ignore_errors=True)
     text = table(report)
     if args.json:

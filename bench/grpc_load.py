@@ -13,7 +13,9 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from bench_grpc_streaming import run_grpc
@@ -35,17 +37,30 @@ def build_engine(hf_folder: Path, store: Path, build, device: str, dtype: str) -
 
 
 class RuntimePod:
-    """A runtime process on 127.0.0.1, SERVING once `wait` returns; `stop` drains it."""
+    """A runtime process on 127.0.0.1, SERVING once `wait` returns; `stop` drains it.
 
-    def __init__(self, engine_uri: str, work: Path, device: str, max_new_tokens: int):
+    With `metrics`, the pod serves /metrics (--metrics-listen) and `scraper()` reads it the
+    way Prometheus would, so a run measures what recording and scraping cost."""
+
+    def __init__(self, engine_uri: str, work: Path, device: str, max_new_tokens: int,
+                 metrics: bool = False):
         self.port_file = work / "runtime.port"
+        self.metrics_port_file = work / "metrics.port"
+        for stale in (self.port_file, self.metrics_port_file):
+            stale.unlink(missing_ok=True)
         self.log = open(work / "runtime.log", "w")
+        flags = (["--metrics-listen", "127.0.0.1:0", "--metrics-port-file",
+                  str(self.metrics_port_file)] if metrics else [])
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runtime_service", "serve", "--engine", engine_uri,
              "--listen", "127.0.0.1:0", "--port-file", str(self.port_file), "--device", device,
              "--cache-dir", str(work / "cache"), "--max-new-tokens", str(max_new_tokens),
-             "--max-queue-size", "4096"],
+             "--max-queue-size", "4096", *flags],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def scraper(self, interval_s: float) -> "MetricsScraper":
+        return MetricsScraper(f"http://127.0.0.1:{self.metrics_port_file.read_text().strip()}"
+                              "/metrics", interval_s)
 
     def wait(self, timeout_s: float = 900.0) -> str:
         import grpc
@@ -75,6 +90,31 @@ class RuntimePod:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+
+class MetricsScraper:
+    """GETs /metrics every `interval_s` on a thread until stopped; counts scrapes and bytes."""
+
+    def __init__(self, url: str, interval_s: float):
+        self.url = url
+        self.interval_s = interval_s
+        self.num_scrapes = 0
+        self.last_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-scraper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with urllib.request.urlopen(self.url, timeout=10) as response:
+                self.last_bytes = len(response.read())
+            self.num_scrapes += 1
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(15)
+        return {"scrape_interval_s": self.interval_s, "num_scrapes": self.num_scrapes,
+                "exposition_bytes": self.last_bytes}
 
 
 def measure(address: str, prompts, ttft_prompts, loads, quick: bool, log) -> dict:

@@ -60,7 +60,8 @@ class EngineBuilder:
 
     def build(self, spec: BuildSpec, progress: ProgressFn = lambda _: None) -> BuildOutcome:
         progress(BuildProgress("resolve", 0, 1, "", spec.source))
-        source = self.sources.resolve(spec.source)
+        source = self.sources.resolve(spec.source, lambda done, total, message: progress(
+            BuildProgress("pull", done, total, "bytes", message)))
         target = self.target_config(spec, source.config)
         progress(BuildProgress("resolve", 1, 1, "", f"{source.kind} model, "
                                f"{source.config.model.num_layers} layers"))

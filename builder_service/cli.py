@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -41,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>'")
     serve.add_argument("--max-concurrent-builds", type=int, default=2)
     serve.add_argument("--max-upload-bytes", type=int, default=1 << 40)
+    serve.add_argument("--metrics-listen", default="",
+                       help="HOST:PORT for Prometheus /metrics over HTTP; empty: none")
+    serve.add_argument("--otlp-endpoint", default="",
+                       help="OTLP/gRPC collector for Build traces; default: "
+                       "OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off")
+    serve.add_argument("--log-format", default="text", choices=("text", "json"))
 
     build = sub.add_parser("build", help="build an engine and publish it (a batch Job)")
     build.add_argument("--model", required=True,
@@ -152,14 +157,15 @@ def _serve(args) -> None:
         listen=args.listen, allowed_roots=tuple(args.allowed_root), tls_cert=args.tls_cert,
         tls_key=args.tls_key, token=read_token_file(args.token_file) if args.token_file else None,
         max_concurrent_builds=args.max_concurrent_builds,
-        upload_limits=UploadLimits(max_total_bytes=args.max_upload_bytes))
+        upload_limits=UploadLimits(max_total_bytes=args.max_upload_bytes),
+        metrics_listen=args.metrics_listen, otlp_endpoint=args.otlp_endpoint)
     asyncio.run(serve(options))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from runtime_service.server.log_format import configure_logging
+    configure_logging("INFO", getattr(args, "log_format", "text"))
     from builder_service.progress import ProgressPrinter
     printer = ProgressPrinter()
     try:

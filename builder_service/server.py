@@ -24,9 +24,12 @@ from kiln.v1 import builder_pb2, builder_pb2_grpc
 from runtime_service.server.auth import TransportSecurity
 from runtime_service.server.lenient import lenient, parsed
 from runtime_service.errors import CapacityExceeded, InvalidRequest
+from runtime_service.server.metrics import MetricsEndpoint, MetricsServer
+from runtime_service.server.tracing import SERVICE_BUILDER, Tracing
 from runtime_service.store import S3Settings, open_store
 
 from builder_service.builder import EngineBuilder
+from builder_service.metrics import BuilderMetrics, BuildObserver
 from builder_service.messages import (engine_summary, file_list, progress_event, result_event,
                                       spec_from_request)
 from builder_service.pipeline import BuildProgress
@@ -50,10 +53,14 @@ class ServerOptions:
     max_concurrent_builds: int = 2
     upload_limits: UploadLimits = field(default_factory=UploadLimits)
     s3_settings: S3Settings | None = None
+    metrics_listen: str = ""            # HOST:PORT for Prometheus /metrics; empty: none
+    otlp_endpoint: str = ""             # OTLP/gRPC traces; empty: OTEL_EXPORTER_OTLP_ENDPOINT
 
     def __post_init__(self):
         if self.max_concurrent_builds < 1:
             raise InvalidRequest("max_concurrent_builds must be >= 1")
+        if self.metrics_listen:
+            MetricsEndpoint.parse(self.metrics_listen)
 
     @property
     def security(self) -> TransportSecurity:
@@ -61,20 +68,29 @@ class ServerOptions:
 
 
 class BuilderServicer(builder_pb2_grpc.BuilderServicer):
-    def __init__(self, builder: EngineBuilder, uploads: UploadArea, max_concurrent_builds: int):
+    def __init__(self, builder: EngineBuilder, uploads: UploadArea, max_concurrent_builds: int,
+                 observer: BuildObserver | None = None):
         self.builder = builder
         self.uploads = uploads
+        self.observer = observer or BuildObserver()
         self._pool = ThreadPoolExecutor(max_concurrent_builds, thread_name_prefix="kiln-build")
 
     async def Build(self, request, context):
         started = time.monotonic()
+        record = self.observer.start(context.invocation_metadata(), request.source)
         try:
             spec = spec_from_request(parsed(request))
-            yield progress_event(BuildProgress("queued", 0, 0, "", "waiting for a build slot"))
+            queued = BuildProgress("queued", 0, 0, "", "waiting for a build slot")
+            record.progress(queued)
+            yield progress_event(queued)
             loop = asyncio.get_running_loop()
             events: asyncio.Queue = asyncio.Queue()
-            job = loop.run_in_executor(self._pool, self.builder.build, spec,
-                                       lambda p: loop.call_soon_threadsafe(events.put_nowait, p))
+
+            def report(p: BuildProgress) -> None:          # on the build's thread
+                record.progress(p)
+                loop.call_soon_threadsafe(events.put_nowait, p)
+
+            job = loop.run_in_executor(self._pool, self.builder.build, spec, report)
             while True:
                 next_event = asyncio.ensure_future(events.get())
                 done, _ = await asyncio.wait({next_event, job},
@@ -87,8 +103,7 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
             while not events.empty():
                 yield progress_event(events.get_nowait())
             outcome = job.result()
-            log.info("build source=%s key=%s cached=%s seconds=%.2f", spec.source,
-                     outcome.engine.engine_key, outcome.cached, time.monotonic() - started)
+            record.finish("cached" if outcome.cached else "built", outcome.engine.engine_key)
             yield result_event(outcome)
         except asyncio.CancelledError:
             raise
@@ -97,7 +112,11 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
             log.info("build source=%s status=%s seconds=%.2f: %s",
                      getattr(request, "source", "?"), code.name,
                      time.monotonic() - started, message)
+            record.finish(code.name)
             await context.abort(code, message)
+        finally:
+            if not record.finished:         # the client left (cancel, deadline, disconnect)
+                record.finish("CANCELLED")
 
     async def _unary(self, context, fn, *args):
         try:
@@ -219,6 +238,12 @@ class RunningServer:
     port: int                  # the bound port, useful with port 0
     servicer: BuilderServicer
     health: health.aio.HealthServicer
+    metrics_server: MetricsServer | None = None
+    tracing: Tracing = field(default_factory=Tracing.off)
+
+    @property
+    def metrics_port(self) -> int:
+        return self.metrics_server.port if self.metrics_server is not None else 0
 
     async def stop(self, grace_s: float = 30.0) -> None:
         """Reports NOT_SERVING, then drains in-flight calls for up to grace_s."""
@@ -226,11 +251,17 @@ class RunningServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
         self.servicer.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        self.tracing.shutdown()
 
 
-async def start_server(options: ServerOptions) -> RunningServer:
+async def start_server(options: ServerOptions, tracing: Tracing | None = None) -> RunningServer:
     builder, uploads = make_builder(options)
-    servicer = BuilderServicer(builder, uploads, options.max_concurrent_builds)
+    metrics = BuilderMetrics() if options.metrics_listen else None
+    tracing = tracing or Tracing.from_settings(options.otlp_endpoint, SERVICE_BUILDER)
+    servicer = BuilderServicer(builder, uploads, options.max_concurrent_builds,
+                               BuildObserver(metrics, tracing))
     message_bytes = options.upload_limits.max_chunk_bytes + (1 << 16)
     security = options.security
     server = grpc.aio.server(
@@ -246,7 +277,9 @@ async def start_server(options: ServerOptions) -> RunningServer:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, servicer, health_servicer)
+    metrics_server = (MetricsServer(metrics.registry, MetricsEndpoint.parse(options.metrics_listen))
+                      if metrics is not None else None)
+    return RunningServer(server, port, servicer, health_servicer, metrics_server, tracing)
 
 
 async def serve(options: ServerOptions, grace_s: float = 30.0) -> None:
@@ -255,6 +288,9 @@ async def serve(options: ServerOptions, grace_s: float = 30.0) -> None:
     where = options.listen if options.listen.startswith("unix:") else \
         f"{options.listen.rsplit(':', 1)[0]}:{running.port}"
     print(f"kiln builder listening on {where} store={options.store_uri}", flush=True)
+    if running.metrics_server is not None:
+        print(f"kiln builder metrics on http://{MetricsEndpoint.parse(options.metrics_listen).host}"
+              f":{running.metrics_port}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -23,7 +23,7 @@ from runtime_service.format.engine_format import (CONFIG, MANIFEST, TOKENIZER_DI
                                            sha256_file)
 from runtime_service.errors import EngineNotFound, InvalidRequest, PermissionDenied
 from runtime_service.model.loader import config_for_folder
-from runtime_service.store import S3Settings, open_store, pull_engine
+from runtime_service.store import ProgressFn, S3Settings, open_store, pull_engine
 
 from builder_service.engine_key import canonical_json, source_digest
 from builder_service.uploads import UPLOAD_SCHEME, UploadArea
@@ -89,12 +89,13 @@ class SourceResolver:
         (self.work_dir / "sources").mkdir(parents=True, exist_ok=True)
         self.digests = DigestCache(self.work_dir / "digests.json")
 
-    def resolve(self, source: str) -> ResolvedSource:
+    def resolve(self, source: str, pulled: ProgressFn | None = None) -> ResolvedSource:
+        """`pulled(done_bytes, total_bytes, message)` follows the copy of an s3:// source."""
         parsed = urlparse(source)
         if source.startswith(f"{UPLOAD_SCHEME}://"):
             folder = self.uploads.source_folder(source[len(UPLOAD_SCHEME) + 3:])
         elif parsed.scheme == "s3":
-            folder = self._mirror_s3(source)
+            folder = self._mirror_s3(source, pulled)
         elif parsed.scheme in ("", "file"):
             folder = self._local(parsed.path if parsed.scheme == "file" else source)
         else:
@@ -141,23 +142,28 @@ class SourceResolver:
             raise EngineNotFound(f"source folder {path} does not exist")
         return folder
 
-    def _mirror_s3(self, uri: str) -> Path:
+    def _mirror_s3(self, uri: str, pulled: ProgressFn | None) -> Path:
         """A local copy of the source prefix; an engine is pulled with full verification."""
         store = open_store(uri, self.s3_settings)
         objects = [info for info in store.list_objects("") if is_source_file(info.key)]
         if not objects:
             raise EngineNotFound(f"no model files under {uri}")
         if any(info.key == MANIFEST for info in objects):
-            return pull_engine(uri, self.work_dir / "sources" / "engines", self.s3_settings)
+            return pull_engine(uri, self.work_dir / "sources" / "engines", self.s3_settings,
+                               progress=pulled)
         listing = canonical_json([uri, [(info.key, info.size_bytes, info.etag) for info in objects]])
         target = self.work_dir / "sources" / f"s3-{hashlib.sha256(listing).hexdigest()}"
         if target.is_dir():
             return target
 
         def fill(partial: Path) -> None:
+            done, total = 0, sum(info.size_bytes for info in objects)
             for info in objects:
                 dest = partial / info.key
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 store.get_file(info.key, dest)
+                done += info.size_bytes
+                if pulled is not None:
+                    pulled(done, total, info.key)
 
         return fill_then_rename(target, fill)

@@ -67,6 +67,8 @@ class Request:
     priority: int = 0
     cache_salt: str = ""                  # prefix blocks are shared only within one salt
     arrival_time: float = field(default_factory=time.monotonic)
+    # Stamped once by the scheduler when the request first runs: queue time for metrics/traces.
+    first_scheduled_time: float | None = None
 
 
 @dataclass(frozen=True)

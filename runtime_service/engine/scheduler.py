@@ -15,6 +15,7 @@ Policies:
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 
 from runtime_service.errors import InvalidRequest
@@ -145,6 +146,8 @@ class Scheduler:
                 self._unclaim(seq)
                 break
             self.waiting.pop(0)
+            if seq.request.first_scheduled_time is None:
+                seq.request.first_scheduled_time = time.monotonic()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSequence(seq, num_new))

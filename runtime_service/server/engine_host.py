@@ -22,6 +22,7 @@ from runtime_service.format.engine_format import read_manifest
 from runtime_service.errors import FailedPrecondition, InvalidRequest, Unavailable
 from runtime_service.engine.request import Request, SamplingParams
 from runtime_service.store import fetch_engine
+from runtime_service.store.progress import StageProgress
 
 log = logging.getLogger("kiln.runtime")
 
@@ -157,7 +158,11 @@ class EngineHost:
         from runtime_service.engine.executor import Executor, ExecutorOptions
         from runtime_service.distributed.rank_worker import engine_world_size, start_ranked_executor
         started = time.monotonic()
-        folder, kind = fetch_engine(uri, settings.cache_dir)
+        pull = StageProgress("kiln-pull", logger=log)       # a bar on a terminal, else log lines
+        try:
+            folder, kind = fetch_engine(uri, settings.cache_dir, pull.bytes_callback("pull"))
+        finally:
+            pull.close()
         options = settings.executor or ExecutorOptions()
         world_size = engine_world_size(folder) if kind != "hf" else 1
         if world_size > capabilities.MAX_WORLD_SIZE:

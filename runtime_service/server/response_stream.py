@@ -137,5 +137,10 @@ class ResponseAssembler:
                                         cached_tokens=self._cached_tokens)))
 
     @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens the engine took from its prefix cache (known once a sequence ends)."""
+        return self._cached_tokens
+
+    @property
     def done(self) -> bool:
         return bool(self._sequences) and all(s.complete for s in self._sequences.values())

@@ -30,6 +30,10 @@ from runtime_service.server.engine_host import EngineHost, RuntimeSettings, Stat
 from runtime_service.errors import KilnError
 from runtime_service.server.liveness import StepStallWatchdog
 from runtime_service.store.atomic_folder import remove_abandoned_partials
+from runtime_service.server.observability import (ObservabilitySettings, PodObservability,
+                                                  add_observability_arguments,
+                                                  observability_from_args)
+from runtime_service.server.log_format import configure_logging
 from runtime_service.server.servicer import (LIVENESS_SERVICE_NAME, SERVICE_NAME, RuntimeServicer,
                                     generic_handler)
 
@@ -82,6 +86,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "step loop has work but no step for this long")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument("--log-level", default="INFO")
+    add_observability_arguments(parser)
 
 
 def settings_from_args(args) -> RuntimeSettings:
@@ -108,13 +113,15 @@ def settings_from_args(args) -> RuntimeSettings:
 class RuntimeServer:
     """The grpc.aio server with the Runtime, health and reflection services."""
 
-    def __init__(self, settings: RuntimeSettings, security: TransportSecurity = TransportSecurity()):
+    def __init__(self, settings: RuntimeSettings, security: TransportSecurity = TransportSecurity(),
+                 observability: ObservabilitySettings = ObservabilitySettings(), tracing=None):
         self.settings = settings
         self.security = security
         self.health = health.aio.HealthServicer()
         self.host = EngineHost(settings, on_state=self._on_state,
                                on_failure=self._on_engine_failure)
-        self.servicer = RuntimeServicer(self.host)
+        self.observability = PodObservability(observability, self.host, tracing)
+        self.servicer = RuntimeServicer(self.host, self.observability.observer)
         size = settings.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=security.interceptors(),
@@ -188,6 +195,7 @@ class RuntimeServer:
             raise OSError(f"cannot listen on {listen}")
         await self.server.start()
         log.info("runtime listening on %s (port %d)", listen, self.port)
+        self.observability.start()
         return self.port
 
     async def drain_and_stop(self) -> None:
@@ -210,6 +218,7 @@ class RuntimeServer:
             self._watching.cancel()
             self._watching = None
         await self.server.stop(grace=grace_s)
+        self.observability.stop()
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -218,7 +227,7 @@ class RuntimeServer:
 async def serve(args) -> int:
     settings = settings_from_args(args)
     security = TransportSecurity.from_files(args.tls_cert, args.tls_key, args.token_file)
-    runtime = RuntimeServer(settings, security)
+    runtime = RuntimeServer(settings, security, observability_from_args(args))
     # what a pull killed mid-way left behind (a live pull of another pod holds its lock)
     await asyncio.to_thread(remove_abandoned_partials, settings.cache_dir)
     port = await runtime.start(args.listen)
@@ -245,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Serve one Kiln engine over gRPC.")
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level, args.log_format)
     from runtime_service.distributed.rank_layout import launch_layout
     layout = launch_layout()
     if layout.launched and layout.node_rank > 0:

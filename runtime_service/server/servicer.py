@@ -3,7 +3,8 @@
 Requests are parsed leniently (a payload that is not a valid message is INVALID_ARGUMENT, not
 INTERNAL), every error leaves through rpc_errors, and a Generate whose call ends early (client
 cancel, deadline, disconnect) aborts its engine request in `finally`, which frees its KV blocks at
-the next step boundary. One structured log line per request.
+the next step boundary. One structured log line per request, with its metrics and trace
+(request_log.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from runtime_service.server import capabilities
 from runtime_service.server.convert import engine_request
 from runtime_service.format.engine_format import MANIFEST, read_manifest
 from runtime_service.server.engine_host import EngineHost
+from runtime_service.server.request_log import RequestObserver
 from runtime_service.errors import FailedPrecondition, InvalidRequest, KilnError
 from runtime_service.server.response_stream import ResponseAssembler
 from runtime_service.server.lenient import lenient as _lenient
@@ -40,8 +42,9 @@ TOKENIZE_THREADS = 2
 
 
 class RuntimeServicer:
-    def __init__(self, host: EngineHost):
+    def __init__(self, host: EngineHost, observer: RequestObserver | None = None):
         self.host = host
+        self.observer = observer or RequestObserver()      # log line, metrics, trace per call
         self.num_active_streams = 0
         self.num_requests_total = 0
         self.num_requests_aborted = 0
@@ -54,9 +57,9 @@ class RuntimeServicer:
     # ---- Generate ------------------------------------------------------------------------
 
     async def Generate(self, request, context):
-        started = time.monotonic()
+        record = self.observer.start(context.invocation_metadata())
         self.num_active_streams += 1
-        stream = executor = assembler = None
+        stream = executor = assembler = wanted = None
         status = "OK"
         try:
             try:
@@ -76,6 +79,7 @@ class RuntimeServicer:
                                           wanted.detokenize)
             try:
                 async for outputs in stream.batches():
+                    record.outputs(outputs)
                     for response in assembler.add_all(outputs):
                         yield response
                 for response in assembler.finish():
@@ -91,11 +95,7 @@ class RuntimeServicer:
                 status = "CANCELLED" if status == "OK" else status
             if assembler is not None:
                 self.num_tokens_generated += assembler.num_output_tokens
-                log.info("generate id=%s status=%s prompt_tokens=%d output_tokens=%d finish=%s "
-                         "duration_s=%.3f", assembler.request_id, status,
-                         assembler.num_prompt_tokens, assembler.num_output_tokens,
-                         getattr(assembler.finish_reason, "value", None),
-                         time.monotonic() - started)
+            record.finish(status, assembler, wanted.request if wanted is not None else None)
 
     # ---- unary calls ---------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ RELEASE = "demo"
 NAMESPACE = "kiln"
 
 # The objects a cluster validates only once a controller installs their CRD.
-CRD_KINDS = {("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")}
+CRD_KINDS = {("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
+             ("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 
 def example(name: str) -> dict:
@@ -30,7 +31,8 @@ def value_sets() -> dict[str, dict]:
     return {"default": {}, "external-s3": example("external-s3"),
             "tls-token": example("tls-token"), "multi-node-lws": example("multi-node"),
             "gpu-pods": example("gpu"), "two-models": example("two-models"),
-            "batch-build": example("batch-build")}
+            "batch-build": example("batch-build"), "observability": example("observability"),
+            "metrics-off": {**example("two-models"), "metrics": {"enabled": False, "port": 9400}}}
 
 
 def render(values: dict | None = None) -> list[dict]:

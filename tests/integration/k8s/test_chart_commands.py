@@ -140,11 +140,14 @@ def with_flags(args: list[str], **replacements: str) -> list[str]:
 
 
 def localize(args: list[str]) -> list[str]:
-    """A rendered command as this machine runs it: the venv's python and launcher, cpu."""
+    """A rendered command as this machine runs it: the venv's python and launcher, cpu, metrics
+    on a free loopback port."""
     args = [sys.executable if a == "python" else a for a in args]
     args = [str(VENV_BIN / a) if a == "kiln-launch" else a for a in args]
     if "--device" in args:
         args = with_flags(args, device="cpu")
+    if "--metrics-listen" in args:          # loopback, and no two processes on one fixed port
+        args = with_flags(args, metrics_listen="127.0.0.1:0")
     return args
 
 

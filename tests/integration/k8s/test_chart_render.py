@@ -3,6 +3,7 @@ built-in object, the LeaderWorkerSet's shape, and values the schema or the templ
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import yaml
 
 from k8s_chart import (CHART, CRD_KINDS, KUBE_VERSION, by_kind, containers,
                        pod_templates, render, value_sets)
+from k8s_crds import VENDORED, crd_errors
 
 pytest.importorskip("helm_python", reason="pip install helm-python-sdk (requirements.txt)")
 pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
@@ -19,7 +21,7 @@ import helm_python as helm  # noqa: E402
 
 VALUE_SETS = value_sets()
 BUILTIN_KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job",
-                 "StatefulSet", "Secret", "ServiceAccount"}
+                 "StatefulSet", "Secret", "ServiceAccount", "ConfigMap"}
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,9 @@ def test_every_builtin_object_validates_strictly(value_set, rendered, tmp_path):
     objects = rendered[value_set]
     assert {o["kind"] for o in objects} <= BUILTIN_KINDS | {kind for _, kind in CRD_KINDS}
     builtin = [o for o in objects if (o["apiVersion"], o["kind"]) not in CRD_KINDS]
+    # KEDA and Prometheus Operator objects: strictly against their CRDs' vendored schemas.
+    custom = [o for o in objects if (o["apiVersion"], o["kind"]) in VENDORED]
+    assert [e for o in custom for e in crd_errors(o)] == []
     # The LeaderWorkerSet's pod templates are core PodTemplateSpecs: validate them as Pods.
     for obj in objects:
         if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
@@ -239,6 +244,11 @@ SCHEMA_REJECTS = {
     "TLS without a Secret": {"tls": {"enabled": True}},
     "step stall timeout of zero": {"runtime": {"stepStallTimeoutSeconds": 0}},
     "store that is not s3": {"store": {"uri": "http://minio:9000/kiln"}},
+    "unknown autoscaling mode": _model(autoscaling={"enabled": True, "mode": "memory"}),
+    "KV-use target above 1": _model(autoscaling={"keda": {"targetKvCacheUsage": 1.5}}),
+    "unknown log format": {"logFormat": "xml"},
+    "metrics port out of range": {"metrics": {"enabled": True, "port": 70000}},
+    "OTLP endpoint without scheme": {"tracing": {"otlpEndpoint": "otel:4317"}},
     "negative build backoff": {"buildJob": {"backoffLimit": -1}},
     "build without a model": {"builds": [{"name": "b"}]},
 }
@@ -248,6 +258,9 @@ RENDER_REJECTS = {
     "a model name used twice": ({"models": [{"name": "m", "engine": "/e"}] * 2}, "used twice"),
     "no store at all": ({"minio": {"enabled": False}}, "store.s3.endpoint is empty"),
     "liveness shorter than the drain": ({"runtime": {"drainSeconds": 120}}, "must exceed"),
+    "KEDA without metrics": ({"metrics": {"enabled": False, "port": 9400},
+                              **_model(autoscaling={"enabled": True, "mode": "keda"})},
+                             "needs metrics.enabled"),
     "autoscaling min above max": (
         _model(autoscaling={"enabled": True, "minReplicas": 5, "maxReplicas": 2}), "exceeds"),
 }
@@ -264,3 +277,103 @@ def test_cross_field_rules_fail_the_render_with_a_message(case):
     values, message = RENDER_REJECTS[case]
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
         render(values)
+
+
+def test_crd_validation_catches_an_unknown_field(rendered):
+    scaled = by_kind(rendered["observability"], "ScaledObject")["demo-kiln-llama3-8b"]
+    bad = {**scaled, "spec": {**scaled["spec"], "maxReplicas": 8}}
+    assert any("maxReplicas" in e for e in crd_errors(bad))
+    monitor = by_kind(rendered["observability"], "ServiceMonitor")["demo-kiln"]
+    endpoint = {**monitor["spec"]["endpoints"][0], "intervall": "15s"}
+    bad = {**monitor, "spec": {**monitor["spec"], "endpoints": [endpoint]}}
+    assert any("intervall" in e for e in crd_errors(bad))
+
+
+def _metric_names() -> set[str]:
+    """Every series name the runtime and the builder export (histograms with their suffixes)."""
+    from builder_service.metrics import BuilderMetrics
+    from runtime_service.server.metrics import (EngineSnapshot, RuntimeMetrics,
+                                                EngineStatsCollector)
+    names = set()
+    for registry in (RuntimeMetrics().registry, BuilderMetrics().registry):
+        for family in registry.collect():
+            names |= {family.name, f"{family.name}_total", f"{family.name}_bucket"}
+    stats = type("Stats", (), dict(num_free_blocks=1, num_total_blocks=2, num_live_requests=0,
+                                   num_waiting=0, num_running=0, num_steps=0, num_preemptions=0))
+    collector = EngineStatsCollector(lambda: EngineSnapshot("k", "m", stats))
+    for family in collector.collect():
+        names |= {family.name, f"{family.name}_total"}
+    return names
+
+
+def _series_in(expr: str) -> set[str]:
+    return set(re.findall(r"\b(kiln_[a-z0-9_]+)", expr))
+
+
+def test_keda_scales_each_model_on_its_own_waiting_requests_and_kv_use(rendered):
+    objects = rendered["observability"]
+    scaled = by_kind(objects, "ScaledObject")
+    assert set(scaled) == {"demo-kiln-llama3-8b"}
+    assert set(by_kind(objects, "HorizontalPodAutoscaler")) == {"demo-kiln-smollm2"}
+    spec = scaled["demo-kiln-llama3-8b"]["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                      "name": "demo-kiln-llama3-8b"}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 8)
+    triggers = {t["name"]: t for t in spec["triggers"]}
+    waiting, kv = triggers["waiting-requests-per-pod"], triggers["kv-cache-usage"]
+    assert waiting["metricType"] == "AverageValue" and waiting["metadata"]["threshold"] == "8"
+    assert kv["metricType"] == "Value" and kv["metadata"]["threshold"] == "0.85"
+    known = _metric_names()
+    for trigger in (waiting, kv):
+        query = trigger["metadata"]["query"]
+        assert 'model="llama3-8b"' in query and 'namespace="kiln"' in query
+        assert _series_in(query) and _series_in(query) <= known, query
+        assert trigger["metadata"]["serverAddress"].startswith("http://kube-prometheus-stack")
+    # The served model name the queries select on is what the pod is told to label with.
+    args = by_kind(objects, "Deployment")["demo-kiln-llama3-8b"]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert args[args.index("--served-model-name") + 1] == "llama3-8b"
+    assert "replicas" not in by_kind(objects, "Deployment")["demo-kiln-llama3-8b"]["spec"]
+
+
+def test_grafana_dashboard_charts_only_series_kiln_exports(rendered):
+    (dashboard,) = by_kind(rendered["observability"], "ConfigMap").values()
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(dashboard["data"]["kiln.json"])
+    exprs = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    used = set().union(*map(_series_in, exprs))
+    assert used and used <= _metric_names(), used - _metric_names()
+    assert not by_kind(rendered["default"], "ConfigMap")
+
+
+@pytest.mark.parametrize("value_set", ["default", "observability", "metrics-off"])
+def test_metrics_ports_flags_and_scrape_config_agree(value_set, rendered):
+    objects = rendered[value_set]
+    metrics_on = VALUE_SETS[value_set].get("metrics", {}).get("enabled", True)
+    monitor = VALUE_SETS[value_set].get("metrics", {}).get("serviceMonitor", {}).get("enabled")
+    assert bool(by_kind(objects, "ServiceMonitor")) == bool(metrics_on and monitor)
+    for obj in objects:
+        for role, spec in pod_templates(obj):
+            (c, *_) = spec["containers"]
+            if c["name"] not in ("runtime", "builder") or role == "worker":
+                continue
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            annotations = (obj["spec"].get("template") or {}).get("metadata", {}).get(
+                "annotations", {}) if obj["kind"] == "Deployment" else {}
+            if not metrics_on:
+                assert "metrics" not in ports and "--metrics-listen" not in c["args"]
+                assert not annotations
+                continue
+            listen = c["args"][c["args"].index("--metrics-listen") + 1]
+            assert int(listen.rsplit(":", 1)[1]) == ports["metrics"], obj["metadata"]["name"]
+            assert c["args"][c["args"].index("--log-format") + 1] == "json"
+            if obj["kind"] == "Deployment":
+                scraped = annotations.get("prometheus.io/scrape") == "true"
+                assert scraped == (not monitor), obj["metadata"]["name"]
+                if scraped:
+                    assert annotations["prometheus.io/port"] == str(ports["metrics"])
+    for name, service in by_kind(objects, "Service").items():
+        names = [p["name"] for p in service["spec"]["ports"]]
+        # A headless Service never carries the metrics port: no pod is scraped twice.
+        has_metrics = metrics_on and not name.endswith("-headless") and "minio" not in name
+        assert ("metrics" in names) == has_metrics, name

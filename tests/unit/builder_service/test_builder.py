@@ -104,5 +104,9 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise():
     printer = ProgressPrinter(tty, tty=True)
     for event in events:
         printer(event)
+    printer(BuildProgress("publish", 3 << 20, 3 << 20, "bytes", "rank0.safetensors"))
     printer.finish()
-    assert tty.getvalue().count("\r") == 21 and "100%" in tty.getvalue()
+    drawn = tty.getvalue()
+    assert "\r" in drawn and "kiln-build" not in drawn          # a redrawn tqdm bar, not lines
+    assert "convert" in drawn and "20/20" in drawn and "100%" in drawn
+    assert "3.00M" in drawn                                     # bytes are scaled (MiB)

@@ -90,6 +90,9 @@ args: root, m
 - {{ int $r.drainSeconds | quote }}
 - --step-stall-timeout-s
 - {{ int $r.stepStallTimeoutSeconds | quote }}
+- --served-model-name
+- {{ $m.name }}
+{{- with include "kiln.observabilityArgs" .root }}{{ . | trim | nindent 0 }}{{ end }}
 {{- with include "kiln.transportArgs" .root }}{{ . | trim | nindent 0 }}{{ end }}
 {{- end }}
 
@@ -211,6 +214,7 @@ containers:
       {{- if gt (int $m.nodes) 1 }}
       - {name: rendezvous, containerPort: {{ int $r.launchPort }}, protocol: TCP}
       {{- end }}
+      {{- with include "kiln.metricsContainerPort" $root }}{{ . | trim | nindent 6 }}{{ end }}
     {{- include "kiln.runtimeProbes" (dict "root" $root) | nindent 4 }}
     {{- end }}
     securityContext:

@@ -22,6 +22,9 @@ uniqueness by key); each failure names the model and the field. runtime-deployme
 {{- if ne (mul (int $m.tp) (int $m.pp)) $world }}
 {{- fail (printf "models[%s]: tp * pp = %d must equal max(gpusPerPod, 1) * nodes = %d (one rank per GPU)" $m.name (mul (int $m.tp) (int $m.pp)) $world) }}
 {{- end }}
+{{- if and $m.autoscaling.enabled (eq $m.autoscaling.mode "keda") (not $v.metrics.enabled) }}
+{{- fail (printf "models[%s].autoscaling.mode keda scales on the pods' Prometheus metrics: it needs metrics.enabled" $m.name) }}
+{{- end }}
 {{- if and $m.autoscaling.enabled (gt (int $m.autoscaling.minReplicas) (int $m.autoscaling.maxReplicas)) }}
 {{- fail (printf "models[%s].autoscaling: minReplicas %d exceeds maxReplicas %d" $m.name (int $m.autoscaling.minReplicas) (int $m.autoscaling.maxReplicas)) }}
 {{- end }}

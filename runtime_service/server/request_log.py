@@ -1,0 +1,161 @@
+"""What a Generate call leaves behind when it ends: one log line, its metrics and its trace.
+
+The servicer opens a RequestRecord when the call starts, tells it when outputs arrive (one cheap
+check per batch, no per-token work) and closes it in `finally`. Everything is derived there from
+timestamps and the ResponseAssembler's counts, so the step loop never does observability work:
+
+- TTFT: call start -> first batch with a token; time per output token: first token -> last
+  batch, over the tokens after the first; queue time: the engine request's arrival -> its first
+  scheduled step (`Request.first_scheduled_time`, stamped once by the scheduler).
+- status: the gRPC code the client saw (OK, CANCELLED when the call ended early, or the code
+  of the typed error: runtime_service.errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runtime_service import errors
+from runtime_service.server.metrics import RuntimeMetrics
+from runtime_service.server.tracing import Tracing
+
+log = logging.getLogger("kiln.runtime.requests")
+
+
+def _error_codes() -> dict[str, str]:
+    codes, todo = {}, [errors.KilnError]
+    while todo:
+        cls = todo.pop()
+        codes[cls.__name__] = cls.status
+        todo.extend(cls.__subclasses__())
+    return codes
+
+
+def grpc_code(status: str) -> str:
+    """The gRPC code name for the servicer's status word: OK, CANCELLED, or an error class name
+    (a typed error maps to its own code; anything else is INTERNAL)."""
+    if status in ("OK", "CANCELLED"):
+        return status
+    return _error_codes().get(status, "INTERNAL")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The labels every series of this pod carries."""
+
+    engine_key: str = ""
+    model: str = ""
+
+
+class RequestRecord:
+    """One Generate call's timestamps (monotonic seconds) and, when tracing, its span."""
+
+    def __init__(self, observer: "RequestObserver", metadata):
+        self._observer = observer
+        self.started_s = time.monotonic()
+        self._started_wall_s = time.time()
+        self.first_token_s: float | None = None
+        self.last_output_s: float | None = None
+        self.span = observer.tracing.start_call("kiln.v1.Runtime/Generate", metadata,
+                                                self._started_wall_s)
+
+    def outputs(self, outputs) -> None:
+        """Called with each batch of RequestOutputs the call receives."""
+        now = time.monotonic()
+        self.last_output_s = now
+        if self.first_token_s is None and any(out.new_token_ids for out in outputs):
+            self.first_token_s = now
+
+    def wall(self, monotonic_s: float) -> float:
+        return self._started_wall_s + (monotonic_s - self.started_s)
+
+    def finish(self, status: str, assembler, request) -> None:
+        """Ends the call: `assembler` is None when it never reached the engine, `request` the
+        engine Request (or None) whose arrival and first scheduled step give the queue time."""
+        self._observer.finish(self, status, assembler, request)
+
+
+class RequestObserver:
+    """Turns each finished RequestRecord into a log line, metrics and spans."""
+
+    def __init__(self, metrics: RuntimeMetrics | None = None, tracing: Tracing = Tracing.off(),
+                 served_model: Callable[[], ServedModel] = ServedModel):
+        self.metrics = metrics
+        self.tracing = tracing
+        self.served_model = served_model
+
+    def start(self, metadata=None) -> RequestRecord:
+        return RequestRecord(self, metadata)
+
+    def finish(self, record: RequestRecord, status: str, assembler, request) -> None:
+        ended = time.monotonic()
+        code = grpc_code(status)
+        prompt = assembler.num_prompt_tokens if assembler is not None else 0
+        output = assembler.num_output_tokens if assembler is not None else 0
+        cached = assembler.cached_tokens if assembler is not None else 0
+        reason = getattr(getattr(assembler, "finish_reason", None), "value", None) or ""
+        ttft = (record.first_token_s - record.started_s
+                if record.first_token_s is not None else None)
+        scheduled = getattr(request, "first_scheduled_time", None)
+        queue = scheduled - request.arrival_time if scheduled is not None else None
+        tpot = None
+        if record.first_token_s is not None and output > 1:
+            tpot = (record.last_output_s - record.first_token_s) / (output - 1)
+        duration = ended - record.started_s
+        request_id = assembler.request_id if assembler is not None else \
+            getattr(request, "request_id", "")
+        log.info("generate", extra={"kiln": {
+            "request_id": request_id, "status": code, "finish_reason": reason,
+            "prompt_tokens": prompt, "output_tokens": output, "cached_tokens": cached,
+            "ttft_s": _rounded(ttft), "queue_s": _rounded(queue),
+            "duration_s": round(duration, 4)}})
+        if self.metrics is not None:
+            self._observe(code, reason, prompt, output, cached, ttft, tpot, queue, duration,
+                          reached_engine=assembler is not None)
+        if record.span is not None:
+            self._trace(record, code, scheduled, ended, request_id, prompt, output, cached)
+
+    def _observe(self, code, reason, prompt, output, cached, ttft, tpot, queue, duration,
+                 reached_engine: bool) -> None:
+        served = self.served_model()
+        self.metrics.requests.labels(served.engine_key, served.model, code, reason).inc()
+        if not reached_engine:
+            return
+        m = self.metrics.of(served.engine_key, served.model)
+        m.prompt_tokens.inc(prompt)
+        m.generation_tokens.inc(output)
+        m.prefix_cached_tokens.inc(cached)
+        m.prompt_length.observe(prompt)
+        m.output_length.observe(output)
+        m.e2e_latency.observe(duration)
+        if ttft is not None:
+            m.time_to_first_token.observe(ttft)
+        if tpot is not None:
+            m.time_per_output_token.observe(tpot)
+        if queue is not None:
+            m.queue_time.observe(queue)
+
+    def _trace(self, record, code, scheduled, ended, request_id, prompt, output, cached) -> None:
+        tracing, span = self.tracing, record.span
+        first, last = record.first_token_s, record.last_output_s
+        if scheduled is not None:
+            tracing.phase(span, "queue", record.wall(record.started_s), record.wall(scheduled))
+            tracing.phase(span, "prefill", record.wall(scheduled),
+                          record.wall(first if first is not None else ended),
+                          {"kiln.prompt_tokens": prompt, "kiln.cached_tokens": cached})
+        if first is not None:
+            tracing.phase(span, "decode", record.wall(first), record.wall(last),
+                          {"kiln.output_tokens": output})
+            tracing.phase(span, "stream", record.wall(first), record.wall(ended))
+        served = self.served_model()
+        tracing.end_call(span, record.wall(ended), code, {
+            "kiln.request_id": request_id, "kiln.engine_key": served.engine_key,
+            "kiln.model": served.model, "kiln.prompt_tokens": prompt,
+            "kiln.output_tokens": output})
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
