@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from kiln.v1 import builder_pb2, builder_pb2_grpc
 
 from runtime_service.server.auth import TransportSecurity
-from runtime_service.errors import CapacityExceeded, InvalidRequest
+from runtime_service.errors import Cancelled, CapacityExceeded, InvalidRequest
 from runtime_service.store import S3Settings, open_store
 
 from builder_service.builder import EngineBuilder
@@ -67,13 +68,21 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
 
     async def Build(self, request, context):
         started = time.monotonic()
+        cancelled = threading.Event()
         try:
             spec = spec_from_request(request)
             yield progress_event(BuildProgress("queued", 0, 0, "", "waiting for a build slot"))
             loop = asyncio.get_running_loop()
             events: asyncio.Queue = asyncio.Queue()
-            job = loop.run_in_executor(self._pool, self.builder.build, spec,
-                                       lambda p: loop.call_soon_threadsafe(events.put_nowait, p))
+
+            def progress(p: BuildProgress) -> None:
+                # The build thread stops at its next step (a layer) once the caller is gone;
+                # the pipeline removes its partial folder on the way out.
+                if cancelled.is_set():
+                    raise Cancelled(f"build of {spec.source} cancelled by the caller")
+                loop.call_soon_threadsafe(events.put_nowait, p)
+
+            job = loop.run_in_executor(self._pool, self.builder.build, spec, progress)
             while True:
                 next_event = asyncio.ensure_future(events.get())
                 done, _ = await asyncio.wait({next_event, job},
@@ -90,6 +99,7 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
                      outcome.engine.engine_key, outcome.cached, time.monotonic() - started)
             yield result_event(outcome)
         except asyncio.CancelledError:
+            cancelled.set()
             raise
         except Exception as exc:
             code, message = grpc_status(exc)

@@ -102,15 +102,18 @@ def shard_for_rank(name: str, full: torch.Tensor, args: ModelArgs, mapping: Mapp
 
 
 def rank_tensors(source: SafetensorsFolder, args: ModelArgs, mapping: Mapping,
-                 rank: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every (name, shard) that rank `rank` loads: its layers, plus embedding or head by stage."""
+                 rank: int, transform=None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every (name, shard) that rank `rank` loads: its layers, plus embedding or head by stage.
+    `transform(name, full)` may replace a full tensor by others before the split (quantization:
+    a weight becomes its qweight, scales and zeros)."""
     pp_rank = mapping.pp_rank(rank)
     for name, full in convert_hf_tensors(
             source, args, layers=mapping.layer_range(args, rank),
             with_embedding=pp_rank == 0, with_head=pp_rank == mapping.pp_size - 1):
         if (name == "lm_head.weight" and args.tie_word_embeddings and mapping.world_size == 1):
             continue
-        yield name, shard_for_rank(name, full, args, mapping, rank)
+        for out_name, out in (transform(name, full) if transform else ((name, full),)):
+            yield out_name, shard_for_rank(out_name, out, args, mapping, rank)
 
 
 __all__ = ["SafetensorsFolder", "read_hf_config", "convert_hf_tensors", "shard_for_rank",
