@@ -71,11 +71,16 @@ def quantize_int4(w: torch.Tensor, group_size: int,
                   scale_dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Round-to-nearest int4 of w [N, K] with a scale and zero point per group."""
     low, high = int4_group_range(w, group_size)
-    scales, zeros = int4_params(low, high)
-    scales = scales.to(scale_dtype).float()       # codes are rounded against the stored scale
+    scales, _ = int4_params(low, high)
+    stored = scales.to(scale_dtype)
+    # A scale rounded down in a narrow dtype would push the group's extremes past code 15:
+    # round it up instead, and place the zero point for the stored scale.
+    stored = torch.where(stored.float() < scales,
+                         torch.nextafter(stored, torch.full_like(stored, float("inf"))), stored)
+    scales = stored.float()
+    zeros = torch.round(-low / scales).clamp(0, INT4_MAX)
     codes = int4_codes(w, scales, zeros, group_size)
-    return {"qweight": pack_int4(codes), "scales": scales.to(scale_dtype),
-            "zeros": zeros.to(torch.uint8)}
+    return {"qweight": pack_int4(codes), "scales": stored, "zeros": zeros.to(torch.uint8)}
 
 
 def dequantize_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
