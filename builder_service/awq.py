@@ -29,7 +29,7 @@ from runtime_service.model.loader import load_model, tokenizer_dir_for
 from builder_service.calibration import CalibrationData
 
 GRID_POINTS = 20
-SEARCH_TOKENS = 4096           # tokens the scale search scores each candidate on
+SEARCH_TOKENS = 2048           # tokens the scale search scores each candidate on
 CLIP_TOKENS = 512              # tokens the clipping search scores on (AutoAWQ's choice)
 CLIP_STEPS = 10                # shrink the group range by up to 50%, in 5% steps
 CLIP_ROWS_PER_BATCH = 256
@@ -165,9 +165,9 @@ def _rewrite_layer(layer: nn.Module, inputs: dict[str, torch.Tensor], args,
         o *= s
         inputs["o"] = inputs["o"] / s
 
-    def mlp_output(x, weight):
-        return _swiglu(x @ weight.T) @ down.T
-    s = search_scales(inputs["gate_up"], gate_up, group_size, mlp_output)
+    def activation(x, weight):       # gate and up scored through SwiGLU, as down reads them
+        return _swiglu(x @ weight.T)
+    s = search_scales(inputs["gate_up"], gate_up, group_size, activation)
     layer.post_attn_norm.weight.data /= s
     gate_up *= s
     inputs["gate_up"] = inputs["gate_up"] / s

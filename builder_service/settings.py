@@ -16,7 +16,7 @@ from runtime_service.store import check_engine_name
 
 TARGET_DEVICES = ("any", "cpu", "cuda")
 SUPPORTED_QUANT_ALGOS = ("NONE", "W4A16", "W4A16_AWQ", "W8A16", "FP8")
-SUPPORTED_KV_CACHE_DTYPES = ("auto",)
+SUPPORTED_KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 CALIBRATED_ALGOS = ("W4A16_AWQ",)
 DEFAULT_MAX_SEQ_LEN = 2048
 DEFAULT_MAX_INPUT_LEN = 1024

@@ -94,6 +94,7 @@ class LlamaModel(nn.Module):
         self.args = args
         self.parallel = parallel
         self.layer_ids = layer_ids
+        self.kv_cache_dtype = "auto"     # or "int8" / "fp8": how the runner stores K and V
         backend = attention_backend or TorchReferenceAttention(
             args.num_heads // parallel.tp_size, args.num_kv_heads // parallel.tp_size,
             args.head_dim)

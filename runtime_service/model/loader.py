@@ -66,6 +66,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     model = LlamaModel(args, mapping.layer_range(args, rank), parallel, attention_backend, quant)
     tensors = _read_rank_tensors(folder, kind, args, mapping, rank)
     target_dtype = DTYPES[dtype_name] if dtype_name else _stored_dtype(tensors)
+    model.kv_cache_dtype = config.quant.kv_cache_dtype
     fixed = _assign(model, tensors)
     model.tie_weights_if_needed()
     model.to(device=device, dtype=target_dtype)

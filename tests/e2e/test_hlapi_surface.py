@@ -173,7 +173,6 @@ def test_runtime_customization_and_a_custom_tokenizer(tiny_model):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: setattr(c.quant_config, "kv_cache_quant_algo", QuantAlgo.INT8), "KV cache"),
     (lambda c: (setattr(c.parallel_config, "tp_size", 4),
                 setattr(c.parallel_config, "pp_size", 4)), "ranks"),
 ])

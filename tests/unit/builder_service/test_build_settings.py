@@ -76,9 +76,11 @@ def test_calibration_settings_belong_to_awq_only():
         BuildSpec(source="/m", quant=QuantConfig(algo="W8A16"), calib_data="/data.jsonl")
 
 
-def test_kv_cache_quantization_not_built_is_a_failed_precondition():
-    with pytest.raises(FailedPrecondition, match="kv_cache_dtype int8"):
-        BuildSpec(source="/m", quant=QuantConfig(kv_cache_dtype="int8"))
+def test_kv_cache_dtypes_are_built_and_others_refused():
+    for dtype in ("int8", "fp8"):
+        BuildSpec(source="/m", quant=QuantConfig(kv_cache_dtype=dtype))
+    with pytest.raises(InvalidRequest, match="kv_cache_dtype"):
+        QuantConfig(kv_cache_dtype="int4")
 
 
 @pytest.mark.parametrize("kwargs", [
