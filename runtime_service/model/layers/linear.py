@@ -169,7 +169,7 @@ class RowParallelLinear(nn.Module):
 
     def _partial(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is not None:
-            return quantized_linear(self, self.quant, x)
+            return quantized_linear(self, self.quant, x, row_max=self.parallel.all_reduce_max)
         return linear(x, self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

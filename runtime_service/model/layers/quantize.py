@@ -108,11 +108,14 @@ def quantize_fp8(w: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"qweight": q, "scales": scales}
 
 
-def fake_quantize_fp8_rows(x: torch.Tensor) -> torch.Tensor:
+def fake_quantize_fp8_rows(x: torch.Tensor, row_amax: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] through a dynamic per-row E4M3 round trip, in x's dtype: what the FP8 layer does
-    to its activations before the matmul."""
+    to its activations before the matmul. `row_amax` [M, 1] overrides each row's max |x| (a
+    row-parallel layer passes the whole row's, so every rank scales alike)."""
     xf = x.float()
-    scale = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
+    if row_amax is None:
+        row_amax = xf.abs().amax(dim=-1, keepdim=True)
+    scale = (row_amax / FP8_MAX).clamp(min=MIN_SCALE)
     return ((xf / scale).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
 
 

@@ -90,14 +90,16 @@ def dequantized_weight(module: nn.Module, quant: WeightQuant, dtype: torch.dtype
 
 
 def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., K] @ W^T (+ bias) for the layer's quantized W."""
+                     bias: torch.Tensor | None = None, row_max=None) -> torch.Tensor:
+    """x [..., K] @ W^T (+ bias) for the layer's quantized W. A row-parallel layer, whose x is
+    a slice of each row, passes `row_max` (an all-reduce max over its ranks) so that FP8
+    scales every row by its whole max |x| on the CPU path, as a single rank does."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     if x2.is_cuda and kernels.available():
         y = _cuda_linear(module, quant, x2, bias)
     else:
-        y = _cpu_linear(module, quant, x2, bias)
+        y = _cpu_linear(module, quant, x2, bias, row_max)
     return y.reshape(*shape[:-1], y.shape[-1])
 
 
@@ -106,13 +108,14 @@ def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
 INT8PACK_MAX_ROWS = 4
 
 
-def _cpu_linear(module, quant: WeightQuant, x: torch.Tensor, bias) -> torch.Tensor:
+def _cpu_linear(module, quant: WeightQuant, x: torch.Tensor, bias, row_max) -> torch.Tensor:
     if (quant.kind == "int8" and x.shape[0] <= INT8PACK_MAX_ROWS
             and x.dtype in (torch.float32, torch.bfloat16, torch.float16)):
         y = torch._weight_int8pack_mm(x, module.qweight, module.scales.to(x.dtype))
         return y + bias if bias is not None else y
     if quant.kind == "fp8":
-        x = fake_quantize_fp8_rows(x)
+        amax = x.float().abs().amax(dim=-1, keepdim=True)
+        x = fake_quantize_fp8_rows(x, row_max(amax) if row_max else amax)
     return nn.functional.linear(x, dequantized_weight(module, quant, x.dtype), bias)
 
 
