@@ -58,8 +58,11 @@ class EngineBuilder:
                       calibration: CalibrationData | None = None) -> EngineConfig:
         """The engine's config; a calibrated algorithm records its data's digest and amount."""
         spec.mapping.check_divides(config.model)
-        spec.quant.check_fits(config.model, spec.mapping.tp_size)
         quant = spec.quant
+        if config.quant.algo != "NONE" and quant.algo == "NONE":
+            # a pre-quantized source is built as it is quantized (never re-quantized)
+            quant = dataclasses.replace(config.quant, kv_cache_dtype=quant.kv_cache_dtype)
+        quant.check_fits(config.model, spec.mapping.tp_size)
         if calibration is not None:
             quant = dataclasses.replace(quant, calib_sha256=calibration.sha256,
                                         calib_num_samples=calibration.num_samples,

@@ -72,7 +72,8 @@ def _source_rank_tensors(source: ResolvedSource, target: EngineConfig, dtype: to
         transform = quantizing(target.quant, dtype or torch.float32, replaced)
     if source.kind == "hf":
         weights = SafetensorsFolder(source.folder)
-        return lambda rank: rank_tensors(weights, args, mapping, rank, transform)
+        return lambda rank: rank_tensors(weights, args, mapping, rank, transform,
+                                         source.config.quant)
     shards = KilnShards(source.folder, source.config)
     return lambda rank: kiln_rank_tensors(shards, args, mapping, rank, transform)
 

@@ -9,13 +9,14 @@ import torch
 from safetensors import safe_open
 
 from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
-from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapping
+from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapping, QuantConfig
 from runtime_service.format.engine_format import (TOKENIZER_DIR, detect_model_kind, rank_file,
                                            read_engine_config)
 from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, read_hf_config
 from runtime_service.model.layers.quantized_linear import WeightQuant, pack_for_device
 from runtime_service.model.llama import LlamaModel
+from runtime_service.model.prequantized import quant_config_of
 from runtime_service.format.model_config import ModelArgs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -34,7 +35,9 @@ def config_for_folder(folder: str | Path) -> tuple[str, EngineConfig]:
     """The folder's kind and its EngineConfig (an HF folder gets an unsplit, unquantized one)."""
     kind = detect_model_kind(folder)
     if kind == "hf":
-        return kind, EngineConfig(model=ModelArgs.from_hf_config(read_hf_config(Path(folder))))
+        hf = read_hf_config(Path(folder))
+        return kind, EngineConfig(model=ModelArgs.from_hf_config(hf),
+                                  quant=quant_config_of(hf) or QuantConfig())
     return kind, read_engine_config(folder)
 
 
@@ -59,7 +62,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     if kind == "hf":
         mapping = Mapping(parallel.tp_size, parallel.pp_size)
         mapping.check_divides(config.model)
-        config = EngineConfig(model=config.model, mapping=mapping)
+        config = EngineConfig(model=config.model, quant=config.quant, mapping=mapping)
     dtype_name = dtype or (config.build.dtype if config.build else None)
     args = config.model
     quant = WeightQuant.for_algo(config.quant.algo, config.quant.group_size)
@@ -83,7 +86,8 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
 def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mapping,
                        rank: int) -> dict[str, torch.Tensor]:
     if kind == "hf":
-        return dict(rank_tensors(SafetensorsFolder(folder), args, mapping, rank))
+        return dict(rank_tensors(SafetensorsFolder(folder), args, mapping, rank,
+                                 quant=quant_config_of(read_hf_config(folder))))
     path = folder / rank_file(rank)
     if not path.is_file():
         raise InvalidRequest(f"{folder} has no weights for rank {rank} ({path.name})")

@@ -16,7 +16,8 @@ from runtime_service.store import open_store
 from support.random_llama import make_random_llama
 
 PROMPTS = [[5, 17, 99, 3, 250, 8, 9], list(range(10, 50))]
-ALGOS = ["W4A16", "FP8"]     # grouped int4 shards; FP8 row scales over ranks (W8A16: test_quantized_build)
+# grouped int4 shards, and FP8 row scales over ranks (W8A16 splits: test_quantized_build.py)
+ALGOS = ["W4A16", "FP8"]
 
 
 @pytest.fixture(scope="module")
