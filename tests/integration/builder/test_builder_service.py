@@ -243,3 +243,32 @@ def write_token(tmp_path, token):
     path = tmp_path / "token"
     path.write_text(token)
     return path
+
+
+def test_cancelled_awq_build_stops_at_a_layer_and_leaves_nothing_behind(stub, builder_server,
+                                                                        tiny_hf):
+    """The caller goes away during calibration: the build thread stops at its next layer,
+    removes its partial folder and publishes nothing; the service stays up."""
+    import time
+    inside = builder_server.models / "cancel-me"
+    shutil.copytree(tiny_hf, inside)
+    words = " ".join(f"w{(i * 37) % 250}" for i in range(4000))
+    (builder_server.models / "calib.txt").write_text(words)
+    quant = engine_pb2.QuantSettings(algo="W4A16_AWQ", group_size=32, calib_num_samples=8,
+                                     calib_seq_len=256,
+                                     calib_data=str(builder_server.models / "calib.txt"))
+    request = builder_pb2.BuildRequest(source=str(inside), settings=engine_pb2.BuildSettings(
+        dtype="float32", quant=quant))
+    call = stub.Build(request, metadata=builder_server.metadata, timeout=120)
+    for event in call:
+        if event.progress.stage == "calibrate":
+            call.cancel()
+            break
+    builds = builder_server.models.parent / "work" / "builds"
+    deadline = time.monotonic() + 60
+    while builds.exists() and any(builds.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not builds.exists() or not any(builds.iterdir())
+    engines = stub.ListEngines(builder_pb2.ListEnginesRequest(), metadata=builder_server.metadata)
+    assert all(e.settings.quant.algo != "W4A16_AWQ" for e in engines.engines)
+    assert builder_server.process.poll() is None
