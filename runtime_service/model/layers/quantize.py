@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from runtime_service.format.engine_config import INT4_GROUP_SIZES as GROUP_SIZES  # noqa: F401
-
 INT4_MAX = 15
 INT8_MAX = 127
 FP8_MAX = 448.0                      # largest finite float8_e4m3fn
-GROUP_SIZES = (128, 64, 32)
 MIN_SCALE = 1e-8
 
 

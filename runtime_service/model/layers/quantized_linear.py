@@ -19,7 +19,8 @@ from torch import nn
 
 from runtime_service.errors import InvalidRequest
 from runtime_service.model import kernels
-from runtime_service.model.layers.quantize import (GROUP_SIZES, dequantize_int4,
+from runtime_service.format.engine_config import INT4_GROUP_SIZES as GROUP_SIZES
+from runtime_service.model.layers.quantize import (dequantize_int4,
                                                    dequantize_per_channel,
                                                    fake_quantize_fp8_rows, quantize_fp8,
                                                    quantize_int4, quantize_int8)
