@@ -7,6 +7,7 @@ killed mid-publish resumes with the upload rather than the conversion.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from runtime_service.errors import CorruptEngine, EngineNotFound
 from runtime_service.store import Store
 
 from builder_service.build_cache import BuildCache
+from builder_service.calibration import CalibrationData, load_calibration
 from builder_service.engine_key import engine_key
 from builder_service.pipeline import BuildProgress, ProgressFn, build_engine_folder
-from builder_service.settings import BuildSpec
+from builder_service.settings import CALIBRATED_ALGOS, BuildSpec
 from builder_service.sources import SourceResolver
 
 
@@ -52,17 +54,38 @@ class EngineBuilder:
         self.work_dir = Path(work_dir)
         self.cache = BuildCache(store, self.work_dir / "locks")
 
-    def target_config(self, spec: BuildSpec, config: EngineConfig) -> EngineConfig:
+    def target_config(self, spec: BuildSpec, config: EngineConfig,
+                      calibration: CalibrationData | None = None) -> EngineConfig:
+        """The engine's config; a calibrated algorithm records its data's digest and amount."""
         spec.mapping.check_divides(config.model)
-        return EngineConfig(model=config.model, quant=spec.quant, mapping=spec.mapping,
+        quant = spec.quant
+        if config.quant.algo != "NONE" and quant.algo == "NONE":
+            # a pre-quantized source is built as it is quantized (never re-quantized)
+            quant = dataclasses.replace(config.quant, kv_cache_dtype=quant.kv_cache_dtype)
+        quant.check_fits(config.model, spec.mapping.tp_size)
+        if calibration is not None:
+            quant = dataclasses.replace(quant, calib_sha256=calibration.sha256,
+                                        calib_num_samples=calibration.num_samples,
+                                        calib_seq_len=calibration.seq_len)
+        return EngineConfig(model=config.model, quant=quant, mapping=spec.mapping,
                             build=spec.build_config(config.model), target=spec.target,
                             format=FORMAT_NAME)
+
+    def calibration(self, spec: BuildSpec) -> CalibrationData | None:
+        """The calibration set of an activation-aware build (None for the others)."""
+        if spec.quant.algo not in CALIBRATED_ALGOS:
+            return None
+        if spec.calib_data:
+            self.sources.check_local_file(spec.calib_data)
+        return load_calibration(spec.calib_data, spec.quant.calib_num_samples,
+                                spec.quant.calib_seq_len, self.sources.s3_settings)
 
     def build(self, spec: BuildSpec, progress: ProgressFn = lambda _: None) -> BuildOutcome:
         progress(BuildProgress("resolve", 0, 1, "", spec.source))
         source = self.sources.resolve(spec.source, lambda done, total, message: progress(
             BuildProgress("pull", done, total, "bytes", message)))
-        target = self.target_config(spec, source.config)
+        calibration = self.calibration(spec)
+        target = self.target_config(spec, source.config, calibration)
         progress(BuildProgress("resolve", 1, 1, "", f"{source.kind} model, "
                                f"{source.config.model.num_layers} layers"))
         progress(BuildProgress("digest", 0, 1, "", "hashing source files"))
@@ -73,7 +96,7 @@ class EngineBuilder:
         def build_and_publish():
             staged = self.work_dir / "builds" / key
             if not self._staged_is_complete(staged):
-                build_engine_folder(source, target, key, staged, progress)
+                build_engine_folder(source, target, key, staged, progress, calibration)
             progress(BuildProgress("publish", 0, 0, "bytes", f"to {self.store.uri}"))
             self.store.publish_engine(staged, lambda done, total, msg: progress(
                 BuildProgress("publish", done, total, "bytes", msg)))

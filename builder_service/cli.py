@@ -59,7 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     for limit in ("max-batch-size", "max-input-len", "max-seq-len", "max-num-tokens",
                   "max-beam-width"):
         build.add_argument(f"--{limit}", type=int, default=None)
-    build.add_argument("--quant", default="NONE", help="NONE, W4A16_AWQ, W8A16 or FP8")
+    build.add_argument("--quant", "--quant-algo", dest="quant", default="NONE",
+                       help="NONE, W4A16, W4A16_AWQ, W8A16 or FP8")
+    build.add_argument("--group-size", type=int, default=128, help="int4 group: 128, 64 or 32")
+    build.add_argument("--kv-cache-quant-algo", default="auto", help="auto, int8 or fp8")
+    build.add_argument("--calib-data", default="",
+                       help="W4A16_AWQ calibration text or JSONL (path or s3://); default: the "
+                            "standard library's documentation topics")
+    build.add_argument("--calib-num-samples", type=int, default=0)
+    build.add_argument("--calib-seq-len", type=int, default=0)
     build.add_argument("--target-device", default="any", help="any, cpu or cuda")
     build.add_argument("--work-dir", type=Path, default=None)
     build.add_argument("--token-file", type=Path, help="bearer token for --builder")
@@ -81,8 +89,13 @@ def _spec(args):
     return BuildSpec(source=args.model, name=args.name, dtype=args.dtype,
                      max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
                      max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens,
-                     max_beam_width=args.max_beam_width, quant=QuantConfig(algo=args.quant),
-                     mapping=Mapping(args.tp, args.pp), target=Target(device=args.target_device))
+                     max_beam_width=args.max_beam_width,
+                     quant=QuantConfig(algo=args.quant, group_size=args.group_size,
+                                       kv_cache_dtype=args.kv_cache_quant_algo.lower(),
+                                       calib_num_samples=args.calib_num_samples,
+                                       calib_seq_len=args.calib_seq_len),
+                     mapping=Mapping(args.tp, args.pp), target=Target(device=args.target_device),
+                     calib_data=args.calib_data)
 
 
 def _print_ref(engine_key: str, uri: str, name: str, cached: bool) -> None:

@@ -18,14 +18,17 @@ from builder_service.uploads import SourceFileEntry
 def spec_from_request(request: builder_pb2.BuildRequest) -> BuildSpec:
     s = request.settings
     quant = QuantConfig(algo=s.quant.algo or "NONE", group_size=s.quant.group_size or 128,
-                        kv_cache_dtype=s.quant.kv_cache_dtype or "auto")
+                        kv_cache_dtype=s.quant.kv_cache_dtype or "auto",
+                        calib_num_samples=s.quant.calib_num_samples,
+                        calib_seq_len=s.quant.calib_seq_len)
     return BuildSpec(
         source=request.source, name=request.name, dtype=s.dtype or "bfloat16",
         max_batch_size=s.max_batch_size or None, max_input_len=s.max_input_len or None,
         max_seq_len=s.max_seq_len or None, max_num_tokens=s.max_num_tokens or None,
         max_beam_width=s.max_beam_width or None, quant=quant,
         mapping=Mapping(s.parallel.tp_size or 1, s.parallel.pp_size or 1),
-        target=Target(device=s.target.device or "any", capability=s.target.capability))
+        target=Target(device=s.target.device or "any", capability=s.target.capability),
+        calib_data=s.quant.calib_data)
 
 
 def request_from_spec(spec: BuildSpec) -> builder_pb2.BuildRequest:
@@ -34,14 +37,17 @@ def request_from_spec(spec: BuildSpec) -> builder_pb2.BuildRequest:
             dtype=spec.dtype, max_batch_size=spec.max_batch_size or 0,
             max_input_len=spec.max_input_len or 0, max_seq_len=spec.max_seq_len or 0,
             max_num_tokens=spec.max_num_tokens or 0, max_beam_width=spec.max_beam_width or 0,
-            quant=_quant(spec.quant), parallel=_parallel(spec.mapping),
+            quant=_quant(spec.quant, spec.calib_data), parallel=_parallel(spec.mapping),
             target=engine_pb2.TargetSettings(device=spec.target.device,
                                              capability=spec.target.capability)))
 
 
-def _quant(quant: QuantConfig) -> engine_pb2.QuantSettings:
+def _quant(quant: QuantConfig, calib_data: str = "") -> engine_pb2.QuantSettings:
     return engine_pb2.QuantSettings(algo=quant.algo, group_size=quant.group_size,
-                                    kv_cache_dtype=quant.kv_cache_dtype)
+                                    kv_cache_dtype=quant.kv_cache_dtype, calib_data=calib_data,
+                                    calib_num_samples=quant.calib_num_samples,
+                                    calib_seq_len=quant.calib_seq_len,
+                                    calib_sha256=quant.calib_sha256)
 
 
 def _parallel(mapping: Mapping) -> engine_pb2.ParallelSettings:

@@ -20,17 +20,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from runtime_service.format.engine_config import EngineConfig, Mapping
+from runtime_service.format.engine_config import EngineConfig, Mapping, QuantConfig
 from runtime_service.format.engine_format import (CHECKPOINT_FORMAT_NAME, CONFIG, FORMAT_NAME,
                                            TOKENIZER_DIR, Manifest, build_manifest, rank_file,
                                            write_manifest)
-from runtime_service.errors import InvalidRequest
+from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors
 from runtime_service.model.llama import layer_index
 from runtime_service.model.loader import DTYPES
 
 from builder_service import BUILDER_VERSION
 from builder_service.reshard import KilnShards, kiln_rank_tensors
+from builder_service.calibration import CalibrationData, load_calibration
+from builder_service.quantizer import quantizing
 from builder_service.settings import check_quant_supported
 from builder_service.sources import TOKENIZER_FILES, ResolvedSource
 
@@ -51,15 +53,37 @@ def _ignore(_: BuildProgress) -> None:
     pass
 
 
-def _source_rank_tensors(source: ResolvedSource, target: EngineConfig):
-    """A function rank -> iterator of (name, shard) for the target split, whatever the source."""
+def _source_rank_tensors(source: ResolvedSource, target: EngineConfig, dtype: torch.dtype | None,
+                         calibration: CalibrationData | None, progress: ProgressFn):
+    """A function rank -> iterator of (name, shard) for the target split, whatever the source,
+    quantized as the target asks (calibrating first, for AWQ)."""
     args, mapping = target.model, target.mapping
+    transform = None
+    if source.config.quant.algo != "NONE":
+        _check_same_quant(source.config.quant, target.quant)
+    else:
+        replaced = None
+        if target.quant.algo == "W4A16_AWQ":
+            from builder_service.awq import awq_rewrite
+            replaced = awq_rewrite(
+                source.folder, source.kind, target.quant, calibration or load_calibration(),
+                lambda done, total, message: progress(
+                    BuildProgress("calibrate", done, total, "layers", message)))
+        transform = quantizing(target.quant, dtype or torch.float32, replaced)
     if source.kind == "hf":
         weights = SafetensorsFolder(source.folder)
-        return lambda rank: rank_tensors(weights, args, mapping, rank)
-    check_quant_supported(source.config.quant)
+        return lambda rank: rank_tensors(weights, args, mapping, rank, transform,
+                                         source.config.quant)
     shards = KilnShards(source.folder, source.config)
-    return lambda rank: kiln_rank_tensors(shards, args, mapping, rank)
+    return lambda rank: kiln_rank_tensors(shards, args, mapping, rank, transform)
+
+
+def _check_same_quant(have: QuantConfig, want: QuantConfig) -> None:
+    """An already quantized source is re-split or re-limited, never quantized again."""
+    if (have.algo, have.group_size) != (want.algo, want.group_size):
+        raise FailedPrecondition(
+            f"the source is already quantized ({have.algo}, group_size {have.group_size}); "
+            f"build it with that quantization, or from the unquantized model for {want.algo}")
 
 
 def _write_rank(tensors: Iterator[tuple[str, torch.Tensor]], path: Path, dtype: torch.dtype | None,
@@ -69,7 +93,9 @@ def _write_rank(tensors: Iterator[tuple[str, torch.Tensor]], path: Path, dtype: 
     last_layer = None
     try:
         for name, tensor in tensors:
-            tensor = (tensor.to(dtype) if dtype is not None else tensor).contiguous()
+            if dtype is not None and name.endswith((".weight", ".bias")):
+                tensor = tensor.to(dtype)     # quantized codes and scales keep their own dtype
+            tensor = tensor.contiguous()
             if tensor.untyped_storage().data_ptr() in seen_storage:
                 tensor = tensor.clone()  # safetensors refuses tensors that share memory
             seen_storage.add(tensor.untyped_storage().data_ptr())
@@ -98,12 +124,15 @@ def _copy_tokenizer(source: ResolvedSource, out: Path) -> int:
 
 
 def write_model_folder(source: ResolvedSource, target: EngineConfig, out: Path,
-                       dtype: str | None, progress: ProgressFn = _ignore) -> None:
-    """Writes config.json, rank{r}.safetensors and tokenizer/ for `target` into `out`."""
+                       dtype: str | None, progress: ProgressFn = _ignore,
+                       calibration: CalibrationData | None = None) -> None:
+    """Writes config.json, rank{r}.safetensors and tokenizer/ for `target` into `out`;
+    `calibration` feeds AWQ (the default corpus when None)."""
     args, mapping = target.model, target.mapping
     mapping.check_divides(args)
+    target.quant.check_fits(args, mapping.tp_size)
     torch_dtype = DTYPES[dtype] if dtype else None
-    tensors_for = _source_rank_tensors(source, target)
+    tensors_for = _source_rank_tensors(source, target, torch_dtype, calibration, progress)
     per_rank = len(mapping.layer_range(args, 0))
     total = per_rank * mapping.world_size
     done = 0
@@ -150,7 +179,8 @@ def convert_checkpoint(source: ResolvedSource, out: Path, tp_size: int = 1, pp_s
 
 
 def build_engine_folder(source: ResolvedSource, target: EngineConfig, engine_key: str,
-                        out: Path, progress: ProgressFn = _ignore) -> Manifest:
+                        out: Path, progress: ProgressFn = _ignore,
+                        calibration: CalibrationData | None = None) -> Manifest:
     """An engine (manifest last) in folder `out`, replacing anything there."""
     if target.build is None or target.target is None or target.format != FORMAT_NAME:
         raise InvalidRequest("an engine config needs build limits, a target and format "
@@ -158,7 +188,7 @@ def build_engine_folder(source: ResolvedSource, target: EngineConfig, engine_key
     check_quant_supported(target.quant)
     partial = _fresh_partial(Path(out))
     try:
-        write_model_folder(source, target, partial, target.build.dtype, progress)
+        write_model_folder(source, target, partial, target.build.dtype, progress, calibration)
         progress(BuildProgress("manifest", 0, 1, "", "hashing engine files"))
         manifest = build_manifest(partial, engine_key, BUILDER_VERSION)
         write_manifest(partial, manifest)

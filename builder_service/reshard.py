@@ -60,7 +60,8 @@ class KilnShards:
             raise InvalidRequest(f"tensor {name!r} is held by {len(ranks)} of {tp} tp ranks")
         shards = [self._read(r, name) for r in ranks]
         if rule == "row":
-            return torch.cat(shards, dim=1)
+            # per-output-channel scales of a quantized row layer are whole on every rank
+            return shards[0] if shards[0].dim() == 1 else torch.cat(shards, dim=1)
         local = [s // tp for s in sections]
         pieces = [shard.split(local, dim=0) for shard in shards]
         return torch.cat([torch.cat([p[i] for p in pieces], dim=0) for i in range(len(local))],
@@ -68,8 +69,9 @@ class KilnShards:
 
 
 def kiln_rank_tensors(source: KilnShards, args: ModelArgs, mapping: Mapping,
-                      rank: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every (name, shard) rank `rank` of the new split loads; mirrors hf_convert.rank_tensors."""
+                      rank: int, transform=None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every (name, shard) rank `rank` of the new split loads; mirrors hf_convert.rank_tensors
+    (and its `transform`)."""
     pp_rank = mapping.pp_rank(rank)
     layers = set(mapping.layer_range(args, rank))
     names = source.names()
@@ -87,4 +89,5 @@ def kiln_rank_tensors(source: KilnShards, args: ModelArgs, mapping: Mapping,
             full = source.get("embed_tokens.weight")
         else:
             full = source.get(name)
-        yield name, shard_for_rank(name, full, args, mapping, rank)
+        for out_name, out in (transform(name, full) if transform else ((name, full),)):
+            yield out_name, shard_for_rank(out_name, out, args, mapping, rank)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from kiln.v1 import builder_pb2, builder_pb2_grpc
 
 from runtime_service.server.auth import TransportSecurity
 from runtime_service.server.lenient import lenient, parsed
-from runtime_service.errors import CapacityExceeded, InvalidRequest
+from runtime_service.errors import Cancelled, CapacityExceeded, InvalidRequest
 from runtime_service.server.metrics import MetricsEndpoint, MetricsServer
 from runtime_service.server.tracing import SERVICE_BUILDER, Tracing
 from runtime_service.store import S3Settings, open_store
@@ -78,6 +79,7 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
     async def Build(self, request, context):
         started = time.monotonic()
         record = self.observer.start(context.invocation_metadata(), request.source)
+        cancelled = threading.Event()
         try:
             spec = spec_from_request(parsed(request))
             queued = BuildProgress("queued", 0, 0, "", "waiting for a build slot")
@@ -87,6 +89,10 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
             events: asyncio.Queue = asyncio.Queue()
 
             def report(p: BuildProgress) -> None:          # on the build's thread
+                # The build thread stops at its next step (a layer) once the caller is gone;
+                # the pipeline removes its partial folder on the way out.
+                if cancelled.is_set():
+                    raise Cancelled(f"build of {spec.source} cancelled by the caller")
                 record.progress(p)
                 loop.call_soon_threadsafe(events.put_nowait, p)
 
@@ -106,6 +112,7 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
             record.finish("cached" if outcome.cached else "built", outcome.engine.engine_key)
             yield result_event(outcome)
         except asyncio.CancelledError:
+            cancelled.set()
             raise
         except Exception as exc:
             code, message = grpc_status(exc)

@@ -16,7 +16,9 @@ from runtime_service.format.model_config import ModelArgs
 from runtime_service.store import check_engine_name
 
 TARGET_DEVICES = ("any", "cpu", "cuda")
-SUPPORTED_QUANT_ALGOS = ("NONE",)
+SUPPORTED_QUANT_ALGOS = ("NONE", "W4A16", "W4A16_AWQ", "W8A16", "FP8")
+SUPPORTED_KV_CACHE_DTYPES = ("auto", "int8", "fp8")
+CALIBRATED_ALGOS = ("W4A16_AWQ",)
 DEFAULT_MAX_SEQ_LEN = 2048
 DEFAULT_MAX_INPUT_LEN = 1024
 DEFAULT_MAX_NUM_TOKENS = 4096
@@ -29,15 +31,16 @@ CAPABILITY = re.compile(r"^[0-9]{1,2}\.[0-9]{1,2}$")      # CUDA compute capabil
 
 
 def check_quant_supported(quant: QuantConfig) -> None:
-    """Quantized builds share this path, but their algorithms are not implemented yet: refuse
-    them plainly rather than silently building an unquantized engine."""
+    """Refuses, naming what this builder makes, a quantization it does not implement, rather
+    than silently building something else."""
     if quant.algo not in SUPPORTED_QUANT_ALGOS:
         raise FailedPrecondition(
-            f"quantization {quant.algo} is not supported yet by this builder; build with "
-            f"quant NONE")
-    if quant.kv_cache_dtype != "auto":
+            f"quantization {quant.algo} is not built by this builder; it builds "
+            f"{', '.join(SUPPORTED_QUANT_ALGOS)}")
+    if quant.kv_cache_dtype not in SUPPORTED_KV_CACHE_DTYPES:
         raise FailedPrecondition(
-            f"kv_cache_dtype {quant.kv_cache_dtype} is not supported yet by this builder")
+            f"kv_cache_dtype {quant.kv_cache_dtype} is not built by this builder; it builds "
+            f"{', '.join(SUPPORTED_KV_CACHE_DTYPES)}")
 
 
 def max_supported_seq_len(model: ModelArgs) -> int:
@@ -61,6 +64,7 @@ class BuildSpec:
     quant: QuantConfig = field(default_factory=QuantConfig)
     mapping: Mapping = field(default_factory=Mapping)
     target: Target = field(default_factory=Target)
+    calib_data: str = ""       # text or JSONL file, path or s3:// URI; "" = the default corpus
 
     def __post_init__(self):
         if not self.source:
@@ -85,6 +89,14 @@ class BuildSpec:
             raise InvalidRequest(f"target capability must look like '9.0' (major.minor), got "
                                  f"{self.target.capability[:20]!r}")
         check_quant_supported(self.quant)
+        calibrates = self.quant.algo in CALIBRATED_ALGOS
+        if not calibrates and (self.calib_data or self.quant.calib_num_samples
+                               or self.quant.calib_seq_len):
+            raise InvalidRequest(
+                f"calibration settings are used by {', '.join(CALIBRATED_ALGOS)} only, not by "
+                f"quant {self.quant.algo}")
+        if len(self.calib_data) > 4096:
+            raise InvalidRequest("calib_data is longer than 4096 characters")
 
     def build_config(self, model: ModelArgs) -> BuildConfig:
         """The engine's limits: the requested ones checked against the model, the rest defaults."""

@@ -127,6 +127,13 @@ class SourceResolver:
         return source_digest((rel, self.digests.sha256(resolved.folder / rel))
                              for rel in self.files(resolved))
 
+    def check_local_file(self, uri: str) -> None:
+        """PermissionDenied for a local path (or file://) outside the allowed roots; other
+        schemes pass (calibration data is read from the builder's disk or S3 only)."""
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            self._check_allowed(Path(parsed.path if parsed.scheme else uri).resolve(), uri)
+
     def _check_allowed(self, path: Path, origin: str) -> None:
         if self.allowed_roots is None or path.is_relative_to(self.work_dir.resolve()):
             return

@@ -51,3 +51,9 @@ class PermissionDenied(KilnError, PermissionError):
     """A path outside the allowed roots, or a request without a valid token."""
 
     status = "PERMISSION_DENIED"
+
+
+class Cancelled(KilnError):
+    """The caller went away: a build stops at its next progress step and removes its files."""
+
+    status = "CANCELLED"

@@ -11,12 +11,17 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from runtime_service.errors import InvalidRequest
+from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.format.model_config import ModelArgs
 
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
-QUANT_ALGOS = ("NONE", "W4A16_AWQ", "W8A16", "FP8")
+QUANT_ALGOS = ("NONE", "W4A16", "W4A16_AWQ", "W8A16", "FP8")
+INT4_ALGOS = ("W4A16", "W4A16_AWQ")
+INT4_GROUP_SIZES = (128, 64, 32)
 KV_CACHE_DTYPES = ("auto", "int8", "fp8")
+# The HLAPI's other QuantAlgo names: known, deliberately not built (FAILED_PRECONDITION).
+UNBUILT_QUANT_ALGOS = ("W4A8_AWQ", "W4A16_GPTQ", "W8A8_SQ_PER_CHANNEL",
+                       "W8A8_SQ_PER_TENSOR_PLUGIN", "INT8")
 
 
 def _positive(owner: str, name: str, value) -> None:
@@ -26,19 +31,58 @@ def _positive(owner: str, name: str, value) -> None:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """How weights (and optionally the KV cache) are stored. NONE means the build dtype."""
+    """How weights (and optionally the KV cache) are stored. NONE means the build dtype.
+
+    group_size matters to the int4 algorithms only. The calib_* fields record the data an
+    activation-aware algorithm was calibrated on (its sha256 and how much of it), so that they
+    enter the engine key and the engine says what it was made from; they stay empty otherwise.
+    """
 
     algo: str = "NONE"
     group_size: int = 128
     kv_cache_dtype: str = "auto"
+    calib_sha256: str = ""
+    calib_num_samples: int = 0
+    calib_seq_len: int = 0
 
     def __post_init__(self):
+        if self.algo in UNBUILT_QUANT_ALGOS:
+            raise FailedPrecondition(f"quant.algo {self.algo} is not built by Kiln; it builds "
+                                     f"{', '.join(QUANT_ALGOS)}")
         if self.algo not in QUANT_ALGOS:
             raise InvalidRequest(f"quant.algo must be one of {QUANT_ALGOS}, got {self.algo!r}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise InvalidRequest(
                 f"quant.kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         _positive("quant", "group_size", self.group_size)
+        if self.algo in INT4_ALGOS and self.group_size not in INT4_GROUP_SIZES:
+            raise InvalidRequest(f"quant.group_size must be one of {INT4_GROUP_SIZES} for "
+                                 f"{self.algo}, got {self.group_size}")
+        for name in ("calib_num_samples", "calib_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidRequest(f"quant.{name} must be an integer >= 0, got {value!r}")
+
+    def check_fits(self, model: ModelArgs, tp_size: int = 1) -> None:
+        """InvalidRequest unless an int4 group size divides every linear's input width on each
+        rank (a row-parallel layer's is split by tp_size), naming the widths and the group sizes
+        that would work."""
+        if self.algo not in INT4_ALGOS:
+            return
+        widths = {"qkv_proj/gate_up_proj": model.hidden_size,
+                  "o_proj": model.q_size // tp_size,
+                  "down_proj": model.intermediate_size // tp_size}
+        bad = sorted(name for name, width in widths.items() if width % self.group_size)
+        if not bad:
+            return
+        fits = [g for g in INT4_GROUP_SIZES if all(w % g == 0 for w in widths.values())]
+        listed = ", ".join(f"{name} {width}" for name, width in widths.items())
+        advice = (f"group sizes that work: {', '.join(map(str, fits))}" if fits
+                  else f"none of the group sizes {INT4_GROUP_SIZES} divides them all")
+        split = f" per rank at tp_size {tp_size}" if tp_size > 1 else ""
+        raise InvalidRequest(
+            f"group_size {self.group_size} does not divide the input width of {', '.join(bad)}"
+            f" (input widths{split}: {listed}); {advice}")
 
 
 @dataclass(frozen=True)

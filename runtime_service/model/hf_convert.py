@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from runtime_service.format.engine_config import Mapping
+from runtime_service.format.engine_config import Mapping, QuantConfig
 from runtime_service.errors import InvalidRequest
 from runtime_service.model.layers.linear import shard_columns, shard_rows
 from runtime_service.model.llama import layer_index, sharding_rule
+from runtime_service.model.prequantized import read_linear
 from runtime_service.format.model_config import ModelArgs
 
 
@@ -53,30 +54,47 @@ def read_hf_config(folder: Path) -> dict:
         raise InvalidRequest(f"cannot read config.json in {folder}: {exc}") from exc
 
 
+def _fused(source: SafetensorsFolder, prefix: str, parts: list[str], kiln: str,
+           quant: QuantConfig | None) -> Iterator[tuple[str, torch.Tensor]]:
+    """A fused linear's weight, or (pre-quantized source) its qweight, scales and zeros: each
+    is output-row-major, so fusing is a concatenation along dim 0 either way."""
+    if quant is None:
+        yield kiln + "weight", torch.cat([source.get(prefix + p + "weight") for p in parts], 0)
+        return
+    pieces = [read_linear(source.get, source.names(), prefix + p, quant) for p in parts]
+    for suffix in pieces[0]:
+        yield kiln + suffix, torch.cat([piece[suffix] for piece in pieces], dim=0)
+
+
 def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
                        layers: range | None = None,
                        with_embedding: bool = True,
-                       with_head: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields (kiln name, full tensor) for the requested layers and ends of the model."""
+                       with_head: bool = True,
+                       quant: QuantConfig | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (kiln name, full tensor) for the requested layers and ends of the model. `quant`
+    names a pre-quantized checkpoint's scheme (model/prequantized.py): its linears are read as
+    they are stored, never quantized again."""
     names = source.names()
     prefix = "model." if "model.embed_tokens.weight" in names else ""
     get = lambda n: source.get(prefix + n)  # noqa: E731
+    quant = quant if quant is not None and quant.algo != "NONE" else None
     if with_embedding:
         yield "embed_tokens.weight", get("embed_tokens.weight")
     for i in layers if layers is not None else range(args.num_layers):
         hf = f"layers.{i}."
         yield f"layers.{i}.input_norm.weight", get(hf + "input_layernorm.weight")
         yield f"layers.{i}.post_attn_norm.weight", get(hf + "post_attention_layernorm.weight")
-        yield f"layers.{i}.attn.qkv_proj.weight", torch.cat(
-            [get(hf + f"self_attn.{p}_proj.weight") for p in "qkv"], dim=0)
-        yield f"layers.{i}.attn.o_proj.weight", get(hf + "self_attn.o_proj.weight")
+        layer = prefix + hf
+        yield from _fused(source, layer, [f"self_attn.{p}_proj." for p in "qkv"],
+                          f"layers.{i}.attn.qkv_proj.", quant)
+        yield from _fused(source, layer, ["self_attn.o_proj."], f"layers.{i}.attn.o_proj.", quant)
         if args.attention_bias:
             yield f"layers.{i}.attn.qkv_proj.bias", torch.cat(
                 [get(hf + f"self_attn.{p}_proj.bias") for p in "qkv"], dim=0)
             yield f"layers.{i}.attn.o_proj.bias", get(hf + "self_attn.o_proj.bias")
-        yield f"layers.{i}.mlp.gate_up_proj.weight", torch.cat(
-            [get(hf + "mlp.gate_proj.weight"), get(hf + "mlp.up_proj.weight")], dim=0)
-        yield f"layers.{i}.mlp.down_proj.weight", get(hf + "mlp.down_proj.weight")
+        yield from _fused(source, layer, ["mlp.gate_proj.", "mlp.up_proj."],
+                          f"layers.{i}.mlp.gate_up_proj.", quant)
+        yield from _fused(source, layer, ["mlp.down_proj."], f"layers.{i}.mlp.down_proj.", quant)
         if args.mlp_bias:
             yield f"layers.{i}.mlp.gate_up_proj.bias", torch.cat(
                 [get(hf + "mlp.gate_proj.bias"), get(hf + "mlp.up_proj.bias")], dim=0)
@@ -102,15 +120,20 @@ def shard_for_rank(name: str, full: torch.Tensor, args: ModelArgs, mapping: Mapp
 
 
 def rank_tensors(source: SafetensorsFolder, args: ModelArgs, mapping: Mapping,
-                 rank: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every (name, shard) that rank `rank` loads: its layers, plus embedding or head by stage."""
+                 rank: int, transform=None,
+                 quant: QuantConfig | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every (name, shard) that rank `rank` loads: its layers, plus embedding or head by stage.
+    `transform(name, full)` may replace a full tensor by others before the split (quantization:
+    a weight becomes its qweight, scales and zeros)."""
     pp_rank = mapping.pp_rank(rank)
     for name, full in convert_hf_tensors(
             source, args, layers=mapping.layer_range(args, rank),
-            with_embedding=pp_rank == 0, with_head=pp_rank == mapping.pp_size - 1):
+            with_embedding=pp_rank == 0, with_head=pp_rank == mapping.pp_size - 1,
+            quant=quant):
         if (name == "lm_head.weight" and args.tie_word_embeddings and mapping.world_size == 1):
             continue
-        yield name, shard_for_rank(name, full, args, mapping, rank)
+        for out_name, out in (transform(name, full) if transform else ((name, full),)):
+            yield out_name, shard_for_rank(out_name, out, args, mapping, rank)
 
 
 __all__ = ["SafetensorsFolder", "read_hf_config", "convert_hf_tensors", "shard_for_rank",

@@ -17,20 +17,23 @@ from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
 from runtime_service.model.layers.attention import AttentionMetadata, TorchReferenceAttention
 from runtime_service.model.layers.linear import ColumnParallelLinear, RowParallelLinear
 from runtime_service.model.layers.norm import RMSNorm
+from runtime_service.model.layers.quantized_linear import WeightQuant
 from runtime_service.model.layers.rotary import RotaryEmbedding
 from runtime_service.format.model_config import ModelArgs
 
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, rotary: RotaryEmbedding, backend,
-                 parallel: ParallelContext):
+                 parallel: ParallelContext, quant: WeightQuant | None = None):
         super().__init__()
         self.num_heads = args.num_heads // parallel.tp_size
         self.num_kv_heads = args.num_kv_heads // parallel.tp_size
         self.head_dim = args.head_dim
         self.qkv_proj = ColumnParallelLinear(
-            args.hidden_size, (args.q_size, args.kv_size, args.kv_size), args.attention_bias, parallel)
-        self.o_proj = RowParallelLinear(args.q_size, args.hidden_size, args.attention_bias, parallel)
+            args.hidden_size, (args.q_size, args.kv_size, args.kv_size), args.attention_bias, parallel,
+            quant)
+        self.o_proj = RowParallelLinear(args.q_size, args.hidden_size, args.attention_bias, parallel,
+                                        quant)
         self.rotary = rotary
         self.backend = backend
 
@@ -45,13 +48,14 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, args: ModelArgs, parallel: ParallelContext):
+    def __init__(self, args: ModelArgs, parallel: ParallelContext,
+                 quant: WeightQuant | None = None):
         super().__init__()
         self.gate_up_proj = ColumnParallelLinear(
             args.hidden_size, (args.intermediate_size, args.intermediate_size), args.mlp_bias,
-            parallel)
+            parallel, quant)
         self.down_proj = RowParallelLinear(args.intermediate_size, args.hidden_size, args.mlp_bias,
-                                           parallel)
+                                           parallel, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """down_proj(silu(gate) * up), the activation applied inside the down projection."""
@@ -60,12 +64,12 @@ class FeedForward(nn.Module):
 
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs, rotary: RotaryEmbedding, backend,
-                 parallel: ParallelContext):
+                 parallel: ParallelContext, quant: WeightQuant | None = None):
         super().__init__()
         self.input_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.attn = Attention(args, rotary, backend, parallel)
+        self.attn = Attention(args, rotary, backend, parallel, quant)
         self.post_attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.mlp = FeedForward(args, parallel)
+        self.mlp = FeedForward(args, parallel, quant)
 
     def forward(self, x, residual, meta, k_cache, v_cache):
         """The residual stream h comes in as x + residual (as x alone when residual is None) and
@@ -80,14 +84,17 @@ class TransformerBlock(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """One pipeline stage of a LLaMA model (the whole model when pp_size is 1)."""
+    """One pipeline stage of a LLaMA model (the whole model when pp_size is 1). `quant` says how
+    the decoder layers' linears store their weights; embeddings, norms and the head stay in the
+    engine dtype."""
 
     def __init__(self, args: ModelArgs, layer_ids: range, parallel: ParallelContext = SINGLE_RANK,
-                 attention_backend=None):
+                 attention_backend=None, quant: WeightQuant | None = None):
         super().__init__()
         self.args = args
         self.parallel = parallel
         self.layer_ids = layer_ids
+        self.kv_cache_dtype = "auto"     # or "int8" / "fp8": how the runner stores K and V
         backend = attention_backend or TorchReferenceAttention(
             args.num_heads // parallel.tp_size, args.num_kv_heads // parallel.tp_size,
             args.head_dim)
@@ -96,7 +103,7 @@ class LlamaModel(nn.Module):
             self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
             self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleDict(
-            {str(i): TransformerBlock(args, rotary, backend, parallel) for i in layer_ids})
+            {str(i): TransformerBlock(args, rotary, backend, parallel, quant) for i in layer_ids})
         if parallel.is_last_stage:
             self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
             self.lm_head = ColumnParallelLinear(args.hidden_size, (args.vocab_size,), False, parallel)
@@ -132,7 +139,8 @@ _COLUMN_SECTIONS = {
     "attn.qkv_proj": lambda a: (a.q_size, a.kv_size, a.kv_size),
     "mlp.gate_up_proj": lambda a: (a.intermediate_size, a.intermediate_size),
 }
-_ROW_WEIGHTS = ("attn.o_proj.weight", "mlp.down_proj.weight")
+_ROW_WEIGHTS = tuple(f"{layer}.{tensor}" for layer in ("attn.o_proj", "mlp.down_proj")
+                     for tensor in ("weight", "qweight", "scales", "zeros"))
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 

@@ -9,12 +9,14 @@ import torch
 from safetensors import safe_open
 
 from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
-from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapping
+from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapping, QuantConfig
 from runtime_service.format.engine_format import (TOKENIZER_DIR, detect_model_kind, rank_file,
                                            read_engine_config)
 from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, read_hf_config
+from runtime_service.model.layers.quantized_linear import WeightQuant, pack_for_device
 from runtime_service.model.llama import LlamaModel
+from runtime_service.model.prequantized import quant_config_of
 from runtime_service.format.model_config import ModelArgs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -33,7 +35,9 @@ def config_for_folder(folder: str | Path) -> tuple[str, EngineConfig]:
     """The folder's kind and its EngineConfig (an HF folder gets an unsplit, unquantized one)."""
     kind = detect_model_kind(folder)
     if kind == "hf":
-        return kind, EngineConfig(model=ModelArgs.from_hf_config(read_hf_config(Path(folder))))
+        hf = read_hf_config(Path(folder))
+        return kind, EngineConfig(model=ModelArgs.from_hf_config(hf),
+                                  quant=quant_config_of(hf) or QuantConfig())
     return kind, read_engine_config(folder)
 
 
@@ -50,9 +54,6 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     """Loads rank `rank`'s weights into a model on `device`; dtype defaults to the build dtype."""
     folder = Path(folder)
     kind, config = config_for_folder(folder)
-    if config.quant.algo != "NONE":
-        raise FailedPrecondition(
-            f"engine is quantized with {config.quant.algo}, which this runtime does not load yet")
     mapping = config.mapping
     if parallel.tp_size * parallel.pp_size != mapping.world_size and kind != "hf":
         raise FailedPrecondition(
@@ -61,15 +62,23 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     if kind == "hf":
         mapping = Mapping(parallel.tp_size, parallel.pp_size)
         mapping.check_divides(config.model)
-        config = EngineConfig(model=config.model, mapping=mapping)
+        config = EngineConfig(model=config.model, quant=config.quant, mapping=mapping)
     dtype_name = dtype or (config.build.dtype if config.build else None)
     args = config.model
-    model = LlamaModel(args, mapping.layer_range(args, rank), parallel, attention_backend)
+    quant = WeightQuant.for_algo(config.quant.algo, config.quant.group_size)
+    model = LlamaModel(args, mapping.layer_range(args, rank), parallel, attention_backend, quant)
     tensors = _read_rank_tensors(folder, kind, args, mapping, rank)
-    target_dtype = DTYPES[dtype_name] if dtype_name else next(iter(tensors.values())).dtype
-    _assign(model, tensors)
+    target_dtype = DTYPES[dtype_name] if dtype_name else _stored_dtype(tensors)
+    model.kv_cache_dtype = config.quant.kv_cache_dtype
+    fixed = _assign(model, tensors)
     model.tie_weights_if_needed()
     model.to(device=device, dtype=target_dtype)
+    for param, tensor in fixed:
+        param.data = tensor.to(device)    # codes and per-channel scales keep their own dtype
+    if quant is not None:
+        for module in model.modules():
+            if getattr(module, "quant", None) is not None:
+                pack_for_device(module, quant)
     model.eval()
     return LoadedModel(model, config, kind, tokenizer_dir_for(folder, kind), target_dtype)
 
@@ -77,7 +86,8 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
 def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mapping,
                        rank: int) -> dict[str, torch.Tensor]:
     if kind == "hf":
-        return dict(rank_tensors(SafetensorsFolder(folder), args, mapping, rank))
+        return dict(rank_tensors(SafetensorsFolder(folder), args, mapping, rank,
+                                 quant=quant_config_of(read_hf_config(folder))))
     path = folder / rank_file(rank)
     if not path.is_file():
         raise InvalidRequest(f"{folder} has no weights for rank {rank} ({path.name})")
@@ -85,8 +95,16 @@ def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mappin
         return {name: handle.get_tensor(name) for name in handle.keys()}
 
 
-def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:
-    """Copies tensors into parameters by name; every parameter must be given, with its shape."""
+def _stored_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
+    """The folder's float dtype, read off a norm (every stage has them; codes may come first)."""
+    return next(t.dtype for n, t in tensors.items() if n.endswith("norm.weight"))
+
+
+def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> list:
+    """Copies tensors into parameters by name; every parameter must be given, with its shape
+    (and, for quantized codes and per-channel scales, its dtype). Returns those fixed-dtype
+    (parameter, tensor) pairs, which the engine-dtype cast must leave alone."""
+    fixed = []
     params = dict(model.named_parameters())
     tied = model.args.tie_word_embeddings and "lm_head.weight" not in tensors
     for name, param in params.items():
@@ -99,10 +117,16 @@ def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:
             raise InvalidRequest(
                 f"tensor {name!r} has shape {tuple(tensor.shape)}, the model expects "
                 f"{tuple(param.shape)}")
+        if getattr(param, "keeps_dtype", False):
+            if tensor.dtype != param.dtype:
+                raise InvalidRequest(f"tensor {name!r} is {tensor.dtype}, the quantized model "
+                                     f"expects {param.dtype}")
+            fixed.append((param, tensor))
         param.data = tensor
     extra = set(tensors) - set(params)
     if extra:
         raise InvalidRequest(f"weights hold unexpected tensors: {sorted(extra)[:5]}")
+    return fixed
 
 
 def default_build_config(config: EngineConfig) -> BuildConfig:

@@ -19,6 +19,7 @@ import torch
 
 from runtime_service.model.faults import StepFaults
 from runtime_service.model.layers.attention import AttentionMetadata, TorchReferenceAttention
+from runtime_service.model.layers.kv_quant import allocate_kv_cache, kv_bytes_per_value
 from runtime_service.model.llama import LlamaModel
 from runtime_service.model.sampler import build_sampling_batch, is_plain_greedy, sample, sample_greedy
 from runtime_service.model.transfer import upload
@@ -132,8 +133,8 @@ def kv_tokens_by_memory(model: LlamaModel, dtype: torch.dtype, device: torch.dev
 def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
     args, parallel = model.args, model.parallel
     kv_heads = args.num_kv_heads // parallel.tp_size
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * len(model.layer_ids) * kv_heads * args.head_dim * element
+    element = kv_bytes_per_value(model.kv_cache_dtype, dtype, args.head_dim)
+    return int(2 * len(model.layer_ids) * kv_heads * args.head_dim * element)
 
 
 class ModelRunner:
@@ -157,9 +158,9 @@ class ModelRunner:
         args = model.args
         kv_heads = args.num_kv_heads // model.parallel.tp_size
         shape = (num_blocks, block_size, kv_heads, args.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=self.device),
-                           torch.zeros(shape, dtype=dtype, device=self.device))
-                          for _ in model.layer_ids]
+        self.kv_caches = [
+            tuple(allocate_kv_cache(shape, model.kv_cache_dtype, dtype, self.device)
+                  for _ in range(2)) for _ in model.layer_ids]
         self.attention_name = self._select_attention(attention, kv_heads)
         # The latest step's sampled tokens on the device, and each sequence's row in them.
         self._last_sampled: torch.Tensor | None = None

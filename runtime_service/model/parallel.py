@@ -32,6 +32,12 @@ class ParallelContext:
             torch.distributed.all_reduce(x, group=self.tp_group)
         return x
 
+    def all_reduce_max(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size > 1:
+            torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX,
+                                         group=self.tp_group)
+        return x
+
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
             return x

@@ -41,11 +41,11 @@ def check_capabilities(config: ModelConfig, info: runtime_pb2.ServerInfo) -> Non
             f"QuantConfig.{unbuilt[0]} is not available yet: the Builder does not take it")
     if algo not in info.quant_algos:
         raise FailedPrecondition(
-            f"quantization {algo} is not available yet: this runtime loads "
-            f"{', '.join(info.quant_algos)} engines only")
+            f"quantization {algo} is not available: this runtime loads "
+            f"{', '.join(a for a in info.quant_algos if not a.startswith('kv_'))} engines only")
     if kv_dtype != "auto" and f"kv_{kv_dtype}" not in info.quant_algos:
         raise FailedPrecondition(
-            f"a {kv_dtype} KV cache is not available yet in this runtime")
+            f"a {kv_dtype} KV cache is not available in this runtime")
     parallel = config.parallel_config
     if parallel.auto_parallel:
         raise FailedPrecondition(
@@ -66,7 +66,10 @@ def build_settings(config: ModelConfig, info: runtime_pb2.ServerInfo) -> engine_
         max_input_len=build.max_input_len or 0, max_seq_len=build.seq_len_limit or 0,
         max_num_tokens=build.max_num_tokens or 0, max_beam_width=config.beam_width_limit,
         quant=engine_pb2.QuantSettings(algo=quant.builder_algo, group_size=quant.group_size,
-                                       kv_cache_dtype=quant.builder_kv_cache_dtype),
+                                       kv_cache_dtype=quant.builder_kv_cache_dtype,
+                                       calib_data=quant.calib_data or "",
+                                       calib_num_samples=quant.calib_num_samples,
+                                       calib_seq_len=quant.calib_seq_len),
         parallel=engine_pb2.ParallelSettings(tp_size=config.parallel_config.tp_size,
                                              pp_size=config.parallel_config.pp_size),
         target=engine_pb2.TargetSettings(device=info.device or "any"))

@@ -1,8 +1,10 @@
 """`kiln.quantization.QuantAlgo` and `QuantConfig`: how ModelConfig asks for quantization.
 
 The algorithm names are the HLAPI's; `builder_name` says what the Builder calls the ones Kiln
-implements. Asking for one Kiln does not implement is refused with a message naming those it
-does, and one the runtime cannot load yet is refused before any build starts (see LLM).
+implements. Asking for one Kiln does not build is a FailedPrecondition naming those it does,
+and one the runtime cannot load is refused before any build starts (see LLM). group_size
+matters to the int4 algorithms (128, 64 or 32); W4A16_AWQ calibrates on `calib_data` (a text
+or JSONL file, path or s3://; empty: the standard library's documentation topics).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 
-from kiln._checks import Checked, boolean, integer, number, one_of
-from kiln.errors import InvalidArgument
+from kiln._checks import Checked, boolean, integer, number, one_of, text
+from kiln.errors import FailedPrecondition, InvalidArgument
 
 
 class QuantAlgo(str, enum.Enum):
@@ -30,7 +32,8 @@ class QuantAlgo(str, enum.Enum):
     INT8 = "INT8"
 
 
-WEIGHT_ALGOS = {QuantAlgo.W4A16_AWQ: "W4A16_AWQ", QuantAlgo.W8A16: "W8A16", QuantAlgo.FP8: "FP8"}
+WEIGHT_ALGOS = {QuantAlgo.W4A16: "W4A16", QuantAlgo.W4A16_AWQ: "W4A16_AWQ",
+                QuantAlgo.W8A16: "W8A16", QuantAlgo.FP8: "FP8"}
 KV_CACHE_ALGOS = {QuantAlgo.INT8: "int8", QuantAlgo.FP8: "fp8"}
 
 
@@ -63,12 +66,12 @@ _MODES = {
 
 
 def _builder_name(field: str, algo: QuantAlgo | None, names: dict, unset: str) -> str:
-    """The Builder's spelling of `algo`, or InvalidArgument naming what Kiln implements."""
+    """The Builder's spelling of `algo`, or FailedPrecondition naming what Kiln builds."""
     if algo is None:
         return unset
     if algo not in names:
-        raise InvalidArgument(
-            f"{field} {algo.name} is not implemented by Kiln; use one of "
+        raise FailedPrecondition(
+            f"{field} {algo.name} is not built by Kiln; use one of "
             f"{', '.join(a.name for a in names)} or None")
     return names[algo]
 
@@ -90,6 +93,10 @@ class QuantConfig(Checked):
     has_zero_point: bool = False
     pre_quant_scale: bool = False
     exclude_modules: list[str] | None = None
+
+    calib_data: str | None = None
+    calib_num_samples: int = 0
+    calib_seq_len: int = 0
 
     @property
     def quant_mode(self) -> QuantMode:
@@ -123,4 +130,7 @@ QuantConfig._checks = {"quant_algo": one_of(QuantAlgo, optional=True),
                        "group_size": integer(1, 4096),
                        "smoothquant_val": number(0.0, 1.0, optional=True),
                        "has_zero_point": boolean, "pre_quant_scale": boolean,
-                       "exclude_modules": _module_names}
+                       "exclude_modules": _module_names,
+                       "calib_data": text(optional=True),
+                       "calib_num_samples": integer(0, 65536),
+                       "calib_seq_len": integer(0, 65536)}

@@ -186,7 +186,6 @@ def test_runtime_customization_and_a_custom_tokenizer(tiny_model):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: setattr(c.quant_config, "quant_algo", QuantAlgo.W4A16_AWQ), "quantization"),
     (lambda c: (setattr(c.parallel_config, "tp_size", 4),
                 setattr(c.parallel_config, "pp_size", 4)), "ranks"),
 ])
@@ -205,10 +204,22 @@ def test_tensor_parallel_engine_is_served_on_two_ranks_through_the_sdk(tiny_mode
         assert output.token_ids == hf_greedy(tiny_model, [5, 6, 7, 8], 5)
 
 
-def test_quant_algo_kiln_does_not_implement_is_invalid(tiny_model):
+def test_w8a16_weights_with_an_int8_kv_cache_are_built_and_served_through_the_sdk(tiny_model):
+    config = tiny_config(tiny_model)
+    config.quant_config.quant_algo = QuantAlgo.W8A16
+    config.quant_config.kv_cache_quant_algo = QuantAlgo.INT8
+    with LLM(config, show_progress=False) as llm:
+        quant = llm.build_result.engine.settings.quant
+        assert (quant.algo, quant.kv_cache_dtype) == ("W8A16", "int8")
+        # the numbers are the unit tests' (test_quantized_build, test_kv_quant); here, the path
+        output = llm.generate([[5, 6, 7, 8]], sampling_config=short(llm, 5))[0]
+        assert len(output.token_ids) == 5
+
+
+def test_quant_algo_kiln_does_not_build_is_a_failed_precondition(tiny_model):
     config = tiny_config(tiny_model)
     config.quant_config.quant_algo = QuantAlgo.W8A8_SQ_PER_CHANNEL
-    with pytest.raises(InvalidArgument, match="not implemented"):
+    with pytest.raises(FailedPrecondition, match="not built by Kiln"):
         LLM(config, show_progress=False)
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime_service.model.layers.kv_quant import QuantizedKVCache
+
 
 @dataclass
 class AttentionMetadata:
@@ -44,7 +46,12 @@ class AttentionMetadata:
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """Stores k, v [T, Hkv, D] into caches [num_blocks, block_size, Hkv, D] at flat slots."""
+    """Stores k, v [T, Hkv, D] into caches [num_blocks, block_size, Hkv, D] at flat slots
+    (quantizing them, for an INT8 / FP8 cache)."""
+    if isinstance(k_cache, QuantizedKVCache):
+        k_cache.write(slot_mapping, k)
+        v_cache.write(slot_mapping, v)
+        return
     num_blocks, block_size = k_cache.shape[:2]
     k_cache.view(num_blocks * block_size, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k)
     v_cache.view(num_blocks * block_size, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from runtime_service.model.layers.attention import AttentionMetadata, TorchReferenceAttention
+from runtime_service.model.layers.kv_quant import QuantizedKVCache
 
 
 class TritonPagedAttention:
@@ -38,21 +39,26 @@ class TritonPagedAttention:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, meta: AttentionMetadata, rotary) -> torch.Tensor:
         kernels = self._kernels
+        # An INT8 / FP8 cache hands the kernels its codes and the per-token scales beside them.
+        scales = {}
+        if isinstance(k_cache, QuantizedKVCache):
+            scales = {"k_scale": k_cache.scales, "v_scale": v_cache.scales}
+            k_cache, v_cache = k_cache.codes, v_cache.codes
         table = rotary.kernel_cos_sin(q) if self.fuse_rotary else None
         if table is not None:
             self._rotary_kernels.rotary_store_kv_(q, k, v, k_cache, v_cache, meta.positions,
-                                                  meta.slot_mapping, *table)
+                                                  meta.slot_mapping, *table, **scales)
         else:
             q, k = rotary(meta.positions, q, k, meta.token_seq_lens)
-            kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+            kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping, **scales)
         if meta.is_decode:
             max_context = meta.block_tables.shape[1] * meta.block_size
             splits = kernels.decode_num_splits(q.shape[0], self.num_kv_heads, max_context,
                                                self.num_sms)
             return kernels.decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                                  self.scale, splits)
+                                  self.scale, splits, **scales)
         return kernels.prefill(q, k_cache, v_cache, meta.block_tables, meta.query_start,
-                               meta.seq_lens, max(meta.query_lens_host), self.scale)
+                               meta.seq_lens, max(meta.query_lens_host), self.scale, **scales)
 
 
 def make_attention_backend(name: str, num_heads: int, num_kv_heads: int, head_dim: int,

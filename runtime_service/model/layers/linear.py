@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from runtime_service.model import kernels
+from runtime_service.model.layers.quantized_linear import (WeightQuant, add_quantized_weight,
+                                                           quantized_linear)
 from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
 
 # Rows up to which the GEMV runs instead of cuBLAS anywhere: the decode graphs' batch sizes
@@ -118,8 +120,11 @@ def shard_columns(full: torch.Tensor, sections: Sequence[int], tp_rank: int,
 
 
 def shard_rows(full: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
-    """Rank `tp_rank`'s slice of the input-feature dim (dim 1) of a row-parallel weight."""
-    if tp_size == 1:
+    """Rank `tp_rank`'s slice of the input-feature dim (dim 1) of a row-parallel weight. Its
+    quantized tensors split the same way (packed int4 columns and per-group scales and zeros
+    line up with the columns they cover); per-output-channel scales (1-D) are whole on every
+    rank, since each rank's partial sum uses the same row scale."""
+    if tp_size == 1 or full.dim() == 1:
         return full
     step = full.shape[1] // tp_size
     return full[:, tp_rank * step:(tp_rank + 1) * step].contiguous()
@@ -129,15 +134,21 @@ class ColumnParallelLinear(nn.Module):
     """y = x W^T (+ b) for this rank's output features; `sections` are the fused parts' full sizes."""
 
     def __init__(self, in_features: int, sections: Sequence[int], bias: bool,
-                 parallel: ParallelContext = SINGLE_RANK):
+                 parallel: ParallelContext = SINGLE_RANK, quant: WeightQuant | None = None):
         super().__init__()
         self.sections = tuple(sections)
         self.local_sections = tuple(s // parallel.tp_size for s in sections)
+        self.quant = quant
         out_local = sum(self.local_sections)
-        self.weight = nn.Parameter(torch.empty(out_local, in_features), requires_grad=False)
+        if quant is None:
+            self.weight = nn.Parameter(torch.empty(out_local, in_features), requires_grad=False)
+        else:
+            add_quantized_weight(self, quant, out_local, in_features)
         self.bias = nn.Parameter(torch.empty(out_local), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant is not None:
+            return quantized_linear(self, self.quant, x, self.bias)
         return linear(x, self.weight, self.bias)
 
 
@@ -145,19 +156,30 @@ class RowParallelLinear(nn.Module):
     """y = all_reduce(x_r W_r^T) + b: each rank holds a slice of the input features."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool,
-                 parallel: ParallelContext = SINGLE_RANK):
+                 parallel: ParallelContext = SINGLE_RANK, quant: WeightQuant | None = None):
         super().__init__()
         self.parallel = parallel
-        self.weight = nn.Parameter(
-            torch.empty(out_features, in_features // parallel.tp_size), requires_grad=False)
+        self.quant = quant
+        in_local = in_features // parallel.tp_size
+        if quant is None:
+            self.weight = nn.Parameter(torch.empty(out_features, in_local), requires_grad=False)
+        else:
+            add_quantized_weight(self, quant, out_features, in_local)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
+    def _partial(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant is not None:
+            return quantized_linear(self, self.quant, x, row_max=self.parallel.all_reduce_max)
+        return linear(x, self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.parallel.all_reduce(linear(x, self.weight))
+        y = self.parallel.all_reduce(self._partial(x))
         return y + self.bias if self.bias is not None else y
 
     def forward_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:
         """self(silu(gate) * up) for gate_up = [gate | up], SwiGLU's down projection, with the
         activation folded into the GEMV at decode."""
+        if self.quant is not None:
+            return self.forward(_silu_and_mul(gate_up))
         y = self.parallel.all_reduce(silu_mul_linear(gate_up, self.weight))
         return y + self.bias if self.bias is not None else y

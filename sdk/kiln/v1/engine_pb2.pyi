@@ -16,14 +16,22 @@ class EngineRef(_message.Message):
     def __init__(self, engine_key: _Optional[str] = ..., uri: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class QuantSettings(_message.Message):
-    __slots__ = ("algo", "group_size", "kv_cache_dtype")
+    __slots__ = ("algo", "group_size", "kv_cache_dtype", "calib_data", "calib_num_samples", "calib_seq_len", "calib_sha256")
     ALGO_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CALIB_DATA_FIELD_NUMBER: _ClassVar[int]
+    CALIB_NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CALIB_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    CALIB_SHA256_FIELD_NUMBER: _ClassVar[int]
     algo: str
     group_size: int
     kv_cache_dtype: str
-    def __init__(self, algo: _Optional[str] = ..., group_size: _Optional[int] = ..., kv_cache_dtype: _Optional[str] = ...) -> None: ...
+    calib_data: str
+    calib_num_samples: int
+    calib_seq_len: int
+    calib_sha256: str
+    def __init__(self, algo: _Optional[str] = ..., group_size: _Optional[int] = ..., kv_cache_dtype: _Optional[str] = ..., calib_data: _Optional[str] = ..., calib_num_samples: _Optional[int] = ..., calib_seq_len: _Optional[int] = ..., calib_sha256: _Optional[str] = ...) -> None: ...
 
 class ParallelSettings(_message.Message):
     __slots__ = ("tp_size", "pp_size")

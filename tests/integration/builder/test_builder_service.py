@@ -165,8 +165,10 @@ def test_bad_inputs_get_clear_status_codes_and_the_service_stays_up(
         (f"s3://{BUCKET}/no/such/model", {}, code.NOT_FOUND, "no model files"),
         (str(inside), {"tp": 3}, code.INVALID_ARGUMENT, "tp_size=3"),
         (str(inside), {"max_seq_len": 100000}, code.INVALID_ARGUMENT, "max_seq_len"),
-        (str(inside), {"quant": engine_pb2.QuantSettings(algo="W4A16_AWQ")},
-         code.FAILED_PRECONDITION, "not supported yet"),
+        (str(inside), {"quant": engine_pb2.QuantSettings(algo="W4A8_AWQ")},
+         code.FAILED_PRECONDITION, "builds NONE, W4A16, W4A16_AWQ, W8A16, FP8"),
+        (str(inside), {"quant": engine_pb2.QuantSettings(algo="W4A16", group_size=128)},
+         code.INVALID_ARGUMENT, "group sizes that work: 64, 32"),
     ]
     for source, settings, expected, words in cases:
         with pytest.raises(grpc.RpcError) as info:
@@ -226,7 +228,7 @@ def test_batch_build_cli_exit_codes(s3, tiny_hf, tmp_path, builder_server):
     again = run_cli("build", *common, "--tp", "2", env=s3.env)
     assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["cached"]
     assert run_cli("build", *common, "--tp", "3", env=s3.env).returncode == 2
-    assert run_cli("build", *common, "--quant", "FP8", env=s3.env).returncode == 3
+    assert run_cli("build", *common, "--quant", "W4A8_AWQ", env=s3.env).returncode == 3
     wrong = {**s3.env, "KILN_S3_SECRET_KEY": "wrong-secret-key-123"}
     denied = run_cli("build", *common, env=wrong)
     assert denied.returncode == 2 and "S3 refused" in denied.stderr
@@ -241,3 +243,32 @@ def write_token(tmp_path, token):
     path = tmp_path / "token"
     path.write_text(token)
     return path
+
+
+def test_cancelled_awq_build_stops_at_a_layer_and_leaves_nothing_behind(stub, builder_server,
+                                                                        tiny_hf):
+    """The caller goes away during calibration: the build thread stops at its next layer,
+    removes its partial folder and publishes nothing; the service stays up."""
+    import time
+    inside = builder_server.models / "cancel-me"
+    shutil.copytree(tiny_hf, inside)
+    words = " ".join(f"w{(i * 37) % 250}" for i in range(4000))
+    (builder_server.models / "calib.txt").write_text(words)
+    quant = engine_pb2.QuantSettings(algo="W4A16_AWQ", group_size=32, calib_num_samples=8,
+                                     calib_seq_len=256,
+                                     calib_data=str(builder_server.models / "calib.txt"))
+    request = builder_pb2.BuildRequest(source=str(inside), settings=engine_pb2.BuildSettings(
+        dtype="float32", quant=quant))
+    call = stub.Build(request, metadata=builder_server.metadata, timeout=120)
+    for event in call:
+        if event.progress.stage == "calibrate":
+            call.cancel()
+            break
+    builds = builder_server.models.parent / "work" / "builds"
+    deadline = time.monotonic() + 60
+    while builds.exists() and any(builds.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not builds.exists() or not any(builds.iterdir())
+    engines = stub.ListEngines(builder_pb2.ListEnginesRequest(), metadata=builder_server.metadata)
+    assert all(e.settings.quant.algo != "W4A16_AWQ" for e in engines.engines)
+    assert builder_server.process.poll() is None

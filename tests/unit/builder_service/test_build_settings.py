@@ -33,10 +33,54 @@ def test_input_longer_than_sequence_is_refused():
         BuildSpec(source="/m", max_input_len=200, max_seq_len=100).build_config(MODEL)
 
 
-@pytest.mark.parametrize("algo", ["W4A16_AWQ", "W8A16", "FP8"])
-def test_quantized_builds_are_a_clear_failed_precondition(algo):
-    with pytest.raises(FailedPrecondition, match="not supported yet"):
+@pytest.mark.parametrize("algo", ["W4A8_AWQ", "W4A16_GPTQ", "W8A8_SQ_PER_CHANNEL", "INT8"])
+def test_quant_algos_kiln_does_not_build_are_a_failed_precondition_naming_those_it_does(algo):
+    with pytest.raises(FailedPrecondition, match="builds NONE, W4A16, W4A16_AWQ, W8A16, FP8"):
         BuildSpec(source="/m", quant=QuantConfig(algo=algo))
+
+
+@pytest.mark.parametrize("algo", ["W4A16", "W4A16_AWQ", "W8A16", "FP8"])
+def test_quantized_builds_are_accepted(algo):
+    assert BuildSpec(source="/m", quant=QuantConfig(algo=algo, group_size=64)).quant.algo == algo
+
+
+def test_group_size_that_does_not_divide_a_width_names_the_widths_and_the_sizes_that_work():
+    smollm2 = ModelArgs(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+                        num_heads=9, num_kv_heads=3, head_dim=64, max_position_embeddings=8192)
+    with pytest.raises(InvalidRequest) as info:
+        QuantConfig(algo="W4A16_AWQ", group_size=128).check_fits(smollm2)
+    message = str(info.value)
+    assert "group_size 128" in message and "qkv_proj/gate_up_proj 576" in message
+    assert "o_proj 576" in message and "down_proj 1536" in message
+    assert "group sizes that work: 64, 32" in message
+    QuantConfig(algo="W4A16_AWQ", group_size=64).check_fits(smollm2)
+    QuantConfig(algo="W8A16", group_size=128).check_fits(smollm2)   # per channel: no groups
+
+
+def test_a_split_that_cuts_a_group_is_refused_per_rank():
+    with pytest.raises(InvalidRequest, match="per rank at tp_size 2: .*o_proj 32"):
+        QuantConfig(algo="W4A16", group_size=64).check_fits(MODEL, tp_size=2)
+    QuantConfig(algo="W4A16", group_size=32).check_fits(MODEL, tp_size=2)
+
+
+@pytest.mark.parametrize("group_size", [16, 96, 256])
+def test_int4_group_sizes_are_128_64_or_32(group_size):
+    with pytest.raises(InvalidRequest, match="group_size must be one of"):
+        QuantConfig(algo="W4A16", group_size=group_size)
+
+
+def test_calibration_settings_belong_to_awq_only():
+    BuildSpec(source="/m", quant=QuantConfig(algo="W4A16_AWQ", calib_num_samples=4),
+              calib_data="/data.jsonl")
+    with pytest.raises(InvalidRequest, match="calibration settings"):
+        BuildSpec(source="/m", quant=QuantConfig(algo="W8A16"), calib_data="/data.jsonl")
+
+
+def test_kv_cache_dtypes_are_built_and_others_refused():
+    for dtype in ("int8", "fp8"):
+        BuildSpec(source="/m", quant=QuantConfig(kv_cache_dtype=dtype))
+    with pytest.raises(InvalidRequest, match="kv_cache_dtype"):
+        QuantConfig(kv_cache_dtype="int4")
 
 
 @pytest.mark.parametrize("kwargs", [

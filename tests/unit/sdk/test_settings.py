@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 from kiln import (BuildConfig, CapacitySchedulerPolicy, KvCacheConfig, ModelConfig, SamplingConfig,
                   StreamingLLMParam)
-from kiln.errors import InvalidArgument
+from kiln.errors import FailedPrecondition, InvalidArgument
 from kiln.quantization import QuantAlgo, QuantConfig
 from kiln.v1 import runtime_pb2
 
@@ -55,7 +55,7 @@ def test_world_size_must_agree_unless_auto_parallel():
 
 
 def test_quant_algos_kiln_lacks_are_named():
-    with pytest.raises(InvalidArgument, match="W4A16_AWQ, W8A16, FP8"):
+    with pytest.raises(FailedPrecondition, match="W4A16, W4A16_AWQ, W8A16, FP8"):
         QuantConfig(quant_algo=QuantAlgo.W8A8_SQ_PER_CHANNEL).builder_algo
     assert QuantConfig(kv_cache_quant_algo=QuantAlgo.INT8).builder_kv_cache_dtype == "int8"
 

@@ -1,0 +1,120 @@
+"""Calibration data for activation-aware quantization: where it comes from, its digest, and the
+token windows the model is run on.
+
+`--calib-data` names a text file (used whole) or a JSONL file (one {"text": ...} per line), a
+local path or `s3://bucket/key` (read with the builder's S3 settings). Without it the corpus is
+one every Python has, the standard library's documentation topics (`pydoc_data.topics`), so a
+quantized build needs no download. Only its first three quarters calibrate: the last quarter is
+held out, and bench/bench_quant_quality.py measures perplexity there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+from runtime_service.errors import InvalidRequest
+from runtime_service.store import S3Settings, open_store
+
+DEFAULT_NUM_SAMPLES = 32
+DEFAULT_SEQ_LEN = 512
+HELD_OUT_FRACTION = 0.25
+MAX_CALIB_BYTES = 1 << 30
+
+
+def pydoc_text() -> str:
+    """The standard library's documentation topics, joined in their module's order."""
+    from pydoc_data.topics import topics
+    return "\n\n".join(topics.values())
+
+
+def split_pydoc() -> tuple[str, str]:
+    """(calibration part, held-out last quarter) of `pydoc_text`, cut at a paragraph."""
+    text = pydoc_text()
+    cut = text.rfind("\n\n", 0, int(len(text) * (1 - HELD_OUT_FRACTION)))
+    return text[:cut], text[cut:]
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Texts to calibrate on, their sha256, and how many windows of how many tokens to use."""
+
+    texts: tuple[str, ...]
+    sha256: str
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    seq_len: int = DEFAULT_SEQ_LEN
+
+    def __post_init__(self):
+        for name in ("num_samples", "seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65536:
+                raise InvalidRequest(f"calibration {name} must be in [1, 65536], got {value!r}")
+        if not any(t.strip() for t in self.texts):
+            raise InvalidRequest("the calibration data holds no text")
+
+    def windows(self, tokenizer) -> list[list[int]]:
+        """Up to num_samples consecutive windows of seq_len token ids over the joined texts
+        (fewer when the text is short; at least one, possibly shorter than seq_len)."""
+        ids = tokenizer("\n\n".join(self.texts), add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InvalidRequest("the calibration data tokenizes to nothing")
+        count = max(1, min(self.num_samples, len(ids) // self.seq_len))
+        return [ids[i * self.seq_len:(i + 1) * self.seq_len] for i in range(count)]
+
+
+def parse_texts(raw: bytes, name: str) -> tuple[str, ...]:
+    """A .jsonl file's "text" fields, or any other file's whole text."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"calibration file {name} is not UTF-8 text: {exc}") from exc
+    if not name.endswith(".jsonl"):
+        return (text,)
+    texts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"{name} line {number} is not JSON: {exc}") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InvalidRequest(f"{name} line {number} needs a string field \"text\"")
+        texts.append(record["text"])
+    return tuple(texts)
+
+
+def _read(uri: str, s3_settings: S3Settings | None) -> bytes:
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        key = PurePosixPath(parsed.path.lstrip("/"))
+        store = open_store(f"s3://{parsed.netloc}/{key.parent}".rstrip("/."), s3_settings)
+        with tempfile.TemporaryDirectory() as tmp:
+            dest = Path(tmp) / "calib"
+            store.get_file(key.name, dest)
+            return dest.read_bytes()
+    if parsed.scheme not in ("", "file"):
+        raise InvalidRequest(f"calibration data must be a path or s3:// URI, got {uri!r}")
+    path = Path(parsed.path if parsed.scheme == "file" else uri)
+    if not path.is_file():
+        raise InvalidRequest(f"calibration file {uri} does not exist")
+    if path.stat().st_size > MAX_CALIB_BYTES:
+        raise InvalidRequest(f"calibration file {uri} is larger than {MAX_CALIB_BYTES} bytes")
+    return path.read_bytes()
+
+
+def load_calibration(uri: str = "", num_samples: int = 0, seq_len: int = 0,
+                     s3_settings: S3Settings | None = None) -> CalibrationData:
+    """The calibration set a build asked for; zero counts mean the defaults."""
+    if uri:
+        raw = _read(uri, s3_settings)
+        texts = parse_texts(raw, PurePosixPath(urlparse(uri).path or uri).name)
+    else:
+        texts = (split_pydoc()[0],)
+        raw = texts[0].encode()
+    return CalibrationData(texts, hashlib.sha256(raw).hexdigest(),
+                           num_samples or DEFAULT_NUM_SAMPLES, seq_len or DEFAULT_SEQ_LEN)

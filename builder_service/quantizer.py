@@ -1,0 +1,45 @@
+"""Which tensors a quantized build quantizes: the decoder layers' linear weights, each replaced by
+the tensors its quantized layer holds (`quantized_linear.quantize_weight`), before the split
+over ranks so that every rank's shard is a slice of one quantization. Embeddings, norms, biases
+and the head stay in the engine dtype.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import torch
+
+from runtime_service.format.engine_config import QuantConfig
+from runtime_service.model.layers.quantized_linear import WeightQuant, quantize_weight
+
+LINEAR_WEIGHT = re.compile(r"^layers\.\d+\.(attn\.(qkv|o)_proj|mlp\.(gate_up|down)_proj)\.weight$")
+
+TensorTransform = Callable[[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]
+
+
+def is_quantized_linear(name: str) -> bool:
+    return LINEAR_WEIGHT.match(name) is not None
+
+
+def quantizing(quant: QuantConfig, scale_dtype: torch.dtype,
+               replaced: dict[str, torch.Tensor] | None = None) -> TensorTransform | None:
+    """(name, full tensor) -> the tensors to write in its place, or None when nothing changes.
+    `replaced` holds full tensors that a calibration pass rewrote (AWQ's scaled norms and
+    weights); they are used instead of the source's."""
+    weight_quant = WeightQuant.for_algo(quant.algo, quant.group_size)
+    if weight_quant is None and not replaced:
+        return None
+    replaced = replaced or {}
+
+    def transform(name: str, full: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        full = replaced.get(name, full)
+        if weight_quant is None or not is_quantized_linear(name):
+            yield name, full
+            return
+        base = name[:-len("weight")]
+        for suffix, tensor in quantize_weight(full, weight_quant, scale_dtype).items():
+            yield base + suffix, tensor
+
+    return transform

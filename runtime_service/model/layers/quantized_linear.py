@@ -1,0 +1,142 @@
+"""Quantized weights inside the parallel linear layers: what tensors a layer holds for each
+algorithm, and the matmul over them.
+
+A quantized layer holds `qweight`, `scales` (and `zeros` for int4) in place of `weight`, in the
+engine format's layout (layers/quantize.py). On CUDA with the Triton kernels available the
+matmul is the fused kernel in kernels/quant_linear.py (imported only there); everywhere else it
+is plain torch: int8 decode rows through `torch._weight_int8pack_mm`, everything else
+dequantize then matmul.
+FP8 also rounds its activations per row to E4M3 on the CPU, so both devices compute the same
+function and the CPU quality figures hold for the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from runtime_service.errors import InvalidRequest
+from runtime_service.model import kernels
+from runtime_service.format.engine_config import INT4_GROUP_SIZES as GROUP_SIZES
+from runtime_service.model.layers.quantize import (dequantize_int4,
+                                                   dequantize_per_channel,
+                                                   fake_quantize_fp8_rows, quantize_fp8,
+                                                   quantize_int4, quantize_int8)
+
+# Engine quant algorithm -> the kind of weights its linears hold.
+WEIGHT_KINDS = {"W4A16": "int4", "W4A16_AWQ": "int4", "W8A16": "int8", "FP8": "fp8"}
+QUANTIZED_SUFFIXES = ("qweight", "scales", "zeros")
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """How a layer's weights are stored: kind "int4" (grouped, with zeros), "int8" or "fp8"."""
+
+    kind: str
+    group_size: int = 128
+
+    def __post_init__(self):
+        if self.kind not in ("int4", "int8", "fp8"):
+            raise InvalidRequest(f"weight kind must be int4, int8 or fp8, got {self.kind!r}")
+        if self.kind == "int4" and self.group_size not in GROUP_SIZES:
+            raise InvalidRequest(
+                f"int4 group_size must be one of {GROUP_SIZES}, got {self.group_size}")
+
+    @classmethod
+    def for_algo(cls, algo: str, group_size: int) -> "WeightQuant | None":
+        """None for an unquantized engine ("NONE")."""
+        kind = WEIGHT_KINDS.get(algo)
+        return cls(kind, group_size) if kind else None
+
+
+def _fixed(tensor: torch.Tensor) -> nn.Parameter:
+    """A parameter whose dtype is part of the format: the loader never casts it to the engine
+    dtype (codes, and the float32 per-channel scales)."""
+    param = nn.Parameter(tensor, requires_grad=False)
+    param.keeps_dtype = True
+    return param
+
+
+def add_quantized_weight(module: nn.Module, quant: WeightQuant, out_features: int,
+                         in_features: int) -> None:
+    """Registers the quantized tensors of an [out_features, in_features] weight on `module`."""
+    n, k = out_features, in_features
+    if quant.kind == "int4":
+        module.qweight = _fixed(torch.empty(n, k // 2, dtype=torch.uint8))
+        module.scales = nn.Parameter(torch.empty(n, k // quant.group_size), requires_grad=False)
+        module.zeros = _fixed(torch.empty(n, k // quant.group_size, dtype=torch.uint8))
+        return
+    dtype = torch.int8 if quant.kind == "int8" else torch.float8_e4m3fn
+    module.qweight = _fixed(torch.empty(n, k, dtype=dtype))
+    module.scales = _fixed(torch.empty(n, dtype=torch.float32))
+
+
+def quantize_weight(w: torch.Tensor, quant: WeightQuant,
+                    scale_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """{suffix: tensor} that `add_quantized_weight` holds, for a full float weight [N, K]; int4
+    scales come in `scale_dtype` (the engine dtype)."""
+    if quant.kind == "int4":
+        return quantize_int4(w, quant.group_size, scale_dtype)
+    return quantize_int8(w) if quant.kind == "int8" else quantize_fp8(w)
+
+
+def dequantized_weight(module: nn.Module, quant: WeightQuant, dtype: torch.dtype) -> torch.Tensor:
+    """The layer's weight [N, K] in `dtype` (for the CPU path and for tests)."""
+    if quant.kind == "int4":
+        return dequantize_int4(module.qweight, module.scales.to(dtype), module.zeros,
+                               quant.group_size)
+    return dequantize_per_channel(module.qweight, module.scales, dtype)
+
+
+def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
+                     bias: torch.Tensor | None = None, row_max=None) -> torch.Tensor:
+    """x [..., K] @ W^T (+ bias) for the layer's quantized W. A row-parallel layer, whose x is
+    a slice of each row, passes `row_max` (an all-reduce max over its ranks) so that FP8
+    scales every row by its whole max |x| on the CPU path, as a single rank does."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if x2.is_cuda and kernels.available():
+        y = _cuda_linear(module, quant, x2, bias)
+    else:
+        y = _cpu_linear(module, quant, x2, bias, row_max)
+    return y.reshape(*shape[:-1], y.shape[-1])
+
+
+# torch's CPU int8 matmul beats dequantize-then-matmul only for a few rows (measured: 1.7 ms vs
+# 5.8 ms at 1 row, even at 4, 4.5x slower at 16 rows, 120x at 512; SmolLM2's gate_up).
+INT8PACK_MAX_ROWS = 4
+
+
+def _cpu_linear(module, quant: WeightQuant, x: torch.Tensor, bias, row_max) -> torch.Tensor:
+    if (quant.kind == "int8" and x.shape[0] <= INT8PACK_MAX_ROWS
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)):
+        y = torch._weight_int8pack_mm(x, module.qweight, module.scales.to(x.dtype))
+        return y + bias if bias is not None else y
+    if quant.kind == "fp8":
+        amax = x.float().abs().amax(dim=-1, keepdim=True)
+        x = fake_quantize_fp8_rows(x, row_max(amax) if row_max else amax)
+    return nn.functional.linear(x, dequantized_weight(module, quant, x.dtype), bias)
+
+
+def _cuda_linear(module, quant: WeightQuant, x: torch.Tensor, bias) -> torch.Tensor:
+    from runtime_service.model.kernels import quant_linear
+    if quant.kind == "int4":
+        return quant_linear.int4_linear(x, module.qweight, module.scales, module.zeros,
+                                        quant.group_size, bias)
+    if quant.kind == "int8":
+        return quant_linear.int8_linear(x, module.qweight, module.scales, bias)
+    return quant_linear.fp8_linear(x, module.qweight, module.scales, bias)
+
+
+def pack_for_device(module: nn.Module, quant: WeightQuant) -> None:
+    """Lets the kernels repack the layer's tensors for their layout once, at load time, on CUDA
+    (identity until a kernel wants another layout)."""
+    if not (module.qweight.is_cuda and kernels.available()):
+        return
+    from runtime_service.model.kernels import quant_linear
+    names = [n for n in QUANTIZED_SUFFIXES if hasattr(module, n)]
+    packed = quant_linear.pack_for_device(quant.kind, {n: getattr(module, n).data for n in names})
+    for name, tensor in packed.items():
+        getattr(module, name).data = tensor

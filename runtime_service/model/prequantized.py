@@ -1,0 +1,104 @@
+"""HF checkpoints that are already quantized, read into the engine format's tensors without
+quantizing again: AutoAWQ's GEMM format (`quant_method: awq`) and compressed-tensors
+(`quant_method: compressed-tensors`, `pack-quantized` int4 and `float-quantized` FP8).
+
+`quant_config_of(hf_config)` says which Kiln algorithm such a folder is (None: not quantized);
+`read_linear(get, names, prefix)` returns one HF linear's {qweight, scales, zeros} in Kiln's layout
+(layers/quantize.py), which fuse along the output dim like plain weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from runtime_service.errors import FailedPrecondition
+from runtime_service.format.engine_config import QuantConfig
+from runtime_service.model.layers.quantize import pack_int4
+
+# AutoAWQ packs 8 output columns per int32 in this order: nibble i holds column ORDER[i].
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def _unpack_int32_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """int32 [..., M] -> int64 [..., M, 8], nibble i (bits 4i..4i+3) at index i."""
+    shifts = torch.arange(0, 32, 4, device=packed.device)
+    return (packed.to(torch.int64)[..., None] >> shifts) & 0xF
+
+
+def _awq_columns(packed: torch.Tensor) -> torch.Tensor:
+    """AutoAWQ's int32 [R, C // 8] -> uint8 [R, C] in column order."""
+    nibbles = _unpack_int32_nibbles(packed)
+    columns = torch.empty_like(nibbles)
+    columns[..., list(AWQ_ORDER)] = nibbles
+    return columns.flatten(-2).to(torch.uint8)
+
+
+def _plain_columns(packed: torch.Tensor) -> torch.Tensor:
+    """compressed-tensors' int32 [R, C // 8] (nibble i = column 8j + i) -> uint8 [R, C]."""
+    return _unpack_int32_nibbles(packed).flatten(-2).to(torch.uint8)
+
+
+def quant_config_of(hf_config: dict) -> QuantConfig | None:
+    """The Kiln quantization of an HF folder's config.json, or None when it has none.
+    Schemes Kiln cannot serve as they are raise FailedPrecondition naming what it reads."""
+    q = hf_config.get("quantization_config")
+    if not q:
+        return None
+    method = q.get("quant_method")
+    if method == "awq":
+        if q.get("bits", 4) != 4 or str(q.get("version", "gemm")).lower() != "gemm" \
+                or not q.get("zero_point", True):
+            raise FailedPrecondition("AutoAWQ checkpoints are served in the 4-bit GEMM format "
+                                     f"with zero points only, got {q}")
+        return QuantConfig(algo="W4A16_AWQ", group_size=int(q.get("group_size", 128)))
+    if method == "compressed-tensors":
+        weights = _compressed_weights_scheme(q)
+        if q.get("format") == "pack-quantized" and weights.get("num_bits") == 4 \
+                and weights.get("type", "int") == "int" and weights.get("strategy") == "group":
+            return QuantConfig(algo="W4A16", group_size=int(weights["group_size"]))
+        if q.get("format") in ("float-quantized", "naive-quantized") \
+                and weights.get("type") == "float" and weights.get("num_bits") == 8 \
+                and weights.get("strategy") == "channel":
+            return QuantConfig(algo="FP8")
+        raise FailedPrecondition(
+            "compressed-tensors checkpoints are served as pack-quantized int4 (group strategy) "
+            f"or float-quantized FP8 (channel strategy), got format {q.get('format')!r} with "
+            f"weights {weights}")
+    raise FailedPrecondition(f"quantization_config quant_method {method!r} is not served; "
+                             "Kiln reads awq (GEMM) and compressed-tensors")
+
+
+def _compressed_weights_scheme(q: dict) -> dict:
+    groups = list(q.get("config_groups", {}).values())
+    if len(groups) != 1 or not groups[0].get("weights"):
+        raise FailedPrecondition("compressed-tensors checkpoints with exactly one config group "
+                                 "of quantized weights are served")
+    return groups[0]["weights"]
+
+
+def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str,
+                quant: QuantConfig) -> dict[str, torch.Tensor]:
+    """One quantized HF linear (`prefix` = "...q_proj.") in Kiln's tensors."""
+    if prefix + "qweight" in names:                                  # AutoAWQ GEMM
+        codes = _awq_columns(get(prefix + "qweight")).T.contiguous()          # [N, K]
+        zeros = _awq_columns(get(prefix + "qzeros")).T.contiguous()           # [N, K // G]
+        scales = get(prefix + "scales").T.contiguous()
+        return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
+    if prefix + "weight_packed" in names:                            # compressed-tensors int4
+        codes = _plain_columns(get(prefix + "weight_packed"))                 # q + 8, [N, K]
+        scales = get(prefix + "weight_scale")
+        if prefix + "weight_zero_point" in names:
+            zero = get(prefix + "weight_zero_point")
+            if zero.dtype == torch.int32:              # packed along rows, offset like codes
+                zeros = _plain_columns(zero.T.contiguous()).T[:scales.shape[0]].contiguous()
+            else:                                       # signed int8 zero points
+                zeros = (zero.to(torch.int64) + 8).to(torch.uint8)
+        else:
+            zeros = torch.full(scales.shape, 8, dtype=torch.uint8)
+        return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
+    if quant.algo == "FP8" and get(prefix + "weight").dtype == torch.float8_e4m3fn:
+        return {"qweight": get(prefix + "weight"),
+                "scales": get(prefix + "weight_scale").float().reshape(-1)}
+    raise FailedPrecondition(f"{prefix[:-1]} is not stored in the checkpoint's quantized format")

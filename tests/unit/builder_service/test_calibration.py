@@ -1,0 +1,68 @@
+"""Calibration data: text or JSONL, local or s3://, its digest, and the held-out default."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from builder_service.calibration import (CalibrationData, load_calibration, parse_texts,
+                                         split_pydoc)
+from runtime_service.errors import InvalidRequest
+from support.servers import BUCKET, start_s3, stop
+
+
+class WordTokenizer:
+    """One id per whitespace-separated word, in the shape of an HF tokenizer's output."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [len(word) for word in text.split()]}
+
+
+def test_jsonl_gives_its_text_fields_and_other_files_their_whole_text():
+    raw = b'{"text": "a b"}\n\n{"text": "c", "id": 3}\n'
+    assert parse_texts(raw, "data.jsonl") == ("a b", "c")
+    assert parse_texts(raw, "data.txt") == (raw.decode(),)
+
+
+@pytest.mark.parametrize("raw, words", [(b'{"text": 1}', 'string field "text"'),
+                                        (b"not json", "line 1 is not JSON"),
+                                        (b"\xff\xfe", "not UTF-8")])
+def test_bad_calibration_files_are_invalid_requests_naming_the_line(raw, words):
+    with pytest.raises(InvalidRequest, match=words):
+        parse_texts(raw, "data.jsonl")
+
+
+def test_default_corpus_is_the_pydoc_topics_without_their_held_out_last_quarter():
+    calibration, held_out = split_pydoc()
+    assert 0.70 < len(calibration) / (len(calibration) + len(held_out)) < 0.80
+    data = load_calibration()
+    assert data.texts == (calibration,) and len(data.sha256) == 64
+    assert held_out.strip() and held_out.strip()[:200] not in data.texts[0]
+    assert (data.num_samples, data.seq_len) == (32, 512)
+
+
+def test_windows_are_consecutive_and_at_most_the_requested_count():
+    data = CalibrationData((" ".join(["xx"] * 50),), "0" * 64, num_samples=4, seq_len=8)
+    assert data.windows(WordTokenizer()) == [[2] * 8] * 4
+    short = CalibrationData(("a bb",), "0" * 64, num_samples=4, seq_len=8)
+    assert short.windows(WordTokenizer()) == [[1, 2]]
+    with pytest.raises(InvalidRequest, match="num_samples"):
+        CalibrationData(("a",), "0" * 64, num_samples=0)
+
+
+def test_calibration_file_is_read_from_a_path_or_s3_with_the_same_digest(tmp_path):
+    lines = "\n".join(json.dumps({"text": f"line {i}"}) for i in range(3))
+    local = tmp_path / "calib.jsonl"
+    local.write_text(lines)
+    server = start_s3(tmp_path / "s3")
+    try:
+        (tmp_path / "s3" / BUCKET / "sets").mkdir()
+        (tmp_path / "s3" / BUCKET / "sets" / "calib.jsonl").write_text(lines)
+        remote = load_calibration(f"s3://{BUCKET}/sets/calib.jsonl", 3, 16, server.settings)
+    finally:
+        stop(server.process)
+    here = load_calibration(str(local), 3, 16)
+    assert remote == here and here.texts == ("line 0", "line 1", "line 2")
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        load_calibration(str(tmp_path / "missing.txt"))

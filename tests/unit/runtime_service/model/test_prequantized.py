@@ -1,0 +1,146 @@
+"""Pre-quantized HF checkpoints (AutoAWQ GEMM, compressed-tensors pack-quantized int4) are
+served as they are stored: greedy tokens equal transformers' on the same weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from runtime_service.engine.executor import Executor, ExecutorOptions
+from runtime_service.engine.request import Request, SamplingParams
+from runtime_service.errors import FailedPrecondition
+from runtime_service.model.layers.quantize import dequantize_int4, quantize_int4, unpack_int4
+from runtime_service.model.loader import load_model
+from runtime_service.model.prequantized import AWQ_ORDER, quant_config_of
+from support.random_llama import hf_greedy, make_random_llama
+
+GROUP = 32
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROMPT = [5, 17, 99, 3, 250, 8, 9]
+
+
+def _pack_columns(codes: torch.Tensor, order=tuple(range(8))) -> torch.Tensor:
+    """uint8 [R, C] -> int32 [R, C // 8], nibble i holding column 8j + order[i]."""
+    grouped = codes.to(torch.int64).reshape(codes.shape[0], -1, 8)[..., list(order)]
+    packed = (grouped << torch.arange(0, 32, 4)).sum(-1)
+    return torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32)
+
+
+def symmetric_int4(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """compressed-tensors' symmetric int4: q in -8..7, scale = max|w| / 7 per group (stored as
+    unsigned codes q + 8 with zero point 8)."""
+    groups = w.float().reshape(w.shape[0], -1, GROUP)
+    scales = (groups.abs().amax(-1) / 7).clamp(min=1e-8).to(torch.float16)
+    q = torch.round(groups / scales.float()[..., None]).clamp(-8, 7) + 8
+    codes = q.reshape(w.shape).to(torch.uint8)
+    return {"qweight": codes[:, 0::2] | (codes[:, 1::2] << 4), "scales": scales,
+            "zeros": torch.full(scales.shape, 8, dtype=torch.uint8)}
+
+
+def quantized_checkpoint(folder, out, write_linear, quantization_config,
+                         quantize=lambda w: quantize_int4(w, GROUP, torch.float16)):
+    """`folder`'s model with each decoder linear replaced by `write_linear`'s tensors, and the
+    float model those tensors dequantize to (what transformers is compared on)."""
+    weights = load_file(str(folder / "model.safetensors"))
+    dequantized = dict(weights)
+    for name in [n for n in weights if n.endswith(".weight") and n.split(".")[-2] in LINEARS]:
+        w = weights.pop(name)
+        q = quantize(w)
+        dequantized[name] = dequantize_int4(q["qweight"], q["scales"].float(), q["zeros"], GROUP)
+        weights.update(write_linear(name[:-len("weight")], q, w.shape))
+    out.mkdir()
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config,
+                                                 "quantization_config": quantization_config}))
+    float_folder = out.parent / (out.name + "-float")
+    float_folder.mkdir()
+    save_file(dequantized, str(float_folder / "model.safetensors"), metadata={"format": "pt"})
+    (float_folder / "config.json").write_text((folder / "config.json").read_text())
+    return out, float_folder
+
+
+def awq_gemm(prefix, q, shape):
+    codes = unpack_int4(q["qweight"])                                   # [N, K]
+    return {prefix + "qweight": _pack_columns(codes.T.contiguous(), AWQ_ORDER),
+            prefix + "qzeros": _pack_columns(q["zeros"].T.contiguous(), AWQ_ORDER),
+            prefix + "scales": q["scales"].T.contiguous()}
+
+
+def compressed_int4(prefix, q, shape):
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    signed = unpack_int4(q["qweight"]).to(torch.int16) - 8
+    zero = q["zeros"].to(torch.int16) - 8
+    return {prefix + "weight_packed": pack_to_int32(signed.to(torch.int8), 4),
+            prefix + "weight_scale": q["scales"],
+            prefix + "weight_zero_point": pack_to_int32(zero.to(torch.int8), 4, packed_dim=0),
+            prefix + "weight_shape": torch.tensor(list(shape))}
+
+
+def compressed_symmetric_int4(prefix, q, shape):
+    """What compressed-tensors writes for a symmetric scheme: no zero point at all."""
+    tensors = compressed_int4(prefix, q, shape)
+    del tensors[prefix + "weight_zero_point"]
+    return tensors
+
+
+AWQ_CONFIG = {"quant_method": "awq", "bits": 4, "group_size": GROUP, "version": "gemm",
+              "zero_point": True}
+COMPRESSED_CONFIG = {
+    "quant_method": "compressed-tensors", "format": "pack-quantized",
+    "quantization_status": "compressed", "ignore": ["lm_head"],
+    "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+        "num_bits": 4, "type": "int", "symmetric": False, "strategy": "group",
+        "group_size": GROUP}}}}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return make_random_llama(tmp_path_factory.mktemp("hf") / "llama", num_hidden_layers=2)
+
+
+def kiln_greedy(folder, tokens=8):
+    executor = Executor.from_folder(folder, ExecutorOptions(load_tokenizer=False,
+                                                            kv_max_tokens=256)).start()
+    try:
+        stream = executor.submit(Request("r", PROMPT, SamplingParams(max_new_tokens=tokens,
+                                                                     ignore_eos=True)))
+        return [t for o in stream for t in o.new_token_ids]
+    finally:
+        executor.shutdown()
+
+
+@pytest.mark.parametrize("writer, config, algo", [
+    (awq_gemm, AWQ_CONFIG, "W4A16_AWQ"), (compressed_int4, COMPRESSED_CONFIG, "W4A16")])
+def test_prequantized_checkpoint_is_served_without_requantizing(writer, config, algo, source,
+                                                                 tmp_path):
+    folder, float_folder = quantized_checkpoint(source, tmp_path / "q", writer, config)
+    loaded = load_model(folder)
+    assert loaded.config.quant.algo == algo and loaded.config.quant.group_size == GROUP
+    layer = loaded.model.layers["0"].mlp.down_proj
+    q = quantize_int4(load_file(str(source / "model.safetensors"))[
+        "model.layers.0.mlp.down_proj.weight"], GROUP, torch.float16)
+    assert torch.equal(layer.qweight, q["qweight"]) and torch.equal(layer.zeros, q["zeros"])
+    assert kiln_greedy(folder) == hf_greedy(float_folder, PROMPT, 8)
+
+
+def test_transformers_runs_the_compressed_tensors_checkpoint_as_kiln_does(source, tmp_path):
+    """transformers itself decompresses a symmetric pack-quantized checkpoint on the CPU (its
+    loader does not take asymmetric checkpoints' packed zero points in this version)."""
+    config = json.loads(json.dumps(COMPRESSED_CONFIG))
+    config["config_groups"]["group_0"]["weights"]["symmetric"] = True
+    folder, _ = quantized_checkpoint(source, tmp_path / "q", compressed_symmetric_int4, config,
+                                     symmetric_int4)
+    assert load_model(folder).model.layers["0"].attn.qkv_proj.zeros.eq(8).all()
+    assert kiln_greedy(folder) == hf_greedy(folder, PROMPT, 8)
+
+
+def test_unsupported_prequantized_schemes_are_refused_naming_what_is_read():
+    with pytest.raises(FailedPrecondition, match="awq .GEMM. and compressed-tensors"):
+        quant_config_of({"quantization_config": {"quant_method": "gptq"}})
+    with pytest.raises(FailedPrecondition, match="4-bit GEMM"):
+        quant_config_of({"quantization_config": {**AWQ_CONFIG, "version": "gemv"}})
+    assert quant_config_of({}) is None
