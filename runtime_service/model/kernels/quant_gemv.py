@@ -34,7 +34,7 @@ from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _
 log = logging.getLogger("kiln.kernels.quant_gemv")
 
 _SUM_BLOCK = 1024
-FP8_MAX = 448.0
+_FP8_MAX: tl.constexpr = 448.0
 # (bits, value) of the float whose mantissa an int4 nibble is or-ed into, per activation dtype.
 _MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
 
@@ -131,7 +131,7 @@ def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
     for k in range(0, K, BLOCK):
         x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), 1e-12)
+    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), _FP8_MAX), 1e-12)
     tl.store(XScale + row, scale)
     for k in range(0, K, BLOCK):
         x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
@@ -140,10 +140,13 @@ def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _dequant_int4_kernel(QW, Scales, Zeros, Out, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dequant_int4_kernel(QW, Scales, Zeros, Out, N, K, GROUP: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
     """Program (row block, group): w = (q - z) * s for GROUP columns of BLOCK_N rows."""
     HALF: tl.constexpr = GROUP // 2
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_n = rows < N
+    rows = tl.minimum(rows, N - 1).to(tl.int64)
     group = tl.program_id(1)
     offs_h = tl.arange(0, HALF)
     num_groups = K // GROUP
@@ -153,8 +156,8 @@ def _dequant_int4_kernel(QW, Scales, Zeros, Out, K, GROUP: tl.constexpr, BLOCK_N
     even = ((packed & 0xF).to(tl.float32) - zero) * scale
     odd = ((packed >> 4).to(tl.float32) - zero) * scale
     out = Out + rows[:, None] * K + group * GROUP + 2 * offs_h[None, :]
-    tl.store(out, even.to(Out.dtype.element_ty))
-    tl.store(out + 1, odd.to(Out.dtype.element_ty))
+    tl.store(out, even.to(Out.dtype.element_ty), mask=in_n[:, None])
+    tl.store(out + 1, odd.to(Out.dtype.element_ty), mask=in_n[:, None])
 
 
 # ---- launchers (inputs already checked by quant_linear.py) ------------------------------------
@@ -173,11 +176,8 @@ def dequantize_int4(qweight, scales, zeros, group_size: int, dtype: torch.dtype)
     n, k = qweight.shape[0], qweight.shape[1] * 2
     out = torch.empty((n, k), dtype=dtype, device=qweight.device)
     block_n = 16
-    if n % block_n:
-        raise ValueError(f"int4 dequantization needs N divisible by {block_n}, got {n}")
-    _dequant_int4_kernel[(n // block_n, k // group_size)](qweight, scales, zeros, out, k,
-                                                         GROUP=group_size, BLOCK_N=block_n,
-                                                         num_warps=4)
+    _dequant_int4_kernel[(triton.cdiv(n, block_n), k // group_size)](
+        qweight, scales, zeros, out, n, k, GROUP=group_size, BLOCK_N=block_n, num_warps=4)
     return out
 
 

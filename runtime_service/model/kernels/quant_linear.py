@@ -85,7 +85,9 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     xq, x_scales = quantize_rows_fp8(x)
     if x.shape[0] <= GEMV_ROW_LIMIT:
         return _channel_gemv("fp8", xq, x_scales, qweight, scales, bias, x.dtype)
-    if _has_fp8_tensor_cores(x.device) and x.dtype == torch.bfloat16:
+    n, k = qweight.shape
+    if (_has_fp8_tensor_cores(x.device) and x.dtype == torch.bfloat16 and n % 16 == 0
+            and k % 16 == 0):               # what torch._scaled_mm's row-wise path takes
         y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scales[:, None],
                              scale_b=scales[None, :], out_dtype=x.dtype)
         return y if bias is None else y + bias
