@@ -83,7 +83,8 @@ def test_int4_linear_matches_reference(shape, group, untuned):
         with_bias = bias if rows % 2 else None
         out = int4_linear(x, qweight, scales, zeros, group, with_bias)
         ref = int4_linear_reference(x, qweight, scales, zeros, group, with_bias)
-        _check(out, ref, 4e-3 if rows > 64 else 2e-3, f"int4 {shape} g{group} M={rows}")
+        # The dot path rounds each dequantized weight to bf16 before the product.
+        _check(out, ref, 4e-3, f"int4 {shape} g{group} M={rows}")
 
 
 def test_int4_linear_float16_activations(untuned):
@@ -94,7 +95,7 @@ def test_int4_linear_float16_activations(untuned):
     for rows in (1, 9):
         x = _x(rows, 1024, torch.float16, generator)
         _check(int4_linear(x, qweight, scales, zeros, 128),
-               int4_linear_reference(x, qweight, scales, zeros, 128), 2e-3, f"fp16 M={rows}")
+               int4_linear_reference(x, qweight, scales, zeros, 128), 4e-3, f"fp16 M={rows}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -145,7 +146,7 @@ def test_every_candidate_config_computes_the_same_function(rows):
     int4 = _int4_weight(n, k, group, torch.bfloat16, generator)
     ref = ql.int4_linear_reference(x, *int4, group)
     for config in qg.int4_candidates(rows, n, k, group, qg.sm_count(x.device)):
-        _check(qg.launch_int4(x, *int4, group, None, config), ref, 2e-3, f"int4 {config}")
+        _check(qg.launch_int4(x, *int4, group, None, config), ref, 4e-3, f"int4 {config}")
     int8 = (torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda",
                           generator=generator), torch.rand(n, device="cuda") * 0.01)
     ref = ql.int8_linear_reference(x, *int8)

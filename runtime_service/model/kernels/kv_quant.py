@@ -25,7 +25,10 @@ def quantize_kv_reference(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Te
                                                                          torch.Tensor]:
     """x [..., D] -> (q [..., D] of `dtype`, float32 scales [...])."""
     xf = x.float()
-    scales = (xf.abs().amax(dim=-1) / _QMAX[dtype]).clamp_min(1e-8)
+    amax = xf.abs().amax(dim=-1)
+    # A tensor divisor: torch divides by a Python scalar as a multiply by its reciprocal on
+    # CUDA, which can differ from amax / QMAX (what the kernels compute) in the last bit.
+    scales = (amax / torch.full_like(amax, _QMAX[dtype])).clamp_min(1e-8)
     scaled = xf / scales[..., None]
     if dtype == torch.int8:
         return scaled.round().clamp(-128, 127).to(torch.int8), scales

@@ -8,7 +8,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_ROUNDER: tl.constexpr = 12582912.0     # 1.5 * 2^23
+_ROUNDER = tl.constexpr(12582912.0)     # 1.5 * 2^23
 
 
 @triton.jit

@@ -6,13 +6,12 @@ quarter of bf16's. The kernels follow gemv.py's `_dot_kernel` (x rows padded to 
 tile, split-K with float32 partials summed by gemv's `_split_sum_kernel`, tuned per shape on
 first use inside CUDA graphs with gemv's clock) and change only what the weight costs to unpack:
 
-- int4 (`_int4_kernel`): one dot per group and nibble half. A nibble q becomes the float
-  MAGIC + q by or-ing its bits into MAGIC's mantissa (bf16 128.0 = 0x4300, fp16 1024.0 =
-  0x6400: both represent MAGIC + 0..15 exactly), so unpacking is an and/shift and an or per
-  weight, with no int-to-float conversion (a quarter-rate instruction). The offset and the zero
-  point come out once per group and row: sum_k x_k (q_k - z) s = s (dot(x, MAGIC + q)
-  - (MAGIC + z) sum_k x_k). The float32 products are exact; the cancellation costs about
-  2^-24 * MAGIC * |sum x|, far under the bf16 rounding of the output.
+- int4: nibbles are unpacked without int-to-float conversions (a quarter-rate instruction):
+  q or-ed into the mantissa of 2^23 is the float 2^23 + q exactly, and subtracting 2^23 + z
+  leaves q - z. One row (`_int4_fma_kernel`, CUDA cores, the bf16 GEMV's single-row shape)
+  multiplies that by x and the group scale in float32 and reduces once; more rows
+  (`_int4_dot_kernel`) round (q - z) * s to x's dtype per group, re-interleave the even / odd
+  nibbles to column order, and meet x in a tensor-core dot.
 - int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
   the dot's 16-bit type exactly, the per-channel and per-token scales multiply the float32 tile
   once at the end.
@@ -34,16 +33,63 @@ from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _
 log = logging.getLogger("kiln.kernels.quant_gemv")
 
 _SUM_BLOCK = 1024
-_FP8_MAX: tl.constexpr = 448.0
-# (bits, value) of the float whose mantissa an int4 nibble is or-ed into, per activation dtype.
-_MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
+_FP8_MAX = tl.constexpr(448.0)
+
+
+@triton.jit
+def _unpack_nibbles(packed):
+    """uint8 bytes -> (low, high) nibbles as float32 2^23 + q, by or-ing q into 2^23's mantissa
+    (exact, and no int-to-float conversion)."""
+    wide = packed.to(tl.int32)
+    lo = ((wide & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
+    hi = ((wide >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
+    return lo, hi
 
 
 @triton.jit(do_not_specialize=["M", "N"])
-def _int4_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
-                 HAS_BIAS: tl.constexpr, MAGIC_BITS: tl.constexpr, MAGIC: tl.constexpr,
-                 GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
+                     HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4): the tile
+    is [BLOCK_N, groups, GROUP / 2] bytes, so each group's scale and zero broadcast along the
+    last axis and every load is a contiguous vector."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    row = tl.program_id(2)
+    HALF: tl.constexpr = GROUP // 2
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_rows = tl.minimum(cols, N - 1).to(tl.int64)
+    num_groups = K // GROUP
+    offs_g = tl.arange(0, GROUPS_PER_TILE)
+    byte_offs = offs_g[:, None] * HALF + tl.arange(0, HALF)[None, :]
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    w_ptrs = QW + w_rows[:, None, None] * (K // 2) + k_start // 2 + byte_offs[None, :, :]
+    x_ptrs = X + row * stride_xm + k_start + 2 * byte_offs
+    sz_offs = w_rows[:, None] * num_groups + k_start // GROUP + offs_g[None, :]
+    acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
+    for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        lo, hi = _unpack_nibbles(tl.load(w_ptrs))
+        x_even = tl.load(x_ptrs).to(tl.float32)[None, :, :]
+        x_odd = tl.load(x_ptrs + 1).to(tl.float32)[None, :, :]
+        scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
+        offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
+        acc += ((lo - offset) * x_even + (hi - offset) * x_odd) * scale
+        w_ptrs += BLOCK_K // 2
+        x_ptrs += BLOCK_K
+        sz_offs += GROUPS_PER_TILE
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    if HAS_BIAS:
+        y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(Out + (pid_k * M + row) * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
+
+
+@triton.jit(do_not_specialize=["M", "N"])
+def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
+                     HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Rows of x padded to a tensor-core tile: each group is dequantized to x's dtype in
+    registers, (q - z) * s, re-interleaved to column order, and meets x in one dot."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -54,9 +100,8 @@ def _int4_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_spli
     x_rows = tl.minimum(rows, M - 1)
     w_rows = tl.minimum(cols, N - 1).to(tl.int64)
     num_groups = K // GROUP
-    offs_h = tl.arange(0, HALF)
-    x_base = X + x_rows[:, None] * stride_xm + 2 * offs_h[None, :]
-    w_base = QW + w_rows[:, None] * (K // 2) + offs_h[None, :]
+    x_base = X + x_rows[:, None] * stride_xm + tl.arange(0, GROUP)[None, :]
+    w_base = QW + w_rows[:, None] * (K // 2) + tl.arange(0, HALF)[None, :]
     sz_base = w_rows * num_groups
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
@@ -64,19 +109,11 @@ def _int4_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_spli
     for k in range(k_start, k_end, BLOCK_K):
         for g in tl.static_range(GROUPS_PER_TILE):
             k0 = k + g * GROUP
-            packed = tl.load(w_base + k0 // 2)
-            x_even = tl.load(x_base + k0)
-            x_odd = tl.load(x_base + k0 + 1)
-            w_even = ((packed & 0xF).to(tl.int16) | MAGIC_BITS).to(X.dtype.element_ty,
-                                                                   bitcast=True)
-            w_odd = ((packed >> 4).to(tl.int16) | MAGIC_BITS).to(X.dtype.element_ty,
-                                                                 bitcast=True)
-            part = tl.dot(x_even, tl.trans(w_even))
-            part = tl.dot(x_odd, tl.trans(w_odd), part)
-            x_sum = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=1)
-            scale = tl.load(Scales + sz_base + k0 // GROUP).to(tl.float32)
-            zero = tl.load(Zeros + sz_base + k0 // GROUP).to(tl.float32)
-            acc += (part - x_sum[:, None] * (MAGIC + zero)[None, :]) * scale[None, :]
+            lo, hi = _unpack_nibbles(tl.load(w_base + k0 // 2))
+            scale = tl.load(Scales + sz_base + k0 // GROUP).to(tl.float32)[:, None]
+            offset = (8388608.0 + tl.load(Zeros + sz_base + k0 // GROUP).to(tl.float32))[:, None]
+            w = tl.interleave((lo - offset) * scale, (hi - offset) * scale)
+            acc = tl.dot(tl.load(x_base + k0), tl.trans(w.to(X.dtype.element_ty)), acc)
     if HAS_BIAS:
         acc += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     out_ptrs = Out + (pid_k * M + rows[:, None]) * N + cols[None, :]
@@ -200,19 +237,24 @@ def _finish(x, bias, out_dtype, n, config: GemvConfig, launch) -> torch.Tensor:
 def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvConfig):
     rows, k = x.shape
     n = qweight.shape[0]
-    bits, magic = _MAGIC[x.dtype]
     groups_per_tile = config.block_k // group_size
     k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
-    block_m = row_tile(rows)
 
     def launch(target, fused_bias):
-        grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(rows, block_m))
-        _int4_kernel[grid](x, qweight, scales, zeros, fused_bias, target, rows, n, k,
-                           x.stride(0), k_per_split, HAS_BIAS=fused_bias is not None,
-                           MAGIC_BITS=bits, MAGIC=magic, GROUP=group_size,
-                           GROUPS_PER_TILE=groups_per_tile, BLOCK_M=block_m,
-                           BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps,
-                           num_stages=config.num_stages)
+        args = (x, qweight, scales, zeros, fused_bias, target, rows, n, k, x.stride(0),
+                k_per_split)
+        options = dict(HAS_BIAS=fused_bias is not None, GROUP=group_size,
+                       GROUPS_PER_TILE=groups_per_tile, BLOCK_N=config.block_n,
+                       BLOCK_K=config.block_k, num_warps=config.num_warps,
+                       num_stages=config.num_stages)
+        n_blocks = triton.cdiv(n, config.block_n)
+        if config.kind == "fma":
+            _int4_fma_kernel[(n_blocks, config.split_k, rows)](
+                *args, NUM_STAGES=config.num_stages, **options)
+        else:
+            block_m = row_tile(rows)
+            _int4_dot_kernel[(n_blocks, config.split_k, triton.cdiv(rows, block_m))](
+                *args, BLOCK_M=block_m, **options)
 
     return _finish(x, bias, x.dtype, n, config, launch)
 
@@ -239,25 +281,28 @@ def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvCo
 # ---- tuning: gemv's clock over quantized weight copies ----------------------------------------
 
 def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
-    """Weight tiles of 2-16 KiB of packed bytes, as tiles whose K span is whole groups dividing
-    the row (no masks), each unsplit and split to fill the GPU."""
+    """Tiles whose K span is whole groups dividing the row (no masks; a span that does not
+    divide falls back to one group), each unsplit and split to fill the GPU. One row also
+    tries the CUDA-core kernel, first: it is the untimed default there."""
     num_groups = k // group_size
-    configs = []
-    tiles = ((32, 256, 4, 3), (64, 256, 4, 3), (64, 128, 4, 4), (128, 128, 4, 3),
-             (128, 256, 8, 3), (32, 512, 4, 2))
+    fma = ((8, 512, 4, 1), (16, 512, 4, 1), (8, 256, 4, 3), (16, 256, 4, 3), (32, 256, 8, 3),
+           (4, 1024, 4, 1))
+    dot = ((32, 128, 4, 3), (64, 128, 4, 3), (64, 256, 4, 2), (128, 128, 8, 3))
     if rows > 16:
-        tiles = ((64, 128, 4, 3), (128, 128, 4, 3), (64, 256, 4, 2), (32, 256, 4, 3))
-    for block_n, block_k, warps, stages in tiles:
+        dot = ((64, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 4), (128, 64, 4, 4))
+    tiles = [("fma",) + t for t in fma] if rows == 1 else []
+    configs = []
+    for kind, block_n, block_k, warps, stages in tiles + [("dot",) + t for t in dot]:
         block_k = max(block_k, group_size)
         if num_groups % (block_k // group_size):
             block_k = group_size
-        tile = GemvConfig("dot", block_n, block_k, warps, stages)
+        tile = GemvConfig(kind, block_n, block_k, warps, stages)
         if tile in configs:
             continue
         configs.append(tile)
         split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
         if split > 1:
-            configs.append(GemvConfig("dot", block_n, block_k, warps, stages, split))
+            configs.append(GemvConfig(kind, block_n, block_k, warps, stages, split))
     return configs
 
 

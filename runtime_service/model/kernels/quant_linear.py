@@ -142,7 +142,8 @@ def int8_linear_reference(x, qweight, scales, bias=None):
 
 def quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row e4m3 quantization: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale)."""
-    scales = (x.float().abs().amax(dim=-1) / 448.0).clamp_min(1e-12)
+    amax = x.float().abs().amax(dim=-1)
+    scales = (amax / torch.full_like(amax, 448.0)).clamp_min(1e-12)   # IEEE, as the kernel
     return (x.float() / scales[:, None]).to(torch.float8_e4m3fn), scales
 
 
