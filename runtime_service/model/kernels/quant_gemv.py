@@ -65,13 +65,17 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     w_ptrs = QW + w_rows[:, None, None] * (K // 2) + k_start // 2 + byte_offs[None, :, :]
-    x_ptrs = X + row * stride_xm + k_start + 2 * byte_offs
+    # x as [groups, GROUP / 2, 2] (contiguous, so vector loads), split into even / odd columns
+    # in registers.
+    x_ptrs = (X + row * stride_xm + k_start + 2 * byte_offs[:, :, None]
+              + tl.arange(0, 2)[None, None, :])
     sz_offs = w_rows[:, None] * num_groups + k_start // GROUP + offs_g[None, :]
     acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         lo, hi = _unpack_nibbles(tl.load(w_ptrs))
-        x_even = tl.load(x_ptrs).to(tl.float32)[None, :, :]
-        x_odd = tl.load(x_ptrs + 1).to(tl.float32)[None, :, :]
+        x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
+        x_even = x_even[None, :, :]
+        x_odd = x_odd[None, :, :]
         scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
         offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
         acc += ((lo - offset) * x_even + (hi - offset) * x_odd) * scale
