@@ -92,12 +92,15 @@ def test_fused_rotary_store_quantizes_like_rotary_then_store(tokens, cache_dtype
     assert torch.equal(q_fused, q_sep), f"seed {SEED}"
     for got, want in zip(fused[0] + fused[1], separate[0] + separate[1]):
         assert torch.equal(_bits(got), _bits(want)), f"seed {SEED}"
-    # The reference rotates in torch, which may round a product one ulp apart from the kernel.
+    # The reference rotates in torch, which may round a product one bf16 ulp apart from the
+    # kernel; where that moves a value across a rounding boundary of the cache dtype, the two
+    # differ by one quantization step (e4m3's is 1/16 relative: 1.0-1.1% seen on the H200).
+    bound = 1e-2 if cache_dtype == torch.int8 else 4e-2
     for (cache, scale), (ref_cache, ref_scale) in zip(zip(*fused), zip(*reference)):
         written = scale >= 0
         got = cache.float() * scale[..., None]
         want = ref_cache.float() * ref_scale[..., None]
-        assert _rel_err(got[written], want[written]) < 1e-2, f"seed {SEED}"
+        assert _rel_err(got[written], want[written]) < bound, f"seed {SEED}"
 
 
 def _quantized_batch(shape, cache_dtype, seq_lens, generator):
