@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -49,10 +50,13 @@ def _unpack_nibbles(packed):
 @triton.jit(do_not_specialize=["M", "N"])
 def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
                      HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+                     INTERLEAVE_W: tl.constexpr):
     """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4): the tile
     is [BLOCK_N, groups, GROUP / 2] bytes, so each group's scale and zero broadcast along the
-    last axis and every load is a contiguous vector."""
+    last axis and every load is a contiguous vector. The nibbles meet x either as even / odd
+    halves (x split in registers) or, with INTERLEAVE_W, re-interleaved to column order so that
+    x is read in the weight tile's own layout (two ways to the same sums; the tuner times both)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
@@ -65,20 +69,27 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     w_ptrs = QW + w_rows[:, None, None] * (K // 2) + k_start // 2 + byte_offs[None, :, :]
-    # x as [groups, GROUP / 2, 2] (contiguous, so vector loads), split into even / odd columns
-    # in registers.
-    x_ptrs = (X + row * stride_xm + k_start + 2 * byte_offs[:, :, None]
-              + tl.arange(0, 2)[None, None, :])
     sz_offs = w_rows[:, None] * num_groups + k_start // GROUP + offs_g[None, :]
-    acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
+    if INTERLEAVE_W:
+        x_ptrs = (X + row * stride_xm + k_start + offs_g[:, None] * GROUP
+                  + tl.arange(0, GROUP)[None, :])
+        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, GROUP), tl.float32)
+    else:
+        # x as [groups, GROUP / 2, 2] (contiguous, so vector loads), split into even / odd
+        # columns in registers.
+        x_ptrs = (X + row * stride_xm + k_start + 2 * byte_offs[:, :, None]
+                  + tl.arange(0, 2)[None, None, :])
+        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         lo, hi = _unpack_nibbles(tl.load(w_ptrs))
-        x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
-        x_even = x_even[None, :, :]
-        x_odd = x_odd[None, :, :]
         scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
         offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
-        acc += ((lo - offset) * x_even + (hi - offset) * x_odd) * scale
+        if INTERLEAVE_W:
+            w = tl.interleave(lo - offset, hi - offset)
+            acc += w * scale * tl.load(x_ptrs).to(tl.float32)[None, :, :]
+        else:
+            x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
+            acc += ((lo - offset) * x_even[None, :, :] + (hi - offset) * x_odd[None, :, :]) * scale
         w_ptrs += BLOCK_K // 2
         x_ptrs += BLOCK_K
         sz_offs += GROUPS_PER_TILE
@@ -254,7 +265,8 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
         n_blocks = triton.cdiv(n, config.block_n)
         if config.kind == "fma":
             _int4_fma_kernel[(n_blocks, config.split_k, rows)](
-                *args, NUM_STAGES=config.num_stages, **options)
+                *args, NUM_STAGES=config.num_stages,
+                INTERLEAVE_W=getattr(config, "interleave", False), **options)
         else:
             block_m = row_tile(rows)
             _int4_dot_kernel[(n_blocks, config.split_k, triton.cdiv(rows, block_m))](
@@ -284,6 +296,17 @@ def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvCo
 
 # ---- tuning: gemv's clock over quantized weight copies ----------------------------------------
 
+@dataclass(frozen=True)
+class Int4FmaConfig(GemvConfig):
+    """An int4 one-row launch: GemvConfig's tile, and whether the nibbles are re-interleaved
+    to column order (`_int4_fma_kernel`'s INTERLEAVE_W)."""
+
+    interleave: bool = False
+
+    def __str__(self) -> str:
+        return super().__str__() + (" interleave" if self.interleave else "")
+
+
 def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
     """Tiles whose K span is whole groups dividing the row (no masks; a span that does not
     divide falls back to one group), each unsplit and split to fill the GPU. One row also
@@ -300,13 +323,14 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
         block_k = max(block_k, group_size)
         if num_groups % (block_k // group_size):
             block_k = group_size
-        tile = GemvConfig(kind, block_n, block_k, warps, stages)
-        if tile in configs:
-            continue
-        configs.append(tile)
         split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
-        if split > 1:
-            configs.append(GemvConfig(kind, block_n, block_k, warps, stages, split))
+        for split_k in sorted({1, split}):
+            if kind == "dot":
+                variants = [GemvConfig(kind, block_n, block_k, warps, stages, split_k)]
+            else:
+                variants = [Int4FmaConfig(kind, block_n, block_k, warps, stages, split_k,
+                                          interleave) for interleave in (False, True)]
+            configs += [config for config in variants if config not in configs]
     return configs
 
 
