@@ -13,8 +13,11 @@ Llama-2-7B (MHA) and Llama-3-8B (GQA, 4 query heads per kv head) head shapes and
 
 Calls are timed back to back inside a CUDA graph, each reading another layer's caches, the
 caches together several times the L2 (as a decode step reads them). JSON to --json, a table last.
+`--kv-cache-dtype int8|fp8` times Kiln over quantized caches (one byte per element plus a float32
+scale per token and head; the floor counts those bytes; SDPA stays bf16).
 
     python3 bench/bench_attention.py --json attention.json
+    python3 bench/bench_attention.py --no-sweep --kv-cache-dtype fp8
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ LOADS = ((1, 1024), (1, 4096), (64, 140), (64, 200), (64, 1152), (256, 160))
 SWEEP = dict(block_n=(16, 32, 64), num_warps=(2, 4, 8), num_stages=(2, 3),
              split_factor=(1, 2, 4))
 DEFAULT_L2_BYTES = 50 << 20
+KV_CACHE_DTYPES = {"bf16": None, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
 def sweep_points(default_splits: int):
@@ -57,16 +61,24 @@ def sweep_points(default_splits: int):
 
 
 def layer_caches(batch: int, context: int, num_kv_heads: int, l2_bytes: int,
-                 generator: torch.Generator):
+                 generator: torch.Generator, cache_dtype: torch.dtype | None = None):
     """Enough layers' paged caches (shuffled block tables, as a long-running pool leaves them)
-    that together they exceed the L2 three times; plus the same K/V laid out for SDPA."""
+    that together they exceed the L2 three times; plus the same K/V laid out for SDPA. With a
+    `cache_dtype` each layer is (k, v, k_scale, v_scale), quantized by the KV contract."""
+    from runtime_service.model.kernels.kv_quant import quantize_kv_reference
+
     blocks_per_seq = math.ceil(context / BLOCK_SIZE)
     num_blocks = batch * blocks_per_seq + 1
-    bytes_per_layer = 2 * batch * context * num_kv_heads * HEAD_DIM * 2
+    tokens_heads = batch * context * num_kv_heads
+    bytes_per_layer = 2 * tokens_heads * (HEAD_DIM * 2 if cache_dtype is None else HEAD_DIM + 4)
     layers = max(1, math.ceil(3 * l2_bytes / bytes_per_layer))
     shape = (num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM)
     paged = [(torch.randn(shape, device="cuda", dtype=torch.bfloat16),
               torch.randn(shape, device="cuda", dtype=torch.bfloat16)) for _ in range(layers)]
+    if cache_dtype is not None:
+        paged = [tuple(quantize_kv_reference(k, cache_dtype)) + tuple(
+            quantize_kv_reference(v, cache_dtype)) for k, v in paged]
+        paged = [(k, v, k_scale, v_scale) for k, k_scale, v, v_scale in paged]
     order = torch.randperm(num_blocks - 1, generator=generator) + 1
     tables = order.view(batch, blocks_per_seq).to(torch.int32).cuda()
     dense = [(torch.randn(batch, num_kv_heads, context, HEAD_DIM, device="cuda",
@@ -77,7 +89,7 @@ def layer_caches(batch: int, context: int, num_kv_heads: int, l2_bytes: int,
 
 
 def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes: int,
-               sweep: bool) -> dict:
+               sweep: bool, cache_dtype: torch.dtype | None = None) -> dict:
     from runtime_service.model.kernels import paged_attention as pa
     from runtime_service.model.kernels.gemv import graph_time_per_call_us
 
@@ -85,7 +97,7 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
     group = num_heads // num_kv_heads
     generator = torch.Generator().manual_seed(batch * 7919 + context)
     paged, tables, dense, kv_bytes = layer_caches(batch, context, num_kv_heads, l2_bytes,
-                                                  generator)
+                                                  generator, cache_dtype)
     q = torch.randn(batch, num_heads, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
     scale = HEAD_DIM ** -0.5
@@ -95,7 +107,8 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
 
     def kiln(config, num_splits=splits):
         return lambda q_, kv: pa.decode(q_, kv[0], kv[1], tables, lens, scale, num_splits,
-                                        config=config)
+                                        config=config, k_scale=kv[2] if cache_dtype else None,
+                                        v_scale=kv[3] if cache_dtype else None)
 
     q4 = q[:, :, None, :]
 
@@ -103,8 +116,11 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
         return torch.nn.functional.scaled_dot_product_attention(
             q4, kv[0], kv[1], scale=scale, enable_gqa=group > 1)
 
-    reference = pa.decode_reference(q[:1], *paged[0], tables[:1], lens[:1], scale)
-    check = pa.decode(q[:1], *paged[0], tables[:1], lens[:1], scale, splits).float()
+    reference = pa.decode_reference(q[:1], *paged[0][:2], tables[:1], lens[:1], scale,
+                                    *paged[0][2:])
+    k_scale, v_scale = paged[0][2:] if cache_dtype else (None, None)
+    check = pa.decode(q[:1], *paged[0][:2], tables[:1], lens[:1], scale, splits,
+                      k_scale=k_scale, v_scale=v_scale).float()
     rel_err = ((check - reference.float()).norm() / reference.float().norm()).item()
 
     result = {"model": model, "batch": batch, "context": context, "splits": splits,
@@ -157,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(HEADS))
     parser.add_argument("--no-sweep", action="store_true", help="time the default config only")
+    parser.add_argument("--kv-cache-dtype", choices=tuple(KV_CACHE_DTYPES), default="bf16")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -166,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = copy_bandwidth("cuda")
     l2_bytes = getattr(props, "L2_cache_size", 0) or DEFAULT_L2_BYTES
     report = {"device_name": props.name, "torch": torch.__version__, "commit": git_commit(),
-              "copy_bandwidth_bytes_per_s": bandwidth, "cases": []}
+              "copy_bandwidth_bytes_per_s": bandwidth, "kv_cache_dtype": args.kv_cache_dtype,
+              "cases": []}
     with torch.inference_mode():
         for model in args.models.split(","):
             for batch, context in LOADS:
                 report["cases"].append(bench_load(model, batch, context, bandwidth, l2_bytes,
-                                                  not args.no_sweep))
+                                                  not args.no_sweep,
+                                                  KV_CACHE_DTYPES[args.kv_cache_dtype]))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(table(report))

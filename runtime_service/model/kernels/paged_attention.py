@@ -30,6 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.model.kernels.kv_quant import (check_kv_scales, dequantize_kv_reference,
+                                                    quant_meta, quantize_kv_reference)
+from runtime_service.model.kernels.kv_store import store_quantized_heads
+
 _LOG2E = 1.4426950408889634
 
 
@@ -38,9 +42,10 @@ def _prefill_kernel(
     Q, K_cache, V_cache, Out, block_tables, query_start, seq_lens, scale_log2,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    K_scale, V_scale, stride_sb, stride_ss,
     GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, KV_QUANT: tl.constexpr,
 ):
     m_block = tl.program_id(0)
     seq = tl.program_id(1)
@@ -76,7 +81,13 @@ def _prefill_kernel(
                   + kv_head * stride_vh + offs_d[None, :])
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+        if KV_QUANT:
+            scale_offs = block * stride_sb + within * stride_ss + kv_head
+            k_scale = tl.load(K_scale + scale_offs, mask=n_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION)
+            s = s * (k_scale * scale_log2)[None, :]
+        else:
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         causal = (offs_n[None, :] <= context + offs_m[:, None]) & n_mask[None, :]
         s = tl.where(causal, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -84,7 +95,13 @@ def _prefill_kernel(
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        if KV_QUANT:
+            v_scale = tl.load(V_scale + scale_offs, mask=n_mask, other=0.0)
+            pv = tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype),
+                        input_precision=PRECISION)
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
     out = acc / l_i[:, None]
     o_ptrs = Out + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
@@ -98,9 +115,10 @@ def _decode_kernel(
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
+    K_scale, V_scale, stride_sb, stride_ss,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, KV_QUANT: tl.constexpr,
 ):
     """With `fused_combine` set, the last split program to finish for its (sequence, kv head)
     merges the partials. Ordering: every thread's partial stores precede a CTA barrier, after
@@ -138,7 +156,13 @@ def _decode_kernel(
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(K_cache + block[:, None] * stride_kb + within[:, None] * stride_ks
                     + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+        if KV_QUANT:
+            scale_offs = block * stride_sb + within * stride_ss + kv_head
+            k_scale = tl.load(K_scale + scale_offs, mask=n_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION)
+            s = s * (k_scale * scale_log2)[None, :]
+        else:
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -146,7 +170,13 @@ def _decode_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V_cache + block[:, None] * stride_vb + within[:, None] * stride_vs
                     + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        if KV_QUANT:
+            v_scale = tl.load(V_scale + scale_offs, mask=n_mask, other=0.0)
+            pv = tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype),
+                        input_precision=PRECISION)
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
     has_work = l_i > 0
     out = acc / tl.where(has_work, l_i, 1.0)[:, None]
@@ -226,8 +256,10 @@ def _store_kv_kernel(
     K, V, K_cache, V_cache, slots,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kb, stride_ks, stride_kh_c, stride_vb, stride_vs, stride_vh_c,
+    K_scale, V_scale, stride_sb, stride_ss,
     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, KV_QUANT: tl.constexpr,
+    QMAX: tl.constexpr, IS_INT8: tl.constexpr,
 ):
     token = tl.program_id(0)
     slot = tl.load(slots + token).to(tl.int64)
@@ -240,6 +272,16 @@ def _store_kv_kernel(
     mask = (offs_h < NUM_KV_HEADS)[:, None] & (offs_d < HEAD_DIM)[None, :]
     k = tl.load(K + token * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask)
     v = tl.load(V + token * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
+    if KV_QUANT:
+        h_mask = offs_h < NUM_KV_HEADS
+        scale_offs = block * stride_sb + within * stride_ss + offs_h
+        store_quantized_heads(k, K_cache + block * stride_kb + within * stride_ks
+                              + offs_h[:, None] * stride_kh_c + offs_d[None, :],
+                              K_scale + scale_offs, mask, h_mask, QMAX, IS_INT8)
+        store_quantized_heads(v, V_cache + block * stride_vb + within * stride_vs
+                              + offs_h[:, None] * stride_vh_c + offs_d[None, :],
+                              V_scale + scale_offs, mask, h_mask, QMAX, IS_INT8)
+        return
     tl.store(K_cache + block * stride_kb + within * stride_ks + offs_h[:, None] * stride_kh_c
              + offs_d[None, :], k, mask=mask)
     tl.store(V_cache + block * stride_vb + within * stride_vs + offs_h[:, None] * stride_vh_c
@@ -254,7 +296,8 @@ def _precision(q: torch.Tensor) -> str | None:
 
 
 def _check_common(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                  block_tables: torch.Tensor) -> tuple[int, int, int, int]:
+                  block_tables: torch.Tensor, k_scale=None,
+                  v_scale=None) -> tuple[int, int, int, int]:
     if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(f"expected q [T, Hq, D] and caches [N, bs, Hkv, D], got q "
                          f"{tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, v_cache "
@@ -265,19 +308,33 @@ def _check_common(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         raise ValueError(f"head shapes disagree: q {tuple(q.shape)}, cache {tuple(k_cache.shape)}")
     if q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
         raise ValueError("the head dimension of q and of the caches must be contiguous")
-    if q.dtype != k_cache.dtype or k_cache.dtype != v_cache.dtype:
+    quantized = check_kv_scales(k_cache, v_cache, k_scale, v_scale)
+    if (not quantized and q.dtype != k_cache.dtype) or k_cache.dtype != v_cache.dtype:
         raise ValueError(f"dtypes disagree: q {q.dtype}, caches {k_cache.dtype}/{v_cache.dtype}")
     if block_tables.dim() != 2 or block_tables.stride(1) != 1:
         raise ValueError("block_tables must be [B, max_blocks] with contiguous rows")
     return num_heads, num_kv_heads, head_dim, block_size
 
 
+def _scale_args(k_cache: torch.Tensor, k_scale, v_scale) -> tuple:
+    """(K_scale, V_scale, stride_sb, stride_ss) for a launch; an unquantized cache passes its
+    own pointer in their place (the KV_QUANT=False kernels never read it)."""
+    if k_scale is None:
+        return k_cache, k_cache, 0, 0
+    return k_scale, v_scale, k_scale.stride(0), k_scale.stride(1)
+
+
 def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             block_tables: torch.Tensor, query_start: torch.Tensor, seq_lens: torch.Tensor,
-            max_query_len: int, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention of every query row over its sequence's cached context -> [T, Hq, D]."""
+            max_query_len: int, scale: float, out: torch.Tensor | None = None,
+            k_scale: torch.Tensor | None = None,
+            v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of every query row over its sequence's cached context -> [T, Hq, D].
+
+    With `k_scale`/`v_scale` [num_blocks, block_size, Hkv] the caches are int8 or fp8 and read
+    as q * scale (kv_quant.py); the products still run in q's dtype."""
     num_heads, num_kv_heads, head_dim, block_size = _check_common(q, k_cache, v_cache,
-                                                                  block_tables)
+                                                                  block_tables, k_scale, v_scale)
     num_seqs = seq_lens.shape[0]
     if query_start.shape[0] != num_seqs + 1 or block_tables.shape[0] < num_seqs:
         raise ValueError(f"query_start needs B + 1 = {num_seqs + 1} entries and block_tables B "
@@ -294,9 +351,10 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        *_scale_args(k_cache, k_scale, v_scale),
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
         BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=_precision(q),
-        num_warps=4, num_stages=2,
+        KV_QUANT=k_scale is not None, num_warps=4, num_stages=2,
     )
     return out
 
@@ -376,14 +434,16 @@ def _arrival_counts_for(device: torch.device, num_counters: int) -> torch.Tensor
 def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
            num_splits: int, out: torch.Tensor | None = None,
-           fused_combine: bool = True, config: DecodeConfig | None = None) -> torch.Tensor:
+           fused_combine: bool = True, config: DecodeConfig | None = None,
+           k_scale: torch.Tensor | None = None,
+           v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """One query row per sequence (q [B, Hq, D]) over its whole cached context -> [B, Hq, D].
 
     `fused_combine=False` merges the splits in a second launch instead of in the decode launch;
     the result has the same bits (the tests compare the two). `config` overrides
-    `default_decode_config`."""
+    `default_decode_config`. `k_scale`/`v_scale`: int8 / fp8 caches, as in `prefill`."""
     num_heads, num_kv_heads, head_dim, block_size = _check_common(q, k_cache, v_cache,
-                                                                  block_tables)
+                                                                  block_tables, k_scale, v_scale)
     num_seqs = q.shape[0]
     if seq_lens.shape[0] != num_seqs or block_tables.shape[0] < num_seqs:
         raise ValueError(f"decode needs one seq_len and block-table row per query row; got "
@@ -412,10 +472,10 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
-        out.stride(0), out.stride(1),
+        out.stride(0), out.stride(1), *_scale_args(k_cache, k_scale, v_scale),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n,
-        NUM_SPLITS=num_splits, PRECISION=_precision(q),
+        NUM_SPLITS=num_splits, PRECISION=_precision(q), KV_QUANT=k_scale is not None,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not fused_combine:
@@ -429,8 +489,12 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
-    """k, v [T, Hkv, D] into the caches at flat slots (block * block_size + offset); < 0 skips."""
+             slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
+             v_scale: torch.Tensor | None = None) -> None:
+    """k, v [T, Hkv, D] into the caches at flat slots (block * block_size + offset); < 0 skips.
+    With `k_scale`/`v_scale` the caches are int8 / fp8: each (token, head) is quantized on the
+    way in and its scale stored beside it (kv_quant.py)."""
+    check_kv_scales(k_cache, v_cache, k_scale, v_scale)
     if k.shape != v.shape or k.dim() != 3 or k_cache.shape != v_cache.shape:
         raise ValueError(f"expected k, v [T, Hkv, D] and equal caches; got k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}, caches {tuple(k_cache.shape)}")
@@ -447,9 +511,10 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        *_scale_args(k_cache, k_scale, v_scale),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_SIZE=k_cache.shape[1], num_warps=4,
+        BLOCK_SIZE=k_cache.shape[1], **quant_meta(k_cache), num_warps=4,
     )
 
 
@@ -461,8 +526,11 @@ def _gather_context(cache: torch.Tensor, table_row: torch.Tensor, seq_len: int) 
     return cache[blocks].flatten(0, 1)[:seq_len]
 
 
-def prefill_reference(q, k_cache, v_cache, block_tables, query_start, seq_lens, scale):
-    """Float32 causal attention per sequence over the gathered context."""
+def prefill_reference(q, k_cache, v_cache, block_tables, query_start, seq_lens, scale,
+                      k_scale=None, v_scale=None):
+    """Float32 causal attention per sequence over the gathered (dequantized) context."""
+    k_cache = dequantize_kv_reference(k_cache, k_scale)
+    v_cache = dequantize_kv_reference(v_cache, v_scale)
     out = torch.empty_like(q)
     group = q.shape[1] // k_cache.shape[2]
     starts = query_start.tolist()
@@ -480,14 +548,20 @@ def prefill_reference(q, k_cache, v_cache, block_tables, query_start, seq_lens, 
     return out
 
 
-def decode_reference(q, k_cache, v_cache, block_tables, seq_lens, scale):
+def decode_reference(q, k_cache, v_cache, block_tables, seq_lens, scale, k_scale=None,
+                     v_scale=None):
     num_seqs = q.shape[0]
     query_start = torch.arange(num_seqs + 1, dtype=torch.int32, device=q.device)
-    return prefill_reference(q, k_cache, v_cache, block_tables, query_start, seq_lens, scale)
+    return prefill_reference(q, k_cache, v_cache, block_tables, query_start, seq_lens, scale,
+                             k_scale, v_scale)
 
 
-def store_kv_reference(k, v, k_cache, v_cache, slot_mapping):
+def store_kv_reference(k, v, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=None):
     keep = slot_mapping >= 0
     num_blocks, block_size = k_cache.shape[:2]
-    k_cache.view(num_blocks * block_size, *k_cache.shape[2:])[slot_mapping[keep]] = k[keep]
-    v_cache.view(num_blocks * block_size, *v_cache.shape[2:])[slot_mapping[keep]] = v[keep]
+    for x, cache, scales in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
+        rows = x[keep]
+        if scales is not None:
+            rows, row_scales = quantize_kv_reference(rows, cache.dtype)
+            scales.view(num_blocks * block_size, -1)[slot_mapping[keep]] = row_scales
+        cache.view(num_blocks * block_size, *cache.shape[2:])[slot_mapping[keep]] = rows

@@ -18,18 +18,42 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.model.kernels.kv_quant import (check_kv_scales, quant_meta,
+                                                    quantize_kv_reference)
+from runtime_service.model.kernels.kv_store import kv_quantize, kv_scale
+
 
 @triton.jit
-def _rotate(src_lo, dst_lo, c, s, mask, HALF: tl.constexpr):
-    """Rotates the head vectors whose first halves `src_lo` points at into `dst_lo` (which may
-    be `src_lo`): the one place the rotation's roundings are written down."""
+def _rotated(src_lo, c, s, mask, HALF: tl.constexpr):
+    """The rotated halves (in the input dtype) of the head vectors whose first halves `src_lo`
+    points at: the one place the rotation's roundings are written down."""
     x1 = tl.load(src_lo, mask=mask, other=0.0)
     x2 = tl.load(src_lo + HALF, mask=mask, other=0.0)
     dtype = x1.dtype
     lo = (x1 * c).to(dtype).to(tl.float32) + (-x2 * s).to(dtype).to(tl.float32)
     hi = (x2 * c).to(dtype).to(tl.float32) + (x1 * s).to(dtype).to(tl.float32)
-    tl.store(dst_lo, lo.to(dtype), mask=mask)
-    tl.store(dst_lo + HALF, hi.to(dtype), mask=mask)
+    return lo.to(dtype), hi.to(dtype)
+
+
+@triton.jit
+def _rotate(src_lo, dst_lo, c, s, mask, HALF: tl.constexpr):
+    """Rotates into `dst_lo` (which may be `src_lo`)."""
+    lo, hi = _rotated(src_lo, c, s, mask, HALF)
+    tl.store(dst_lo, lo, mask=mask)
+    tl.store(dst_lo + HALF, hi, mask=mask)
+
+
+@triton.jit
+def _store_quantized_halves(lo, hi, dst_lo, scale_dst, mask, h_mask, HALF: tl.constexpr,
+                            QMAX: tl.constexpr, IS_INT8: tl.constexpr):
+    """Quantizes head vectors given as halves [H, D/2] with one scale per head (kv_quant.py)."""
+    lo = tl.where(mask, lo.to(tl.float32), 0.0)
+    hi = tl.where(mask, hi.to(tl.float32), 0.0)
+    scale = kv_scale(tl.maximum(tl.max(tl.abs(lo), axis=1), tl.max(tl.abs(hi), axis=1)), QMAX)
+    tl.store(dst_lo, kv_quantize(lo, scale, IS_INT8).to(dst_lo.dtype.element_ty), mask=mask)
+    tl.store(dst_lo + HALF, kv_quantize(hi, scale, IS_INT8).to(dst_lo.dtype.element_ty),
+             mask=mask)
+    tl.store(scale_dst, scale, mask=h_mask)
 
 
 @triton.jit
@@ -63,10 +87,11 @@ def _rotary_store_kv_kernel(
     Q, K, V, K_cache, V_cache, positions, slots, Cos, Sin,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kb, stride_ks, stride_kh_c, stride_vb, stride_vs, stride_vh_c,
-    stride_c, max_position,
+    stride_c, max_position, K_scale, V_scale, stride_sb, stride_ss,
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HALF: tl.constexpr,
     BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, KV_QUANT: tl.constexpr, QMAX: tl.constexpr,
+    IS_INT8: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_HALF)
@@ -84,12 +109,22 @@ def _rotary_store_kv_kernel(
         k_lo = K + token * stride_kt + offs_hk[:, None] * stride_kh + offs_d[None, :]
         k_dst = (K_cache + block * stride_kb + within * stride_ks + offs_hk[:, None] * stride_kh_c
                  + offs_d[None, :])
-        _rotate(k_lo, k_dst, c, s, kv_mask, HALF)
         v_lo = V + token * stride_vt + offs_hk[:, None] * stride_vh + offs_d[None, :]
         v_dst = (V_cache + block * stride_vb + within * stride_vs + offs_hk[:, None] * stride_vh_c
                  + offs_d[None, :])
-        tl.store(v_dst, tl.load(v_lo, mask=kv_mask), mask=kv_mask)
-        tl.store(v_dst + HALF, tl.load(v_lo + HALF, mask=kv_mask), mask=kv_mask)
+        if KV_QUANT:
+            h_mask = offs_hk < NUM_KV_HEADS
+            scale_offs = block * stride_sb + within * stride_ss + offs_hk
+            k_rot_lo, k_rot_hi = _rotated(k_lo, c, s, kv_mask, HALF)
+            _store_quantized_halves(k_rot_lo, k_rot_hi, k_dst, K_scale + scale_offs, kv_mask,
+                                    h_mask, HALF, QMAX, IS_INT8)
+            _store_quantized_halves(tl.load(v_lo, mask=kv_mask, other=0.0),
+                                    tl.load(v_lo + HALF, mask=kv_mask, other=0.0), v_dst,
+                                    V_scale + scale_offs, kv_mask, h_mask, HALF, QMAX, IS_INT8)
+        else:
+            _rotate(k_lo, k_dst, c, s, kv_mask, HALF)
+            tl.store(v_dst, tl.load(v_lo, mask=kv_mask), mask=kv_mask)
+            tl.store(v_dst + HALF, tl.load(v_lo + HALF, mask=kv_mask), mask=kv_mask)
 
 
 def _check_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
@@ -133,14 +168,16 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
 
 def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                      v_cache: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
-                     cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+                     cos: torch.Tensor, sin: torch.Tensor, k_scale: torch.Tensor | None = None,
+                     v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Rotates q [T, Hq, D] in place and writes rotated k and v [T, Hkv, D] into the caches
     [num_blocks, block_size, Hkv, D] at flat slots (block * block_size + offset); returns q.
 
     k itself is left unrotated (that write is the round trip this kernel saves). Rows with a
     negative slot store nothing (padded CUDA-graph rows); their q is still rotated, harmlessly.
     Positions are clamped to the table as in `apply_rotary_`. Graph-safe: no host syncs, no
-    allocations."""
+    allocations. With `k_scale`/`v_scale` the caches are int8 / fp8 and each rotated k and each
+    v head is quantized on the way in, its scale stored beside it (kv_quant.py)."""
     _check_rotary(q, k, positions, cos, sin)
     if v.shape != k.shape or k_cache.shape != v_cache.shape or k_cache.dim() != 4:
         raise ValueError(f"expected v like k {tuple(k.shape)} and equal caches [N, bs, Hkv, D]; "
@@ -151,7 +188,8 @@ def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
                          f"slot_mapping {tuple(slot_mapping.shape)}")
     if v.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
         raise ValueError("the head dimension of v and the caches must be contiguous")
-    if v.dtype != q.dtype or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+    quantized = check_kv_scales(k_cache, v_cache, k_scale, v_scale)
+    if v.dtype != q.dtype or (not quantized and k_cache.dtype != q.dtype):
         raise ValueError(f"dtypes disagree: q {q.dtype}, v {v.dtype}, caches "
                          f"{k_cache.dtype}/{v_cache.dtype}")
     if q.shape[0]:
@@ -161,8 +199,11 @@ def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             cos.stride(0), cos.shape[0],
+            *((k_cache, k_cache, 0, 0) if k_scale is None else
+              (k_scale, v_scale, k_scale.stride(0), k_scale.stride(1))),
             NUM_Q_HEADS=q.shape[1], NUM_KV_HEADS=k.shape[1], HALF=q.shape[2] // 2,
-            BLOCK_SIZE=k_cache.shape[1], **_head_blocks(q, k), num_warps=4)
+            BLOCK_SIZE=k_cache.shape[1], **_head_blocks(q, k), **quant_meta(k_cache),
+            num_warps=4)
     return q
 
 
@@ -175,12 +216,18 @@ def rotary_reference(q, k, positions, cos, sin):
     return q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
 
 
-def rotary_store_kv_reference(q, k, v, k_cache, v_cache, positions, slot_mapping, cos, sin):
-    """Returns rotated q; writes rotated k and v into the caches at the non-negative slots."""
+def rotary_store_kv_reference(q, k, v, k_cache, v_cache, positions, slot_mapping, cos, sin,
+                              k_scale=None, v_scale=None):
+    """Returns rotated q; writes rotated k and v (quantized, with their scales, when the scales
+    are given) into the caches at the non-negative slots."""
     positions = positions.clamp(0, cos.shape[0] - 1)
     q, k = rotary_reference(q, k, positions, cos, sin)
     keep = slot_mapping >= 0
     num_slots = k_cache.shape[0] * k_cache.shape[1]
-    k_cache.view(num_slots, *k_cache.shape[2:])[slot_mapping[keep]] = k[keep]
-    v_cache.view(num_slots, *v_cache.shape[2:])[slot_mapping[keep]] = v[keep]
+    for x, cache, scales in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
+        rows = x[keep]
+        if scales is not None:
+            rows, row_scales = quantize_kv_reference(rows, cache.dtype)
+            scales.view(num_slots, -1)[slot_mapping[keep]] = row_scales
+        cache.view(num_slots, *cache.shape[2:])[slot_mapping[keep]] = rows
     return q

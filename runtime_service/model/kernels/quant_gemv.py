@@ -1,0 +1,392 @@
+"""Triton kernels behind quant_linear.py: dequantizing GEMV for int4 / int8 / fp8 weights,
+per-token fp8 activation quantization, and int4 dequantization for the prefill GEMM.
+
+Decode streams the weight once per step, so a quantized linear is as fast as its bytes: int4 is a
+quarter of bf16's. The kernels follow gemv.py's `_dot_kernel` (x rows padded to a tensor-core
+tile, split-K with float32 partials summed by gemv's `_split_sum_kernel`, tuned per shape on
+first use inside CUDA graphs with gemv's clock) and change only what the weight costs to unpack:
+
+- int4: nibbles are unpacked without int-to-float conversions (a quarter-rate instruction):
+  q or-ed into the mantissa of 2^23 is the float 2^23 + q exactly, and subtracting 2^23 + z
+  leaves q - z. One row (`_int4_fma_kernel`, CUDA cores, the bf16 GEMV's single-row shape)
+  multiplies that by x and the group scale in float32 and reduces once; more rows
+  (`_int4_dot_kernel`) round (q - z) * s to x's dtype per group, re-interleave the even / odd
+  nibbles to column order, and meet x in a tensor-core dot.
+- int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
+  the dot's 16-bit type exactly, the per-channel and per-token scales multiply the float32 tile
+  once at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _sm_count,
+                                                _split_sum_kernel, graph_time_per_call_us,
+                                                row_tile, split_to_fill)
+
+log = logging.getLogger("kiln.kernels.quant_gemv")
+
+_SUM_BLOCK = 1024
+_FP8_MAX = tl.constexpr(448.0)
+
+
+@triton.jit
+def _unpack_nibbles(packed):
+    """uint8 bytes -> (low, high) nibbles as float32 2^23 + q, by or-ing q into 2^23's mantissa
+    (exact, and no int-to-float conversion)."""
+    wide = packed.to(tl.int32)
+    lo = ((wide & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
+    hi = ((wide >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
+    return lo, hi
+
+
+@triton.jit(do_not_specialize=["M", "N"])
+def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
+                     HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+                     INTERLEAVE_W: tl.constexpr):
+    """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4): the tile
+    is [BLOCK_N, groups, GROUP / 2] bytes, so each group's scale and zero broadcast along the
+    last axis and every load is a contiguous vector. The nibbles meet x either as even / odd
+    halves (x split in registers) or, with INTERLEAVE_W, re-interleaved to column order so that
+    x is read in the weight tile's own layout (two ways to the same sums; the tuner times both)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    row = tl.program_id(2)
+    HALF: tl.constexpr = GROUP // 2
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_rows = tl.minimum(cols, N - 1).to(tl.int64)
+    num_groups = K // GROUP
+    offs_g = tl.arange(0, GROUPS_PER_TILE)
+    byte_offs = offs_g[:, None] * HALF + tl.arange(0, HALF)[None, :]
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    w_ptrs = QW + w_rows[:, None, None] * (K // 2) + k_start // 2 + byte_offs[None, :, :]
+    sz_offs = w_rows[:, None] * num_groups + k_start // GROUP + offs_g[None, :]
+    if INTERLEAVE_W:
+        x_ptrs = (X + row * stride_xm + k_start + offs_g[:, None] * GROUP
+                  + tl.arange(0, GROUP)[None, :])
+        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, GROUP), tl.float32)
+    else:
+        # x as [groups, GROUP / 2, 2] (contiguous, so vector loads), split into even / odd
+        # columns in registers.
+        x_ptrs = (X + row * stride_xm + k_start + 2 * byte_offs[:, :, None]
+                  + tl.arange(0, 2)[None, None, :])
+        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
+    for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        lo, hi = _unpack_nibbles(tl.load(w_ptrs))
+        scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
+        offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
+        if INTERLEAVE_W:
+            w = tl.interleave(lo - offset, hi - offset)
+            acc += w * scale * tl.load(x_ptrs).to(tl.float32)[None, :, :]
+        else:
+            x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
+            acc += ((lo - offset) * x_even[None, :, :] + (hi - offset) * x_odd[None, :, :]) * scale
+        w_ptrs += BLOCK_K // 2
+        x_ptrs += BLOCK_K
+        sz_offs += GROUPS_PER_TILE
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    if HAS_BIAS:
+        y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(Out + (pid_k * M + row) * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
+
+
+@triton.jit(do_not_specialize=["M", "N"])
+def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
+                     HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Rows of x padded to a tensor-core tile: each group is dequantized to x's dtype in
+    registers, (q - z) * s, re-interleaved to column order, and meets x in one dot."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    HALF: tl.constexpr = GROUP // 2
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Padding rows and columns re-read the last real one: loads need no mask; never stored.
+    x_rows = tl.minimum(rows, M - 1)
+    w_rows = tl.minimum(cols, N - 1).to(tl.int64)
+    num_groups = K // GROUP
+    x_base = X + x_rows[:, None] * stride_xm + tl.arange(0, GROUP)[None, :]
+    w_base = QW + w_rows[:, None] * (K // 2) + tl.arange(0, HALF)[None, :]
+    sz_base = w_rows * num_groups
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k in range(k_start, k_end, BLOCK_K):
+        for g in tl.static_range(GROUPS_PER_TILE):
+            k0 = k + g * GROUP
+            lo, hi = _unpack_nibbles(tl.load(w_base + k0 // 2))
+            scale = tl.load(Scales + sz_base + k0 // GROUP).to(tl.float32)[:, None]
+            offset = (8388608.0 + tl.load(Zeros + sz_base + k0 // GROUP).to(tl.float32))[:, None]
+            w = tl.interleave((lo - offset) * scale, (hi - offset) * scale)
+            acc = tl.dot(tl.load(x_base + k0), tl.trans(w.to(X.dtype.element_ty)), acc)
+    if HAS_BIAS:
+        acc += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = Out + (pid_k * M + rows[:, None]) * N + cols[None, :]
+    tl.store(out_ptrs, acc.to(Out.dtype.element_ty),
+             mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+@triton.jit(do_not_specialize=["M", "N"])
+def _channel_kernel(X, XScale, QW, Scales, Bias, Out, M, N, K, stride_xm, k_per_split,
+                    HAS_XSCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    EVEN_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    x_rows = tl.minimum(rows, M - 1)
+    w_rows = tl.minimum(cols, N - 1).to(tl.int64)
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    offs_k = tl.arange(0, BLOCK_K)
+    x_ptrs = X + x_rows[:, None] * stride_xm + k_start + offs_k[None, :]
+    w_ptrs = QW + w_rows[:, None] * K + k_start + offs_k[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k in range(k_start, k_end, BLOCK_K):
+        if EVEN_K:
+            xk = tl.load(x_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            in_k = (k + offs_k < K)[None, :]
+            xk = tl.load(x_ptrs, mask=in_k, other=0.0)
+            w = tl.load(w_ptrs, mask=in_k, other=0.0)
+        acc = tl.dot(xk.to(DOT_DTYPE), tl.trans(w.to(DOT_DTYPE)), acc)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    acc *= tl.load(Scales + w_rows)[None, :]
+    if HAS_XSCALE:
+        acc *= tl.load(XScale + x_rows)[:, None]
+    if HAS_BIAS:
+        acc += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = Out + (pid_k * M + rows[:, None]) * N + cols[None, :]
+    tl.store(out_ptrs, acc.to(Out.dtype.element_ty),
+             mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+@triton.jit
+def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
+    """One program per row: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale)."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    amax = tl.zeros((BLOCK,), tl.float32)
+    for k in range(0, K, BLOCK):
+        x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), _FP8_MAX), 1e-12)
+    tl.store(XScale + row, scale)
+    for k in range(0, K, BLOCK):
+        x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
+        q = tl.math.div_rn(x.to(tl.float32), scale)
+        tl.store(XQ + row * K + k + offs, q.to(XQ.dtype.element_ty), mask=k + offs < K)
+
+
+@triton.jit
+def _dequant_int4_kernel(QW, Scales, Zeros, Out, N, K, GROUP: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    """Program (row block, group): w = (q - z) * s for GROUP columns of BLOCK_N rows."""
+    HALF: tl.constexpr = GROUP // 2
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_n = rows < N
+    rows = tl.minimum(rows, N - 1).to(tl.int64)
+    group = tl.program_id(1)
+    offs_h = tl.arange(0, HALF)
+    num_groups = K // GROUP
+    packed = tl.load(QW + rows[:, None] * (K // 2) + group * HALF + offs_h[None, :])
+    scale = tl.load(Scales + rows * num_groups + group).to(tl.float32)[:, None]
+    zero = tl.load(Zeros + rows * num_groups + group).to(tl.float32)[:, None]
+    even = ((packed & 0xF).to(tl.float32) - zero) * scale
+    odd = ((packed >> 4).to(tl.float32) - zero) * scale
+    out = Out + rows[:, None] * K + group * GROUP + 2 * offs_h[None, :]
+    tl.store(out, even.to(Out.dtype.element_ty), mask=in_n[:, None])
+    tl.store(out + 1, odd.to(Out.dtype.element_ty), mask=in_n[:, None])
+
+
+# ---- launchers (inputs already checked by quant_linear.py) ------------------------------------
+
+def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], float32 per-row scales [M]); graph-safe."""
+    rows, k = x.shape
+    xq = torch.empty((rows, k), dtype=torch.float8_e4m3fn, device=x.device)
+    scales = torch.empty(rows, dtype=torch.float32, device=x.device)
+    _quantize_rows_kernel[(rows,)](x, xq, scales, k, x.stride(0),
+                                   BLOCK=min(4096, triton.next_power_of_2(k)), num_warps=8)
+    return xq, scales
+
+
+def dequantize_int4(qweight, scales, zeros, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    out = torch.empty((n, k), dtype=dtype, device=qweight.device)
+    block_n = 16
+    _dequant_int4_kernel[(triton.cdiv(n, block_n), k // group_size)](
+        qweight, scales, zeros, out, n, k, GROUP=group_size, BLOCK_N=block_n, num_warps=4)
+    return out
+
+
+def _finish(x, bias, out_dtype, n, config: GemvConfig, launch) -> torch.Tensor:
+    """Allocates the output (or the split partials), runs `launch(target, fused_bias,
+    k_per_split)` and sums the splits."""
+    rows = x.shape[0]
+    out = torch.empty((rows, n), dtype=out_dtype, device=x.device)
+    split = config.split_k
+    target = out if split == 1 else torch.empty((split, rows, n), dtype=torch.float32,
+                                                device=x.device)
+    launch(target, bias if split == 1 else None)
+    if split > 1:
+        _split_sum_kernel[(triton.cdiv(n, _SUM_BLOCK), rows)](
+            target, bias, out, rows, n, split, HAS_BIAS=bias is not None, BLOCK=_SUM_BLOCK,
+            num_warps=4)
+    return out
+
+
+def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvConfig):
+    rows, k = x.shape
+    n = qweight.shape[0]
+    groups_per_tile = config.block_k // group_size
+    k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
+
+    def launch(target, fused_bias):
+        args = (x, qweight, scales, zeros, fused_bias, target, rows, n, k, x.stride(0),
+                k_per_split)
+        options = dict(HAS_BIAS=fused_bias is not None, GROUP=group_size,
+                       GROUPS_PER_TILE=groups_per_tile, BLOCK_N=config.block_n,
+                       BLOCK_K=config.block_k, num_warps=config.num_warps,
+                       num_stages=config.num_stages)
+        n_blocks = triton.cdiv(n, config.block_n)
+        if config.kind == "fma":
+            _int4_fma_kernel[(n_blocks, config.split_k, rows)](
+                *args, NUM_STAGES=config.num_stages,
+                INTERLEAVE_W=getattr(config, "interleave", False), **options)
+        else:
+            block_m = row_tile(rows)
+            _int4_dot_kernel[(n_blocks, config.split_k, triton.cdiv(rows, block_m))](
+                *args, BLOCK_M=block_m, **options)
+
+    return _finish(x, bias, x.dtype, n, config, launch)
+
+
+def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvConfig):
+    """int8 (x in the engine dtype, `x_scales` None) or fp8 (x e4m3 with per-row scales)."""
+    rows, k = x.shape
+    n = qweight.shape[0]
+    k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
+    dot_dtype = tl.float16 if x.dtype == torch.float8_e4m3fn else (
+        tl.bfloat16 if x.dtype == torch.bfloat16 else tl.float16)
+
+    def launch(target, fused_bias):
+        _channel_kernel[(triton.cdiv(n, config.block_n), config.split_k)](
+            x, x_scales, qweight, scales, fused_bias, target, rows, n, k, x.stride(0),
+            k_per_split, HAS_XSCALE=x_scales is not None, HAS_BIAS=fused_bias is not None,
+            DOT_DTYPE=dot_dtype, BLOCK_M=row_tile(rows), BLOCK_N=config.block_n,
+            BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0,
+            num_warps=config.num_warps, num_stages=config.num_stages)
+
+    return _finish(x, bias, out_dtype, n, config, launch)
+
+
+# ---- tuning: gemv's clock over quantized weight copies ----------------------------------------
+
+@dataclass(frozen=True)
+class Int4FmaConfig(GemvConfig):
+    """An int4 one-row launch: GemvConfig's tile, and whether the nibbles are re-interleaved
+    to column order (`_int4_fma_kernel`'s INTERLEAVE_W)."""
+
+    interleave: bool = False
+
+    def __str__(self) -> str:
+        return super().__str__() + (" interleave" if self.interleave else "")
+
+
+def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
+    """Tiles whose K span is whole groups dividing the row (no masks; a span that does not
+    divide falls back to one group), each unsplit and split to fill the GPU. One row also
+    tries the CUDA-core kernel, first: it is the untimed default there."""
+    num_groups = k // group_size
+    fma = ((8, 512, 4, 1), (16, 512, 4, 1), (8, 256, 4, 3), (16, 256, 4, 3), (32, 256, 8, 3),
+           (4, 1024, 4, 1))
+    dot = ((32, 128, 4, 3), (64, 128, 4, 3), (64, 256, 4, 2), (128, 128, 8, 3))
+    if rows > 16:
+        dot = ((64, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 4), (128, 64, 4, 4))
+    tiles = [("fma",) + t for t in fma] if rows == 1 else []
+    configs = []
+    for kind, block_n, block_k, warps, stages in tiles + [("dot",) + t for t in dot]:
+        block_k = max(block_k, group_size)
+        if num_groups % (block_k // group_size):
+            block_k = group_size
+        split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
+        for split_k in sorted({1, split}):
+            if kind == "dot":
+                variants = [GemvConfig(kind, block_n, block_k, warps, stages, split_k)]
+            else:
+                variants = [Int4FmaConfig(kind, block_n, block_k, warps, stages, split_k,
+                                          interleave) for interleave in (False, True)]
+            configs += [config for config in variants if config not in configs]
+    return configs
+
+
+def channel_candidates(rows: int, n: int, k: int, sm_count: int):
+    """1-byte weights: tiles of 4-16 KiB, unsplit and split to fill."""
+    tiles = ((64, 128, 4, 4), (32, 256, 4, 4), (128, 128, 4, 3), (64, 256, 8, 3))
+    if rows > 16:
+        tiles = ((64, 128, 4, 4), (128, 64, 4, 4), (64, 64, 4, 6), (128, 128, 8, 3))
+    configs = []
+    for block_n, block_k, warps, stages in tiles:
+        configs.append(GemvConfig("dot", block_n, block_k, warps, stages))
+        split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
+        if split > 1:
+            configs.append(GemvConfig("dot", block_n, block_k, warps, stages, split))
+    return configs
+
+
+_tuned: dict[tuple, GemvConfig] = {}
+
+
+def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[GemvConfig],
+                 call) -> GemvConfig:
+    """The fastest of `candidates` for `key`, timed on first use as gemv.py times its own:
+    `call(x, weights, config)` back to back in a CUDA graph over copies of `weights` larger than
+    L2. During capture or off CUDA the first candidate runs untimed."""
+    config = _tuned.get(key)
+    if config is not None:
+        return config
+    if not x.is_cuda or torch.cuda.is_current_stream_capturing():
+        return candidates[0]
+    largest = max(weights, key=lambda t: t.numel() * t.element_size())
+    copies = [weights] + [tuple(t.clone() for t in weights)
+                          for _ in range(_copies_beyond_l2(largest) - 1)]
+    timings_us = {}
+    for candidate in candidates:
+        try:
+            timings_us[candidate] = graph_time_per_call_us(
+                functools.partial(_call_with, call=call, config=candidate), x, copies)
+        except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is skipped
+            log.warning("%s config %s failed: %r", key[0], candidate, exc)
+    if not timings_us:
+        raise RuntimeError(f"no {key[0]} config runs for key {key}")
+    config = min(timings_us, key=timings_us.get)
+    log.info("%s %s: %s, %.1f us (%d candidates)", key[0], key[3:], config, timings_us[config],
+             len(timings_us))
+    _tuned[key] = config
+    return config
+
+
+def _call_with(x, weights, call, config):
+    return call(x, weights, config)
+
+
+def tuned_configs() -> dict[tuple, GemvConfig]:
+    return dict(_tuned)
+
+
+def sm_count(device: torch.device) -> int:
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())

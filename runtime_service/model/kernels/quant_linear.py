@@ -1,0 +1,207 @@
+"""Quantized linear layers on the GPU: int4 (W4A16, grouped, zero points), int8 (W8A16) and fp8
+(e4m3 weights, per-token e4m3 activations), each beside its plain-torch reference.
+
+The tensors follow the quantized-tensor contract (docs/ARCHITECTURE.md):
+- int4: qweight uint8 [N, K/2] (low nibble = even column), scales [N, K/G] in the engine dtype,
+  zeros uint8 [N, K/G]; w = (q - z) * s.
+- int8: qweight int8 [N, K], scales float32 [N]; w = q * s.
+- fp8: qweight float8_e4m3fn [N, K], scales float32 [N]; x is quantized per row at run time to
+  e4m3 with scale amax|x| / 448 (at least 1e-12), and y = (xq * sx) @ (q * s)^T.
+
+Up to 64 rows (decode, CUDA-graph safe: no host syncs, fixed-size allocations) run the tuned
+dequantizing GEMVs of quant_gemv.py, which read each weight once. More rows (prefill) are
+compute-bound: int4 and int8 dequantize to the engine dtype and call cuBLAS (one extra pass over
+the weight, small beside the GEMM), fp8 runs `torch._scaled_mm` with row-wise scales on GPUs
+that have fp8 tensor cores. This module imports triton only inside those paths, so the references
+and `pack_for_device` work on any machine; on CPU tensors the public functions run the
+references.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from runtime_service.model.kernels import GEMV_ROW_LIMIT
+
+_DTYPES = (torch.bfloat16, torch.float16)
+INT4_GROUP_SIZES = (32, 64, 128)
+
+
+def pack_for_device(kind: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The layout the kernels read, made once at load time. The kernels read the contract's own
+    layout, so this only makes each tensor contiguous; `kind` is "int4", "int8" or "fp8"."""
+    if kind not in ("int4", "int8", "fp8"):
+        raise ValueError(f"kind must be 'int4', 'int8' or 'fp8', got {kind!r}")
+    return {name: tensor.contiguous() for name, tensor in tensors.items()}
+
+
+# ---- public entry points -----------------------------------------------------------------------
+
+def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                zeros: torch.Tensor, group_size: int, bias: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """x [M, K] (bf16/fp16) times the int4 weight [N, K] (+ bias) -> [M, N] in x's dtype."""
+    _check_int4(x, qweight, scales, zeros, group_size, bias)
+    if not x.is_cuda:
+        return int4_linear_reference(x, qweight, scales, zeros, group_size, bias)
+    if x.shape[0] > GEMV_ROW_LIMIT:
+        from runtime_service.model.kernels.quant_gemv import dequantize_int4
+
+        weight = dequantize_int4(qweight, scales, zeros, group_size, x.dtype)
+        return torch.nn.functional.linear(x, weight, bias)
+    from runtime_service.model.kernels import quant_gemv as qg
+
+    rows, k = x.shape
+    n = qweight.shape[0]
+    key = ("int4", x.device, x.dtype, _bucket(rows), n, k, group_size)
+    config = qg.tuned_config(
+        key, x, (qweight, scales, zeros),
+        qg.int4_candidates(rows, n, k, group_size, qg.sm_count(x.device)),
+        lambda x_, w, c: qg.launch_int4(x_, *w, group_size, None, c))
+    return qg.launch_int4(x, qweight, scales, zeros, group_size, bias, config)
+
+
+def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] (bf16/fp16) times the int8 weight [N, K] (+ bias) -> [M, N] in x's dtype."""
+    _check_channel(x, qweight, scales, bias, torch.int8)
+    if not x.is_cuda:
+        return int8_linear_reference(x, qweight, scales, bias)
+    if x.shape[0] > GEMV_ROW_LIMIT:
+        y = torch.nn.functional.linear(x, qweight.to(x.dtype)).float() * scales
+        return (y if bias is None else y + bias.float()).to(x.dtype)
+    return _channel_gemv("int8", x, None, qweight, scales, bias, x.dtype)
+
+
+def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] (bf16/fp16), quantized per row to e4m3, times the fp8 weight [N, K] (+ bias)
+    -> [M, N] in x's dtype."""
+    _check_channel(x, qweight, scales, bias, torch.float8_e4m3fn)
+    if not x.is_cuda:
+        return fp8_linear_reference(x, qweight, scales, bias)
+    from runtime_service.model.kernels.quant_gemv import quantize_rows_fp8
+
+    xq, x_scales = quantize_rows_fp8(x)
+    if x.shape[0] <= GEMV_ROW_LIMIT:
+        return _channel_gemv("fp8", xq, x_scales, qweight, scales, bias, x.dtype)
+    n, k = qweight.shape
+    if (_has_fp8_tensor_cores(x.device) and x.dtype == torch.bfloat16 and n % 16 == 0
+            and k % 16 == 0):               # what torch._scaled_mm's row-wise path takes
+        y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scales[:, None],
+                             scale_b=scales[None, :], out_dtype=x.dtype)
+        return y if bias is None else y + bias
+    y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales[:, None]).T
+    return (y if bias is None else y + bias.float()).to(x.dtype)
+
+
+def _channel_gemv(kind, x, x_scales, qweight, scales, bias, out_dtype) -> torch.Tensor:
+    from runtime_service.model.kernels import quant_gemv as qg
+
+    rows, k = x.shape
+    n = qweight.shape[0]
+    key = (kind, x.device, out_dtype, _bucket(rows), n, k)
+    config = qg.tuned_config(
+        key, x, (qweight, scales), qg.channel_candidates(rows, n, k, qg.sm_count(x.device)),
+        lambda x_, w, c: qg.launch_channel(x_, x_scales, *w, None, out_dtype, c))
+    return qg.launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config)
+
+
+def _bucket(rows: int) -> int:
+    return 1 << (rows - 1).bit_length()
+
+
+def _has_fp8_tensor_cores(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+# ---- plain-torch references (dequantize, then matmul in float32) -------------------------------
+
+def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                    group_size: int) -> torch.Tensor:
+    """The float32 weight [N, K] of an int4 triple."""
+    n = qweight.shape[0]
+    q = torch.stack((qweight & 0xF, qweight >> 4), dim=-1).reshape(n, -1).float()
+    groups = q.shape[1] // group_size
+    q = q.view(n, groups, group_size) - zeros.float()[:, :, None]
+    return (q * scales.float()[:, :, None]).view(n, -1)
+
+
+def _finish_reference(x: torch.Tensor, y: torch.Tensor, bias) -> torch.Tensor:
+    return (y if bias is None else y + bias.float()).to(x.dtype)
+
+
+def int4_linear_reference(x, qweight, scales, zeros, group_size, bias=None):
+    return _finish_reference(x, x.float() @ int4_dequantize(qweight, scales, zeros,
+                                                            group_size).T, bias)
+
+
+def int8_linear_reference(x, qweight, scales, bias=None):
+    return _finish_reference(x, x.float() @ (qweight.float() * scales.float()[:, None]).T, bias)
+
+
+def quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row e4m3 quantization: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale)."""
+    amax = x.float().abs().amax(dim=-1)
+    scales = (amax / torch.full_like(amax, 448.0)).clamp_min(1e-12)   # IEEE, as the kernel
+    return (x.float() / scales[:, None]).to(torch.float8_e4m3fn), scales
+
+
+def fp8_linear_reference(x, qweight, scales, bias=None):
+    xq, x_scales = quantize_rows_fp8_reference(x)
+    y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales.float()[:, None]).T
+    return _finish_reference(x, y, bias)
+
+
+# ---- input checks ------------------------------------------------------------------------------
+
+def _check_x(x: torch.Tensor, n: int, k: int, bias) -> None:
+    if x.dim() != 2 or x.shape[1] != k or x.shape[0] == 0:
+        raise ValueError(f"x must be [M, {k}] with M > 0, got {tuple(x.shape)}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"x must be one of {_DTYPES}, got {x.dtype}")
+    if x.stride(1) != 1:
+        raise ValueError("x needs a contiguous last dimension")
+    if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype
+                             or not bias.is_contiguous() or bias.device != x.device):
+        raise ValueError(f"bias must be a contiguous [{n}] {x.dtype} tensor on {x.device}; got "
+                         f"{tuple(bias.shape)} {bias.dtype} on {bias.device}")
+
+
+def _check_same_device(x: torch.Tensor, **tensors: torch.Tensor) -> None:
+    for name, tensor in tensors.items():
+        if tensor.device != x.device:
+            raise ValueError(f"x is on {x.device} but {name} on {tensor.device}")
+        if not tensor.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (pack_for_device makes it so)")
+
+
+def _check_int4(x, qweight, scales, zeros, group_size: int, bias) -> None:
+    if group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    if qweight.dim() != 2 or qweight.dtype != torch.uint8:
+        raise ValueError(f"qweight must be uint8 [N, K/2], got {qweight.dtype} "
+                         f"{tuple(qweight.shape)}")
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    if k % group_size:
+        raise ValueError(f"K = {k} is not a multiple of group_size {group_size}")
+    groups = (n, k // group_size)
+    if scales.shape != groups or scales.dtype != x.dtype:
+        raise ValueError(f"scales must be {x.dtype} {groups}, got {scales.dtype} "
+                         f"{tuple(scales.shape)}")
+    if zeros.shape != groups or zeros.dtype != torch.uint8:
+        raise ValueError(f"zeros must be uint8 {groups}, got {zeros.dtype} {tuple(zeros.shape)}")
+    _check_x(x, n, k, bias)
+    _check_same_device(x, qweight=qweight, scales=scales, zeros=zeros)
+
+
+def _check_channel(x, qweight, scales, bias, weight_dtype: torch.dtype) -> None:
+    if qweight.dim() != 2 or qweight.dtype != weight_dtype:
+        raise ValueError(f"qweight must be {weight_dtype} [N, K], got {qweight.dtype} "
+                         f"{tuple(qweight.shape)}")
+    n, k = qweight.shape
+    if scales.shape != (n,) or scales.dtype != torch.float32:
+        raise ValueError(f"scales must be float32 [{n}], got {scales.dtype} "
+                         f"{tuple(scales.shape)}")
+    _check_x(x, n, k, bias)
+    _check_same_device(x, qweight=qweight, scales=scales)

@@ -1,0 +1,231 @@
+"""Quantized linears (int4 / int8 / fp8) against their plain-torch references (CUDA only).
+
+Fresh random weights and inputs each run (the seed is printed on failure), on the layer shapes of
+Llama-3-8B and SmolLM2-135M, at odd decode row counts, at a prefill-sized batch, and at every
+int4 group size. The kernels compute in float32 from exactly representable operands and round
+once, so their outputs differ from the references by float32 summation order and one bf16
+rounding; fp8 also re-derives each row's activation scale on the GPU.
+
+The shape tests run each kernel's first (untimed) config, so the tier stays a few compiles per
+shape; `test_every_candidate_config_*` runs every config the tuner may pick.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+SEED = random.randrange(2 ** 31)
+# (N, K): Llama-3-8B qkv, down; SmolLM2 qkv (576 = 9 groups of 64), gate_up, down; an N that
+# is no multiple of any tile.
+LLAMA3 = [(6144, 4096), (4096, 14336)]
+SMOLLM2 = [(960, 576), (3072, 576), (576, 1536)]
+SHAPES = LLAMA3 + SMOLLM2 + [(200, 1024)]
+ROWS = [1, 3, 17, 64, 100]
+# Every group size on a shape it divides; 576-wide SmolLM2 rows take 32 and 64, not 128.
+INT4_CASES = [((4096, 14336), 128), ((4096, 14336), 32), ((6144, 4096), 64),
+              ((960, 576), 64), ((3072, 576), 32), ((576, 1536), 128), ((200, 1024), 64)]
+
+
+@pytest.fixture
+def untuned(monkeypatch):
+    """Each launch takes its first candidate config instead of timing them all."""
+    from runtime_service.model.kernels import quant_gemv
+
+    monkeypatch.setattr(quant_gemv, "tuned_config",
+                        lambda key, x, weights, candidates, call: candidates[0])
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def _generator(*salt) -> torch.Generator:
+    return torch.Generator(device="cuda").manual_seed(SEED + hash(salt) % 100_003)
+
+
+def _int4_weight(n: int, k: int, group: int, dtype, generator):
+    qweight = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda",
+                            generator=generator)
+    scales = (torch.rand(n, k // group, device="cuda", generator=generator) * 0.02
+              + 0.002).to(dtype)
+    zeros = torch.randint(0, 16, (n, k // group), dtype=torch.uint8, device="cuda",
+                          generator=generator)
+    return qweight, scales, zeros
+
+
+def _x(rows: int, k: int, dtype, generator) -> torch.Tensor:
+    return torch.randn(rows, k, device="cuda", generator=generator).to(dtype)
+
+
+def _check(out, ref, bound: float, context: str) -> None:
+    assert out.shape == ref.shape and out.dtype == ref.dtype, context
+    assert not out.isnan().any(), f"NaN in output: {context} (seed {SEED})"
+    err = _rel_err(out, ref)
+    assert err < bound, f"relative error {err:.2e}: {context} (seed {SEED})"
+
+
+@pytest.mark.parametrize("shape, group", INT4_CASES)
+def test_int4_linear_matches_reference(shape, group, untuned):
+    from runtime_service.model.kernels.quant_linear import int4_linear, int4_linear_reference
+
+    n, k = shape
+    generator = _generator("int4", n, k, group)
+    dtype = torch.bfloat16
+    qweight, scales, zeros = _int4_weight(n, k, group, dtype, generator)
+    bias = torch.randn(n, device="cuda", generator=generator).to(dtype)
+    for rows in ROWS:
+        x = _x(rows, k, dtype, generator)
+        with_bias = bias if rows % 2 else None
+        out = int4_linear(x, qweight, scales, zeros, group, with_bias)
+        ref = int4_linear_reference(x, qweight, scales, zeros, group, with_bias)
+        # The dot path rounds each dequantized weight to bf16 before the product.
+        _check(out, ref, 4e-3, f"int4 {shape} g{group} M={rows}")
+
+
+def test_int4_linear_float16_activations(untuned):
+    from runtime_service.model.kernels.quant_linear import int4_linear, int4_linear_reference
+
+    generator = _generator("int4-fp16")
+    qweight, scales, zeros = _int4_weight(512, 1024, 128, torch.float16, generator)
+    for rows in (1, 9):
+        x = _x(rows, 1024, torch.float16, generator)
+        _check(int4_linear(x, qweight, scales, zeros, 128),
+               int4_linear_reference(x, qweight, scales, zeros, 128), 4e-3, f"fp16 M={rows}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int8_linear_matches_reference(shape, untuned):
+    from runtime_service.model.kernels.quant_linear import int8_linear, int8_linear_reference
+
+    n, k = shape
+    generator = _generator("int8", n, k)
+    qweight = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda",
+                            generator=generator)
+    scales = torch.rand(n, device="cuda", generator=generator) * 0.01 + 1e-3
+    bias = torch.randn(n, device="cuda", generator=generator).to(torch.bfloat16)
+    for rows in ROWS:
+        x = _x(rows, k, torch.bfloat16, generator)
+        with_bias = bias if rows % 2 else None
+        _check(int8_linear(x, qweight, scales, with_bias),
+               int8_linear_reference(x, qweight, scales, with_bias),
+               6e-3 if rows > 64 else 2e-3, f"int8 {shape} M={rows}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fp8_linear_matches_reference(shape, untuned):
+    from runtime_service.model.kernels.quant_linear import fp8_linear, fp8_linear_reference
+
+    n, k = shape
+    generator = _generator("fp8", n, k)
+    # Clamped to e4m3's range: torch casts anything past +-464 to NaN.
+    qweight = (torch.randn(n, k, device="cuda", generator=generator) * 100).clamp(-448, 448).to(
+        torch.float8_e4m3fn)
+    scales = torch.rand(n, device="cuda", generator=generator) * 1e-3 + 1e-4
+    bias = torch.randn(n, device="cuda", generator=generator).to(torch.bfloat16)
+    for rows in ROWS:
+        x = _x(rows, k, torch.bfloat16, generator)
+        x[0, :7] *= 40                      # an outlier row: its scale differs from the others
+        with_bias = bias if rows % 2 else None
+        _check(fp8_linear(x, qweight, scales, with_bias),
+               fp8_linear_reference(x, qweight, scales, with_bias), 5e-3,
+               f"fp8 {shape} M={rows}")
+
+
+@pytest.mark.parametrize("rows", [1, 64])
+def test_every_candidate_config_computes_the_same_function(rows):
+    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_linear as ql
+
+    generator = _generator("candidates", rows)
+    n, k, group = 4096, 14336, 128
+    x = _x(rows, k, torch.bfloat16, generator)
+    int4 = _int4_weight(n, k, group, torch.bfloat16, generator)
+    ref = ql.int4_linear_reference(x, *int4, group)
+    for config in qg.int4_candidates(rows, n, k, group, qg.sm_count(x.device)):
+        _check(qg.launch_int4(x, *int4, group, None, config), ref, 4e-3, f"int4 {config}")
+    int8 = (torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda",
+                          generator=generator), torch.rand(n, device="cuda") * 0.01)
+    ref = ql.int8_linear_reference(x, *int8)
+    xq, x_scales = qg.quantize_rows_fp8(x)
+    fp8 = (int8[0].float().to(torch.float8_e4m3fn), int8[1])
+    ref_fp8 = ql.fp8_linear_reference(x, *fp8)
+    for config in qg.channel_candidates(rows, n, k, qg.sm_count(x.device)):
+        _check(qg.launch_channel(x, None, *int8, None, x.dtype, config), ref, 2e-3,
+               f"int8 {config}")
+        _check(qg.launch_channel(xq, x_scales, *fp8, None, x.dtype, config), ref_fp8, 5e-3,
+               f"fp8 {config}")
+
+
+def test_fp8_activation_quantization_matches_reference_bit_for_bit():
+    from runtime_service.model.kernels.quant_gemv import quantize_rows_fp8
+    from runtime_service.model.kernels.quant_linear import quantize_rows_fp8_reference
+
+    x = _x(33, 14336, torch.bfloat16, _generator("fp8-rows"))
+    x[3] = 0                                # an all-zero row takes the 1e-12 floor, no NaN
+    xq, scales = quantize_rows_fp8(x)
+    xq_ref, scales_ref = quantize_rows_fp8_reference(x)
+    assert torch.equal(scales, scales_ref), f"seed {SEED}"
+    assert torch.equal(xq.view(torch.uint8), xq_ref.view(torch.uint8)), f"seed {SEED}"
+
+
+def test_decode_linears_replay_in_a_cuda_graph(untuned):
+    """Captured after a first eager call: replays with new inputs give the eager results (no
+    host sync or input-dependent allocation inside; bench_quant_kernels.py captures the tuned
+    path)."""
+    from runtime_service.model.kernels import quant_linear as ql
+
+    generator = _generator("graph")
+    dtype = torch.bfloat16
+    n, k, rows = 1024, 2048, 5
+    int4 = _int4_weight(n, k, 64, dtype, generator)
+    int8 = (torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda",
+                          generator=generator), torch.rand(n, device="cuda") * 0.01)
+    fp8 = (torch.randn(n, k, device="cuda", generator=generator).to(torch.float8_e4m3fn),
+           torch.rand(n, device="cuda") * 0.01)
+    calls = [lambda x: ql.int4_linear(x, *int4, 64), lambda x: ql.int8_linear(x, *int8),
+             lambda x: ql.fp8_linear(x, *fp8)]
+    x = _x(rows, k, dtype, generator)
+    for call in calls:
+        call(x)                             # tunes before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [call(x) for call in calls]
+    for _ in range(2):
+        x.copy_(_x(rows, k, dtype, generator))
+        graph.replay()
+        for call, out in zip(calls, outs):
+            assert torch.equal(out, call(x)), f"seed {SEED}"
+
+
+def test_pack_for_device_keeps_the_contract_layout():
+    from runtime_service.model.kernels.quant_linear import pack_for_device
+
+    qweight = torch.randint(0, 256, (64, 32), dtype=torch.uint8, device="cuda").t()
+    packed = pack_for_device("int4", {"qweight": qweight})
+    assert packed["qweight"].is_contiguous() and torch.equal(packed["qweight"], qweight)
+    with pytest.raises(ValueError, match="kind"):
+        pack_for_device("int3", {})
+
+
+def test_bad_inputs_get_clear_errors():
+    from runtime_service.model.kernels import quant_linear as ql
+
+    qweight, scales, zeros = _int4_weight(64, 256, 64, torch.bfloat16, _generator("bad"))
+    x = torch.randn(2, 256, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="group_size"):
+        ql.int4_linear(x, qweight, scales, zeros, 48)
+    with pytest.raises(ValueError, match="scales"):
+        ql.int4_linear(x, qweight, scales.float(), zeros, 64)
+    with pytest.raises(ValueError, match=r"x must be \[M, 256\]"):
+        ql.int4_linear(x[:, :128], qweight, scales, zeros, 64)
+    with pytest.raises(ValueError, match="qweight must be torch.int8"):
+        ql.int8_linear(x, qweight, torch.ones(64, device="cuda"))
+    with pytest.raises(ValueError, match="scales must be float32"):
+        ql.fp8_linear(x, torch.zeros(64, 256, device="cuda").to(torch.float8_e4m3fn),
+                      torch.ones(64, device="cuda", dtype=torch.bfloat16))
