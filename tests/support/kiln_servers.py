@@ -108,7 +108,8 @@ class RuntimePod:
         raise AssertionError(f"runtime not SERVING within {timeout_s}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:        # stop() closes it; the file on disk is still there
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self, timeout_s: float = 20) -> int:

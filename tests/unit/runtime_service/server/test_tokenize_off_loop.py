@@ -45,6 +45,12 @@ class Host:
 
 
 class Context:
+    def invocation_metadata(self):
+        return ()
+
+    def peer(self):
+        return "test"
+
     async def abort(self, code, message):
         raise RuntimeError(code)
 
