@@ -4,26 +4,17 @@ share it and own their requests; none changes its settings."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
-from support.kiln_servers import make_tiny_chat_llama, tiny_config
+from support.kiln_servers import embedded_kiln_home, make_tiny_chat_llama, tiny_config
 
 
 @pytest.fixture(scope="session")
 def compat_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("kiln-compat-home")
-    saved = {name: os.environ.pop(name, None) for name in ("KILN_BUILDER", "KILN_RUNTIME")}
-    previous = os.environ.get("KILN_HOME")
-    os.environ["KILN_HOME"] = str(home)
-    yield home
-    os.environ.pop("KILN_HOME")
-    if previous is not None:
-        os.environ["KILN_HOME"] = previous
-    for name, value in saved.items():
-        if value is not None:
-            os.environ[name] = value
+    with embedded_kiln_home(home):
+        yield home
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ paths (tokenize, detokenize, stop strings) are exercised at random-model speed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -141,3 +142,18 @@ def wait_all_blocks_free(stub, timeout_s: float = 10) -> tuple[int, int, int]:
         if (free == total and live == 0) or time.monotonic() > deadline:
             return free, total, live
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def embedded_kiln_home(home: Path):
+    """The SDK's embedded default under `home`: KILN_HOME set, KILN_BUILDER / KILN_RUNTIME unset,
+    and all three restored afterwards."""
+    saved = {name: os.environ.pop(name, None) for name in ("KILN_BUILDER", "KILN_RUNTIME", "KILN_HOME")}
+    os.environ["KILN_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        os.environ.pop("KILN_HOME", None)
+        for name, value in saved.items():
+            if value is not None:
+                os.environ[name] = value
