@@ -78,7 +78,8 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
 
     async def Build(self, request, context):
         started = time.monotonic()
-        record = self.observer.start(context.invocation_metadata(), request.source)
+        source = getattr(request, "source", "?")        # "?" when the bytes did not parse
+        record = self.observer.start(context.invocation_metadata(), source)
         cancelled = threading.Event()
         try:
             spec = spec_from_request(parsed(request))
@@ -117,7 +118,7 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
         except Exception as exc:
             code, message = grpc_status(exc)
             log.info("build source=%s status=%s seconds=%.2f: %s",
-                     getattr(request, "source", "?"), code.name,
+                     source, code.name,
                      time.monotonic() - started, message)
             record.finish(code.name)
             await context.abort(code, message)

@@ -59,7 +59,9 @@ def test_runtime_pulls_an_engine_from_s3_and_serves_the_same_tokens(s3, tiny_mod
     try:
         pod.wait_serving()
         cached = list((tmp_path / "cache").iterdir())
-        assert [p.name for p in cached] == [ref["engine_key"]]       # pulled, verified, renamed
+        # pulled, verified, renamed to <engine_key>.<manifest digest>: one entry, nothing partial
+        assert [p.name.split(".")[0] for p in cached] == [ref["engine_key"]]
+        assert (cached[0] / "manifest.json").is_file()
         with grpc.insecure_channel(pod.address) as channel:
             stub = runtime_stub(channel)
             request = runtime_pb2.GenerateRequest(
