@@ -1,4 +1,9 @@
-"""Builds a rank's LlamaModel from a folder holding an HF model, a Kiln checkpoint or an engine."""
+"""Builds a rank's LlamaModel from a folder holding an HF model, a Kiln checkpoint or an engine.
+
+The model is built on the meta device (no memory, no initialisation) and each parameter becomes
+the loaded tensor itself: an engine's weights go from the mapped file to the target device in one
+copy (weights_file.py), already in the serving dtype, with no host-side model in between.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from torch import nn
 
 from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
 from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapping
@@ -14,7 +19,9 @@ from runtime_service.format.engine_format import (TOKENIZER_DIR, detect_model_ki
                                            read_engine_config)
 from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, read_hf_config
+from runtime_service.model.layers.rotary import RotaryEmbedding, base_inv_freq
 from runtime_service.model.llama import LlamaModel
+from runtime_service.model.weights_file import read_tensors
 from runtime_service.format.model_config import ModelArgs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -64,29 +71,57 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
         config = EngineConfig(model=config.model, mapping=mapping)
     dtype_name = dtype or (config.build.dtype if config.build else None)
     args = config.model
-    model = LlamaModel(args, mapping.layer_range(args, rank), parallel, attention_backend)
-    tensors = _read_rank_tensors(folder, kind, args, mapping, rank)
-    target_dtype = DTYPES[dtype_name] if dtype_name else next(iter(tensors.values())).dtype
+    device = _concrete(torch.device(device))
+    with torch.device("meta"):
+        model = LlamaModel(args, mapping.layer_range(args, rank), parallel, attention_backend)
+    tensors = _read_rank_tensors(folder, kind, args, mapping, rank, device,
+                                 DTYPES[dtype_name] if dtype_name else None)
+    target_dtype = next(iter(tensors.values())).dtype
+    tensors = {name: tensor.to(target_dtype) for name, tensor in tensors.items()}
     _assign(model, tensors)
     model.tie_weights_if_needed()
-    model.to(device=device, dtype=target_dtype)
+    _materialize_buffers(model, device, target_dtype)
     model.eval()
     return LoadedModel(model, config, kind, tokenizer_dir_for(folder, kind), target_dtype)
 
 
-def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mapping,
-                       rank: int) -> dict[str, torch.Tensor]:
+def _concrete(device: torch.device) -> torch.device:
+    """cuda -> cuda:<current>, so tensors and the model agree on one index."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mapping, rank: int,
+                       device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The rank's tensors on `device` in `dtype` (None: as stored). An HF folder is converted on
+    the host first (development only); an engine's file is mapped and copied once."""
     if kind == "hf":
-        return dict(rank_tensors(SafetensorsFolder(folder), args, mapping, rank))
+        return {name: tensor.to(device=device, dtype=dtype or tensor.dtype)
+                for name, tensor in rank_tensors(SafetensorsFolder(folder), args, mapping, rank)}
     path = folder / rank_file(rank)
     if not path.is_file():
         raise InvalidRequest(f"{folder} has no weights for rank {rank} ({path.name})")
-    with safe_open(path, framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.keys()}
+    tensors = dict(read_tensors(path, device, dtype))
+    if not tensors:
+        raise InvalidRequest(f"{path.name} holds no tensors")
+    return tensors
+
+
+def _materialize_buffers(model: LlamaModel, device: torch.device, dtype: torch.dtype) -> None:
+    """Computes the buffers the meta-device build left empty (rotary's inverse frequencies, cast
+    to the model's dtype as `Module.to` would cast them)."""
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding) and module.inv_freq.is_meta:
+            module.inv_freq = base_inv_freq(module.args).to(device=device, dtype=dtype)
+    left = [name for name, buffer in model.named_buffers() if buffer.is_meta]
+    if left:
+        raise RuntimeError(f"the loader cannot materialize buffers {left}")
 
 
 def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:
-    """Copies tensors into parameters by name; every parameter must be given, with its shape."""
+    """Makes each given tensor the parameter of its name; every parameter must be given, with its
+    shape."""
     params = dict(model.named_parameters())
     tied = model.args.tie_word_embeddings and "lm_head.weight" not in tensors
     for name, param in params.items():
@@ -99,7 +134,9 @@ def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:
             raise InvalidRequest(
                 f"tensor {name!r} has shape {tuple(tensor.shape)}, the model expects "
                 f"{tuple(param.shape)}")
-        param.data = tensor
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        setattr(owner, leaf, nn.Parameter(tensor, requires_grad=False))
     extra = set(tensors) - set(params)
     if extra:
         raise InvalidRequest(f"weights hold unexpected tensors: {sorted(extra)[:5]}")
