@@ -46,7 +46,8 @@ def _header(path: Path, data: mmap.mmap) -> tuple[dict, int]:
     return header, 8 + length
 
 
-def _check_entry(path: Path, name: str, entry, body_bytes: int) -> tuple[torch.dtype, list, int, int]:
+def _check_entry(path: Path, name: str, entry,
+                 body_bytes: int) -> tuple[torch.dtype, list, int, int]:
     try:
         dtype = DTYPES[entry["dtype"]]
         shape = [int(d) for d in entry["shape"]]
