@@ -265,3 +265,31 @@ def test_down_projection_of_gate_up_takes_the_gated_gemv_for_decode_rows_only():
     out = layer.forward_gate_up(decode)
     config = tuned_config(decode, weight, gated=True)
     assert torch.equal(out, gemv(silu_and_mul(decode), weight, config=config) + bias)
+
+
+def test_tuning_records_come_back_and_skip_the_tuner():
+    """What a pod caches (export_tuned) makes a fresh process choose the same configs without
+    timing anything."""
+    import json
+
+    from runtime_service.model.kernels import gemv
+
+    x = torch.randn(1, 640, dtype=torch.bfloat16, device="cuda")
+    weight = torch.randn(384, 640, dtype=torch.bfloat16, device="cuda")
+    expected = gemv.gemv(x, weight)
+    records = json.loads(json.dumps(gemv.export_tuned(x.device)))
+    assert any((r["n"], r["k"], r["rows"]) == (384, 640, 1) for r in records)
+    saved = dict(gemv._tuned)
+    gemv._tuned.clear()
+    try:
+        assert gemv.import_tuned(x.device, records) == len(records)
+        tuned_before = gemv.tuning_totals()[0]
+        assert torch.equal(gemv.gemv(x, weight), expected)
+        assert gemv.tuning_totals()[0] == tuned_before
+        assert {k: v for k, v in gemv.tuned_configs().items() if k[0] == x.device} == \
+            {k: v for k, v in saved.items() if k[0] == x.device}
+        with pytest.raises(ValueError, match="not a gemv tuning record"):
+            gemv.import_tuned(x.device, [{**records[0], "rows": 3}])
+    finally:
+        gemv._tuned.clear()
+        gemv._tuned.update(saved)
