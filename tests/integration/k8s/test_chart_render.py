@@ -264,3 +264,13 @@ def test_cross_field_rules_fail_the_render_with_a_message(case):
     values, message = RENDER_REJECTS[case]
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
         render(values)
+
+
+def test_runtime_pods_share_startup_tuning_unless_switched_off(rendered):
+    servers = [c for c in containers(rendered["gpu-pods"]) if "runtime_service" in c.args]
+    assert servers and all("--share-startup-cache" in c.args for c in servers)
+    # a SERVING pod is ready within one 2 s period
+    assert all(c.probes["startupProbe"]["periodSeconds"] == 2 for c in servers)
+    values = {**VALUE_SETS["gpu-pods"], "runtime": {"shareStartupCache": False}}
+    servers = [c for c in containers(render(values)) if "runtime_service" in c.args]
+    assert servers and not any("--share-startup-cache" in c.args for c in servers)
