@@ -19,7 +19,6 @@ from runtime_service.format.engine_format import (TOKENIZER_DIR, detect_model_ki
                                            read_engine_config)
 from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, read_hf_config
-from runtime_service.model.layers.rotary import RotaryEmbedding, base_inv_freq
 from runtime_service.model.llama import LlamaModel
 from runtime_service.model.weights_file import read_tensors
 from runtime_service.format.model_config import ModelArgs
@@ -109,14 +108,15 @@ def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mappin
 
 
 def _materialize_buffers(model: LlamaModel, device: torch.device, dtype: torch.dtype) -> None:
-    """Computes the buffers the meta-device build left empty (rotary's inverse frequencies, cast
-    to the model's dtype as `Module.to` would cast them)."""
+    """Moves the buffers the meta-device build made on the host (rotary's inverse frequencies)
+    to the device, floating ones cast to the model's dtype as `Module.to` would cast them."""
     for module in model.modules():
-        if isinstance(module, RotaryEmbedding) and module.inv_freq.is_meta:
-            module.inv_freq = base_inv_freq(module.args).to(device=device, dtype=dtype)
-    left = [name for name, buffer in model.named_buffers() if buffer.is_meta]
-    if left:
-        raise RuntimeError(f"the loader cannot materialize buffers {left}")
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.is_meta:
+                raise RuntimeError(f"the loader cannot materialize buffer {name!r} of "
+                                   f"{type(module).__name__}")
+            setattr(module, name, buffer.to(device=device, dtype=dtype if buffer.is_floating_point()
+                                            else buffer.dtype))
 
 
 def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> None:
