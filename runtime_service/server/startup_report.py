@@ -2,7 +2,7 @@
 
 Phases, in the order a start runs them: imports (process start until the engine code is loaded),
 pull (bytes from the store, sha256 computed as they arrive), verify (re-hashing a cached or
-local engine), load (weights to the device), graph_capture (KV cache and CUDA-graph capture),
+local engine) (both run during the imports and count only the wait left after them), load (weights to the device), graph_capture (KV cache and CUDA-graph capture),
 tuning (GEMV configs timed; it happens inside graph capture and warm-up, and is moved out of
 them here), warm_up (the largest step and a first request through the step loop). The log line
 `startup total_s=... imports_s=... ...` is what bench/bench_cold_start.py reads back.
