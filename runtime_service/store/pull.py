@@ -7,11 +7,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from runtime_service.errors import CorruptEngine, EngineNotFound, InvalidRequest
-from runtime_service.format.engine_format import (MANIFEST, Manifest, detect_model_kind,
-                                                  verify_engine_folder)
+from runtime_service.format.engine_format import MANIFEST, Manifest, detect_model_kind
 from runtime_service.store.atomic_folder import fill_then_rename
 from runtime_service.store.base import ProgressFn, S3Settings, Store, check_engine_key
 from runtime_service.store.local import LocalStore
+from runtime_service.store.verified_stamp import record, verify_once
 
 
 def open_store(uri: str | Path, settings: S3Settings | None = None) -> Store:
@@ -33,7 +33,8 @@ def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | N
 
     A local engine is verified in place. A remote one is pulled into `cache_dir/<engine_key>`
     through parallel ranged reads, verified, then renamed into place, so the cache never holds a
-    partial engine; a cached copy that still verifies is reused without downloading.
+    partial engine; a cached copy that still verifies is reused without downloading. A folder
+    verified before and unchanged since is not hashed again (verified_stamp.py).
     """
     uri = str(uri)
     parsed = urlparse(uri)
@@ -41,7 +42,7 @@ def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | N
         folder = Path(parsed.path if parsed.scheme == "file" else uri)
         if not (folder / MANIFEST).is_file():
             raise EngineNotFound(f"no complete engine at {folder} (no {MANIFEST})")
-        verify_engine_folder(folder)
+        verify_once(folder, Path(cache_dir))
         return folder
     source = open_store(uri, settings)
     data = source.read_bytes(MANIFEST)
@@ -53,7 +54,7 @@ def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | N
     target = cache_dir / key
     if (target / MANIFEST).is_file():
         try:
-            verify_engine_folder(target)
+            verify_once(target, cache_dir)
             return target
         except CorruptEngine:
             shutil.rmtree(target)
@@ -66,7 +67,9 @@ def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | N
         (partial / MANIFEST).write_bytes(data)
 
     # A rival pull that renamed first counts only if it finished (wrote its manifest).
-    return fill_then_rename(target, fill, finished=lambda t: (t / MANIFEST).is_file())
+    folder = fill_then_rename(target, fill, finished=lambda t: (t / MANIFEST).is_file())
+    record(cache_dir, folder)           # verified as it arrived: the next start skips hashing
+    return folder
 
 
 def fetch_engine(uri: str, cache_dir: Path, progress=None) -> tuple[Path, str]:
