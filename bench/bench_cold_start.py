@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         for stale in ("cache-1", "cache-2"):
             shutil.rmtree(work / stale, ignore_errors=True)
         shutil.rmtree(folder / "startup", ignore_errors=True)
-        caches = {"store": work / "cache-1", "warm": work / "cache-1", "second_pod": work / "cache-2"}
+        caches = {"store": work / "cache-1", "warm": work / "cache-1",
+                  "second_pod": work / "cache-2"}
         starts = {}
         for name in STARTS:
             starts[name] = timed_start(uri, caches[name], work / f"pod-{name}.log", args.device,
