@@ -20,8 +20,7 @@ from pathlib import Path
 from runtime_service.errors import FailedPrecondition
 from runtime_service.format.engine_format import MANIFEST, read_manifest
 from runtime_service.server import capabilities
-from runtime_service.server.startup_cache import (TuningCache, engine_id_for,
-                                                  use_pod_triton_cache)
+from runtime_service.server.startup_cache import TuningCache, engine_id_for
 from runtime_service.server.startup_report import StartupClock, StartupReport
 from runtime_service.store import fetch_engine
 
@@ -42,7 +41,6 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     """Pulls, loads, captures and warms up `uri`'s engine under `settings` (RuntimeSettings).
     `imports_s`: the process's time before the load began (interpreter and server imports)."""
     clock = StartupClock()
-    use_pod_triton_cache(settings.cache_dir)
     pulled = [0]
 
     def progress(done_bytes: int, total_bytes: int, message: str) -> None:

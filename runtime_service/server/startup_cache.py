@@ -1,12 +1,12 @@
 """Start-up results kept per engine and GPU model, so the next pod on that GPU model skips them.
 
 What a start computes that does not change between starts of the same engine on the same GPU
-model: the GEMV configs the tuner times (kernels/gemv.py) and Triton's compiled kernels. The
-tuning records go to `<cache_dir>/startup/<engine_id>/<gpu>.json` and, when the pod shares them,
-beside the engine in its store (`startup/<gpu>.json`, written only if absent, so pods never race
-to overwrite each other); a pod that finds none locally takes the store's copy. Triton compiles
-into `<cache_dir>/triton` unless TRITON_CACHE_DIR says otherwise, so a pod whose cache directory
-is a volume compiles each kernel once.
+model: the GEMV configs the tuner times (kernels/gemv.py). The records go to
+`<cache_dir>/startup/<engine_id>/<gpu>.json` and, when the pod shares them, beside the engine in
+its store (`startup/<gpu>.json`, written only if absent, so pods never race to overwrite each
+other); a pod that finds none locally takes the store's copy. Triton keeps its compiled kernels
+in its own machine-wide cache (~/.triton/cache or TRITON_CACHE_DIR), which later starts on the
+same machine reuse.
 
 A file made by other software (another Kiln tuning format, torch or Triton version) is ignored:
 kernels and their best configs change with them. So is a file that does not parse: the start
@@ -44,12 +44,6 @@ def engine_id_for(folder: Path, engine_key: str) -> str:
     if engine_key:
         return engine_key
     return "path-" + hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:32]
-
-
-def use_pod_triton_cache(cache_dir: Path) -> None:
-    """Points Triton's compile cache into the pod's cache directory, unless it is set already.
-    Call before the first kernel compiles."""
-    os.environ.setdefault("TRITON_CACHE_DIR", str(Path(cache_dir) / "triton"))
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,10 @@
 other software's or damaged files are never used, and the store's copy is never overwritten."""
 
 import json
-import os
 
 import pytest
 
-from runtime_service.server.startup_cache import (FORMAT, TuningCache, engine_id_for,
-                                                  gpu_file_name, use_pod_triton_cache)
+from runtime_service.server.startup_cache import FORMAT, TuningCache, engine_id_for, gpu_file_name
 from runtime_service.store import LocalStore
 
 KEY = "ab" * 32
@@ -87,10 +85,3 @@ def test_a_folder_without_engine_key_gets_a_path_digest(tmp_path):
     assert derived.startswith("path-") and derived == engine_id_for(tmp_path / ".", "")
     assert derived != engine_id_for(tmp_path / "other", "")
 
-
-def test_triton_compiles_into_the_pod_cache_unless_told_otherwise(tmp_path, monkeypatch):
-    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
-    use_pod_triton_cache(tmp_path)
-    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
-    use_pod_triton_cache(tmp_path / "elsewhere")
-    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
