@@ -4,8 +4,14 @@ the same bytes, on loopback against `rclone serve s3`.
 Kiln publish = upload every file (parallel, multipart) + manifest last.
 Kiln pull    = parallel ranged reads + sha256 of every file + atomic move into the cache.
 Plain        = minio `fput_object` / `fget_object` one file after another, no verification.
+Plain parallel = minio `fget_object` of every object at once, one thread per object: how a
+               minio user downloads a folder in parallel, with no verification.
+Plain ranged   = minio ranged `get_object`s of Kiln's chunk size on as many threads as Kiln's
+               pull, written in place: Kiln's own transfer with no sha256 at all, so this ratio
+               is what verification costs where the CPU, not the network, is the limit.
 
-Usage: python bench/bench_store.py [--size-mb 512] [--files 4] [--repeats 3] [--out FILE]
+Usage: python bench/bench_store.py [--size-mb 512] [--files 4] [--repeats 3] [--workers 16]
+       [--out FILE]
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from runtime_service.format.engine_format import build_manifest, write_manifest
 from runtime_service.store import S3Settings, open_store, pull_engine
+from runtime_service.store.download import DEFAULT_CHUNK_BYTES
 from runtime_service.store.s3 import make_client
 
 BUCKET = "bench"
@@ -66,6 +74,45 @@ def make_engine(folder: Path, size_mb: int, files: int, key: str) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def plain_ranged_download(client, prefix: str, files: list[Path], root: Path, dest: Path,
+                            workers: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+    """Every file as ranged GETs on `workers` threads, written in place; nothing verified."""
+    jobs = []
+    for path in files:
+        size = path.stat().st_size
+        target = dest / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as handle:
+            handle.truncate(size)
+        jobs += [(path.relative_to(root), target, offset, min(chunk_bytes, size - offset))
+                 for offset in range(0, size, chunk_bytes)]
+
+    def fetch(job) -> None:
+        relative, target, offset, length = job
+        response = client.get_object(BUCKET, f"{prefix}/{relative}", offset=offset, length=length)
+        try:
+            data = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(fetch, jobs))
+
+
+def plain_parallel_download(client, prefix: str, files: list[Path], root: Path,
+                            dest: Path) -> None:
+    """Every object with `fget_object`, all at once (one thread each); nothing verified."""
+    with ThreadPoolExecutor(max_workers=len(files)) as pool:
+        list(pool.map(lambda p: client.fget_object(BUCKET, f"{prefix}/{p.relative_to(root)}",
+                                                   str(dest / p.relative_to(root))), files))
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -85,7 +132,8 @@ def main(argv=None) -> int:
     proc, settings = start_rclone(work / "s3")
     try:
         client = make_client(settings)
-        times = {"kiln_publish": [], "plain_upload": [], "kiln_pull": [], "plain_download": []}
+        times = {"kiln_publish": [], "plain_upload": [], "kiln_pull": [], "plain_download": [],
+                 "plain_parallel_download": [], "plain_ranged_download": []}
         for repeat in range(args.repeats):
             key = secrets.token_hex(32)
             engine = work / f"engine-{repeat}"
@@ -97,13 +145,27 @@ def main(argv=None) -> int:
                 client.fput_object(BUCKET, f"plain{repeat}/{p.relative_to(engine)}", str(p))
                 for p in files]))
             uri = store.engine_uri(key)
-            times["kiln_pull"].append(timed(lambda: pull_engine(
-                uri, work / f"cache-{repeat}", settings, num_workers=args.workers)))
             dest = work / f"plain-{repeat}"
-            times["plain_download"].append(timed(lambda: [
-                client.fget_object(BUCKET, f"plain{repeat}/{p.relative_to(engine)}",
-                                   str(dest / p.relative_to(engine))) for p in files]))
-            for path in (engine, work / f"cache-{repeat}", dest):
+            parallel_dest = work / f"plain-parallel-{repeat}"
+            ranged_dest = work / f"plain-ranged-{repeat}"
+            downloads = [
+                ("kiln_pull", lambda: pull_engine(uri, work / f"cache-{repeat}", settings,
+                                                  num_workers=args.workers)),
+                ("plain_download", lambda: [
+                    client.fget_object(BUCKET, f"plain{repeat}/{p.relative_to(engine)}",
+                                       str(dest / p.relative_to(engine))) for p in files]),
+                ("plain_parallel_download", lambda: plain_parallel_download(
+                    client, f"plain{repeat}", files, engine, parallel_dest)),
+                ("plain_ranged_download", lambda: plain_ranged_download(
+                    client, f"plain{repeat}", files, engine, ranged_dest, args.workers)),
+            ]
+            # The uploads' write-back must not land on whichever download runs first, and no
+            # download may always run first: flush, then rotate the order every repeat.
+            os.sync()
+            shift = repeat % len(downloads)
+            for name, download in downloads[shift:] + downloads[:shift]:
+                times[name].append(timed(download))
+            for path in (engine, work / f"cache-{repeat}", dest, parallel_dest, ranged_dest):
                 shutil.rmtree(path, ignore_errors=True)
             for root in (work / "s3" / BUCKET / f"kiln{repeat}", work / "s3" / BUCKET / f"plain{repeat}"):
                 shutil.rmtree(root, ignore_errors=True)
@@ -123,6 +185,9 @@ def main(argv=None) -> int:
     }
     result["pull_vs_plain_download"] = round(result["median_mib_s"]["kiln_pull"]
                                              / result["median_mib_s"]["plain_download"], 2)
+    for plain in ("plain_parallel_download", "plain_ranged_download"):
+        result[f"pull_vs_{plain}"] = round(
+            result["median_mib_s"]["kiln_pull"] / result["median_mib_s"][plain], 2)
     result["publish_vs_plain_upload"] = round(result["median_mib_s"]["kiln_publish"]
                                               / result["median_mib_s"]["plain_upload"], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +199,10 @@ def main(argv=None) -> int:
           f"{result['publish_vs_plain_upload']:>8.2f}")
     print(f"{'download':10}{rate['kiln_pull']:>10.1f} MiB/s{rate['plain_download']:>10.1f} MiB/s"
           f"{result['pull_vs_plain_download']:>8.2f}")
+    for label, plain in (("parallel", "plain_parallel_download"),
+                         ("ranged", "plain_ranged_download")):
+        print(f"{label:10}{rate['kiln_pull']:>10.1f} MiB/s{rate[plain]:>10.1f} MiB/s"
+              f"{result[f'pull_vs_{plain}']:>8.2f}")
     print("(Kiln pull includes sha256 verification of every byte; plain download verifies nothing)")
     print(f"wrote {args.out}")
     return 0

@@ -3,7 +3,11 @@
 #   bash bench/gpu_session.sh quick   # tests + Llama-2-7B shape, Kiln only, short, with profiles
 #   bash bench/gpu_session.sh full    # tests + both shapes, Kiln and HF, every load
 #   bash bench/gpu_session.sh bench   # both shapes, no tests
-#   bash bench/gpu_session.sh tests   # the GPU tests only
+#   bash bench/gpu_session.sh tests   # the GPU tests only (the default tier, at most 4 minutes)
+#   bash bench/gpu_session.sh long    # the long GPU sweeps (-m gpu_long)
+#   bash bench/gpu_session.sh cold    # cold start of the Llama-3-8B shape: store, warm, second pod
+# The long sweeps also run when KILN_GPU_LONG=1. bench_cold_start uses rclone serve s3 when its
+# binary is on PATH, else a local folder store.
 set -u
 mode=${1:-quick}
 OUT=${OUT:-/tmp/kiln_out}
@@ -17,8 +21,23 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+cold_start() {
+  store=local
+  if command -v rclone > /dev/null; then store=s3; fi
+  timeout 540 python3 bench/bench_cold_start.py --model llama3-8b --device cuda --store "$store" \
+    --work-dir /tmp/kiln_cold --json "$OUT/cold_start_llama3-8b.json" 2>&1 | tee "$OUT/cold_start.log"
+}
+if [ "$mode" = "cold" ]; then
+  cold_start
+  exit 0
+fi
+if [ "$mode" = "long" ] || [ "${KILN_GPU_LONG:-0}" = "1" ]; then
+  timeout 570 python3 -m pytest -q -m gpu_long tests -p no:cacheprovider \
+    --continue-on-collection-errors --durations=8 -rf 2>&1 | tee "$OUT/pytest_gpu_long.log" | tail -60
+  [ "$mode" = "long" ] && exit 0
+fi
 if [ "$mode" != "bench" ]; then
-  timeout 200 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
+  timeout 270 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
     --continue-on-collection-errors --durations=8 -rf 2>&1 | tee "$OUT/pytest_gpu.log" | tail -60
 fi
 if [ "$mode" = "tests" ]; then

@@ -1,4 +1,5 @@
-"""Shared test setup: the `gpu` marker skips cleanly on machines without CUDA."""
+"""Shared test setup: the `gpu` marker skips cleanly on machines without CUDA; `gpu_long` sweeps
+run only under `-m gpu_long`."""
 
 import sys
 from pathlib import Path
@@ -17,6 +18,12 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    if "gpu_long" not in (config.option.markexpr or ""):
+        # The long GPU sweeps (tests/gpu/tiers.py) run only when `-m` names them.
+        long = [item for item in items if "gpu_long" in item.keywords]
+        if long:
+            config.hook.pytest_deselected(items=long)
+            items[:] = [item for item in items if "gpu_long" not in item.keywords]
     if _cuda_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")

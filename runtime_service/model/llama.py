@@ -100,7 +100,9 @@ class LlamaModel(nn.Module):
             args.head_dim)
         rotary = RotaryEmbedding(args)
         if parallel.is_first_stage:
-            self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+            # Uninitialized: the loader replaces every weight (no random init of a 0.5B table).
+            self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size,
+                                             _weight=torch.empty(args.vocab_size, args.hidden_size))
             self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleDict(
             {str(i): TransformerBlock(args, rotary, backend, parallel, quant) for i in layer_ids})

@@ -1,4 +1,9 @@
-"""Builds a rank's LlamaModel from a folder holding an HF model, a Kiln checkpoint or an engine."""
+"""Builds a rank's LlamaModel from a folder holding an HF model, a Kiln checkpoint or an engine.
+
+The model is built on the meta device (no memory, no initialisation) and each parameter becomes
+the loaded tensor itself: an engine's weights go from the mapped file to the target device in one
+copy (weights_file.py), already in the serving dtype, with no host-side model in between.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from torch import nn
 
 from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
 from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapping, QuantConfig
@@ -17,6 +22,7 @@ from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, re
 from runtime_service.model.layers.quantized_linear import WeightQuant, pack_for_device
 from runtime_service.model.llama import LlamaModel
 from runtime_service.model.prequantized import quant_config_of
+from runtime_service.model.weights_file import read_tensors
 from runtime_service.format.model_config import ModelArgs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -66,15 +72,16 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     dtype_name = dtype or (config.build.dtype if config.build else None)
     args = config.model
     quant = WeightQuant.for_algo(config.quant.algo, config.quant.group_size)
-    model = LlamaModel(args, mapping.layer_range(args, rank), parallel, attention_backend, quant)
-    tensors = _read_rank_tensors(folder, kind, args, mapping, rank)
+    device = _concrete(torch.device(device))
+    with torch.device("meta"):
+        model = LlamaModel(args, mapping.layer_range(args, rank), parallel, attention_backend,
+                           quant)
+    tensors = _read_rank_tensors(folder, kind, args, mapping, rank, device)
     target_dtype = DTYPES[dtype_name] if dtype_name else _stored_dtype(tensors)
     model.kv_cache_dtype = config.quant.kv_cache_dtype
-    fixed = _assign(model, tensors)
+    _assign(model, tensors, target_dtype)
     model.tie_weights_if_needed()
-    model.to(device=device, dtype=target_dtype)
-    for param, tensor in fixed:
-        param.data = tensor.to(device)    # codes and per-channel scales keep their own dtype
+    _materialize_buffers(model, device, target_dtype)
     if quant is not None:
         for module in model.modules():
             if getattr(module, "quant", None) is not None:
@@ -83,16 +90,40 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     return LoadedModel(model, config, kind, tokenizer_dir_for(folder, kind), target_dtype)
 
 
-def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mapping,
-                       rank: int) -> dict[str, torch.Tensor]:
+def _concrete(device: torch.device) -> torch.device:
+    """cuda -> cuda:<current>, so tensors and the model agree on one index."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mapping, rank: int,
+                       device: torch.device) -> dict[str, torch.Tensor]:
+    """The rank's tensors on `device` as stored. An HF folder is converted on the host first
+    (development only); an engine's file is mapped and copied once."""
     if kind == "hf":
-        return dict(rank_tensors(SafetensorsFolder(folder), args, mapping, rank,
-                                 quant=quant_config_of(read_hf_config(folder))))
+        return {name: tensor.to(device) for name, tensor in rank_tensors(
+            SafetensorsFolder(folder), args, mapping, rank,
+            quant=quant_config_of(read_hf_config(folder)))}
     path = folder / rank_file(rank)
     if not path.is_file():
         raise InvalidRequest(f"{folder} has no weights for rank {rank} ({path.name})")
-    with safe_open(path, framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.keys()}
+    tensors = dict(read_tensors(path, device))
+    if not tensors:
+        raise InvalidRequest(f"{path.name} holds no tensors")
+    return tensors
+
+
+def _materialize_buffers(model: LlamaModel, device: torch.device, dtype: torch.dtype) -> None:
+    """Moves the buffers the meta-device build made on the host (rotary's inverse frequencies)
+    to the device, floating ones cast to the model's dtype as `Module.to` would cast them."""
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.is_meta:
+                raise RuntimeError(f"the loader cannot materialize buffer {name!r} of "
+                                   f"{type(module).__name__}")
+            setattr(module, name, buffer.to(device=device, dtype=dtype if buffer.is_floating_point()
+                                            else buffer.dtype))
 
 
 def _stored_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
@@ -100,11 +131,10 @@ def _stored_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
     return next(t.dtype for n, t in tensors.items() if n.endswith("norm.weight"))
 
 
-def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> list:
-    """Copies tensors into parameters by name; every parameter must be given, with its shape
-    (and, for quantized codes and per-channel scales, its dtype). Returns those fixed-dtype
-    (parameter, tensor) pairs, which the engine-dtype cast must leave alone."""
-    fixed = []
+def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Makes each given tensor the parameter of its name, cast to the engine `dtype`; every
+    parameter must be given, with its shape. Quantized codes and per-channel scales
+    (`keeps_dtype`) are not cast: their stored dtype must be the one the model expects."""
     params = dict(model.named_parameters())
     tied = model.args.tie_word_embeddings and "lm_head.weight" not in tensors
     for name, param in params.items():
@@ -121,12 +151,16 @@ def _assign(model: LlamaModel, tensors: dict[str, torch.Tensor]) -> list:
             if tensor.dtype != param.dtype:
                 raise InvalidRequest(f"tensor {name!r} is {tensor.dtype}, the quantized model "
                                      f"expects {param.dtype}")
-            fixed.append((param, tensor))
-        param.data = tensor
+        else:
+            tensor = tensor.to(dtype)
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        loaded = nn.Parameter(tensor, requires_grad=False)
+        loaded.keeps_dtype = getattr(param, "keeps_dtype", False)
+        setattr(owner, leaf, loaded)
     extra = set(tensors) - set(params)
     if extra:
         raise InvalidRequest(f"weights hold unexpected tensors: {sorted(extra)[:5]}")
-    return fixed
 
 
 def default_build_config(config: EngineConfig) -> BuildConfig:

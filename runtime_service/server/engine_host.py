@@ -1,8 +1,9 @@
 """The pod's one engine and its life: EMPTY -> LOADING -> SERVING -> DRAINING.
 
-Loading (pull, verify, load weights, warm up) runs on a worker thread so the gRPC loop keeps
-answering health checks and GetServerInfo meanwhile. Health says SERVING only after a warm-up
-request has gone through the whole step loop, so the first real request never pays for it.
+Loading (pull, verify, load weights, warm up: server/engine_start.py) runs on a worker thread so
+the gRPC loop keeps answering health checks and GetServerInfo meanwhile. Health says SERVING only
+after a warm-up request has gone through the whole step loop, so the first real request never pays
+for it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from runtime_service.server import capabilities
 from runtime_service.server.convert import ServingLimits, model_info
 from runtime_service.format.engine_format import read_manifest
 from runtime_service.errors import FailedPrecondition, InvalidRequest, Unavailable
-from runtime_service.engine.request import Request, SamplingParams
-from runtime_service.store import fetch_engine
-from runtime_service.store.progress import StageProgress
+from runtime_service.server.engine_start import start_engine
+from runtime_service.server.startup_report import StartupReport, process_age_s
 
 log = logging.getLogger("kiln.runtime")
 
@@ -45,6 +45,7 @@ class RuntimeSettings:
     grace_s: float = 30.0
     max_message_bytes: int = 4 << 20
     step_stall_timeout_s: float = 60.0      # liveness: work but no step this long = stalled
+    share_startup_cache: bool = False       # tuning results also beside the engine in its store
 
     def __post_init__(self):
         if not 0 <= self.grace_s <= 3600:
@@ -112,6 +113,8 @@ class EngineHost:
         self._on_state = on_state or (lambda state: None)
         self._on_failure = on_failure or (lambda exc: None)
         self.started_at = time.monotonic()
+        self.startup: StartupReport | None = None     # where the engine's start-up time went
+        self._process_age_s = process_age_s()
 
     def _set_state(self, state: State) -> None:
         self.state = state
@@ -139,11 +142,12 @@ class EngineHost:
         settings = apply_options(self.settings, options) if options else self.settings
         self._set_state(State.LOADING)
         try:
-            self.executor, self.folder, kind = await asyncio.to_thread(self._load_blocking, uri,
-                                                                       settings)
+            started = await asyncio.to_thread(start_engine, uri, settings, self._process_age_s)
         except BaseException:
             self._set_state(State.EMPTY)
             raise
+        self.executor, self.folder, kind = started.executor, started.folder, started.kind
+        self.startup = started.report
         self.settings = settings
         loop = asyncio.get_running_loop()
         self.executor.on_failure = lambda exc: loop.call_soon_threadsafe(self._engine_failed, exc)
@@ -152,34 +156,6 @@ class EngineHost:
                                settings.limits)
         self._set_state(State.SERVING)
         return self.info
-
-    @staticmethod
-    def _load_blocking(uri: str, settings: RuntimeSettings):
-        from runtime_service.engine.executor import Executor, ExecutorOptions
-        from runtime_service.distributed.rank_worker import engine_world_size, start_ranked_executor
-        started = time.monotonic()
-        pull = StageProgress("kiln-pull", logger=log)       # a bar on a terminal, else log lines
-        try:
-            folder, kind = fetch_engine(uri, settings.cache_dir, pull.bytes_callback("pull"))
-        finally:
-            pull.close()
-        options = settings.executor or ExecutorOptions()
-        world_size = engine_world_size(folder) if kind != "hf" else 1
-        if world_size > capabilities.MAX_WORLD_SIZE:
-            raise FailedPrecondition(f"the engine needs {world_size} ranks; this runtime runs at "
-                                     f"most {capabilities.MAX_WORLD_SIZE}")
-        if world_size > 1:
-            executor = start_ranked_executor(folder, uri, options, settings.cache_dir).start()
-        else:
-            executor = Executor.from_folder(folder, options).start()
-        warmup = Request("kiln-warmup", [0], SamplingParams(max_new_tokens=2, ignore_eos=True))
-        try:
-            executor.generate([warmup], timeout_s=600)
-        except BaseException:
-            executor.shutdown()         # stops the step loop and, with ranks, every rank
-            raise
-        log.info("loaded %s (%s) from %s in %.1fs", folder, kind, uri, time.monotonic() - started)
-        return executor, folder, kind
 
     def _engine_failed(self, exc: BaseException) -> None:
         log.error("engine failed beyond recovery: %s", exc)

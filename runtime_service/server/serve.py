@@ -84,6 +84,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-stall-timeout-s", type=float, default=60.0,
                         help=f"health service {LIVENESS_SERVICE_NAME} goes NOT_SERVING when the "
                         "step loop has work but no step for this long")
+    parser.add_argument("--share-startup-cache", action="store_true",
+                        help="also keep start-up tuning results beside the engine in its store, "
+                        "so pods on the same GPU model skip tuning")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument("--log-level", default="INFO")
     add_observability_arguments(parser)
@@ -107,7 +110,8 @@ def settings_from_args(args) -> RuntimeSettings:
         limits=ServingLimits(max_new_tokens=args.max_new_tokens,
                              default_max_new_tokens=args.default_max_new_tokens),
         allow_load_engine=args.allow_load_engine, grace_s=args.grace_s,
-        max_message_bytes=args.max_message_bytes, step_stall_timeout_s=args.step_stall_timeout_s)
+        max_message_bytes=args.max_message_bytes, step_stall_timeout_s=args.step_stall_timeout_s,
+        share_startup_cache=args.share_startup_cache)
 
 
 class RuntimeServer:

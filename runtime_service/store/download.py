@@ -1,15 +1,19 @@
 """Downloading an engine's files as parallel byte ranges, with every sha256 checked on the way.
 
-Workers fetch fixed-size ranges and write them in place (pwrite); this thread hashes the ranges in
-file order as they complete, so hashing overlaps the download instead of following it. At most
-`window` ranges are in flight, which bounds memory to window x chunk_bytes.
+Workers fetch fixed-size ranges and write them in place (pwrite). Each file's sha256 is fed its
+ranges in order by whichever worker holds the next one (a per-file cursor), so the files of an
+engine hash in parallel with each other and with the download, on the workers' threads (hashlib
+releases the GIL): a pull costs no more than the transfer, or than hashing its largest file. A
+byte range stays in memory from its fetch until it is hashed; at most `window` ranges are held,
+which bounds memory to window x chunk_bytes. Ranges are started in file order, so the range a
+file's hash waits for always holds a slot already and the window can never deadlock.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections import deque
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,24 +22,65 @@ from runtime_service.format.engine_format import Manifest
 from runtime_service.errors import CorruptEngine
 
 DEFAULT_CHUNK_BYTES = 8 << 20
+_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
 class _Range:
     file_index: int
+    index: int          # the range's place in its file
     offset: int
     length: int
-    is_last: bool
 
 
 def _plan(manifest: Manifest, chunk_bytes: int) -> list[_Range]:
     ranges = []
-    for index, entry in enumerate(manifest.files):
+    for file_index, entry in enumerate(manifest.files):
         offsets = list(range(0, entry.size_bytes, chunk_bytes)) or [0]
-        for offset in offsets:
-            length = min(chunk_bytes, entry.size_bytes - offset)
-            ranges.append(_Range(index, offset, length, offset == offsets[-1]))
+        for index, offset in enumerate(offsets):
+            ranges.append(_Range(file_index, index, offset,
+                                 min(chunk_bytes, entry.size_bytes - offset)))
     return ranges
+
+
+class _FileDigest:
+    """One file's sha256, fed its ranges in order. `add` parks a range; the thread that finds
+    the next range waiting hashes it (and any that follow) outside the lock, one thread at a
+    time. Returns how many ranges that thread hashed, so their window slots can be freed."""
+
+    def __init__(self, path: str, sha256: str, num_ranges: int):
+        self.path = path
+        self.sha256 = sha256
+        self.num_ranges = num_ranges
+        self._hasher = hashlib.sha256()
+        self._lock = threading.Lock()
+        self._parked: dict[int, bytes] = {}
+        self._next = 0
+        self._hashing = False
+
+    @property
+    def complete(self) -> bool:
+        return self._next == self.num_ranges
+
+    def add(self, index: int, data: bytes) -> int:
+        hashed = 0
+        with self._lock:
+            self._parked[index] = data
+        while True:
+            with self._lock:
+                if self._hashing or self._next not in self._parked:
+                    return hashed
+                data = self._parked.pop(self._next)
+                self._hashing = True
+            try:
+                self._hasher.update(data)
+            finally:
+                with self._lock:
+                    self._next += 1
+                    self._hashing = False
+            hashed += 1
+            if self._next == self.num_ranges and self._hasher.hexdigest() != self.sha256:
+                raise CorruptEngine(f"engine file {self.path} fails its sha256 check")
 
 
 def download_verified(source, manifest: Manifest, dest: Path, progress=None, num_workers: int = 8,
@@ -49,57 +94,69 @@ def download_verified(source, manifest: Manifest, dest: Path, progress=None, num
             raise CorruptEngine(
                 f"engine file {entry.path} is {sizes[entry.path]} bytes; the manifest says "
                 f"{entry.size_bytes}")
+    ranges = _plan(manifest, chunk_bytes)
+    counts = [0] * len(manifest.files)
+    for item in ranges:
+        counts[item.file_index] += 1
+    digests = [_FileDigest(entry.path, entry.sha256, count)
+               for entry, count in zip(manifest.files, counts)]
     fds = []
-    for entry in manifest.files:
-        path = dest / entry.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.ftruncate(fd, entry.size_bytes)
-        fds.append(fd)
-    total = sum(entry.size_bytes for entry in manifest.files)
-    done = 0
-    hashers = [hashlib.sha256() for _ in manifest.files]
-
-    def fetch(item: _Range) -> bytes:
-        entry = manifest.files[item.file_index]
-        data = source.read_range(entry.path, item.offset, item.length) if item.length else b""
-        if len(data) != item.length:
-            raise CorruptEngine(f"engine file {entry.path} is shorter than its manifest says")
-        os.pwrite(fds[item.file_index], data, item.offset)
-        return data
-
-    window = max(2, num_workers * 2)
-    pending: deque[tuple[_Range, Future]] = deque()
-    ranges = iter(_plan(manifest, chunk_bytes))
     try:
-        with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="kiln-pull") as pool:
-            try:
-                for item in ranges:
-                    pending.append((item, pool.submit(fetch, item)))
-                    if len(pending) >= window:
-                        done += _consume(pending.popleft(), manifest, hashers)
-                        if progress:
-                            progress(done, total, "pull")
-                while pending:
-                    done += _consume(pending.popleft(), manifest, hashers)
-                    if progress:
-                        progress(done, total, "pull")
-            except BaseException:
-                for _, future in pending:
-                    future.cancel()
-                raise
+        for entry in manifest.files:
+            path = dest / entry.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            os.ftruncate(fds[-1], entry.size_bytes)
+        _fetch_all(source, manifest, ranges, fds, digests, progress, num_workers)
     finally:
         for fd in fds:
             os.close(fd)
 
 
-def _consume(pending_item: tuple[_Range, Future], manifest: Manifest, hashers) -> int:
-    item, future = pending_item
-    data = future.result()
-    hashers[item.file_index].update(data)
-    if item.is_last:
-        entry = manifest.files[item.file_index]
-        if hashers[item.file_index].hexdigest() != entry.sha256:
-            raise CorruptEngine(f"engine file {entry.path} fails its sha256 check")
-    return len(data)
+def _fetch_all(source, manifest: Manifest, ranges: list[_Range], fds: list[int],
+               digests: list[_FileDigest], progress, num_workers: int) -> None:
+    window = threading.Semaphore(max(2, num_workers * 2))
+    failed = threading.Event()
+    total = sum(entry.size_bytes for entry in manifest.files)
 
+    def fetch(item: _Range) -> int:
+        try:
+            entry = manifest.files[item.file_index]
+            data = source.read_range(entry.path, item.offset, item.length) if item.length else b""
+            if len(data) != item.length:
+                raise CorruptEngine(f"engine file {entry.path} is shorter than its manifest says")
+            os.pwrite(fds[item.file_index], data, item.offset)
+            for _ in range(digests[item.file_index].add(item.index, data)):
+                window.release()
+            return item.length
+        except BaseException:
+            failed.set()
+            raise
+
+    done = 0
+    futures: list[Future] = []
+    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="kiln-pull") as pool:
+        try:
+            for item in ranges:
+                while not window.acquire(timeout=_POLL_S):
+                    if failed.is_set():
+                        break
+                if failed.is_set():
+                    break
+                futures.append(pool.submit(fetch, item))
+                while futures and futures[0].done():
+                    done += futures.pop(0).result()
+                    if progress:
+                        progress(done, total, "pull")
+            for future in futures:
+                done += future.result()
+                if progress:
+                    progress(done, total, "pull")
+        except BaseException:
+            failed.set()
+            for future in futures:
+                future.cancel()
+            raise
+    unhashed = [d.path for d in digests if not d.complete]
+    if unhashed:
+        raise CorruptEngine(f"engine files {unhashed} were not fully verified")

@@ -8,12 +8,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from runtime_service.errors import CorruptEngine, EngineNotFound, InvalidRequest
-from runtime_service.format.engine_format import (MANIFEST, Manifest, detect_model_kind,
-                                                  verify_engine_folder)
+from runtime_service.format.engine_format import MANIFEST, Manifest, detect_model_kind
 from runtime_service.store.atomic_folder import fill_then_rename, remove_abandoned_partials
 from runtime_service.store.base import (ENGINE_KEY, ProgressFn, S3Settings, Store,
                                         check_engine_key)
 from runtime_service.store.local import LocalStore
+from runtime_service.store.verified_stamp import record, verify_once
 
 
 def open_store(uri: str | Path, settings: S3Settings | None = None) -> Store:
@@ -34,7 +34,8 @@ def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | N
     """A verified local engine folder for `uri` (sha256 of every file checked).
 
     A local engine is verified in place. A remote one is pulled into the cache (see
-    `pull_from_store`).
+    `pull_from_store`). A folder verified before and unchanged since is not hashed again
+    (verified_stamp.py).
     """
     uri = str(uri)
     parsed = urlparse(uri)
@@ -42,7 +43,7 @@ def pull_engine(uri: str | Path, cache_dir: str | Path, settings: S3Settings | N
         folder = Path(parsed.path if parsed.scheme == "file" else uri)
         if not (folder / MANIFEST).is_file():
             raise EngineNotFound(f"no complete engine at {folder} (no {MANIFEST})")
-        verify_engine_folder(folder)
+        verify_once(folder, Path(cache_dir))
         return folder
     return pull_from_store(open_store(uri, settings), key_named_by(uri), cache_dir, progress,
                            num_workers)
@@ -84,7 +85,7 @@ def pull_from_store(source: Store, expected_key: str | None, cache_dir: str | Pa
     if (target / MANIFEST).is_file():
         try:
             if (target / MANIFEST).read_bytes() == data:
-                verify_engine_folder(target)
+                verify_once(target, cache_dir)
                 return target
         except CorruptEngine:
             pass
@@ -98,7 +99,9 @@ def pull_from_store(source: Store, expected_key: str | None, cache_dir: str | Pa
         (partial / MANIFEST).write_bytes(data)
 
     # A rival pull that renamed first counts only if it finished (wrote its manifest).
-    return fill_then_rename(target, fill, finished=lambda t: (t / MANIFEST).is_file())
+    folder = fill_then_rename(target, fill, finished=lambda t: (t / MANIFEST).is_file())
+    record(cache_dir, folder)           # verified as it arrived: the next start skips hashing
+    return folder
 
 
 def fetch_engine(uri: str, cache_dir: Path, progress=None) -> tuple[Path, str]:

@@ -15,6 +15,7 @@ import pytest
 
 from kiln import LLM
 from kiln.v1 import runtime_pb2
+from runtime_service.store.verified_stamp import STAMP_DIR
 from support.kiln_servers import SMOLLM2_DIR, RuntimePod, build_engine, runtime_stub, tiny_config
 
 
@@ -58,10 +59,11 @@ def test_runtime_pulls_an_engine_from_s3_and_serves_the_same_tokens(s3, tiny_mod
     pod = RuntimePod(tmp_path, ref["uri"])
     try:
         pod.wait_serving()
-        cached = list((tmp_path / "cache").iterdir())
+        cached = [p for p in (tmp_path / "cache").iterdir() if p.name != STAMP_DIR]
         # pulled, verified, renamed to <engine_key>.<manifest digest>: one entry, nothing partial
         assert [p.name.split(".")[0] for p in cached] == [ref["engine_key"]]
         assert (cached[0] / "manifest.json").is_file()
+        assert (tmp_path / "cache" / STAMP_DIR).is_dir()              # and stamped as verified
         with grpc.insecure_channel(pod.address) as channel:
             stub = runtime_stub(channel)
             request = runtime_pb2.GenerateRequest(

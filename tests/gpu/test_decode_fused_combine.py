@@ -16,6 +16,8 @@ import random
 import pytest
 import torch
 
+from gpu.tiers import sweep
+
 pytestmark = pytest.mark.gpu
 
 DEVICE = "cuda"
@@ -89,11 +91,11 @@ def _counts_are_zero(device: torch.device) -> bool:
     return not pa._arrival_counts[device].any().item()
 
 
-@pytest.mark.parametrize("num_splits", [1, 2, 8, 32])
-@pytest.mark.parametrize("batch", [1, 3, 64])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("num_splits", sweep([1, 2, 8, 32], core=(1, 8)))
+@pytest.mark.parametrize("batch", sweep([1, 3, 64], core=(3, 64)))
+@pytest.mark.parametrize("head_dim", sweep([64, 128], core=(128,)))
 @pytest.mark.parametrize("heads", HEADS, ids=HEAD_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", sweep(DTYPES, core=(torch.bfloat16, torch.float32), ids=str))
 def test_fused_combine_is_bit_identical_to_two_launches(dtype, heads, head_dim, batch,
                                                         num_splits):
     case_seed = SEED + 1000 * batch + 10 * num_splits + head_dim + heads[1]
@@ -105,9 +107,9 @@ LAUNCH_CONFIGS = [(64, 4, 2), (128, 8, 2), (32, 4, 3), (16, 2, 4), (32, 8, 4)]
 
 
 @pytest.mark.parametrize("config", LAUNCH_CONFIGS, ids=str)
-@pytest.mark.parametrize("num_splits", [1, 4])
+@pytest.mark.parametrize("num_splits", sweep([1, 4], core=(4,)))
 @pytest.mark.parametrize("heads", HEADS, ids=HEAD_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", sweep(DTYPES, core=(torch.bfloat16,), ids=str))
 def test_every_launch_config_matches_reference(dtype, heads, num_splits, config):
     """The launch shapes bench/bench_attention.py sweeps compute the same attention, and each
     keeps the fused merge bit-identical to the two-launch one."""

@@ -16,6 +16,8 @@ from dataclasses import replace
 import pytest
 import torch
 
+from gpu.tiers import sweep
+
 pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.bfloat16, torch.float16]
@@ -65,8 +67,8 @@ def _configs():
     return [fma, replace(fma, split_k=3), dot, replace(dot, split_k=3)]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", sweep(DTYPES, core=(torch.bfloat16,), ids=str))
+@pytest.mark.parametrize("shape", sweep(SHAPES, core=((1000, 4104), (96, 64)), ids=str))
 @pytest.mark.parametrize("config_index", range(4))
 def test_each_kernel_matches_reference_for_every_row_count(config_index, shape, dtype):
     from runtime_service.model.kernels.gemv import MAX_ROWS, gemv
@@ -85,7 +87,7 @@ def test_each_kernel_matches_reference_for_every_row_count(config_index, shape, 
                                        f"{config}, rows {rows}, {shape}, bias {with_bias}")
 
 
-@pytest.mark.parametrize("rows", [1, 5, 40])
+@pytest.mark.parametrize("rows", sweep([1, 5, 40], core=(1, 40)))
 def test_every_tuning_candidate_matches_reference(rows):
     from runtime_service.model.kernels.gemv import _sm_count, candidate_configs, gemv
 
@@ -99,7 +101,7 @@ def test_every_tuning_candidate_matches_reference(rows):
 
 @pytest.mark.parametrize("dtype, shape", [(torch.bfloat16, SHAPES[0]), (torch.bfloat16, SHAPES[1]),
                                           (torch.float16, SHAPES[1])])
-@pytest.mark.parametrize("rows", [1, 3, 8, 24, 64])
+@pytest.mark.parametrize("rows", sweep([1, 3, 8, 24, 64], core=(1, 64)))
 def test_tuned_gemv_matches_reference(rows, shape, dtype):
     from runtime_service.model.kernels.gemv import gemv, tuned_config
 
@@ -183,8 +185,9 @@ def _gated_configs():
             CUBLAS]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(4096, 11008), (1000, 4104)])
+@pytest.mark.parametrize("dtype", sweep(DTYPES, core=(torch.bfloat16,), ids=str))
+@pytest.mark.parametrize("shape", sweep([(4096, 11008), (1000, 4104)], core=((1000, 4104),),
+                                        ids=str))
 @pytest.mark.parametrize("config_index", range(6))
 def test_gated_gemv_equals_silu_and_mul_then_gemv_bit_for_bit(config_index, shape, dtype):
     from runtime_service.model.kernels.activation import silu_and_mul
@@ -207,7 +210,7 @@ def test_gated_gemv_equals_silu_and_mul_then_gemv_bit_for_bit(config_index, shap
 @pytest.mark.parametrize("dtype, shape", [(torch.bfloat16, (1000, 4104)),
                                           (torch.bfloat16, (4096, 11008)),
                                           (torch.float16, (4096, 11008))])
-@pytest.mark.parametrize("rows", [1, 3, 8, 40])
+@pytest.mark.parametrize("rows", sweep([1, 3, 8, 40], core=(1, 40)))
 def test_tuned_gated_gemv_matches_reference(rows, shape, dtype):
     from runtime_service.model.kernels.gemv import gemv, tuned_config, tuned_configs
 
@@ -265,3 +268,31 @@ def test_down_projection_of_gate_up_takes_the_gated_gemv_for_decode_rows_only():
     out = layer.forward_gate_up(decode)
     config = tuned_config(decode, weight, gated=True)
     assert torch.equal(out, gemv(silu_and_mul(decode), weight, config=config) + bias)
+
+
+def test_tuning_records_come_back_and_skip_the_tuner():
+    """What a pod caches (export_tuned) makes a fresh process choose the same configs without
+    timing anything."""
+    import json
+
+    from runtime_service.model.kernels import gemv
+
+    x = torch.randn(1, 640, dtype=torch.bfloat16, device="cuda")
+    weight = torch.randn(384, 640, dtype=torch.bfloat16, device="cuda")
+    expected = gemv.gemv(x, weight)
+    records = json.loads(json.dumps(gemv.export_tuned(x.device)))
+    assert any((r["n"], r["k"], r["rows"]) == (384, 640, 1) for r in records)
+    saved = dict(gemv._tuned)
+    gemv._tuned.clear()
+    try:
+        assert gemv.import_tuned(x.device, records) == len(records)
+        tuned_before = gemv.tuning_totals()[0]
+        assert torch.equal(gemv.gemv(x, weight), expected)
+        assert gemv.tuning_totals()[0] == tuned_before
+        assert {k: v for k, v in gemv.tuned_configs().items() if k[0] == x.device} == \
+            {k: v for k, v in saved.items() if k[0] == x.device}
+        with pytest.raises(ValueError, match="not a gemv tuning record"):
+            gemv.import_tuned(x.device, [{**records[0], "rows": 3}])
+    finally:
+        gemv._tuned.clear()
+        gemv._tuned.update(saved)

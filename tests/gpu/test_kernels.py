@@ -12,6 +12,8 @@ import random
 import pytest
 import torch
 
+from gpu.tiers import sweep
+
 pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.bfloat16, torch.float16]
@@ -79,7 +81,7 @@ def test_prefill_matches_reference_with_chunked_context(shape, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ATTN_SHAPES)
-@pytest.mark.parametrize("num_splits", [1, 4, 32])
+@pytest.mark.parametrize("num_splits", sweep([1, 4, 32], core=(4,)))
 def test_split_k_decode_matches_reference(shape, dtype, num_splits):
     from runtime_service.model.kernels import paged_attention as pa
 

@@ -24,13 +24,17 @@ adds the bias and casts. No atomics: results are deterministic and no buffer nee
 first use, timing each candidate inside a CUDA graph over weight copies larger than L2. That
 first call must come before CUDA-graph capture (the decode graphs' warm-up passes make it); a
 first call during capture, or off CUDA (the Triton interpreter), runs `default_config` untimed.
+Tuning an 8B model's shapes takes seconds of every start, so the choices leave and come back as
+plain records (`export_tuned` / `import_tuned`, without the device): the pod keeps them per
+engine and GPU model, and a second start on that GPU model times nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, replace
+import time
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import triton
@@ -335,6 +339,7 @@ def _launch(x, weight, bias, config: GemvConfig, out, gated: bool = False) -> to
 # ---- tuning ---------------------------------------------------------------------------------
 
 _tuned: dict[tuple, GemvConfig] = {}
+_tuning_totals = {"num_tuned": 0, "tuning_s": 0.0}
 
 
 def tuned_config(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> GemvConfig:
@@ -349,7 +354,10 @@ def tuned_config(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> 
     sm_count = _sm_count(x.device.index)
     if torch.cuda.is_current_stream_capturing():
         return default_config(n, k, sm_count)
+    started = time.perf_counter()
     config = _tune(x, weight, candidate_configs(rows, n, k, sm_count), gated)
+    _tuning_totals["tuning_s"] += time.perf_counter() - started
+    _tuning_totals["num_tuned"] += 1
     _tuned[key] = config
     return config
 
@@ -358,6 +366,45 @@ def tuned_configs() -> dict[tuple, GemvConfig]:
     """Every choice made so far, by (device, dtype, rows bucket, N, K, gated): for benchmark
     reports."""
     return dict(_tuned)
+
+
+def tuning_totals() -> tuple[int, float]:
+    """(shapes timed, seconds spent timing them) since the process started: what start-up
+    reports, and what a second start from a filled tuning cache must leave at zero."""
+    return _tuning_totals["num_tuned"], _tuning_totals["tuning_s"]
+
+
+_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def export_tuned(device: torch.device) -> list[dict]:
+    """The choices made on `device` as JSON-ready records, without the device (the file they
+    go to names the GPU model)."""
+    records = []
+    for (dev, dtype, rows, n, k, gated), config in sorted(_tuned.items(), key=lambda i: i[0][2:]):
+        if dev == device and dtype in _DTYPE_NAMES:
+            records.append({"dtype": _DTYPE_NAMES[dtype], "rows": rows, "n": n, "k": k,
+                            "gated": gated, "config": asdict(config)})
+    return records
+
+
+def import_tuned(device: torch.device, records: list[dict]) -> int:
+    """Takes `export_tuned` records as the choices for `device`; returns how many. A record
+    that does not parse (another Kiln version's) raises ValueError before any is taken."""
+    names = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+    parsed = {}
+    for record in records:
+        try:
+            rows = int(record["rows"])
+            if rows < 1 or rows & (rows - 1) or record["dtype"] not in names:
+                raise ValueError(f"rows {rows} or dtype {record['dtype']!r}")
+            key = (device, names[record["dtype"]], rows, int(record["n"]), int(record["k"]),
+                   bool(record["gated"]))
+            parsed[key] = GemvConfig(**record["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a gemv tuning record: {record!r} ({exc})") from exc
+    _tuned.update(parsed)
+    return len(parsed)
 
 
 def _tune(x, weight, candidates: list[GemvConfig], gated: bool) -> GemvConfig:

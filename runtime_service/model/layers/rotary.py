@@ -25,7 +25,10 @@ def base_inv_freq(args: ModelArgs, seq_len: int | None = None) -> torch.Tensor:
         length = max(seq_len or 0, args.max_position_embeddings)
         base = base * ((scaling.factor * length / args.max_position_embeddings)
                        - (scaling.factor - 1)) ** (dim / (dim - 2))
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    # On the host, also while the loader builds the model on the meta device (meta arithmetic
+    # would import torch's Python decompositions, seconds of start-up).
+    positions = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu")
+    inv_freq = 1.0 / (base ** (positions.float() / dim))
     if scaling.rope_type == "linear":
         inv_freq = inv_freq / scaling.factor
     elif scaling.rope_type == "llama3":

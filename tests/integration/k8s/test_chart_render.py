@@ -377,3 +377,13 @@ def test_metrics_ports_flags_and_scrape_config_agree(value_set, rendered):
         # A headless Service never carries the metrics port: no pod is scraped twice.
         has_metrics = metrics_on and not name.endswith("-headless") and "minio" not in name
         assert ("metrics" in names) == has_metrics, name
+
+
+def test_runtime_pods_share_startup_tuning_unless_switched_off(rendered):
+    servers = [c for c in containers(rendered["gpu-pods"]) if "runtime_service" in c.args]
+    assert servers and all("--share-startup-cache" in c.args for c in servers)
+    # a SERVING pod is ready within one 2 s period
+    assert all(c.probes["startupProbe"]["periodSeconds"] == 2 for c in servers)
+    values = {**VALUE_SETS["gpu-pods"], "runtime": {"shareStartupCache": False}}
+    servers = [c for c in containers(render(values)) if "runtime_service" in c.args]
+    assert servers and not any("--share-startup-cache" in c.args for c in servers)

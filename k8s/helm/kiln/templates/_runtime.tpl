@@ -93,6 +93,9 @@ args: root, m
 - --served-model-name
 - {{ $m.name }}
 {{- with include "kiln.observabilityArgs" .root }}{{ . | trim | nindent 0 }}{{ end }}
+{{- if $r.shareStartupCache }}
+- --share-startup-cache
+{{- end }}
 {{- with include "kiln.transportArgs" .root }}{{ . | trim | nindent 0 }}{{ end }}
 {{- end }}
 
@@ -136,9 +139,9 @@ args: root, m
 {{- $p := $r.probes }}
 startupProbe:
   {{- include "kiln.grpcProbe" (dict "root" .root "port" (int $r.port) "service" $p.readinessService) | trim | nindent 2 }}
-  periodSeconds: 10
+  periodSeconds: 2
   timeoutSeconds: 5
-  failureThreshold: {{ div (add (int $p.startupTimeoutSeconds) 9) 10 }}
+  failureThreshold: {{ div (add (int $p.startupTimeoutSeconds) 1) 2 }}
 readinessProbe:
   {{- include "kiln.grpcProbe" (dict "root" .root "port" (int $r.port) "service" $p.readinessService) | trim | nindent 2 }}
   periodSeconds: 5

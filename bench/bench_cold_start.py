@@ -1,0 +1,223 @@
+"""Cold start of a runtime pod: process start to health SERVING, with the pod's own phase breakdown.
+
+A random-weight engine of the chosen shape is built once by the real builder CLI. Then
+`python -m runtime_service serve --engine URI` starts three times, each timed from Popen until
+grpc.health.v1 says SERVING (polled every 50 ms); the pod's `startup ...` log line gives the
+phases (imports, pull, verify, load, graph_capture, tuning, warm_up):
+
+  store       a fresh cache directory; the engine comes from the store: `--store s3` serves it
+              with `rclone serve s3` on loopback (pulled, sha256 checked as bytes arrive);
+              `--store local` is a local folder store (verified in place, nothing copied)
+  warm        the same cache directory again: nothing to pull, GEMV tuning from the cache
+  second_pod  a fresh cache directory: pulled again, tuning from the copy the first pod left
+              beside the engine in the store (--share-startup-cache)
+
+The warm and second_pod starts must not tune: the benchmark exits 1 if either did (on CUDA;
+off CUDA nothing tunes). Issue 14's targets on one H200, Llama-3-8B shape bf16: warm <= 20 s,
+store <= 30 s.
+
+  python bench/bench_cold_start.py --model llama3-8b --device cuda --store local --json F
+  python bench/bench_cold_start.py --model tiny --device cpu --store s3        # CPU, loopback S3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_common import REPO, git_commit
+from bench_decode import SHAPES
+
+from runtime_service.server.startup_report import StartupReport
+
+STARTS = ("store", "warm", "second_pod")
+
+
+def make_random_hf(folder: Path, shape: dict, dtype: str, device: str) -> Path:
+    """An HF folder of random weights, drawn on `device` (fast on a GPU) and saved as one
+    safetensors file; made once per folder."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**shape, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0, initializer_range=0.02, torch_dtype=dtype)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.save_pretrained(str(folder), safe_serialization=True, max_shard_size="100GB")
+    return folder
+
+
+def build_engine(hf: Path, store: Path, device: str, dtype: str, args) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "builder_service", "build", "--model", str(hf), "--store",
+         str(store), "--dtype", dtype, "--target-device", device,
+         "--max-batch-size", str(args.max_batch_size), "--max-input-len", str(args.max_input_len),
+         "--max-seq-len", str(args.max_seq_len), "--max-num-tokens", str(args.max_num_tokens)],
+        capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"engine build failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def start_s3(work: Path, engine_folder: Path, key: str) -> tuple[subprocess.Popen, dict, str]:
+    """rclone serve s3 on loopback holding the engine; (process, env for the pod, engine URI)."""
+    from bench_store import start_rclone
+
+    from runtime_service.store import open_store
+
+    proc, settings = start_rclone(work / "s3")
+    store = open_store("s3://bench/kiln", settings)
+    store.publish_engine(engine_folder)
+    env = {"KILN_S3_ENDPOINT": settings.endpoint, "KILN_S3_ACCESS_KEY": settings.access_key,
+           "KILN_S3_SECRET_KEY": settings.secret_key}
+    return proc, env, store.engine_uri(key)
+
+
+def timed_start(uri: str, cache_dir: Path, log_path: Path, device: str, env: dict,
+                timeout_s: float) -> dict:
+    """Seconds from Popen to SERVING and the pod's startup fields; stops the pod after."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port_file = log_path.with_suffix(".port")
+    port_file.unlink(missing_ok=True)
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runtime_service", "serve", "--engine", uri,
+             "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--device", device,
+             "--cache-dir", str(cache_dir), "--share-startup-cache"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **env})
+        try:
+            serving_s = None
+            channel = None
+            while time.perf_counter() - started < timeout_s:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the pod exited with {process.returncode}; see {log_path}")
+                if channel is None and port_file.is_file() and port_file.read_text().strip():
+                    channel = grpc.insecure_channel(f"127.0.0.1:{port_file.read_text().strip()}")
+                if channel is not None:
+                    try:
+                        status = health_pb2_grpc.HealthStub(channel).Check(
+                            health_pb2.HealthCheckRequest(), timeout=2).status
+                    except grpc.RpcError:
+                        status = None
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        serving_s = time.perf_counter() - started
+                        break
+                time.sleep(0.05)
+            if channel is not None:
+                channel.close()
+            if serving_s is None:
+                raise RuntimeError(f"not SERVING within {timeout_s:.0f} s; see {log_path}")
+        finally:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    lines = [line for line in log_path.read_text().splitlines() if " startup total_s=" in line]
+    if not lines:
+        raise RuntimeError(f"the pod logged no startup line; see {log_path}")
+    return {"process_to_serving_s": round(serving_s, 3), **StartupReport.parse_log_line(lines[-1])}
+
+
+def table(starts: dict) -> str:
+    keys = ["process_to_serving_s", "total_s", "imports_s", "pull_s", "verify_s", "load_s",
+            "graph_capture_s", "tuning_s", "warm_up_s", "tuned_shapes", "tuning_source"]
+    rows = [f"| start | {' | '.join(k.removesuffix('_s') for k in keys)} |",
+            "| --- |" + " --- |" * len(keys)]
+    for name, fields in starts.items():
+        rows.append(f"| {name} | " + " | ".join(str(fields.get(k, "")) for k in keys) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(SHAPES), default="tiny")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--store", choices=("s3", "local"), default="s3",
+                        help="s3: rclone serve s3 on loopback (needs the rclone binary); "
+                        "local: a local folder store")
+    parser.add_argument("--max-batch-size", type=int, default=256)
+    parser.add_argument("--max-input-len", type=int, default=4096)
+    parser.add_argument("--max-seq-len", type=int, default=4096 + 256)
+    parser.add_argument("--max-num-tokens", type=int, default=8192)
+    parser.add_argument("--work-dir", type=Path,
+                        help="keep the model and engine here between runs (default: a temp dir)")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="per start")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.model == "tiny":
+        args.max_batch_size, args.max_input_len = min(args.max_batch_size, 16), 256
+        args.max_seq_len, args.max_num_tokens = 512, 512
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="kiln-cold-start-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rclone = None
+    try:
+        made = time.perf_counter()
+        hf = make_random_hf(work / f"hf-{args.model}-{dtype}", SHAPES[args.model], dtype,
+                            args.device)
+        engine = build_engine(hf, work / "store", args.device, dtype, args)
+        print(f"engine {engine['engine_key'][:12]} ready in {time.perf_counter() - made:.1f} s",
+              file=sys.stderr)
+        folder = work / "store" / "engines" / engine["engine_key"]
+        env, uri = {}, str(folder)
+        if args.store == "s3":
+            shutil.rmtree(work / "s3", ignore_errors=True)
+            rclone, env, uri = start_s3(work, folder, engine["engine_key"])
+        for stale in ("cache-1", "cache-2"):
+            shutil.rmtree(work / stale, ignore_errors=True)
+        shutil.rmtree(folder / "startup", ignore_errors=True)
+        caches = {"store": work / "cache-1", "warm": work / "cache-1",
+                  "second_pod": work / "cache-2"}
+        starts = {}
+        for name in STARTS:
+            starts[name] = timed_start(uri, caches[name], work / f"pod-{name}.log", args.device,
+                                       env, args.timeout_s)
+            print(f"{name}: SERVING after {starts[name]['process_to_serving_s']:.2f} s "
+                  f"({starts[name]})", file=sys.stderr)
+    finally:
+        if rclone is not None:
+            rclone.terminate()
+            rclone.wait(10)
+    retuned = [name for name in ("warm", "second_pod") if starts[name]["tuned_shapes"]]
+    report = {"bench": "cold_start", "model": args.model, "device": args.device, "dtype": dtype,
+              "store": "rclone serve s3 on 127.0.0.1" if args.store == "s3" else "local folder",
+              "engine_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+              "commit": git_commit(), "machine": platform.node(), "cpu_count": os.cpu_count(),
+              "starts": starts, "retuned": retuned}
+    print(table(starts))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    if retuned:
+        print(f"FAIL: these starts tuned again: {retuned}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

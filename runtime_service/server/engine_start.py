@@ -1,0 +1,136 @@
+"""Starting the pod's engine, one timed phase after another, with start-up results cached.
+
+fetch (pull or verify) -> load weights -> KV cache and graph capture -> warm-up, each under the
+StartupClock; GEMV tuning, wherever it happens, is booked as its own phase. The fetch runs on its
+own thread while torch and the engine code import; its phase (pull or verify) counts only the time
+the start then still waited for it, so the phases add up to the start's wall time. On CUDA the tuning
+records are looked up before anything tunes (the pod's cache, then the store beside the engine)
+and written after the warm-up if anything new was timed, so a second start on the same GPU model
+times nothing. One log line reports the phases (startup_report.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime_service.errors import FailedPrecondition
+from runtime_service.format.engine_format import MANIFEST, read_manifest
+from runtime_service.server import capabilities
+from runtime_service.server.startup_cache import TuningCache, engine_id_for
+from runtime_service.server.startup_report import StartupClock, StartupReport
+from runtime_service.store import fetch_engine
+from runtime_service.store.progress import StageProgress
+
+log = logging.getLogger("kiln.runtime")
+
+WARMUP_TIMEOUT_S = 600
+
+
+@dataclass
+class StartedEngine:
+    executor: object
+    folder: Path
+    kind: str
+    report: StartupReport
+
+
+def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
+    """Pulls, loads, captures and warms up `uri`'s engine under `settings` (RuntimeSettings).
+    `imports_s`: the process's time before the load began (interpreter and server imports)."""
+    clock = StartupClock()
+    pulled = [0]
+    bar = StageProgress("kiln-pull", logger=log)        # a bar on a terminal, else log lines
+    show = bar.bytes_callback("pull")
+
+    def progress(done_bytes: int, total_bytes: int, message: str) -> None:
+        pulled[0] = max(pulled[0], done_bytes)
+        show(done_bytes, total_bytes, message)
+
+    # The pull needs no torch: it runs while torch and the engine code import (seconds each).
+    with ThreadPoolExecutor(1, thread_name_prefix="kiln-fetch") as pool:
+        fetching = pool.submit(fetch_engine, uri, settings.cache_dir, progress=progress)
+        try:
+            with clock.phase("imports"):
+                from runtime_service.distributed.rank_worker import (engine_world_size,
+                                                                     start_ranked_executor)
+                from runtime_service.engine.executor import Executor, ExecutorOptions
+                from runtime_service.engine.request import Request, SamplingParams
+                from runtime_service.model import kernel_tuning
+                from runtime_service.model.loader import load_model
+            waited = time.perf_counter()
+            folder, kind = fetching.result()
+        except BaseException:
+            fetching.cancel()
+            raise
+        finally:
+            bar.close()
+    clock.add("imports", imports_s)
+    clock.add("pull" if pulled[0] else "verify", time.perf_counter() - waited)
+    options = settings.executor or ExecutorOptions()
+    world_size = engine_world_size(folder) if kind != "hf" else 1
+    if world_size > capabilities.MAX_WORLD_SIZE:
+        raise FailedPrecondition(f"the engine needs {world_size} ranks; this runtime runs at "
+                                 f"most {capabilities.MAX_WORLD_SIZE}")
+    tuning, source, tuned_before = None, "", 0
+    if world_size > 1:
+        # Each rank tunes in its own process; their start is one phase here.
+        with clock.phase("load"):
+            executor = start_ranked_executor(folder, uri, options, settings.cache_dir).start()
+    else:
+        with clock.phase("load"):
+            loaded = load_model(folder, device=options.device, dtype=options.dtype)
+        device = next(loaded.model.parameters()).device
+        if device.type == "cuda":
+            clock.set_tuning_clock(lambda: kernel_tuning.tuning_totals(device)[1])
+            tuning = _tuning_cache(uri, folder, kind, settings, device, kernel_tuning)
+            source = _import_cached(tuning, device, kernel_tuning)
+            tuned_before = kernel_tuning.tuning_totals(device)[0]
+        with clock.phase("graph_capture"):
+            executor = Executor(loaded, options)
+        with clock.phase("warm_up"):
+            executor.start()
+    warmup = Request("kiln-warmup", [0], SamplingParams(max_new_tokens=2, ignore_eos=True))
+    try:
+        with clock.phase("warm_up"):
+            executor.generate([warmup], timeout_s=WARMUP_TIMEOUT_S)
+    except BaseException:
+        executor.shutdown()         # stops the step loop and, with ranks, every rank
+        raise
+    tuned = 0
+    if tuning is not None:
+        tuned = kernel_tuning.tuning_totals(device)[0] - tuned_before
+        if tuned:
+            tuning.save(kernel_tuning.export_tuning(device))
+    report = clock.report(tuned_shapes=tuned, tuning_source=source, pulled_bytes=pulled[0])
+    log.info("loaded %s (%s) from %s in %.1fs", folder, kind, uri, report.total_s - imports_s)
+    log.info("%s", report.log_line())
+    return StartedEngine(executor, folder, kind, report)
+
+
+def _tuning_cache(uri: str, folder: Path, kind: str, settings, device,
+                  kernel_tuning) -> TuningCache:
+    key = read_manifest(folder).engine_key if (folder / MANIFEST).is_file() else ""
+    store = None
+    if getattr(settings, "share_startup_cache", False) and kind == "engine":
+        from runtime_service.store import open_store
+        store = open_store(uri)
+    return TuningCache(settings.cache_dir, engine_id_for(folder, key),
+                       kernel_tuning.gpu_model(device), kernel_tuning.software_version(), store)
+
+
+def _import_cached(tuning: TuningCache, device, kernel_tuning) -> str:
+    records, source = tuning.load()
+    if not records:
+        return ""
+    try:
+        count = kernel_tuning.import_tuning(device, records)
+    except ValueError as exc:
+        log.warning("ignoring tuning cache %s: %s", tuning.path, exc)
+        return ""
+    log.info("took %d GEMV configs from the %s tuning cache for %s", count, source,
+             tuning.gpu_model)
+    return source
