@@ -9,7 +9,7 @@ greedy tokens equal the torch reference backend's on the same engine. JSON to --
     python3 bench/bench_decode.py --model tiny --device cpu --quick     # smoke test of the script
     python3 bench/bench_decode.py --model llama2-7b --grpc              # also through a runtime pod
     python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
-        --grpc-metrics both --json metrics.json     # the pod's /metrics off vs on (scraped 1/s)
+        --grpc-metrics both --grpc-rounds 2 --json metrics.json   # /metrics off vs on, alternated
 
 Weights are random (speed does not depend on their values). HF runs static batches of at most
 --hf-max-batch requests (its memory grows with the batch); its tokens/s for a larger concurrency is
@@ -411,27 +411,48 @@ def compare_with_reference(loaded: LoadedModel, fast: list[list[int]], vocab: in
 
 def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch.dtype,
                        vocab: int, quick: bool, metrics: tuple[bool, ...] = (False,),
-                       scrape_interval_s: float = 1.0) -> dict[bool, dict]:
+                       scrape_interval_s: float = 1.0, rounds: int = 1) -> dict[bool, dict]:
     """The same loads through an engine built by the builder and served by a runtime pod, once
     per entry of `metrics` (the pod's /metrics off or on, scraped every `scrape_interval_s`
-    while on); keyed by that switch."""
+    while on) and round; keyed by that switch. With several rounds the pods alternate (off, on,
+    off, on, ...), so drift over the run (clocks, memory, the order of the pods) falls on both
+    sides alike; each figure is the median over the switch's pods, and `pods` keeps each one."""
     from grpc_load import RuntimePod, build_engine, measure
     uri = build_engine(work / "hf", work / "store", build, device, str(dtype).split(".")[1])
-    results = {}
-    for on in metrics:
-        log(f"Kiln gRPC pod with metrics {'on' if on else 'off'}")
-        pod = RuntimePod(uri, work, device, max_new_tokens=build.max_seq_len, metrics=on)
-        scraper = None
-        try:
-            address = pod.wait()
-            scraper = pod.scraper(scrape_interval_s) if on else None
-            results[on] = measure(address, lambda n, length, seed: prompts(n, length, vocab, seed),
-                                  TTFT_PROMPTS, loads_for(quick), quick, log)
-        finally:
-            if scraper is not None:
-                results.setdefault(on, {})["metrics"] = scraper.stop()
-            pod.stop()
-    return results
+    pods: dict[bool, list[dict]] = {}
+    for round_index in range(rounds):
+        for on in metrics:
+            log(f"Kiln gRPC pod with metrics {'on' if on else 'off'} (round {round_index + 1})")
+            pod = RuntimePod(uri, work, device, max_new_tokens=build.max_seq_len, metrics=on)
+            scraper = None
+            result: dict = {}
+            try:
+                address = pod.wait()
+                result["startup"] = pod.startup()
+                scraper = pod.scraper(scrape_interval_s) if on else None
+                result |= measure(address, lambda n, length, seed: prompts(n, length, vocab, seed),
+                                 TTFT_PROMPTS, loads_for(quick), quick, log)
+            finally:
+                if scraper is not None:
+                    result["metrics"] = scraper.stop()
+                pod.stop()
+            pods.setdefault(on, []).append(result)
+    return {on: median_of_pods(results) for on, results in pods.items()}
+
+
+def median_of_pods(results: list[dict]) -> dict:
+    """One pod's figures, or the median of several pods' (each pod's own figures kept)."""
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    return {
+        "tpot_ms_batch1": statistics.median(r["tpot_ms_batch1"] for r in results),
+        "ttft_ms": {k: statistics.median(r["ttft_ms"][k] for r in results)
+                    for k in first["ttft_ms"]},
+        "throughput": {name: {"output_tokens_per_s": statistics.median(
+            r["throughput"][name]["output_tokens_per_s"] for r in results)}
+            for name in first["throughput"]},
+        "pods": results}
 
 
 def metrics_overhead(off: dict, on: dict) -> dict:
@@ -512,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
                         "every --scrape-interval-s while on; both: one pod each, and the "
                         "throughput lost with metrics on")
     parser.add_argument("--scrape-interval-s", type=float, default=1.0)
+    parser.add_argument("--grpc-rounds", type=int, default=1,
+                        help="pods per setting, alternating (off, on, off, on with "
+                        "--grpc-metrics both); figures are medians over a setting's pods")
     args = parser.parse_args(argv)
     global _chosen_loads
     _chosen_loads = args.loads
@@ -580,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         switch = {"off": (False,), "on": (True,), "both": (False, True)}[args.grpc_metrics]
         runs = bench_through_grpc(work, build, device, dtype, vocab, args.quick, switch,
-                                  args.scrape_interval_s)
+                                  args.scrape_interval_s, args.grpc_rounds)
         report["kiln_grpc"] = runs[switch[0]]
         if args.grpc_metrics == "both":
             report["kiln_grpc_metrics_on"] = runs[True]

@@ -48,7 +48,9 @@ class RuntimePod:
         self.metrics_port_file = work / "metrics.port"
         for stale in (self.port_file, self.metrics_port_file):
             stale.unlink(missing_ok=True)
-        self.log = open(work / "runtime.log", "w")
+        self.log_path = work / "runtime.log"
+        self.log = open(self.log_path, "w")
+        self.started = time.monotonic()
         flags = (["--metrics-listen", "127.0.0.1:0", "--metrics-port-file",
                   str(self.metrics_port_file)] if metrics else [])
         self.process = subprocess.Popen(
@@ -79,9 +81,19 @@ class RuntimePod:
                     except grpc.RpcError:
                         status = None
                 if status == health_pb2.HealthCheckResponse.SERVING:
+                    self.serving_after_s = time.monotonic() - self.started
                     return address
             time.sleep(0.5)
         raise RuntimeError(f"the runtime was not SERVING within {timeout_s:.0f} s")
+
+    def startup(self) -> dict:
+        """Popen to SERVING as this side saw it, and the pod's own `startup ...` phases."""
+        from runtime_service.server.startup_report import LOG_PREFIX, StartupReport
+        self.log.flush()
+        lines = [line for line in self.log_path.read_text(errors="replace").splitlines()
+                 if LOG_PREFIX in line]
+        phases = StartupReport.parse_log_line(lines[-1]) if lines else {}
+        return {"popen_to_serving_s": getattr(self, "serving_after_s", None), "phases": phases}
 
     def stop(self) -> None:
         self.process.terminate()
