@@ -176,3 +176,58 @@ def test_a_start_that_fails_in_the_core_exits_2_with_the_typed_error(tmp_path):
     pod = RuntimePod(tmp_path, str(tmp_path / "no-such-engine"), "--engine-core", "process")
     assert pod.process.wait(180) == 2
     assert "kiln-runtime: error: NOT_FOUND" in pod.log()
+
+
+def health(channel, service: str = "") -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def wait_health(channel, service: str, status: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while health(channel, service) != status:
+        assert time.monotonic() < deadline, f"{service!r} did not turn {status}"
+        time.sleep(0.05)
+
+
+def test_a_stopped_core_turns_liveness_not_serving_until_it_steps_again(model, tmp_path):
+    from runtime_service.server.servicer import LIVENESS_SERVICE_NAME
+    pod = RuntimePod(tmp_path, str(model), "--engine-core", "process",
+                     "--step-stall-timeout-s", "1")
+    try:
+        pod.wait_serving()
+        [core] = core_processes(pod)
+        with grpc.insecure_channel(pod.address) as channel:
+            call = long_stream(runtime_stub(channel), "stalled")
+            next(call)
+            core.suspend()                  # a hung core: no steps, no messages
+            wait_health(channel, LIVENESS_SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+            core.resume()
+            wait_health(channel, LIVENESS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+            call.cancel()
+        assert pod.stop() == 0, pod.log()
+    finally:
+        pod.stop()
+
+
+def test_a_core_whose_steps_keep_failing_turns_the_pod_not_serving(model, tmp_path):
+    from runtime_service.model.faults import ENV
+    warm_up_steps = 2
+    pod = RuntimePod(tmp_path, str(model), "--engine-core", "process",
+                     env={ENV: f"0:{warm_up_steps + 3}+"})
+    try:
+        pod.wait_serving()
+        with grpc.insecure_channel(pod.address) as channel:
+            stub = runtime_stub(channel)
+            for attempt in range(3):
+                assert ended_with(long_stream(stub, f"fails-{attempt}")) == \
+                    grpc.StatusCode.UNAVAILABLE
+            wait_health(channel, "", health_pb2.HealthCheckResponse.NOT_SERVING)
+            with pytest.raises(grpc.RpcError) as info:
+                list(long_stream(stub, "refused"))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "engine failed" in info.value.details()
+        assert len(core_processes(pod)) == 1           # alive: the pod drains as in thread mode
+        assert pod.stop() == 0, pod.log()
+    finally:
+        pod.stop()
