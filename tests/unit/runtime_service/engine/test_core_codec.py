@@ -76,6 +76,15 @@ def test_every_output_field_round_trips_in_one_step_message():
     assert str(error) == "device memory"
 
 
+def test_decoded_outputs_are_whole_frozen_request_outputs():
+    back = codec.decode_step(codec.encode_step(codec.StepMessage(outputs=OUTPUTS))).outputs
+    for output in back:
+        assert set(vars(output)) == {f.name for f in dataclasses.fields(RequestOutput)}
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            output.offset = 1
+        assert hash(output.new_token_ids) is not None
+
+
 def test_the_fixture_sets_every_output_field_somewhere():
     default = RequestOutput("x", 0, ())
     unset = [f.name for f in dataclasses.fields(RequestOutput)
