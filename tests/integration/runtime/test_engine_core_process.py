@@ -231,3 +231,48 @@ def test_a_core_whose_steps_keep_failing_turns_the_pod_not_serving(model, tmp_pa
         assert pod.stop() == 0, pod.log()
     finally:
         pod.stop()
+
+
+def text_request(request_id: str) -> runtime_pb2.GenerateRequest:
+    return runtime_pb2.GenerateRequest(
+        request_id=request_id, text="The capital of France is", streaming=True,
+        sampling=runtime_pb2.SamplingConfig(max_new_tokens=10, ignore_eos=True),
+        output=runtime_pb2.OutputConfig(return_logprobs=True, top_logprobs=2,
+                                        return_generation_logits=True))
+
+
+def answers(stub, request_id: str):
+    responses = list(stub.Generate(text_request(request_id), timeout=120))
+    text = "".join(r.chunk.text for r in responses if r.HasField("chunk"))
+    [complete] = [r.complete for r in responses if r.HasField("complete")]
+    return text, complete
+
+
+def test_load_engine_with_a_tokenizer_gives_what_the_thread_pod_gives(tiny_engine, pod, tmp_path):
+    """LoadEngine on an empty process-core pod: ModelInfo, text in and out, logprobs and logits
+    all equal a thread-core pod's on the same engine."""
+    loaded = RuntimePod(tmp_path, "", "--engine-core", "process", "--allow-load-engine")
+    try:
+        loaded.wait_listening()
+        with grpc.insecure_channel(loaded.address) as channel, \
+                grpc.insecure_channel(pod.address) as thread_channel:
+            stub, thread_stub = runtime_stub(channel), runtime_stub(thread_channel)
+            info = stub.LoadEngine(runtime_pb2.LoadEngineRequest(engine_uri=tiny_engine["uri"]),
+                                   timeout=180)
+            thread_info = thread_stub.GetModelInfo(runtime_pb2.GetModelInfoRequest(), timeout=10)
+            assert info == thread_info
+            assert info.has_tokenizer and info.engine.engine_key == tiny_engine["engine_key"]
+            text, complete = answers(stub, "text-process")
+            thread_text, thread_complete = answers(thread_stub, "text-thread")
+            assert text and text == thread_text
+            assert list(complete.token_ids) == list(thread_complete.token_ids)
+            assert complete.generation_logits == thread_complete.generation_logits
+            assert list(complete.logprobs) == list(thread_complete.logprobs)
+            assert list(complete.top_logprobs) == list(thread_complete.top_logprobs)
+            assert len(complete.top_logprobs) == 10
+            assert complete.generation_logits.rows == 10
+            server = stub.GetServerInfo(runtime_pb2.GetServerInfoRequest(), timeout=10)
+            assert server.kv_cache.block_size == 16 and server.num_live_requests == 0
+        assert loaded.stop() == 0, loaded.log()
+    finally:
+        loaded.stop()
