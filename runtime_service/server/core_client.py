@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -80,6 +81,11 @@ class EngineCoreClient:
         self._requests: dict[str, Request] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        # The event loop never blocks on the pipe (a core that stopped reading would otherwise
+        # freeze health checks too): its messages go out on a writer thread, in order.
+        self._outgoing: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name="kiln-core-writer", daemon=True)
+        self._writer.start()
         self._reader = threading.Thread(target=self._read, name="kiln-core-reader", daemon=True)
         self._reader.start()
 
@@ -98,24 +104,18 @@ class EngineCoreClient:
             if len(self._streams) >= self.options.max_queue_size:
                 raise CapacityExceeded(
                     f"the queue is full ({self.options.max_queue_size} requests); retry later")
-            try:
-                self.pipe.send(codec.SUBMIT, codec.encode_request(request))
-            except OSError as exc:
-                raise Unavailable(f"the engine core is gone ({exc}); retry") from exc
-            # inside the lock, so a failure that ends every stream sees this one too
+            # inside the lock, so a failure that ends every stream sees this one too, and a
+            # submit is queued before any abort of it
             self._streams[request.request_id] = stream
             self._requests[request.request_id] = request
+            self._outgoing.put((codec.SUBMIT, codec.encode_request(request)))
         return stream
 
     def abort(self, request_id: str) -> bool:
         """Asks the core to drop the request at its next step boundary; True if it was live."""
-        with self._lock:
-            known = request_id in self._streams and self.failure is None
-            if known:
-                try:
-                    self.pipe.send(codec.ABORT, request_id.encode())
-                except OSError:
-                    pass                # the reader is about to end every stream
+        known = request_id in self._streams and self.failure is None
+        if known:
+            self._outgoing.put((codec.ABORT, request_id.encode()))
         return known
 
     def stats(self) -> ExecutorStats:
@@ -129,10 +129,8 @@ class EngineCoreClient:
         """Stops the core (its executor aborts what is left) and waits for the process."""
         with self._lock:
             self._stopping = True
-        try:
-            self.pipe.send(codec.SHUTDOWN)
-        except OSError:
-            pass
+        self._outgoing.put((codec.SHUTDOWN, b""))
+        self._outgoing.put(None)
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -140,7 +138,17 @@ class EngineCoreClient:
             self.process.kill()
             self.process.wait()
         self._reader.join(timeout_s)
+        self._writer.join(timeout_s)
         self.pipe.close()
+
+    # ---- the writer thread ---------------------------------------------------------------
+
+    def _write(self) -> None:
+        while (message := self._outgoing.get()) is not None:
+            try:
+                self.pipe.send(*message)
+            except OSError:
+                return          # the core is gone; the reader ends every stream
 
     # ---- the reader thread ---------------------------------------------------------------
 
