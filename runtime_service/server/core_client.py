@@ -231,7 +231,7 @@ def _child_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([*roots, *([path] if path else [])])}
 
 
-def _settings_message(uri: str, settings, pod_age_s: float) -> bytes:
+def start_message(uri: str, settings, pod_age_s: float) -> bytes:
     options = settings.executor or ExecutorOptions()
     executor = {**dataclasses.asdict(options), "policy": options.policy.value}
     return codec.dumps({
@@ -256,7 +256,7 @@ def start_core_process(uri: str, settings, pod_age_s: float = 0.0) -> StartedEng
     pipe = FramedSocket(ours)
     log.info("engine core process %d starting", process.pid)
     try:
-        pipe.send(codec.START, _settings_message(uri, settings, pod_age_s))
+        pipe.send(codec.START, start_message(uri, settings, pod_age_s))
         kind, body = pipe.recv()
     except (EOFError, OSError) as exc:
         pipe.close()

@@ -28,6 +28,7 @@ from runtime_service.engine.executor_options import ExecutorOptions
 from runtime_service.engine.request import Request, RequestOutput
 from runtime_service.errors import KilnError
 from runtime_service.server.core_pipe import FramedSocket
+from runtime_service.server.engine_host import RuntimeSettings
 from runtime_service.server.engine_start import start_engine
 from runtime_service.server.log_format import configure_logging
 from runtime_service.server.startup_report import process_age_s
@@ -131,13 +132,11 @@ def describe(started) -> dict:
     }
 
 
-class _Settings:
-    """The part of RuntimeSettings that start_engine reads, rebuilt from the START message."""
-
-    def __init__(self, data: dict):
-        self.cache_dir = Path(data["cache_dir"])
-        self.executor = ExecutorOptions(**data["executor"])
-        self.share_startup_cache = data["share_startup_cache"]
+def settings_from(data: dict) -> RuntimeSettings:
+    """The pod's settings as far as start_engine reads them, from the START message."""
+    return RuntimeSettings(cache_dir=Path(data["cache_dir"]),
+                           executor=ExecutorOptions(**data["executor"]),
+                           share_startup_cache=data["share_startup_cache"])
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     start = codec.loads(body)
     configure_logging(start["log_level"], start["log_format"])
     try:
-        started = start_engine(start["uri"], _Settings(start["settings"]),
+        started = start_engine(start["uri"], settings_from(start["settings"]),
                                start["pod_age_s"] + process_age_s())
     except BaseException as exc:  # noqa: BLE001 - every start failure goes back to the pod
         log.exception("the engine core failed to start")

@@ -101,3 +101,21 @@ def test_a_failure_flushes_the_step_then_says_failed():
     assert pod.recv() == (codec.FAILED, codec.dumps(["RuntimeError", "CUDA error"]))
     pod.send(codec.SHUTDOWN)
     serving.join(5)
+
+
+def test_the_pods_settings_reach_the_core_unchanged(tmp_path):
+    from runtime_service.engine.executor_options import ExecutorOptions
+    from runtime_service.server.core_client import start_message
+    from runtime_service.server.core_process import settings_from
+    from runtime_service.server.engine_host import RuntimeSettings
+    options = ExecutorOptions(dtype="float32", block_size=8, kv_max_tokens=64,
+                              policy="MAX_UTILIZATION", max_attention_window=32,
+                              sink_token_length=4, streaming_llm=True, max_queue_size=7,
+                              overlap_scheduling=False, cuda_graph_max_batch_size=0)
+    settings = RuntimeSettings(cache_dir=tmp_path, executor=options, share_startup_cache=True,
+                               engine_core="process")
+    message = codec.loads(start_message("s3://bucket/engine", settings, 1.5))
+    assert message["uri"] == "s3://bucket/engine" and message["pod_age_s"] == 1.5
+    back = settings_from(message["settings"])
+    assert back.executor == options
+    assert back.cache_dir == tmp_path and back.share_startup_cache
