@@ -276,3 +276,28 @@ def test_load_engine_with_a_tokenizer_gives_what_the_thread_pod_gives(tiny_engin
         assert loaded.stop() == 0, loaded.log()
     finally:
         loaded.stop()
+
+
+def test_a_split_engine_starts_its_ranks_from_the_core_and_they_end_with_it(model, tmp_path):
+    from support.kiln_servers import build_engine
+    uri = build_engine(model, tmp_path / "store", "--tp", "2", "--max-batch-size", "4",
+                       "--max-seq-len", "2048", "--max-input-len", "64")["uri"]
+    pod = RuntimePod(tmp_path, uri, "--engine-core", "process")
+    try:
+        pod.wait_serving()
+        [core] = core_processes(pod)
+        ranks = [p for p in core.children(recursive=True) if "worker" in p.cmdline()]
+        assert len(ranks) == 1
+        with grpc.insecure_channel(pod.address) as channel:
+            stub = runtime_stub(channel)
+            responses = list(stub.Generate(greedy_request(PROMPTS[1]), timeout=120))
+            assert list(responses[-1].complete.token_ids) == hf_greedy(model, PROMPTS[1],
+                                                                       NEW_TOKENS)
+            call = long_stream(stub, "split")
+            next(call)
+            os.kill(core.pid, signal.SIGKILL)
+            assert ended_with(call) == grpc.StatusCode.UNAVAILABLE
+        assert pod.process.wait(60) == 1, pod.log()
+        assert psutil.wait_procs(ranks, timeout=30)[1] == []     # the ranks saw their parent go
+    finally:
+        pod.stop()
