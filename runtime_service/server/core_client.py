@@ -163,6 +163,9 @@ class EngineCoreClient:
                     self._fail_all(Unavailable(f"the engine failed ({cause}); retry"), cause)
         except (EOFError, OSError):
             pass
+        except Exception:  # noqa: BLE001 - a message this side cannot read ends the core
+            log.exception("unreadable message from the engine core; stopping it")
+            self.process.kill()
         if self._stopping:
             return
         try:
