@@ -10,6 +10,8 @@ greedy tokens equal the torch reference backend's on the same engine. JSON to --
     python3 bench/bench_decode.py --model llama2-7b --grpc              # also through a runtime pod
     python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
         --grpc-metrics both --grpc-rounds 2 --json metrics.json   # /metrics off vs on, alternated
+    python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
+        --grpc-engine-core thread,process --json core.json   # the engine core: thread vs process
 
 Weights are random (speed does not depend on their values). HF runs static batches of at most
 --hf-max-batch requests (its memory grows with the batch); its tokens/s for a larger concurrency is
@@ -411,33 +413,39 @@ def compare_with_reference(loaded: LoadedModel, fast: list[list[int]], vocab: in
 
 def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch.dtype,
                        vocab: int, quick: bool, metrics: tuple[bool, ...] = (False,),
-                       scrape_interval_s: float = 1.0, rounds: int = 1) -> dict[bool, dict]:
+                       scrape_interval_s: float = 1.0, rounds: int = 1,
+                       engine_cores: tuple[str, ...] = ("thread",)) -> dict[tuple, dict]:
     """The same loads through an engine built by the builder and served by a runtime pod, once
-    per entry of `metrics` (the pod's /metrics off or on, scraped every `scrape_interval_s`
-    while on) and round; keyed by that switch. With several rounds the pods alternate (off, on,
-    off, on, ...), so drift over the run (clocks, memory, the order of the pods) falls on both
-    sides alike; each figure is the median over the switch's pods, and `pods` keeps each one."""
+    per engine core (the pod's --engine-core: thread or process), entry of `metrics` (the pod's
+    /metrics off or on, scraped every `scrape_interval_s` while on) and round; keyed by
+    (engine core, metrics switch). With several rounds the pods alternate (off, on, off, on,
+    ...), so drift over the run (clocks, memory, the order of the pods) falls on both sides
+    alike; each figure is the median over the setting's pods, and `pods` keeps each one."""
     from grpc_load import RuntimePod, build_engine, measure
     uri = build_engine(work / "hf", work / "store", build, device, str(dtype).split(".")[1])
-    pods: dict[bool, list[dict]] = {}
+    pods: dict[tuple, list[dict]] = {}
     for round_index in range(rounds):
-        for on in metrics:
-            log(f"Kiln gRPC pod with metrics {'on' if on else 'off'} (round {round_index + 1})")
-            pod = RuntimePod(uri, work, device, max_new_tokens=build.max_seq_len, metrics=on)
-            scraper = None
-            result: dict = {}
-            try:
-                address = pod.wait()
-                result["startup"] = pod.startup()
-                scraper = pod.scraper(scrape_interval_s) if on else None
-                result |= measure(address, lambda n, length, seed: prompts(n, length, vocab, seed),
-                                 TTFT_PROMPTS, loads_for(quick), quick, log)
-            finally:
-                if scraper is not None:
-                    result["metrics"] = scraper.stop()
-                pod.stop()
-            pods.setdefault(on, []).append(result)
-    return {on: median_of_pods(results) for on, results in pods.items()}
+        for core in engine_cores:
+            for on in metrics:
+                log(f"Kiln gRPC pod, engine core {core}, metrics {'on' if on else 'off'} "
+                    f"(round {round_index + 1})")
+                pod = RuntimePod(uri, work, device, max_new_tokens=build.max_seq_len,
+                                 metrics=on, engine_core=core)
+                scraper = None
+                result: dict = {"engine_core": core}
+                try:
+                    address = pod.wait()
+                    result["startup"] = pod.startup()
+                    scraper = pod.scraper(scrape_interval_s) if on else None
+                    result |= measure(address,
+                                      lambda n, length, seed: prompts(n, length, vocab, seed),
+                                      TTFT_PROMPTS, loads_for(quick), quick, log)
+                finally:
+                    if scraper is not None:
+                        result["metrics"] = scraper.stop()
+                    pod.stop()
+                pods.setdefault((core, on), []).append(result)
+    return {key: median_of_pods(results) for key, results in pods.items()}
 
 
 def median_of_pods(results: list[dict]) -> dict:
@@ -455,6 +463,22 @@ def median_of_pods(results: list[dict]) -> dict:
         "pods": results}
 
 
+def parse_engine_cores(text: str) -> tuple[str, ...]:
+    cores = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not cores or any(core not in ("thread", "process") for core in cores):
+        raise argparse.ArgumentTypeError(f"expected thread, process or both (comma-separated), "
+                                         f"got {text!r}")
+    return cores
+
+
+def engine_core_ratios(report: dict) -> dict:
+    """Per engine core and load: the pod's throughput as a fraction of in-process Kiln's."""
+    kiln = report.get("kiln", {}).get("throughput", {})
+    return {core: {name: figures["output_tokens_per_s"] / kiln[name]["output_tokens_per_s"]
+                   for name, figures in run["throughput"].items() if name in kiln}
+            for core, run in report.get("kiln_grpc_by_engine_core", {}).items()}
+
+
 def metrics_overhead(off: dict, on: dict) -> dict:
     """Throughput lost with metrics on, in percent of the metrics-off figure (per load), and
     the batch-1 time per token added."""
@@ -468,16 +492,19 @@ def metrics_overhead(off: dict, on: dict) -> dict:
 # ---- main ----------------------------------------------------------------------------------
 
 def table(report: dict) -> str:
-    kiln, hf, grpc = report.get("kiln", {}), report.get("hf", {}), report.get("kiln_grpc", {})
-    rows = [("metric", "kiln", "hf", "hf/kiln", "kiln gRPC")]
+    kiln, hf = report.get("kiln", {}), report.get("hf", {})
+    by_core = report.get("kiln_grpc_by_engine_core") or {"": report.get("kiln_grpc", {})}
+    rows = [("metric", "kiln", "hf", "hf/kiln",
+             *(f"kiln gRPC {core}".rstrip() for core in by_core))]
 
     def cell(value):
         return f"{value:.2f}" if value is not None else "-"
 
     def add(name, pick, lower_better=True):
-        k, h, g = pick(kiln), pick(hf), pick(grpc)
+        k, h = pick(kiln), pick(hf)
         ratio = (h / k if lower_better else k / h) if (k and h) else None
-        rows.append((name, cell(k), cell(h), f"{ratio:.1f}x" if ratio else "-", cell(g)))
+        rows.append((name, cell(k), cell(h), f"{ratio:.1f}x" if ratio else "-",
+                     *(cell(pick(run)) for run in by_core.values())))
 
     add("batch-1 ms/token", lambda r: r.get("tpot_ms_batch1"))
     for length in TTFT_PROMPTS:
@@ -485,7 +512,7 @@ def table(report: dict) -> str:
     for name in kiln.get("throughput", hf.get("throughput", {})):
         add(f"{name} tok/s", lambda r, key=name: r.get("throughput", {}).get(key, {}).get(
             "output_tokens_per_s"), False)
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"== {report['model']} on {report['device_name']} =="]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     floor = report.get("bandwidth_floor_ms")
@@ -504,6 +531,9 @@ def table(report: dict) -> str:
             f"{name} {loss:+.2f}% tok/s lost" for name, loss in
             overhead["throughput_loss_pct"].items()) +
             f"; batch-1 {overhead['tpot_ms_batch1_added']:+.3f} ms/token")
+    for core, ratios in report.get("engine_core_vs_in_process", {}).items():
+        lines.append(f"gRPC pod with the {core} engine core / in-process: " + ", ".join(
+            f"{name} {ratio:.2f}" for name, ratio in ratios.items()))
     if "greedy_vs_reference" in report:
         lines.append(f"greedy tokens identical to the reference backend: "
                      f"{report['greedy_vs_reference']}")
@@ -536,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-rounds", type=int, default=1,
                         help="pods per setting, alternating (off, on, off, on with "
                         "--grpc-metrics both); figures are medians over a setting's pods")
+    parser.add_argument("--grpc-engine-core", type=parse_engine_cores, default=("thread",),
+                        help="the pod's --engine-core, comma-separated to run one pod each and "
+                        "print them side by side (thread,process)")
     args = parser.parse_args(argv)
     global _chosen_loads
     _chosen_loads = args.loads
@@ -603,12 +636,17 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cuda":
             torch.cuda.empty_cache()
         switch = {"off": (False,), "on": (True,), "both": (False, True)}[args.grpc_metrics]
+        cores = args.grpc_engine_core
         runs = bench_through_grpc(work, build, device, dtype, vocab, args.quick, switch,
-                                  args.scrape_interval_s, args.grpc_rounds)
-        report["kiln_grpc"] = runs[switch[0]]
+                                  args.scrape_interval_s, args.grpc_rounds, cores)
+        report["kiln_grpc"] = runs[cores[0], switch[0]]
+        if len(cores) > 1:
+            report["kiln_grpc_by_engine_core"] = {core: runs[core, switch[0]] for core in cores}
+            report["engine_core_vs_in_process"] = engine_core_ratios(report)
         if args.grpc_metrics == "both":
-            report["kiln_grpc_metrics_on"] = runs[True]
-            report["metrics_overhead"] = metrics_overhead(runs[False], runs[True])
+            report["kiln_grpc_metrics_on"] = runs[cores[0], True]
+            report["metrics_overhead"] = metrics_overhead(runs[cores[0], False],
+                                                          runs[cores[0], True])
     shutil.rmtree(work, ignore_errors=True)
     text = table(report)
     if args.json:

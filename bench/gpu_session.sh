@@ -6,6 +6,8 @@
 #   bash bench/gpu_session.sh tests   # the GPU tests only (the default tier, at most 4 minutes)
 #   bash bench/gpu_session.sh long    # the long GPU sweeps (-m gpu_long)
 #   bash bench/gpu_session.sh cold    # cold start of the Llama-3-8B shape: store, warm, second pod
+#   bash bench/gpu_session.sh core    # Llama-3-8B through pods with the thread and the process
+#                                     # engine core, beside in-process (issue 14)
 # The long sweeps also run when KILN_GPU_LONG=1. bench_cold_start uses rclone serve s3 when its
 # binary is on PATH, else a local folder store.
 set -u
@@ -29,6 +31,13 @@ cold_start() {
 }
 if [ "$mode" = "cold" ]; then
   cold_start
+  exit 0
+fi
+if [ "$mode" = "core" ]; then
+  timeout 580 python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
+    --grpc-engine-core thread,process --json "$OUT/engine_core_llama3-8b.json" 2>&1 \
+    | tee "$OUT/engine_core.log"
+  python3 bench/bench_core_codec.py --json "$OUT/core_codec.json" 2>&1 | tee -a "$OUT/engine_core.log"
   exit 0
 fi
 if [ "$mode" = "long" ] || [ "${KILN_GPU_LONG:-0}" = "1" ]; then

@@ -1,9 +1,10 @@
 """`python -m runtime_service serve ...` (what `kiln serve-runtime` runs); `worker` is one rank
-of a tp x pp engine, started by `serve` itself."""
+of a tp x pp engine and `engine-core` the engine's step loop in its own process, both started by
+`serve` itself."""
 
 import sys
 
-COMMANDS = ("serve", "worker")
+COMMANDS = ("serve", "worker", "engine-core")
 
 
 def main(argv: list[str]) -> int:
@@ -13,6 +14,9 @@ def main(argv: list[str]) -> int:
     if argv[0] == "worker":
         from runtime_service.distributed.rank_worker import main as worker_main
         return worker_main(argv[1:])
+    if argv[0] == "engine-core":
+        from runtime_service.server.core_process import run as core_main
+        return core_main(argv[1:])
     from runtime_service.server.serve import main as serve_main
     return serve_main(argv[1:])
 

@@ -165,6 +165,10 @@ class Executor:
         self._stopping = False
         self.failure: BaseException | None = None     # set once the engine cannot recover
         self.on_failure = lambda exc: None            # called once, from the step-loop thread
+        # The engine-core process (server/core_process.py) swaps these two: streams that collect
+        # a step's outputs, and a hook that sends them as one message after each loop pass.
+        self.new_stream = RequestStream
+        self.on_step_end = lambda: None               # called from the step-loop thread
         self._consecutive_failures = 0
         self.num_steps = 0
         self.num_preemptions = 0
@@ -246,7 +250,7 @@ class Executor:
         if self._stopping:
             raise Unavailable("the executor is shutting down")
         validate_request(request, self.limits)
-        stream = RequestStream(request.request_id, self.abort)
+        stream = self.new_stream(request.request_id, self.abort)
         with self._lock:
             if self.failure is not None:
                 raise Unavailable(f"the engine failed ({self.failure}); retry on another replica")
@@ -295,9 +299,11 @@ class Executor:
                 self._in_flight = None
                 for live in list(self._live.values()):
                     self._finish(live, FinishReason.ABORTED)
+                self.on_step_end()
                 return
             try:
                 if not self.scheduler.has_work:
+                    self.on_step_end()              # what the aborts above emitted
                     self._wakeup.wait(0.5)
                     self._wakeup.clear()
                     if self.ranks is not None:
@@ -316,6 +322,7 @@ class Executor:
                         or self._consecutive_failures >= MAX_CONSECUTIVE_STEP_FAILURES):
                     self._give_up(exc, error)
                     return
+            self.on_step_end()
 
     def _give_up(self, cause: BaseException, error: KilnError) -> None:
         """The engine cannot recover: refuse new work, fail what was admitted, tell the host."""

@@ -21,10 +21,13 @@ from runtime_service.server import capabilities
 from runtime_service.server.convert import ServingLimits, model_info
 from runtime_service.format.engine_format import read_manifest
 from runtime_service.errors import FailedPrecondition, InvalidRequest, Unavailable
+from runtime_service.server.core_client import start_core_process
 from runtime_service.server.engine_start import start_engine
 from runtime_service.server.startup_report import StartupReport, process_age_s
 
 log = logging.getLogger("kiln.runtime")
+
+ENGINE_CORES = ("thread", "process")
 
 
 class State(enum.Enum):
@@ -46,6 +49,9 @@ class RuntimeSettings:
     max_message_bytes: int = 4 << 20
     step_stall_timeout_s: float = 60.0      # liveness: work but no step this long = stalled
     share_startup_cache: bool = False       # tuning results also beside the engine in its store
+    # "thread": the step loop runs in this process; "process": in its own engine-core process
+    # (server/core_process.py), so it never waits for the GIL the gRPC event loop holds.
+    engine_core: str = "thread"
 
     def __post_init__(self):
         if not 0 <= self.grace_s <= 3600:
@@ -56,6 +62,9 @@ class RuntimeSettings:
         if not 1024 <= self.max_message_bytes <= 256 << 20:
             raise InvalidRequest(
                 f"max_message_bytes must be in [1 KiB, 256 MiB], got {self.max_message_bytes}")
+        if self.engine_core not in ENGINE_CORES:
+            raise InvalidRequest(
+                f"engine_core must be one of {ENGINE_CORES}, got {self.engine_core!r}")
 
 
 def apply_options(settings: RuntimeSettings, options: runtime_pb2.RuntimeOptions) -> RuntimeSettings:
@@ -142,7 +151,8 @@ class EngineHost:
         settings = apply_options(self.settings, options) if options else self.settings
         self._set_state(State.LOADING)
         try:
-            started = await asyncio.to_thread(start_engine, uri, settings, self._process_age_s)
+            start = start_engine if settings.engine_core == "thread" else start_core_process
+            started = await asyncio.to_thread(start, uri, settings, self._process_age_s)
         except BaseException:
             self._set_state(State.EMPTY)
             raise

@@ -47,3 +47,10 @@ def configure_logging(level: str, log_format: str) -> None:
     handler.setFormatter(JsonFormatter() if log_format == "json" else
                          KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def active_log_format() -> str:
+    """The format configure_logging gave this process ("text" if it has not run): what a child
+    process it starts (the engine core) should write."""
+    handlers = logging.getLogger().handlers
+    return "json" if any(isinstance(h.formatter, JsonFormatter) for h in handlers) else "text"

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime_service.server.auth import TransportSecurity
 from runtime_service.server.convert import ServingLimits
-from runtime_service.server.engine_host import EngineHost, RuntimeSettings, State
+from runtime_service.server.engine_host import ENGINE_CORES, EngineHost, RuntimeSettings, State
 from runtime_service.errors import KilnError
 from runtime_service.server.liveness import StepStallWatchdog
 from runtime_service.store.atomic_folder import remove_abandoned_partials
@@ -87,6 +87,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share-startup-cache", action="store_true",
                         help="also keep start-up tuning results beside the engine in its store, "
                         "so pods on the same GPU model skip tuning")
+    parser.add_argument("--engine-core", default="thread", choices=ENGINE_CORES,
+                        help="run the engine's step loop on a thread of this process, or in "
+                        "its own process (no GIL shared with the gRPC event loop)")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument("--log-level", default="INFO")
     add_observability_arguments(parser)
@@ -111,7 +114,7 @@ def settings_from_args(args) -> RuntimeSettings:
                              default_max_new_tokens=args.default_max_new_tokens),
         allow_load_engine=args.allow_load_engine, grace_s=args.grace_s,
         max_message_bytes=args.max_message_bytes, step_stall_timeout_s=args.step_stall_timeout_s,
-        share_startup_cache=args.share_startup_cache)
+        share_startup_cache=args.share_startup_cache, engine_core=args.engine_core)
 
 
 class RuntimeServer:
@@ -155,7 +158,8 @@ class RuntimeServer:
 
     def _on_engine_failure(self, exc: BaseException) -> None:
         """Liveness goes NOT_SERVING so the orchestrator restarts the pod. An engine on several
-        ranks also exits (code 1): its process group cannot be mended in place."""
+        ranks, or whose engine-core process died, also exits (code 1): neither can be mended in
+        place."""
         loop = asyncio.get_running_loop()
         if self._watching is not None:
             self._watching.cancel()
@@ -164,7 +168,9 @@ class RuntimeServer:
                                          health_pb2.HealthCheckResponse.NOT_SERVING))
         log.error("liveness service=%s status=NOT_SERVING reason=engine-failed",
                   LIVENESS_SERVICE_NAME)
-        if getattr(self.host.executor, "ranks", None) is not None:
+        executor = self.host.executor
+        if (getattr(executor, "ranks", None) is not None
+                or getattr(executor, "process_lost", False)):
             self.exit_code = 1
             loop.create_task(self.drain_and_stop())
 

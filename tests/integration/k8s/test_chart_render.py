@@ -147,6 +147,7 @@ def test_runtime_pods_probe_drain_and_run_locked_down(value_set, rendered):
             # Liveness watches the step loop (--step-stall-timeout-s), not the drain.
             assert liveness["grpc"] == {"port": 50051, "service": "kiln.v1.Runtime.Liveness"}
             assert args[args.index("--step-stall-timeout-s") + 1] == "60"
+            assert args[args.index("--engine-core") + 1] == "thread"
 
 
 def test_each_model_gets_a_service_a_headless_service_an_hpa_and_a_pdb(rendered):
@@ -243,6 +244,7 @@ SCHEMA_REJECTS = {
     "CPU model over several nodes": _model(gpusPerPod=0, nodes=2, tp=2),
     "TLS without a Secret": {"tls": {"enabled": True}},
     "step stall timeout of zero": {"runtime": {"stepStallTimeoutSeconds": 0}},
+    "an unknown engine core": {"runtime": {"engineCore": "fiber"}},
     "store that is not s3": {"store": {"uri": "http://minio:9000/kiln"}},
     "unknown autoscaling mode": _model(autoscaling={"enabled": True, "mode": "memory"}),
     "KV-use target above 1": _model(autoscaling={"keda": {"targetKvCacheUsage": 1.5}}),

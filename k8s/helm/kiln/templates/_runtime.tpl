@@ -90,6 +90,8 @@ args: root, m
 - {{ int $r.drainSeconds | quote }}
 - --step-stall-timeout-s
 - {{ int $r.stepStallTimeoutSeconds | quote }}
+- --engine-core
+- {{ $r.engineCore | default "thread" }}
 - --served-model-name
 - {{ $m.name }}
 {{- with include "kiln.observabilityArgs" .root }}{{ . | trim | nindent 0 }}{{ end }}

@@ -1,0 +1,121 @@
+"""The engine-core side of the pipe: one STEP message per loop pass, nothing when idle, queue
+times stamped once, submit errors sent back, SHUTDOWN and EOF both stop the executor."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from runtime_service.engine import core_codec as codec
+from runtime_service.engine.executor_options import ExecutorStats
+from runtime_service.engine.request import FinishReason, Request, RequestOutput
+from runtime_service.errors import CapacityExceeded
+from runtime_service.server.core_pipe import FramedSocket
+from runtime_service.server.core_process import EngineCore
+
+
+class ScriptedExecutor:
+    """Records what the core asks of it; the test plays its step loop by calling the hooks."""
+
+    def __init__(self):
+        self.steps = 0
+        self.submitted, self.aborted, self.stopped = [], [], threading.Event()
+        self.got_request = threading.Event()
+        self.refuse = None
+        self.streams = {}
+
+    def stats(self) -> ExecutorStats:
+        return ExecutorStats(4, 4, len(self.streams), 0, 0, self.steps, 0, 0)
+
+    def submit(self, request):
+        if self.refuse is not None:
+            raise self.refuse
+        self.submitted.append(request)
+        self.streams[request.request_id] = self.new_stream(request.request_id, self.abort)
+        self.got_request.set()
+
+    def abort(self, request_id):
+        self.aborted.append(request_id)
+        return True
+
+    def shutdown(self):
+        self.stopped.set()
+
+
+def wire():
+    ours, theirs = socket.socketpair()
+    executor = ScriptedExecutor()
+    core = EngineCore(executor, FramedSocket(theirs))
+    serving = threading.Thread(target=core.serve, daemon=True)
+    serving.start()
+    return executor, core, FramedSocket(ours), serving
+
+
+def test_one_message_per_pass_and_none_while_idle():
+    executor, core, pod, serving = wire()
+    request = Request("r1", [1, 2])
+    pod.send(codec.SUBMIT, codec.encode_request(request))
+    assert executor.got_request.wait(5)        # the core's main thread took it
+    executor.steps = 1
+    request = executor.submitted[0]
+    request.first_scheduled_time = 42.5
+    executor.streams["r1"]._push(RequestOutput("r1", 0, (5,)))
+    executor.streams["r1"]._push(RequestOutput("r1", 1, (6,), finished=True,
+                                               finish_reason=FinishReason.LENGTH))
+    del executor.streams["r1"]
+    executor.on_step_end()
+    executor.on_step_end()                     # idle and unchanged: sends nothing
+    executor.steps = 2
+    executor.on_step_end()                     # only the stats moved
+    first = codec.decode_step(pod.recv()[1])
+    assert [o.new_token_ids for o in first.outputs] == [(5,), (6,)]
+    assert first.scheduled == {"r1": 42.5}
+    assert first.stats.num_steps == 1
+    second = codec.decode_step(pod.recv()[1])
+    assert second.outputs == [] and second.stats.num_steps == 2
+    pod.send(codec.SHUTDOWN)
+    serving.join(5)
+    assert executor.stopped.is_set()
+
+
+def test_a_refused_submit_comes_back_as_that_requests_error_and_abort_reaches_the_executor():
+    executor, core, pod, serving = wire()
+    executor.refuse = CapacityExceeded("the queue is full")
+    pod.send(codec.SUBMIT, codec.encode_request(Request("r1", [1])))
+    [(request_id, error)] = codec.decode_step(pod.recv()[1]).errors
+    assert request_id == "r1" and type(error) is CapacityExceeded
+    pod.send(codec.ABORT, b"r2")
+    pod.close()                                # the pod is gone: EOF stops the executor
+    serving.join(5)
+    assert executor.aborted == ["r2"] and executor.stopped.is_set()
+
+
+def test_a_failure_flushes_the_step_then_says_failed():
+    executor, core, pod, serving = wire()
+    pod.send(codec.SUBMIT, codec.encode_request(Request("r1", [1])))
+    assert executor.got_request.wait(5)
+    executor.streams["r1"]._push(CapacityExceeded("device memory"))
+    executor.on_failure(RuntimeError("CUDA error"))
+    kind, body = pod.recv()
+    assert kind == codec.STEP and codec.decode_step(body).errors[0][0] == "r1"
+    assert pod.recv() == (codec.FAILED, codec.dumps(["RuntimeError", "CUDA error"]))
+    pod.send(codec.SHUTDOWN)
+    serving.join(5)
+
+
+def test_the_pods_settings_reach_the_core_unchanged(tmp_path):
+    from runtime_service.engine.executor_options import ExecutorOptions
+    from runtime_service.server.core_client import start_message
+    from runtime_service.server.core_process import settings_from
+    from runtime_service.server.engine_host import RuntimeSettings
+    options = ExecutorOptions(dtype="float32", block_size=8, kv_max_tokens=64,
+                              policy="MAX_UTILIZATION", max_attention_window=32,
+                              sink_token_length=4, streaming_llm=True, max_queue_size=7,
+                              overlap_scheduling=False, cuda_graph_max_batch_size=0)
+    settings = RuntimeSettings(cache_dir=tmp_path, executor=options, share_startup_cache=True,
+                               engine_core="process")
+    message = codec.loads(start_message("s3://bucket/engine", settings, 1.5))
+    assert message["uri"] == "s3://bucket/engine" and message["pod_age_s"] == 1.5
+    back = settings_from(message["settings"])
+    assert back.executor == options
+    assert back.cache_dir == tmp_path and back.share_startup_cache
