@@ -110,8 +110,8 @@ def perplexity(engine: Path, windows: list[list[int]]) -> dict:
 # implementations. They compute the same function in a different summation order, and e4m3
 # rounding turns that 1e-7 into a perplexity spread (0.9% on 1k tokens): the band that any FP8
 # comparison at this level sits in.
-PEER_ROWS = {"compressed-tensors FP8_DYNAMIC (transformers)": "sdpa",
-             "compressed-tensors FP8_DYNAMIC (transformers, eager attention)": "eager"}
+PEER_ROWS = {"compressed-tensors FP8_DYNAMIC (transformers sdpa)": "sdpa",
+             "compressed-tensors FP8_DYNAMIC (transformers eager)": "eager"}
 
 
 def compressed_fp8_folder(model_dir: Path, work_dir: Path) -> Path:
