@@ -8,11 +8,16 @@ greedy tokens equal the torch reference backend's on the same engine. JSON to --
     python3 bench/bench_decode.py --model llama2-7b --json out.json
     python3 bench/bench_decode.py --model tiny --device cpu --quick     # smoke test of the script
     python3 bench/bench_decode.py --model llama2-7b --grpc              # also through a runtime pod
+    python3 bench/bench_decode.py --model llama3-8b --skip-hf --quant W4A16_AWQ,FP8 \
+        --kv-quant FP8 --json quant.json     # quantized engines beside the bf16 one
     python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
         --grpc-metrics both --grpc-rounds 2 --json metrics.json   # /metrics off vs on, alternated
     python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
         --grpc-engine-core thread,process --json core.json   # the engine core: thread vs process
 
+--quant runs, after the bf16 engine, one engine per listed algorithm (weights quantized in memory
+by the builder's transform; bench/quant_engine.py) through the same batch-1 and loads, each
+beside the bandwidth floor of the bytes it reads per token.
 Weights are random (speed does not depend on their values). HF runs static batches of at most
 --hf-max-batch requests (its memory grows with the batch); its tokens/s for a larger concurrency is
 that of its largest batch, which is what serving such a load with `generate` would give.
@@ -306,6 +311,44 @@ def load_throughput(executor: Executor, vocab: int, load: tuple[int, int, int],
     return name, figures
 
 
+def bench_quantized(state: dict[str, torch.Tensor], config: EngineConfig, dtype: torch.dtype,
+                    device: str, variants: list, vocab: int, quick: bool,
+                    bandwidth: float | None) -> dict:
+    """Batch-1 and the loads for each quantized engine, one at a time, each beside the floor of
+    the weight bytes it reads per token."""
+    from quant_engine import AWQ_NOTE, bytes_read_per_token, quantized_model
+    results = {}
+    for variant in variants:
+        log(f"building the {variant.name} engine")
+        loaded = quantized_model(state, config, dtype, device, variant)
+        entry: dict = {"algo": variant.algo, "group_size": variant.group_size,
+                       "kv_cache_dtype": variant.kv_cache_dtype,
+                       "weight_bytes_read_per_token": bytes_read_per_token(loaded.model)}
+        if variant.algo == "W4A16_AWQ":
+            entry["note"] = AWQ_NOTE
+            log(AWQ_NOTE)
+        if bandwidth:
+            entry["bandwidth_floor_ms"] = entry["weight_bytes_read_per_token"] / bandwidth * 1e3
+        executor = Executor(loaded, ExecutorOptions(device=device, dtype=str(dtype).split(".")[1],
+                                                    load_tokenizer=False)).start()
+        entry["kv_cache_tokens"] = executor.kv.num_total_blocks * executor.options.block_size
+        try:
+            warm = [Request(f"{variant.name}-warm-{i}", p, fixed_length(4))
+                    for i, p in enumerate(prompts(3, 1024, vocab, 9) + prompts(2, 7, vocab, 9))]
+            kiln_generate_timed(executor, warm)
+            entry["tpot_ms_batch1"] = batch1_tpot_ms(executor, vocab, quick, variant.name)
+            entry["throughput"] = dict(load_throughput(executor, vocab, load, variant.name)
+                                       for load in loads_for(quick))
+        finally:
+            executor.shutdown()
+            del executor, loaded
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        results[variant.name] = entry
+    return results
+
+
 def bench_ablations(executor: Executor, vocab: int, quick: bool) -> dict:
     """Batch-1 and 64x128/128 again with one fast-path piece switched off at a time, so each
     piece's effect is measured in the same run on the same engine."""
@@ -525,6 +568,23 @@ def table(report: dict) -> str:
         load, throughput = next(iter(figures["throughput"].items()))
         lines.append(f"kiln with {name}: batch-1 {figures['tpot_ms_batch1']:.2f} ms/token, "
                      f"{load} {throughput['output_tokens_per_s']:.0f} tok/s")
+    bf16_read = report.get("weight_bytes_read_per_token")
+    if report.get("quantized") and bf16_read:
+        floor = (f", floor {report['bandwidth_floor_read_ms']:.2f} ms"
+                 if "bandwidth_floor_read_ms" in report else "")
+        lines.append(f"engines ({bf16_read / 1e6:,.1f} MB read per token by bf16{floor}):")
+    for name, figures in report.get("quantized", {}).items():
+        floor = figures.get("bandwidth_floor_ms")
+        tpot = figures["tpot_ms_batch1"]
+        loads = ", ".join(
+            f"{load} {f['output_tokens_per_s']:.0f} tok/s" + (
+                f" ({f['output_tokens_per_s'] / kiln['throughput'][load]['output_tokens_per_s']:.2f}x bf16)"
+                if load in kiln.get("throughput", {}) else "")
+            for load, f in figures["throughput"].items())
+        lines.append(f"kiln {name}: batch-1 {tpot:.2f} ms/token"
+                     + (f" (floor {floor:.2f} ms, {floor / tpot * 100:.0f}%)" if floor else "")
+                     + f", {figures['weight_bytes_read_per_token'] / 1e6:,.1f} MB read per "
+                     f"token; {loads}")
     overhead = report.get("metrics_overhead")
     if overhead:
         lines.append("gRPC pod with /metrics on vs off: " + ", ".join(
@@ -569,7 +629,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-engine-core", type=parse_engine_cores, default=("thread",),
                         help="the pod's --engine-core, comma-separated to run one pod each and "
                         "print them side by side (thread,process)")
+    parser.add_argument("--quant", default="",
+                        help="also run engines with these weight quantizations after the bf16 "
+                        "one, comma-separated: W4A16_AWQ, W4A16, W8A16, FP8")
+    parser.add_argument("--group-size", type=int, default=128, help="int4 group size")
+    parser.add_argument("--kv-quant", choices=("NONE", "INT8", "FP8"), default="NONE",
+                        help="KV cache of the --quant engines (alone: a bf16-weights engine "
+                        "with this KV cache)")
     args = parser.parse_args(argv)
+    from quant_engine import variants_for
+    try:
+        variants = variants_for(args.quant, args.group_size, args.kv_quant)
+    except Exception as exc:  # noqa: BLE001 - a bad flag is a usage error, said before any work
+        parser.error(str(exc))
     global _chosen_loads
     _chosen_loads = args.loads
 
@@ -630,8 +702,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
     if not args.skip_reference:
         report["greedy_vs_reference"] = compare_with_reference(loaded, fast, vocab, 32, device)
-    if args.grpc:
+    if variants:
+        from quant_engine import bytes_read_per_token, float_state
+        report["weight_bytes_read_per_token"] = bytes_read_per_token(loaded.model)
+        if bandwidth:
+            report["bandwidth_floor_read_ms"] = (report["weight_bytes_read_per_token"]
+                                                 / bandwidth * 1e3)
+        state, config = float_state(loaded), loaded.config
         del loaded
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        report["quantized"] = bench_quantized(state, config, dtype, device, variants, vocab,
+                                              args.quick, bandwidth)
+        del state
+    if args.grpc:
+        loaded = None
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()

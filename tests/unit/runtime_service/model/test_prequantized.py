@@ -1,5 +1,6 @@
-"""Pre-quantized HF checkpoints (AutoAWQ GEMM, compressed-tensors pack-quantized int4) are
-served as they are stored: greedy tokens equal transformers' on the same weights."""
+"""Pre-quantized HF checkpoints (AutoAWQ GEMM, compressed-tensors pack-quantized int4 and
+float-quantized FP8) are served as they are stored: greedy tokens equal transformers' on the
+same weights."""
 
 from __future__ import annotations
 
@@ -136,6 +137,66 @@ def test_transformers_runs_the_compressed_tensors_checkpoint_as_kiln_does(source
                                      symmetric_int4)
     assert load_model(folder).model.layers["0"].attn.qkv_proj.zeros.eq(8).all()
     assert kiln_greedy(folder) == hf_greedy(folder, PROMPT, 8)
+
+
+def compressed_fp8_checkpoint(source, out):
+    """`source` quantized by compressed-tensors' own API to its FP8_DYNAMIC scheme (E4M3 weights
+    with per-channel scales, dynamic per-token E4M3 activations) and saved float-quantized, as
+    llmcompressor saves it. Weight scales come from compressed-tensors' calculate_qparams over
+    each row's range (the job llmcompressor's observers do)."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationConfig, apply_quantization_config,
+                                                 preset_name_to_scheme)
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
+    apply_quantization_config(model, QuantizationConfig(
+        config_groups={"group_0": preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])},
+        ignore=["lm_head"]))
+    for module in model.modules():
+        scheme = getattr(module, "quantization_scheme", None)
+        if scheme is not None:
+            w = module.weight.data
+            scale, _ = calculate_qparams(w.amin(1, keepdim=True), w.amax(1, keepdim=True),
+                                         scheme.weights)
+            module.weight_scale.data.copy_(scale)
+    compressor = ModelCompressor.from_pretrained_model(model, "float-quantized")
+    compressor.compress_model(model)
+    model.save_pretrained(str(out))
+    compressor.update_config(str(out))
+    return out
+
+
+def test_compressed_tensors_fp8_checkpoint_is_served_as_transformers_runs_it(source, tmp_path):
+    """transformers decompresses the FP8 weights on the CPU and keeps quantizing each linear's
+    input per token at run time, as Kiln's FP8 layer does: prompt log-probabilities agree to
+    rounding (switching transformers' activation quantization off moves them by ~0.4)."""
+    from transformers import LlamaForCausalLM
+    folder = compressed_fp8_checkpoint(source, tmp_path / "fp8")
+    stored = load_file(str(folder / "model.safetensors"))
+    assert stored["model.layers.0.mlp.down_proj.weight"].dtype == torch.float8_e4m3fn
+    loaded = load_model(folder)
+    assert loaded.config.quant.algo == "FP8"
+    down = loaded.model.layers["0"].mlp.down_proj
+    assert torch.equal(down.qweight.view(torch.uint8),
+                       stored["model.layers.0.mlp.down_proj.weight"].view(torch.uint8))
+    assert torch.equal(down.scales, stored["model.layers.0.mlp.down_proj.weight_scale"].flatten())
+    assert kiln_greedy(folder, 12) == hf_greedy(folder, PROMPT, 12)
+
+    hf = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logprobs = torch.log_softmax(hf(torch.tensor([PROMPT])).logits[0], -1)
+    expected = logprobs[torch.arange(len(PROMPT) - 1), PROMPT[1:]]
+    executor = Executor.from_folder(folder, ExecutorOptions(load_tokenizer=False,
+                                                            kv_max_tokens=256)).start()
+    try:
+        stream = executor.submit(Request("p", PROMPT, SamplingParams(
+            max_new_tokens=1, prompt_logprobs=True, end_id=-1)))
+        kiln = [x for o in stream for x in (o.prompt_logprobs or [])]
+    finally:
+        executor.shutdown()
+    assert torch.allclose(torch.tensor(kiln), expected, atol=1e-4)
 
 
 def test_unsupported_prequantized_schemes_are_refused_naming_what_is_read():
