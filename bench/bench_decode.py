@@ -488,6 +488,9 @@ def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch
                         result["metrics"] = scraper.stop()
                     pod.stop()
                 pods.setdefault((core, on), []).append(result)
+                # Each pod's figures go to the log as they come, so a run cut short by the
+                # device's time limit still leaves them.
+                log("pod result " + json.dumps(result, default=str))
     return {key: median_of_pods(results) for key, results in pods.items()}
 
 
@@ -682,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['kv_cache_tokens']} tokens")
     try:
         report["kiln"] = bench_kiln(executor, vocab, device, args.quick)
+        log("in-process result " + json.dumps(report["kiln"], default=str))
         if args.ablations:
             report["kiln_ablations"] = bench_ablations(executor, vocab, args.quick)
         if args.profile:
