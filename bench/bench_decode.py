@@ -603,12 +603,51 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def bench_in_process(loaded: LoadedModel, args, report: dict, device: str, dtype: torch.dtype,
+                     vocab: int) -> None:
+    """Kiln's executor in this process: the loads, the optional ablations and profiles, and
+    greedy tokens against the reference model; figures go into `report`."""
+    start = time.perf_counter()
+    executor = Executor(loaded, ExecutorOptions(device=device, dtype=str(dtype).split(".")[1],
+                                                load_tokenizer=False)).start()
+    report["kiln_start_s"] = time.perf_counter() - start
+    report["kv_cache_tokens"] = executor.kv.num_total_blocks * executor.options.block_size
+    log(f"Kiln executor up in {report['kiln_start_s']:.1f} s, KV cache "
+        f"{report['kv_cache_tokens']} tokens")
+    try:
+        report["kiln"] = bench_kiln(executor, vocab, device, args.quick)
+        log("in-process result " + json.dumps(report["kiln"], default=str))
+        if args.ablations:
+            report["kiln_ablations"] = bench_ablations(executor, vocab, args.quick)
+        if args.profile:
+            for batch in (1, 64):
+                try:
+                    profile_decode(executor, vocab, batch,
+                                   args.profile.with_name(f"{args.profile.stem}_b{batch}.txt"))
+                except Exception as exc:  # noqa: BLE001 - a profiler failure must not end the run
+                    log(f"profiling failed: {exc!r}")
+            profile_prefill_host(executor, vocab, 1024,
+                                 args.profile.with_name(f"{args.profile.stem}_host_prefill.txt"))
+        fast = greedy_outputs(executor, vocab, 32)
+    finally:
+        executor.shutdown()
+    del executor
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    if not args.skip_reference:
+        report["greedy_vs_reference"] = compare_with_reference(loaded, fast, vocab, 32, device)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SHAPES), default="llama2-7b")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--skip-in-process", action="store_true",
+                        help="only the pods (--grpc): for a pod-against-pod comparison whose "
+                        "in-process figures come from another run")
     parser.add_argument("--quick", action="store_true", help="fewer tokens and one load")
     parser.add_argument("--hf-max-batch", type=int, default=64)
     parser.add_argument("--loads", type=parse_loads,
@@ -645,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = variants_for(args.quant, args.group_size, args.kv_quant)
     except Exception as exc:  # noqa: BLE001 - a bad flag is a usage error, said before any work
         parser.error(str(exc))
+    if args.skip_in_process and (variants or not args.grpc):
+        parser.error("--skip-in-process runs only the pods: it needs --grpc and no --quant")
     global _chosen_loads
     _chosen_loads = args.loads
 
@@ -668,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
         report["hf"] = bench_hf(hf_model, vocab, device, args.quick, args.hf_max_batch)
     build = BuildConfig(dtype="bfloat16", max_batch_size=256, max_input_len=4096,
                         max_seq_len=4096 + 256, max_num_tokens=8192)
-    loaded = kiln_from_hf(hf_model, hf_config, dtype, device, build)
+    loaded = (None if args.skip_in_process
+              else kiln_from_hf(hf_model, hf_config, dtype, device, build))
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     if args.grpc:
         hf_model.to(dtype).save_pretrained(str(work / "hf"), safe_serialization=True)
@@ -676,36 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    start = time.perf_counter()
-    executor = Executor(loaded, ExecutorOptions(device=device, dtype=str(dtype).split(".")[1],
-                                                load_tokenizer=False)).start()
-    report["kiln_start_s"] = time.perf_counter() - start
-    report["kv_cache_tokens"] = executor.kv.num_total_blocks * executor.options.block_size
-    log(f"Kiln executor up in {report['kiln_start_s']:.1f} s, KV cache "
-        f"{report['kv_cache_tokens']} tokens")
-    try:
-        report["kiln"] = bench_kiln(executor, vocab, device, args.quick)
-        log("in-process result " + json.dumps(report["kiln"], default=str))
-        if args.ablations:
-            report["kiln_ablations"] = bench_ablations(executor, vocab, args.quick)
-        if args.profile:
-            for batch in (1, 64):
-                try:
-                    profile_decode(executor, vocab, batch,
-                                   args.profile.with_name(f"{args.profile.stem}_b{batch}.txt"))
-                except Exception as exc:  # noqa: BLE001 - a profiler failure must not end the run
-                    log(f"profiling failed: {exc!r}")
-            profile_prefill_host(executor, vocab, 1024,
-                                 args.profile.with_name(f"{args.profile.stem}_host_prefill.txt"))
-        fast = greedy_outputs(executor, vocab, 32)
-    finally:
-        executor.shutdown()
-    del executor
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    if not args.skip_reference:
-        report["greedy_vs_reference"] = compare_with_reference(loaded, fast, vocab, 32, device)
+    if loaded is not None:
+        bench_in_process(loaded, args, report, device, dtype, vocab)
     if variants:
         from quant_engine import bytes_read_per_token, float_state
         report["weight_bytes_read_per_token"] = bytes_read_per_token(loaded.model)
