@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-rounds", type=int, default=1,
                         help="pods per setting, alternating (off, on, off, on with "
                         "--grpc-metrics both); figures are medians over a setting's pods")
-    parser.add_argument("--grpc-engine-core", type=parse_engine_cores, default=("thread",),
+    parser.add_argument("--grpc-engine-core", type=parse_engine_cores, default=("process",),
                         help="the pod's --engine-core, comma-separated to run one pod each and "
                         "print them side by side (thread,process)")
     parser.add_argument("--quant", default="",

@@ -44,7 +44,7 @@ class RuntimePod:
     the pod's --engine-core (the step loop on a thread of the gRPC process, or its own process)."""
 
     def __init__(self, engine_uri: str, work: Path, device: str, max_new_tokens: int,
-                 metrics: bool = False, engine_core: str = "thread"):
+                 metrics: bool = False, engine_core: str = "process"):
         self.port_file = work / "runtime.port"
         self.metrics_port_file = work / "metrics.port"
         for stale in (self.port_file, self.metrics_port_file):

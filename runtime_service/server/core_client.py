@@ -225,13 +225,22 @@ def _load_tokenizer(folder: str | None):
 
 
 def _child_env() -> dict:
-    """The pod's environment, with the folders that hold runtime_service and kiln on the path."""
+    """The pod's environment, with the folders that hold runtime_service and kiln on the path.
+
+    A pod started by a launcher (mpiexec, srun, LeaderWorkerSet) passes on the rendezvous
+    address it resolved: under MPI without MASTER_ADDR that took a broadcast every rank joined
+    once, which the core, a new process, cannot join again."""
     import kiln
     import runtime_service
+    from runtime_service.distributed.rank_layout import launch_layout
     roots = [str(Path(runtime_service.__file__).resolve().parents[1]),
              str(Path(kiln.__file__).resolve().parents[1])]
     path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([*roots, *([path] if path else [])])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*roots, *([path] if path else [])])}
+    layout = launch_layout()
+    if layout.launched:
+        env |= {"MASTER_ADDR": layout.master_addr, "MASTER_PORT": str(layout.master_port)}
+    return env
 
 
 def start_message(uri: str, settings, pod_age_s: float) -> bytes:

@@ -49,9 +49,11 @@ class RuntimeSettings:
     max_message_bytes: int = 4 << 20
     step_stall_timeout_s: float = 60.0      # liveness: work but no step this long = stalled
     share_startup_cache: bool = False       # tuning results also beside the engine in its store
-    # "thread": the step loop runs in this process; "process": in its own engine-core process
-    # (server/core_process.py), so it never waits for the GIL the gRPC event loop holds.
-    engine_core: str = "thread"
+    # "process" (the default): the step loop runs in its own engine-core process
+    # (server/core_process.py), so it never waits for the GIL the gRPC event loop holds;
+    # "thread": in this process. On the H200 the process core keeps 0.94-0.98 of in-process
+    # throughput at 256 streams where the thread core keeps 0.82 (bench/NOTES.md, run 13).
+    engine_core: str = "process"
 
     def __post_init__(self):
         if not 0 <= self.grace_s <= 3600:

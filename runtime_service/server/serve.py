@@ -87,9 +87,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share-startup-cache", action="store_true",
                         help="also keep start-up tuning results beside the engine in its store, "
                         "so pods on the same GPU model skip tuning")
-    parser.add_argument("--engine-core", default="thread", choices=ENGINE_CORES,
-                        help="run the engine's step loop on a thread of this process, or in "
-                        "its own process (no GIL shared with the gRPC event loop)")
+    parser.add_argument("--engine-core", default="process", choices=ENGINE_CORES,
+                        help="run the engine's step loop in its own process (the default: no "
+                        "GIL shared with the gRPC event loop) or on a thread of this process")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument("--log-level", default="INFO")
     add_observability_arguments(parser)

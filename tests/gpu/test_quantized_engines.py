@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gpu.tiers import sweep
 from runtime_service.model.layers.linear import ColumnParallelLinear
 from runtime_service.model.layers.quantized_linear import WeightQuant, quantize_weight
 
@@ -13,7 +14,8 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("kind, tolerance", [("int4", 2e-2), ("int8", 2e-2), ("fp8", 6e-2)])
-@pytest.mark.parametrize("rows", [1, 7, 64, 300])
+# 1 and 64 rows take the decode GEMV's two ends; 7 and 300 (the GEMM) are in the long tier.
+@pytest.mark.parametrize("rows", sweep([1, 7, 64, 300], core=(1, 64)))
 def test_quantized_layer_on_cuda_matches_its_cpu_path(kind, tolerance, rows):
     torch.manual_seed(rows)
     quant = WeightQuant(kind, 128)
@@ -29,7 +31,8 @@ def test_quantized_layer_on_cuda_matches_its_cpu_path(kind, tolerance, rows):
     assert ((got - want).abs() <= tolerance * scale).all(), (got - want).abs().max()
 
 
-@pytest.mark.parametrize("kind", ["int8", "fp8"])
+# The FP8 KV kernels have their own default-tier tests (test_kv_quant_kernels.py).
+@pytest.mark.parametrize("kind", sweep(["int8", "fp8"], core=("int8",)))
 def test_quantized_kv_engine_on_cuda_matches_the_cpu_engine(kind, tmp_path):
     from builder_service.builder import EngineBuilder
     from builder_service.settings import BuildSpec

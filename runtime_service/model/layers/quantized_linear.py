@@ -97,20 +97,27 @@ def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
     scales every row by its whole max |x| on the CPU path, as a single rank does."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    if x2.is_cuda and kernels.available():
+    if x2.is_cuda and kernels.available() and x2.dtype in KERNEL_DTYPES:
         y = _cuda_linear(module, quant, x2, bias)
     else:
-        y = _cpu_linear(module, quant, x2, bias, row_max)
+        y = _portable_linear(module, quant, x2, bias, row_max)
     return y.reshape(*shape[:-1], y.shape[-1])
 
+
+# The dtypes the CUDA kernels take; a float32 engine on CUDA (the exact tier the tests compare
+# with transformers) runs the portable path, whose weights have the same layout.
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 
 # torch's CPU int8 matmul beats dequantize-then-matmul only for a few rows (measured: 1.7 ms vs
 # 5.8 ms at 1 row, even at 4, 4.5x slower at 16 rows, 120x at 512; SmolLM2's gate_up).
 INT8PACK_MAX_ROWS = 4
 
 
-def _cpu_linear(module, quant: WeightQuant, x: torch.Tensor, bias, row_max) -> torch.Tensor:
-    if (quant.kind == "int8" and x.shape[0] <= INT8PACK_MAX_ROWS
+def _portable_linear(module, quant: WeightQuant, x: torch.Tensor, bias, row_max
+                     ) -> torch.Tensor:
+    """Any device and dtype: torch's int8 matmul for a few CPU rows, else the dequantized
+    weight (FP8 activations fake-quantized per row first, as the kernels quantize them)."""
+    if (quant.kind == "int8" and not x.is_cuda and x.shape[0] <= INT8PACK_MAX_ROWS
             and x.dtype in (torch.float32, torch.bfloat16, torch.float16)):
         y = torch._weight_int8pack_mm(x, module.qweight, module.scales.to(x.dtype))
         return y + bias if bias is not None else y

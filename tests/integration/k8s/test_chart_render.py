@@ -147,7 +147,7 @@ def test_runtime_pods_probe_drain_and_run_locked_down(value_set, rendered):
             # Liveness watches the step loop (--step-stall-timeout-s), not the drain.
             assert liveness["grpc"] == {"port": 50051, "service": "kiln.v1.Runtime.Liveness"}
             assert args[args.index("--step-stall-timeout-s") + 1] == "60"
-            assert args[args.index("--engine-core") + 1] == "thread"
+            assert args[args.index("--engine-core") + 1] == "process"
 
 
 def test_each_model_gets_a_service_a_headless_service_an_hpa_and_a_pdb(rendered):

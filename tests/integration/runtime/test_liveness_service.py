@@ -114,9 +114,11 @@ STALL_TIMEOUT_S = 1.0
 
 @pytest.fixture
 def in_process(tiny_engine, tmp_path):
+    # The thread core: the test hangs the Executor's own step in this process (the process
+    # core's stall is tested in test_engine_core_process.py).
     settings = RuntimeSettings(cache_dir=tmp_path / "cache", grace_s=5,
                                executor=ExecutorOptions(kv_max_tokens=4096),
-                               step_stall_timeout_s=STALL_TIMEOUT_S)
+                               step_stall_timeout_s=STALL_TIMEOUT_S, engine_core="thread")
     server = InProcessRuntime(settings)
     server.call(server.runtime.host.load(tiny_engine["uri"]))
     yield server

@@ -178,10 +178,13 @@ def test_serve_under_mpiexec_uses_the_mpi_ranks(engines, hf_model, tmp_path):
                     assert time.monotonic() < deadline
                     time.sleep(0.2)
         assert list(reply[-1].complete.token_ids) == hf_greedy(hf_model, PROMPTS[0], 6)
-        ranks = [p for p in psutil.Process(job.pid).children(recursive=True)
-                 if "runtime_service" in p.cmdline()]
+        processes = [p for p in psutil.Process(job.pid).children(recursive=True)
+                     if "runtime_service" in p.cmdline()]
+        ranks = [p for p in processes if "serve" in p.cmdline()]
         assert len(ranks) == 2
         (leader,) = [p for p in ranks if p.environ().get("PMI_RANK") == "0"]
+        # Rank 0's engine core runs in its own process (the default), a child of rank 0.
+        assert [p.ppid() for p in processes if "engine-core" in p.cmdline()] == [leader.pid]
         leader.send_signal(signal.SIGTERM)     # the pod's SIGTERM reaches rank 0
         assert job.wait(60) == 0, (tmp_path / "mpi.log").read_text()
     finally:

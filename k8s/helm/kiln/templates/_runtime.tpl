@@ -91,7 +91,7 @@ args: root, m
 - --step-stall-timeout-s
 - {{ int $r.stepStallTimeoutSeconds | quote }}
 - --engine-core
-- {{ $r.engineCore | default "thread" }}
+- {{ $r.engineCore | default "process" }}
 - --served-model-name
 - {{ $m.name }}
 {{- with include "kiln.observabilityArgs" .root }}{{ . | trim | nindent 0 }}{{ end }}
