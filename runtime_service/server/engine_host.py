@@ -51,8 +51,8 @@ class RuntimeSettings:
     share_startup_cache: bool = False       # tuning results also beside the engine in its store
     # "process" (the default): the step loop runs in its own engine-core process
     # (server/core_process.py), so it never waits for the GIL the gRPC event loop holds;
-    # "thread": in this process. On the H200 the process core keeps 0.94-0.98 of in-process
-    # throughput at 256 streams where the thread core keeps 0.82 (bench/NOTES.md, run 13).
+    # "thread": in this process. On the H200, 256 streams of 128/128 tokens keep 0.94 of the
+    # in-process throughput with the process core, 0.82 with the thread (bench/NOTES.md run 13).
     engine_core: str = "process"
 
     def __post_init__(self):
