@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 
 from runtime_service.store.atomic_folder import fill_then_rename
 from runtime_service.format.engine_config import EngineConfig
-from runtime_service.format.engine_format import (CONFIG, MANIFEST, TOKENIZER_DIR, detect_model_kind,
-                                           sha256_file)
+from runtime_service.format.engine_format import CONFIG, MANIFEST, TOKENIZER_DIR, detect_model_kind
+from runtime_service.format.file_digest import sha256_file
 from runtime_service.errors import EngineNotFound, InvalidRequest, PermissionDenied
 from runtime_service.model.loader import config_for_folder
 from runtime_service.store import ProgressFn, S3Settings, open_store, pull_engine

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kiln.v1 import builder_pb2
 
-from runtime_service.format.engine_format import sha256_file
+from runtime_service.format.file_digest import sha256_file
 from runtime_service.errors import EngineNotFound
 
 from builder_service.sources import is_source_file

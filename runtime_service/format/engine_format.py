@@ -4,20 +4,24 @@
 config.json          EngineConfig (model, quant, mapping; engines add build and target)
 rank{r}.safetensors  rank r's weights
 tokenizer/           tokenizer files, chat template, generation_config.json
-manifest.json        engines only, written last: format, version, every file's sha256 and size
+manifest.json        engines only, written last: format, version, every file's sha256 and size,
+                     and the sha256 of each 256 MiB part of it (format/file_digest.py says why)
 ```
 An engine folder without a manifest is incomplete and is treated as absent.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime_service.format.engine_config import EngineConfig
+from runtime_service.format.file_digest import (MAX_PART_BYTES, MIN_PART_BYTES, PART_BYTES,
+                                                file_digests, matches_parts, num_parts,
+                                                sha256_file)
 from runtime_service.errors import CorruptEngine, EngineNotFound, FailedPrecondition, InvalidRequest
 
 FORMAT_NAME = "kiln-engine"
@@ -63,12 +67,7 @@ def read_engine_config(folder: str | Path) -> EngineConfig:
     return config
 
 
-def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,52 @@ class FileEntry:
     path: str
     sha256: str
     size_bytes: int
+    # The sha256 of each `part_bytes` slice, in order (the last may be shorter); none in
+    # manifests written before parts existed, whose files are checked whole.
+    part_bytes: int = 0
+    part_sha256: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        out = {"path": self.path, "sha256": self.sha256, "size_bytes": self.size_bytes}
+        if self.part_sha256:
+            out |= {"part_bytes": self.part_bytes, "part_sha256": list(self.part_sha256)}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FileEntry":
+        parts = data.get("part_sha256")
+        entry = cls(data["path"], data["sha256"], int(data["size_bytes"]),
+                    int(data.get("part_bytes", 0)) if parts is not None else 0,
+                    tuple(parts) if parts is not None else ())
+        entry.check()
+        return entry
+
+    def check(self) -> None:
+        """Refuses an entry whose digests cannot describe its file: a size below zero, a digest
+        that is not 64 hex digits, or parts that do not cover exactly `size_bytes` bytes."""
+        if self.size_bytes < 0:
+            raise CorruptEngine(f"manifest entry {self.path!r} has a negative size")
+        if not isinstance(self.sha256, str) or not _SHA256.fullmatch(self.sha256):
+            raise CorruptEngine(f"manifest entry {self.path!r} has no valid sha256")
+        if not self.part_sha256:
+            return
+        if not MIN_PART_BYTES <= self.part_bytes <= MAX_PART_BYTES:
+            raise CorruptEngine(f"manifest entry {self.path!r} has part_bytes {self.part_bytes}; "
+                                f"expected {MIN_PART_BYTES}..{MAX_PART_BYTES}")
+        if len(self.part_sha256) != num_parts(self.size_bytes, self.part_bytes):
+            raise CorruptEngine(f"manifest entry {self.path!r} lists {len(self.part_sha256)} "
+                                f"parts for {self.size_bytes} bytes in parts of "
+                                f"{self.part_bytes}")
+        if not all(isinstance(d, str) and _SHA256.fullmatch(d) for d in self.part_sha256):
+            raise CorruptEngine(f"manifest entry {self.path!r} has a part digest that is not "
+                                f"64 hex digits")
+
+    def matches(self, path: Path) -> bool:
+        """Whether the file at `path` (already of the right size) has these digests: by its
+        parts on every core when listed, else by its whole sha256."""
+        if self.part_sha256:
+            return matches_parts(path, self.part_bytes, self.part_sha256)
+        return sha256_file(path) == self.sha256
 
 
 @dataclass(frozen=True)
@@ -92,16 +137,14 @@ class Manifest:
             "format_version": self.format_version,
             "engine_key": self.engine_key,
             "builder_version": self.builder_version,
-            "files": [{"path": f.path, "sha256": f.sha256, "size_bytes": f.size_bytes}
-                      for f in self.files],
+            "files": [f.to_dict() for f in self.files],
         }, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         try:
             data = json.loads(text)
-            files = tuple(FileEntry(f["path"], f["sha256"], int(f["size_bytes"]))
-                          for f in data["files"])
+            files = tuple(FileEntry.from_dict(f) for f in data["files"])
             manifest = cls(engine_key=data["engine_key"], builder_version=data["builder_version"],
                            files=files, format=data["format"],
                            format_version=data["format_version"])
@@ -147,11 +190,14 @@ def list_engine_files(folder: Path) -> list[str]:
     return sorted(out)
 
 
-def build_manifest(folder: str | Path, engine_key: str, builder_version: str) -> Manifest:
+def build_manifest(folder: str | Path, engine_key: str, builder_version: str,
+                   part_bytes: int = PART_BYTES) -> Manifest:
     folder = Path(folder)
-    entries = tuple(FileEntry(rel, sha256_file(folder / rel), (folder / rel).stat().st_size)
-                    for rel in list_engine_files(folder))
-    return Manifest(engine_key=engine_key, builder_version=builder_version, files=entries)
+    entries = []
+    for rel in list_engine_files(folder):
+        whole, parts = file_digests(folder / rel, part_bytes)
+        entries.append(FileEntry(rel, whole, (folder / rel).stat().st_size, part_bytes, parts))
+    return Manifest(engine_key=engine_key, builder_version=builder_version, files=tuple(entries))
 
 
 def write_manifest(folder: str | Path, manifest: Manifest) -> None:
@@ -180,6 +226,6 @@ def verify_engine_folder(folder: str | Path) -> Manifest:
             raise CorruptEngine(f"engine file {entry.path} is missing")
         if path.stat().st_size != entry.size_bytes:
             raise CorruptEngine(f"engine file {entry.path} has the wrong size")
-        if sha256_file(path) != entry.sha256:
+        if not entry.matches(path):
             raise CorruptEngine(f"engine file {entry.path} fails its sha256 check")
     return manifest

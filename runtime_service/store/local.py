@@ -11,7 +11,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from runtime_service.format.engine_format import check_relative_path, sha256_file
+from runtime_service.format.engine_format import check_relative_path
+from runtime_service.format.file_digest import sha256_file
 from runtime_service.store.atomic_folder import PARTIAL_MARK
 from runtime_service.store.base import ObjectInfo, Store
 
