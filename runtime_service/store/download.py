@@ -1,9 +1,11 @@
 """Downloading an engine's files as parallel byte ranges, with every sha256 checked on the way.
 
-Workers fetch fixed-size ranges and write them in place (pwrite). Each file's sha256 is fed its
-ranges in order by whichever worker holds the next one (a per-file cursor), so the files of an
-engine hash in parallel with each other and with the download, on the workers' threads (hashlib
-releases the GIL): a pull costs no more than the transfer, or than hashing its largest file. A
+Workers fetch fixed-size ranges and write them in place (pwrite). Each digest the manifest
+lists is fed its ranges in order by whichever worker holds the next one (a per-digest cursor),
+so digests hash in parallel with each other and with the download, on the workers' threads
+(hashlib releases the GIL). A file whose manifest entry lists parts (format/file_digest.py) is
+checked part by part, so even one large rank file hashes on every worker: a pull costs no more
+than the transfer, or than hashing one part. A
 byte range stays in memory from its fetch until it is hashed; at most `window` ranges are held,
 which bounds memory to window x chunk_bytes. Ranges are started in file order, so the range a
 file's hash waits for always holds a slot already and the window can never deadlock.
@@ -28,19 +30,30 @@ _POLL_S = 0.05
 @dataclass(frozen=True)
 class _Range:
     file_index: int
-    index: int          # the range's place in its file
+    digest_index: int   # which _FileDigest checks it
+    index: int          # the range's place in that digest's bytes
     offset: int
     length: int
 
 
-def _plan(manifest: Manifest, chunk_bytes: int) -> list[_Range]:
-    ranges = []
+def _plan(manifest: Manifest, chunk_bytes: int) -> tuple[list[_Range], list["_FileDigest"]]:
+    """The ranges in file order, and the digests they feed: one per part of a file whose entry
+    lists parts that whole ranges tile, else one for the whole file."""
+    ranges, digests = [], []
     for file_index, entry in enumerate(manifest.files):
-        offsets = list(range(0, entry.size_bytes, chunk_bytes)) or [0]
-        for index, offset in enumerate(offsets):
-            ranges.append(_Range(file_index, index, offset,
-                                 min(chunk_bytes, entry.size_bytes - offset)))
-    return ranges
+        by_parts = bool(entry.part_sha256) and entry.part_bytes % chunk_bytes == 0
+        span = entry.part_bytes if by_parts else max(entry.size_bytes, 1)
+        wanted = entry.part_sha256 if by_parts else (entry.sha256,)
+        for part, sha256 in enumerate(wanted):
+            start = part * span
+            end = min(start + span, entry.size_bytes)
+            offsets = list(range(start, end, chunk_bytes)) or [start]
+            digests.append(_FileDigest(entry.path, sha256, len(offsets),
+                                       part if by_parts else None))
+            for index, offset in enumerate(offsets):
+                ranges.append(_Range(file_index, len(digests) - 1, index, offset,
+                                     min(chunk_bytes, end - offset)))
+    return ranges, digests
 
 
 class _FileDigest:
@@ -48,8 +61,9 @@ class _FileDigest:
     the next range waiting hashes it (and any that follow) outside the lock, one thread at a
     time. Returns how many ranges that thread hashed, so their window slots can be freed."""
 
-    def __init__(self, path: str, sha256: str, num_ranges: int):
+    def __init__(self, path: str, sha256: str, num_ranges: int, part: int | None = None):
         self.path = path
+        self.part = part
         self.sha256 = sha256
         self.num_ranges = num_ranges
         self._hasher = hashlib.sha256()
@@ -80,7 +94,8 @@ class _FileDigest:
                     self._hashing = False
             hashed += 1
             if self._next == self.num_ranges and self._hasher.hexdigest() != self.sha256:
-                raise CorruptEngine(f"engine file {self.path} fails its sha256 check")
+                where = f" (part {self.part})" if self.part is not None else ""
+                raise CorruptEngine(f"engine file {self.path} fails its sha256 check{where}")
 
 
 def download_verified(source, manifest: Manifest, dest: Path, progress=None, num_workers: int = 8,
@@ -94,12 +109,7 @@ def download_verified(source, manifest: Manifest, dest: Path, progress=None, num
             raise CorruptEngine(
                 f"engine file {entry.path} is {sizes[entry.path]} bytes; the manifest says "
                 f"{entry.size_bytes}")
-    ranges = _plan(manifest, chunk_bytes)
-    counts = [0] * len(manifest.files)
-    for item in ranges:
-        counts[item.file_index] += 1
-    digests = [_FileDigest(entry.path, entry.sha256, count)
-               for entry, count in zip(manifest.files, counts)]
+    ranges, digests = _plan(manifest, chunk_bytes)
     fds = []
     try:
         for entry in manifest.files:
@@ -126,7 +136,7 @@ def _fetch_all(source, manifest: Manifest, ranges: list[_Range], fds: list[int],
             if len(data) != item.length:
                 raise CorruptEngine(f"engine file {entry.path} is shorter than its manifest says")
             os.pwrite(fds[item.file_index], data, item.offset)
-            for _ in range(digests[item.file_index].add(item.index, data)):
+            for _ in range(digests[item.digest_index].add(item.index, data)):
                 window.release()
             return item.length
         except BaseException:

@@ -95,3 +95,31 @@ def test_a_manifest_with_a_wrong_size_is_refused_before_reading(tmp_path):
     with pytest.raises(CorruptEngine, match="manifest says"):
         download_verified(store, wrong, tmp_path / "dst", chunk_bytes=CHUNK)
     assert store.reads == 0
+
+
+def test_a_file_listed_by_parts_is_checked_part_by_part(tmp_path):
+    """Parts of 2 ranges each: every part hashes on its own, and a bad byte names its part."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "rank0.safetensors").write_bytes(os.urandom(CHUNK * 7 + 5))
+    (folder / "rank1.safetensors").write_bytes(os.urandom(CHUNK * 5))
+    manifest = build_manifest(folder, "cd" * 32, "test", part_bytes=2 * CHUNK)
+    assert [len(e.part_sha256) for e in manifest.files] == [4, 3]
+    download_verified(ShuffledStore(folder), manifest, tmp_path / "dst", num_workers=4,
+                      chunk_bytes=CHUNK)
+    for entry in manifest.files:
+        assert (tmp_path / "dst" / entry.path).read_bytes() == (folder / entry.path).read_bytes()
+    with pytest.raises(CorruptEngine, match=r"rank1.safetensors fails its sha256 check \(part 1\)"):
+        download_verified(ShuffledStore(folder, corrupt_offset=CHUNK * 3 + 9), manifest,
+                          tmp_path / "dst2", num_workers=4, chunk_bytes=CHUNK)
+
+
+def test_parts_that_ranges_do_not_tile_are_checked_whole(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "rank0.safetensors").write_bytes(os.urandom(CHUNK * 3))
+    (folder / "rank1.safetensors").write_bytes(os.urandom(CHUNK * 3))
+    manifest = build_manifest(folder, "cd" * 32, "test", part_bytes=CHUNK + (CHUNK // 2))
+    with pytest.raises(CorruptEngine, match=r"rank1.safetensors fails its sha256 check$"):
+        download_verified(ShuffledStore(folder, corrupt_offset=CHUNK * 2), manifest,
+                          tmp_path / "dst", num_workers=3, chunk_bytes=CHUNK)
