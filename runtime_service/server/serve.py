@@ -218,7 +218,9 @@ class RuntimeServer:
         deadline = loop.time() + self.settings.grace_s
         while self.servicer.num_active_streams and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        await self.stop(grace_s=1.0)
+        # Streams still running have had their grace period: they end now (the client resumes
+        # elsewhere). With none left, a second lets calls that just ended send their trailers.
+        await self.stop(grace_s=0.0 if self.servicer.num_active_streams else 1.0)
         await asyncio.to_thread(self.host.shutdown)
         self._stopped.set()
 
