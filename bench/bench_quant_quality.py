@@ -121,28 +121,8 @@ def compressed_fp8_folder(model_dir: Path, work_dir: Path) -> Path:
     folder = work_dir / "compressed-fp8"
     if (folder / "config.json").exists():
         return folder
-    import torch
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationConfig, apply_quantization_config,
-                                                 preset_name_to_scheme)
-    from compressed_tensors.quantization.utils import calculate_qparams
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    apply_quantization_config(model, QuantizationConfig(
-        config_groups={"group_0": preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])},
-        ignore=["lm_head"]))
-    for module in model.modules():
-        scheme = getattr(module, "quantization_scheme", None)
-        if scheme is not None:
-            w = module.weight.data
-            scale, _ = calculate_qparams(w.amin(1, keepdim=True), w.amax(1, keepdim=True),
-                                         scheme.weights)
-            module.weight_scale.data.copy_(scale)
-    compressor = ModelCompressor.from_pretrained_model(model, "float-quantized")
-    compressor.compress_model(model)
-    model.save_pretrained(str(folder))
-    compressor.update_config(str(folder))
-    return folder
+    from support.compressed_checkpoints import compressed_fp8_checkpoint
+    return compressed_fp8_checkpoint(model_dir, folder)
 
 
 def transformers_perplexity(folder: Path, windows: list[list[int]],

@@ -16,6 +16,7 @@ from runtime_service.errors import FailedPrecondition
 from runtime_service.model.layers.quantize import dequantize_int4, quantize_int4, unpack_int4
 from runtime_service.model.loader import load_model
 from runtime_service.model.prequantized import AWQ_ORDER, quant_config_of
+from support.compressed_checkpoints import compressed_fp8_checkpoint
 from support.random_llama import hf_greedy, make_random_llama
 
 GROUP = 32
@@ -137,35 +138,6 @@ def test_transformers_runs_the_compressed_tensors_checkpoint_as_kiln_does(source
                                      symmetric_int4)
     assert load_model(folder).model.layers["0"].attn.qkv_proj.zeros.eq(8).all()
     assert kiln_greedy(folder) == hf_greedy(folder, PROMPT, 8)
-
-
-def compressed_fp8_checkpoint(source, out):
-    """`source` quantized by compressed-tensors' own API to its FP8_DYNAMIC scheme (E4M3 weights
-    with per-channel scales, dynamic per-token E4M3 activations) and saved float-quantized, as
-    llmcompressor saves it. Weight scales come from compressed-tensors' calculate_qparams over
-    each row's range (the job llmcompressor's observers do)."""
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationConfig, apply_quantization_config,
-                                                 preset_name_to_scheme)
-    from compressed_tensors.quantization.utils import calculate_qparams
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
-    apply_quantization_config(model, QuantizationConfig(
-        config_groups={"group_0": preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])},
-        ignore=["lm_head"]))
-    for module in model.modules():
-        scheme = getattr(module, "quantization_scheme", None)
-        if scheme is not None:
-            w = module.weight.data
-            scale, _ = calculate_qparams(w.amin(1, keepdim=True), w.amax(1, keepdim=True),
-                                         scheme.weights)
-            module.weight_scale.data.copy_(scale)
-    compressor = ModelCompressor.from_pretrained_model(model, "float-quantized")
-    compressor.compress_model(model)
-    model.save_pretrained(str(out))
-    compressor.update_config(str(out))
-    return out
 
 
 def test_compressed_tensors_fp8_checkpoint_is_served_as_transformers_runs_it(source, tmp_path):
