@@ -48,6 +48,8 @@ log = logging.getLogger("kiln.executor")
 # in a row (or any failure of a multi-rank step, after which the ranks' state is unknown) mean
 # the engine cannot recover: it refuses new work and reports through `on_failure`.
 MAX_CONSECUTIVE_STEP_FAILURES = 3
+# Prefills of one prompt of up to this many tokens replay a captured graph (ExecutorOptions).
+DEFAULT_PREFILL_GRAPH_TOKENS = 512
 
 
 def engine_identity(loaded: LoadedModel) -> str:
@@ -129,9 +131,14 @@ class Executor:
             graph_batch = self.scheduler.config.max_batch_size if device.type == "cuda" else 0
         if window is not None:
             graph_batch = 0            # captured decode graphs assume absolute cache positions
+        prefill_tokens = options.cuda_graph_max_prefill_tokens
+        if prefill_tokens is None:
+            prefill_tokens = DEFAULT_PREFILL_GRAPH_TOKENS
+        prefill_tokens = min(prefill_tokens, self.scheduler.config.max_num_tokens)
         self.runner = runner_class(loaded.model, num_blocks, block_size, device, loaded.dtype,
                                   self.end_ids_of, attention=options.attention_backend,
                                   cuda_graph_max_batch_size=graph_batch,
+                                  prefill_graph_max_tokens=prefill_tokens,
                                   max_seq_len=build.max_seq_len,
                                   rotate_in_cache=options.streaming_llm)
         self.limits = EngineLimits(

@@ -39,6 +39,11 @@ class ExecutorOptions:
     # Decode steps of up to this many sequences replay captured CUDA graphs (None: up to
     # max_batch_size on CUDA; 0: never). CUDA with the Triton backend only.
     cuda_graph_max_batch_size: int | None = None
+    # A step that prefills one prompt of up to this many tokens (and finishes it) replays a
+    # captured graph: a short prompt's first token then waits for the GPU, not for ~300 kernel
+    # launches (None: 512, within max_num_tokens; 0 or below 16: never). Only where decode
+    # graphs are captured.
+    cuda_graph_max_prefill_tokens: int | None = None
     # Schedule and queue step n+1 before step n's tokens reach the host (None: on CUDA only,
     # where the GPU then never waits for the host; on CPU nothing runs concurrently).
     overlap_scheduling: bool | None = None
@@ -67,6 +72,10 @@ class ExecutorOptions:
         if self.cuda_graph_max_batch_size is not None and self.cuda_graph_max_batch_size < 0:
             raise InvalidRequest("cuda_graph_max_batch_size must be >= 0, got "
                                  f"{self.cuda_graph_max_batch_size}")
+        if (self.cuda_graph_max_prefill_tokens is not None
+                and self.cuda_graph_max_prefill_tokens < 0):
+            raise InvalidRequest("cuda_graph_max_prefill_tokens must be >= 0, got "
+                                 f"{self.cuda_graph_max_prefill_tokens}")
         object.__setattr__(self, "policy", SchedulerPolicy(self.policy))
 
 

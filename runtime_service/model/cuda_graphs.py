@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import logging
 
-import numpy as np
 import torch
 
 from runtime_service.model.layers.attention import AttentionMetadata
@@ -25,6 +24,36 @@ from runtime_service.model.layers.linear import gemv_rows_up_to
 from runtime_service.model.llama import LlamaModel
 
 log = logging.getLogger("kiln.cuda_graphs")
+
+
+def capture_graphs(forwards, graphs: dict, outputs: dict, pool=None):
+    """Captures `forward()` for each (key, forward) in order into graphs[key], its output tensor
+    into outputs[key], all in one memory pool (`pool`, or a new one); returns the pool.
+
+    Each forward runs twice first on a side stream (compiling and tuning its kernels: nothing
+    may compile or time during capture). The outputs stay referenced, so a later capture in the
+    pool never reuses their memory, while temporaries are shared: the graphs replay one at a
+    time on one stream. A garbage collection during capture can free another engine's graphs or
+    pinned buffers, CUDA calls that invalidate the capture, so it is held off until the end."""
+    stream = torch.cuda.Stream()
+    gc.collect()
+    gc.disable()
+    try:
+        for key, forward in forwards:
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    forward()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                outputs[key] = forward()
+            pool = graph.pool()
+            graphs[key] = graph
+    finally:
+        gc.enable()
+    torch.cuda.synchronize()
+    return pool
 
 
 def default_batch_sizes(max_batch_size: int) -> list[int]:
@@ -55,6 +84,7 @@ class DecodeGraphs:
         self._device_views = self._split(self._device)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._logits: dict[int, torch.Tensor] = {}
+        self.pool = None      # the graphs' memory pool, which the prefill graphs share
 
     def _split(self, buf):
         n = self.max_batch_size
@@ -103,36 +133,12 @@ class DecodeGraphs:
         smaller graphs reuse its memory pool."""
         self._fill_padding(0)
         self._device.copy_(self._host)
-        pool = None
-        stream = torch.cuda.Stream()
-        # A garbage collection during capture can free another engine's graphs or pinned
-        # buffers, CUDA calls that invalidate the capture; other threads' CUDA work must not.
-        gc.collect()
-        gc.disable()
-        try:
-            self._capture_all(stream, pool)
-        finally:
-            gc.enable()
-        torch.cuda.synchronize()
-        log.info("captured decode graphs for batch sizes %s", self.batch_sizes)
-
-    def _capture_all(self, stream: torch.cuda.Stream, pool) -> None:
         with gemv_rows_up_to(self.max_batch_size):
-            self._capture_each(stream, pool)
-
-    def _capture_each(self, stream: torch.cuda.Stream, pool) -> None:
-        for batch_size in reversed(self.batch_sizes):
-            meta = self._meta(batch_size)
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(batch_size, meta)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                self._logits[batch_size] = self._forward(batch_size, meta)
-            pool = graph.pool()
-            self._graphs[batch_size] = graph
+            self.pool = capture_graphs(
+                [(size, lambda size=size, meta=self._meta(size): self._forward(size, meta))
+                 for size in reversed(self.batch_sizes)],
+                self._graphs, self._logits)
+        log.info("captured decode graphs for batch sizes %s", self.batch_sizes)
 
     def graph_size_for(self, num_seqs: int) -> int | None:
         for size in self.batch_sizes:

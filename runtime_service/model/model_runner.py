@@ -21,6 +21,8 @@ from runtime_service.model.faults import StepFaults
 from runtime_service.model.layers.attention import AttentionMetadata, TorchReferenceAttention
 from runtime_service.model.layers.kv_quant import allocate_kv_cache, kv_bytes_per_value
 from runtime_service.model.llama import LlamaModel
+from runtime_service.model.prefill_graphs import (SMALLEST_BUCKET, PrefillGraphs,
+                                                  default_token_buckets)
 from runtime_service.model.sampler import build_sampling_batch, is_plain_greedy, sample, sample_greedy
 from runtime_service.model.transfer import upload
 
@@ -140,13 +142,16 @@ def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
 class ModelRunner:
     """`attention`: "auto" (Triton on CUDA when installed), "torch" or "triton".
     `cuda_graph_max_batch_size`: capture decode graphs up to this batch size (0: none); they
-    need CUDA, the Triton backend and `max_seq_len` (the widest block table)."""
+    need CUDA, the Triton backend and `max_seq_len` (the widest block table).
+    `prefill_graph_max_tokens`: with the decode graphs, also capture the prefill of one prompt
+    of up to this many tokens (prefill_graphs.py; below 16: none)."""
 
     supports_overlap = True       # `launch` may run ahead of the previous step's `result`
 
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
                  device: torch.device, dtype: torch.dtype, end_ids_of, attention: str = "auto",
                  cuda_graph_max_batch_size: int = 0, max_seq_len: int | None = None,
+                 prefill_graph_max_tokens: int = 0,
                  rotate_in_cache: bool = False):
         self.model = model
         self.device = torch.device(device)
@@ -175,6 +180,13 @@ class ModelRunner:
                                        default_batch_sizes(cuda_graph_max_batch_size),
                                        self.device)
             self.graphs.capture()
+        self.prefill_graphs = None
+        if self.graphs is not None and prefill_graph_max_tokens >= SMALLEST_BUCKET:
+            self.prefill_graphs = PrefillGraphs(model, self.kv_caches, block_size,
+                                                self.graphs.width,
+                                                default_token_buckets(prefill_graph_max_tokens),
+                                                self.device)
+            self.prefill_graphs.capture(self.graphs.pool)
 
     def _select_attention(self, attention: str, kv_heads: int) -> str:
         """Installs the chosen backend unless the model was built with a custom one."""
@@ -283,6 +295,18 @@ class ModelRunner:
             rows.append((token, p, slot, seq.block_ids))
         return rows, pending
 
+    def _prefill_graph_inputs(self, batch: SchedulerOutput) -> StepInputs | None:
+        """The step laid out, if a captured prefill graph can run it: one sequence that ends
+        its prompt this step (so one token is sampled), within the largest bucket, and not
+        asking for prompt logits (the graph keeps the last row's logits only)."""
+        if self.prefill_graphs is None or len(batch.scheduled) != 1:
+            return None
+        item = batch.scheduled[0]
+        if (not item.completes or item.seq.wants_prompt_logits
+                or self.prefill_graphs.bucket_for(item.num_new_tokens) is None):
+            return None
+        return self.layout(batch)
+
     def rotate_blocks(self, rotations: list[tuple[tuple[int, ...], int]]) -> None:
         """StreamingLLM: keys that moved `shift` places down in the cache are turned back by
         `shift` rotary positions (rotations compose), so positions stay cache positions."""
@@ -314,6 +338,11 @@ class ModelRunner:
         if graph_rows is not None:
             rows, pending = graph_rows
             logits = self.graphs.run(rows, lambda ids: self.fill_pending(ids, pending))
+            return self.sample_tokens(finishing, logits)
+        inputs = self._prefill_graph_inputs(batch)
+        if inputs is not None:
+            logits = self.prefill_graphs.run(
+                inputs, lambda ids: self.fill_pending(ids, inputs.pending_rows))
             return self.sample_tokens(finishing, logits)
         inputs = self.layout(batch)
         input_ids, meta = self.to_device(inputs)
