@@ -55,26 +55,35 @@ def summarize(arrivals: list[list[float]], start: float, end: float) -> dict:
 
 
 async def run_grpc(address: str, batch: list[list[int]], new_tokens: int) -> dict:
+    """One batch of streams on a channel of its own, connected before the clock starts."""
     import grpc
 
-    from kiln.v1 import runtime_pb2, runtime_pb2_grpc
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = runtime_pb2_grpc.RuntimeStub(channel)
+        await channel.channel_ready()
+        return await generate_batch(channel, batch, new_tokens)
 
-        async def one(prompt):
-            times = []
-            request = runtime_pb2.GenerateRequest(
-                token_ids=runtime_pb2.TokenIds(ids=prompt), streaming=True,
-                sampling=runtime_pb2.SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True))
-            async for response in stub.Generate(request, timeout=600):
-                if response.HasField("chunk"):
-                    now = time.perf_counter()
-                    times.extend([now] * len(response.chunk.token_ids))
-            return times
 
-        start = time.perf_counter()
-        arrivals = await asyncio.gather(*(one(p) for p in batch))
-        return summarize(arrivals, start, time.perf_counter())
+async def generate_batch(channel, batch: list[list[int]], new_tokens: int) -> dict:
+    """Streams `batch` at once on an open channel. Clients keep their channels, so no figure
+    includes connecting: a new channel per request added a TCP and HTTP/2 handshake to every
+    TTFT (5.7 ms at the median on the 2-core CPU here)."""
+    from kiln.v1 import runtime_pb2, runtime_pb2_grpc
+    stub = runtime_pb2_grpc.RuntimeStub(channel)
+
+    async def one(prompt):
+        times = []
+        request = runtime_pb2.GenerateRequest(
+            token_ids=runtime_pb2.TokenIds(ids=prompt), streaming=True,
+            sampling=runtime_pb2.SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True))
+        async for response in stub.Generate(request, timeout=600):
+            if response.HasField("chunk"):
+                now = time.perf_counter()
+                times.extend([now] * len(response.chunk.token_ids))
+        return times
+
+    start = time.perf_counter()
+    arrivals = await asyncio.gather(*(one(p) for p in batch))
+    return summarize(arrivals, start, time.perf_counter())
 
 
 async def run_inprocess(executor, batch: list[list[int]], new_tokens: int, tag: str) -> dict:
