@@ -159,6 +159,8 @@ def test_every_candidate_config_computes_the_same_function(rows):
                f"int8 {config}")
         _check(qg.launch_channel(xq, x_scales, *fp8, None, x.dtype, config), ref_fp8, 5e-3,
                f"fp8 {config}")
+    for config in qg.fp8_candidates(rows, n, k, qg.sm_count(x.device)):
+        _check(qg.launch_fp8(x, *fp8, None, config), ref_fp8, 5e-3, f"fp8 {config}")
 
 
 def test_fp8_activation_quantization_matches_reference_bit_for_bit():

@@ -14,7 +14,8 @@ first use inside CUDA graphs with gemv's clock) and change only what the weight 
   nibbles to column order, and meet x in a tensor-core dot.
 - int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
   the dot's 16-bit type exactly, the per-channel and per-token scales multiply the float32 tile
-  once at the end.
+  once at the end. One fp8 row can instead take `_fp8_fma_kernel`, which quantizes x itself:
+  one launch per linear instead of two.
 """
 
 from __future__ import annotations
@@ -47,16 +48,22 @@ def _unpack_nibbles(packed):
     return lo, hi
 
 
+# How `_int4_fma_kernel` brings x to the nibbles (Int4FmaConfig.x_mode): x loaded as
+# [groups, GROUP/2, 2] and split into even / odd columns in registers; the nibbles
+# re-interleaved to column order instead; or x's even and odd columns loaded as two strided
+# [groups, GROUP/2] tiles, already in the nibbles' layout.
+X_MODES = ("split", "interleave", "strided")
+
+
 @triton.jit(do_not_specialize=["M", "N"])
 def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
                      HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-                     INTERLEAVE_W: tl.constexpr):
+                     X_MODE: tl.constexpr):
     """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4): the tile
     is [BLOCK_N, groups, GROUP / 2] bytes, so each group's scale and zero broadcast along the
-    last axis and every load is a contiguous vector. The nibbles meet x either as even / odd
-    halves (x split in registers) or, with INTERLEAVE_W, re-interleaved to column order so that
-    x is read in the weight tile's own layout (two ways to the same sums; the tuner times both)."""
+    last axis and every load is a contiguous vector. X_MODE (0, 1, 2: X_MODES) picks how x
+    meets the even / odd nibbles: three ways to the same sums, which the tuner times."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
@@ -70,10 +77,13 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     k_end = tl.minimum(k_start + k_per_split, K)
     w_ptrs = QW + w_rows[:, None, None] * (K // 2) + k_start // 2 + byte_offs[None, :, :]
     sz_offs = w_rows[:, None] * num_groups + k_start // GROUP + offs_g[None, :]
-    if INTERLEAVE_W:
+    if X_MODE == 1:
         x_ptrs = (X + row * stride_xm + k_start + offs_g[:, None] * GROUP
                   + tl.arange(0, GROUP)[None, :])
         acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, GROUP), tl.float32)
+    elif X_MODE == 2:
+        x_ptrs = X + row * stride_xm + k_start + 2 * byte_offs
+        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
     else:
         # x as [groups, GROUP / 2, 2] (contiguous, so vector loads), split into even / odd
         # columns in registers.
@@ -84,11 +94,15 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
         lo, hi = _unpack_nibbles(tl.load(w_ptrs))
         scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
         offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
-        if INTERLEAVE_W:
+        if X_MODE == 1:
             w = tl.interleave(lo - offset, hi - offset)
             acc += w * scale * tl.load(x_ptrs).to(tl.float32)[None, :, :]
         else:
-            x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
+            if X_MODE == 2:
+                x_even = tl.load(x_ptrs).to(tl.float32)
+                x_odd = tl.load(x_ptrs + 1).to(tl.float32)
+            else:
+                x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
             acc += ((lo - offset) * x_even[None, :, :] + (hi - offset) * x_odd[None, :, :]) * scale
         w_ptrs += BLOCK_K // 2
         x_ptrs += BLOCK_K
@@ -172,6 +186,48 @@ def _channel_kernel(X, XScale, QW, Scales, Bias, Out, M, N, K, stride_xm, k_per_
     out_ptrs = Out + (pid_k * M + rows[:, None]) * N + cols[None, :]
     tl.store(out_ptrs, acc.to(Out.dtype.element_ty),
              mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+@triton.jit(do_not_specialize=["N"])
+def _fp8_fma_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, X_BLOCK: tl.constexpr,
+                    EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """One row of x, CUDA cores only, with the row's e4m3 quantization inside: every program
+    finds the row's amax itself (x is 8-28 KB and stays in L2), so a one-row fp8 linear is
+    one launch instead of two, and x's codes never go to memory. The codes are those of
+    `_quantize_rows_kernel` (same IEEE division and rounding); products sum in float32."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_x = tl.arange(0, X_BLOCK)
+    amax = tl.zeros((X_BLOCK,), tl.float32)
+    for k in range(0, K, X_BLOCK):
+        x = tl.load(X + k + offs_x, mask=k + offs_x < K, other=0.0)
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+    x_scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), _FP8_MAX), 1e-12)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_rows = tl.minimum(cols, N - 1).to(tl.int64)
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    offs_k = tl.arange(0, BLOCK_K)
+    w_ptrs = QW + w_rows[:, None] * K + k_start + offs_k[None, :]
+    x_ptrs = X + k_start + offs_k
+    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+            xk = tl.load(x_ptrs)
+        else:
+            in_k = k + offs_k < K
+            w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
+            xk = tl.load(x_ptrs, mask=in_k, other=0.0)
+        xq = tl.math.div_rn(xk.to(tl.float32), x_scale).to(QW.dtype.element_ty)
+        acc += w.to(tl.float32) * xq.to(tl.float32)[None, :]
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    y = tl.sum(acc, axis=1) * (tl.load(Scales + w_rows) * x_scale)
+    if HAS_BIAS:
+        y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(Out + pid_k * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
 
 
 @triton.jit
@@ -266,7 +322,7 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
         if config.kind == "fma":
             _int4_fma_kernel[(n_blocks, config.split_k, rows)](
                 *args, NUM_STAGES=config.num_stages,
-                INTERLEAVE_W=getattr(config, "interleave", False), **options)
+                X_MODE=X_MODES.index(getattr(config, "x_mode", "split")), **options)
         else:
             block_m = row_tile(rows)
             _int4_dot_kernel[(n_blocks, config.split_k, triton.cdiv(rows, block_m))](
@@ -294,17 +350,43 @@ def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvCo
     return _finish(x, bias, out_dtype, n, config, launch)
 
 
+def launch_fp8(x, qweight, scales, bias, config: GemvConfig):
+    """An fp8 linear of a few rows from x in the engine dtype: the fused one-row kernel
+    ("fma"), or the rows quantized by `quantize_rows_fp8` and then `_channel_kernel`."""
+    if config.kind != "fma":
+        xq, x_scales = quantize_rows_fp8(x)
+        return launch_channel(xq, x_scales, qweight, scales, bias, x.dtype, config)
+    if x.shape[0] != 1:
+        raise ValueError(f"the fused fp8 kernel takes one row, got {x.shape[0]}")
+    k = x.shape[1]
+    n = qweight.shape[0]
+    k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
+
+    def launch(target, fused_bias):
+        _fp8_fma_kernel[(triton.cdiv(n, config.block_n), config.split_k)](
+            x, qweight, scales, fused_bias, target, n, k, k_per_split,
+            HAS_BIAS=fused_bias is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            X_BLOCK=min(2048, triton.next_power_of_2(k)), EVEN_K=k % config.block_k == 0,
+            NUM_STAGES=config.num_stages, num_warps=config.num_warps)
+
+    return _finish(x, bias, x.dtype, n, config, launch)
+
+
 # ---- tuning: gemv's clock over quantized weight copies ----------------------------------------
 
 @dataclass(frozen=True)
 class Int4FmaConfig(GemvConfig):
-    """An int4 one-row launch: GemvConfig's tile, and whether the nibbles are re-interleaved
-    to column order (`_int4_fma_kernel`'s INTERLEAVE_W)."""
+    """An int4 one-row launch: GemvConfig's tile, and how x meets the nibbles (X_MODES)."""
 
-    interleave: bool = False
+    x_mode: str = "split"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.x_mode not in X_MODES:
+            raise ValueError(f"x_mode must be one of {X_MODES}, got {self.x_mode!r}")
 
     def __str__(self) -> str:
-        return super().__str__() + (" interleave" if self.interleave else "")
+        return super().__str__() + f" x={self.x_mode}"
 
 
 def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
@@ -328,8 +410,8 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
             if kind == "dot":
                 variants = [GemvConfig(kind, block_n, block_k, warps, stages, split_k)]
             else:
-                variants = [Int4FmaConfig(kind, block_n, block_k, warps, stages, split_k,
-                                          interleave) for interleave in (False, True)]
+                variants = [Int4FmaConfig(kind, block_n, block_k, warps, stages, split_k, mode)
+                            for mode in X_MODES]
             configs += [config for config in variants if config not in configs]
     return configs
 
@@ -346,6 +428,21 @@ def channel_candidates(rows: int, n: int, k: int, sm_count: int):
         if split > 1:
             configs.append(GemvConfig("dot", block_n, block_k, warps, stages, split))
     return configs
+
+
+def fp8_candidates(rows: int, n: int, k: int, sm_count: int):
+    """For one row the fused CUDA-core kernel's tiles first (the untimed default there), each
+    unsplit and split to fill; then `channel_candidates`, which quantize x in a launch of
+    their own (the tuner times both launches)."""
+    configs = []
+    if rows == 1:
+        for block_n, block_k, warps, stages in ((16, 512, 4, 2), (8, 512, 4, 2),
+                                                (8, 1024, 4, 1), (16, 256, 4, 3),
+                                                (32, 256, 8, 2)):
+            split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
+            configs += [GemvConfig("fma", block_n, block_k, warps, stages, split_k)
+                        for split_k in sorted({1, split})]
+    return configs + channel_candidates(rows, n, k, sm_count)
 
 
 _tuned: dict[tuple, GemvConfig] = {}

@@ -80,11 +80,11 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     _check_channel(x, qweight, scales, bias, torch.float8_e4m3fn)
     if not x.is_cuda:
         return fp8_linear_reference(x, qweight, scales, bias)
+    if x.shape[0] <= GEMV_ROW_LIMIT:
+        return _fp8_gemv(x, qweight, scales, bias)
     from runtime_service.model.kernels.quant_gemv import quantize_rows_fp8
 
     xq, x_scales = quantize_rows_fp8(x)
-    if x.shape[0] <= GEMV_ROW_LIMIT:
-        return _channel_gemv("fp8", xq, x_scales, qweight, scales, bias, x.dtype)
     n, k = qweight.shape
     if (_has_fp8_tensor_cores(x.device) and x.dtype == torch.bfloat16 and n % 16 == 0
             and k % 16 == 0):               # what torch._scaled_mm's row-wise path takes
@@ -105,6 +105,20 @@ def _channel_gemv(kind, x, x_scales, qweight, scales, bias, out_dtype) -> torch.
         key, x, (qweight, scales), qg.channel_candidates(rows, n, k, qg.sm_count(x.device)),
         lambda x_, w, c: qg.launch_channel(x_, x_scales, *w, None, out_dtype, c))
     return qg.launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config)
+
+
+def _fp8_gemv(x, qweight, scales, bias) -> torch.Tensor:
+    """Decode rows: tuned over the fused one-row kernel and quantize-then-dot, each timed with
+    every launch it makes."""
+    from runtime_service.model.kernels import quant_gemv as qg
+
+    rows, k = x.shape
+    n = qweight.shape[0]
+    key = ("fp8", x.device, x.dtype, _bucket(rows), n, k)
+    config = qg.tuned_config(key, x, (qweight, scales),
+                             qg.fp8_candidates(rows, n, k, qg.sm_count(x.device)),
+                             lambda x_, w, c: qg.launch_fp8(x_, *w, None, c))
+    return qg.launch_fp8(x, qweight, scales, bias, config)
 
 
 def _bucket(rows: int) -> int:
