@@ -1,7 +1,8 @@
 """What the model's kernels learn at start-up, as data a pod can keep and hand back.
 
-Only the decode GEMV tunes (kernels/gemv.py). Off CUDA, or without Triton, nothing tunes: the
-totals stay at zero and there is nothing to export or import. This is the one door to the
+The decode GEMVs tune: the bf16 one (kernels/gemv.py) and the quantized ones
+(kernels/quant_gemv.py), whose records carry their weight `kind`. Off CUDA, or without Triton,
+nothing tunes: the totals stay at zero and there is nothing to export or import. This is the one door to the
 tuner for code above the model, which must not import kernels itself.
 """
 
@@ -18,14 +19,15 @@ def _concrete(device) -> torch.device:
     return device
 
 
-def _gemv(device: torch.device):
+def _tuners(device: torch.device) -> tuple:
+    """(gemv, quant_gemv), or () off CUDA or without Triton."""
     if torch.device(device).type != "cuda":
-        return None
+        return ()
     try:
-        from runtime_service.model.kernels import gemv
+        from runtime_service.model.kernels import gemv, quant_gemv
     except ImportError:
-        return None
-    return gemv
+        return ()
+    return gemv, quant_gemv
 
 
 def software_version() -> str:
@@ -36,7 +38,7 @@ def software_version() -> str:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "none"
-    return f"gemv-1 torch-{torch.__version__} triton-{triton_version}"
+    return f"gemv-2 torch-{torch.__version__} triton-{triton_version}"
 
 
 def gpu_model(device: torch.device) -> str:
@@ -48,17 +50,23 @@ def gpu_model(device: torch.device) -> str:
 
 def tuning_totals(device: torch.device) -> tuple[int, float]:
     """(shapes tuned, seconds spent tuning) in this process so far."""
-    gemv = _gemv(device)
-    return gemv.tuning_totals() if gemv else (0, 0.0)
+    totals = [tuner.tuning_totals() for tuner in _tuners(device)]
+    return sum(n for n, _ in totals), sum(s for _, s in totals)
 
 
 def export_tuning(device: torch.device) -> list[dict]:
-    gemv = _gemv(device)
-    return gemv.export_tuned(_concrete(device)) if gemv else []
+    return [record for tuner in _tuners(device)
+            for record in tuner.export_tuned(_concrete(device))]
 
 
 def import_tuning(device: torch.device, records: list[dict]) -> int:
     """Takes records from `export_tuning` as this process's choices; ValueError if any is not
     one."""
-    gemv = _gemv(device)
-    return gemv.import_tuned(_concrete(device), records) if gemv else 0
+    tuners = _tuners(device)
+    if not tuners:
+        return 0
+    gemv, quant_gemv = tuners
+    quantized = [r for r in records if isinstance(r, dict) and "kind" in r]
+    plain = [r for r in records if not (isinstance(r, dict) and "kind" in r)]
+    return (gemv.import_tuned(_concrete(device), plain)
+            + quant_gemv.import_tuned(_concrete(device), quantized))

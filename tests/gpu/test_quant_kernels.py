@@ -231,3 +231,31 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="scales must be float32"):
         ql.fp8_linear(x, torch.zeros(64, 256, device="cuda").to(torch.float8_e4m3fn),
                       torch.ones(64, device="cuda", dtype=torch.bfloat16))
+
+
+def test_quantized_tuning_leaves_and_comes_back_as_records(monkeypatch):
+    """What the quantized GEMVs tune goes into the pod's start-up cache with the bf16 GEMV's
+    records and is taken back from it, so a second start of a quantized engine tunes nothing."""
+    from runtime_service.model import kernel_tuning
+    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_linear as ql
+
+    monkeypatch.setattr(qg, "_tuned", {})
+    fewer = lambda make: lambda *a: make(*a)[:2]  # noqa: E731 - two compiles per shape
+    monkeypatch.setattr(qg, "int4_candidates", fewer(qg.int4_candidates))
+    monkeypatch.setattr(qg, "fp8_candidates", fewer(qg.fp8_candidates))
+    generator = _generator("records")
+    x = _x(1, 1024, torch.bfloat16, generator)
+    ql.int4_linear(x, *_int4_weight(256, 1024, 64, torch.bfloat16, generator), 64)
+    ql.fp8_linear(x, torch.randn(256, 1024, device="cuda").to(torch.float8_e4m3fn),
+                  torch.rand(256, device="cuda"))
+    tuned = qg.tuned_configs()
+    assert {key[0] for key in tuned} == {"int4", "fp8"}
+    records = kernel_tuning.export_tuning(x.device)
+    assert sorted(r["kind"] for r in records if "kind" in r) == ["fp8", "int4"]
+    monkeypatch.setattr(qg, "_tuned", {})
+    kernel_tuning.import_tuning(x.device, records)
+    assert qg.tuned_configs() == tuned
+    with pytest.raises(ValueError, match="quantized GEMV tuning record"):
+        kernel_tuning.import_tuning(x.device, [{"kind": "int3", "dtype": "bfloat16", "rows": 1,
+                                                "n": 8, "k": 64, "config": {}}])

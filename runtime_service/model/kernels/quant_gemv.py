@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 
 import torch
 import triton
@@ -446,6 +447,7 @@ def fp8_candidates(rows: int, n: int, k: int, sm_count: int):
 
 
 _tuned: dict[tuple, GemvConfig] = {}
+_tuning_totals = {"num_tuned": 0, "tuning_s": 0.0}
 
 
 def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[GemvConfig],
@@ -458,6 +460,7 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
         return config
     if not x.is_cuda or torch.cuda.is_current_stream_capturing():
         return candidates[0]
+    started = time.perf_counter()
     largest = max(weights, key=lambda t: t.numel() * t.element_size())
     copies = [weights] + [tuple(t.clone() for t in weights)
                           for _ in range(_copies_beyond_l2(largest) - 1)]
@@ -474,6 +477,8 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     log.info("%s %s: %s, %.1f us (%d candidates)", key[0], key[3:], config, timings_us[config],
              len(timings_us))
     _tuned[key] = config
+    _tuning_totals["tuning_s"] += time.perf_counter() - started
+    _tuning_totals["num_tuned"] += 1
     return config
 
 
@@ -483,6 +488,49 @@ def _call_with(x, weights, call, config):
 
 def tuned_configs() -> dict[tuple, GemvConfig]:
     return dict(_tuned)
+
+
+def tuning_totals() -> tuple[int, float]:
+    """(shapes timed, seconds spent timing them) since the process started (gemv.py's)."""
+    return _tuning_totals["num_tuned"], _tuning_totals["tuning_s"]
+
+
+_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_KINDS = ("int4", "int8", "fp8")
+
+
+def export_tuned(device: torch.device) -> list[dict]:
+    """The choices made on `device` as JSON-ready records without the device, as gemv.py's
+    `export_tuned`; each names its weight `kind` (int4 keys add the group size)."""
+    records = []
+    for key, config in sorted(_tuned.items(), key=lambda item: str(item[0])):
+        kind, dev, dtype, rows, n, k, *group = key
+        if dev == device and dtype in _DTYPE_NAMES:
+            records.append({"kind": kind, "dtype": _DTYPE_NAMES[dtype], "rows": rows, "n": n,
+                            "k": k, "group": group[0] if group else None,
+                            "config": asdict(config)})
+    return records
+
+
+def import_tuned(device: torch.device, records: list[dict]) -> int:
+    """Takes `export_tuned` records as the choices for `device`; returns how many. A record
+    that does not parse raises ValueError before any is taken."""
+    names = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+    parsed = {}
+    for record in records:
+        try:
+            kind, rows = record["kind"], int(record["rows"])
+            if kind not in _KINDS or rows < 1 or rows & (rows - 1):
+                raise ValueError(f"kind {kind!r} or rows {rows}")
+            key = (kind, device, names[record["dtype"]], rows, int(record["n"]), int(record["k"]))
+            if kind == "int4":
+                key += (int(record["group"]),)
+            fields = dict(record["config"])
+            parsed[key] = (Int4FmaConfig if "x_mode" in fields else GemvConfig)(**fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a quantized GEMV tuning record: {record!r} ({exc})") from exc
+    _tuned.update(parsed)
+    return len(parsed)
 
 
 def sm_count(device: torch.device) -> int:
