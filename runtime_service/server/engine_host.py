@@ -71,7 +71,9 @@ class RuntimeSettings:
 
 def apply_options(settings: RuntimeSettings, options: runtime_pb2.RuntimeOptions) -> RuntimeSettings:
     """The pod's settings with a LoadEngine call's non-zero options laid over them."""
-    from runtime_service.engine.executor import ExecutorOptions
+    # executor_options, not executor: the pod process must not import torch before it
+    # spawns the engine core, which imports it again (3 s each on the H200 host).
+    from runtime_service.engine.executor_options import ExecutorOptions
     if options.sink_token_length and not options.max_attention_window:
         raise InvalidRequest("sink_token_length needs max_attention_window")
     if options.sink_token_length or options.max_attention_window:

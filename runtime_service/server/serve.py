@@ -96,7 +96,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args) -> RuntimeSettings:
-    from runtime_service.engine.executor import ExecutorOptions
+    # executor_options, not executor: the pod process must not import torch before it
+    # spawns the engine core, which imports it again (3 s each on the H200 host).
+    from runtime_service.engine.executor_options import ExecutorOptions
     options = ExecutorOptions(
         device=args.device, dtype=args.dtype, block_size=args.block_size,
         kv_max_tokens=args.kv_max_tokens,
