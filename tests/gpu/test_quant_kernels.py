@@ -87,27 +87,6 @@ def test_int4_linear_matches_reference(shape, group, untuned):
         _check(out, ref, 4e-3, f"int4 {shape} g{group} M={rows}")
 
 
-@pytest.mark.parametrize("shape, group", INT4_CASES)
-def test_int4_one_row_per_group_sums_match_reference(shape, group):
-    """The one-row kernel's "per_group" sums (q in 1.0's mantissa, zero point and scale once
-    per group), with bias and split K, on every group size; float32 sums throughout."""
-    from runtime_service.model.kernels import quant_gemv as qg
-    from runtime_service.model.kernels.quant_linear import int4_linear_reference
-
-    n, k = shape
-    generator = _generator("int4-per-group", n, k, group)
-    weight = _int4_weight(n, k, group, torch.bfloat16, generator)
-    bias = torch.randn(n, device="cuda", generator=generator).to(torch.bfloat16)
-    x = _x(1, k, torch.bfloat16, generator)
-    ref = int4_linear_reference(x, *weight, group, bias)
-    for split_k in (1, 2):
-        config = qg.Int4FmaConfig("fma", 16, max(256, group), 4, 2, split_k, "per_group")
-        if (k // group) % (config.block_k // group):
-            config = qg.Int4FmaConfig("fma", 16, group, 4, 2, split_k, "per_group")
-        _check(qg.launch_int4(x, *weight, group, bias, config), ref, 1e-3,
-               f"int4 per_group {shape} g{group} {config}")
-
-
 def test_int4_linear_float16_activations(untuned):
     from runtime_service.model.kernels.quant_linear import int4_linear, int4_linear_reference
 

@@ -9,8 +9,7 @@ first use inside CUDA graphs with gemv's clock) and change only what the weight 
 - int4: nibbles are unpacked without int-to-float conversions (a quarter-rate instruction):
   q or-ed into the mantissa of 2^23 is the float 2^23 + q exactly, and subtracting 2^23 + z
   leaves q - z. One row (`_int4_fma_kernel`, CUDA cores, the bf16 GEMV's single-row shape)
-  multiplies that by x and the group scale in float32 and reduces once, or (its "per_group" sums)
-  places q in 1.0's mantissa instead and applies zero point and scale once per group; more rows
+  multiplies that by x and the group scale in float32 and reduces once; more rows
   (`_int4_dot_kernel`) round (q - z) * s to x's dtype per group, re-interleave the even / odd
   nibbles to column order, and meet x in a tensor-core dot.
 - int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
@@ -50,33 +49,22 @@ def _unpack_nibbles(packed):
     return lo, hi
 
 
-# How `_int4_fma_kernel` sums (Int4FmaConfig.sum_mode): "per_weight" subtracts the zero
-# point from every weight and scales it; "per_group" applies both once per group and row (see
-# the kernel). Two other ways to bring x to the nibbles (re-interleaving the nibbles to column
-# order; loading x's even and odd columns as strided tiles) lost to "per_weight" on every
-# Llama-3-8B shape (bench/NOTES.md, 2026-12-03) and were dropped.
-SUM_MODES = ("per_weight", "per_group")
-
-
-@triton.jit
-def _unpack_nibbles_unit(packed):
-    """uint8 bytes -> (low, high) nibbles as float32 1 + q / 16, by placing q in the top four
-    mantissa bits of 1.0 (exact; a shift and an and-or per nibble)."""
-    wide = packed.to(tl.int32)
-    lo = (((wide << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    hi = (((wide << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    return lo, hi
+# How `_int4_fma_kernel` brings x to the nibbles (Int4FmaConfig.x_mode): x loaded as
+# [groups, GROUP/2, 2] and split into even / odd columns in registers; the nibbles
+# re-interleaved to column order instead; or x's even and odd columns loaded as two strided
+# [groups, GROUP/2] tiles, already in the nibbles' layout.
+X_MODES = ("split", "interleave", "strided")
 
 
 @triton.jit(do_not_specialize=["M", "N"])
 def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
                      HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-                     SUM_MODE: tl.constexpr):
+                     X_MODE: tl.constexpr):
     """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4): the tile
     is [BLOCK_N, groups, GROUP / 2] bytes, so each group's scale and zero broadcast along the
-    last axis and every load is a contiguous vector. x is loaded as [groups, GROUP / 2, 2] and
-    split into even / odd columns in registers. SUM_MODE indexes SUM_MODES."""
+    last axis and every load is a contiguous vector. X_MODE (0, 1, 2: X_MODES) picks how x
+    meets the even / odd nibbles: three ways to the same sums, which the tuner times."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
@@ -90,36 +78,37 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     k_end = tl.minimum(k_start + k_per_split, K)
     w_ptrs = QW + w_rows[:, None, None] * (K // 2) + k_start // 2 + byte_offs[None, :, :]
     sz_offs = w_rows[:, None] * num_groups + k_start // GROUP + offs_g[None, :]
-    x_ptrs = (X + row * stride_xm + k_start + 2 * byte_offs[:, :, None]
-              + tl.arange(0, 2)[None, None, :])
-    if SUM_MODE == 1:
-        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE), tl.float32)
+    if X_MODE == 1:
+        x_ptrs = (X + row * stride_xm + k_start + offs_g[:, None] * GROUP
+                  + tl.arange(0, GROUP)[None, :])
+        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, GROUP), tl.float32)
+    elif X_MODE == 2:
+        x_ptrs = X + row * stride_xm + k_start + 2 * byte_offs
+        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
     else:
+        # x as [groups, GROUP / 2, 2] (contiguous, so vector loads), split into even / odd
+        # columns in registers.
+        x_ptrs = (X + row * stride_xm + k_start + 2 * byte_offs[:, :, None]
+                  + tl.arange(0, 2)[None, None, :])
         acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
-        if SUM_MODE == 1:
-            # Per weight a shift, an and-or and an FMA: sum (1 + q/16) x = X + sum(q x) / 16
-            # over each group (X = sum x); the zero point and the scale then apply per group
-            # and row: sum (q - z) x = 16 (that - X) - z X.
-            lo, hi = _unpack_nibbles_unit(tl.load(w_ptrs))
-            x_sum = tl.sum(x_even + x_odd, axis=1)[None, :]
-            unit = tl.sum(lo * x_even[None, :, :] + hi * x_odd[None, :, :], axis=2)
-            zero = tl.load(Zeros + sz_offs).to(tl.float32)
-            scale = tl.load(Scales + sz_offs).to(tl.float32)
-            acc += ((unit - x_sum) * 16.0 - zero * x_sum) * scale
+        lo, hi = _unpack_nibbles(tl.load(w_ptrs))
+        scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
+        offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
+        if X_MODE == 1:
+            w = tl.interleave(lo - offset, hi - offset)
+            acc += w * scale * tl.load(x_ptrs).to(tl.float32)[None, :, :]
         else:
-            lo, hi = _unpack_nibbles(tl.load(w_ptrs))
-            scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
-            offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
+            if X_MODE == 2:
+                x_even = tl.load(x_ptrs).to(tl.float32)
+                x_odd = tl.load(x_ptrs + 1).to(tl.float32)
+            else:
+                x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
             acc += ((lo - offset) * x_even[None, :, :] + (hi - offset) * x_odd[None, :, :]) * scale
         w_ptrs += BLOCK_K // 2
         x_ptrs += BLOCK_K
         sz_offs += GROUPS_PER_TILE
-    if SUM_MODE == 1:
-        y = tl.sum(acc, axis=1)
-    else:
-        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if HAS_BIAS:
         y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
     tl.store(Out + (pid_k * M + row) * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
@@ -334,7 +323,7 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
         if config.kind == "fma":
             _int4_fma_kernel[(n_blocks, config.split_k, rows)](
                 *args, NUM_STAGES=config.num_stages,
-                SUM_MODE=SUM_MODES.index(getattr(config, "sum_mode", "per_weight")), **options)
+                X_MODE=X_MODES.index(getattr(config, "x_mode", "split")), **options)
         else:
             block_m = row_tile(rows)
             _int4_dot_kernel[(n_blocks, config.split_k, triton.cdiv(rows, block_m))](
@@ -388,17 +377,17 @@ def launch_fp8(x, qweight, scales, bias, config: GemvConfig):
 
 @dataclass(frozen=True)
 class Int4FmaConfig(GemvConfig):
-    """An int4 one-row launch: GemvConfig's tile, and how the kernel sums (SUM_MODES)."""
+    """An int4 one-row launch: GemvConfig's tile, and how x meets the nibbles (X_MODES)."""
 
-    sum_mode: str = "per_weight"
+    x_mode: str = "split"
 
     def __post_init__(self):
         super().__post_init__()
-        if self.sum_mode not in SUM_MODES:
-            raise ValueError(f"sum_mode must be one of {SUM_MODES}, got {self.sum_mode!r}")
+        if self.x_mode not in X_MODES:
+            raise ValueError(f"x_mode must be one of {X_MODES}, got {self.x_mode!r}")
 
     def __str__(self) -> str:
-        return super().__str__() + f" sums={self.sum_mode}"
+        return super().__str__() + f" x={self.x_mode}"
 
 
 def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
@@ -423,7 +412,7 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
                 variants = [GemvConfig(kind, block_n, block_k, warps, stages, split_k)]
             else:
                 variants = [Int4FmaConfig(kind, block_n, block_k, warps, stages, split_k, mode)
-                            for mode in SUM_MODES]
+                            for mode in X_MODES]
             configs += [config for config in variants if config not in configs]
     return configs
 
@@ -537,7 +526,7 @@ def import_tuned(device: torch.device, records: list[dict]) -> int:
             if kind == "int4":
                 key += (int(record["group"]),)
             fields = dict(record["config"])
-            parsed[key] = (Int4FmaConfig if "sum_mode" in fields else GemvConfig)(**fields)
+            parsed[key] = (Int4FmaConfig if "x_mode" in fields else GemvConfig)(**fields)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a quantized GEMV tuning record: {record!r} ({exc})") from exc
     _tuned.update(parsed)
