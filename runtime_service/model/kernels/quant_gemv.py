@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import triton
@@ -49,22 +49,16 @@ def _unpack_nibbles(packed):
     return lo, hi
 
 
-# How `_int4_fma_kernel` brings x to the nibbles (Int4FmaConfig.x_mode): x loaded as
-# [groups, GROUP/2, 2] and split into even / odd columns in registers; the nibbles
-# re-interleaved to column order instead; or x's even and odd columns loaded as two strided
-# [groups, GROUP/2] tiles, already in the nibbles' layout.
-X_MODES = ("split", "interleave", "strided")
-
-
 @triton.jit(do_not_specialize=["M", "N"])
 def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
                      HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-                     X_MODE: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4): the tile
     is [BLOCK_N, groups, GROUP / 2] bytes, so each group's scale and zero broadcast along the
-    last axis and every load is a contiguous vector. X_MODE (0, 1, 2: X_MODES) picks how x
-    meets the even / odd nibbles: three ways to the same sums, which the tuner times."""
+    last axis and every load is a contiguous vector; x is loaded as [groups, GROUP / 2, 2] and
+    split into the even / odd columns the nibbles hold. (Re-interleaving the nibbles instead,
+    strided x loads, and zero point and scale applied once per group were each timed on the
+    H200 and none was faster: bench/NOTES.md, run 14.)"""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
@@ -78,33 +72,15 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     k_end = tl.minimum(k_start + k_per_split, K)
     w_ptrs = QW + w_rows[:, None, None] * (K // 2) + k_start // 2 + byte_offs[None, :, :]
     sz_offs = w_rows[:, None] * num_groups + k_start // GROUP + offs_g[None, :]
-    if X_MODE == 1:
-        x_ptrs = (X + row * stride_xm + k_start + offs_g[:, None] * GROUP
-                  + tl.arange(0, GROUP)[None, :])
-        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, GROUP), tl.float32)
-    elif X_MODE == 2:
-        x_ptrs = X + row * stride_xm + k_start + 2 * byte_offs
-        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
-    else:
-        # x as [groups, GROUP / 2, 2] (contiguous, so vector loads), split into even / odd
-        # columns in registers.
-        x_ptrs = (X + row * stride_xm + k_start + 2 * byte_offs[:, :, None]
-                  + tl.arange(0, 2)[None, None, :])
-        acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
+    x_ptrs = (X + row * stride_xm + k_start + 2 * byte_offs[:, :, None]
+              + tl.arange(0, 2)[None, None, :])
+    acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         lo, hi = _unpack_nibbles(tl.load(w_ptrs))
         scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
         offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
-        if X_MODE == 1:
-            w = tl.interleave(lo - offset, hi - offset)
-            acc += w * scale * tl.load(x_ptrs).to(tl.float32)[None, :, :]
-        else:
-            if X_MODE == 2:
-                x_even = tl.load(x_ptrs).to(tl.float32)
-                x_odd = tl.load(x_ptrs + 1).to(tl.float32)
-            else:
-                x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
-            acc += ((lo - offset) * x_even[None, :, :] + (hi - offset) * x_odd[None, :, :]) * scale
+        x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
+        acc += ((lo - offset) * x_even[None, :, :] + (hi - offset) * x_odd[None, :, :]) * scale
         w_ptrs += BLOCK_K // 2
         x_ptrs += BLOCK_K
         sz_offs += GROUPS_PER_TILE
@@ -322,8 +298,7 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
         n_blocks = triton.cdiv(n, config.block_n)
         if config.kind == "fma":
             _int4_fma_kernel[(n_blocks, config.split_k, rows)](
-                *args, NUM_STAGES=config.num_stages,
-                X_MODE=X_MODES.index(getattr(config, "x_mode", "split")), **options)
+                *args, NUM_STAGES=config.num_stages, **options)
         else:
             block_m = row_tile(rows)
             _int4_dot_kernel[(n_blocks, config.split_k, triton.cdiv(rows, block_m))](
@@ -375,21 +350,6 @@ def launch_fp8(x, qweight, scales, bias, config: GemvConfig):
 
 # ---- tuning: gemv's clock over quantized weight copies ----------------------------------------
 
-@dataclass(frozen=True)
-class Int4FmaConfig(GemvConfig):
-    """An int4 one-row launch: GemvConfig's tile, and how x meets the nibbles (X_MODES)."""
-
-    x_mode: str = "split"
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.x_mode not in X_MODES:
-            raise ValueError(f"x_mode must be one of {X_MODES}, got {self.x_mode!r}")
-
-    def __str__(self) -> str:
-        return super().__str__() + f" x={self.x_mode}"
-
-
 def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
     """Tiles whose K span is whole groups dividing the row (no masks; a span that does not
     divide falls back to one group), each unsplit and split to fill the GPU. One row also
@@ -408,12 +368,9 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
             block_k = group_size
         split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
         for split_k in sorted({1, split}):
-            if kind == "dot":
-                variants = [GemvConfig(kind, block_n, block_k, warps, stages, split_k)]
-            else:
-                variants = [Int4FmaConfig(kind, block_n, block_k, warps, stages, split_k, mode)
-                            for mode in X_MODES]
-            configs += [config for config in variants if config not in configs]
+            config = GemvConfig(kind, block_n, block_k, warps, stages, split_k)
+            if config not in configs:
+                configs.append(config)
     return configs
 
 
@@ -525,8 +482,7 @@ def import_tuned(device: torch.device, records: list[dict]) -> int:
             key = (kind, device, names[record["dtype"]], rows, int(record["n"]), int(record["k"]))
             if kind == "int4":
                 key += (int(record["group"]),)
-            fields = dict(record["config"])
-            parsed[key] = (Int4FmaConfig if "x_mode" in fields else GemvConfig)(**fields)
+            parsed[key] = GemvConfig(**record["config"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a quantized GEMV tuning record: {record!r} ({exc})") from exc
     _tuned.update(parsed)
