@@ -18,6 +18,11 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    # A module names single parametrized cases for the long tier in GPU_LONG_CASES (test ids),
+    # where marking a whole parameter would also drop its CPU cases.
+    for item in items:
+        if item.name in getattr(getattr(item, "module", None), "GPU_LONG_CASES", ()):
+            item.add_marker(pytest.mark.gpu_long)
     if "gpu_long" not in (config.option.markexpr or ""):
         # The long GPU sweeps (tests/gpu/tiers.py) run only when `-m` names them.
         long = [item for item in items if "gpu_long" in item.keywords]
