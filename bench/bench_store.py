@@ -113,6 +113,21 @@ def plain_parallel_download(client, prefix: str, files: list[Path], root: Path,
                                                    str(dest / p.relative_to(root))), files))
 
 
+def read_every_object(client, prefixes: list[str]) -> None:
+    """Reads every object under `prefixes` once and drops the bytes (untimed)."""
+    infos = [info for prefix in prefixes
+             for info in client.list_objects(BUCKET, prefix=prefix + "/", recursive=True)]
+    for info in infos:
+        for offset in range(0, info.size, 64 << 20):
+            response = client.get_object(BUCKET, info.object_name, offset=offset,
+                                         length=min(64 << 20, info.size - offset))
+            try:
+                response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -159,11 +174,15 @@ def main(argv=None) -> int:
                 ("plain_ranged_download", lambda: plain_ranged_download(
                     client, f"plain{repeat}", files, engine, ranged_dest, args.workers)),
             ]
-            # The uploads' write-back must not land on whichever download runs first, and no
-            # download may always run first: flush, then rotate the order every repeat.
-            os.sync()
+            # Every download starts from the same state: the objects read once (the server's
+            # files in the page cache, for whichever download runs first too), and no write-back
+            # pending from the uploads or the download before. Without this, the first download
+            # of a repeat read cold data and the next ones paid the previous one's write-back:
+            # the same download varied 2-15x between repeats (results/bench_store.json).
+            read_every_object(client, [f"kiln{repeat}", f"plain{repeat}"])
             shift = repeat % len(downloads)
             for name, download in downloads[shift:] + downloads[:shift]:
+                os.sync()
                 times[name].append(timed(download))
             for path in (engine, work / f"cache-{repeat}", dest, parallel_dest, ranged_dest):
                 shutil.rmtree(path, ignore_errors=True)
