@@ -245,6 +245,8 @@ SCHEMA_REJECTS = {
     "TLS without a Secret": {"tls": {"enabled": True}},
     "step stall timeout of zero": {"runtime": {"stepStallTimeoutSeconds": 0}},
     "an unknown engine core": {"runtime": {"engineCore": "fiber"}},
+    "a relative kernel cache path": {"runtime": {"kernelCacheHostPath": "triton"}},
+    "a kernel cache path that climbs": {"runtime": {"kernelCacheHostPath": "/var/../etc"}},
     "store that is not s3": {"store": {"uri": "http://minio:9000/kiln"}},
     "unknown autoscaling mode": _model(autoscaling={"enabled": True, "mode": "memory"}),
     "KV-use target above 1": _model(autoscaling={"keda": {"targetKvCacheUsage": 1.5}}),
@@ -389,3 +391,38 @@ def test_runtime_pods_share_startup_tuning_unless_switched_off(rendered):
     values = {**VALUE_SETS["gpu-pods"], "runtime": {"shareStartupCache": False}}
     servers = [c for c in containers(render(values)) if "runtime_service" in c.args]
     assert servers and not any("--share-startup-cache" in c.args for c in servers)
+
+
+def _runtime_pods(objects) -> list[dict]:
+    """Pod specs whose containers run `runtime_service` (servers and rank workers)."""
+    return [spec for obj in objects for _, spec in pod_templates(obj)
+            if any("runtime_service" in json.dumps(c.get("command", []) + c.get("args", []))
+                   for c in spec["containers"])]
+
+
+def test_compiled_kernels_stay_in_the_pod_unless_a_node_path_is_given(rendered, tmp_path):
+    """Empty by default: no host path in any pod. With one, every runtime container points
+    Triton's cache at it and the pod mounts it (created if missing), so later pods on the node
+    skip the compiles."""
+    for objects in rendered.values():
+        for _, spec in (t for obj in objects for t in pod_templates(obj)):
+            assert not any("hostPath" in volume for volume in spec.get("volumes", []))
+    values = {**VALUE_SETS["gpu-pods"], "runtime": {"kernelCacheHostPath": "/var/lib/kiln/triton"}}
+    objects = render(values)
+    pods = _runtime_pods(objects)
+    assert pods
+    manifest = tmp_path / "kernel-cache.yaml"
+    manifest.write_text(yaml.safe_dump_all(
+        [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}"}, "spec": pod}
+         for i, pod in enumerate(pods)]))
+    done = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k",
+                           KUBE_VERSION, "--quiet", str(manifest)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for pod in pods:
+        assert {"name": "kernel-cache", "hostPath": {"path": "/var/lib/kiln/triton",
+                                                     "type": "DirectoryOrCreate"}} in pod["volumes"]
+        for container in pod["containers"]:
+            assert _env(container)["TRITON_CACHE_DIR"] == "/var/cache/kiln-kernels"
+            assert {"name": "kernel-cache", "mountPath": "/var/cache/kiln-kernels"} in \
+                container["volumeMounts"]

@@ -210,6 +210,10 @@ containers:
       {{- include "kiln.s3Env" $root | nindent 6 }}
       - name: KILN_MODEL
         value: {{ $m.name | quote }}
+      {{- if $r.kernelCacheHostPath }}
+      - name: TRITON_CACHE_DIR
+        value: /var/cache/kiln-kernels
+      {{- end }}
       {{- if gt (int $m.nodes) 1 }}
       {{- include "kiln.launchEnv" (dict "root" $root "m" $m) | nindent 6 }}
       {{- end }}
@@ -235,6 +239,9 @@ containers:
       - {name: tmp, mountPath: /tmp}
       - {name: engine-cache, mountPath: /var/cache/kiln}
       - {name: shm, mountPath: /dev/shm}
+      {{- if $r.kernelCacheHostPath }}
+      - {name: kernel-cache, mountPath: /var/cache/kiln-kernels}
+      {{- end }}
       {{- with include "kiln.transportMounts" $root }}{{ . | trim | nindent 6 }}{{ end }}
 volumes:
   - name: tmp
@@ -243,5 +250,9 @@ volumes:
     emptyDir: {sizeLimit: {{ $r.cacheSizeLimit }}}
   - name: shm
     emptyDir: {medium: Memory, sizeLimit: {{ $r.shmSizeLimit }}}
+  {{- if $r.kernelCacheHostPath }}
+  - name: kernel-cache
+    hostPath: {path: {{ $r.kernelCacheHostPath | quote }}, type: DirectoryOrCreate}
+  {{- end }}
   {{- with include "kiln.transportVolumes" $root }}{{ . | trim | nindent 2 }}{{ end }}
 {{- end }}
