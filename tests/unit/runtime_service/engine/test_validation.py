@@ -1,6 +1,7 @@
 """validate_request: every bad input raises the right typed error, naming the field."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -138,3 +139,20 @@ def test_max_seq_len_caps_the_kv_requirement():
 def test_integer_fields_refuse_non_integers(field, value):
     with pytest.raises(InvalidRequest, match=field):
         validate_request(request(**{field: value}), LIMITS)
+
+
+@pytest.mark.parametrize("bad, named", [
+    ([5, 7, 100, -3], "100"),        # the first bad id is named, not the smallest or largest
+    ([5, None, 7], "None"),
+    ([5, __import__("numpy").int64(7)], "np.int64(7)"),    # not a plain int
+])
+def test_the_first_bad_token_id_is_named(bad, named):
+    with pytest.raises(InvalidRequest, match=f"token id {re.escape(named)} "):
+        validate_request(request(prompt=bad), LIMITS)
+
+
+def test_int_subclasses_within_the_vocabulary_pass():
+    class TokenId(int):
+        pass
+
+    validate_request(request(prompt=[TokenId(3), 4]), LIMITS)
