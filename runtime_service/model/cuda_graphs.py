@@ -56,6 +56,37 @@ def capture_graphs(forwards, graphs: dict, outputs: dict, pool=None):
     return pool
 
 
+class GraphInputs:
+    """A graph's int64 inputs: one device buffer, filled by a single copy from a pinned host
+    buffer. Two host buffers take turns, so the next step is written into one while the last
+    step's copy out of the other may still be queued. `split(buffer)` cuts a buffer (the host's
+    as numpy, the device's as a tensor) into the named views its graph reads."""
+
+    def __init__(self, fields: int, split, device: torch.device):
+        self._hosts = [torch.zeros(fields, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self._host_views_of = [split(h.numpy()) for h in self._hosts]
+        self._turn = 0
+        self.device = torch.zeros(fields, dtype=torch.int64, device=device)
+        self.device_views = split(self.device)
+
+    @property
+    def host_views(self):
+        return self._host_views_of[self._turn]
+
+    def next_turn(self):
+        """Switches host buffers; returns the views of the one to write now."""
+        self._turn ^= 1
+        return self.host_views
+
+    def upload(self, used: int | None = None, non_blocking: bool = True) -> None:
+        """Copies the first `used` fields (all by default) of this turn's host buffer."""
+        host = self._hosts[self._turn]
+        if used is None:
+            self.device.copy_(host, non_blocking=non_blocking)
+        else:
+            self.device[:used].copy_(host[:used], non_blocking=non_blocking)
+
+
 def default_batch_sizes(max_batch_size: int) -> list[int]:
     """1, 2, 4, 8, then every multiple of 16 up to max_batch_size (and max_batch_size itself)."""
     sizes = [n for n in (1, 2, 4, 8) if n <= max_batch_size]
@@ -77,11 +108,7 @@ class DecodeGraphs:
         self.width = max_blocks_per_seq
         n = self.max_batch_size
         fields = 4 * n + n * self.width
-        self._hosts = [torch.zeros(fields, dtype=torch.int64, pin_memory=True) for _ in range(2)]
-        self._host_views_of = [self._split(h.numpy()) for h in self._hosts]
-        self._turn = 0
-        self._device = torch.zeros(fields, dtype=torch.int64, device=device)
-        self._device_views = self._split(self._device)
+        self._inputs = GraphInputs(fields, self._split, device)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._logits: dict[int, torch.Tensor] = {}
         self.pool = None      # the graphs' memory pool, which the prefill graphs share
@@ -92,16 +119,8 @@ class DecodeGraphs:
         tables = buf[4 * n:].reshape(n, self.width)
         return ids, positions, slots, seq_lens, tables
 
-    @property
-    def _host(self) -> torch.Tensor:
-        return self._hosts[self._turn]
-
-    @property
-    def _host_views(self):
-        return self._host_views_of[self._turn]
-
     def _fill_padding(self, start: int) -> None:
-        ids, positions, slots, seq_lens, tables = self._host_views
+        ids, positions, slots, seq_lens, tables = self._inputs.host_views
         ids[start:] = 0
         positions[start:] = 0
         slots[start:] = -1
@@ -109,12 +128,12 @@ class DecodeGraphs:
         tables[start:, 0] = 0
 
     def _meta(self, batch_size: int) -> AttentionMetadata:
-        _, positions, slots, seq_lens, tables = self._device_views
+        _, positions, slots, seq_lens, tables = self._inputs.device_views
         return AttentionMetadata(
             positions=positions[:batch_size],
             slot_mapping=slots[:batch_size],
             query_start=torch.arange(batch_size + 1, dtype=torch.int32,
-                                     device=self._device.device),
+                                     device=self._inputs.device.device),
             seq_lens=seq_lens[:batch_size],
             block_tables=tables[:batch_size],
             token_seq_lens=seq_lens[:batch_size],
@@ -124,7 +143,7 @@ class DecodeGraphs:
         )
 
     def _forward(self, batch_size: int, meta: AttentionMetadata) -> torch.Tensor:
-        hidden = self.model(self._device_views[0][:batch_size], meta, self.kv_caches)
+        hidden = self.model(self._inputs.device_views[0][:batch_size], meta, self.kv_caches)
         return self.model.compute_logits(hidden)
 
     @torch.inference_mode()
@@ -132,7 +151,7 @@ class DecodeGraphs:
         """Warms up (compiles the kernels) and captures every batch size, largest first so the
         smaller graphs reuse its memory pool."""
         self._fill_padding(0)
-        self._device.copy_(self._host)
+        self._inputs.upload(non_blocking=False)
         with gemv_rows_up_to(self.max_batch_size):
             self.pool = capture_graphs(
                 [(size, lambda size=size, meta=self._meta(size): self._forward(size, meta))
@@ -153,8 +172,7 @@ class DecodeGraphs:
         The logits are a view of the graph's output buffer, valid until the next replay."""
         num_seqs = len(rows)
         size = self.graph_size_for(num_seqs)
-        self._turn ^= 1
-        ids, positions, slots, seq_lens, tables = self._host_views
+        ids, positions, slots, seq_lens, tables = self._inputs.next_turn()
         for i, (token_id, position, slot, block_ids) in enumerate(rows):
             ids[i] = token_id
             positions[i] = position
@@ -163,8 +181,8 @@ class DecodeGraphs:
             tables[i, :len(block_ids)] = block_ids
         self._fill_padding(num_seqs)
         used = 4 * self.max_batch_size + size * self.width
-        self._device[:used].copy_(self._host[:used], non_blocking=True)
+        self._inputs.upload(used)
         if patch_ids is not None:
-            patch_ids(self._device_views[0])
+            patch_ids(self._inputs.device_views[0])
         self._graphs[size].replay()
         return self._logits[size][:num_seqs]

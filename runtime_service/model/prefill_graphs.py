@@ -20,7 +20,7 @@ import logging
 
 import torch
 
-from runtime_service.model.cuda_graphs import capture_graphs
+from runtime_service.model.cuda_graphs import GraphInputs, capture_graphs
 from runtime_service.model.layers.attention import AttentionMetadata
 from runtime_service.model.llama import LlamaModel
 
@@ -51,11 +51,7 @@ class PrefillGraphs:
         self.max_tokens = self.buckets[-1]
         self.width = max_blocks_per_seq
         fields = 4 * self.max_tokens + 4 + self.width
-        self._hosts = [torch.zeros(fields, dtype=torch.int64, pin_memory=True) for _ in range(2)]
-        self._host_views_of = [self._split(h.numpy()) for h in self._hosts]
-        self._turn = 0
-        self._device = torch.zeros(fields, dtype=torch.int64, device=device)
-        self._device_views = self._split(self._device)
+        self._inputs = GraphInputs(fields, self._split, device)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._logits: dict[int, torch.Tensor] = {}
 
@@ -70,7 +66,8 @@ class PrefillGraphs:
             buf[4 * n + 4:]
 
     def _meta(self, bucket: int) -> AttentionMetadata:
-        _, positions, slots, token_seq_lens, query_start, seq_len, _, table = self._device_views
+        _, positions, slots, token_seq_lens, query_start, seq_len, _, table = \
+            self._inputs.device_views
         return AttentionMetadata(
             positions=positions[:bucket], slot_mapping=slots[:bucket], query_start=query_start,
             seq_lens=seq_len, block_tables=table.view(1, self.width),
@@ -78,14 +75,14 @@ class PrefillGraphs:
             seq_lens_host=[bucket], block_size=self.block_size)
 
     def _forward(self, bucket: int, meta: AttentionMetadata) -> torch.Tensor:
-        hidden = self.model(self._device_views[0][:bucket], meta, self.kv_caches)
-        return self.model.compute_logits(hidden.index_select(0, self._device_views[6]))
+        views = self._inputs.device_views
+        hidden = self.model(views[0][:bucket], meta, self.kv_caches)
+        return self.model.compute_logits(hidden.index_select(0, views[6]))
 
-    def _fill(self, token_ids, positions, slots, token_seq_lens, seq_len: int,
+    def _fill(self, host_views, token_ids, positions, slots, token_seq_lens, seq_len: int,
               block_ids) -> None:
-        """Writes one prompt chunk into the host buffer of this turn, padding to the end."""
-        ids_h, pos_h, slots_h, tsl_h, qs_h, seq_len_h, row_h, table_h = \
-            self._host_views_of[self._turn]
+        """Writes one prompt chunk into `host_views`, padding to the end."""
+        ids_h, pos_h, slots_h, tsl_h, qs_h, seq_len_h, row_h, table_h = host_views
         n = len(token_ids)
         ids_h[:n], pos_h[:n], slots_h[:n], tsl_h[:n] = token_ids, positions, slots, token_seq_lens
         ids_h[n:], pos_h[n:], slots_h[n:], tsl_h[n:] = 0, 0, -1, 1
@@ -96,8 +93,8 @@ class PrefillGraphs:
     def capture(self, pool=None):
         """Captures every bucket, largest first, in `pool` (the decode graphs'); returns it."""
         # Padding everywhere, with a query of one row, one token of context, and block 0.
-        self._fill([0], [0], [-1], [1], 1, [0])
-        self._device.copy_(self._hosts[self._turn])
+        self._fill(self._inputs.host_views, [0], [0], [-1], [1], 1, [0])
+        self._inputs.upload(non_blocking=False)
         pool = capture_graphs(
             [(bucket, lambda bucket=bucket, meta=self._meta(bucket): self._forward(bucket, meta))
              for bucket in reversed(self.buckets)],
@@ -117,11 +114,11 @@ class PrefillGraphs:
 
         The logits are a view of the graph's output buffer, valid until the next replay."""
         bucket = self.bucket_for(len(inputs.token_ids))
-        self._turn ^= 1
-        self._fill(inputs.token_ids, inputs.positions, inputs.slot_mapping,
-                   inputs.token_seq_lens, inputs.seq_lens[0], inputs.block_tables[0])
-        self._device.copy_(self._hosts[self._turn], non_blocking=True)
+        self._fill(self._inputs.next_turn(), inputs.token_ids, inputs.positions,
+                   inputs.slot_mapping, inputs.token_seq_lens, inputs.seq_lens[0],
+                   inputs.block_tables[0])
+        self._inputs.upload()
         if patch_ids is not None:
-            patch_ids(self._device_views[0])
+            patch_ids(self._inputs.device_views[0])
         self._graphs[bucket].replay()
         return self._logits[bucket]
