@@ -33,7 +33,8 @@ from runtime_service.engine.kv_cache import AttentionWindow, KVCacheManager
 from runtime_service.model.loader import LoadedModel, default_build_config, load_model
 from runtime_service.model.model_runner import (ModelRunner, PendingStep, SampledToken,
                                           kv_tokens_by_memory)
-from runtime_service.engine.executor_options import ExecutorOptions, ExecutorStats
+from runtime_service.engine.executor_options import (DEFAULT_PREFILL_GRAPH_TOKENS,
+                                                     ExecutorOptions, ExecutorStats)
 from runtime_service.engine.request import (FinishReason, LogitsMatrix, Request, RequestOutput,
                                             SamplingParams)
 from runtime_service.engine.request_stream import RequestStream
@@ -48,8 +49,6 @@ log = logging.getLogger("kiln.executor")
 # in a row (or any failure of a multi-rank step, after which the ranks' state is unknown) mean
 # the engine cannot recover: it refuses new work and reports through `on_failure`.
 MAX_CONSECUTIVE_STEP_FAILURES = 3
-# Prefills of one prompt of up to this many tokens replay a captured graph (ExecutorOptions).
-DEFAULT_PREFILL_GRAPH_TOKENS = 512
 
 
 def engine_identity(loaded: LoadedModel) -> str:

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from runtime_service.errors import InvalidRequest
 from runtime_service.engine.scheduler import SchedulerPolicy
 
+# Prefills of one prompt of up to this many tokens replay a captured graph (see below).
+DEFAULT_PREFILL_GRAPH_TOKENS = 512
+
 
 @dataclass(frozen=True)
 class ExecutorOptions:

@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runtime_service.server.auth import TransportSecurity
+from runtime_service.engine.executor_options import DEFAULT_PREFILL_GRAPH_TOKENS
 from runtime_service.server.convert import ServingLimits
 from runtime_service.server.engine_host import ENGINE_CORES, EngineHost, RuntimeSettings, State
 from runtime_service.errors import KilnError
@@ -76,6 +77,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-warm-up", action="store_true",
                         help="on CUDA, skip the start-up step of max_num_tokens prompt tokens "
                         "that reserves the largest step's memory before serving")
+    parser.add_argument("--cuda-graph-max-prefill-tokens", type=int,
+                        help="on CUDA, replay a captured graph for the prefill of one prompt of "
+                        "up to this many tokens (0: never; default "
+                        f"{DEFAULT_PREFILL_GRAPH_TOKENS}, capped at the engine's max_num_tokens)")
     parser.add_argument("--max-new-tokens", type=int, default=2048,
                         help="the most new tokens one request may ask for")
     parser.add_argument("--default-max-new-tokens", type=int, default=32)
@@ -109,7 +114,8 @@ def settings_from_args(args) -> RuntimeSettings:
         sink_token_length=args.sink_token_length, streaming_llm=args.streaming_llm,
         enable_chunked_prefill=not args.disable_chunked_context,
         overlap_scheduling=False if args.no_overlap_scheduling else None,
-        warm_up_largest_step=False if args.no_warm_up else None)
+        warm_up_largest_step=False if args.no_warm_up else None,
+        cuda_graph_max_prefill_tokens=args.cuda_graph_max_prefill_tokens)
     return RuntimeSettings(
         cache_dir=Path(args.cache_dir), executor=options,
         limits=ServingLimits(max_new_tokens=args.max_new_tokens,
