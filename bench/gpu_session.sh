@@ -46,8 +46,9 @@ if [ "$mode" = "long" ] || [ "${KILN_GPU_LONG:-0}" = "1" ]; then
   [ "$mode" = "long" ] && exit 0
 fi
 if [ "$mode" != "bench" ]; then
-  timeout 270 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
-    --continue-on-collection-errors --durations=8 -rf 2>&1 | tee "$OUT/pytest_gpu.log" | tail -60
+  # Eight workers: a fresh machine's tier is mostly Triton compiling kernels, one per process.
+  timeout 270 python3 -m pytest -q -m gpu -n 8 tests -p no:cacheprovider \
+    --continue-on-collection-errors --durations=12 -rf 2>&1 | tee "$OUT/pytest_gpu.log" | tail -60
 fi
 if [ "$mode" = "tests" ]; then
   exit 0
