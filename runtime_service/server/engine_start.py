@@ -12,6 +12,8 @@ times nothing. One log line reports the phases (startup_report.py).
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from runtime_service.errors import FailedPrecondition
 from runtime_service.format.engine_format import MANIFEST, read_manifest
-from runtime_service.server import capabilities
+from runtime_service.server import capabilities, kernel_cache
 from runtime_service.server.startup_cache import TuningCache, engine_id_for
 from runtime_service.server.startup_report import StartupClock, StartupReport
 from runtime_service.store import fetch_engine
@@ -75,7 +77,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     if world_size > capabilities.MAX_WORLD_SIZE:
         raise FailedPrecondition(f"the engine needs {world_size} ranks; this runtime runs at "
                                  f"most {capabilities.MAX_WORLD_SIZE}")
-    tuning, source, tuned_before = None, "", 0
+    tuning, source, tuned_before, kernels = None, "", 0, None
     if world_size > 1:
         # Each rank tunes in its own process; their start is one phase here.
         with clock.phase("load"):
@@ -83,7 +85,10 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     else:
         with clock.phase("load"):
             loaded = load_model(folder, device=options.device, dtype=options.dtype)
-        device = next(loaded.model.parameters()).device
+            device = next(loaded.model.parameters()).device
+            kernels = _shared_kernels(uri, kind, settings, device, kernel_tuning)
+            if kernels is not None:
+                kernels.restore()
         if device.type == "cuda":
             clock.set_tuning_clock(lambda: kernel_tuning.tuning_totals(device)[1])
             tuning = _tuning_cache(uri, folder, kind, settings, device, kernel_tuning)
@@ -100,6 +105,9 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     except BaseException:
         executor.shutdown()         # stops the step loop and, with ranks, every rank
         raise
+    if kernels is not None:
+        # Packing can take seconds; the pod serves meanwhile.
+        threading.Thread(target=kernels.share, name="kiln-share-kernels", daemon=True).start()
     tuned = 0
     if tuning is not None:
         tuned = kernel_tuning.tuning_totals(device)[0] - tuned_before
@@ -120,6 +128,22 @@ def _tuning_cache(uri: str, folder: Path, kind: str, settings, device,
         store = open_store(uri)
     return TuningCache(settings.cache_dir, engine_id_for(folder, key),
                        kernel_tuning.gpu_model(device), kernel_tuning.software_version(), store)
+
+
+def _shared_kernels(uri: str, kind: str, settings, device, kernel_tuning):
+    """The compiled kernels this pod shares through the engine's store (kernel_cache.py), or
+    None: not on CUDA, not sharing, no built engine, or no Triton."""
+    if (device.type != "cuda" or kind != "engine"
+            or not getattr(settings, "share_startup_cache", False)):
+        return None
+    try:
+        import triton
+    except ImportError:
+        return None
+    from runtime_service.store import open_store
+    folder = Path(os.environ.get(kernel_cache.ENV) or Path.home() / ".triton" / "cache")
+    return kernel_cache.SharedKernels(folder, open_store(uri), kernel_tuning.gpu_model(device),
+                                      triton.__version__)
 
 
 def _import_cached(tuning: TuningCache, device, kernel_tuning) -> str:

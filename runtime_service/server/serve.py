@@ -34,6 +34,7 @@ from runtime_service.store.atomic_folder import remove_abandoned_partials
 from runtime_service.server.observability import (ObservabilitySettings, PodObservability,
                                                   add_observability_arguments,
                                                   observability_from_args)
+from runtime_service.server.kernel_cache import pod_kernel_folder
 from runtime_service.server.log_format import configure_logging
 from runtime_service.server.servicer import (LIVENESS_SERVICE_NAME, SERVICE_NAME, RuntimeServicer,
                                     generic_handler)
@@ -90,8 +91,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"health service {LIVENESS_SERVICE_NAME} goes NOT_SERVING when the "
                         "step loop has work but no step for this long")
     parser.add_argument("--share-startup-cache", action="store_true",
-                        help="also keep start-up tuning results beside the engine in its store, "
-                        "so pods on the same GPU model skip tuning")
+                        help="also keep start-up tuning results and compiled GPU kernels beside "
+                        "the engine in its store, so pods on the same GPU model skip both")
     parser.add_argument("--engine-core", default="process", choices=ENGINE_CORES,
                         help="run the engine's step loop in its own process (the default: no "
                         "GIL shared with the gRPC event loop) or on a thread of this process")
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    # Before anything compiles, here or in the processes this pod starts (they inherit it).
+    pod_kernel_folder(Path(args.cache_dir))
     from runtime_service.distributed.rank_layout import launch_layout
     layout = launch_layout()
     if layout.launched and layout.node_rank > 0:

@@ -37,7 +37,8 @@ def incomplete_model(tmp_path_factory):
 
 
 def test_serve_engine_on_it_prints_one_error_line_and_exits_2(incomplete_model, tmp_path,
-                                                              capsys):
+                                                              capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "kernels"))   # restored after
     code = serve_main(["--engine", str(incomplete_model), "--listen", "127.0.0.1:0",
                        "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
