@@ -7,10 +7,15 @@ phases (imports, pull, verify, load, graph_capture, tuning, warm_up):
 
   store       a fresh cache directory; the engine comes from the store: `--store s3` serves it
               with `rclone serve s3` on loopback (pulled, sha256 checked as bytes arrive);
-              `--store local` is a local folder store (verified in place, nothing copied)
-  warm        the same cache directory again: nothing to pull, GEMV tuning from the cache
-  second_pod  a fresh cache directory: pulled again, tuning from the copy the first pod left
-              beside the engine in the store (--share-startup-cache)
+              `--store local` is a local folder store (verified in place, nothing copied).
+              The first pod of this engine anywhere: it compiles every kernel and tunes
+  warm        the same cache directory again: nothing to pull or compile, tuning from the cache
+  second_pod  a fresh cache directory, as on another node: pulled again, compiled kernels and
+              tuning from the copies the first pod left beside the engine in the store
+              (--share-startup-cache)
+
+Each pod keeps Triton's compiled kernels in its cache directory (serve points TRITON_CACHE_DIR
+there), so the pods never see this machine's own kernel cache: TRITON_CACHE_DIR is not passed on.
 
 The warm and second_pod starts must not tune: the benchmark exits 1 if either did (on CUDA;
 off CUDA nothing tunes). Issue 14's targets on one H200, Llama-3-8B shape bf16: warm <= 20 s,
@@ -89,6 +94,13 @@ def start_s3(work: Path, engine_folder: Path, key: str) -> tuple[subprocess.Pope
     return proc, env, store.engine_uri(key)
 
 
+def pod_env(extra: dict) -> dict:
+    """This process's environment for a pod, without a kernel cache shared between pods."""
+    env = {**os.environ, **extra}
+    env.pop("TRITON_CACHE_DIR", None)
+    return env
+
+
 def timed_start(uri: str, cache_dir: Path, log_path: Path, device: str, env: dict,
                 timeout_s: float) -> dict:
     """Seconds from Popen to SERVING and the pod's startup fields; stops the pod after."""
@@ -103,7 +115,7 @@ def timed_start(uri: str, cache_dir: Path, log_path: Path, device: str, env: dic
             [sys.executable, "-m", "runtime_service", "serve", "--engine", uri,
              "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--device", device,
              "--cache-dir", str(cache_dir), "--share-startup-cache"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **env})
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=pod_env(env))
         try:
             serving_s = None
             channel = None

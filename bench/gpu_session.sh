@@ -5,7 +5,11 @@
 #   bash bench/gpu_session.sh bench   # both shapes, no tests
 #   bash bench/gpu_session.sh tests   # the GPU tests only (the default tier, at most 4 minutes)
 #   bash bench/gpu_session.sh long    # the long GPU sweeps (-m gpu_long)
-#   bash bench/gpu_session.sh cold    # cold start of the Llama-3-8B shape: store, warm, second pod
+#   bash bench/gpu_session.sh cold    # cold start of the Llama-3-8B shape: first pod (compiles and
+#                                     # tunes), warm, second pod on a fresh cache (kernels and
+#                                     # tuning from the store)
+#   bash bench/gpu_session.sh ttft    # one prompt's first token in-process (eager, graphs <= 2048,
+#                                     # with the device timeline), then through a pod
 #   bash bench/gpu_session.sh core    # Llama-3-8B through pods with the thread and the process
 #                                     # engine core, beside in-process (issue 14)
 # The long sweeps also run when KILN_GPU_LONG=1. bench_cold_start uses rclone serve s3 when its
@@ -31,6 +35,14 @@ cold_start() {
 }
 if [ "$mode" = "cold" ]; then
   cold_start
+  exit 0
+fi
+if [ "$mode" = "ttft" ]; then
+  timeout 200 python3 bench/bench_prefill.py --model llama3-8b --graph-tokens 0,2048 \
+    --json "$OUT/prefill_llama3-8b.json" 2>&1 | tee "$OUT/prefill.log" | tail -14
+  timeout 300 python3 bench/bench_decode.py --model llama3-8b --quick --skip-hf --skip-reference \
+    --grpc --loads 64x128/128 --json "$OUT/pod_ttft_llama3-8b.json" 2>&1 | tee "$OUT/pod_ttft.log" \
+    | grep -i "ttft\|batch-1\|tok/s"
   exit 0
 fi
 if [ "$mode" = "core" ]; then
