@@ -1,13 +1,19 @@
 """A second start of the same engine on the same GPU model tunes nothing: the first start's GEMV
-choices come back from the pod's cache directory."""
+choices come back from the pod's cache directory. A pod on another node compiles nothing either:
+the first pod's compiled kernels come back from the store."""
 
 from __future__ import annotations
+
+import tarfile
+import time
 
 import pytest
 
 from runtime_service.engine.executor import ExecutorOptions
 from runtime_service.server.engine_host import RuntimeSettings
 from runtime_service.server.engine_start import start_engine
+from runtime_service.server import kernel_cache
+from support.kiln_servers import RuntimePod, build_engine
 from support.random_llama import make_random_llama
 
 pytestmark = pytest.mark.gpu
@@ -41,3 +47,44 @@ def test_second_start_takes_the_cached_tuning(tmp_path):
     finally:
         gemv._tuned.clear()
         gemv._tuned.update(saved)
+
+
+def test_a_pod_on_a_fresh_node_takes_the_compiled_kernels_from_the_store(tmp_path):
+    model = make_random_llama(tmp_path / "model", hidden_size=128, intermediate_size=256,
+                              num_attention_heads=2, num_key_value_heads=1,
+                              num_hidden_layers=2, vocab_size=256)
+    ref = build_engine(model, tmp_path / "store", "--target-device", "cuda", "--dtype",
+                       "bfloat16", "--max-batch-size", "4", "--max-input-len", "64",
+                       "--max-seq-len", "128", "--max-num-tokens", "64")
+    engine = tmp_path / "store" / "engines" / ref["engine_key"]
+
+    def pod(node: str) -> RuntimePod:
+        (tmp_path / node).mkdir()
+        return RuntimePod(tmp_path / node, str(engine), "--device", "cuda",
+                          "--share-startup-cache",
+                          env={kernel_cache.ENV: str(tmp_path / node / "kernels")})
+
+    first = pod("node1")
+    try:
+        first.wait_serving(timeout_s=600)
+        deadline = time.monotonic() + 120             # it packs on a thread once serving
+        while not list((engine / "startup").glob("*-kernels-triton-*.tar.gz")):
+            assert time.monotonic() < deadline, first.log()
+            time.sleep(0.5)
+    finally:
+        first.stop()
+    archive = next((engine / "startup").glob("*-kernels-triton-*.tar.gz"))
+    with tarfile.open(archive) as packed:
+        names = packed.getnames()
+    shared = {name for name in names if name.endswith(".cubin")}
+    assert shared and not any(name.endswith(".so") for name in names)
+    second = pod("node2")
+    try:
+        second.wait_serving(timeout_s=600)
+    finally:
+        second.stop()
+    log = second.log_path.read_text(errors="replace")
+    assert "compiled kernel files from the store" in log, log[-4000:]
+    node2 = tmp_path / "node2" / "kernels"
+    compiled = {p.relative_to(node2).as_posix() for p in node2.glob("*/*.cubin")}
+    assert compiled == shared           # it compiled nothing of its own
