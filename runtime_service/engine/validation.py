@@ -47,9 +47,10 @@ def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
 
 
 def _check_token_ids(prompt, vocab_size: int) -> None:
-    """Every id a plain int in [0, vocab_size). The common case takes one pass of C-level
-    checks (a Python loop over a 4096-token prompt cost about a millisecond, on the path of
-    every request's first token); only a bad prompt walks it to name the first bad id."""
+    """Every id a plain int in [0, vocab_size). The common case takes three C-level passes
+    (60 us for 1024 tokens on the CI CPU, against 104 us for a Python loop, on the path of
+    every first token and twice through a pod); only a bad prompt is walked, to name its
+    first bad id."""
     if set(map(type, prompt)) == {int} and 0 <= min(prompt) and max(prompt) < vocab_size:
         return
     for token in prompt:

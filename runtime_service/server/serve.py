@@ -25,7 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runtime_service.server.auth import TransportSecurity
-from runtime_service.engine.executor_options import DEFAULT_PREFILL_GRAPH_TOKENS
+# executor_options, not executor: the pod process must not import torch before it spawns the
+# engine core, which imports it again (3 s each on the H200 host).
+from runtime_service.engine.executor_options import DEFAULT_PREFILL_GRAPH_TOKENS, ExecutorOptions
 from runtime_service.server.convert import ServingLimits
 from runtime_service.server.engine_host import ENGINE_CORES, EngineHost, RuntimeSettings, State
 from runtime_service.errors import KilnError
@@ -102,9 +104,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args) -> RuntimeSettings:
-    # executor_options, not executor: the pod process must not import torch before it
-    # spawns the engine core, which imports it again (3 s each on the H200 host).
-    from runtime_service.engine.executor_options import ExecutorOptions
     options = ExecutorOptions(
         device=args.device, dtype=args.dtype, block_size=args.block_size,
         kv_max_tokens=args.kv_max_tokens,

@@ -4,9 +4,8 @@ What a start computes that does not change between starts of the same engine on 
 model: the GEMV configs the tuner times (kernels/gemv.py). The records go to
 `<cache_dir>/startup/<engine_id>/<gpu>.json` and, when the pod shares them, beside the engine in
 its store (`startup/<gpu>.json`, written only if absent, so pods never race to overwrite each
-other); a pod that finds none locally takes the store's copy. Triton keeps its compiled kernels
-in its own machine-wide cache (~/.triton/cache or TRITON_CACHE_DIR), which later starts on the
-same machine reuse.
+other); a pod that finds none locally takes the store's copy. Triton's compiled kernels travel
+the same way (kernel_cache.py).
 
 A file made by other software (another Kiln tuning format, torch or Triton version) is ignored:
 kernels and their best configs change with them. So is a file that does not parse: the start
