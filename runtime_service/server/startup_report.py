@@ -38,13 +38,14 @@ def process_age_s() -> float:
 @dataclass(frozen=True)
 class StartupReport:
     """Seconds per phase (PHASES order) and what the start found: how many GEMV shapes it had
-    to time, where its tuning came from ("local", "store", or "" when nothing was cached), and
-    how many bytes it pulled."""
+    to time, where its tuning came from ("local", "store", or "" when nothing was cached), how
+    many bytes it pulled, and how many compiled kernel files it took from the store."""
 
     seconds: tuple[tuple[str, float], ...]
     tuned_shapes: int = 0
     tuning_source: str = ""
     pulled_bytes: int = 0
+    kernel_files_from_store: int = 0
 
     def __post_init__(self):
         names = [name for name, _ in self.seconds]
@@ -61,7 +62,8 @@ class StartupReport:
         return {"total_s": round(self.total_s, 3),
                 **{f"{name}_s": round(value, 3) for name, value in self.seconds},
                 "tuned_shapes": self.tuned_shapes, "tuning_source": self.tuning_source or "none",
-                "pulled_bytes": self.pulled_bytes}
+                "pulled_bytes": self.pulled_bytes,
+                "kernel_files_from_store": self.kernel_files_from_store}
 
     def log_line(self) -> str:
         return LOG_PREFIX + " ".join(f"{key}={value}" for key, value in self.as_dict().items())

@@ -12,6 +12,7 @@ import pytest
 from runtime_service.engine.executor import ExecutorOptions
 from runtime_service.server.engine_host import RuntimeSettings
 from runtime_service.server.engine_start import start_engine
+from runtime_service.server.startup_report import StartupReport
 from runtime_service.server import kernel_cache
 from support.kiln_servers import RuntimePod, build_engine
 from support.random_llama import make_random_llama
@@ -85,6 +86,8 @@ def test_a_pod_on_a_fresh_node_takes_the_compiled_kernels_from_the_store(tmp_pat
         second.stop()
     log = second.log_path.read_text(errors="replace")
     assert "compiled kernel files from the store" in log, log[-4000:]
+    startup = [line for line in log.splitlines() if " startup total_s=" in line][-1]
+    assert StartupReport.parse_log_line(startup)["kernel_files_from_store"] > 0
     node2 = tmp_path / "node2" / "kernels"
     compiled = {p.relative_to(node2).as_posix() for p in node2.glob("*/*.cubin")}
     assert compiled == shared           # it compiled nothing of its own
