@@ -30,8 +30,10 @@ def test_quantized_engines_run_beside_the_bf16_one_on_the_tiny_shape(tmp_path, c
     out = tmp_path / "quant.json"
     assert bench_decode.main(["--model", "tiny", "--device", "cpu", "--quick", "--skip-hf",
                               "--skip-reference", "--loads", "2x16/8", "--quant",
-                              "W4A16_AWQ,FP8", "--kv-quant", "INT8", "--json", str(out)]) == 0
+                              "W4A16_AWQ,FP8", "--kv-quant", "INT8", "--ttft-idle-s", "0",
+                              "--json", str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report["kiln"]["ttft_idle_ms"].keys() == report["kiln"]["ttft_ms"].keys()
     bf16_bytes = report["weight_bytes_read_per_token"]
     engines = report["quantized"]
     assert set(engines) == {"W4A16_AWQ g128 + KV INT8", "FP8 + KV INT8"}
