@@ -48,7 +48,7 @@ def make_weights(method: str, n: int, k: int) -> tuple:
     device = "cuda"
     if method in ("cublas_bf16", "kiln_bf16"):
         return (torch.empty(n, k, dtype=torch.bfloat16, device=device).normal_(0, k ** -0.5),)
-    if method == "kiln_int4":
+    if method == "kiln_int4":          # random bytes: already `pack_for_device`'s layout
         return (torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device),
                 (torch.rand(n, k // GROUP, device=device) * 0.01).to(torch.bfloat16),
                 torch.randint(0, 16, (n, k // GROUP), dtype=torch.uint8, device=device))
@@ -91,8 +91,9 @@ def caller(method: str):
 def reference(method: str, x: torch.Tensor, w: tuple) -> torch.Tensor | None:
     from runtime_service.model.kernels import quant_linear as ql
 
-    if method == "kiln_int4":
-        return ql.int4_linear_reference(x, *w, GROUP)
+    if method == "kiln_int4":          # make_weights' bytes are in the kernels' layout
+        contract = ql.contract_layout("int4", {"qweight": w[0], "scales": w[1]})["qweight"]
+        return ql.int4_linear_reference(x, contract, w[1], w[2], GROUP)
     if method == "kiln_int8":
         return ql.int8_linear_reference(x, *w)
     if method == "kiln_fp8":

@@ -8,7 +8,8 @@ import torch
 
 from gpu.tiers import sweep
 from runtime_service.model.layers.linear import ColumnParallelLinear
-from runtime_service.model.layers.quantized_linear import WeightQuant, quantize_weight
+from runtime_service.model.layers.quantized_linear import (WeightQuant, dequantized_weight,
+                                                           pack_for_device, quantize_weight)
 
 pytestmark = pytest.mark.gpu
 
@@ -26,7 +27,12 @@ def test_quantized_layer_on_cuda_matches_its_cpu_path(kind, tolerance, rows):
     layer.bias.data = torch.randn(1536).bfloat16()
     x = torch.randn(rows, 4096).bfloat16()
     want = layer(x).float()
-    got = layer.cuda()(x.cuda()).float().cpu()
+    weight = dequantized_weight(layer, quant, torch.float32)
+    layer.cuda()
+    pack_for_device(layer, quant)                  # as the loader does: the kernels' layout
+    assert layer.packed_for_kernels
+    assert torch.equal(dequantized_weight(layer, quant, torch.float32).cpu(), weight)
+    got = layer(x.cuda()).float().cpu()
     scale = want.abs().amax()
     assert ((got - want).abs() <= tolerance * scale).all(), (got - want).abs().max()
 

@@ -6,12 +6,13 @@ quarter of bf16's. The kernels follow gemv.py's `_dot_kernel` (x rows padded to 
 tile, split-K with float32 partials summed by gemv's `_split_sum_kernel`, tuned per shape on
 first use inside CUDA graphs with gemv's clock) and change only what the weight costs to unpack:
 
-- int4: nibbles are unpacked without int-to-float conversions (a quarter-rate instruction):
-  q or-ed into the mantissa of 2^23 is the float 2^23 + q exactly, and subtracting 2^23 + z
-  leaves q - z. One row (`_int4_fma_kernel`, CUDA cores, the bf16 GEMV's single-row shape)
-  multiplies that by x and the group scale in float32 and reduces once; more rows
-  (`_int4_dot_kernel`) round (q - z) * s to x's dtype per group, re-interleave the even / odd
-  nibbles to column order, and meet x in a tensor-core dot.
+- int4: the kernels read `pack_for_device`'s layout, where byte j of each group holds the
+  group's columns j and G/2 + j, so a group's low and high nibbles each meet a contiguous half
+  of x. Nibbles are unpacked without int-to-float conversions (a quarter-rate instruction): q
+  or-ed into the mantissa of a power of two is that power plus q exactly. One row
+  (`_int4_fma_kernel`, CUDA cores, the bf16 GEMV's single-row shape) computes in float32 and
+  reduces once; more rows (`_int4_dot_kernel`) dequantize in x's 16-bit type and meet x in
+  tensor-core dots.
 - int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
   the dot's 16-bit type exactly, the per-channel and per-token scales multiply the float32 tile
   once at the end. One fp8 row can instead take `_fp8_fma_kernel`, which quantizes x itself:
@@ -53,12 +54,14 @@ def _unpack_nibbles(packed):
 def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
                      HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
-    """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4): the tile
-    is [BLOCK_N, groups, GROUP / 2] bytes, so each group's scale and zero broadcast along the
-    last axis and every load is a contiguous vector; x is loaded as [groups, GROUP / 2, 2] and
-    split into the even / odd columns the nibbles hold. (Re-interleaving the nibbles instead,
-    strided x loads, and zero point and scale applied once per group were each timed on the
-    H200 and none was faster: bench/NOTES.md, run 14.)"""
+    """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4). The tile is
+    [BLOCK_N, groups, GROUP / 2] bytes, so each group's scale and zero broadcast along the last
+    axis; byte j of a group holds its columns j and GROUP / 2 + j (`pack_for_device`), so x is
+    two plain [groups, GROUP / 2] loads. Products and sums in float32.
+
+    This kernel is bound by instruction issue, not by memory: Nsight Compute on the H200 reads
+    69% issue-slot use at 1.46 TB/s, where the bf16 GEMV reads 32% at 4.13 TB/s (bench/NOTES.md,
+    run 16)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
@@ -67,20 +70,21 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     w_rows = tl.minimum(cols, N - 1).to(tl.int64)
     num_groups = K // GROUP
     offs_g = tl.arange(0, GROUPS_PER_TILE)
-    byte_offs = offs_g[:, None] * HALF + tl.arange(0, HALF)[None, :]
+    offs_h = tl.arange(0, HALF)
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
-    w_ptrs = QW + w_rows[:, None, None] * (K // 2) + k_start // 2 + byte_offs[None, :, :]
+    w_ptrs = (QW + w_rows[:, None, None] * (K // 2) + k_start // 2
+              + (offs_g[:, None] * HALF + offs_h[None, :])[None, :, :])
     sz_offs = w_rows[:, None] * num_groups + k_start // GROUP + offs_g[None, :]
-    x_ptrs = (X + row * stride_xm + k_start + 2 * byte_offs[:, :, None]
-              + tl.arange(0, 2)[None, None, :])
+    x_ptrs = X + row * stride_xm + k_start + offs_g[:, None] * GROUP + offs_h[None, :]
     acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         lo, hi = _unpack_nibbles(tl.load(w_ptrs))
         scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
         offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
-        x_even, x_odd = tl.split(tl.load(x_ptrs).to(tl.float32))
-        acc += ((lo - offset) * x_even[None, :, :] + (hi - offset) * x_odd[None, :, :]) * scale
+        x_lo = tl.load(x_ptrs).to(tl.float32)[None, :, :]
+        x_hi = tl.load(x_ptrs + HALF).to(tl.float32)[None, :, :]
+        acc += ((lo - offset) * x_lo + (hi - offset) * x_hi) * scale
         w_ptrs += BLOCK_K // 2
         x_ptrs += BLOCK_K
         sz_offs += GROUPS_PER_TILE
@@ -93,20 +97,27 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
 @triton.jit(do_not_specialize=["M", "N"])
 def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
                      HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Rows of x padded to a tensor-core tile: each group is dequantized to x's dtype in
-    registers, (q - z) * s, re-interleaved to column order, and meets x in one dot."""
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     MAGIC: tl.constexpr, MAGIC_VALUE: tl.constexpr):
+    """Rows of x padded to a tensor-core tile. Each group is dequantized in x's 16-bit type:
+    a nibble or-ed into the mantissa of MAGIC_VALUE (0x4300 = 128 in bf16, 0x6400 = 1024 in
+    fp16) is MAGIC_VALUE + q exactly, minus (MAGIC_VALUE + z) is q - z exactly, times the scale
+    rounds once, as (q - z) * s in float32 rounded would. The group's low and high halves
+    (`pack_for_device`'s layout) meet x's matching halves in two dots, so nothing is
+    re-interleaved. (Swapping the operands, out^T = W x^T with the weight in registers, was
+    10-20% faster but gave wrong sums now and then under Triton 3.6: bench/NOTES.md, run 16.)"""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
     HALF: tl.constexpr = GROUP // 2
+    dtype = X.dtype.element_ty
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # Padding rows and columns re-read the last real one: loads need no mask; never stored.
     x_rows = tl.minimum(rows, M - 1)
     w_rows = tl.minimum(cols, N - 1).to(tl.int64)
     num_groups = K // GROUP
-    x_base = X + x_rows[:, None] * stride_xm + tl.arange(0, GROUP)[None, :]
+    x_base = X + x_rows[:, None] * stride_xm + tl.arange(0, HALF)[None, :]
     w_base = QW + w_rows[:, None] * (K // 2) + tl.arange(0, HALF)[None, :]
     sz_base = w_rows * num_groups
     k_start = pid_k * k_per_split
@@ -115,11 +126,16 @@ def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     for k in range(k_start, k_end, BLOCK_K):
         for g in tl.static_range(GROUPS_PER_TILE):
             k0 = k + g * GROUP
-            lo, hi = _unpack_nibbles(tl.load(w_base + k0 // 2))
-            scale = tl.load(Scales + sz_base + k0 // GROUP).to(tl.float32)[:, None]
-            offset = (8388608.0 + tl.load(Zeros + sz_base + k0 // GROUP).to(tl.float32))[:, None]
-            w = tl.interleave((lo - offset) * scale, (hi - offset) * scale)
-            acc = tl.dot(tl.load(x_base + k0), tl.trans(w.to(X.dtype.element_ty)), acc)
+            wide = tl.load(w_base + k0 // 2).to(tl.int16)
+            lo = ((wide & 0xF) | MAGIC).to(dtype, bitcast=True)
+            hi = ((wide >> 4) | MAGIC).to(dtype, bitcast=True)
+            scale = tl.load(Scales + sz_base + k0 // GROUP)[:, None]
+            offset = (MAGIC_VALUE + tl.load(Zeros + sz_base + k0 // GROUP).to(tl.float32)).to(
+                dtype)[:, None]
+            w_lo = (lo - offset) * scale
+            w_hi = (hi - offset) * scale
+            acc = tl.dot(tl.load(x_base + k0), tl.trans(w_lo), acc)
+            acc = tl.dot(tl.load(x_base + k0 + HALF), tl.trans(w_hi), acc)
     if HAS_BIAS:
         acc += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     out_ptrs = Out + (pid_k * M + rows[:, None]) * N + cols[None, :]
@@ -227,7 +243,8 @@ def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
 @triton.jit
 def _dequant_int4_kernel(QW, Scales, Zeros, Out, N, K, GROUP: tl.constexpr,
                          BLOCK_N: tl.constexpr):
-    """Program (row block, group): w = (q - z) * s for GROUP columns of BLOCK_N rows."""
+    """Program (row block, group): w = (q - z) * s for GROUP columns of BLOCK_N rows, from
+    `pack_for_device`'s layout (byte j: the group's columns j and GROUP / 2 + j)."""
     HALF: tl.constexpr = GROUP // 2
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     in_n = rows < N
@@ -238,11 +255,11 @@ def _dequant_int4_kernel(QW, Scales, Zeros, Out, N, K, GROUP: tl.constexpr,
     packed = tl.load(QW + rows[:, None] * (K // 2) + group * HALF + offs_h[None, :])
     scale = tl.load(Scales + rows * num_groups + group).to(tl.float32)[:, None]
     zero = tl.load(Zeros + rows * num_groups + group).to(tl.float32)[:, None]
-    even = ((packed & 0xF).to(tl.float32) - zero) * scale
-    odd = ((packed >> 4).to(tl.float32) - zero) * scale
-    out = Out + rows[:, None] * K + group * GROUP + 2 * offs_h[None, :]
-    tl.store(out, even.to(Out.dtype.element_ty), mask=in_n[:, None])
-    tl.store(out + 1, odd.to(Out.dtype.element_ty), mask=in_n[:, None])
+    low = ((packed & 0xF).to(tl.float32) - zero) * scale
+    high = ((packed >> 4).to(tl.float32) - zero) * scale
+    out = Out + rows[:, None] * K + group * GROUP + offs_h[None, :]
+    tl.store(out, low.to(Out.dtype.element_ty), mask=in_n[:, None])
+    tl.store(out + HALF, high.to(Out.dtype.element_ty), mask=in_n[:, None])
 
 
 # ---- launchers (inputs already checked by quant_linear.py) ------------------------------------
@@ -282,7 +299,13 @@ def _finish(x, bias, out_dtype, n, config: GemvConfig, launch) -> torch.Tensor:
     return out
 
 
+# The int4 dot's magic numbers per x dtype: the 16-bit pattern whose low mantissa bits take a
+# nibble, and its value (bf16 0x4300 = 128, fp16 0x6400 = 1024).
+_INT4_MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
+
+
 def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvConfig):
+    """qweight in `pack_for_device`'s layout."""
     rows, k = x.shape
     n = qweight.shape[0]
     groups_per_tile = config.block_k // group_size
@@ -301,8 +324,9 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
                 *args, NUM_STAGES=config.num_stages, **options)
         else:
             block_m = row_tile(rows)
+            magic, magic_value = _INT4_MAGIC[x.dtype]
             _int4_dot_kernel[(n_blocks, config.split_k, triton.cdiv(rows, block_m))](
-                *args, BLOCK_M=block_m, **options)
+                *args, BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options)
 
     return _finish(x, bias, x.dtype, n, config, launch)
 
@@ -357,9 +381,11 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
     num_groups = k // group_size
     fma = ((8, 512, 4, 1), (16, 512, 4, 1), (8, 256, 4, 3), (16, 256, 4, 3), (32, 256, 8, 3),
            (4, 1024, 4, 1))
-    dot = ((32, 128, 4, 3), (64, 128, 4, 3), (64, 256, 4, 2), (128, 128, 8, 3))
+    # The fastest tiles of run 16 on the Llama-3-8B shape (past 16 rows one pipeline stage was
+    # best).
+    dot = ((64, 128, 4, 3), (32, 256, 4, 2), (64, 256, 4, 2), (128, 128, 8, 3))
     if rows > 16:
-        dot = ((64, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 4), (128, 64, 4, 4))
+        dot = ((64, 128, 4, 1), (64, 256, 4, 1), (64, 128, 4, 2), (128, 128, 8, 2))
     tiles = [("fma",) + t for t in fma] if rows == 1 else []
     configs = []
     for kind, block_n, block_k, warps, stages in tiles + [("dot",) + t for t in dot]:

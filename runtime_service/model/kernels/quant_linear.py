@@ -3,7 +3,8 @@
 
 The tensors follow the quantized-tensor contract (docs/ARCHITECTURE.md):
 - int4: qweight uint8 [N, K/2] (low nibble = even column), scales [N, K/G] in the engine dtype,
-  zeros uint8 [N, K/G]; w = (q - z) * s.
+  zeros uint8 [N, K/G]; w = (q - z) * s. The CUDA kernels read qweight reordered within each
+  group by `pack_for_device`.
 - int8: qweight int8 [N, K], scales float32 [N]; w = q * s.
 - fp8: qweight float8_e4m3fn [N, K], scales float32 [N]; x is quantized per row at run time to
   e4m3 with scale amax|x| / 448 (at least 1e-12), and y = (xq * sx) @ (q * s)^T.
@@ -28,11 +29,57 @@ INT4_GROUP_SIZES = (32, 64, 128)
 
 
 def pack_for_device(kind: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The layout the kernels read, made once at load time. The kernels read the contract's own
-    layout, so this only makes each tensor contiguous; `kind` is "int4", "int8" or "fp8"."""
+    """The layout the CUDA kernels read, made once at load time; `kind` is "int4", "int8" or
+    "fp8". int8 and fp8 keep the contract's layout (made contiguous). int4 (`tensors` holds
+    qweight and scales, whose shapes give the group size) reorders each group's nibbles: byte
+    j of a group holds its columns j (low nibble) and G/2 + j (high), instead of 2j and 2j + 1.
+    Then each half of a group meets a contiguous half of x, and the dot kernels need no
+    re-interleaving of the nibbles (bench/NOTES.md, run 16). `contract_layout` undoes it."""
+    _check_kind(kind)
+    packed = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    if kind == "int4":
+        qweight = packed["qweight"]
+        packed["qweight"] = _regroup_nibbles(qweight, _group_of(qweight, packed["scales"]),
+                                             to_halves=True)
+    return packed
+
+
+def contract_layout(kind: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `pack_for_device`: the quantized-tensor contract's layout."""
+    _check_kind(kind)
+    if kind != "int4":
+        return dict(tensors)
+    qweight = tensors["qweight"]
+    return {**tensors, "qweight": _regroup_nibbles(qweight, _group_of(qweight, tensors["scales"]),
+                                                   to_halves=False)}
+
+
+def _check_kind(kind: str) -> None:
     if kind not in ("int4", "int8", "fp8"):
         raise ValueError(f"kind must be 'int4', 'int8' or 'fp8', got {kind!r}")
-    return {name: tensor.contiguous() for name, tensor in tensors.items()}
+
+
+def _group_of(qweight: torch.Tensor, scales: torch.Tensor) -> int:
+    k = qweight.shape[1] * 2
+    if scales.dim() != 2 or not scales.shape[1] or k % scales.shape[1]:
+        raise ValueError(f"scales {tuple(scales.shape)} give no int4 group size for K = {k}")
+    return k // scales.shape[1]
+
+
+def _regroup_nibbles(qweight: torch.Tensor, group: int, to_halves: bool) -> torch.Tensor:
+    """Contract bytes (columns 2j, 2j + 1) <-> group-halves bytes (columns j, G/2 + j)."""
+    n = qweight.shape[0]
+    nibbles = torch.stack((qweight & 0xF, qweight >> 4), dim=-1)       # [N, K/2, 2]
+    if to_halves:
+        # column order within a group is (half, j): take each half's j-th nibble as a pair
+        columns = nibbles.reshape(n, -1, 2, group // 2)
+        low, high = columns[:, :, 0], columns[:, :, 1]
+    else:
+        # byte j of a group holds columns j and G/2 + j: lay the halves end to end
+        halves = nibbles.reshape(n, -1, group // 2, 2)
+        columns = torch.cat((halves[..., 0], halves[..., 1]), dim=-1).reshape(n, -1, 2)
+        low, high = columns[..., 0], columns[..., 1]
+    return (low | (high << 4)).reshape(n, -1).contiguous()
 
 
 # ---- public entry points -----------------------------------------------------------------------
@@ -40,7 +87,8 @@ def pack_for_device(kind: str, tensors: dict[str, torch.Tensor]) -> dict[str, to
 def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                 zeros: torch.Tensor, group_size: int, bias: torch.Tensor | None = None
                 ) -> torch.Tensor:
-    """x [M, K] (bf16/fp16) times the int4 weight [N, K] (+ bias) -> [M, N] in x's dtype."""
+    """x [M, K] (bf16/fp16) times the int4 weight [N, K] (+ bias) -> [M, N] in x's dtype.
+    On CUDA, qweight is in `pack_for_device`'s layout; on the CPU in the contract's."""
     _check_int4(x, qweight, scales, zeros, group_size, bias)
     if not x.is_cuda:
         return int4_linear_reference(x, qweight, scales, zeros, group_size, bias)

@@ -85,8 +85,12 @@ def quantize_weight(w: torch.Tensor, quant: WeightQuant,
 def dequantized_weight(module: nn.Module, quant: WeightQuant, dtype: torch.dtype) -> torch.Tensor:
     """The layer's weight [N, K] in `dtype` (for the CPU path and for tests)."""
     if quant.kind == "int4":
-        return dequantize_int4(module.qweight, module.scales.to(dtype), module.zeros,
-                               quant.group_size)
+        qweight = module.qweight
+        if getattr(module, "packed_for_kernels", False):
+            from runtime_service.model.kernels import quant_linear
+            qweight = quant_linear.contract_layout(
+                "int4", {"qweight": qweight, "scales": module.scales})["qweight"]
+        return dequantize_int4(qweight, module.scales.to(dtype), module.zeros, quant.group_size)
     return dequantize_per_channel(module.qweight, module.scales, dtype)
 
 
@@ -97,7 +101,8 @@ def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
     scales every row by its whole max |x| on the CPU path, as a single rank does."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    if x2.is_cuda and kernels.available() and x2.dtype in KERNEL_DTYPES:
+    if (x2.is_cuda and kernels.available() and x2.dtype in KERNEL_DTYPES
+            and (quant.kind != "int4" or getattr(module, "packed_for_kernels", False))):
         y = _cuda_linear(module, quant, x2, bias)
     else:
         y = _portable_linear(module, quant, x2, bias, row_max)
@@ -138,12 +143,18 @@ def _cuda_linear(module, quant: WeightQuant, x: torch.Tensor, bias) -> torch.Ten
 
 
 def pack_for_device(module: nn.Module, quant: WeightQuant) -> None:
-    """Lets the kernels repack the layer's tensors for their layout once, at load time, on CUDA
-    (identity until a kernel wants another layout)."""
-    if not (module.qweight.is_cuda and kernels.available()):
+    """Repacks the layer's tensors once, at load time, into the layout the CUDA kernels read
+    (int4 reorders the nibbles of each group), where the kernels will run: on CUDA, with Triton,
+    and for int4 with scales in a kernel dtype (a float32 engine takes the portable path).
+    `packed_for_kernels` marks the module, so `dequantized_weight` still reads it."""
+    if not (module.qweight.is_cuda and kernels.available()) or getattr(
+            module, "packed_for_kernels", False):
+        return
+    if quant.kind == "int4" and module.scales.dtype not in KERNEL_DTYPES:
         return
     from runtime_service.model.kernels import quant_linear
     names = [n for n in QUANTIZED_SUFFIXES if hasattr(module, n)]
     packed = quant_linear.pack_for_device(quant.kind, {n: getattr(module, n).data for n in names})
     for name, tensor in packed.items():
         getattr(module, name).data = tensor
+    module.packed_for_kernels = True

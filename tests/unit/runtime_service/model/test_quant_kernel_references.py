@@ -19,6 +19,41 @@ def test_int4_dequantize_reads_low_nibble_as_the_even_column():
     assert weight.tolist() == [[0.0, 0.5, 0.0, 2.0]]
 
 
+def _contract_int4(n: int, k: int, group: int, seed: int) -> tuple[torch.Tensor, dict]:
+    """Codes [N, K] and their contract tensors (low nibble = even column)."""
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=generator)
+    qweight = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    scales = torch.rand(n, k // group, generator=generator).to(torch.bfloat16)
+    zeros = torch.randint(0, 16, (n, k // group), dtype=torch.uint8, generator=generator)
+    return codes, {"qweight": qweight, "scales": scales, "zeros": zeros}
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_pack_for_device_puts_columns_j_and_half_plus_j_in_byte_j_of_a_group(group):
+    codes, tensors = _contract_int4(6, 4 * group, group, seed=group)
+    packed = ql.pack_for_device("int4", tensors)
+    half = group // 2
+    for g in range(4):
+        for j in (0, 1, half - 1):
+            byte = packed["qweight"][:, g * half + j]
+            assert torch.equal(byte & 0xF, codes[:, g * group + j])
+            assert torch.equal(byte >> 4, codes[:, g * group + half + j])
+    assert torch.equal(packed["scales"], tensors["scales"])
+    assert torch.equal(packed["zeros"], tensors["zeros"])
+    assert torch.equal(ql.contract_layout("int4", packed)["qweight"], tensors["qweight"])
+
+
+def test_pack_for_device_keeps_int8_and_fp8_and_refuses_what_gives_no_group():
+    q8 = torch.randint(-128, 128, (32, 64), dtype=torch.int8).t()
+    packed = ql.pack_for_device("int8", {"qweight": q8, "scales": torch.ones(64)})
+    assert packed["qweight"].is_contiguous() and torch.equal(packed["qweight"], q8)
+    _, tensors = _contract_int4(4, 96, 32, seed=1)
+    for scales in (torch.ones(4, 0), torch.ones(4, 5), torch.ones(4)):
+        with pytest.raises(ValueError, match="no int4 group size"):
+            ql.pack_for_device("int4", {**tensors, "scales": scales})
+
+
 def test_cpu_calls_run_the_references():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, 128, generator=generator).to(torch.bfloat16)

@@ -105,3 +105,23 @@ def test_weight_quant_refuses_unknown_kinds_and_group_sizes():
         WeightQuant("int4", 48)
     assert WeightQuant.for_algo("NONE", 128) is None
     assert WeightQuant.for_algo("W4A16_AWQ", 64) == WeightQuant("int4", 64)
+
+
+def test_a_layer_packed_for_the_kernels_still_dequantizes_and_runs_its_portable_path():
+    """The loader repacks int4 layers for the CUDA kernels; the portable path (kernels switched
+    off, a float32 input) must still read them as the contract says."""
+    from runtime_service.model.kernels.quant_linear import pack_for_device
+
+    torch.manual_seed(3)
+    quant = WeightQuant("int4", 64)
+    layer = ColumnParallelLinear(256, (96, 32), bias=False, quant=quant)
+    for name, tensor in quantize_weight(torch.randn(128, 256), quant, torch.float32).items():
+        getattr(layer, name).data = tensor
+    x = torch.randn(3, 256)
+    weight, want = dequantized_weight(layer, quant, torch.float32), layer(x)
+    packed = pack_for_device("int4", {"qweight": layer.qweight.data, "scales": layer.scales.data})
+    assert not torch.equal(packed["qweight"], layer.qweight.data)
+    layer.qweight.data = packed["qweight"]
+    layer.packed_for_kernels = True
+    assert torch.equal(dequantized_weight(layer, quant, torch.float32), weight)
+    assert torch.equal(layer(x), want)
