@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from runtime_service.errors import InvalidRequest
 from runtime_service.engine.scheduler import SchedulerPolicy
 
-# Prefills of one prompt of up to this many tokens replay a captured graph (see below).
-DEFAULT_PREFILL_GRAPH_TOKENS = 512
+# Prefills of one prompt of up to this many tokens replay a captured graph (prefill_graphs.py).
+DEFAULT_PREFILL_GRAPH_TOKENS = 2048
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ def test_decode_graph_batch_sizes():
 def test_prefill_buckets_double_from_16_up_to_the_limit():
     assert default_token_buckets(512) == [16, 32, 64, 128, 256, 512]
     assert default_token_buckets(96) == [16, 32, 64, 96]
+    # past 512 the buckets step by 256, so a long prompt pads by less than 256 rows
+    assert default_token_buckets(2048) == [16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536,
+                                           1792, 2048]
+    assert default_token_buckets(1000) == [16, 32, 64, 128, 256, 512, 768, 1000]
     assert default_token_buckets(16) == [16]
     assert default_token_buckets(15) == []
     assert default_token_buckets(0) == []
