@@ -3,7 +3,9 @@ the trip, errors come back as their own class, and nothing but JSON is ever pars
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import math
 import struct
 
@@ -41,6 +43,21 @@ def test_a_request_round_trips(sampling):
     assert back == request
     assert all(isinstance(ids, tuple) for ids in back.sampling.stop_token_ids)
     assert isinstance(back.sampling.stop_strings, tuple)
+
+
+def test_the_prompt_travels_as_little_endian_int32_ids():
+    ids = [0, 1, 2 ** 31 - 1, 128_000, 7] * 300
+    body = codec.encode_request(Request("r", ids, SamplingParams()))
+    raw = base64.b64decode(json.loads(body)["prompt"])
+    assert raw == struct.pack(f"<{len(ids)}i", *ids)
+    assert codec.decode_request(body).prompt_token_ids == ids
+
+
+def test_a_prompt_of_partial_ids_is_refused():
+    data = json.loads(codec.encode_request(Request("r", [1, 2], SamplingParams())))
+    data["prompt"] = base64.b64encode(b"\x01\x00\x00\x00\x02").decode()
+    with pytest.raises(ValueError, match="not whole int32 ids"):
+        codec.decode_request(json.dumps(data).encode())
 
 
 def _matrix(rows, cols, seed):
