@@ -1,0 +1,127 @@
+"""Instructions per weight byte in the hot loop of Kiln's decode GEMV kernels, read from their
+Hopper machine code, compiled offline: no GPU needed.
+
+Nsight Compute showed the one-row int4 GEMV bound by instruction issue, not by memory
+(bench/NOTES.md, run 16a): its loop issues ~16 instructions per weight byte where the bf16 GEMV
+issues ~2. This prints that figure for each kernel beside the bf16 GEMV (the peer here: it
+streams 4.1 TB/s), so a kernel change can be judged before any device time is spent. A Hopper
+SM issues 4 warp-instructions per cycle, so at 1.98 GHz and 132 SMs a kernel needing more than
+about 2 instructions per byte per thread-lane cannot reach 4 TB/s.
+
+Needs Triton, whose wheel carries ptxas and nvdisasm (CPU machines here have none installed):
+
+    pip install --target /tmp/tri triton==3.6.0
+    PYTHONPATH=/tmp/tri python3 bench/kernel_sass.py --json sass.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+_OPCODE = re.compile(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+_BRANCH = re.compile(r"BRA\s+`\((\.L_x_\d+)\)")
+
+
+def hot_loop(sass: str) -> list[str]:
+    """The opcodes of the longest span from a label to a branch back to it (the main loop)."""
+    lines = sass.splitlines()
+    labels = {line.split(":")[0]: i for i, line in enumerate(lines) if line.startswith(".L_x_")}
+    best = (0, -1)
+    for end, line in enumerate(lines):
+        match = _BRANCH.search(line)
+        start = labels.get(match.group(1)) if match else None
+        if start is not None and start < end and end - start > best[1] - best[0]:
+            best = (start, end)
+    return [m.group(1) for line in lines[best[0]:best[1] + 1] if (m := _OPCODE.search(line))]
+
+
+def compile_sm90(kernel, signature: dict, constexprs: dict, aligned: list[str],
+                 num_warps: int, num_stages: int = 1) -> str:
+    """Hopper SASS of `kernel`, with the 16-divisibility hints the JIT gives aligned pointers and
+    sizes (`aligned`); without them every load would be one byte wide."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = list(signature)
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs,
+                                        attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        return subprocess.run([str(nvdisasm), "-c", cubin.name], capture_output=True,
+                              text=True, check=True).stdout
+
+
+def _gemv_cases():
+    """(name, kernel, signature, constexprs, aligned, warps, weight bytes per loop pass)."""
+    from runtime_service.model.kernels import gemv, quant_gemv
+
+    common = {"M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "k_per_split": "i32"}
+    bf16 = {"X": "*bf16", "W": "*bf16", "Bias": "constexpr", "Out": "*bf16", **common,
+            "HAS_BIAS": "constexpr", "GATED": "constexpr", "BLOCK_N": "constexpr",
+            "BLOCK_K": "constexpr", "EVEN_K": "constexpr", "NUM_STAGES": "constexpr"}
+    int4 = {"X": "*bf16", "QW": "*u8", "Scales": "*bf16", "Zeros": "*u8", "Bias": "constexpr",
+            "Out": "*bf16", **common, "HAS_BIAS": "constexpr", "GROUP": "constexpr",
+            "GROUPS_PER_TILE": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
+            "NUM_STAGES": "constexpr"}
+    fp8 = {"X": "*bf16", "QW": "*fp8e4nv", "Scales": "*fp32", "Bias": "constexpr",
+           "Out": "*bf16", "N": "i32", "K": "i32", "k_per_split": "i32",
+           "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
+           "X_BLOCK": "constexpr", "EVEN_K": "constexpr", "NUM_STAGES": "constexpr"}
+    cases = [("bf16 GEMV (CUDA cores)", gemv._fma_kernel, bf16,
+              dict(Bias=None, HAS_BIAS=False, GATED=False, BLOCK_N=8, BLOCK_K=512, EVEN_K=True,
+                   NUM_STAGES=1), ["X", "W", "Out", "K", "stride_xm", "k_per_split"], 4,
+              8 * 512 * 2)]
+    for block_n, block_k in ((8, 512), (16, 512), (4, 1024)):
+        cases.append((f"int4 g128 one row, n{block_n} k{block_k}", quant_gemv._int4_fma_kernel,
+                      int4, dict(Bias=None, HAS_BIAS=False, GROUP=128,
+                                 GROUPS_PER_TILE=block_k // 128, BLOCK_N=block_n,
+                                 BLOCK_K=block_k, NUM_STAGES=1),
+                      ["X", "QW", "Scales", "Zeros", "Out", "K", "stride_xm", "k_per_split"], 4,
+                      block_n * block_k // 2))
+    for block_n, block_k in ((16, 512), (8, 1024)):
+        cases.append((f"fp8 one row, n{block_n} k{block_k}", quant_gemv._fp8_fma_kernel, fp8,
+                      dict(Bias=None, HAS_BIAS=False, BLOCK_N=block_n, BLOCK_K=block_k,
+                           X_BLOCK=2048, EVEN_K=True, NUM_STAGES=1),
+                      ["X", "QW", "Scales", "Out", "K", "k_per_split"], 4, block_n * block_k))
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    rows = []
+    for name, kernel, signature, constexprs, aligned, warps, loop_bytes in _gemv_cases():
+        loop = hot_loop(compile_sm90(kernel, signature, constexprs, aligned, warps))
+        per_lane = loop_bytes / (32 * warps)
+        rows.append({"kernel": name, "loop_instructions": len(loop),
+                     "weight_bytes_per_lane": per_lane,
+                     "instructions_per_byte": round(len(loop) / per_lane, 2),
+                     "top_opcodes": Counter(loop).most_common(8)})
+    width = max(len(r["kernel"]) for r in rows)
+    print(f"{'kernel':{width}}  loop  bytes/lane  instr/byte  top opcodes")
+    for r in rows:
+        mix = " ".join(f"{op}:{n}" for op, n in r["top_opcodes"])
+        print(f"{r['kernel']:{width}}  {r['loop_instructions']:4d}  {r['weight_bytes_per_lane']:10.0f}"
+              f"  {r['instructions_per_byte']:10.2f}  {mix}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
