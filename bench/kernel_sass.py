@@ -85,11 +85,21 @@ def _gemv_cases():
               dict(Bias=None, HAS_BIAS=False, GATED=False, BLOCK_N=8, BLOCK_K=512, EVEN_K=True,
                    NUM_STAGES=1), ["X", "W", "Out", "K", "stride_xm", "k_per_split"], 4,
               8 * 512 * 2)]
-    for block_n, block_k in ((8, 512), (16, 512), (4, 1024)):
+    for block_n, block_k, warps in ((16, 256, 1), (32, 256, 2), (128, 128, 4)):
         cases.append((f"int4 g128 one row, n{block_n} k{block_k}", quant_gemv._int4_fma_kernel,
                       int4, dict(Bias=None, HAS_BIAS=False, GROUP=128,
                                  GROUPS_PER_TILE=block_k // 128, BLOCK_N=block_n,
                                  BLOCK_K=block_k, NUM_STAGES=1),
+                      ["X", "QW", "Scales", "Zeros", "Out", "K", "stride_xm", "k_per_split"],
+                      warps, block_n * block_k // 2))
+    int4_dot = {**int4, "BLOCK_M": "constexpr", "MAGIC": "constexpr", "MAGIC_VALUE": "constexpr"}
+    del int4_dot["NUM_STAGES"]
+    for block_m, block_n, block_k in ((16, 64, 256), (64, 64, 128)):
+        cases.append((f"int4 g128 dot, {block_m} rows, n{block_n} k{block_k}",
+                      quant_gemv._int4_dot_kernel, int4_dot,
+                      dict(Bias=None, HAS_BIAS=False, GROUP=128, GROUPS_PER_TILE=block_k // 128,
+                           BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, MAGIC=0x4300,
+                           MAGIC_VALUE=128.0),
                       ["X", "QW", "Scales", "Zeros", "Out", "K", "stride_xm", "k_per_split"], 4,
                       block_n * block_k // 2))
     for block_n, block_k in ((16, 512), (8, 1024)):

@@ -10,9 +10,9 @@ first use inside CUDA graphs with gemv's clock) and change only what the weight 
   group's columns j and G/2 + j, so a group's low and high nibbles each meet a contiguous half
   of x. Nibbles are unpacked without int-to-float conversions (a quarter-rate instruction): q
   or-ed into the mantissa of a power of two is that power plus q exactly. One row
-  (`_int4_fma_kernel`, CUDA cores, the bf16 GEMV's single-row shape) computes in float32 and
-  reduces once; more rows (`_int4_dot_kernel`) dequantize in x's 16-bit type and meet x in
-  tensor-core dots.
+  (`_int4_fma_kernel`, CUDA cores, the bf16 GEMV's single-row shape) unpacks four bytes per
+  inline-PTX call and computes in float32; more rows (`_int4_dot_kernel`) dequantize in x's
+  16-bit type and meet x in tensor-core dots.
 - int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
   the dot's 16-bit type exactly, the per-channel and per-token scales multiply the float32 tile
   once at the end. One fp8 row can instead take `_fp8_fma_kernel`, which quantizes x itself:
@@ -40,14 +40,37 @@ _SUM_BLOCK = 1024
 _FP8_MAX = tl.constexpr(448.0)
 
 
+# Four packed bytes (one 32-bit register, $8) -> their low nibbles as float32 128 + q ($0-$3)
+# and their high nibbles as float32 2048 + q ($4-$7). A nibble and-ed into bits 16-19 of 128.0
+# (0x43000000) or bits 12-15 of 2048.0 (0x45000000) is that power of two plus q, exactly; the low
+# nibbles sit at bits 0, 8, 16, 24 and the high ones at 4, 12, 20, 28, so four shifts shared by
+# both halves bring every nibble there: eight LOP3s and four shifts per four bytes.
+_UNPACK_INT4_PTX = tl.constexpr("""{
+.reg .b32 l16, l8, r8, r16;
+shl.b32 l16, $8, 16;
+shl.b32 l8, $8, 8;
+shr.u32 r8, $8, 8;
+shr.u32 r16, $8, 16;
+lop3.b32 $0, l16, 0x000F0000, 0x43000000, 0xea;
+lop3.b32 $1, l8, 0x000F0000, 0x43000000, 0xea;
+lop3.b32 $2, $8, 0x000F0000, 0x43000000, 0xea;
+lop3.b32 $3, r8, 0x000F0000, 0x43000000, 0xea;
+lop3.b32 $4, l8, 0x0000F000, 0x45000000, 0xea;
+lop3.b32 $5, $8, 0x0000F000, 0x45000000, 0xea;
+lop3.b32 $6, r8, 0x0000F000, 0x45000000, 0xea;
+lop3.b32 $7, r16, 0x0000F000, 0x45000000, 0xea;
+}""")
+_LOW_OFFSET = tl.constexpr(128.0)
+_HIGH_OFFSET = tl.constexpr(2048.0)
+
+
 @triton.jit
 def _unpack_nibbles(packed):
-    """uint8 bytes -> (low, high) nibbles as float32 2^23 + q, by or-ing q into 2^23's mantissa
-    (exact, and no int-to-float conversion)."""
-    wide = packed.to(tl.int32)
-    lo = ((wide & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
-    hi = ((wide >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
-    return lo, hi
+    """uint8 bytes -> (128 + low nibble, 2048 + high nibble) as float32, exact. Each output
+    element comes from the byte of the same element, however Triton groups elements into
+    registers, so the result does not depend on the layout."""
+    return tl.inline_asm_elementwise(_UNPACK_INT4_PTX, "=f,=f,=f,=f,=f,=f,=f,=f,r", [packed],
+                                     dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
 
 
 @triton.jit(do_not_specialize=["M", "N"])
@@ -55,13 +78,16 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
                      HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4). The tile is
-    [BLOCK_N, groups, GROUP / 2] bytes, so each group's scale and zero broadcast along the last
-    axis; byte j of a group holds its columns j and GROUP / 2 + j (`pack_for_device`), so x is
-    two plain [groups, GROUP / 2] loads. Products and sums in float32.
+    [BLOCK_N, groups, GROUP / 2] bytes; byte j of a group holds its columns j and GROUP / 2 + j
+    (`pack_for_device`), so x is two plain [groups, GROUP / 2] loads.
 
-    This kernel is bound by instruction issue, not by memory: Nsight Compute on the H200 reads
-    69% issue-slot use at 1.46 TB/s, where the bf16 GEMV reads 32% at 4.13 TB/s (bench/NOTES.md,
-    run 16)."""
+    The loop is what bounds this kernel: it is limited by instruction issue, not by memory
+    (Nsight Compute, bench/NOTES.md run 16). So the weights are used as `_unpack_nibbles` gives
+    them, offset by 128 (low) and 2048 (high), and every correction waits for the end of each
+    group: sum_j s (q_j - z) x_j = s (sum_j v_j x_j - sum_j o_j x_j - z sum_j x_j), where v = o + q
+    and the x sums are shared by all rows of the tile. That leaves one shift, two LOP3s and three
+    float32 operations per weight byte (bench/kernel_sass.py). The offsets cost float32
+    cancellation well under the output's own bf16 rounding (bench/NOTES.md, run 17)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
@@ -78,20 +104,56 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     sz_offs = w_rows[:, None] * num_groups + k_start // GROUP + offs_g[None, :]
     x_ptrs = X + row * stride_xm + k_start + offs_g[:, None] * GROUP + offs_h[None, :]
     acc = tl.zeros((BLOCK_N, GROUPS_PER_TILE, HALF), tl.float32)
+    corrections = tl.zeros((BLOCK_N, GROUPS_PER_TILE), tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         lo, hi = _unpack_nibbles(tl.load(w_ptrs))
-        scale = tl.load(Scales + sz_offs).to(tl.float32)[:, :, None]
-        offset = (8388608.0 + tl.load(Zeros + sz_offs).to(tl.float32))[:, :, None]
-        x_lo = tl.load(x_ptrs).to(tl.float32)[None, :, :]
-        x_hi = tl.load(x_ptrs + HALF).to(tl.float32)[None, :, :]
-        acc += ((lo - offset) * x_lo + (hi - offset) * x_hi) * scale
+        scale = tl.load(Scales + sz_offs).to(tl.float32)
+        zero = tl.load(Zeros + sz_offs).to(tl.float32)
+        x_lo = tl.load(x_ptrs).to(tl.float32)
+        x_hi = tl.load(x_ptrs + HALF).to(tl.float32)
+        acc += (lo * x_lo[None, :, :] + hi * x_hi[None, :, :]) * scale[:, :, None]
+        sum_lo = tl.sum(x_lo, axis=1)
+        sum_hi = tl.sum(x_hi, axis=1)
+        offsets = (_LOW_OFFSET * sum_lo + _HIGH_OFFSET * sum_hi)[None, :]
+        corrections += scale * (offsets + zero * (sum_lo + sum_hi)[None, :])
         w_ptrs += BLOCK_K // 2
         x_ptrs += BLOCK_K
         sz_offs += GROUPS_PER_TILE
-    y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    y = tl.sum(tl.sum(acc, axis=2), axis=1) - tl.sum(corrections, axis=1)
     if HAS_BIAS:
         y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
     tl.store(Out + (pid_k * M + row) * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
+
+
+# The same four bytes ($4) -> their low nibbles ($0, $1) and high nibbles ($2, $3) as four 16-bit
+# floats each, two per register, MAGIC + q exactly (the pattern of MAGIC, 0x4300 = 128.0 in bf16
+# or 0x6400 = 1024.0 in fp16, or-ed with q). PRMT spreads bytes 0, 1 (then 2, 3) into the two
+# halves of a register, so one LOP3 makes two weights: eight instructions per four bytes.
+_UNPACK_INT4_X2_PTX = """{
+.reg .b32 t0, t1, u0, u1;
+prmt.b32 t0, $4, 0, 0x4140;
+prmt.b32 t1, $4, 0, 0x4342;
+shr.u32 u0, t0, 4;
+shr.u32 u1, t1, 4;
+lop3.b32 $0, t0, 0x000F000F, MAGIC2, 0xea;
+lop3.b32 $1, t1, 0x000F000F, MAGIC2, 0xea;
+lop3.b32 $2, u0, 0x000F000F, MAGIC2, 0xea;
+lop3.b32 $3, u1, 0x000F000F, MAGIC2, 0xea;
+}"""
+_UNPACK_BF16_PTX = tl.constexpr(_UNPACK_INT4_X2_PTX.replace("MAGIC2", "0x43004300"))
+_UNPACK_FP16_PTX = tl.constexpr(_UNPACK_INT4_X2_PTX.replace("MAGIC2", "0x64006400"))
+
+
+@triton.jit
+def _unpack_nibbles_16(packed, DTYPE: tl.constexpr):
+    """uint8 bytes -> (MAGIC + low nibble, MAGIC + high nibble) in DTYPE (bf16: 128, fp16:
+    1024), exact; each output element comes from its own input element's byte."""
+    if DTYPE == tl.bfloat16:
+        return tl.inline_asm_elementwise(_UNPACK_BF16_PTX, "=r,=r,=r,=r,r", [packed],
+                                         dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    else:
+        return tl.inline_asm_elementwise(_UNPACK_FP16_PTX, "=r,=r,=r,=r,r", [packed],
+                                         dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
 
 
 @triton.jit(do_not_specialize=["M", "N"])
@@ -126,9 +188,7 @@ def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     for k in range(k_start, k_end, BLOCK_K):
         for g in tl.static_range(GROUPS_PER_TILE):
             k0 = k + g * GROUP
-            wide = tl.load(w_base + k0 // 2).to(tl.int16)
-            lo = ((wide & 0xF) | MAGIC).to(dtype, bitcast=True)
-            hi = ((wide >> 4) | MAGIC).to(dtype, bitcast=True)
+            lo, hi = _unpack_nibbles_16(tl.load(w_base + k0 // 2), dtype)
             scale = tl.load(Scales + sz_base + k0 // GROUP)[:, None]
             offset = (MAGIC_VALUE + tl.load(Zeros + sz_base + k0 // GROUP).to(tl.float32)).to(
                 dtype)[:, None]
@@ -376,16 +436,16 @@ def launch_fp8(x, qweight, scales, bias, config: GemvConfig):
 
 def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
     """Tiles whose K span is whole groups dividing the row (no masks; a span that does not
-    divide falls back to one group), each unsplit and split to fill the GPU. One row also
-    tries the CUDA-core kernel, first: it is the untimed default there."""
+    divide falls back to one group), each unsplit and split to fill the GPU (one-row tiles also
+    split twice that). One row also tries the CUDA-core kernel, first: it is the untimed
+    default there."""
     num_groups = k // group_size
-    fma = ((8, 512, 4, 1), (16, 512, 4, 1), (8, 256, 4, 3), (16, 256, 4, 3), (32, 256, 8, 3),
-           (4, 1024, 4, 1))
-    # The fastest tiles of run 16 on the Llama-3-8B shape (past 16 rows one pipeline stage was
-    # best).
-    dot = ((64, 128, 4, 3), (32, 256, 4, 2), (64, 256, 4, 2), (128, 128, 8, 3))
+    # The fastest tiles of run 17's sweep on the Llama-3-8B shape (tiles x 1-4 stages x splits,
+    # bench/NOTES.md): small one-row tiles, three stages; past 16 rows, 64-wide tiles.
+    fma = ((16, 256, 1, 3), (32, 256, 2, 3), (16, 256, 1, 4), (32, 128, 1, 3))
+    dot = ((64, 256, 4, 3), (64, 128, 4, 3), (64, 256, 4, 2), (32, 256, 4, 2))
     if rows > 16:
-        dot = ((64, 128, 4, 1), (64, 256, 4, 1), (64, 128, 4, 2), (128, 128, 8, 2))
+        dot = ((64, 128, 4, 2), (64, 128, 4, 1), (64, 256, 4, 1), (64, 128, 4, 3))
     tiles = [("fma",) + t for t in fma] if rows == 1 else []
     configs = []
     for kind, block_n, block_k, warps, stages in tiles + [("dot",) + t for t in dot]:
@@ -393,7 +453,10 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
         if num_groups % (block_k // group_size):
             block_k = group_size
         split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
-        for split_k in sorted({1, split}):
+        splits = {1, split}
+        if kind == "fma" and triton.cdiv(k, block_k) >= 8 * split:
+            splits.add(2 * split)           # the one-row tiles were often fastest split deeper
+        for split_k in sorted(splits):
             config = GemvConfig(kind, block_n, block_k, warps, stages, split_k)
             if config not in configs:
                 configs.append(config)
