@@ -29,6 +29,7 @@ from runtime_service.engine.request import Request, RequestOutput
 from runtime_service.errors import KilnError
 from runtime_service.server.core_pipe import FramedSocket
 from runtime_service.server.engine_host import RuntimeSettings
+from runtime_service.server import kernel_cache
 from runtime_service.server.engine_start import start_engine
 from runtime_service.server.log_format import configure_logging
 from runtime_service.server.startup_report import process_age_s
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     core = EngineCore(started.executor, pipe)
     pipe.send(codec.STARTED, codec.dumps(describe(started)))
     core.serve()
+    kernel_cache.finish_sharing()
     return 0
 
 

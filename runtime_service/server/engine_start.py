@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,8 +105,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
         executor.shutdown()         # stops the step loop and, with ranks, every rank
         raise
     if kernels is not None:
-        # Packing can take seconds; the pod serves meanwhile.
-        threading.Thread(target=kernels.share, name="kiln-share-kernels", daemon=True).start()
+        kernel_cache.share_in_background(kernels)
     tuned = 0
     if tuning is not None:
         tuned = kernel_tuning.tuning_totals(device)[0] - tuned_before

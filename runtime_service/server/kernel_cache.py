@@ -28,6 +28,8 @@ import os
 import re
 import tarfile
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,10 @@ MAX_FILES = 50_000
 MAX_BYTES = 1 << 30
 _MEMBER = re.compile(r"[A-Za-z0-9_-]{1,128}/[A-Za-z0-9_.-]{1,200}")
 _HOST_CODE = (".so", ".dll", ".dylib")
+# How long a stopping process waits for its kernels to finish packing (`finish_sharing`): a
+# fresh node's archive took seconds to pack, well within a pod's termination grace period.
+SHARE_WAIT_S = 20.0
+_sharing: list[threading.Thread] = []
 
 
 class KernelArchiveError(ValueError):
@@ -165,3 +171,27 @@ class SharedKernels:
             log.info("shared %d compiled kernel files (%d bytes) at %s", count, len(data),
                      self.store_key)
         return written
+
+
+def share_in_background(kernels: SharedKernels) -> threading.Thread:
+    """Starts `kernels.share()` on a thread: packing takes seconds and the pod serves meanwhile.
+    `finish_sharing` waits for it when the process stops."""
+    thread = threading.Thread(target=kernels.share, name="kiln-share-kernels", daemon=True)
+    _sharing.append(thread)
+    thread.start()
+    return thread
+
+
+def finish_sharing(timeout_s: float = SHARE_WAIT_S) -> bool:
+    """Waits, at most `timeout_s` in all, for the shares this process started; True if none is
+    left running. A pod stopped soon after it started (a rollout, a benchmark) would otherwise
+    kill its packing thread, and no pod after it would find the kernels: a pod that did not
+    compile shares too, but only a pod that lives long enough (bench/NOTES.md, run 17)."""
+    deadline = time.monotonic() + timeout_s
+    for thread in list(_sharing):
+        thread.join(max(0.0, deadline - time.monotonic()))
+    running = [thread for thread in _sharing if thread.is_alive()]
+    _sharing[:] = running
+    if running:
+        log.warning("stopping before the compiled kernels were shared; a later pod shares them")
+    return not running

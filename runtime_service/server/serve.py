@@ -36,7 +36,7 @@ from runtime_service.store.atomic_folder import remove_abandoned_partials
 from runtime_service.server.observability import (ObservabilitySettings, PodObservability,
                                                   add_observability_arguments,
                                                   observability_from_args)
-from runtime_service.server.kernel_cache import pod_kernel_folder
+from runtime_service.server.kernel_cache import finish_sharing, pod_kernel_folder
 from runtime_service.server.log_format import configure_logging
 from runtime_service.server.servicer import (LIVENESS_SERVICE_NAME, SERVICE_NAME, RuntimeServicer,
                                     generic_handler)
@@ -230,6 +230,7 @@ class RuntimeServer:
         # elsewhere). With none left, a second lets calls that just ended send their trailers.
         await self.stop(grace_s=0.0 if self.servicer.num_active_streams else 1.0)
         await asyncio.to_thread(self.host.shutdown)
+        await asyncio.to_thread(finish_sharing)     # the engine's packing, if it ran here
         self._stopped.set()
 
     async def stop(self, grace_s: float | None = None) -> None:

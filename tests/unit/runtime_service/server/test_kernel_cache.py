@@ -132,3 +132,33 @@ def test_a_folder_past_the_limits_is_not_shared(tmp_path, monkeypatch):
     node = shared(triton_folder(tmp_path / "node"), store)
     assert node.share() is False
     assert store.stat(node.store_key) is None
+
+
+class _SlowStore(LocalStore):
+    """A store whose writes wait for `release`, as a large archive's upload does."""
+
+    def __init__(self, root, release):
+        super().__init__(root)
+        self.release = release
+
+    def put_bytes_if_absent(self, key, data):
+        self.release.wait(10)
+        return super().put_bytes_if_absent(key, data)
+
+
+def test_a_stopping_process_waits_for_its_share_so_the_next_pod_finds_the_kernels(tmp_path):
+    """Run 17 on the H200: a pod stopped right after SERVING had its packing thread killed, and
+    the next node compiled everything again."""
+    import threading
+
+    release = threading.Event()
+    store = _SlowStore(tmp_path / "store", release)
+    first = shared(triton_folder(tmp_path / "node1"), store)
+    thread = kernel_cache.share_in_background(first)
+    assert kernel_cache.finish_sharing(timeout_s=0.05) is False     # still writing: gave up
+    assert thread.is_alive() and store.stat(first.store_key) is None
+    release.set()
+    assert kernel_cache.finish_sharing() is True
+    assert not thread.is_alive()
+    assert shared(tmp_path / "node2", store).restore() == len(KERNEL_FILES)
+    assert kernel_cache.finish_sharing(timeout_s=0.0) is True        # nothing left to wait for
