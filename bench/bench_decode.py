@@ -492,7 +492,8 @@ def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch
                     scraper = pod.scraper(scrape_interval_s) if on else None
                     result |= measure(address,
                                       lambda n, length, seed: prompts(n, length, vocab, seed),
-                                      TTFT_PROMPTS, loads_for(quick), quick, log, _ttft_idle_s)
+                                      TTFT_PROMPTS, loads_for(quick), quick, log, _ttft_idle_s,
+                                      pod_log=pod.log_path)
                 finally:
                     if scraper is not None:
                         result["metrics"] = scraper.stop()
@@ -511,8 +512,10 @@ def median_of_pods(results: list[dict]) -> dict:
     first = results[0]
     return {
         "tpot_ms_batch1": statistics.median(r["tpot_ms_batch1"] for r in results),
-        **{key: {k: statistics.median(r[key][k] for r in results) for k in first[key]}
-           for key in ("ttft_ms", "ttft_idle_ms") if key in first},
+        **{key: {k: statistics.median(r[key][k] for r in results) for k in first[key]
+                 if all(k in r[key] for r in results)}
+           for key in ("ttft_ms", "ttft_idle_ms", "server_ttft_ms", "server_ttft_idle_ms")
+           if all(key in r for r in results)},
         "throughput": {name: {"output_tokens_per_s": statistics.median(
             r["throughput"][name]["output_tokens_per_s"] for r in results)}
             for name in first["throughput"]},
@@ -567,6 +570,9 @@ def table(report: dict) -> str:
         add(f"TTFT {length} ms", lambda r, key=str(length): r.get("ttft_ms", {}).get(key))
         add(f"TTFT {length} ms, idle GPU", lambda r, key=str(length): r.get(
             "ttft_idle_ms", {}).get(key))
+        if any(run.get("server_ttft_ms") for run in by_core.values()):
+            add(f"TTFT {length} ms, as the pod saw it", lambda r, key=str(length): r.get(
+                "server_ttft_ms", {}).get(key))
     for name in kiln.get("throughput", hf.get("throughput", {})):
         add(f"{name} tok/s", lambda r, key=name: r.get("throughput", {}).get(key, {}).get(
             "output_tokens_per_s"), False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,22 @@ def build_engine(hf_folder: Path, store: Path, build, device: str, dtype: str) -
     if done.returncode != 0:
         raise RuntimeError(f"engine build failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["uri"]
+
+
+def server_side(ttft_ids: dict, seen_s: dict[str, float], log) -> dict:
+    """The pod's own TTFT per figure and length: the median of the requests it logged."""
+    figures: dict[str, dict[str, float]] = {"server_ttft_ms": {}, "server_ttft_idle_ms": {}}
+    for (key, length), ids in ttft_ids.items():
+        times = sorted(1e3 * seen_s[i] for i in ids if i in seen_s)
+        if times:
+            figures[f"server_{key}"][str(length)] = times[len(times) // 2]
+    for length in sorted({length for _, length in ttft_ids}):
+        back = figures["server_ttft_ms"].get(str(length))
+        idle = figures["server_ttft_idle_ms"].get(str(length))
+        if back is not None and idle is not None:
+            log(f"Kiln gRPC TTFT {length} as the pod saw it: {back:.1f} ms back to back, "
+                f"{idle:.1f} ms after idle")
+    return figures
 
 
 class RuntimePod:
@@ -131,19 +148,36 @@ class MetricsScraper:
 
 
 def measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,
-            ttft_idle_s: float = 1.0) -> dict:
-    """tpot_ms_batch1, ttft_ms and throughput, as bench_decode reports them in-process."""
-    return asyncio.run(_measure(address, prompts, ttft_prompts, loads, quick, log, ttft_idle_s))
+            ttft_idle_s: float = 1.0, pod_log: Path | None = None) -> dict:
+    """tpot_ms_batch1, ttft_ms and throughput, as bench_decode reports them in-process. With
+    the pod's log, also the TTFT the pod saw itself (`server_ttft_ms`, `server_ttft_idle_ms`):
+    from its Generate handler's start to the first token reaching it. The client's TTFT minus
+    that is what gRPC and the client add; that minus the in-process TTFT is the pod's own path."""
+    return asyncio.run(_measure(address, prompts, ttft_prompts, loads, quick, log, ttft_idle_s,
+                                pod_log))
+
+
+def server_ttfts_s(log_path: Path) -> dict[str, float]:
+    """request_id -> ttft_s from the pod's `generate` lines (text log format)."""
+    found = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        match = _GENERATE_LINE.search(line)
+        if match and match.group(2) != "-":
+            found[match.group(1)] = float(match.group(2))
+    return found
+
+
+_GENERATE_LINE = re.compile(r" generate request_id=(\S+) .*?\bttft_s=(\S+)")
 
 
 async def _measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,
-                   ttft_idle_s: float) -> dict:
+                   ttft_idle_s: float, pod_log: Path | None) -> dict:
     """Every figure on one channel, connected before the first, as a client keeps it."""
     import grpc
 
     async with grpc.aio.insecure_channel(address) as channel:
         await channel.channel_ready()
-        run = lambda batch, n: generate_batch(channel, batch, n)  # noqa: E731
+        run = lambda batch, n, ids=None: generate_batch(channel, batch, n, ids)  # noqa: E731
         await run(prompts(2, 1024, 9), 4)                                  # warm-up
         new_tokens = 32 if quick else 128
         tpots = [(await run(prompts(1, 128, 1), new_tokens + 1))["per_token_latency_ms"]
@@ -151,16 +185,22 @@ async def _measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,
         result = {"tpot_ms_batch1": min(tpots), "ttft_ms": {}, "ttft_idle_ms": {},
                   "throughput": {}}
         log(f"Kiln gRPC batch-1 time per output token {result['tpot_ms_batch1']:.2f} ms")
+        ttft_ids: dict[tuple[str, int], list[str]] = {}
         for length in ttft_prompts:
             # other prompts after idle, so a pod with block reuse cannot serve them from cache
             for key, idle_s, seeds in (("ttft_ms", 0.0, 20), ("ttft_idle_ms", ttft_idle_s, 30)):
                 times = []
                 for seed in range(seeds, seeds + 3):
                     await asyncio.sleep(idle_s)
-                    times.append((await run(prompts(1, length, seed), 1))["ttft_ms"])
+                    request_id = f"bench-{key}-{length}-{seed}-{time.monotonic_ns()}"
+                    ttft_ids.setdefault((key, length), []).append(request_id)
+                    times.append((await run(prompts(1, length, seed), 1, [request_id]))
+                                 ["ttft_ms"])
                 result[key][str(length)] = sorted(times)[1]
             log(f"Kiln gRPC TTFT {length}: {result['ttft_ms'][str(length)]:.1f} ms back to "
                 f"back, {result['ttft_idle_ms'][str(length)]:.1f} ms after {ttft_idle_s:g} s idle")
+        if pod_log is not None:
+            result |= server_side(ttft_ids, server_ttfts_s(pod_log), log)
         for concurrency, input_len, output_len in loads:
             name = f"{concurrency}x{input_len}/{output_len}"
             # as in-process: short-prompt loads run three times and report the median
