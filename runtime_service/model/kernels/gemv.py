@@ -26,14 +26,17 @@ first call must come before CUDA-graph capture (the decode graphs' warm-up passe
 first call during capture, or off CUDA (the Triton interpreter), runs `default_config` untimed.
 Tuning an 8B model's shapes takes seconds of every start, so the choices leave and come back as
 plain records (`export_tuned` / `import_tuned`, without the device): the pod keeps them per
-engine and GPU model, and a second start on that GPU model times nothing.
+engine and GPU model, and a second start on that GPU model times nothing. A shape's candidates
+compile together on a thread pool before they are timed (`precompile`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -304,8 +307,44 @@ def _check_inputs(x, weight, bias, out, gated: bool = False) -> None:
                          f"{x.device}; got {tuple(out.shape)} {out.dtype}")
 
 
-def _launch(x, weight, bias, config: GemvConfig, out, gated: bool = False) -> torch.Tensor:
+_COMPILE_THREADS = min(16, os.cpu_count() or 1)
+
+
+def grid_launcher(kernel, grid, warmup: bool = False):
+    """`kernel[grid]`, or with `warmup` a compile of exactly what that launch would run (the
+    same arguments give the same specialization), without running it."""
+    return functools.partial(kernel.warmup, grid=grid) if warmup else kernel[grid]
+
+
+def precompile(warm_up, candidates: list) -> None:
+    """Compiles every candidate's kernels at once on a thread pool, so that timing them one by
+    one does not wait for each compile in turn; `warm_up(config)` makes a candidate's launches
+    with warmup=True. Triton's passes and ptxas release the GIL: twelve compiles took 6.0 s in
+    sequence and 3.8 s on two threads (bench/NOTES.md, run 17), and a fresh node's first pod
+    spent 32-41 s tuning, mostly compiling. Best effort: what fails here compiles (or fails)
+    when it is timed, as it did before."""
+    threads = min(len(candidates), _COMPILE_THREADS)
+    if threads < 2 or not hasattr(triton, "AsyncCompileMode"):
+        return
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="kiln-compile") as pool, \
+                triton.AsyncCompileMode(pool, ignore_errors=True):
+            for config in candidates:
+                try:
+                    warm_up(config)
+                except Exception as exc:  # noqa: BLE001 - the timing loop reports it
+                    log.debug("no early compile for %s: %r", config, exc)
+    except Exception as exc:  # noqa: BLE001 - compiling early is an optimisation only
+        log.warning("compiling the tuning candidates early failed (%r); they compile as they "
+                    "are timed", exc)
+
+
+def _launch(x, weight, bias, config: GemvConfig, out, gated: bool = False,
+            warmup: bool = False) -> torch.Tensor | None:
+    """Runs `config` (with `warmup`, only compiles what it would run)."""
     if config.kind == "cublas":
+        if warmup:
+            return None
         if gated:
             from runtime_service.model.kernels.activation import silu_and_mul
             x = silu_and_mul(x)
@@ -326,11 +365,13 @@ def _launch(x, weight, bias, config: GemvConfig, out, gated: bool = False) -> to
                    BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0,
                    num_warps=config.num_warps, num_stages=config.num_stages)
     if config.kind == "dot":
-        _dot_kernel[(n_blocks, split)](*args, BLOCK_M=row_tile(rows), **options)
+        grid_launcher(_dot_kernel, (n_blocks, split), warmup)(
+            *args, BLOCK_M=row_tile(rows), **options)
     else:
-        _fma_kernel[(n_blocks, split, rows)](*args, NUM_STAGES=config.num_stages, **options)
+        grid_launcher(_fma_kernel, (n_blocks, split, rows), warmup)(
+            *args, NUM_STAGES=config.num_stages, **options)
     if split > 1:
-        _split_sum_kernel[(triton.cdiv(n, _SUM_BLOCK), rows)](
+        grid_launcher(_split_sum_kernel, (triton.cdiv(n, _SUM_BLOCK), rows), warmup)(
             target, bias, out, rows, n, split, HAS_BIAS=bias is not None, BLOCK=_SUM_BLOCK,
             num_warps=4)
     return out
@@ -412,6 +453,8 @@ def _tune(x, weight, candidates: list[GemvConfig], gated: bool) -> GemvConfig:
     reading a different copy of the weight, the copies together larger than L2 (timing single
     launches with the cache flushed between them favoured other configs than the graphs run
     best, by a few percent)."""
+    precompile(lambda config: _launch(x, weight, None, config, None, gated, warmup=True),
+               candidates)
     copies = [weight] + [weight.clone() for _ in range(_copies_beyond_l2(weight) - 1)]
     timings_us = {}
     for config in candidates:

@@ -32,7 +32,8 @@ import triton.language as tl
 
 from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _sm_count,
                                                 _split_sum_kernel, graph_time_per_call_us,
-                                                row_tile, split_to_fill)
+                                                grid_launcher, precompile, row_tile,
+                                                split_to_fill)
 
 log = logging.getLogger("kiln.kernels.quant_gemv")
 
@@ -324,13 +325,15 @@ def _dequant_int4_kernel(QW, Scales, Zeros, Out, N, K, GROUP: tl.constexpr,
 
 # ---- launchers (inputs already checked by quant_linear.py) ------------------------------------
 
-def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (e4m3 [M, K], float32 per-row scales [M]); graph-safe."""
+def quantize_rows_fp8(x: torch.Tensor, warmup: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], float32 per-row scales [M]); graph-safe. With `warmup` the
+    kernel only compiles (the outputs are left unwritten)."""
     rows, k = x.shape
     xq = torch.empty((rows, k), dtype=torch.float8_e4m3fn, device=x.device)
     scales = torch.empty(rows, dtype=torch.float32, device=x.device)
-    _quantize_rows_kernel[(rows,)](x, xq, scales, k, x.stride(0),
-                                   BLOCK=min(4096, triton.next_power_of_2(k)), num_warps=8)
+    grid_launcher(_quantize_rows_kernel, (rows,), warmup)(
+        x, xq, scales, k, x.stride(0), BLOCK=min(4096, triton.next_power_of_2(k)), num_warps=8)
     return xq, scales
 
 
@@ -343,9 +346,10 @@ def dequantize_int4(qweight, scales, zeros, group_size: int, dtype: torch.dtype)
     return out
 
 
-def _finish(x, bias, out_dtype, n, config: GemvConfig, launch) -> torch.Tensor:
+def _finish(x, bias, out_dtype, n, config: GemvConfig, launch, warmup: bool = False
+            ) -> torch.Tensor:
     """Allocates the output (or the split partials), runs `launch(target, fused_bias,
-    k_per_split)` and sums the splits."""
+    k_per_split)` and sums the splits (with `warmup`, compiles the sum only)."""
     rows = x.shape[0]
     out = torch.empty((rows, n), dtype=out_dtype, device=x.device)
     split = config.split_k
@@ -353,7 +357,7 @@ def _finish(x, bias, out_dtype, n, config: GemvConfig, launch) -> torch.Tensor:
                                                 device=x.device)
     launch(target, bias if split == 1 else None)
     if split > 1:
-        _split_sum_kernel[(triton.cdiv(n, _SUM_BLOCK), rows)](
+        grid_launcher(_split_sum_kernel, (triton.cdiv(n, _SUM_BLOCK), rows), warmup)(
             target, bias, out, rows, n, split, HAS_BIAS=bias is not None, BLOCK=_SUM_BLOCK,
             num_warps=4)
     return out
@@ -364,8 +368,9 @@ def _finish(x, bias, out_dtype, n, config: GemvConfig, launch) -> torch.Tensor:
 _INT4_MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
 
 
-def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvConfig):
-    """qweight in `pack_for_device`'s layout."""
+def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvConfig,
+                warmup: bool = False):
+    """qweight in `pack_for_device`'s layout. `warmup`: compile, do not run (`precompile`)."""
     rows, k = x.shape
     n = qweight.shape[0]
     groups_per_tile = config.block_k // group_size
@@ -380,18 +385,20 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
                        num_stages=config.num_stages)
         n_blocks = triton.cdiv(n, config.block_n)
         if config.kind == "fma":
-            _int4_fma_kernel[(n_blocks, config.split_k, rows)](
+            grid_launcher(_int4_fma_kernel, (n_blocks, config.split_k, rows), warmup)(
                 *args, NUM_STAGES=config.num_stages, **options)
         else:
             block_m = row_tile(rows)
             magic, magic_value = _INT4_MAGIC[x.dtype]
-            _int4_dot_kernel[(n_blocks, config.split_k, triton.cdiv(rows, block_m))](
+            grid = (n_blocks, config.split_k, triton.cdiv(rows, block_m))
+            grid_launcher(_int4_dot_kernel, grid, warmup)(
                 *args, BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options)
 
-    return _finish(x, bias, x.dtype, n, config, launch)
+    return _finish(x, bias, x.dtype, n, config, launch, warmup)
 
 
-def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvConfig):
+def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvConfig,
+                   warmup: bool = False):
     """int8 (x in the engine dtype, `x_scales` None) or fp8 (x e4m3 with per-row scales)."""
     rows, k = x.shape
     n = qweight.shape[0]
@@ -400,22 +407,22 @@ def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvCo
         tl.bfloat16 if x.dtype == torch.bfloat16 else tl.float16)
 
     def launch(target, fused_bias):
-        _channel_kernel[(triton.cdiv(n, config.block_n), config.split_k)](
+        grid_launcher(_channel_kernel, (triton.cdiv(n, config.block_n), config.split_k), warmup)(
             x, x_scales, qweight, scales, fused_bias, target, rows, n, k, x.stride(0),
             k_per_split, HAS_XSCALE=x_scales is not None, HAS_BIAS=fused_bias is not None,
             DOT_DTYPE=dot_dtype, BLOCK_M=row_tile(rows), BLOCK_N=config.block_n,
             BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0,
             num_warps=config.num_warps, num_stages=config.num_stages)
 
-    return _finish(x, bias, out_dtype, n, config, launch)
+    return _finish(x, bias, out_dtype, n, config, launch, warmup)
 
 
-def launch_fp8(x, qweight, scales, bias, config: GemvConfig):
+def launch_fp8(x, qweight, scales, bias, config: GemvConfig, warmup: bool = False):
     """An fp8 linear of a few rows from x in the engine dtype: the fused one-row kernel
     ("fma"), or the rows quantized by `quantize_rows_fp8` and then `_channel_kernel`."""
     if config.kind != "fma":
-        xq, x_scales = quantize_rows_fp8(x)
-        return launch_channel(xq, x_scales, qweight, scales, bias, x.dtype, config)
+        xq, x_scales = quantize_rows_fp8(x, warmup)
+        return launch_channel(xq, x_scales, qweight, scales, bias, x.dtype, config, warmup)
     if x.shape[0] != 1:
         raise ValueError(f"the fused fp8 kernel takes one row, got {x.shape[0]}")
     k = x.shape[1]
@@ -423,13 +430,13 @@ def launch_fp8(x, qweight, scales, bias, config: GemvConfig):
     k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
 
     def launch(target, fused_bias):
-        _fp8_fma_kernel[(triton.cdiv(n, config.block_n), config.split_k)](
+        grid_launcher(_fp8_fma_kernel, (triton.cdiv(n, config.block_n), config.split_k), warmup)(
             x, qweight, scales, fused_bias, target, n, k, k_per_split,
             HAS_BIAS=fused_bias is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             X_BLOCK=min(2048, triton.next_power_of_2(k)), EVEN_K=k % config.block_k == 0,
             NUM_STAGES=config.num_stages, num_warps=config.num_warps)
 
-    return _finish(x, bias, x.dtype, n, config, launch)
+    return _finish(x, bias, x.dtype, n, config, launch, warmup)
 
 
 # ---- tuning: gemv's clock over quantized weight copies ----------------------------------------
@@ -502,13 +509,15 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
                  call) -> GemvConfig:
     """The fastest of `candidates` for `key`, timed on first use as gemv.py times its own:
     `call(x, weights, config)` back to back in a CUDA graph over copies of `weights` larger than
-    L2. During capture or off CUDA the first candidate runs untimed."""
+    L2, after all compile at once (`call(x, weights, config, warmup=True)`, gemv.precompile).
+    During capture or off CUDA the first candidate runs untimed."""
     config = _tuned.get(key)
     if config is not None:
         return config
     if not x.is_cuda or torch.cuda.is_current_stream_capturing():
         return candidates[0]
     started = time.perf_counter()
+    precompile(lambda candidate: call(x, weights, candidate, warmup=True), candidates)
     largest = max(weights, key=lambda t: t.numel() * t.element_size())
     copies = [weights] + [tuple(t.clone() for t in weights)
                           for _ in range(_copies_beyond_l2(largest) - 1)]

@@ -105,7 +105,7 @@ def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     config = qg.tuned_config(
         key, x, (qweight, scales, zeros),
         qg.int4_candidates(rows, n, k, group_size, qg.sm_count(x.device)),
-        lambda x_, w, c: qg.launch_int4(x_, *w, group_size, None, c))
+        lambda x_, w, c, warmup=False: qg.launch_int4(x_, *w, group_size, None, c, warmup))
     return qg.launch_int4(x, qweight, scales, zeros, group_size, bias, config)
 
 
@@ -151,7 +151,8 @@ def _channel_gemv(kind, x, x_scales, qweight, scales, bias, out_dtype) -> torch.
     key = (kind, x.device, out_dtype, _bucket(rows), n, k)
     config = qg.tuned_config(
         key, x, (qweight, scales), qg.channel_candidates(rows, n, k, qg.sm_count(x.device)),
-        lambda x_, w, c: qg.launch_channel(x_, x_scales, *w, None, out_dtype, c))
+        lambda x_, w, c, warmup=False: qg.launch_channel(x_, x_scales, *w, None, out_dtype, c,
+                                                         warmup))
     return qg.launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config)
 
 
@@ -165,7 +166,8 @@ def _fp8_gemv(x, qweight, scales, bias) -> torch.Tensor:
     key = ("fp8", x.device, x.dtype, _bucket(rows), n, k)
     config = qg.tuned_config(key, x, (qweight, scales),
                              qg.fp8_candidates(rows, n, k, qg.sm_count(x.device)),
-                             lambda x_, w, c: qg.launch_fp8(x_, *w, None, c))
+                             lambda x_, w, c, warmup=False: qg.launch_fp8(x_, *w, None, c,
+                                                                          warmup))
     return qg.launch_fp8(x, qweight, scales, bias, config)
 
 
