@@ -82,13 +82,14 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     [BLOCK_N, groups, GROUP / 2] bytes; byte j of a group holds its columns j and GROUP / 2 + j
     (`pack_for_device`), so x is two plain [groups, GROUP / 2] loads.
 
-    The loop is what bounds this kernel: it is limited by instruction issue, not by memory
-    (Nsight Compute, bench/NOTES.md run 16). So the weights are used as `_unpack_nibbles` gives
-    them, offset by 128 (low) and 2048 (high), and every correction waits for the end of each
-    group: sum_j s (q_j - z) x_j = s (sum_j v_j x_j - sum_j o_j x_j - z sum_j x_j), where v = o + q
-    and the x sums are shared by all rows of the tile. That leaves one shift, two LOP3s and three
-    float32 operations per weight byte (bench/kernel_sass.py). The offsets cost float32
-    cancellation well under the output's own bf16 rounding (bench/NOTES.md, run 17)."""
+    Its loop used to be limited by instruction issue (Nsight Compute, bench/NOTES.md run 16).
+    So the weights are used as `_unpack_nibbles` gives them, offset by 128 (low) and 2048
+    (high), and every correction waits for the end of each group:
+    sum_j s (q_j - z) x_j = s (sum_j v_j x_j - sum_j o_j x_j - z sum_j x_j), where v = o + q and
+    the x sums are shared by all rows of the tile. That leaves one shift, two LOP3s and three
+    float32 operations per weight byte (bench/kernel_sass.py); the offsets cost float32
+    cancellation well under the output's own bf16 rounding. With half the instructions, bytes
+    in flight became the limit: small tiles with three pipeline stages won (run 17)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
