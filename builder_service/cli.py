@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--calib-num-samples", type=int, default=0)
     build.add_argument("--calib-seq-len", type=int, default=0)
     build.add_argument("--target-device", default="any", help="any, cpu or cuda")
+    build.add_argument("--warm-startup-cache", action="store_true",
+                       help="after publishing, start the engine once on this machine's GPU so "
+                       "the store holds its tuning and compiled kernels for this GPU model "
+                       "(in-process builds)")
     build.add_argument("--work-dir", type=Path, default=None)
     build.add_argument("--token-file", type=Path, help="bearer token for --builder")
     build.add_argument("--tls-ca", type=Path, help="CA certificate to reach --builder over TLS")
@@ -113,6 +117,9 @@ def _build_local(args, printer) -> None:
     builder = EngineBuilder(open_store(args.store), SourceResolver(work_dir, None), work_dir)
     outcome = builder.build(_spec(args), printer)
     printer.finish()
+    if args.warm_startup_cache:
+        from builder_service.warm_start import warm_startup_cache
+        warm_startup_cache(outcome.engine.uri, work_dir)
     _print_ref(outcome.engine.engine_key, outcome.engine.uri, outcome.engine.name,
                outcome.cached)
 
@@ -185,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             _serve(args)
         elif args.command == "build":
+            if args.builder and args.warm_startup_cache:
+                raise InvalidRequest("--warm-startup-cache warms on this machine's GPU: use it "
+                                     "with --store, not --builder")
             (_build_remote if args.builder else _build_local)(args, printer)
         else:
             _convert(args, printer)

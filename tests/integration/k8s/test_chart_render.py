@@ -216,6 +216,10 @@ def test_build_jobs_bound_retries_and_time(rendered):
     assert local_args[local_args.index("--store") + 1] == "s3://kiln/engines"
     remote_args = remote["spec"]["template"]["spec"]["containers"][0]["args"]
     assert remote_args[remote_args.index("--builder") + 1] == "demo-kiln-builder:50052"
+    assert "--warm-startup-cache" not in local_args + remote_args
+    warmed = jobs["demo-kiln-build-llama3-8b-fp8"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--warm-startup-cache" in warmed["args"] and "--store" in warmed["args"]
+    assert warmed["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
 def test_container_ports_match_their_listen_flags(rendered):
@@ -255,6 +259,9 @@ SCHEMA_REJECTS = {
     "OTLP endpoint without scheme": {"tracing": {"otlpEndpoint": "otel:4317"}},
     "negative build backoff": {"buildJob": {"backoffLimit": -1}},
     "build without a model": {"builds": [{"name": "b"}]},
+    "warming without a GPU": {"builds": [{"name": "b", "model": "/m", "warmStartupCache": True}]},
+    "warming through the builder": {"builds": [{"name": "b", "model": "/m", "gpus": 1,
+                                                "viaBuilder": True, "warmStartupCache": True}]},
 }
 RENDER_REJECTS = {
     "tp * pp below the GPUs": (_model(gpusPerPod=4, tp=2), "tp * pp = 2 must equal"),
