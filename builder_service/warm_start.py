@@ -9,7 +9,9 @@ are kept per GPU model: a build on another model of GPU warms nothing the pods c
 
 The engine starts in its own engine-core process (server/core_client.py), exactly as in a pod,
 with a fresh cache directory and a fresh Triton kernel folder, so every kernel the engine runs
-compiles there and travels to the store. Stopping waits for the kernels to be shared.
+compiles there and travels to the store. Stopping waits for the kernels to be shared. It runs
+with the runtime's default executor options: a pod started with other ones (larger CUDA-graph
+batches, say) tunes and compiles only the shapes the warm-up did not meet.
 """
 
 from __future__ import annotations
