@@ -323,9 +323,10 @@ def load_throughput(executor: Executor, vocab: int, load: tuple[int, int, int],
 
 def bench_quantized(state: dict[str, torch.Tensor], config: EngineConfig, dtype: torch.dtype,
                     device: str, variants: list, vocab: int, quick: bool,
-                    bandwidth: float | None) -> dict:
+                    bandwidth: float | None, profile: Path | None = None) -> dict:
     """Batch-1 and the loads for each quantized engine, one at a time, each beside the floor of
-    the weight bytes it reads per token."""
+    the weight bytes it reads per token; with `profile`, each engine's batch-1 decode kernel
+    table too (`<profile stem>_<engine>_b1.txt`)."""
     from quant_engine import AWQ_NOTE, bytes_read_per_token, quantized_model
     results = {}
     for variant in variants:
@@ -347,6 +348,13 @@ def bench_quantized(state: dict[str, torch.Tensor], config: EngineConfig, dtype:
                     for i, p in enumerate(prompts(3, 1024, vocab, 9) + prompts(2, 7, vocab, 9))]
             kiln_generate_timed(executor, warm)
             entry["tpot_ms_batch1"] = batch1_tpot_ms(executor, vocab, quick, variant.name)
+            if profile is not None:
+                slug = re.sub(r"[^A-Za-z0-9]+", "_", variant.name).strip("_")
+                try:
+                    profile_decode(executor, vocab, 1,
+                                   profile.with_name(f"{profile.stem}_{slug}_b1.txt"))
+                except Exception as exc:  # noqa: BLE001 - a profiler failure must not end the run
+                    log(f"profiling {variant.name} failed: {exc!r}")
             entry["throughput"] = dict(load_throughput(executor, vocab, load, variant.name)
                                        for load in loads_for(quick))
         finally:
@@ -753,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cuda":
             torch.cuda.empty_cache()
         report["quantized"] = bench_quantized(state, config, dtype, device, variants, vocab,
-                                              args.quick, bandwidth)
+                                              args.quick, bandwidth, args.profile)
         del state
     if args.grpc:
         loaded = None
