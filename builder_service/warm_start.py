@@ -41,6 +41,11 @@ def warm_startup_cache(uri: str, work_dir: Path):
         raise FailedPrecondition("--warm-startup-cache needs a CUDA GPU of the model the pods "
                                  "run on: tuning and compiled kernels are kept per GPU model")
     work_dir.mkdir(parents=True, exist_ok=True)
+    if torch.cuda.is_initialized():
+        # The build left blocks in this process's allocator. The engine core sizes its KV cache
+        # from the GPU's free memory, as a pod does on a GPU of its own: give them back.
+        torch.cuda.empty_cache()
+        log.info("warming with %.1f GiB of the GPU free", torch.cuda.mem_get_info()[0] / 2**30)
     cache_dir = Path(tempfile.mkdtemp(prefix="warm-startup-", dir=work_dir))
     previous = os.environ.get(kernel_cache.ENV)
     os.environ[kernel_cache.ENV] = str(cache_dir / "kernels" / "triton")   # the core inherits it

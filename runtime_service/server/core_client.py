@@ -280,10 +280,6 @@ def start_core_process(uri: str, settings, pod_age_s: float = 0.0) -> StartedEng
         raise codec.decode_error(codec.loads(body))
     started = codec.loads(body)
     client = EngineCoreClient(process, pipe, started, settings.executor or ExecutorOptions())
-    report = started["report"]
-    report = StartupReport(tuple((name, s) for name, s in report["seconds"]),
-                           tuned_shapes=report["tuned_shapes"],
-                           tuning_source=report["tuning_source"],
-                           pulled_bytes=report["pulled_bytes"],
-                           kernel_files_from_store=report["kernel_files_from_store"])
+    facts = dict(started["report"])
+    report = StartupReport(tuple((name, s) for name, s in facts.pop("seconds")), **facts)
     return StartedEngine(client, Path(started["folder"]), started["kind"], report)

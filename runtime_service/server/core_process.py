@@ -119,11 +119,7 @@ def describe(started) -> dict:
     tokenizer_dir = executor.loaded.tokenizer_dir if executor.tokenizer is not None else None
     return {
         "folder": str(started.folder), "kind": started.kind,
-        "report": {"seconds": started.report.seconds,
-                   "tuned_shapes": started.report.tuned_shapes,
-                   "tuning_source": started.report.tuning_source,
-                   "pulled_bytes": started.report.pulled_bytes,
-                   "kernel_files_from_store": started.report.kernel_files_from_store},
+        "report": dataclasses.asdict(started.report),
         "config": executor.config.to_dict(),
         "build": dataclasses.asdict(executor.build),
         "limits": dataclasses.asdict(executor.limits),

@@ -77,6 +77,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
         raise FailedPrecondition(f"the engine needs {world_size} ranks; this runtime runs at "
                                  f"most {capabilities.MAX_WORLD_SIZE}")
     tuning, source, tuned_before, kernels, restored = None, "", 0, None, 0
+    compiled_before = kernel_cache.compiled_kernels()
     if world_size > 1:
         # Each rank tunes in its own process; their start is one phase here.
         with clock.phase("load"):
@@ -88,6 +89,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
             kernels = _shared_kernels(uri, kind, settings, device, kernel_tuning)
             if kernels is not None:
                 restored = kernels.restore()
+            compiled_before = kernel_cache.compiled_kernels()     # what the store gave is not ours
         if device.type == "cuda":
             clock.set_tuning_clock(lambda: kernel_tuning.tuning_totals(device)[1])
             tuning = _tuning_cache(uri, folder, kind, settings, device, kernel_tuning)
@@ -111,8 +113,12 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
         tuned = kernel_tuning.tuning_totals(device)[0] - tuned_before
         if tuned:
             tuning.save(kernel_tuning.export_tuning(device))
+    compiled = kernel_cache.compiled_kernels() - compiled_before
+    if compiled:
+        log.info("compiled %d GPU kernels: %s", len(compiled),
+                 kernel_cache.describe_compiled(compiled))
     report = clock.report(tuned_shapes=tuned, tuning_source=source, pulled_bytes=pulled[0],
-                          kernel_files_from_store=restored)
+                          kernel_files_from_store=restored, kernels_compiled=len(compiled))
     log.info("loaded %s (%s) from %s in %.1fs", folder, kind, uri, report.total_s - imports_s)
     log.info("%s", report.log_line())
     return StartedEngine(executor, folder, kind, report)

@@ -30,6 +30,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,22 @@ def unpack(data: bytes, folder: Path) -> int:
             Path(tmp).unlink(missing_ok=True)
             raise
     return len(members)
+
+
+def compiled_kernels() -> frozenset[str]:
+    """The kernels this process's Triton folder holds compiled, one `<hash>/<name>.cubin`
+    each; empty when no folder is set. A start compares them before and after to report what
+    it compiled itself."""
+    folder = os.environ.get(ENV)
+    if not folder:
+        return frozenset()
+    return frozenset(p.relative_to(folder).as_posix() for p in Path(folder).glob("*/*.cubin"))
+
+
+def describe_compiled(files) -> str:
+    """`files` (`<hash>/<name>.cubin`) as kernel names with counts, most compiled first."""
+    names = Counter(Path(name).stem for name in files)
+    return ", ".join(f"{name} x{count}" for name, count in names.most_common())
 
 
 def holds_kernels(folder: Path) -> bool:

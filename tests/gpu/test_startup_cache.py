@@ -87,7 +87,8 @@ def test_a_pod_on_a_fresh_node_takes_the_compiled_kernels_from_the_store(tmp_pat
     log = second.log_path.read_text(errors="replace")
     assert "compiled kernel files from the store" in log, log[-4000:]
     startup = [line for line in log.splitlines() if " startup total_s=" in line][-1]
-    assert StartupReport.parse_log_line(startup)["kernel_files_from_store"] > 0
+    fields = StartupReport.parse_log_line(startup)
+    assert fields["kernel_files_from_store"] > 0 and fields["kernels_compiled"] == 0
     node2 = tmp_path / "node2" / "kernels"
     compiled = {p.relative_to(node2).as_posix() for p in node2.glob("*/*.cubin")}
     assert compiled == shared           # it compiled nothing of its own

@@ -162,3 +162,18 @@ def test_a_stopping_process_waits_for_its_share_so_the_next_pod_finds_the_kernel
     assert not thread.is_alive()
     assert shared(tmp_path / "node2", store).restore() == len(KERNEL_FILES)
     assert kernel_cache.finish_sharing(timeout_s=0.0) is True        # nothing left to wait for
+
+
+def test_a_start_sees_which_kernels_it_compiled_itself(tmp_path, monkeypatch):
+    monkeypatch.delenv(kernel_cache.ENV, raising=False)
+    assert kernel_cache.compiled_kernels() == frozenset()          # no folder: nothing to say
+    monkeypatch.setenv(kernel_cache.ENV, str(triton_folder(tmp_path / "triton")))
+    before = kernel_cache.compiled_kernels()
+    assert before == {"QWERTY234/_gemv_kernel.cubin"}              # cubins only, one a kernel
+    for folder in ("NEW1", "NEW2", "NEW3"):
+        name = "_gemv_kernel" if folder != "NEW3" else "_rms_norm_kernel"
+        (tmp_path / "triton" / folder).mkdir()
+        (tmp_path / "triton" / folder / f"{name}.cubin").write_bytes(b"\x7fELF")
+    compiled = kernel_cache.compiled_kernels() - before
+    assert len(compiled) == 3
+    assert kernel_cache.describe_compiled(compiled) == "_gemv_kernel x2, _rms_norm_kernel x1"
