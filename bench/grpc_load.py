@@ -37,20 +37,37 @@ def build_engine(hf_folder: Path, store: Path, build, device: str, dtype: str) -
     return json.loads(done.stdout.strip().splitlines()[-1])["uri"]
 
 
-def server_side(ttft_ids: dict, seen_s: dict[str, float], log) -> dict:
-    """The pod's own TTFT per figure and length: the median of the requests it logged."""
-    figures: dict[str, dict[str, float]] = {"server_ttft_ms": {}, "server_ttft_idle_ms": {}}
+def server_side(ttft_ids: dict, seen: dict[str, dict[str, float]], log) -> dict:
+    """The pod's own TTFT per figure and length, the median of the requests it logged, and for
+    back-to-back requests its split: queue (arrival -> first step), prefill (first step -> the
+    engine's first token) and delivery (that token -> the gRPC call), medians each."""
+    figures: dict[str, dict] = {"server_ttft_ms": {}, "server_ttft_idle_ms": {},
+                                "server_ttft_split_ms": {}}
     for (key, length), ids in ttft_ids.items():
-        times = sorted(1e3 * seen_s[i] for i in ids if i in seen_s)
-        if times:
-            figures[f"server_{key}"][str(length)] = times[len(times) // 2]
+        logged = [seen[i] for i in ids if i in seen and seen[i].get("ttft_s") is not None]
+        if not logged:
+            continue
+        figures[f"server_{key}"][str(length)] = _median_ms(logged, "ttft_s")
+        parts = {part: _median_ms(logged, f"{part}_s")
+                 for part in ("queue", "prefill", "delivery")}
+        if key == "ttft_ms" and None not in parts.values():
+            figures["server_ttft_split_ms"][str(length)] = parts
     for length in sorted({length for _, length in ttft_ids}):
         back = figures["server_ttft_ms"].get(str(length))
         idle = figures["server_ttft_idle_ms"].get(str(length))
         if back is not None and idle is not None:
             log(f"Kiln gRPC TTFT {length} as the pod saw it: {back:.1f} ms back to back, "
                 f"{idle:.1f} ms after idle")
+        split = figures["server_ttft_split_ms"].get(str(length))
+        if split is not None:
+            log(f"Kiln gRPC TTFT {length} in the pod: queue {split['queue']:.2f} ms, prefill "
+                f"{split['prefill']:.2f} ms, delivery {split['delivery']:.2f} ms")
     return figures
+
+
+def _median_ms(logged: list[dict], field: str) -> float | None:
+    values = sorted(1e3 * row[field] for row in logged if row.get(field) is not None)
+    return values[len(values) // 2] if values else None
 
 
 class RuntimePod:
@@ -157,17 +174,20 @@ def measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,
                                 pod_log))
 
 
-def server_ttfts_s(log_path: Path) -> dict[str, float]:
-    """request_id -> ttft_s from the pod's `generate` lines (text log format)."""
+def server_ttfts_s(log_path: Path) -> dict[str, dict[str, float]]:
+    """request_id -> the timing fields (`*_s`, None when absent) of the pod's `generate` lines
+    (text log format)."""
     found = {}
     for line in log_path.read_text(errors="replace").splitlines():
         match = _GENERATE_LINE.search(line)
-        if match and match.group(2) != "-":
-            found[match.group(1)] = float(match.group(2))
+        if match:
+            found[match.group(1)] = {key: None if value == "-" else float(value)
+                                     for key, value in _TIMING.findall(line)}
     return found
 
 
-_GENERATE_LINE = re.compile(r" generate request_id=(\S+) .*?\bttft_s=(\S+)")
+_GENERATE_LINE = re.compile(r" generate request_id=(\S+) ")
+_TIMING = re.compile(r"\b(\w+_s)=(\S+)")
 
 
 async def _measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,

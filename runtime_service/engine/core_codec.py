@@ -176,13 +176,14 @@ def decode_stats(values: list) -> ExecutorStats:
 @dataclass
 class StepMessage:
     """One pass of the core's step loop: every stream's new outputs in the order they were made,
-    the requests that ended with an error, when requests were first scheduled (the pod's
-    queue-time metric; CLOCK_MONOTONIC is one clock for every process of a host), and the
-    executor's stats after the pass (None when unchanged)."""
+    the requests that ended with an error, when requests were first scheduled and when they got
+    their first token (the pod's queue and prefill times; CLOCK_MONOTONIC is one clock for every
+    process of a host), and the executor's stats after the pass (None when unchanged)."""
 
     outputs: list[RequestOutput] = dataclasses.field(default_factory=list)
     errors: list[tuple[str, errors.KilnError]] = dataclasses.field(default_factory=list)
     scheduled: dict[str, float] = dataclasses.field(default_factory=dict)
+    first_output: dict[str, float] = dataclasses.field(default_factory=dict)
     stats: ExecutorStats | None = None
 
 
@@ -192,6 +193,8 @@ def encode_step(step: StepMessage) -> bytes:
         body["e"] = [[request_id, *encode_error(exc)] for request_id, exc in step.errors]
     if step.scheduled:
         body["t"] = step.scheduled
+    if step.first_output:
+        body["f"] = step.first_output
     if step.stats is not None:
         body["s"] = encode_stats(step.stats)
     return dumps(body)
@@ -202,5 +205,5 @@ def decode_step(body: bytes) -> StepMessage:
     return StepMessage(
         outputs=[decode_output(row) for row in data["o"]],
         errors=[(row[0], decode_error(row[1:])) for row in data.get("e", ())],
-        scheduled=data.get("t", {}),
+        scheduled=data.get("t", {}), first_output=data.get("f", {}),
         stats=decode_stats(data["s"]) if "s" in data else None)

@@ -426,6 +426,7 @@ class Executor:
                 self._emit_final_beams(live)
                 self._close(live)
             else:
+                _stamp_first_output(live.seq)
                 for index, seq in enumerate(group.running):
                     live.stream._push(self._beam_output(live, index, seq.output_token_ids))
 
@@ -440,6 +441,7 @@ class Executor:
                              num_cached_tokens=live.seq.num_cached_tokens, **fields)
 
     def _emit_final_beams(self, live: _Live) -> None:
+        _stamp_first_output(live.seq)
         group = live.beams
         hypotheses = group.search.best(live.seq.sampling.num_return_sequences)
         for index, hyp in enumerate(hypotheses):
@@ -453,6 +455,7 @@ class Executor:
         seq = token.seq
         live = self._live[seq.request_id]
         seq.num_pending_tokens -= 1
+        _stamp_first_output(seq)
         seq.token_ids.append(token.token_id)
         seq.logprobs.append(token.logprob)
         seq.top_logprobs.append(token.top)
@@ -542,3 +545,8 @@ def _logits(seq: Sequence) -> dict:
     if seq.sampling.generation_logits:
         out["generation_logits"] = _matrix(seq.generation_logits[:seq.num_output_tokens])
     return out
+
+
+def _stamp_first_output(seq) -> None:
+    if seq.request.first_output_time is None:
+        seq.request.first_output_time = time.monotonic()

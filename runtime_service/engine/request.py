@@ -69,6 +69,9 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     # Stamped once by the scheduler when the request first runs: queue time for metrics/traces.
     first_scheduled_time: float | None = None
+    # Stamped once when the engine hands out the request's first token: with the two above it
+    # splits a pod's TTFT into queue, prefill and delivery to the gRPC call (request_log.py).
+    first_output_time: float | None = None
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,10 @@ class EngineCoreClient:
             request = self._requests.get(request_id)
             if request is not None:
                 request.first_scheduled_time = scheduled
+        for request_id, first_output in step.first_output.items():
+            request = self._requests.get(request_id)
+            if request is not None:
+                request.first_output_time = first_output
         if step.stats is not None:
             self._stats = step.stats
         for output in step.outputs:

@@ -58,7 +58,7 @@ class EngineCore:
         self.executor = executor
         self.pipe = pipe
         self._outbox: list = []
-        self._unstamped: dict[str, Request] = {}    # submitted, first scheduling not yet sent
+        self._unstamped: dict[str, Request] = {}    # submitted, first output's stamps not yet sent
         self._last_stats = None
         executor.new_stream = lambda request_id, abort: _OutboxStream(request_id, self._outbox)
         executor.on_step_end = self.flush
@@ -75,6 +75,8 @@ class EngineCore:
             request = self._unstamped.pop(request_id, None)
             if request is not None and request.first_scheduled_time is not None:
                 step.scheduled[request_id] = request.first_scheduled_time
+            if request is not None and request.first_output_time is not None:
+                step.first_output[request_id] = request.first_output_time
             if isinstance(item, BaseException):
                 step.errors.append((request_id, item))
             else:

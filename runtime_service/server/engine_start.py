@@ -78,6 +78,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
                                  f"most {capabilities.MAX_WORLD_SIZE}")
     tuning, source, tuned_before, kernels, restored = None, "", 0, None, 0
     compiled_before = kernel_cache.compiled_kernels()
+    launchers_before = kernel_cache.compiled_kernels(".so")
     if world_size > 1:
         # Each rank tunes in its own process; their start is one phase here.
         with clock.phase("load"):
@@ -117,8 +118,10 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     if compiled:
         log.info("compiled %d GPU kernels: %s", len(compiled),
                  kernel_cache.describe_compiled(compiled))
+    launchers = kernel_cache.compiled_kernels(".so") - launchers_before
     report = clock.report(tuned_shapes=tuned, tuning_source=source, pulled_bytes=pulled[0],
-                          kernel_files_from_store=restored, kernels_compiled=len(compiled))
+                          kernel_files_from_store=restored, kernels_compiled=len(compiled),
+                          launchers_built=len(launchers))
     log.info("loaded %s (%s) from %s in %.1fs", folder, kind, uri, report.total_s - imports_s)
     log.info("%s", report.log_line())
     return StartedEngine(executor, folder, kind, report)

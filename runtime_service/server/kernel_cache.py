@@ -118,14 +118,16 @@ def unpack(data: bytes, folder: Path) -> int:
     return len(members)
 
 
-def compiled_kernels() -> frozenset[str]:
+def compiled_kernels(suffix: str = ".cubin") -> frozenset[str]:
     """The kernels this process's Triton folder holds compiled, one `<hash>/<name>.cubin`
-    each; empty when no folder is set. A start compares them before and after to report what
-    it compiled itself."""
+    each (with `suffix=".so"`: the host launchers this node built, which never travel); empty
+    when no folder is set. A start compares them before and after to report what it compiled
+    itself."""
     folder = os.environ.get(ENV)
     if not folder:
         return frozenset()
-    return frozenset(p.relative_to(folder).as_posix() for p in Path(folder).glob("*/*.cubin"))
+    return frozenset(p.relative_to(folder).as_posix()
+                     for p in Path(folder).glob(f"*/*{suffix}"))
 
 
 def describe_compiled(files) -> str:

@@ -7,6 +7,10 @@ timestamps and the ResponseAssembler's counts, so the step loop never does obser
 - TTFT: call start -> first batch with a token; time per output token: first token -> last
   batch, over the tokens after the first; queue time: the engine request's arrival -> its first
   scheduled step (`Request.first_scheduled_time`, stamped once by the scheduler).
+- The log line also splits TTFT further: prefill, first scheduled step -> the engine's first
+  token (`Request.first_output_time`), and delivery, that token -> the call holding it. With
+  the engine core in its own process delivery is the pipe and the event loop; the split says
+  whether a slow first token was the GPU's or the pod's (bench/grpc_load.py reads it).
 - status: the gRPC code the client saw (OK, CANCELLED when the call ended early, or the code
   of the typed error: runtime_service.errors).
 """
@@ -101,6 +105,10 @@ class RequestObserver:
                 if record.first_token_s is not None else None)
         scheduled = getattr(request, "first_scheduled_time", None)
         queue = scheduled - request.arrival_time if scheduled is not None else None
+        first_output = getattr(request, "first_output_time", None)
+        prefill = first_output - scheduled if None not in (first_output, scheduled) else None
+        delivery = (record.first_token_s - first_output
+                    if None not in (first_output, record.first_token_s) else None)
         tpot = None
         if record.first_token_s is not None and output > 1:
             tpot = (record.last_output_s - record.first_token_s) / (output - 1)
@@ -111,6 +119,7 @@ class RequestObserver:
             "request_id": request_id, "status": code, "finish_reason": reason,
             "prompt_tokens": prompt, "output_tokens": output, "cached_tokens": cached,
             "ttft_s": _rounded(ttft), "queue_s": _rounded(queue),
+            "prefill_s": _rounded(prefill), "delivery_s": _rounded(delivery),
             "duration_s": round(duration, 4)}})
         if self.metrics is not None:
             self._observe(code, reason, prompt, output, cached, ttft, tpot, queue, duration,

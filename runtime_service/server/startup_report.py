@@ -49,6 +49,7 @@ class StartupReport:
     pulled_bytes: int = 0
     kernel_files_from_store: int = 0
     kernels_compiled: int = 0
+    launchers_built: int = 0          # Triton's host launchers (C, built by this node's compiler)
 
     def __post_init__(self):
         names = [name for name, _ in self.seconds]
@@ -67,7 +68,8 @@ class StartupReport:
                 "tuned_shapes": self.tuned_shapes, "tuning_source": self.tuning_source or "none",
                 "pulled_bytes": self.pulled_bytes,
                 "kernel_files_from_store": self.kernel_files_from_store,
-                "kernels_compiled": self.kernels_compiled}
+                "kernels_compiled": self.kernels_compiled,
+                "launchers_built": self.launchers_built}
 
     def log_line(self) -> str:
         return LOG_PREFIX + " ".join(f"{key}={value}" for key, value in self.as_dict().items())

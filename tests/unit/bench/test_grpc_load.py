@@ -14,12 +14,14 @@ import grpc_load  # noqa: E402
 from runtime_service.server.log_format import KeyValueFormatter  # noqa: E402
 
 
-def generate_line(request_id: str, ttft_s) -> str:
+def generate_line(request_id: str, ttft_s, prefill_s=0.02) -> str:
     """A `generate` line as the pod's text log writes it (request_log.RequestObserver)."""
     record = logging.LogRecord("kiln.request", logging.INFO, __file__, 1, "generate", None, None)
+    delivery = None if ttft_s is None else round(ttft_s - prefill_s - 0.0001, 4)
     record.kiln = {"request_id": request_id, "status": "OK", "finish_reason": "length",
                    "prompt_tokens": 1024, "output_tokens": 1, "cached_tokens": 0,
-                   "ttft_s": ttft_s, "queue_s": 0.0001, "duration_s": 0.03}
+                   "ttft_s": ttft_s, "queue_s": 0.0001, "prefill_s": prefill_s,
+                   "delivery_s": delivery, "duration_s": 0.03}
     return KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s").format(record)
 
 
@@ -27,16 +29,17 @@ def test_the_pods_ttft_is_read_per_request_and_reported_as_a_median(tmp_path):
     log = tmp_path / "runtime.log"
     log.write_text("\n".join([
         "2026-12-03 17:00:00 INFO kiln.runtime startup total_s=1.0",
-        generate_line("bench-ttft_ms-1024-20-1", 0.0241),
-        generate_line("bench-ttft_ms-1024-21-2", 0.0236),
-        generate_line("bench-ttft_ms-1024-22-3", 0.0250),
+        generate_line("bench-ttft_ms-1024-20-1", 0.0241, 0.022),
+        generate_line("bench-ttft_ms-1024-21-2", 0.0236, 0.021),
+        generate_line("bench-ttft_ms-1024-22-3", 0.0250, 0.023),
         generate_line("bench-ttft_idle_ms-1024-30-4", 0.0229),
         generate_line("someone-else", 0.5),
         generate_line("bench-ttft_idle_ms-1024-31-5", None),     # ended before a token
     ]) + "\n")
     seen = grpc_load.server_ttfts_s(log)
-    assert seen["bench-ttft_ms-1024-21-2"] == 0.0236
-    assert "bench-ttft_idle_ms-1024-31-5" not in seen
+    assert seen["bench-ttft_ms-1024-21-2"]["ttft_s"] == 0.0236
+    assert seen["bench-ttft_ms-1024-21-2"]["delivery_s"] == 0.0025
+    assert seen["bench-ttft_idle_ms-1024-31-5"]["ttft_s"] is None        # no token: left out
     ids = {("ttft_ms", 1024): ["bench-ttft_ms-1024-20-1", "bench-ttft_ms-1024-21-2",
                                "bench-ttft_ms-1024-22-3"],
            ("ttft_idle_ms", 1024): ["bench-ttft_idle_ms-1024-30-4",
@@ -45,5 +48,9 @@ def test_the_pods_ttft_is_read_per_request_and_reported_as_a_median(tmp_path):
     figures = grpc_load.server_side(ids, seen, lines.append)
     assert figures["server_ttft_ms"] == {"1024": 24.1}
     assert figures["server_ttft_idle_ms"] == {"1024": 22.9}
+    split = figures["server_ttft_split_ms"]["1024"]            # medians of each part
+    assert split == {"queue": 0.1, "prefill": 22.0, "delivery": 2.0}
     assert lines == ["Kiln gRPC TTFT 1024 as the pod saw it: 24.1 ms back to back, "
-                     "22.9 ms after idle"]
+                     "22.9 ms after idle",
+                     "Kiln gRPC TTFT 1024 in the pod: queue 0.10 ms, prefill 22.00 ms, "
+                     "delivery 2.00 ms"]

@@ -82,11 +82,12 @@ OUTPUTS = [
 
 def test_every_output_field_round_trips_in_one_step_message():
     stats = ExecutorStats(10, 20, 3, 1, 2, 99, 4, 8, 7)
-    step = codec.StepMessage(outputs=OUTPUTS, scheduled={"a": 12.5}, stats=stats,
+    step = codec.StepMessage(outputs=OUTPUTS, scheduled={"a": 12.5}, first_output={"a": 13.0},
+                             stats=stats,
                              errors=[("g", errors.CapacityExceeded("device memory"))])
     back = codec.decode_step(codec.encode_step(step))
     assert back.outputs == OUTPUTS
-    assert back.scheduled == {"a": 12.5}
+    assert back.scheduled == {"a": 12.5} and back.first_output == {"a": 13.0}
     assert back.stats == stats
     [(request_id, error)] = back.errors
     assert request_id == "g" and type(error) is errors.CapacityExceeded

@@ -38,7 +38,10 @@ def _tokens(outputs):
 
 def test_stream_offsets_are_contiguous_and_last_output_finishes(executor):
     prompt = random_prompts([6], VOCAB)[0]
-    outputs = _collect(executor.submit(Request("a", prompt, SamplingParams(max_new_tokens=7))))
+    request = Request("a", prompt, SamplingParams(max_new_tokens=7))
+    outputs = _collect(executor.submit(request))
+    # stamped once, in order: arrival <= first step <= first token (the pod's TTFT split)
+    assert request.arrival_time <= request.first_scheduled_time <= request.first_output_time
     offsets = [out.offset for out in outputs]
     assert offsets == list(range(7))
     assert [out.finished for out in outputs] == [False] * 6 + [True]

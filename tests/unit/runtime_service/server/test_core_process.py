@@ -59,6 +59,7 @@ def test_one_message_per_pass_and_none_while_idle():
     executor.steps = 1
     request = executor.submitted[0]
     request.first_scheduled_time = 42.5
+    request.first_output_time = 42.75
     executor.streams["r1"]._push(RequestOutput("r1", 0, (5,)))
     executor.streams["r1"]._push(RequestOutput("r1", 1, (6,), finished=True,
                                                finish_reason=FinishReason.LENGTH))
@@ -69,7 +70,7 @@ def test_one_message_per_pass_and_none_while_idle():
     executor.on_step_end()                     # only the stats moved
     first = codec.decode_step(pod.recv()[1])
     assert [o.new_token_ids for o in first.outputs] == [(5,), (6,)]
-    assert first.scheduled == {"r1": 42.5}
+    assert first.scheduled == {"r1": 42.5} and first.first_output == {"r1": 42.75}
     assert first.stats.num_steps == 1
     second = codec.decode_step(pod.recv()[1])
     assert second.outputs == [] and second.stats.num_steps == 2

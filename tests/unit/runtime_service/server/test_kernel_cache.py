@@ -177,3 +177,4 @@ def test_a_start_sees_which_kernels_it_compiled_itself(tmp_path, monkeypatch):
     compiled = kernel_cache.compiled_kernels() - before
     assert len(compiled) == 3
     assert kernel_cache.describe_compiled(compiled) == "_gemv_kernel x2, _rms_norm_kernel x1"
+    assert kernel_cache.compiled_kernels(".so") == {"LAUNCH89/__triton_launcher.so"}

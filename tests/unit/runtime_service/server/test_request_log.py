@@ -43,6 +43,7 @@ def _finished_call(observer, status="OK", assembler=None, metadata=(("traceparen
     record = observer.start(metadata)
     request = Request("r1", [1, 2, 3, 4, 5], arrival_time=record.started_s)
     request.first_scheduled_time = record.started_s + 0.010
+    request.first_output_time = record.started_s + 0.026
     record.first_token_s = record.started_s + 0.030
     record.last_output_s = record.started_s + 0.090
     record.finish(status, assembler if assembler is not None else _assembler(), request)
@@ -145,3 +146,12 @@ def test_metrics_listen_must_be_host_and_port(listen):
 def test_metrics_listen_accepts_ipv6_and_port_zero():
     assert MetricsEndpoint.parse("[::1]:0") == MetricsEndpoint("::1", 0)
     assert MetricsEndpoint.parse("0.0.0.0:9400") == MetricsEndpoint("0.0.0.0", 9400)
+
+
+def test_the_log_line_splits_ttft_into_queue_prefill_and_delivery(caplog):
+    observer, _ = _observer()
+    with caplog.at_level(logging.INFO, logger="kiln.runtime.requests"):
+        _finished_call(observer)
+    [line] = [r.kiln for r in caplog.records if getattr(r, "kiln", None)]
+    assert line["ttft_s"] == 0.03 and line["queue_s"] == 0.01
+    assert line["prefill_s"] == 0.016 and line["delivery_s"] == 0.004   # 26 - 10, 30 - 26 ms
