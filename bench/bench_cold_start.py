@@ -12,7 +12,8 @@ phases (imports, pull, verify, load, graph_capture, tuning, warm_up):
   warm        the same cache directory again: nothing to pull or compile, tuning from the cache
   second_pod  a fresh cache directory, as on another node: pulled again, compiled kernels and
               tuning from the copies the first pod left beside the engine in the store
-              (--share-startup-cache)
+              (--share-startup-cache); the first pod's cache directory is deleted first, as
+              another node would not have it
 
 Each pod keeps Triton's compiled kernels in its cache directory (serve points TRITON_CACHE_DIR
 there), so the pods never see this machine's own kernel cache: TRITON_CACHE_DIR is not passed on.
@@ -226,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                   "second_pod": work / "cache-2"}
         starts = {}
         for name in chosen:
+            if name == "second_pod":
+                # Another node has no first-node folder: Triton's group files name its paths,
+                # and while they resolve a second pod hid a fresh node's recompile (run 18).
+                shutil.rmtree(caches["store"], ignore_errors=True)
             starts[name] = timed_start(uri, caches[name], work / f"pod-{name}.log", args.device,
                                        env, args.timeout_s)
             print(f"{name}: SERVING after {starts[name]['process_to_serving_s']:.2f} s "

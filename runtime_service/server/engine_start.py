@@ -77,36 +77,35 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
         raise FailedPrecondition(f"the engine needs {world_size} ranks; this runtime runs at "
                                  f"most {capabilities.MAX_WORLD_SIZE}")
     tuning, source, tuned_before, kernels, restored = None, "", 0, None, 0
-    compiled_before = kernel_cache.compiled_kernels()
-    launchers_before = kernel_cache.compiled_kernels(".so")
-    if world_size > 1:
-        # Each rank tunes in its own process; their start is one phase here.
-        with clock.phase("load"):
-            executor = start_ranked_executor(folder, uri, options, settings.cache_dir).start()
-    else:
-        with clock.phase("load"):
-            loaded = load_model(folder, device=options.device, dtype=options.dtype)
-            device = next(loaded.model.parameters()).device
-            kernels = _shared_kernels(uri, kind, settings, device, kernel_tuning)
-            if kernels is not None:
-                restored = kernels.restore()
-            compiled_before = kernel_cache.compiled_kernels()     # what the store gave is not ours
-        if device.type == "cuda":
-            clock.set_tuning_clock(lambda: kernel_tuning.tuning_totals(device)[1])
-            tuning = _tuning_cache(uri, folder, kind, settings, device, kernel_tuning)
-            source = _import_cached(tuning, device, kernel_tuning)
-            tuned_before = kernel_tuning.tuning_totals(device)[0]
-        with clock.phase("graph_capture"):
-            executor = Executor(loaded, options)
-        with clock.phase("warm_up"):
-            executor.start()
-    warmup = Request("kiln-warmup", [0], SamplingParams(max_new_tokens=2, ignore_eos=True))
-    try:
-        with clock.phase("warm_up"):
-            executor.generate([warmup], timeout_s=WARMUP_TIMEOUT_S)
-    except BaseException:
-        executor.shutdown()         # stops the step loop and, with ranks, every rank
-        raise
+    launchers_before = kernel_cache.host_launchers()
+    with kernel_cache.CompileWatch() as watch:      # what this start compiles itself
+        if world_size > 1:
+            # Each rank tunes in its own process; their start is one phase here.
+            with clock.phase("load"):
+                executor = start_ranked_executor(folder, uri, options, settings.cache_dir).start()
+        else:
+            with clock.phase("load"):
+                loaded = load_model(folder, device=options.device, dtype=options.dtype)
+                device = next(loaded.model.parameters()).device
+                kernels = _shared_kernels(uri, kind, settings, device, kernel_tuning)
+                if kernels is not None:
+                    restored = kernels.restore()
+            if device.type == "cuda":
+                clock.set_tuning_clock(lambda: kernel_tuning.tuning_totals(device)[1])
+                tuning = _tuning_cache(uri, folder, kind, settings, device, kernel_tuning)
+                source = _import_cached(tuning, device, kernel_tuning)
+                tuned_before = kernel_tuning.tuning_totals(device)[0]
+            with clock.phase("graph_capture"):
+                executor = Executor(loaded, options)
+            with clock.phase("warm_up"):
+                executor.start()
+        warmup = Request("kiln-warmup", [0], SamplingParams(max_new_tokens=2, ignore_eos=True))
+        try:
+            with clock.phase("warm_up"):
+                executor.generate([warmup], timeout_s=WARMUP_TIMEOUT_S)
+        except BaseException:
+            executor.shutdown()         # stops the step loop and, with ranks, every rank
+            raise
     if kernels is not None:
         kernel_cache.share_in_background(kernels)
     tuned = 0
@@ -114,13 +113,11 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
         tuned = kernel_tuning.tuning_totals(device)[0] - tuned_before
         if tuned:
             tuning.save(kernel_tuning.export_tuning(device))
-    compiled = kernel_cache.compiled_kernels() - compiled_before
-    if compiled:
-        log.info("compiled %d GPU kernels: %s", len(compiled),
-                 kernel_cache.describe_compiled(compiled))
-    launchers = kernel_cache.compiled_kernels(".so") - launchers_before
+    if watch.count:
+        log.info("compiled %d GPU kernels: %s", watch.count, watch.describe())
+    launchers = kernel_cache.host_launchers() - launchers_before
     report = clock.report(tuned_shapes=tuned, tuning_source=source, pulled_bytes=pulled[0],
-                          kernel_files_from_store=restored, kernels_compiled=len(compiled),
+                          kernel_files_from_store=restored, kernels_compiled=watch.count,
                           launchers_built=len(launchers))
     log.info("loaded %s (%s) from %s in %.1fs", folder, kind, uri, report.total_s - imports_s)
     log.info("%s", report.log_line())

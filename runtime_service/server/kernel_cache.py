@@ -11,6 +11,8 @@ With `--share-startup-cache` the folder also travels through the store, as the t
 do (startup_cache.py): after its warm-up a pod packs the kernels into one archive beside the
 engine (`startup/<gpu>-kernels-<triton version>.tar.gz`, written only if absent), and a pod whose
 folder holds no kernels unpacks it before anything compiles, so a second node skips compiling.
+Triton's group files name their kernels' files by absolute path on the node that compiled them;
+unpacking points them into this node's folder, or Triton would find nothing and compile again.
 
 What is shared and what is trusted. The archive holds GPU code (cubins) that pods will run, so
 sharing is opt-in and trusts the store as a pod trusts the engine's own files there. Host code
@@ -23,6 +25,7 @@ compiles as if there were none).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -104,6 +107,9 @@ def unpack(data: bytes, folder: Path) -> int:
                 members.append((member.name, archive.extractfile(member).read()))
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise KernelArchiveError(f"not a readable kernel archive: {exc}") from exc
+    names = {name for name, _ in members}
+    members = [(name, _local_group(name, content, Path(folder), names))
+               for name, content in members]
     for name, content in members:
         target = Path(folder) / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,22 +124,74 @@ def unpack(data: bytes, folder: Path) -> int:
     return len(members)
 
 
-def compiled_kernels(suffix: str = ".cubin") -> frozenset[str]:
-    """The kernels this process's Triton folder holds compiled, one `<hash>/<name>.cubin`
-    each (with `suffix=".so"`: the host launchers this node built, which never travel); empty
-    when no folder is set. A start compares them before and after to report what it compiled
-    itself."""
+def _local_group(name: str, content: bytes, folder: Path, names: set[str]) -> bytes:
+    """`content` itself, or for a Triton group file (`<hash>/__grp__<kernel>.json`) the same
+    group pointing into `folder`. Triton writes its children's absolute paths, which are the
+    packing node's: left as they are, every kernel misses on a fresh node and compiles again
+    (found in run 18). Children must be files of the same `<hash>/` folder in the archive."""
+    hash_dir, _, file_name = name.partition("/")
+    if not file_name.startswith("__grp__"):
+        return content
+    try:
+        children = json.loads(content)["child_paths"]
+        local = {child: str(folder.resolve() / hash_dir / child) for child in children}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KernelArchiveError(f"unreadable group file {name!r}: {exc!r}") from exc
+    stray = [child for child in local if f"{hash_dir}/{child}" not in names
+             or not _MEMBER.fullmatch(f"{hash_dir}/{child}")]
+    if stray:
+        raise KernelArchiveError(f"group file {name!r} names files not beside it: {stray[:3]}")
+    return json.dumps({"child_paths": local}).encode()
+
+
+def host_launchers() -> frozenset[str]:
+    """The host launchers (`<hash>/<name>.so`) in this process's Triton folder: C code each node
+    compiles for itself, since none travels. Empty when no folder is set."""
     folder = os.environ.get(ENV)
     if not folder:
         return frozenset()
-    return frozenset(p.relative_to(folder).as_posix()
-                     for p in Path(folder).glob(f"*/*{suffix}"))
+    return frozenset(p.relative_to(folder).as_posix() for p in Path(folder).glob("*/*.so"))
 
 
-def describe_compiled(files) -> str:
-    """`files` (`<hash>/<name>.cubin`) as kernel names with counts, most compiled first."""
-    names = Counter(Path(name).stem for name in files)
-    return ", ".join(f"{name} x{count}" for name, count in names.most_common())
+class CompileWatch:
+    """Counts the kernels Triton compiles while installed, by name (its compilation listener
+    hears every compile and every cache hit). A file count cannot tell: a kernel that misses
+    the cache compiles into the very paths an unpacked archive filled, so no file is new.
+    Does nothing without Triton."""
+
+    def __init__(self):
+        self.compiled: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._knobs = self._previous = None
+
+    def __enter__(self) -> "CompileWatch":
+        try:
+            from triton import knobs
+        except ImportError:
+            return self
+        self._knobs, self._previous = knobs, knobs.compilation.listener
+        knobs.compilation.listener = self._heard
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._knobs is not None:
+            self._knobs.compilation.listener = self._previous
+
+    def _heard(self, src, metadata, metadata_group, times, cache_hit) -> None:
+        if self._previous is not None:
+            self._previous(src=src, metadata=metadata, metadata_group=metadata_group,
+                           times=times, cache_hit=cache_hit)
+        if not cache_hit:
+            with self._lock:
+                self.compiled[str(metadata.get("name", "?"))] += 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.compiled.values())
+
+    def describe(self) -> str:
+        """The compiled kernels' names with counts, most compiled first."""
+        return ", ".join(f"{name} x{count}" for name, count in self.compiled.most_common())
 
 
 def holds_kernels(folder: Path) -> bool:

@@ -2,9 +2,13 @@
 an archive that is anything else is refused whole, and the store's archive is never replaced."""
 
 import io
+import json
 import os
+import shutil
+import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -164,17 +168,59 @@ def test_a_stopping_process_waits_for_its_share_so_the_next_pod_finds_the_kernel
     assert kernel_cache.finish_sharing(timeout_s=0.0) is True        # nothing left to wait for
 
 
-def test_a_start_sees_which_kernels_it_compiled_itself(tmp_path, monkeypatch):
+def test_group_files_point_into_the_unpacking_nodes_folder(tmp_path):
+    """Triton's group file names its kernel's files by absolute path on the node that compiled
+    them; a node that unpacks the archive must find them in its own folder."""
+    old = triton_folder(tmp_path / "node1")
+    (old / "QWERTY234" / "__grp___gemv_kernel.json").write_text(json.dumps({"child_paths": {
+        name: str(old / "QWERTY234" / name) for name in ("_gemv_kernel.cubin",
+                                                           "_gemv_kernel.json")}}))
+    data, _ = pack(old)
+    shutil.rmtree(old)                                     # a fresh node has no node1 folder
+    unpack(data, tmp_path / "node2")
+    group = json.loads((tmp_path / "node2" / "QWERTY234" / "__grp___gemv_kernel.json")
+                       .read_text())["child_paths"]
+    assert group == {name: str((tmp_path / "node2").resolve() / "QWERTY234" / name)
+                     for name in ("_gemv_kernel.cubin", "_gemv_kernel.json")}
+    assert all(Path(path).is_file() for path in group.values())
+
+
+@pytest.mark.parametrize("group", [
+    b"{", b'{"child_paths": 7}', b'{"no_children": {}}',
+    json.dumps({"child_paths": {"../../etc/passwd": "/etc/passwd"}}).encode(),
+    json.dumps({"child_paths": {"missing.cubin": "/x/missing.cubin"}}).encode()])
+def test_a_group_file_naming_anything_but_its_neighbours_refuses_the_archive(tmp_path, group):
+    data = archive_of([("QWERTY234/_gemv_kernel.cubin", b"\x7fELF", tarfile.REGTYPE),
+                       ("QWERTY234/__grp___gemv_kernel.json", group, tarfile.REGTYPE)])
+    with pytest.raises(KernelArchiveError):
+        unpack(data, tmp_path / "node2")
+    assert not (tmp_path / "node2").exists() or files_in(tmp_path / "node2") == {}
+
+
+def test_a_start_counts_what_triton_compiled_and_not_its_cache_hits(monkeypatch):
+    compilation = SimpleNamespace(listener=None)
+    monkeypatch.setitem(sys.modules, "triton", SimpleNamespace(
+        knobs=SimpleNamespace(compilation=compilation)))
+    earlier = []
+    compilation.listener = lambda **heard: earlier.append(heard["cache_hit"])
+
+    def triton_compiles(name, cache_hit):
+        compilation.listener(src=None, metadata={"name": name}, metadata_group={}, times=None,
+                             cache_hit=cache_hit)
+
+    with kernel_cache.CompileWatch() as watch:
+        for name, hit in [("_gemv_kernel", False), ("_rms_norm_kernel", True),
+                          ("_gemv_kernel", False), ("_silu_mul_kernel", False)]:
+            triton_compiles(name, hit)
+    assert watch.count == 3
+    assert watch.describe() == "_gemv_kernel x2, _silu_mul_kernel x1"
+    assert earlier == [False, True, False, False]          # a listener already set still hears
+    triton_compiles("_after", False)
+    assert watch.count == 3 and len(earlier) == 5          # and it is back in place
+
+
+def test_the_host_launchers_this_node_built_are_counted(tmp_path, monkeypatch):
     monkeypatch.delenv(kernel_cache.ENV, raising=False)
-    assert kernel_cache.compiled_kernels() == frozenset()          # no folder: nothing to say
+    assert kernel_cache.host_launchers() == frozenset()
     monkeypatch.setenv(kernel_cache.ENV, str(triton_folder(tmp_path / "triton")))
-    before = kernel_cache.compiled_kernels()
-    assert before == {"QWERTY234/_gemv_kernel.cubin"}              # cubins only, one a kernel
-    for folder in ("NEW1", "NEW2", "NEW3"):
-        name = "_gemv_kernel" if folder != "NEW3" else "_rms_norm_kernel"
-        (tmp_path / "triton" / folder).mkdir()
-        (tmp_path / "triton" / folder / f"{name}.cubin").write_bytes(b"\x7fELF")
-    compiled = kernel_cache.compiled_kernels() - before
-    assert len(compiled) == 3
-    assert kernel_cache.describe_compiled(compiled) == "_gemv_kernel x2, _rms_norm_kernel x1"
-    assert kernel_cache.compiled_kernels(".so") == {"LAUNCH89/__triton_launcher.so"}
+    assert kernel_cache.host_launchers() == {"LAUNCH89/__triton_launcher.so"}
