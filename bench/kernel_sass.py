@@ -110,16 +110,48 @@ def _gemv_cases():
     return cases
 
 
+def _decode_attention_cases():
+    """The paged decode attention at the Llama-3-8B shape (4 query heads per kv head, 128 dims,
+    16-token blocks, its default 64-key tiles on 4 warps), over bf16 and fp8 caches: bytes are
+    the K and V tiles (and fp8's scales) one loop pass reads."""
+    from runtime_service.model.kernels import paged_attention
+
+    strides = ["stride_qt", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_vb",
+               "stride_vs", "stride_vh", "stride_bt", "stride_pt", "stride_ph", "stride_ps",
+               "stride_lt", "stride_lh", "stride_ot", "stride_oh"]
+    cases = []
+    for name, cache, scale, scale_bytes in (("bf16", "*bf16", "*bf16", 0),
+                                            ("fp8", "*fp8e4nv", "*fp32", 4)):
+        signature = {"Q": "*bf16", "K_cache": cache, "V_cache": cache, "PartialOut": "*fp32",
+                     "PartialLse": "*fp32", "Out": "*bf16", "arrival_counts": "*i32",
+                     "block_tables": "*i32", "seq_lens": "*i32", "scale_log2": "fp32",
+                     "fused_combine": "i32", **dict.fromkeys(strides, "i32"),
+                     "K_scale": scale, "V_scale": scale, "stride_sb": "i32", "stride_ss": "i32",
+                     **dict.fromkeys(["GROUP", "BLOCK_G", "BLOCK_SIZE", "HEAD_DIM", "BLOCK_D",
+                                      "BLOCK_N", "NUM_SPLITS", "PRECISION", "KV_QUANT"],
+                                     "constexpr")}
+        constexprs = dict(GROUP=4, BLOCK_G=16, BLOCK_SIZE=16, HEAD_DIM=128, BLOCK_D=128,
+                          BLOCK_N=64, NUM_SPLITS=1, PRECISION=None, KV_QUANT=name != "bf16")
+        aligned = ["Q", "K_cache", "V_cache", "PartialOut", "PartialLse", "Out",
+                   "arrival_counts", "block_tables", "seq_lens", "K_scale", "V_scale",
+                   *strides, "stride_sb"]
+        loop_bytes = 64 * 128 * 2 * (1 if name == "fp8" else 2) + 64 * 2 * scale_bytes
+        cases.append((f"decode attention, {name} KV, n64", paged_attention._decode_kernel,
+                      signature, constexprs, aligned, 4, loop_bytes, 2))
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     rows = []
-    for name, kernel, signature, constexprs, aligned, warps, loop_bytes in _gemv_cases():
-        loop = hot_loop(compile_sm90(kernel, signature, constexprs, aligned, warps))
+    cases = [(*case, 1) for case in _gemv_cases()] + _decode_attention_cases()
+    for name, kernel, signature, constexprs, aligned, warps, loop_bytes, stages in cases:
+        loop = hot_loop(compile_sm90(kernel, signature, constexprs, aligned, warps, stages))
         per_lane = loop_bytes / (32 * warps)
         rows.append({"kernel": name, "loop_instructions": len(loop),
-                     "weight_bytes_per_lane": per_lane,
+                     "weight_bytes_per_lane": per_lane,   # KV bytes for the attention rows
                      "instructions_per_byte": round(len(loop) / per_lane, 2),
                      "top_opcodes": Counter(loop).most_common(8)})
     width = max(len(r["kernel"]) for r in rows)
