@@ -39,9 +39,10 @@ def process_age_s() -> float:
 class StartupReport:
     """Seconds per phase (PHASES order) and what the start found: how many GEMV shapes it had
     to time, where its tuning came from ("local", "store", or "" when nothing was cached), how
-    many bytes it pulled, how many compiled kernel files it took from the store, and how many
-    GPU kernels it compiled itself (a start that took every kernel from the store or its own
-    cache compiles none; run 18 found a warmed store that still compiled for 14 s)."""
+    many bytes it pulled, how many compiled kernel files it took from the store, how many GPU
+    kernels it compiled itself (Triton's cache misses in this process: a start that found every
+    kernel compiles none; ranks of a parallel engine compile in their own processes, not counted
+    here) and how many host launchers it built."""
 
     seconds: tuple[tuple[str, float], ...]
     tuned_shapes: int = 0
