@@ -8,6 +8,9 @@
 #   bash bench/gpu_session.sh cold    # cold start of the Llama-3-8B shape: first pod (compiles and
 #                                     # tunes), warm, second pod on a fresh cache (kernels and
 #                                     # tuning from the store)
+#   bash bench/gpu_session.sh warmed  # cold start after a build that warmed the store
+#                                     # (--warm-startup-cache): the first serving pod and a second
+#                                     # one on a fresh folder, neither may tune or compile
 #   bash bench/gpu_session.sh ttft    # one prompt's first token in-process (eager, graphs <= 2048,
 #                                     # with the device timeline), then through a pod
 #   bash bench/gpu_session.sh core    # Llama-3-8B through pods with the thread and the process
@@ -27,14 +30,20 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-cold_start() {
+cold_start() {        # extra arguments go to bench_cold_start
   store=local
   if command -v rclone > /dev/null; then store=s3; fi
   timeout 540 python3 bench/bench_cold_start.py --model llama3-8b --device cuda --store "$store" \
-    --work-dir /tmp/kiln_cold --json "$OUT/cold_start_llama3-8b.json" 2>&1 | tee "$OUT/cold_start.log"
+    --work-dir /tmp/kiln_cold --json "$OUT/cold_start_llama3-8b.json" "$@" 2>&1 \
+    | tee "$OUT/cold_start.log"
+  cp /tmp/kiln_cold/pod-*.log "$OUT/" 2>/dev/null
 }
 if [ "$mode" = "cold" ]; then
   cold_start
+  exit 0
+fi
+if [ "$mode" = "warmed" ]; then
+  cold_start --warm-startup-cache --starts store,second_pod
   exit 0
 fi
 if [ "$mode" = "ttft" ]; then
