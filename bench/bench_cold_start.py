@@ -239,17 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         if rclone is not None:
             rclone.terminate()
             rclone.wait(10)
-    # After a warming build no start may tune: the build was the first pod.
-    retuned = [name for name in ("store", "warm", "second_pod")[0 if warmed_s else 1:]
-               if name in starts and starts[name]["tuned_shapes"]]
-    # On CUDA a second node compiles nothing the first did: it unpacks the first's kernels.
-    takers = ["second_pod"] if "store" in starts else []
-    takers = (["store"] if warmed_s else []) + takers
-    unshared = [name for name in takers if name in starts and args.device == "cuda"
+    # The first pod of the engine is the warming build when there was one, else the store
+    # start. Every start after it finds its tuning; each on a fresh folder takes its compiled
+    # kernels from the store (on CUDA), and none compiles anything: every kernel is at hand.
+    first_pod_ran = bool(warmed_s) or "store" in starts
+    later = [name for name in STARTS if name in starts and (warmed_s or name != "store")]
+    later = later if first_pod_ran else []
+    retuned = [name for name in later if starts[name]["tuned_shapes"]]
+    unshared = [name for name in later if name != "warm" and args.device == "cuda"
                 and not starts[name].get("kernel_files_from_store")]
-    # ... and neither it nor a warm restart compiles anything: every kernel was at hand.
-    recompiled = [name for name in ["warm", *takers] if starts.get(name, {}).get(
-        "kernels_compiled")]
+    recompiled = [name for name in later if starts[name].get("kernels_compiled")]
     report = {"bench": "cold_start", "model": args.model, "device": args.device, "dtype": dtype,
               "store": "rclone serve s3 on 127.0.0.1" if args.store == "s3" else "local folder",
               "engine_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
