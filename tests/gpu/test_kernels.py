@@ -79,6 +79,35 @@ def test_prefill_matches_reference_with_chunked_context(shape, dtype):
     assert _rel_err(out, ref) < 1e-2, f"seed {SEED}, lens {seq_lens}, q {query_lens}"
 
 
+PREFILL_CONFIGS = [   # (block_m, block_n, num_warps, num_stages, heavy_first)
+    (64, 64, 4, 2, True), (128, 64, 8, 3, True), (128, 32, 8, 2, False), (32, 128, 4, 3, True),
+    (16, 16, 1, 1, False)]
+
+
+@pytest.mark.parametrize("config", sweep(PREFILL_CONFIGS, core=PREFILL_CONFIGS[:2]), ids=str)
+@pytest.mark.parametrize("shape", [(32, 8, 128, 16), (6, 2, 80, 8)], ids=str)
+def test_prefill_gives_the_same_attention_under_every_launch_shape(shape, config):
+    """Tiles, warps, stages and launch order change how the work is cut, never the result:
+    a tile that straddles the causal diagonal, a context that ends inside a key tile, a
+    sequence shorter than one tile, and sequences whose heaviest tiles are not the grid's last."""
+    from runtime_service.model.kernels import paged_attention as pa
+
+    num_heads, num_kv_heads, head_dim, block_size = shape
+    generator = torch.Generator().manual_seed(SEED + 7)
+    query_lens = [300, 5, 129, 64]
+    seq_lens = [300, 5 + 40, 129 + 333, 64 + 16]
+    q, k_cache, v_cache, tables, starts, lens = _paged_batch(
+        seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, torch.bfloat16,
+        generator)
+    scale = head_dim ** -0.5
+    ref = pa.prefill_reference(q, k_cache, v_cache, tables, starts, lens, scale)
+    out = torch.full_like(q, float("nan"))
+    pa.prefill(q, k_cache, v_cache, tables, starts, lens, max(query_lens), scale, out=out,
+               config=pa.PrefillConfig(*config))
+    assert not out.isnan().any(), f"unwritten output (seed {SEED}, {config})"
+    assert _rel_err(out, ref) < 1e-2, f"seed {SEED}, {config}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ATTN_SHAPES)
 @pytest.mark.parametrize("num_splits", sweep([1, 4, 32], core=(4,)))
@@ -199,3 +228,12 @@ def test_decode_config_rejects_impossible_launch_shapes(fields):
 
     with pytest.raises(ValueError):
         pa.DecodeConfig(**fields)
+
+
+@pytest.mark.parametrize("fields", [dict(block_m=8), dict(block_m=48), dict(block_n=24),
+                                    dict(num_warps=3), dict(num_stages=0)], ids=str)
+def test_prefill_config_rejects_impossible_launch_shapes(fields):
+    from runtime_service.model.kernels import paged_attention as pa
+
+    with pytest.raises(ValueError):
+        pa.PrefillConfig(**fields)

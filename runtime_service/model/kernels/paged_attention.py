@@ -23,6 +23,7 @@ Every function has a plain-torch twin (`*_reference`) that the tests compare aga
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -86,9 +87,11 @@ def _prefill_kernel(
     K_scale, V_scale, stride_sb, stride_ss,
     GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PRECISION: tl.constexpr, KV_QUANT: tl.constexpr,
+    PRECISION: tl.constexpr, KV_QUANT: tl.constexpr, HEAVY_FIRST: tl.constexpr,
 ):
-    m_block = tl.program_id(0)
+    # A causal tile's work grows with its row: HEAVY_FIRST launches the last tiles first, so the
+    # short ones fill the gaps at the end instead of a long one running alone.
+    m_block = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
     q_start = tl.load(query_start + seq)
@@ -347,15 +350,80 @@ def _scale_args(k_cache: torch.Tensor, k_scale, v_scale) -> tuple:
     return k_scale, v_scale, k_scale.stride(0), k_scale.stride(1)
 
 
+def _check_launch_shape(block_n: int, num_warps: int, num_stages: int) -> None:
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
+    if num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {num_warps}")
+    if not 1 <= num_stages <= 8:
+        raise ValueError(f"num_stages must be in 1..8, got {num_stages}")
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    """How a prefill launch tiles its work: query rows (`block_m`) and keys (`block_n`) per
+    tile, warps and pipeline depth per program, and whether the heaviest query tiles (the last
+    rows of a causal prompt) are launched first."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    heavy_first: bool = False
+
+    def __post_init__(self):
+        if self.block_m < 16 or self.block_m & (self.block_m - 1):
+            raise ValueError(f"block_m must be a power of two >= 16, got {self.block_m}")
+        _check_launch_shape(self.block_n, self.num_warps, self.num_stages)
+
+    def __str__(self) -> str:
+        return (f"m{self.block_m} n{self.block_n} w{self.num_warps} s{self.num_stages}"
+                + (" heavy-first" if self.heavy_first else ""))
+
+
+# Past this many query rows, 128 x 128 tiles on 8 warps in three stages were 9% faster than
+# 64 x 64 tiles (4096-token prompt, H200; bench/bench_prefill_attention.py, run 19c); shorter
+# runs were as fast or slower with them. In 16-bit types they need ~224 KB of shared memory per
+# program (float32 twice that, which no GPU has).
+LONG_PREFILL_ROWS = 2048
+LONG_PREFILL_SHARED_BYTES = 224 << 10
+
+
+def default_prefill_config(head_dim: int, max_query_len: int, shared_bytes_per_block: int = 0,
+                           element_bytes: int = 2) -> PrefillConfig:
+    """The launch shape prefill uses unless told otherwise: 16-row tiles for short query runs
+    (chunks of a few tokens, decode rows), 64 x 64 tiles otherwise (32-key tiles past 128
+    dims, to stay within the registers), 128 x 128 for long 16-bit prompts where the GPU's
+    shared memory holds them; the heaviest tiles of a causal prompt first."""
+    if (max_query_len >= LONG_PREFILL_ROWS and head_dim <= 128 and element_bytes <= 2
+            and shared_bytes_per_block >= LONG_PREFILL_SHARED_BYTES):
+        return PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=3,
+                             heavy_first=True)
+    return PrefillConfig(block_m=64 if max_query_len > 32 else 16,
+                         block_n=64 if head_dim <= 128 else 32, heavy_first=True)
+
+
+def _shared_bytes_per_block(device: torch.device) -> int:
+    """Shared memory one program may use on `device` (0 off CUDA: Triton's interpreter)."""
+    return _cuda_shared_bytes(device.index or 0) if device.type == "cuda" else 0
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_shared_bytes(device_index: int) -> int:
+    props = torch.cuda.get_device_properties(device_index)
+    return getattr(props, "shared_memory_per_block_optin", 0)
+
+
 def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             block_tables: torch.Tensor, query_start: torch.Tensor, seq_lens: torch.Tensor,
             max_query_len: int, scale: float, out: torch.Tensor | None = None,
-            k_scale: torch.Tensor | None = None,
-            v_scale: torch.Tensor | None = None) -> torch.Tensor:
+            k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
+            config: PrefillConfig | None = None) -> torch.Tensor:
     """Causal attention of every query row over its sequence's cached context -> [T, Hq, D].
 
     With `k_scale`/`v_scale` [num_blocks, block_size, Hkv] the caches are int8 or fp8 and read
-    as q * scale (kv_quant.py); the products still run in q's dtype."""
+    as q * scale (kv_quant.py); the products still run in q's dtype. `config` overrides
+    `default_prefill_config`."""
     num_heads, num_kv_heads, head_dim, block_size = _check_common(q, k_cache, v_cache,
                                                                   block_tables, k_scale, v_scale)
     num_seqs = seq_lens.shape[0]
@@ -365,10 +433,11 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     out = torch.empty_like(q) if out is None else out
     if num_seqs == 0 or max_query_len == 0:
         return out
+    config = config or default_prefill_config(head_dim, max_query_len,
+                                              _shared_bytes_per_block(q.device),
+                                              q.element_size())
     block_d = triton.next_power_of_2(head_dim)
-    block_m = 64 if max_query_len > 32 else 16
-    block_n = 64 if head_dim <= 128 else 32
-    grid = (triton.cdiv(max_query_len, block_m), num_seqs, num_heads)
+    grid = (triton.cdiv(max_query_len, config.block_m), num_seqs, num_heads)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, block_tables, query_start, seq_lens, scale * _LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
@@ -376,8 +445,9 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         *_scale_args(k_cache, k_scale, v_scale),
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
-        BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=_precision(q),
-        KV_QUANT=k_scale is not None, num_warps=4, num_stages=2,
+        BLOCK_D=block_d, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        PRECISION=_precision(q), KV_QUANT=k_scale is not None, HEAVY_FIRST=config.heavy_first,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
 
@@ -401,12 +471,7 @@ class DecodeConfig:
     num_stages: int = 2
 
     def __post_init__(self):
-        if self.block_n < 16 or self.block_n & (self.block_n - 1):
-            raise ValueError(f"block_n must be a power of two >= 16, got {self.block_n}")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
-        if not 1 <= self.num_stages <= 8:
-            raise ValueError(f"num_stages must be in 1..8, got {self.num_stages}")
+        _check_launch_shape(self.block_n, self.num_warps, self.num_stages)
 
     def __str__(self) -> str:
         return f"n{self.block_n} w{self.num_warps} s{self.num_stages}"
