@@ -15,6 +15,8 @@
 #                                     # with the device timeline), then through a pod
 #   bash bench/gpu_session.sh core    # Llama-3-8B through pods with the thread and the process
 #                                     # engine core, beside in-process (issue 14)
+#   bash bench/gpu_session.sh attention  # prefill and decode attention per layer against SDPA,
+#                                        # with their launch-shape sweeps (Llama-3-8B heads)
 # The long sweeps also run when KILN_GPU_LONG=1. bench_cold_start uses rclone serve s3 when its
 # binary is on PATH, else a local folder store.
 set -u
@@ -52,6 +54,13 @@ if [ "$mode" = "ttft" ]; then
   timeout 300 python3 bench/bench_decode.py --model llama3-8b --quick --skip-hf --skip-reference \
     --grpc --loads 64x128/128 --json "$OUT/pod_ttft_llama3-8b.json" 2>&1 | tee "$OUT/pod_ttft.log" \
     | grep -i "ttft\|batch-1\|tok/s"
+  exit 0
+fi
+if [ "$mode" = "attention" ]; then
+  timeout 280 python3 bench/bench_prefill_attention.py --models llama3-8b \
+    --json "$OUT/prefill_attention.json" 2>&1 | tee "$OUT/prefill_attention.log" | tail -8
+  timeout 280 python3 bench/bench_attention.py --models llama3-8b \
+    --json "$OUT/decode_attention.json" 2>&1 | tee "$OUT/decode_attention.log" | tail -10
   exit 0
 fi
 if [ "$mode" = "core" ]; then
