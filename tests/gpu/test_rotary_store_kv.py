@@ -87,6 +87,40 @@ def test_fused_rotary_store_kv_is_bit_identical_to_separate_kernels(tokens, head
         assert (out != ref).float().mean().item() < 0.4, f"seed {SEED}"
 
 
+@pytest.mark.parametrize("heads", [(32, 8, 128), (8, 8, 64)])
+def test_rotate_k_leaves_the_rotated_keys_in_k_for_rows_with_a_slot(heads):
+    """What flash prefill reads its own keys from (flash_prefill.py)."""
+    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels.rotary import apply_rotary_, rotary_store_kv_
+
+    num_heads, num_kv_heads, head_dim = heads
+    tokens = 45
+    generator = torch.Generator().manual_seed(SEED + 11)
+    qkv = torch.randn(tokens, (num_heads + 2 * num_kv_heads) * head_dim,
+                      generator=generator).to(torch.bfloat16).cuda()
+    num_blocks = tokens // BLOCK_SIZE + 4
+    k_cache = torch.randn(num_blocks, BLOCK_SIZE, num_kv_heads, head_dim,
+                          generator=generator).to(torch.bfloat16).cuda()
+    v_cache = torch.randn(k_cache.shape, generator=generator).to(torch.bfloat16).cuda()
+    slots = torch.randperm(num_blocks * BLOCK_SIZE, generator=generator)[:tokens].cuda()
+    slots[-3:] = -1                                   # CUDA-graph padding rows
+    positions = torch.randint(0, MAX_POSITION, (tokens,), generator=generator).cuda()
+    cos, sin = _cos_sin(head_dim, torch.bfloat16)
+
+    q_sep, k_sep, v_sep = _split_qkv(qkv.clone(), num_heads, num_kv_heads, head_dim)
+    k_unrotated = k_sep.clone()
+    apply_rotary_(q_sep, k_sep, positions, cos, sin)
+    k_sep_cache, v_sep_cache = k_cache.clone(), v_cache.clone()
+    pa.store_kv(k_sep, v_sep, k_sep_cache, v_sep_cache, slots)
+
+    q, k, v = _split_qkv(qkv.clone(), num_heads, num_kv_heads, head_dim)
+    rotary_store_kv_(q, k, v, k_cache, v_cache, positions, slots, cos, sin, rotate_k=True)
+    assert torch.equal(q, q_sep) and torch.equal(k_cache, k_sep_cache), f"seed {SEED}"
+    assert torch.equal(v_cache, v_sep_cache), f"seed {SEED}"
+    assert torch.equal(k[:-3], k_sep[:-3]), f"seed {SEED}"
+    assert torch.equal(k[-3:], k_unrotated[-3:]), f"seed {SEED}: rows without a slot changed"
+
+
 def _step(query_lens, seq_lens, tables, width, padding_rows=0):
     """AttentionMetadata for one step; padding rows are CUDA-graph padding (position 0, slot -1,
     one token of context in block 0)."""

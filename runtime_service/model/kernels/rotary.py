@@ -91,7 +91,7 @@ def _rotary_store_kv_kernel(
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HALF: tl.constexpr,
     BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, KV_QUANT: tl.constexpr, QMAX: tl.constexpr,
-    IS_INT8: tl.constexpr,
+    IS_INT8: tl.constexpr, ROTATE_K: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_HALF)
@@ -122,7 +122,12 @@ def _rotary_store_kv_kernel(
                                     tl.load(v_lo + HALF, mask=kv_mask, other=0.0), v_dst,
                                     V_scale + scale_offs, kv_mask, h_mask, HALF, QMAX, IS_INT8)
         else:
-            _rotate(k_lo, k_dst, c, s, kv_mask, HALF)
+            lo, hi = _rotated(k_lo, c, s, kv_mask, HALF)
+            tl.store(k_dst, lo, mask=kv_mask)
+            tl.store(k_dst + HALF, hi, mask=kv_mask)
+            if ROTATE_K:
+                tl.store(k_lo, lo, mask=kv_mask)
+                tl.store(k_lo + HALF, hi, mask=kv_mask)
             tl.store(v_dst, tl.load(v_lo, mask=kv_mask), mask=kv_mask)
             tl.store(v_dst + HALF, tl.load(v_lo + HALF, mask=kv_mask), mask=kv_mask)
 
@@ -169,11 +174,14 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
 def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                      v_cache: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
                      cos: torch.Tensor, sin: torch.Tensor, k_scale: torch.Tensor | None = None,
-                     v_scale: torch.Tensor | None = None) -> torch.Tensor:
+                     v_scale: torch.Tensor | None = None, rotate_k: bool = False) -> torch.Tensor:
     """Rotates q [T, Hq, D] in place and writes rotated k and v [T, Hkv, D] into the caches
     [num_blocks, block_size, Hkv, D] at flat slots (block * block_size + offset); returns q.
 
-    k itself is left unrotated (that write is the round trip this kernel saves). Rows with a
+    k itself is left unrotated (that write is the round trip this kernel saves), unless
+    `rotate_k` (unquantized caches): then the rows that have a slot are rotated in place too
+    (rows without one keep theirs), for a prefill that reads its own keys from k
+    (flash_prefill.py). Rows with a
     negative slot store nothing (padded CUDA-graph rows); their q is still rotated, harmlessly.
     Positions are clamped to the table as in `apply_rotary_`. Graph-safe: no host syncs, no
     allocations. With `k_scale`/`v_scale` the caches are int8 / fp8 and each rotated k and each
@@ -189,6 +197,9 @@ def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
     if v.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
         raise ValueError("the head dimension of v and the caches must be contiguous")
     quantized = check_kv_scales(k_cache, v_cache, k_scale, v_scale)
+    if rotate_k and quantized:
+        raise ValueError("rotate_k is for unquantized caches: a quantized cache's prefill reads "
+                         "its keys from the cache")
     if v.dtype != q.dtype or (not quantized and k_cache.dtype != q.dtype):
         raise ValueError(f"dtypes disagree: q {q.dtype}, v {v.dtype}, caches "
                          f"{k_cache.dtype}/{v_cache.dtype}")
@@ -203,7 +214,7 @@ def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
               (k_scale, v_scale, k_scale.stride(0), k_scale.stride(1))),
             NUM_Q_HEADS=q.shape[1], NUM_KV_HEADS=k.shape[1], HALF=q.shape[2] // 2,
             BLOCK_SIZE=k_cache.shape[1], **_head_blocks(q, k), **quant_meta(k_cache),
-            num_warps=4)
+            ROTATE_K=rotate_k, num_warps=4)
     return q
 
 
