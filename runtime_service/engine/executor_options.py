@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from runtime_service.errors import InvalidRequest
 from runtime_service.engine.scheduler import SchedulerPolicy
 
+# layers/attention_triton.make_attention_backend builds each of these
+ATTENTION_BACKENDS = ("auto", "torch", "triton", "triton-flash")
+
 # Prefills of one prompt of up to this many tokens replay a captured graph (prefill_graphs.py).
 DEFAULT_PREFILL_GRAPH_TOKENS = 2048
 
@@ -37,7 +40,9 @@ class ExecutorOptions:
     streaming_llm: bool = False
     max_queue_size: int = 1024
     load_tokenizer: bool = True
-    # "auto": the Triton kernels on CUDA, the torch reference elsewhere; or "torch" / "triton".
+    # "auto": the Triton kernels on CUDA, the torch reference elsewhere; or "torch" / "triton";
+    # "triton-flash": the Triton kernels, with torch's flash kernel for a prefill step of one
+    # sequence (kernels/flash_prefill.py).
     attention_backend: str = "auto"
     # Decode steps of up to this many sequences replay captured CUDA graphs (None: up to
     # max_batch_size on CUDA; 0: never). CUDA with the Triton backend only.
@@ -69,8 +74,8 @@ class ExecutorOptions:
                 f"{self.kv_free_gpu_memory_fraction}")
         if self.max_queue_size < 1:
             raise InvalidRequest(f"max_queue_size must be >= 1, got {self.max_queue_size}")
-        if self.attention_backend not in ("auto", "torch", "triton"):
-            raise InvalidRequest("attention_backend must be 'auto', 'torch' or 'triton', got "
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise InvalidRequest(f"attention_backend must be one of {ATTENTION_BACKENDS}, got "
                                  f"{self.attention_backend!r}")
         if self.cuda_graph_max_batch_size is not None and self.cuda_graph_max_batch_size < 0:
             raise InvalidRequest("cuda_graph_max_batch_size must be >= 0, got "

@@ -27,7 +27,8 @@ from grpc_reflection.v1alpha import reflection
 from runtime_service.server.auth import TransportSecurity
 # executor_options, not executor: the pod process must not import torch before it spawns the
 # engine core, which imports it again (3 s each on the H200 host).
-from runtime_service.engine.executor_options import DEFAULT_PREFILL_GRAPH_TOKENS, ExecutorOptions
+from runtime_service.engine.executor_options import (
+    ATTENTION_BACKENDS, DEFAULT_PREFILL_GRAPH_TOKENS, ExecutorOptions)
 from runtime_service.server.convert import ServingLimits
 from runtime_service.server.engine_host import ENGINE_CORES, EngineHost, RuntimeSettings, State
 from runtime_service.errors import KilnError
@@ -84,6 +85,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="on CUDA, replay a captured graph for the prefill of one prompt of "
                         "up to this many tokens (0: never; default "
                         f"{DEFAULT_PREFILL_GRAPH_TOKENS}, capped at the engine's max_num_tokens)")
+    parser.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
+                        help="auto: the Triton kernels on CUDA, the torch reference elsewhere; "
+                        "triton-flash: the Triton kernels with torch's flash kernel for a "
+                        "prefill of one sequence")
     parser.add_argument("--max-new-tokens", type=int, default=2048,
                         help="the most new tokens one request may ask for")
     parser.add_argument("--default-max-new-tokens", type=int, default=32)
@@ -115,7 +120,8 @@ def settings_from_args(args) -> RuntimeSettings:
         enable_chunked_prefill=not args.disable_chunked_context,
         overlap_scheduling=False if args.no_overlap_scheduling else None,
         warm_up_largest_step=False if args.no_warm_up else None,
-        cuda_graph_max_prefill_tokens=args.cuda_graph_max_prefill_tokens)
+        cuda_graph_max_prefill_tokens=args.cuda_graph_max_prefill_tokens,
+        attention_backend=args.attention_backend)
     return RuntimeSettings(
         cache_dir=Path(args.cache_dir), executor=options,
         limits=ServingLimits(max_new_tokens=args.max_new_tokens,

@@ -7,8 +7,13 @@ which handles decode rows too.
 
 Rotary and the cache write are one kernel (`rotary_store_kv_`) wherever the rotary module would
 run its Triton kernel: in decode each launch costs about as much as its work, and the fused one
-never writes the rotated k back. Elsewhere (dynamic NTK, float32) rotary runs first, then
-`store_kv`. `fuse_rotary=False` keeps them separate, which the tests compare against.
+never writes the rotated k back (except for a flash prefill, below). Elsewhere (dynamic NTK,
+float32) rotary runs first, then `store_kv`. `fuse_rotary=False` keeps them separate, which the
+tests compare against.
+
+`flash_prefill=True` ("triton-flash"): a prefill step of one sequence over an unquantized 16-bit
+cache runs its new tokens through torch's flash kernel and pages in its cached context after
+(kernels/flash_prefill.py); every other step is as above.
 """
 
 from __future__ import annotations
@@ -23,17 +28,24 @@ class TritonPagedAttention:
     name = "triton"
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
-                 fuse_rotary: bool = True):
+                 fuse_rotary: bool = True, flash_prefill: bool = False):
+        from runtime_service.model.kernels import flash_prefill as flash
         from runtime_service.model.kernels import paged_attention, rotary
 
         self._kernels = paged_attention
         self._rotary_kernels = rotary
+        self._flash = flash
         self.fuse_rotary = fuse_rotary
+        device = torch.device(device)
+        if flash_prefill and (torch.cuda.get_device_capability(device) < (8, 0)
+                              or head_dim % 8 or head_dim > 256):
+            raise ValueError(f"flash prefill needs an Ampere or newer GPU and a head dimension "
+                             f"that is a multiple of 8 up to 256 (got {head_dim})")
+        self.flash_prefill = flash_prefill
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = head_dim ** -0.5
-        device = torch.device(device)
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -44,10 +56,14 @@ class TritonPagedAttention:
         if isinstance(k_cache, QuantizedKVCache):
             scales = {"k_scale": k_cache.scales, "v_scale": v_cache.scales}
             k_cache, v_cache = k_cache.codes, v_cache.codes
+        # One sequence's prefill: flash reads its own keys from k, so they are rotated in place.
+        flash = (self.flash_prefill and not scales and meta.num_seqs == 1 and not meta.is_decode
+                 and q.dtype in self._flash.FLASH_DTYPES)
         table = rotary.kernel_cos_sin(q) if self.fuse_rotary else None
         if table is not None:
             self._rotary_kernels.rotary_store_kv_(q, k, v, k_cache, v_cache, meta.positions,
-                                                  meta.slot_mapping, *table, **scales)
+                                                  meta.slot_mapping, *table, **scales,
+                                                  rotate_k=flash)
         else:
             q, k = rotary(meta.positions, q, k, meta.token_seq_lens)
             kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping, **scales)
@@ -57,13 +73,18 @@ class TritonPagedAttention:
                                                self.num_sms)
             return kernels.decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
                                   self.scale, splits, **scales)
+        if flash:
+            return self._flash.flash_prefill(q, k, v, k_cache, v_cache, meta.block_tables,
+                                             meta.query_start, meta.seq_lens,
+                                             max(meta.query_lens_host), self.scale)
         return kernels.prefill(q, k_cache, v_cache, meta.block_tables, meta.query_start,
                                meta.seq_lens, max(meta.query_lens_host), self.scale, **scales)
 
 
 def make_attention_backend(name: str, num_heads: int, num_kv_heads: int, head_dim: int,
                            device: torch.device):
-    """"torch", "triton", or "auto" (triton on CUDA when installed, else the torch reference)."""
+    """"torch", "triton", "triton-flash" (triton, with flash for one sequence's prefill), or
+    "auto" (triton on CUDA when installed, else the torch reference)."""
     from runtime_service.model import kernels
 
     device = torch.device(device)
@@ -71,8 +92,10 @@ def make_attention_backend(name: str, num_heads: int, num_kv_heads: int, head_di
         name = "triton" if device.type == "cuda" and kernels.triton_installed() else "torch"
     if name == "torch":
         return TorchReferenceAttention(num_heads, num_kv_heads, head_dim)
-    if name == "triton":
+    if name in ("triton", "triton-flash"):
         if device.type != "cuda" or not kernels.triton_installed():
-            raise ValueError("the triton attention backend needs a CUDA device and triton")
-        return TritonPagedAttention(num_heads, num_kv_heads, head_dim, device)
-    raise ValueError(f"attention backend must be 'auto', 'torch' or 'triton', got {name!r}")
+            raise ValueError(f"the {name} attention backend needs a CUDA device and triton")
+        return TritonPagedAttention(num_heads, num_kv_heads, head_dim, device,
+                                    flash_prefill=name == "triton-flash")
+    raise ValueError(f"attention backend must be 'auto', 'torch', 'triton' or 'triton-flash', "
+                     f"got {name!r}")
