@@ -475,7 +475,8 @@ def compare_with_reference(loaded: LoadedModel, fast: list[list[int]], vocab: in
 def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch.dtype,
                        vocab: int, quick: bool, metrics: tuple[bool, ...] = (False,),
                        scrape_interval_s: float = 1.0, rounds: int = 1,
-                       engine_cores: tuple[str, ...] = ("thread",)) -> dict[tuple, dict]:
+                       engine_cores: tuple[str, ...] = ("thread",),
+                       attention_backend: str = "auto") -> dict[tuple, dict]:
     """The same loads through an engine built by the builder and served by a runtime pod, once
     per engine core (the pod's --engine-core: thread or process), entry of `metrics` (the pod's
     /metrics off or on, scraped every `scrape_interval_s` while on) and round; keyed by
@@ -491,7 +492,8 @@ def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch
                 log(f"Kiln gRPC pod, engine core {core}, metrics {'on' if on else 'off'} "
                     f"(round {round_index + 1})")
                 pod = RuntimePod(uri, work, device, max_new_tokens=build.max_seq_len,
-                                 metrics=on, engine_core=core)
+                                 metrics=on, engine_core=core,
+                                 attention_backend=attention_backend)
                 scraper = None
                 result: dict = {"engine_core": core}
                 try:
@@ -635,7 +637,8 @@ def bench_in_process(loaded: LoadedModel, args, report: dict, device: str, dtype
     greedy tokens against the reference model; figures go into `report`."""
     start = time.perf_counter()
     executor = Executor(loaded, ExecutorOptions(device=device, dtype=str(dtype).split(".")[1],
-                                                load_tokenizer=False)).start()
+                                                load_tokenizer=False,
+                                                attention_backend=args.attention_backend)).start()
     report["kiln_start_s"] = time.perf_counter() - start
     report["kv_cache_tokens"] = executor.kv.num_total_blocks * executor.options.block_size
     log(f"Kiln executor up in {report['kiln_start_s']:.1f} s, KV cache "
@@ -704,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-quant", choices=("NONE", "INT8", "FP8"), default="NONE",
                         help="KV cache of the --quant engines (alone: a bf16-weights engine "
                         "with this KV cache)")
+    parser.add_argument("--attention-backend", default="auto",
+                        help="the in-process executor's and the pods' attention backend: auto, "
+                        "triton, or triton-flash (flash for a prefill of one sequence)")
     parser.add_argument("--ttft-idle-s", type=float, default=TTFT_IDLE_S,
                         help="idle seconds before each request of the idle-GPU TTFT figures")
     args = parser.parse_args(argv)
@@ -722,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = SHAPES[args.model]
     vocab = shape["vocab_size"]
     report: dict = {"model": args.model, "device": device,
+                    "attention_backend_option": args.attention_backend,
                     "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                     "torch": torch.__version__}
     bandwidth = copy_bandwidth(device)
@@ -771,7 +778,8 @@ def main(argv: list[str] | None = None) -> int:
         switch = {"off": (False,), "on": (True,), "both": (False, True)}[args.grpc_metrics]
         cores = args.grpc_engine_core
         runs = bench_through_grpc(work, build, device, dtype, vocab, args.quick, switch,
-                                  args.scrape_interval_s, args.grpc_rounds, cores)
+                                  args.scrape_interval_s, args.grpc_rounds, cores,
+                                  args.attention_backend)
         report["kiln_grpc"] = runs[cores[0], switch[0]]
         if len(cores) > 1:
             report["kiln_grpc_by_engine_core"] = {core: runs[core, switch[0]] for core in cores}

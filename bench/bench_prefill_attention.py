@@ -11,6 +11,8 @@ Llama-3-8B (GQA, 4 query heads per kv head) and Llama-2-7B (MHA) head shapes and
   context precedes the new tokens);
 - Kiln's `paged_attention.prefill` with its default launch config, and every point of a sweep
   (query tile, key tile, warps, pipeline depth, launch order), the best named;
+- for a step of one sequence, Kiln's `flash_prefill` (the "triton-flash" backend): flash over
+  the new tokens, the cached context paged in after by log-sum-exp;
 - the rate each reaches in TFLOP/s (the causal products: 4 x head_dim flops per query head and
   visible key).
 
@@ -66,6 +68,11 @@ def paged_inputs(num_seqs: int, new: int, context: int, num_heads: int, num_kv_h
     shape = (num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM)
     paged = [(torch.randn(shape, device="cuda", dtype=torch.bfloat16),
               torch.randn(shape, device="cuda", dtype=torch.bfloat16)) for _ in range(LAYERS)]
+    # each layer's new k and v rows [T, Hkv, D] as the caches hold them (flash reads these)
+    positions = torch.arange(context, seq_len, device="cuda")
+    slots = (tables[:, positions // BLOCK_SIZE].long() * BLOCK_SIZE
+             + positions % BLOCK_SIZE).flatten()
+    paged = [(k, v, k.flatten(0, 1)[slots], v.flatten(0, 1)[slots]) for k, v in paged]
     dense = [(torch.randn(num_seqs, num_heads, seq_len, HEAD_DIM, device="cuda",
                           dtype=torch.bfloat16),
               torch.randn(num_seqs, num_heads, seq_len, HEAD_DIM, device="cuda",
@@ -86,6 +93,7 @@ def sweep_configs():
 def bench_load(model: str, num_seqs: int, new: int, context: int, sweep: bool) -> dict:
     from torch.nn.attention.bias import causal_lower_right
 
+    from runtime_service.model.kernels import flash_prefill as fp
     from runtime_service.model.kernels import paged_attention as pa
     from runtime_service.model.kernels.gemv import graph_time_per_call_us
 
@@ -99,6 +107,9 @@ def bench_load(model: str, num_seqs: int, new: int, context: int, sweep: bool) -
         return lambda q_, kv: pa.prefill(q_, kv[0], kv[1], tables, starts, lens, new, scale,
                                          config=config)
 
+    def flash(q_, kv):
+        return fp.flash_prefill(q_, kv[2], kv[3], kv[0], kv[1], tables, starts, lens, new, scale)
+
     q_dense = q.view(num_seqs, new, num_heads, HEAD_DIM).transpose(1, 2).contiguous()
     mask = causal_lower_right(new, context + new) if context else None
 
@@ -109,8 +120,8 @@ def bench_load(model: str, num_seqs: int, new: int, context: int, sweep: bool) -
         return torch.nn.functional.scaled_dot_product_attention(
             q_dense, kv[0], kv[1], attn_mask=mask, scale=scale)
 
-    check = pa.prefill(q, *paged[0], tables, starts, lens, new, scale).float()
-    reference = pa.prefill_reference(q, *paged[0], tables, starts, lens, scale).float()
+    check = pa.prefill(q, *paged[0][:2], tables, starts, lens, new, scale).float()
+    reference = pa.prefill_reference(q, *paged[0][:2], tables, starts, lens, scale).float()
     rel_err = ((check - reference).norm() / reference.norm()).item()
     flops = causal_flops(num_seqs, new, context, num_heads)
     try:
@@ -122,6 +133,8 @@ def bench_load(model: str, num_seqs: int, new: int, context: int, sweep: bool) -
               "flops": flops, "sdpa_us": sdpa_us,
               "kiln_default_config": str(pa.default_prefill_config(HEAD_DIM, new)),
               "kiln_default_us": graph_time_per_call_us(kiln(None), q, paged),
+              "kiln_flash_us": (graph_time_per_call_us(flash, q, paged) if num_seqs == 1
+                                else None),
               "kiln_rel_err_vs_reference": rel_err}
     if sweep:
         timings = {}
@@ -136,7 +149,7 @@ def bench_load(model: str, num_seqs: int, new: int, context: int, sweep: bool) -
     del paged, dense
     torch.cuda.empty_cache()
     log(f"{model} {num_seqs} x {new} new after {context}: SDPA {_us(sdpa_us)} us, "
-        f"Kiln {result['kiln_default_us']:.1f}"
+        f"Kiln {result['kiln_default_us']:.1f}, flash prefill {_us(result['kiln_flash_us'])}"
         + (f", best {result['kiln_best_us']:.1f} [{result['kiln_best_config']}]" if sweep
            else ""))
     return result
@@ -148,14 +161,16 @@ def _us(value: float | None) -> str:
 
 def table(report: dict) -> str:
     header = ("model", "seqs x new", "context", "SDPA us", "TFLOP/s", "Kiln us", "TFLOP/s",
-              "Kiln/SDPA", "best us", "best config")
+              "Kiln/SDPA", "flash us", "flash/SDPA", "best us", "best config")
     rows = [header]
     for c in report["cases"]:
         rate = lambda us: "-" if us is None else f"{c['flops'] / us / 1e6:.0f}"  # noqa: E731
         sdpa, kiln, best = c["sdpa_us"], c["kiln_default_us"], c.get("kiln_best_us")
+        flash = c.get("kiln_flash_us")
         rows.append((c["model"], f"{c['num_seqs']} x {c['new_tokens']}", str(c["context"]),
                      _us(sdpa), rate(sdpa), _us(kiln), rate(kiln),
-                     f"{kiln / sdpa:.2f}" if sdpa else "-", _us(best),
+                     f"{kiln / sdpa:.2f}" if sdpa else "-", _us(flash),
+                     f"{flash / sdpa:.2f}" if sdpa and flash else "-", _us(best),
                      c.get("kiln_best_config", "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"== prefill attention per layer on {report['device_name']} =="]

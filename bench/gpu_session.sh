@@ -17,6 +17,9 @@
 #                                     # engine core, beside in-process (issue 14)
 #   bash bench/gpu_session.sh attention  # prefill and decode attention per layer against SDPA,
 #                                        # with their launch-shape sweeps (Llama-3-8B heads)
+#   bash bench/gpu_session.sh flash   # the triton-flash backend: its GPU tests, then prefill
+#                                     # attention per layer (paged, flash prefill, SDPA)
+# KILN_ATTENTION=triton-flash bash bench/gpu_session.sh ttft: the TTFT run on that backend.
 # The long sweeps also run when KILN_GPU_LONG=1. bench_cold_start uses rclone serve s3 when its
 # binary is on PATH, else a local folder store.
 set -u
@@ -52,8 +55,17 @@ if [ "$mode" = "ttft" ]; then
   timeout 200 python3 bench/bench_prefill.py --model llama3-8b --graph-tokens 0,2048 \
     --json "$OUT/prefill_llama3-8b.json" 2>&1 | tee "$OUT/prefill.log" | tail -14
   timeout 300 python3 bench/bench_decode.py --model llama3-8b --quick --skip-hf --skip-reference \
-    --grpc --loads 64x128/128 --json "$OUT/pod_ttft_llama3-8b.json" 2>&1 | tee "$OUT/pod_ttft.log" \
+    --grpc --loads 64x128/128 --attention-backend "${KILN_ATTENTION:-auto}" \
+    --json "$OUT/pod_ttft_llama3-8b.json" 2>&1 | tee "$OUT/pod_ttft.log" \
     | grep -i "ttft\|batch-1\|tok/s"
+  exit 0
+fi
+if [ "$mode" = "flash" ]; then
+  timeout 240 python3 -m pytest -q -m gpu -n 4 tests/gpu/test_flash_prefill.py \
+    tests/gpu/test_rotary_store_kv.py tests/unit/runtime_service/model/test_flash_prefill_cpu.py \
+    -p no:cacheprovider -rf 2>&1 | tee "$OUT/pytest_flash.log" | tail -15
+  timeout 150 python3 bench/bench_prefill_attention.py --no-sweep --models llama3-8b \
+    --json "$OUT/prefill_attention.json" 2>&1 | tee "$OUT/prefill_attention.log" | tail -8
   exit 0
 fi
 if [ "$mode" = "attention" ]; then

@@ -75,10 +75,12 @@ class RuntimePod:
 
     With `metrics`, the pod serves /metrics (--metrics-listen) and `scraper()` reads it the
     way Prometheus would, so a run measures what recording and scraping cost. `engine_core`:
-    the pod's --engine-core (the step loop on a thread of the gRPC process, or its own process)."""
+    the pod's --engine-core (the step loop on a thread of the gRPC process, or its own process);
+    `attention_backend`: its --attention-backend."""
 
     def __init__(self, engine_uri: str, work: Path, device: str, max_new_tokens: int,
-                 metrics: bool = False, engine_core: str = "process"):
+                 metrics: bool = False, engine_core: str = "process",
+                 attention_backend: str = "auto"):
         self.port_file = work / "runtime.port"
         self.metrics_port_file = work / "metrics.port"
         for stale in (self.port_file, self.metrics_port_file):
@@ -92,7 +94,8 @@ class RuntimePod:
             [sys.executable, "-m", "runtime_service", "serve", "--engine", engine_uri,
              "--listen", "127.0.0.1:0", "--port-file", str(self.port_file), "--device", device,
              "--cache-dir", str(work / "cache"), "--max-new-tokens", str(max_new_tokens),
-             "--max-queue-size", "4096", "--engine-core", engine_core, *flags],
+             "--max-queue-size", "4096", "--engine-core", engine_core,
+             "--attention-backend", attention_backend, *flags],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
 
     def scraper(self, interval_s: float) -> "MetricsScraper":

@@ -31,6 +31,7 @@ def test_the_table_shows_a_missing_peer_as_a_dash_and_rates_the_rest():
     assert row[:5] == ["llama3-8b", "1", "x", "1024", "0"]
     assert row[5:7] == ["-", "-"]                       # SDPA and its rate
     assert row[7:9] == ["40.0", "50"]                   # 2 GFLOP in 40 us = 50 TFLOP/s
+    assert row[10:12] == ["-", "-"]                     # flash prefill not timed
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
