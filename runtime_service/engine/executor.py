@@ -252,10 +252,14 @@ class Executor:
         if self.ranks is not None:
             self.ranks.close()
 
-    def submit(self, request: Request) -> RequestStream:
+    def submit(self, request: Request, validated: bool = False) -> RequestStream:
+        """`validated`: the caller already ran `validate_request` against these limits (the
+        engine-core process, whose pod checked every request before sending it), so the
+        prompt's ids are not walked a second time on the way to the first token."""
         if self._stopping:
             raise Unavailable("the executor is shutting down")
-        validate_request(request, self.limits)
+        if not validated:
+            validate_request(request, self.limits)
         stream = self.new_stream(request.request_id, self.abort)
         with self._lock:
             if self.failure is not None:

@@ -107,7 +107,8 @@ class EngineCore:
     def _submit(self, request: Request) -> None:
         self._unstamped[request.request_id] = request
         try:
-            self.executor.submit(request)
+            # the pod validated it against these limits (core_client.EngineCoreClient.submit)
+            self.executor.submit(request, validated=True)
         except KilnError as exc:
             # never admitted, so the step loop sends nothing else about it
             self._unstamped.pop(request.request_id, None)

@@ -1,5 +1,6 @@
 """The engine-core side of the pipe: one STEP message per loop pass, nothing when idle, queue
-times stamped once, submit errors sent back, SHUTDOWN and EOF both stop the executor."""
+times stamped once, requests handed on as already validated (the pod checked them), submit
+errors sent back, SHUTDOWN and EOF both stop the executor."""
 
 from __future__ import annotations
 
@@ -23,13 +24,15 @@ class ScriptedExecutor:
         self.got_request = threading.Event()
         self.refuse = None
         self.streams = {}
+        self.validated = []
 
     def stats(self) -> ExecutorStats:
         return ExecutorStats(4, 4, len(self.streams), 0, 0, self.steps, 0, 0)
 
-    def submit(self, request):
+    def submit(self, request, validated=False):
         if self.refuse is not None:
             raise self.refuse
+        self.validated.append(validated)
         self.submitted.append(request)
         self.streams[request.request_id] = self.new_stream(request.request_id, self.abort)
         self.got_request.set()
@@ -56,6 +59,7 @@ def test_one_message_per_pass_and_none_while_idle():
     request = Request("r1", [1, 2])
     pod.send(codec.SUBMIT, codec.encode_request(request))
     assert executor.got_request.wait(5)        # the core's main thread took it
+    assert executor.validated == [True]        # the pod checked it: not walked again here
     executor.steps = 1
     request = executor.submitted[0]
     request.first_scheduled_time = 42.5
