@@ -9,8 +9,10 @@ rows say which side a length is on and how far Kiln is from each:
   torch's causal SDPA, each timed alone on the device: no norms, rope, KV stores or launches.
 - "HF transformers": `model(ids, logits_to_keep=1)`, synchronised, as its generate pays.
 - "Kiln eager" / "Kiln graphs <= N": the executor's time from submit to the first token, with
-  prefill graphs off and with buckets up to N tokens; "Kiln GPU" is the sum of the kernels that
-  one eager prefill ran (torch.profiler), the part no host change can remove;
+  prefill graphs off and with buckets up to N tokens, and with "(backend)" for each further
+  `--attention-backends` entry (triton-flash: flash for the prompt's own tokens); "Kiln GPU" is
+  the sum of the kernels that one eager prefill ran (torch.profiler), the part no host change
+  can remove;
 - "...: launch returned" / "...: GPU launch to token": when the step's launch returned to the
   host, and the device time from its first kernel to the sampled token (CUDA events). Close
   together, the GPU was waiting for the host's kernel launches.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import statistics
 import time
@@ -185,25 +188,27 @@ def run(args) -> dict:
     loaded = kiln_from_hf(hf_model, hf_config, dtype, device, build)
     del hf_model
     gc.collect()
-    for graph_tokens in args.graph_tokens:
-        name = f"Kiln graphs <= {graph_tokens}" if graph_tokens else "Kiln eager"
+    for backend, graph_tokens in itertools.product(args.attention_backends, args.graph_tokens):
+        name = (f"Kiln graphs <= {graph_tokens}" if graph_tokens else "Kiln eager") \
+            + ("" if backend == "auto" else f" ({backend})")
         executor = Executor(loaded, ExecutorOptions(
             device=device, dtype=str(dtype).split(".")[1], load_tokenizer=False,
             cuda_graph_max_batch_size=8 if device == "cuda" else 0,
-            cuda_graph_max_prefill_tokens=graph_tokens)).start()
+            cuda_graph_max_prefill_tokens=graph_tokens, attention_backend=backend)).start()
         try:
             rows[name] = {n: kiln_ttft_ms(executor, vocab, n) for n in args.lengths}
             log(name, rows[name])
             if args.json:
                 args.json.write_text(json.dumps(report, indent=1))
-            if args.json and graph_tokens == max(args.graph_tokens):
+            if (args.json and graph_tokens == max(args.graph_tokens)
+                    and backend == args.attention_backends[0]):
                 host_profile(executor, vocab, 1024 if 1024 in args.lengths else args.lengths[-1],
                              args.json.with_name(f"{args.json.stem}_host.txt"))
             if device == "cuda":
                 timeline = {n: kiln_timeline_ms(executor, vocab, n) for n in args.lengths}
                 rows[f"{name}: launch returned"] = {n: t[0] for n, t in timeline.items()}
                 rows[f"{name}: GPU launch to token"] = {n: t[1] for n, t in timeline.items()}
-            if not graph_tokens and device == "cuda":
+            if not graph_tokens and device == "cuda" and backend == args.attention_backends[0]:
                 rows["Kiln GPU (eager kernels)"] = {
                     n: kiln_gpu_ms(executor, vocab, n, args.json.with_name(
                         f"{args.json.stem}_kernels_{n}.txt") if args.json else None)
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--graph-tokens", type=lambda s: [int(x) for x in s.split(",")],
                         default=[0, 512, 2048],
                         help="Kiln's cuda_graph_max_prefill_tokens, one executor each (0: eager)")
+    parser.add_argument("--attention-backends", type=lambda s: s.split(","), default=["auto"],
+                        help="one executor per backend and graph limit, e.g. auto,triton-flash")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     report = run(args)

@@ -19,7 +19,8 @@
 #                                        # with their launch-shape sweeps (Llama-3-8B heads)
 #   bash bench/gpu_session.sh flash   # the triton-flash backend: its GPU tests, then prefill
 #                                     # attention per layer (paged, flash prefill, SDPA)
-# KILN_ATTENTION=triton-flash bash bench/gpu_session.sh ttft: the TTFT run on that backend.
+# KILN_ATTENTION=triton-flash bash bench/gpu_session.sh ttft: in-process TTFT on both backends,
+#                                   then the pod's on that one.
 # The long sweeps also run when KILN_GPU_LONG=1. bench_cold_start uses rclone serve s3 when its
 # binary is on PATH, else a local folder store.
 set -u
@@ -52,8 +53,9 @@ if [ "$mode" = "warmed" ]; then
   exit 0
 fi
 if [ "$mode" = "ttft" ]; then
-  timeout 200 python3 bench/bench_prefill.py --model llama3-8b --graph-tokens 0,2048 \
-    --json "$OUT/prefill_llama3-8b.json" 2>&1 | tee "$OUT/prefill.log" | tail -14
+  timeout 240 python3 bench/bench_prefill.py --model llama3-8b --graph-tokens 0,2048 \
+    --attention-backends "auto${KILN_ATTENTION:+,$KILN_ATTENTION}" \
+    --json "$OUT/prefill_llama3-8b.json" 2>&1 | tee "$OUT/prefill.log" | tail -20
   timeout 300 python3 bench/bench_decode.py --model llama3-8b --quick --skip-hf --skip-reference \
     --grpc --loads 64x128/128 --attention-backend "${KILN_ATTENTION:-auto}" \
     --json "$OUT/pod_ttft_llama3-8b.json" 2>&1 | tee "$OUT/pod_ttft.log" \
