@@ -107,6 +107,13 @@ def _gemv_cases():
                       dict(Bias=None, HAS_BIAS=False, BLOCK_N=block_n, BLOCK_K=block_k,
                            X_BLOCK=2048, EVEN_K=True, NUM_STAGES=1),
                       ["X", "QW", "Scales", "Out", "K", "k_per_split"], 4, block_n * block_k))
+    for block_n, block_k, warps, stages in ((128, 128, 4, 3), (64, 256, 4, 3)):
+        cases.append((f"fp8 one row, tensor cores, n{block_n} k{block_k}",
+                      quant_gemv._fp8_swap_kernel, fp8,
+                      dict(Bias=None, HAS_BIAS=False, BLOCK_N=block_n, BLOCK_K=block_k,
+                           X_BLOCK=2048, EVEN_K=True, NUM_STAGES=stages),
+                      ["X", "QW", "Scales", "Out", "K", "k_per_split"], warps,
+                      block_n * block_k, stages))
     return cases
 
 
@@ -146,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     rows = []
-    cases = [(*case, 1) for case in _gemv_cases()] + _decode_attention_cases()
+    cases = [case if len(case) == 8 else (*case, 1) for case in _gemv_cases()] \
+        + _decode_attention_cases()
     for name, kernel, signature, constexprs, aligned, warps, loop_bytes, stages in cases:
         loop = hot_loop(compile_sm90(kernel, signature, constexprs, aligned, warps, stages))
         per_lane = loop_bytes / (32 * warps)

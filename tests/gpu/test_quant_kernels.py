@@ -176,6 +176,31 @@ def test_every_candidate_config_computes_the_same_function(rows):
         _check(qg.launch_fp8(x, *fp8, None, config), ref_fp8, 5e-3, f"fp8 {config}")
 
 
+def test_the_tuner_skips_a_candidate_whose_output_disagrees_with_the_default(caplog):
+    """A candidate that a GPU or compiler gets wrong must not win for being fast: here the
+    second one's output is scaled by 3."""
+    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels.gemv import GemvConfig
+
+    generator = _generator("tuner-gate")
+    x = _x(1, 1024, torch.bfloat16, generator)
+    weights = (torch.randn(256, 1024, device="cuda", generator=generator).to(torch.float8_e4m3fn),
+               torch.rand(256, device="cuda", generator=generator) * 0.01)
+    good, bad = GemvConfig("fma", 16, 512, 4, 1), GemvConfig("fma", 8, 256, 1, 1)
+
+    def call(x_, w, config, warmup=False):
+        out = qg.launch_fp8(x_, *w, None, config, warmup)
+        return out if config == good else out * 3
+
+    key = ("fp8-tuner-gate-test", x.device, x.dtype, 1, 256, 1024)
+    try:
+        with caplog.at_level("WARNING", logger="kiln.kernels.quant_gemv"):
+            assert qg.tuned_config(key, x, weights, [good, bad], call) == good
+        assert "disagrees" in caplog.text
+    finally:
+        qg._tuned.pop(key, None)
+
+
 def test_fp8_activation_quantization_matches_reference_bit_for_bit():
     from runtime_service.model.kernels.quant_gemv import quantize_rows_fp8
     from runtime_service.model.kernels.quant_linear import quantize_rows_fp8_reference

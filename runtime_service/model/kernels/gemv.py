@@ -156,8 +156,10 @@ def _split_sum_kernel(Partial, Bias, Out, M, N, SPLIT_K, HAS_BIAS: tl.constexpr,
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """One launch shape: `kind` "fma" (CUDA cores) or "dot" (tensor cores), the weight tile
-    [block_n, block_k], warps and pipeline depth per program, and how many K splits."""
+    """One launch shape: `kind` "fma" (CUDA cores), "dot" (tensor cores, x's rows as the
+    MMA's rows) or "swap" (tensor cores, the weight's rows as the MMA's rows: fp8, one row), the
+    weight tile [block_n, block_k], warps and pipeline depth per program, and how many K
+    splits."""
 
     kind: str
     block_n: int
@@ -167,11 +169,11 @@ class GemvConfig:
     split_k: int = 1
 
     def __post_init__(self):
-        if self.kind not in ("fma", "dot", "cublas"):
-            raise ValueError(f"kind must be 'fma', 'dot' or 'cublas', got {self.kind!r}")
+        if self.kind not in ("fma", "dot", "swap", "cublas"):
+            raise ValueError(f"kind must be 'fma', 'dot', 'swap' or 'cublas', got {self.kind!r}")
         if self.kind == "cublas":
             return
-        smallest = 16 if self.kind == "dot" else 1
+        smallest = 1 if self.kind == "fma" else 16
         for name in ("block_n", "block_k"):
             value = getattr(self, name)
             if value < smallest or value & (value - 1):

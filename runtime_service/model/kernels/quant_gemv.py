@@ -15,8 +15,13 @@ first use inside CUDA graphs with gemv's clock) and change only what the weight 
   16-bit type and meet x in tensor-core dots.
 - int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
   the dot's 16-bit type exactly, the per-channel and per-token scales multiply the float32 tile
-  once at the end. One fp8 row can instead take `_fp8_fma_kernel`, which quantizes x itself:
-  one launch per linear instead of two.
+  once at the end. One fp8 row can instead take `_fp8_fma_kernel` (CUDA cores) or
+  `_fp8_swap_kernel` (fp8 tensor cores, the weight as the MMA's row operand), which quantize x
+  themselves: one launch per linear instead of two.
+
+The tuner takes a candidate only if its output agrees with the first candidate's (the untimed
+default) on the first call's own inputs: a tile that a GPU or compiler gets wrong is skipped with
+a warning rather than chosen for being fast.
 """
 
 from __future__ import annotations
@@ -285,6 +290,53 @@ def _fp8_fma_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.co
     tl.store(Out + pid_k * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
 
 
+@triton.jit(do_not_specialize=["N"])
+def _fp8_swap_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, X_BLOCK: tl.constexpr,
+                     EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """One row of x against fp8 weights on the tensor cores in fp8: the weight tile is the
+    MMA's row operand ([BLOCK_N, BLOCK_K], straight from shared memory) and the row's e4m3 codes,
+    repeated to the MMA's 16-column minimum, its column operand, so no instruction converts a
+    weight (`_fp8_fma_kernel` spends about 4 per weight byte doing so, run 18's SASS). The row
+    is quantized here as `_fp8_fma_kernel` does it; each K tile's products are summed into the
+    float32 total on their own, so the tensor cores' reduced-precision fp8 accumulation never
+    runs across more than one tile."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_x = tl.arange(0, X_BLOCK)
+    amax = tl.zeros((X_BLOCK,), tl.float32)
+    for k in range(0, K, X_BLOCK):
+        x = tl.load(X + k + offs_x, mask=k + offs_x < K, other=0.0)
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+    x_scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), _FP8_MAX), 1e-12)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_rows = tl.minimum(cols, N - 1).to(tl.int64)
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    offs_k = tl.arange(0, BLOCK_K)
+    w_ptrs = QW + w_rows[:, None] * K + k_start + offs_k[None, :]
+    x_ptrs = X + k_start + offs_k
+    acc = tl.zeros((BLOCK_N, 16), tl.float32)
+    for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+            xk = tl.load(x_ptrs)
+        else:
+            in_k = k + offs_k < K
+            w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
+            xk = tl.load(x_ptrs, mask=in_k, other=0.0)
+        xq = tl.math.div_rn(xk.to(tl.float32), x_scale).to(QW.dtype.element_ty)
+        acc += tl.dot(w, tl.trans(tl.broadcast_to(xq[None, :], (16, BLOCK_K))))
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    # the 16 columns are the same row: take the first
+    y = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, acc, 0.0), axis=1)
+    y = y * (tl.load(Scales + w_rows) * x_scale)
+    if HAS_BIAS:
+        y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(Out + pid_k * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
+
+
 @triton.jit
 def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
     """One program per row: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale)."""
@@ -419,19 +471,21 @@ def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvCo
 
 
 def launch_fp8(x, qweight, scales, bias, config: GemvConfig, warmup: bool = False):
-    """An fp8 linear of a few rows from x in the engine dtype: the fused one-row kernel
-    ("fma"), or the rows quantized by `quantize_rows_fp8` and then `_channel_kernel`."""
-    if config.kind != "fma":
+    """An fp8 linear of a few rows from x in the engine dtype: one of the fused one-row
+    kernels ("fma" on CUDA cores, "swap" on fp8 tensor cores), or the rows quantized by
+    `quantize_rows_fp8` and then `_channel_kernel` ("dot")."""
+    if config.kind == "dot":
         xq, x_scales = quantize_rows_fp8(x, warmup)
         return launch_channel(xq, x_scales, qweight, scales, bias, x.dtype, config, warmup)
     if x.shape[0] != 1:
-        raise ValueError(f"the fused fp8 kernel takes one row, got {x.shape[0]}")
+        raise ValueError(f"the fused fp8 kernels take one row, got {x.shape[0]}")
     k = x.shape[1]
     n = qweight.shape[0]
     k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
+    kernel = _fp8_swap_kernel if config.kind == "swap" else _fp8_fma_kernel
 
     def launch(target, fused_bias):
-        grid_launcher(_fp8_fma_kernel, (triton.cdiv(n, config.block_n), config.split_k), warmup)(
+        grid_launcher(kernel, (triton.cdiv(n, config.block_n), config.split_k), warmup)(
             x, qweight, scales, fused_bias, target, n, k, k_per_split,
             HAS_BIAS=fused_bias is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             X_BLOCK=min(2048, triton.next_power_of_2(k)), EVEN_K=k % config.block_k == 0,
@@ -486,9 +540,10 @@ def channel_candidates(rows: int, n: int, k: int, sm_count: int):
 
 
 def fp8_candidates(rows: int, n: int, k: int, sm_count: int):
-    """For one row the fused CUDA-core kernel's tiles first (the untimed default there), each
-    unsplit and split to fill; then `channel_candidates`, which quantize x in a launch of
-    their own (the tuner times both launches)."""
+    """For one row the fused CUDA-core kernel's tiles first (the untimed default there) and
+    the fused fp8 tensor-core kernel's, each unsplit and split to fill; then
+    `channel_candidates`, which quantize x in a launch of their own (the tuner times both
+    launches)."""
     configs = []
     if rows == 1:
         # Each of the last four was the fastest on one Llama-3-8B projection in run 17's sweep
@@ -498,6 +553,13 @@ def fp8_candidates(rows: int, n: int, k: int, sm_count: int):
                                                 (8, 256, 1, 1)):
             split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
             configs += [GemvConfig("fma", block_n, block_k, warps, stages, split_k)
+                        for split_k in sorted({1, split})]
+        # fp8 tensor-core tiles: ~1 instruction per weight byte in the offline SASS against
+        # the fma kernel's ~4.3 (bench/kernel_sass.py); not yet timed on a GPU.
+        for block_n, block_k, warps, stages in ((128, 128, 4, 3), (64, 256, 4, 3),
+                                                (128, 256, 8, 3)):
+            split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
+            configs += [GemvConfig("swap", block_n, block_k, warps, stages, split_k)
                         for split_k in sorted({1, split})]
     return configs + channel_candidates(rows, n, k, sm_count)
 
@@ -522,9 +584,15 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     largest = max(weights, key=lambda t: t.numel() * t.element_size())
     copies = [weights] + [tuple(t.clone() for t in weights)
                           for _ in range(_copies_beyond_l2(largest) - 1)]
+    reference = call(x, weights, candidates[0]).float()
     timings_us = {}
     for candidate in candidates:
         try:
+            error = candidate_error(call(x, weights, candidate), reference)
+            if not error <= MAX_CANDIDATE_ERROR:            # NaN fails too
+                log.warning("%s config %s disagrees with %s (relative error %.3g); skipped",
+                            key[0], candidate, candidates[0], error)
+                continue
             timings_us[candidate] = graph_time_per_call_us(
                 functools.partial(_call_with, call=call, config=candidate), x, copies)
         except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is skipped
@@ -538,6 +606,17 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     _tuning_totals["tuning_s"] += time.perf_counter() - started
     _tuning_totals["num_tuned"] += 1
     return config
+
+
+# Every candidate computes the same quantized products summed in float32; only the order and
+# the output's rounding differ (the kernel tests hold them to 5e-3 of the reference).
+MAX_CANDIDATE_ERROR = 2e-2
+
+
+def candidate_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """Relative error of a candidate's output against the reference candidate's (float32)."""
+    scale = reference.norm().item()
+    return (out.float() - reference).norm().item() / (scale if scale > 0 else 1.0)
 
 
 def _call_with(x, weights, call, config):

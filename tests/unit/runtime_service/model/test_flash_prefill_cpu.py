@@ -6,18 +6,12 @@ engine on it are tests/gpu/test_flash_prefill.py."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from runtime_service.engine.executor_options import ATTENTION_BACKENDS, ExecutorOptions
 from runtime_service.errors import InvalidRequest
-
-REPO = Path(__file__).resolve().parents[4]
+from support.triton_interpreter import needs_triton, run_on_interpreter
 
 
 def test_the_pod_flag_chooses_the_backend_and_defaults_to_auto():
@@ -88,12 +82,8 @@ print("ok", err)
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+@needs_triton
 def test_merging_the_cached_context_gives_full_causal_attention_on_the_interpreter():
     """merge_context folds each sequence's context into rows that hold attention over its own
     new keys: the result is attention over everything (float32, so exact to rounding)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", _MERGE_CHECK], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("ok")
+    assert run_on_interpreter(_MERGE_CHECK).startswith("ok")

@@ -1,0 +1,37 @@
+"""The fp8 tensor-core one-row kernel (`quant_gemv._fp8_swap_kernel`) on Triton's interpreter:
+in float32 its "codes" are the scaled row itself, so it must give x @ (W * scales)^T + bias to
+rounding, through every tile, split and ragged K. Its fp8 arithmetic is tests/gpu's
+(test_quant_kernels.py runs every tuning candidate against the reference)."""
+
+from __future__ import annotations
+
+from support.triton_interpreter import needs_triton, run_on_interpreter
+
+_CHECK = r"""
+import torch
+from runtime_service.model.kernels import quant_gemv as qg
+from runtime_service.model.kernels.gemv import GemvConfig
+
+g = torch.Generator().manual_seed(0)
+cases = [(200, 512, GemvConfig("swap", 64, 128, 4, 3, 1)),      # N past the last tile
+         (200, 512, GemvConfig("swap", 64, 128, 4, 3, 3)),      # K split three ways
+         (130, 300, GemvConfig("swap", 64, 128, 4, 2, 2)),      # K not a tile multiple
+         (64, 256, GemvConfig("swap", 128, 256, 8, 3, 1))]      # one tile wider than N
+for n, k, config in cases:
+    x = torch.randn(1, k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    scales = torch.rand(n, generator=g) + 0.5
+    bias = torch.randn(n, generator=g)
+    out = qg.launch_fp8(x, w, scales, bias, config)
+    ref = x @ (w * scales[:, None]).T + bias
+    err = ((out - ref).norm() / ref.norm()).item()
+    assert out.shape == (1, n) and err < 1e-5, (n, k, str(config), err)
+assert {c.kind for c in qg.fp8_candidates(1, 6144, 4096, 132)} >= {"fma", "swap", "dot"}
+assert "swap" not in {c.kind for c in qg.fp8_candidates(4, 6144, 4096, 132)}
+print("ok")
+"""
+
+
+@needs_triton
+def test_the_fp8_one_row_tensor_core_kernel_computes_the_linear_on_the_interpreter():
+    assert run_on_interpreter(_CHECK).strip() == "ok"
