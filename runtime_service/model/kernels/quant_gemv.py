@@ -585,10 +585,12 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     copies = [weights] + [tuple(t.clone() for t in weights)
                           for _ in range(_copies_beyond_l2(largest) - 1)]
     reference = call(x, weights, candidates[0]).float()
+    # inputs the default cannot compute finitely (an overflowed activation) judge nothing
+    gate = bool(torch.isfinite(reference).all())
     timings_us = {}
     for candidate in candidates:
         try:
-            error = candidate_error(call(x, weights, candidate), reference)
+            error = candidate_error(call(x, weights, candidate), reference) if gate else 0.0
             if not error <= MAX_CANDIDATE_ERROR:            # NaN fails too
                 log.warning("%s config %s disagrees with %s (relative error %.3g); skipped",
                             key[0], candidate, candidates[0], error)
