@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.model import kernel_precompile
 from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _sm_count,
                                                 _split_sum_kernel, graph_time_per_call_us,
                                                 grid_launcher, precompile, row_tile,
@@ -577,7 +578,8 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     config = _tuned.get(key)
     if config is not None:
         return config
-    if not x.is_cuda or torch.cuda.is_current_stream_capturing():
+    if (not x.is_cuda or torch.cuda.is_current_stream_capturing()
+            or kernel_precompile.recording()):
         return candidates[0]
     started = time.perf_counter()
     precompile(lambda candidate: call(x, weights, candidate, warmup=True), candidates)

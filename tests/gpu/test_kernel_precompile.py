@@ -1,0 +1,84 @@
+"""Compiling a capture's kernels together before it runs (model/kernel_precompile.py), on CUDA:
+a recording pass launches and compiles nothing and records each kernel once; the recorded
+kernels then compile on a pool, after which the same launches compile nothing and compute the
+right values; an engine started that way gives the tokens of a normal start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runtime_service.engine.executor import Executor, ExecutorOptions
+from runtime_service.engine.request import Request, SamplingParams
+from runtime_service.model import kernel_precompile
+from runtime_service.server.kernel_cache import CompileWatch
+from support.random_llama import make_random_llama, random_prompts
+
+pytestmark = pytest.mark.gpu
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+
+
+@triton.jit
+def _scaled_copy(X, Out, n, SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(Out + offs, tl.load(X + offs, mask=offs < n) * SCALE, mask=offs < n)
+
+
+def test_a_recording_pass_skips_kernels_and_their_compile_then_the_pool_compiles_them(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(triton.knobs.cache, "dir", str(tmp_path / "triton"))
+    x = torch.arange(1000, dtype=torch.float32, device="cuda")
+    scales = (3.0, 5.0)
+
+    def forward(out, scale):
+        _scaled_copy[(triton.cdiv(1000, 256),)](x, out, 1000, SCALE=scale, BLOCK=256)
+
+    outs = [torch.full_like(x, -1.0) for _ in scales]
+    recorded: dict = {}
+    with CompileWatch() as watch, kernel_precompile.skipping_compiles(recorded):
+        assert kernel_precompile.recording()
+        for out, scale in zip(outs, scales):
+            forward(out, scale)
+            forward(out, scale)                 # the same kernel again: recorded once
+    torch.cuda.synchronize()
+    assert not kernel_precompile.recording()
+    assert watch.count == 0 and len(recorded) == 2
+    assert all(bool((out == -1.0).all()) for out in outs), "a skipped kernel ran"
+    assert kernel_precompile.compile_recorded(recorded) == 2
+    with CompileWatch() as watch:
+        for out, scale in zip(outs, scales):
+            forward(out, scale)
+    torch.cuda.synchronize()
+    assert watch.count == 0, watch.describe()
+    for out, scale in zip(outs, scales):
+        assert torch.equal(out, x * scale)
+
+
+def _greedy_tokens(folder, prompts):
+    executor = Executor.from_folder(folder, ExecutorOptions(
+        device="cuda", dtype="bfloat16", block_size=16, max_num_tokens=64,
+        max_batch_size=4)).start()
+    try:
+        params = SamplingParams(max_new_tokens=8, min_new_tokens=8, end_id=-1)
+        return executor.generate([Request(f"r{i}", p, params) for i, p in enumerate(prompts)])
+    finally:
+        executor.shutdown()
+
+
+def test_an_engine_whose_capture_kernels_compiled_together_gives_the_same_tokens(
+        tmp_path, monkeypatch):
+    folder = make_random_llama(tmp_path / "model", hidden_size=128, intermediate_size=256,
+                               num_attention_heads=4, num_key_value_heads=2,
+                               num_hidden_layers=2, vocab_size=384)
+    prompts = random_prompts((3, 20, 45), vocab_size=384)
+    monkeypatch.setattr(triton.knobs.cache, "dir", str(tmp_path / "triton"))   # a fresh node
+    counted = []
+    real = kernel_precompile.precompile_forwards
+    monkeypatch.setattr(kernel_precompile, "precompile_forwards",
+                        lambda forwards: counted.append(real(forwards)) or counted[-1])
+    monkeypatch.setenv(kernel_precompile.ENV, "1")
+    together = _greedy_tokens(folder, prompts)
+    assert counted and counted[0] > 0, "the decode graphs' kernels were not compiled together"
+    monkeypatch.delenv(kernel_precompile.ENV)
+    assert _greedy_tokens(folder, prompts) == together
