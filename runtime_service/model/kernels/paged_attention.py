@@ -383,8 +383,9 @@ class PrefillConfig:
 
 # Past this many query rows, 128 x 128 tiles on 8 warps in three stages were 9% faster than
 # 64 x 64 tiles (4096-token prompt, H200; bench/bench_prefill_attention.py, run 19c); shorter
-# runs were as fast or slower with them. In 16-bit types they need ~224 KB of shared memory per
-# program (float32 twice that, which no GPU has).
+# runs were as fast or slower with them. They ran in bf16 within the H200's 227 KB of shared
+# memory per program; in float32 they asked for 263 KB and failed (run 19e). So only 16-bit types
+# take them, on GPUs that offer what the H200 does.
 LONG_PREFILL_ROWS = 2048
 LONG_PREFILL_SHARED_BYTES = 224 << 10
 
