@@ -9,7 +9,7 @@
 #                                     # tunes), warm, second pod on a fresh cache (kernels and
 #                                     # tuning from the store)
 #                                     # (KILN_PARALLEL_GRAPH_COMPILE=1: the capture's kernels
-#                                     # compile together first, model/kernel_precompile.py)
+#                                     # compile together first, model/kernels/compile_ahead.py)
 #   bash bench/gpu_session.sh warmed  # cold start after a build that warmed the store
 #                                     # (--warm-startup-cache): the first serving pod and a second
 #                                     # one on a fresh folder, neither may tune or compile

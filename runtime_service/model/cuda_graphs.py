@@ -19,7 +19,7 @@ import logging
 
 import torch
 
-from runtime_service.model import kernel_precompile
+from runtime_service.model.kernels import compile_ahead
 from runtime_service.model.layers.attention import AttentionMetadata
 from runtime_service.model.layers.linear import gemv_rows_up_to
 from runtime_service.model.llama import LlamaModel
@@ -36,10 +36,10 @@ def capture_graphs(forwards, graphs: dict, outputs: dict, pool=None):
     pool never reuses their memory, while temporaries are shared: the graphs replay one at a
     time on one stream. A garbage collection during capture can free another engine's graphs or
     pinned buffers, CUDA calls that invalidate the capture, so it is held off until the end.
-    With KILN_PARALLEL_GRAPH_COMPILE=1 the kernels compile together first (kernel_precompile.py)."""
+    With KILN_PARALLEL_GRAPH_COMPILE=1 the kernels compile together first (kernels/compile_ahead.py)."""
     forwards = list(forwards)
-    if kernel_precompile.enabled():
-        kernel_precompile.precompile_forwards(forwards)
+    if compile_ahead.enabled():
+        compile_ahead.precompile_forwards(forwards)
     stream = torch.cuda.Stream()
     gc.collect()
     gc.disable()

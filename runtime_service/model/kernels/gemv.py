@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model import kernel_precompile
+from runtime_service.model.kernels import compile_ahead
 from runtime_service.model.kernels import GEMV_ROW_LIMIT
 
 log = logging.getLogger("kiln.kernels.gemv")
@@ -396,7 +396,7 @@ def tuned_config(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> 
     if not x.is_cuda:
         return default_config(n, k, sm_count=1)
     sm_count = _sm_count(x.device.index)
-    if torch.cuda.is_current_stream_capturing() or kernel_precompile.recording():
+    if torch.cuda.is_current_stream_capturing() or compile_ahead.recording():
         return default_config(n, k, sm_count)
     started = time.perf_counter()
     config = _tune(x, weight, candidate_configs(rows, n, k, sm_count), gated)

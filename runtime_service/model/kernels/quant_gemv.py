@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model import kernel_precompile
+from runtime_service.model.kernels import compile_ahead
 from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _sm_count,
                                                 _split_sum_kernel, graph_time_per_call_us,
                                                 grid_launcher, precompile, row_tile,
@@ -579,7 +579,7 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     if config is not None:
         return config
     if (not x.is_cuda or torch.cuda.is_current_stream_capturing()
-            or kernel_precompile.recording()):
+            or compile_ahead.recording()):
         return candidates[0]
     started = time.perf_counter()
     precompile(lambda candidate: call(x, weights, candidate, warmup=True), candidates)

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-log = logging.getLogger("kiln.kernels.precompile")
+log = logging.getLogger("kiln.kernels.compile_ahead")
 
 ENV = "KILN_PARALLEL_GRAPH_COMPILE"
 THREADS = 16

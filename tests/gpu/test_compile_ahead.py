@@ -1,4 +1,4 @@
-"""Compiling a capture's kernels together before it runs (model/kernel_precompile.py), on CUDA:
+"""Compiling a capture's kernels together before it runs (model/kernels/compile_ahead.py), on CUDA:
 a recording pass launches and compiles nothing and records each kernel once; the recorded
 kernels then compile on a pool, after which the same launches compile nothing and compute the
 right values; an engine started that way gives the tokens of a normal start."""
@@ -10,7 +10,7 @@ import torch
 
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
-from runtime_service.model import kernel_precompile
+from runtime_service.model.kernels import compile_ahead
 from runtime_service.server.kernel_cache import CompileWatch
 from support.random_llama import make_random_llama, random_prompts
 
@@ -36,16 +36,16 @@ def test_a_recording_pass_skips_kernels_and_their_compile_then_the_pool_compiles
 
     outs = [torch.full_like(x, -1.0) for _ in scales]
     recorded: dict = {}
-    with CompileWatch() as watch, kernel_precompile.skipping_compiles(recorded):
-        assert kernel_precompile.recording()
+    with CompileWatch() as watch, compile_ahead.skipping_compiles(recorded):
+        assert compile_ahead.recording()
         for out, scale in zip(outs, scales):
             forward(out, scale)
             forward(out, scale)                 # the same kernel again: recorded once
     torch.cuda.synchronize()
-    assert not kernel_precompile.recording()
+    assert not compile_ahead.recording()
     assert watch.count == 0 and len(recorded) == 2
     assert all(bool((out == -1.0).all()) for out in outs), "a skipped kernel ran"
-    assert kernel_precompile.compile_recorded(recorded) == 2
+    assert compile_ahead.compile_recorded(recorded) == 2
     with CompileWatch() as watch:
         for out, scale in zip(outs, scales):
             forward(out, scale)
@@ -74,11 +74,11 @@ def test_an_engine_whose_capture_kernels_compiled_together_gives_the_same_tokens
     prompts = random_prompts((3, 20, 45), vocab_size=384)
     monkeypatch.setattr(triton.knobs.cache, "dir", str(tmp_path / "triton"))   # a fresh node
     counted = []
-    real = kernel_precompile.precompile_forwards
-    monkeypatch.setattr(kernel_precompile, "precompile_forwards",
+    real = compile_ahead.precompile_forwards
+    monkeypatch.setattr(compile_ahead, "precompile_forwards",
                         lambda forwards: counted.append(real(forwards)) or counted[-1])
-    monkeypatch.setenv(kernel_precompile.ENV, "1")
+    monkeypatch.setenv(compile_ahead.ENV, "1")
     together = _greedy_tokens(folder, prompts)
     assert counted and counted[0] > 0, "the decode graphs' kernels were not compiled together"
-    monkeypatch.delenv(kernel_precompile.ENV)
+    monkeypatch.delenv(compile_ahead.ENV)
     assert _greedy_tokens(folder, prompts) == together
