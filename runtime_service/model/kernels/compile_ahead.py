@@ -87,11 +87,16 @@ def precompile_forwards(forwards) -> int:
 
     started = time.perf_counter()
     recorded: dict = {}
-    with skipping_compiles(recorded):
-        for _, forward in forwards:
-            forward()
-    torch.cuda.synchronize()
-    count = compile_recorded(recorded)
+    try:
+        with skipping_compiles(recorded):
+            for _, forward in forwards:
+                forward()
+        torch.cuda.synchronize()
+        count = compile_recorded(recorded)
+    except Exception as exc:  # noqa: BLE001 - an optimisation only: the capture compiles as before
+        log.warning("compiling the capture's kernels ahead failed (%r); they compile as they "
+                    "are first launched", exc)
+        return 0
     log.info("compiled %d kernels for the graph capture on a thread pool in %.1f s", count,
              time.perf_counter() - started)
     return count
