@@ -1,4 +1,5 @@
-"""What every benchmark here records beside its figures: where it ran from, and on which commit."""
+"""What every benchmark here records beside its figures (where it ran from, on which commit), and
+the launch-shape sweep the kernel benchmarks share."""
 
 from __future__ import annotations
 
@@ -19,3 +20,15 @@ def git_commit() -> str:
     dirty = subprocess.run(["git", "status", "--porcelain", "runtime_service"],
                            capture_output=True, text=True, cwd=REPO).stdout.strip()
     return done.stdout.strip() + ("+uncommitted runtime_service changes" if dirty else "")
+
+
+def ranked_sweep(points, time_us, log) -> list[tuple[str, float]]:
+    """`time_us(point)` for each (name, point) of `points`, fastest first; a point this GPU
+    cannot run is logged and left out."""
+    timings = {}
+    for name, point in points:
+        try:
+            timings[name] = time_us(point)
+        except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is reported
+            log(f"  {name} failed: {exc!r}"[:200])
+    return sorted(timings.items(), key=lambda item: item[1])
