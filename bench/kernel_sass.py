@@ -80,7 +80,8 @@ def _gemv_cases():
     fp8 = {"X": "*bf16", "QW": "*fp8e4nv", "Scales": "*fp32", "Bias": "constexpr",
            "Out": "*bf16", "N": "i32", "K": "i32", "k_per_split": "i32",
            "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
-           "X_BLOCK": "constexpr", "EVEN_K": "constexpr", "NUM_STAGES": "constexpr"}
+           "X_BLOCK": "constexpr", "EVEN_K": "constexpr", "NUM_STAGES": "constexpr",
+           "TENSOR_CORES": "constexpr"}
     cases = [("bf16 GEMV (CUDA cores)", gemv._fma_kernel, bf16,
               dict(Bias=None, HAS_BIAS=False, GATED=False, BLOCK_N=8, BLOCK_K=512, EVEN_K=True,
                    NUM_STAGES=1), ["X", "W", "Out", "K", "stride_xm", "k_per_split"], 4,
@@ -103,15 +104,15 @@ def _gemv_cases():
                       ["X", "QW", "Scales", "Zeros", "Out", "K", "stride_xm", "k_per_split"], 4,
                       block_n * block_k // 2))
     for block_n, block_k in ((16, 512), (8, 1024)):
-        cases.append((f"fp8 one row, n{block_n} k{block_k}", quant_gemv._fp8_fma_kernel, fp8,
+        cases.append((f"fp8 one row, n{block_n} k{block_k}", quant_gemv._fp8_row_kernel, fp8,
                       dict(Bias=None, HAS_BIAS=False, BLOCK_N=block_n, BLOCK_K=block_k,
-                           X_BLOCK=2048, EVEN_K=True, NUM_STAGES=1),
+                           X_BLOCK=2048, EVEN_K=True, NUM_STAGES=1, TENSOR_CORES=False),
                       ["X", "QW", "Scales", "Out", "K", "k_per_split"], 4, block_n * block_k))
     for block_n, block_k, warps, stages in ((128, 128, 4, 3), (64, 256, 4, 3)):
         cases.append((f"fp8 one row, tensor cores, n{block_n} k{block_k}",
-                      quant_gemv._fp8_swap_kernel, fp8,
+                      quant_gemv._fp8_row_kernel, fp8,
                       dict(Bias=None, HAS_BIAS=False, BLOCK_N=block_n, BLOCK_K=block_k,
-                           X_BLOCK=2048, EVEN_K=True, NUM_STAGES=stages),
+                           X_BLOCK=2048, EVEN_K=True, NUM_STAGES=stages, TENSOR_CORES=True),
                       ["X", "QW", "Scales", "Out", "K", "k_per_split"], warps,
                       block_n * block_k, stages))
     return cases

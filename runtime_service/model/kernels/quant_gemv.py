@@ -15,9 +15,9 @@ first use inside CUDA graphs with gemv's clock) and change only what the weight 
   16-bit type and meet x in tensor-core dots.
 - int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
   the dot's 16-bit type exactly, the per-channel and per-token scales multiply the float32 tile
-  once at the end. One fp8 row can instead take `_fp8_fma_kernel` (CUDA cores) or
-  `_fp8_swap_kernel` (fp8 tensor cores, the weight as the MMA's row operand), which quantize x
-  themselves: one launch per linear instead of two.
+  once at the end. One fp8 row can instead take `_fp8_row_kernel`, on CUDA cores or on fp8
+  tensor cores (the weight as the MMA's row operand), which quantizes x itself: one launch per
+  linear instead of two.
 
 The tuner takes a candidate only if its output agrees with the first candidate's (the untimed
 default) on the first call's own inputs: a tile that a GPU or compiler gets wrong is skipped with
@@ -263,53 +263,20 @@ def _row_fp8_scale(X, K, X_BLOCK: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["N"])
-def _fp8_fma_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.constexpr,
+def _fp8_row_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, X_BLOCK: tl.constexpr,
-                    EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr):
-    """One row of x, CUDA cores only, with the row's e4m3 quantization inside: every program
-    finds the row's amax itself (x is 8-28 KB and stays in L2), so a one-row fp8 linear is
-    one launch instead of two, and x's codes never go to memory. The codes are those of
-    `_quantize_rows_kernel` (same IEEE division and rounding); products sum in float32."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    x_scale = _row_fp8_scale(X, K, X_BLOCK)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    w_rows = tl.minimum(cols, N - 1).to(tl.int64)
-    k_start = pid_k * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
-    offs_k = tl.arange(0, BLOCK_K)
-    w_ptrs = QW + w_rows[:, None] * K + k_start + offs_k[None, :]
-    x_ptrs = X + k_start + offs_k
-    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        if EVEN_K:
-            w = tl.load(w_ptrs)
-            xk = tl.load(x_ptrs)
-        else:
-            in_k = k + offs_k < K
-            w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
-            xk = tl.load(x_ptrs, mask=in_k, other=0.0)
-        xq = tl.math.div_rn(xk.to(tl.float32), x_scale).to(QW.dtype.element_ty)
-        acc += w.to(tl.float32) * xq.to(tl.float32)[None, :]
-        w_ptrs += BLOCK_K
-        x_ptrs += BLOCK_K
-    y = tl.sum(acc, axis=1) * (tl.load(Scales + w_rows) * x_scale)
-    if HAS_BIAS:
-        y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
-    tl.store(Out + pid_k * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
+                    EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, TENSOR_CORES: tl.constexpr):
+    """One row of x against fp8 weights, with the row's e4m3 quantization inside: every program
+    finds the row's scale itself (`_row_fp8_scale`), so a one-row fp8 linear is one launch
+    instead of two and x's codes never go to memory. The codes are those of
+    `_quantize_rows_kernel` (same IEEE division and rounding).
 
-
-@triton.jit(do_not_specialize=["N"])
-def _fp8_swap_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, X_BLOCK: tl.constexpr,
-                     EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr):
-    """One row of x against fp8 weights on the tensor cores in fp8: the weight tile is the
-    MMA's row operand ([BLOCK_N, BLOCK_K], straight from shared memory) and the row's e4m3 codes,
+    CUDA cores ("fma", TENSOR_CORES False): products sum in float32, each weight widened first
+    (about 4 instructions per weight byte in run 18's SASS). Tensor cores ("swap"): the weight
+    tile is the fp8 MMA's row operand, straight from shared memory, and the row's codes,
     repeated to the MMA's 16-column minimum, its column operand, so no instruction converts a
-    weight (`_fp8_fma_kernel` spends about 4 per weight byte doing so, run 18's SASS). The row
-    is quantized here as `_fp8_fma_kernel` does it; each K tile's products are summed into the
-    float32 total on their own, so the tensor cores' reduced-precision fp8 accumulation never
-    runs across more than one tile."""
+    weight (about 1 per byte); each K tile's products are summed into the float32 total on
+    their own, so the tensor cores' reduced-precision fp8 accumulation spans one tile."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     x_scale = _row_fp8_scale(X, K, X_BLOCK)
@@ -320,7 +287,8 @@ def _fp8_swap_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.c
     offs_k = tl.arange(0, BLOCK_K)
     w_ptrs = QW + w_rows[:, None] * K + k_start + offs_k[None, :]
     x_ptrs = X + k_start + offs_k
-    acc = tl.zeros((BLOCK_N, 16), tl.float32)
+    ACC_COLS: tl.constexpr = 16 if TENSOR_CORES else BLOCK_K
+    acc = tl.zeros((BLOCK_N, ACC_COLS), tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         if EVEN_K:
             w = tl.load(w_ptrs)
@@ -330,11 +298,16 @@ def _fp8_swap_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.c
             w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
             xk = tl.load(x_ptrs, mask=in_k, other=0.0)
         xq = tl.math.div_rn(xk.to(tl.float32), x_scale).to(QW.dtype.element_ty)
-        acc += tl.dot(w, tl.trans(tl.broadcast_to(xq[None, :], (16, BLOCK_K))))
+        if TENSOR_CORES:
+            acc += tl.dot(w, tl.trans(tl.broadcast_to(xq[None, :], (16, BLOCK_K))))
+        else:
+            acc += w.to(tl.float32) * xq.to(tl.float32)[None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
-    # the 16 columns are the same row: take the first
-    y = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, acc, 0.0), axis=1)
+    if TENSOR_CORES:        # the 16 columns are the same row: take the first
+        y = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, acc, 0.0), axis=1)
+    else:
+        y = tl.sum(acc, axis=1)
     y = y * (tl.load(Scales + w_rows) * x_scale)
     if HAS_BIAS:
         y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
@@ -486,14 +459,15 @@ def launch_fp8(x, qweight, scales, bias, config: GemvConfig, warmup: bool = Fals
     k = x.shape[1]
     n = qweight.shape[0]
     k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
-    kernel = _fp8_swap_kernel if config.kind == "swap" else _fp8_fma_kernel
 
     def launch(target, fused_bias):
-        grid_launcher(kernel, (triton.cdiv(n, config.block_n), config.split_k), warmup)(
+        grid_launcher(_fp8_row_kernel, (triton.cdiv(n, config.block_n), config.split_k),
+                      warmup)(
             x, qweight, scales, fused_bias, target, n, k, k_per_split,
             HAS_BIAS=fused_bias is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             X_BLOCK=min(2048, triton.next_power_of_2(k)), EVEN_K=k % config.block_k == 0,
-            NUM_STAGES=config.num_stages, num_warps=config.num_warps)
+            NUM_STAGES=config.num_stages, TENSOR_CORES=config.kind == "swap",
+            num_warps=config.num_warps)
 
     return _finish(x, bias, x.dtype, n, config, launch, warmup)
 

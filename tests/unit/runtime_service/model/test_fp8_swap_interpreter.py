@@ -1,4 +1,5 @@
-"""The fp8 tensor-core one-row kernel (`quant_gemv._fp8_swap_kernel`) on Triton's interpreter:
+"""The fp8 one-row kernel (`quant_gemv._fp8_row_kernel`) on Triton's interpreter, on its tensor-core
+path ("swap") and its CUDA-core path ("fma"):
 in float32 its "codes" are the scaled row itself, so it must give x @ (W * scales)^T + bias to
 rounding, through every tile, split and ragged K. Its fp8 arithmetic is tests/gpu's
 (test_quant_kernels.py runs every tuning candidate against the reference)."""
@@ -16,7 +17,8 @@ g = torch.Generator().manual_seed(0)
 cases = [(200, 512, GemvConfig("swap", 64, 128, 4, 3, 1)),      # N past the last tile
          (200, 512, GemvConfig("swap", 64, 128, 4, 3, 3)),      # K split three ways
          (130, 300, GemvConfig("swap", 64, 128, 4, 2, 2)),      # K not a tile multiple
-         (64, 256, GemvConfig("swap", 128, 256, 8, 3, 1))]      # one tile wider than N
+         (64, 256, GemvConfig("swap", 128, 256, 8, 3, 1)),      # one tile wider than N
+         (130, 300, GemvConfig("fma", 8, 128, 2, 1, 2))]         # the CUDA-core path
 for n, k, config in cases:
     x = torch.randn(1, k, generator=g)
     w = torch.randn(n, k, generator=g)
@@ -33,5 +35,5 @@ print("ok")
 
 
 @needs_triton
-def test_the_fp8_one_row_tensor_core_kernel_computes_the_linear_on_the_interpreter():
+def test_the_fp8_one_row_kernel_computes_the_linear_on_the_interpreter():
     assert run_on_interpreter(_CHECK).strip() == "ok"
