@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import git_commit, ranked_sweep  # noqa: E402
+from bench_common import git_commit, sweep_into  # noqa: E402
 from bench_decode import copy_bandwidth, log  # noqa: E402
 
 HEADS = {"llama2-7b": (32, 32), "llama3-8b": (32, 8)}         # (query heads, kv heads)
@@ -130,12 +130,9 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
               "kiln_default_us": graph_time_per_call_us(kiln(None), q, paged),
               "kiln_rel_err_vs_reference": rel_err}
     if sweep:
-        ranked = ranked_sweep(
-            ((f"{config} splits{num_splits}", (config, num_splits))
-             for config, num_splits in sweep_points(splits)),
-            lambda point: graph_time_per_call_us(kiln(*point), q, paged), log)
-        result["sweep_us"] = dict(ranked)
-        result["kiln_best_config"], result["kiln_best_us"] = ranked[0]
+        sweep_into(result, ((f"{config} splits{num_splits}", (config, num_splits))
+                            for config, num_splits in sweep_points(splits)),
+                   lambda point: graph_time_per_call_us(kiln(*point), q, paged), log)
     del paged, dense
     torch.cuda.empty_cache()
     log(f"{model} batch {batch} context {context}: floor {result['floor_us']:.1f} us, SDPA "

@@ -22,13 +22,16 @@ def git_commit() -> str:
     return done.stdout.strip() + ("+uncommitted runtime_service changes" if dirty else "")
 
 
-def ranked_sweep(points, time_us, log) -> list[tuple[str, float]]:
-    """`time_us(point)` for each (name, point) of `points`, fastest first; a point this GPU
-    cannot run is logged and left out."""
+def sweep_into(result: dict, points, time_us, log) -> None:
+    """Times `time_us(point)` for each (name, point) of `points` into result["sweep_us"],
+    fastest first, and names the fastest (`kiln_best_config`, `kiln_best_us`); a point this
+    GPU cannot run is logged and left out."""
     timings = {}
     for name, point in points:
         try:
             timings[name] = time_us(point)
         except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is reported
             log(f"  {name} failed: {exc!r}"[:200])
-    return sorted(timings.items(), key=lambda item: item[1])
+    ranked = sorted(timings.items(), key=lambda item: item[1])
+    result["sweep_us"] = dict(ranked)
+    result["kiln_best_config"], result["kiln_best_us"] = ranked[0]

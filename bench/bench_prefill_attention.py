@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import git_commit, ranked_sweep  # noqa: E402
+from bench_common import git_commit, sweep_into  # noqa: E402
 from bench_decode import log  # noqa: E402
 
 HEADS = {"llama3-8b": (32, 8), "llama2-7b": (32, 32)}         # (query heads, kv heads)
@@ -137,10 +137,8 @@ def bench_load(model: str, num_seqs: int, new: int, context: int, sweep: bool) -
                                 else None),
               "kiln_rel_err_vs_reference": rel_err}
     if sweep:
-        ranked = ranked_sweep(((str(config), config) for config in sweep_configs()),
-                              lambda config: graph_time_per_call_us(kiln(config), q, paged), log)
-        result["sweep_us"] = dict(ranked)
-        result["kiln_best_config"], result["kiln_best_us"] = ranked[0]
+        sweep_into(result, ((str(config), config) for config in sweep_configs()),
+                   lambda config: graph_time_per_call_us(kiln(config), q, paged), log)
     del paged, dense
     torch.cuda.empty_cache()
     log(f"{model} {num_seqs} x {new} new after {context}: SDPA {_us(sdpa_us)} us, "
