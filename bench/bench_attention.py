@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import git_commit, sweep_into  # noqa: E402
+from bench_common import aligned_rows, git_commit, sweep_into  # noqa: E402
 from bench_decode import copy_bandwidth, log  # noqa: E402
 
 HEADS = {"llama2-7b": (32, 32), "llama3-8b": (32, 8)}         # (query heads, kv heads)
@@ -154,11 +154,10 @@ def table(report: dict) -> str:
                      f"{c['sdpa_us']:.1f}", f"{c['kiln_default_us']:.1f}",
                      rate(c["kiln_default_us"]), f"{best:.1f}" if best else "-",
                      rate(best) if best else "-", c.get("kiln_best_config", "-")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"== decode attention per layer on {report['device_name']} (copy bandwidth "
              f"{bandwidth / 1e12:.2f} TB/s read+write; Kiln default "
              f"{report['cases'][0]['kiln_default_config']}) =="]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines += aligned_rows(rows)
     return "\n".join(lines)
 
 

@@ -35,3 +35,9 @@ def sweep_into(result: dict, points, time_us, log) -> None:
     ranked = sorted(timings.items(), key=lambda item: item[1])
     result["sweep_us"] = dict(ranked)
     result["kiln_best_config"], result["kiln_best_us"] = ranked[0]
+
+
+def aligned_rows(rows) -> list[str]:
+    """Rows of cells (the header first) as lines with every column padded to its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]

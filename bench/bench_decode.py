@@ -40,8 +40,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runtime_service.model import kernels# noqa: E402
+from bench_common import aligned_rows  # noqa: E402
+from runtime_service.model import kernels  # noqa: E402
 from runtime_service.format.engine_config import BuildConfig, EngineConfig  # noqa: E402
 from runtime_service.engine.executor import Executor, ExecutorOptions  # noqa: E402
 from runtime_service.model.layers.attention import TorchReferenceAttention  # noqa: E402
@@ -586,9 +588,8 @@ def table(report: dict) -> str:
     for name in kiln.get("throughput", hf.get("throughput", {})):
         add(f"{name} tok/s", lambda r, key=name: r.get("throughput", {}).get(key, {}).get(
             "output_tokens_per_s"), False)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"== {report['model']} on {report['device_name']} =="]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines += aligned_rows(rows)
     floor = report.get("bandwidth_floor_ms")
     if floor:
         lines.append(f"bandwidth floor {floor:.2f} ms/token ({report['weight_bytes'] / 1e9:.2f} GB "

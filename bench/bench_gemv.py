@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import git_commit  # noqa: E402
+from bench_common import aligned_rows, git_commit  # noqa: E402
 from bench_decode import SHAPES, copy_bandwidth, log  # noqa: E402
 
 MODELS = ("llama2-7b", "llama3-8b")
@@ -127,10 +127,9 @@ def table(report: dict) -> str:
                      f"{c['speedup']:.2f}x"
                      + (" MISMATCH" if c["gemv_rel_err_vs_cublas"] > 1e-2 else ""),
                      c["gemv_config"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"== decode GEMV vs cuBLAS on {report['device_name']} (copy bandwidth "
              f"{bandwidth / 1e12:.2f} TB/s read+write) =="]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines += aligned_rows(rows)
     lines.append("GEMM time per decode step (all layers + lm_head):")
     for model, by_rows in report["per_step"].items():
         for rows, step in by_rows.items():

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import git_commit, sweep_into  # noqa: E402
+from bench_common import aligned_rows, git_commit, sweep_into  # noqa: E402
 from bench_decode import log  # noqa: E402
 
 HEADS = {"llama3-8b": (32, 8), "llama2-7b": (32, 32)}         # (query heads, kv heads)
@@ -165,9 +165,8 @@ def table(report: dict) -> str:
                      f"{kiln / sdpa:.2f}" if sdpa else "-", _us(flash),
                      f"{flash / sdpa:.2f}" if sdpa and flash else "-", _us(best),
                      c.get("kiln_best_config", "-")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"== prefill attention per layer on {report['device_name']} =="]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines += aligned_rows(rows)
     return "\n".join(lines)
 
 
