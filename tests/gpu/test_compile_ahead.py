@@ -12,6 +12,7 @@ from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
 from runtime_service.model.kernels import compile_ahead
 from runtime_service.server.kernel_cache import CompileWatch
+from gpu.tiers import LONG
 from support.random_llama import make_random_llama, random_prompts
 
 pytestmark = pytest.mark.gpu
@@ -66,6 +67,7 @@ def _greedy_tokens(folder, prompts):
         executor.shutdown()
 
 
+@LONG          # compiles a whole engine's kernels from an empty cache; an opt-in path for now
 def test_an_engine_whose_capture_kernels_compiled_together_gives_the_same_tokens(
         tmp_path, monkeypatch):
     folder = make_random_llama(tmp_path / "model", hidden_size=128, intermediate_size=256,
