@@ -36,7 +36,8 @@ def capture_graphs(forwards, graphs: dict, outputs: dict, pool=None):
     pool never reuses their memory, while temporaries are shared: the graphs replay one at a
     time on one stream. A garbage collection during capture can free another engine's graphs or
     pinned buffers, CUDA calls that invalidate the capture, so it is held off until the end.
-    With KILN_PARALLEL_GRAPH_COMPILE=1 the kernels compile together first (kernels/compile_ahead.py)."""
+    With compile workers running (a cold kernel cache) the kernels compile together first
+    (kernels/compile_ahead.py)."""
     forwards = list(forwards)
     if compile_ahead.enabled():
         compile_ahead.precompile_forwards(forwards)

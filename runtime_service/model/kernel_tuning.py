@@ -71,3 +71,24 @@ def import_tuning(device: torch.device, records: list[dict]) -> int:
     plain = [r for r in records if not (isinstance(r, dict) and "kind" in r)]
     return (gemv.import_tuned(_concrete(device), plain)
             + quant_gemv.import_tuned(_concrete(device), quantized))
+
+
+def start_compile_workers(device) -> bool:
+    """Starts worker processes that compile Triton kernels side by side (kernels/compile_pool.py)
+    for a start whose kernel cache is empty; True if they run. Call once TRITON_CACHE_DIR is set
+    and before the first kernel compiles; `stop_compile_workers` when the start is done."""
+    if torch.device(device).type != "cuda":
+        return False
+    try:
+        from runtime_service.model.kernels import compile_pool
+    except ImportError:
+        return False
+    return compile_pool.start_early() is not None
+
+
+def stop_compile_workers() -> None:
+    try:
+        from runtime_service.model.kernels import compile_pool
+    except ImportError:
+        return
+    compile_pool.close_shared()

@@ -12,9 +12,9 @@ times nothing. One log line reports the phases (startup_report.py).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +78,11 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
                                  f"most {capabilities.MAX_WORLD_SIZE}")
     tuning, source, tuned_before, kernels, restored = None, "", 0, None, 0
     launchers_before = kernel_cache.host_launchers()
-    with kernel_cache.CompileWatch() as watch:      # what this start compiles itself
+    # An empty kernel cache (a fresh node): workers compile side by side what this start needs,
+    # starting now so they are ready by the graph capture (kernels/compile_pool.py).
+    if world_size == 1 and not kernel_cache.holds_kernels(kernel_cache.triton_folder()):
+        kernel_tuning.start_compile_workers(options.device)
+    with kernel_cache.CompileWatch() as watch, _compile_workers_stop(kernel_tuning):
         if world_size > 1:
             # Each rank tunes in its own process; their start is one phase here.
             with clock.phase("load"):
@@ -124,6 +128,15 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     return StartedEngine(executor, folder, kind, report)
 
 
+@contextmanager
+def _compile_workers_stop(kernel_tuning):
+    """Stops the compile workers when the start ends: a serving pod compiles little more."""
+    try:
+        yield
+    finally:
+        kernel_tuning.stop_compile_workers()
+
+
 def _tuning_cache(uri: str, folder: Path, kind: str, settings, device,
                   kernel_tuning) -> TuningCache:
     key = read_manifest(folder).engine_key if (folder / MANIFEST).is_file() else ""
@@ -146,8 +159,7 @@ def _shared_kernels(uri: str, kind: str, settings, device, kernel_tuning):
     except ImportError:
         return None
     from runtime_service.store import open_store
-    folder = Path(os.environ.get(kernel_cache.ENV) or Path.home() / ".triton" / "cache")
-    return kernel_cache.SharedKernels(folder, open_store(uri), kernel_tuning.gpu_model(device),
+    return kernel_cache.SharedKernels(kernel_cache.triton_folder(), open_store(uri), kernel_tuning.gpu_model(device),
                                       triton.__version__)
 
 

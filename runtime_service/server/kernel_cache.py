@@ -65,6 +65,11 @@ def pod_kernel_folder(cache_dir: Path) -> Path:
     return Path(os.environ[ENV])
 
 
+def triton_folder() -> Path:
+    """The folder Triton keeps compiled kernels in for this process."""
+    return Path(os.environ.get(ENV) or Path.home() / ".triton" / "cache")
+
+
 def pack(folder: Path) -> tuple[bytes, int]:
     """(gzip tar of the kernels in `folder`, files packed): `<hash>/<name>` files, launchers
     and Triton's unfinished temporary files left out. A folder past the limits that `unpack`

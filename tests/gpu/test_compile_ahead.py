@@ -1,7 +1,9 @@
 """Compiling a capture's kernels together before it runs (model/kernels/compile_ahead.py), on CUDA:
 a recording pass launches and compiles nothing and records each kernel once; the recorded
-kernels then compile on a pool, after which the same launches compile nothing and compute the
-right values; an engine started that way gives the tokens of a normal start."""
+kernels then compile on threads or in compile workers (kernels/compile_pool.py), after which the
+same launches compile nothing and compute the right values; a tuner asked while recording
+answers untimed and records its candidates; an engine started that way gives the tokens of a
+normal start."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
-from runtime_service.model.kernels import compile_ahead
+from runtime_service.model.kernels import compile_ahead, compile_pool, gemv
 from runtime_service.server.kernel_cache import CompileWatch
 from gpu.tiers import LONG
 from support.random_llama import make_random_llama, random_prompts
@@ -56,6 +58,64 @@ def test_a_recording_pass_skips_kernels_and_their_compile_then_the_pool_compiles
         assert torch.equal(out, x * scale)
 
 
+def _record_two_kernels(x, outs, scales) -> dict:
+    recorded: dict = {}
+    with compile_ahead.skipping_compiles(recorded):
+        for out, scale in zip(outs, scales):
+            _scaled_copy[(triton.cdiv(1000, 256),)](x, out, 1000, SCALE=scale, BLOCK=256)
+    return recorded
+
+
+def test_compile_workers_compile_what_was_recorded_and_this_process_loads_it(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    x = torch.arange(1000, dtype=torch.float32, device="cuda")
+    scales = (7.0, 11.0)
+    outs = [torch.zeros_like(x) for _ in scales]
+    recorded = _record_two_kernels(x, outs, scales)
+    jobs = [compile_pool.job_for(kernel, data) for kernel, data in recorded.values()]
+    assert len(jobs) == 2 and not any(compile_pool.is_cached(job) for job in jobs)
+    pool = compile_pool.CompilePool(2).start()
+    monkeypatch.setattr(compile_pool, "_shared", pool)
+    try:
+        with CompileWatch() as watch:
+            assert compile_ahead.compile_recorded(recorded) == 2
+        # the workers' two compiles are reported; loading them here was a cache hit each
+        assert watch.count == 2, watch.describe()
+        assert all(compile_pool.is_cached(job) for job in jobs)
+    finally:
+        pool.close()
+    with CompileWatch() as watch:
+        for out, scale in zip(outs, scales):
+            _scaled_copy[(triton.cdiv(1000, 256),)](x, out, 1000, SCALE=scale, BLOCK=256)
+    torch.cuda.synchronize()
+    assert watch.count == 0, watch.describe()
+    for out, scale in zip(outs, scales):
+        assert torch.equal(out, x * scale)
+
+
+def test_a_tuner_asked_while_recording_answers_untimed_and_records_its_candidates(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(triton.knobs.cache, "dir", str(tmp_path / "triton"))
+    monkeypatch.setattr(gemv, "_tuned", {})
+    x = torch.randn(3, 512, device="cuda", dtype=torch.bfloat16)
+    weight = torch.randn(384, 512, device="cuda", dtype=torch.bfloat16)
+    recorded: dict = {}
+    with compile_ahead.skipping_compiles(recorded):
+        gemv.gemv(x, weight)
+    candidates = gemv.candidate_configs(4, 384, 512, torch.cuda.get_device_properties(
+        0).multi_processor_count)
+    triton_candidates = [c for c in candidates if c.kind != "cublas"]
+    assert gemv._tuned == {}, "it timed while recording"
+    assert len(recorded) >= min(2, len(triton_candidates))
+    compile_ahead.compile_recorded(recorded)
+    with CompileWatch() as watch:
+        out = gemv.gemv(x, weight)                      # tunes now, with nothing to compile
+    assert watch.count == 0, watch.describe()
+    assert gemv._tuned, "the tuner did not tune"
+    torch.testing.assert_close(out, gemv.gemv_reference(x, weight), rtol=2e-2, atol=2e-2)
+
+
 def _greedy_tokens(folder, prompts):
     executor = Executor.from_folder(folder, ExecutorOptions(
         device="cuda", dtype="bfloat16", block_size=16, max_num_tokens=64,
@@ -67,20 +127,29 @@ def _greedy_tokens(folder, prompts):
         executor.shutdown()
 
 
-@LONG          # compiles a whole engine's kernels from an empty cache; an opt-in path for now
+@LONG          # compiles a whole engine's kernels from an empty cache
 def test_an_engine_whose_capture_kernels_compiled_together_gives_the_same_tokens(
         tmp_path, monkeypatch):
     folder = make_random_llama(tmp_path / "model", hidden_size=128, intermediate_size=256,
                                num_attention_heads=4, num_key_value_heads=2,
                                num_hidden_layers=2, vocab_size=384)
     prompts = random_prompts((3, 20, 45), vocab_size=384)
-    monkeypatch.setattr(triton.knobs.cache, "dir", str(tmp_path / "triton"))   # a fresh node
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))   # a fresh node
+    monkeypatch.setenv(compile_pool.ENV_WORKERS, "4")
+    monkeypatch.setattr(compile_pool, "_shared", None)
     counted = []
     real = compile_ahead.precompile_forwards
     monkeypatch.setattr(compile_ahead, "precompile_forwards",
                         lambda forwards: counted.append(real(forwards)) or counted[-1])
-    monkeypatch.setenv(compile_ahead.ENV, "1")
-    together = _greedy_tokens(folder, prompts)
+    assert compile_pool.start_early() is not None
+    try:
+        assert compile_ahead.enabled()
+        with CompileWatch() as watch:
+            together = _greedy_tokens(folder, prompts)
+    finally:
+        compile_pool.close_shared()
     assert counted and counted[0] > 0, "the decode graphs' kernels were not compiled together"
-    monkeypatch.delenv(compile_ahead.ENV)
+    assert watch.count > 0
+    monkeypatch.setenv(compile_ahead.ENV, "0")
+    assert not compile_ahead.enabled()
     assert _greedy_tokens(folder, prompts) == together

@@ -50,11 +50,18 @@ def _sequence(new: int, context: int, heads, generator, width_blocks: int = 0):
     return q, k_cache, v_cache, k_new, v_new, table, starts, lens
 
 
+@pytest.mark.parametrize("kernel", ["cudnn", "flash"])
 @pytest.mark.parametrize("heads", HEADS, ids=str)
 @pytest.mark.parametrize("tokens", [2, 37, 300])
-def test_causal_flash_matches_the_float32_reference_with_its_log_sum_exp(tokens, heads):
+def test_causal_flash_matches_the_float32_reference_with_its_log_sum_exp(tokens, heads, kernel,
+                                                                          monkeypatch):
     from runtime_service.model.kernels import flash_prefill as fp
 
+    if kernel == "cudnn" and fp.fused_kernel(torch.empty(1, 8, 128, device="cuda",
+                                                         dtype=torch.bfloat16),
+                                             torch.empty(1, 2, 128, device="cuda")) != "cudnn":
+        pytest.skip("no cuDNN attention on this device")
+    monkeypatch.setitem(fp._kernel_for_device, torch.cuda.current_device(), kernel)
     generator = torch.Generator().manual_seed(SEED + tokens)
     q, _, _, k, v, *_ = _sequence(tokens, 0, heads, generator)
     scale = heads[2] ** -0.5

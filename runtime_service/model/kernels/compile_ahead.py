@@ -1,17 +1,20 @@
 """Compiling the kernels a CUDA-graph capture will launch all at once, before it launches them.
 
 On a fresh node the first pod's graph capture spent 17.7 s compiling Triton kernels one at a time,
-each as it was first launched (bench/NOTES.md, run 18a), while the GEMV tuner's candidates
-compiled on a thread pool (`gemv.precompile`) in a fraction of their sequential time. With
-`KILN_PARALLEL_GRAPH_COMPILE=1`, `capture_graphs` first runs every forward once with Triton's
+each as it was first launched, and its GEMV tuners as long compiling their candidates shape by
+shape (bench/NOTES.md, run 18a). Here `capture_graphs` first runs every forward once with Triton's
 compile hook (`knobs.runtime.jit_cache_hook`) answering "skip" for each kernel not yet compiled:
 the kernel's specialization is recorded and it is neither compiled nor launched (the forward's
-outputs are garbage and are dropped). The recorded kernels then compile together on a thread
-pool (Triton's `AsyncCompileMode` with `JITFunction.preload`), and the capture proper finds them
-all compiled. The tuners answer a recording forward with their untimed default, so nothing is
-timed on skipped kernels; they tune for real in the capture's own warm-up.
+outputs are garbage and are dropped). The tuners, asked for a config while recording, answer
+with their untimed default and record every candidate's kernels too (they tune for real in the
+capture's own warm-up, with nothing left to compile). The recorded kernels then compile
+together: in worker processes (compile_pool.py) when the pod started them, then each loads on a
+thread pool here (Triton's `AsyncCompileMode` with `JITFunction.preload`), from the file cache
+or, for what no worker compiled, by compiling on that thread.
 
-Opt-in until a GPU run measures it (NOTES, session of 2026-12-04).
+On when the pod started compile workers (a start with an empty kernel cache), or with
+`KILN_PARALLEL_GRAPH_COMPILE=1`; `=0` turns it off. On threads alone it saved nothing (run 20c:
+Triton holds the GIL for much of a compile).
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ _recording = threading.local()
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "") == "1"
+    from runtime_service.model.kernels import compile_pool
+
+    setting = os.environ.get(ENV, "")
+    return setting == "1" or (setting != "0" and compile_pool.shared() is not None)
 
 
 def recording() -> bool:
@@ -64,20 +70,64 @@ def skipping_compiles(recorded: dict):
 
 
 def compile_recorded(recorded: dict, threads: int = THREADS) -> int:
-    """Compiles every recorded kernel on a thread pool; returns how many. Best effort: one that
-    fails here compiles (or fails) when it is first launched, as it would have."""
+    """Compiles every recorded kernel, in the compile workers where the pod runs them, then
+    loads each here on a thread pool; returns how many. Best effort: one that fails here
+    compiles (or fails) when it is first launched, as it would have."""
     import triton
+
+    from runtime_service.model.kernels import compile_pool
 
     if not recorded:
         return 0
+    pool = compile_pool.shared()
+    if pool is not None:
+        jobs = []
+        for kernel, data in recorded.values():
+            try:
+                job = compile_pool.job_for(kernel, data)
+                if not compile_pool.is_cached(job):
+                    jobs.append(job)
+            except Exception as exc:  # noqa: BLE001 - it compiles on a thread below
+                log.debug("no worker compile for %s: %r", kernel, exc)
+        if jobs:
+            started = time.perf_counter()
+            compiled = pool.compile(jobs)
+            log.info("%d compile workers compiled %d of %d kernels in %.1f s", pool.workers,
+                     len(compiled), len(jobs), time.perf_counter() - started)
     with ThreadPoolExecutor(min(threads, len(recorded)), thread_name_prefix="kiln-compile") \
-            as pool, triton.AsyncCompileMode(pool, ignore_errors=True):
+            as executor, triton.AsyncCompileMode(executor, ignore_errors=True):
         for kernel, data in recorded.values():
             try:
                 kernel.preload(data)
             except Exception as exc:  # noqa: BLE001 - it compiles when launched instead
                 log.debug("no early compile for %s: %r", kernel, exc)
     return len(recorded)
+
+
+def compile_launches(launches) -> int:
+    """Calls each of `launches` (no arguments; kernel launches with warmup=True) recording
+    instead of compiling, then compiles what they need together; returns the kernels recorded.
+    A launch that raises is left to fail where it runs for real."""
+    recorded: dict = {}
+    with skipping_compiles(recorded):
+        for launch in launches:
+            try:
+                launch()
+            except Exception as exc:  # noqa: BLE001 - it fails again when it is timed
+                log.debug("no early compile for a launch: %r", exc)
+    return compile_recorded(recorded)
+
+
+def record_candidates(launches) -> None:
+    """While recording, calls each of `launches` (a tuner's candidates with warmup=True) so
+    their kernels compile with the rest; otherwise does nothing."""
+    if not recording():
+        return
+    for launch in launches:
+        try:
+            launch()
+        except Exception as exc:  # noqa: BLE001 - it fails again when it is timed
+            log.debug("no early compile for a candidate: %r", exc)
 
 
 def precompile_forwards(forwards) -> int:
@@ -97,6 +147,6 @@ def precompile_forwards(forwards) -> int:
         log.warning("compiling the capture's kernels ahead failed (%r); they compile as they "
                     "are first launched", exc)
         return 0
-    log.info("compiled %d kernels for the graph capture on a thread pool in %.1f s", count,
+    log.info("compiled %d kernels for the graph capture and its tuning in %.1f s", count,
              time.perf_counter() - started)
     return count

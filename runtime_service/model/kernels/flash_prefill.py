@@ -1,12 +1,13 @@
-"""One sequence's prefill through the flash kernel torch ships, then its cached context paged in.
+"""One sequence's prefill through a fused attention kernel torch ships, then its cached context paged in.
 
 The paged prefill kernel (paged_attention.py) runs a 1024-token prompt's attention at 1.5x the
-time of torch's flash kernel on an H200 (bench/bench_prefill_attention.py, run 19c: 49 against
-32 us a layer), which is 0.55 ms of its time to first token. Flash cannot read a block table, so
-a step of one sequence is split in two:
+time of torch's SDPA on an H200 (bench/bench_prefill_attention.py, run 19c: 49 against 32 us a
+layer), which is 0.55 ms of its time to first token. SDPA's kernel there is cuDNN's (run 20e);
+neither it nor flash reads a block table, so a step of one sequence is split in two:
 
-- `causal_flash`: the step's own tokens attend to each other (causal) through
-  `aten._scaled_dot_product_flash_attention`, which also returns each row's log-sum-exp;
+- `causal_flash`: the step's own tokens attend to each other (causal) through cuDNN's fused
+  attention (`aten._scaled_dot_product_cudnn_attention`), or flash's where cuDNN has no kernel;
+  both return each row's log-sum-exp;
 - `merge_context`: a Triton kernel attends the same rows to the sequence's cached context (an
   earlier chunk, a prefix-cache hit) through the block table, and folds that into flash's
   output in place by the two log-sum-exps. A sequence without context returns at once, so a
@@ -120,13 +121,57 @@ def merge_context(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     )
 
 
+# Which fused kernel `causal_flash` runs, decided once per device by a small eager call (never
+# inside a CUDA-graph capture: the warm-up's eager prefill decides first). cuDNN's attention is
+# the faster one on Hopper: 30 against 55 us a layer for 1024 tokens with Llama-3-8B heads,
+# 273 against 500 at 4096 (bench/NOTES.md, run 20e); flash is the fallback where cuDNN has no
+# kernel for the shape or dtype.
+_kernel_for_device: dict[int, str] = {}
+
+
+def _cudnn(q4, k4, v4, scale):
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q4, k4, v4, None, True, 0.0, True, False, scale=scale)[:2]
+    return out, lse[..., 0] if lse.dim() == 4 else lse
+
+
+def _flash(q4, k4, v4, scale):
+    return torch.ops.aten._scaled_dot_product_flash_attention(
+        q4, k4, v4, 0.0, True, False, scale=scale)[:2]
+
+
+def fused_kernel(q: torch.Tensor, k: torch.Tensor) -> str:
+    """"cudnn" when cuDNN's attention runs these shapes on this device and agrees with flash,
+    else "flash"."""
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    choice = _kernel_for_device.get(index)
+    if choice is not None:
+        return choice
+    if torch.cuda.is_current_stream_capturing():
+        return "flash"
+    choice = "flash"
+    if torch.backends.cuda.cudnn_sdp_enabled():
+        probe = [torch.randn(1, 64, h, q.shape[2], device=q.device, dtype=q.dtype).transpose(1, 2)
+                 for h in (q.shape[1], k.shape[1], k.shape[1])]     # laid out as the prefill's
+        try:
+            got, got_lse = _cudnn(*probe, 0.1)
+            want, want_lse = _flash(*probe, 0.1)
+            if (got - want).abs().max().item() < 2e-2 and \
+                    (got_lse - want_lse[..., :got_lse.shape[-1]]).abs().max().item() < 1e-3:
+                choice = "cudnn"
+        except RuntimeError:            # no cuDNN kernel here: flash it is
+            pass
+    _kernel_for_device[index] = choice
+    return choice
+
+
 def causal_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention of one sequence's rows q [T, Hq, D] over k, v [T, Hkv, D] (grouped
     heads read in place) -> (out [T, Hq, D], natural-log log-sum-exp [Hq, >= T] float32)."""
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-        q.unsqueeze(0).transpose(1, 2), k.unsqueeze(0).transpose(1, 2),
-        v.unsqueeze(0).transpose(1, 2), 0.0, True, False, scale=scale)[:2]
+    run = _cudnn if fused_kernel(q, k) == "cudnn" else _flash
+    out, lse = run(q.unsqueeze(0).transpose(1, 2), k.unsqueeze(0).transpose(1, 2),
+                   v.unsqueeze(0).transpose(1, 2), scale)
     return out[0].transpose(0, 1), lse[0]
 
 

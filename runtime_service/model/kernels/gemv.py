@@ -27,7 +27,8 @@ first call during capture, or off CUDA (the Triton interpreter), runs `default_c
 Tuning an 8B model's shapes takes seconds of every start, so the choices leave and come back as
 plain records (`export_tuned` / `import_tuned`, without the device): the pod keeps them per
 engine and GPU model, and a second start on that GPU model times nothing. A shape's candidates
-compile together on a thread pool before they are timed (`precompile`).
+compile together before they are timed (`precompile`: in the compile workers where
+the pod runs them, else on a thread pool).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import functools
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -310,9 +310,6 @@ def _check_inputs(x, weight, bias, out, gated: bool = False) -> None:
                          f"{x.device}; got {tuple(out.shape)} {out.dtype}")
 
 
-_COMPILE_THREADS = min(16, os.cpu_count() or 1)
-
-
 def grid_launcher(kernel, grid, warmup: bool = False):
     """`kernel[grid]`, or with `warmup` a compile of exactly what that launch would run (the
     same arguments give the same specialization), without running it."""
@@ -320,23 +317,17 @@ def grid_launcher(kernel, grid, warmup: bool = False):
 
 
 def precompile(warm_up, candidates: list) -> None:
-    """Compiles every candidate's kernels at once on a thread pool, so that timing them one by
-    one does not wait for each compile in turn; `warm_up(config)` makes a candidate's launches
-    with warmup=True. Triton's passes and ptxas release the GIL: twelve compiles took 6.0 s in
-    sequence and 3.8 s on two threads (bench/NOTES.md, run 17), and a fresh node's first pod
-    spent 32-41 s tuning, mostly compiling. Best effort: what fails here compiles (or fails)
-    when it is timed, as it did before."""
-    threads = min(len(candidates), _COMPILE_THREADS)
-    if threads < 2 or not hasattr(triton, "AsyncCompileMode"):
+    """Compiles every candidate's kernels at once, so that timing them one by one does not wait
+    for each compile in turn; `warm_up(config)` makes a candidate's launches with warmup=True.
+    They compile in the pod's compile workers where it runs them, else on a thread pool
+    (compile_ahead.compile_launches): a fresh node's first pod spent 32-41 s tuning, mostly
+    compiling one candidate after another (bench/NOTES.md, run 17). Best effort: what fails
+    here compiles (or fails) when it is timed, as it did before."""
+    if len(candidates) < 2 or not hasattr(triton, "AsyncCompileMode"):
         return
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="kiln-compile") as pool, \
-                triton.AsyncCompileMode(pool, ignore_errors=True):
-            for config in candidates:
-                try:
-                    warm_up(config)
-                except Exception as exc:  # noqa: BLE001 - the timing loop reports it
-                    log.debug("no early compile for %s: %r", config, exc)
+        compile_ahead.compile_launches([functools.partial(warm_up, config)
+                                        for config in candidates])
     except Exception as exc:  # noqa: BLE001 - compiling early is an optimisation only
         log.warning("compiling the tuning candidates early failed (%r); they compile as they "
                     "are timed", exc)
@@ -396,7 +387,12 @@ def tuned_config(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> 
     if not x.is_cuda:
         return default_config(n, k, sm_count=1)
     sm_count = _sm_count(x.device.index)
-    if torch.cuda.is_current_stream_capturing() or compile_ahead.recording():
+    if torch.cuda.is_current_stream_capturing():
+        return default_config(n, k, sm_count)
+    if compile_ahead.recording():
+        compile_ahead.record_candidates(
+            functools.partial(_launch, x, weight, None, config, None, gated, warmup=True)
+            for config in candidate_configs(rows, n, k, sm_count))
         return default_config(n, k, sm_count)
     started = time.perf_counter()
     config = _tune(x, weight, candidate_configs(rows, n, k, sm_count), gated)

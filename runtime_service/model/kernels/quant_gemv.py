@@ -555,8 +555,12 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     config = _tuned.get(key)
     if config is not None:
         return config
-    if (not x.is_cuda or torch.cuda.is_current_stream_capturing()
-            or compile_ahead.recording()):
+    if not x.is_cuda or torch.cuda.is_current_stream_capturing():
+        return candidates[0]
+    if compile_ahead.recording():
+        compile_ahead.record_candidates(functools.partial(call, x, weights, candidate,
+                                                          warmup=True)
+                                        for candidate in candidates)
         return candidates[0]
     started = time.perf_counter()
     precompile(lambda candidate: call(x, weights, candidate, warmup=True), candidates)

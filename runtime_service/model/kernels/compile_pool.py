@@ -1,0 +1,283 @@
+"""Compiling Triton kernels in worker processes, so a fresh node's compiles run side by side.
+
+A fresh node's first pod compiles about a hundred kernels: the graph capture's and the GEMV
+tuners' candidates. On threads they barely overlap: Triton's passes hold the GIL for much of a
+compile (20 kernels took 10.5 s on 16 threads, bench/NOTES.md run 20c). Here each kernel compiles
+in its own process into Triton's file cache (TRITON_CACHE_DIR, the pod's), and the pod then
+loads it from there as a cache hit: the same source, specialization and options give the same
+cache key in both processes.
+
+- A job is what Triton's compile hook records for a kernel that has not compiled yet: the
+  JIT function (found in the worker by module and name) and its specialization data (JSON, the
+  format of `JITFunction.preload`), with the GPU target, so a worker never touches the GPU.
+- The workers fork from a forkserver that imported torch and Triton once (copy-on-write), so
+  starting them costs one import, not one per worker. `start_early` starts them while the pod
+  pulls and loads, when its kernel cache is empty; the pod closes them once it serves.
+- Best effort: a job that fails (a kernel defined inside a function, another Triton's data)
+  is left for the pod to compile itself, as before. Each kernel a worker compiled is reported
+  to Triton's compilation listener in this process, so counts of compiled kernels (the start-up
+  report's `kernels_compiled`) include them.
+
+`KILN_COMPILE_WORKERS`: how many workers (0: none, compile on threads in the pod); by default
+one per CPU this process may use, less one, at most 16.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("kiln.kernels.compile_pool")
+
+ENV_WORKERS = "KILN_COMPILE_WORKERS"
+MAX_WORKERS = 16
+JOB_TIMEOUT_S = 300
+_PRELOAD = ["torch", "triton", "triton.language", __name__]
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    module: str             # where the kernel's JIT function is defined
+    name: str               # its name there
+    specialization: str     # JSON from Triton's compile hook (`JITFunction.preload`'s format)
+    target: tuple           # GPUTarget fields: (backend, arch, warp_size)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a Kubernetes
+    limit) where there is one."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus or 1)
+
+
+def worker_count() -> int:
+    value = os.environ.get(ENV_WORKERS, "")
+    if value:
+        try:
+            count = int(value)
+        except ValueError:
+            raise ValueError(f"{ENV_WORKERS} must be a whole number, got {value!r}") from None
+        if not 0 <= count <= 256:
+            raise ValueError(f"{ENV_WORKERS} must be 0 to 256, got {count}")
+        return count
+    return min(MAX_WORKERS, available_cpus() - 1)
+
+
+# ---- what both sides compute from a job --------------------------------------------------------
+
+def jit_function(module: str, name: str):
+    """The JITFunction `name` of `module` (through autotuner and heuristics wrappers)."""
+    from triton.runtime.jit import JITFunction
+
+    found = getattr(importlib.import_module(module), name, None)
+    while found is not None and not isinstance(found, JITFunction):
+        found = getattr(found, "fn", None)
+    if found is None or found.fn.__name__ != name:
+        raise LookupError(f"no Triton kernel {module}.{name}")
+    return found
+
+
+def _source(kernel, specialization: str, target):
+    """(ASTSource, backend, parsed options) of a recorded specialization, decoded as
+    `JITFunction.preload` decodes it."""
+    import triton.language as tl
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import convert_to_tuple_if_list
+
+    data = json.loads(specialization)
+    if data["name"] != kernel._fn_name:
+        raise ValueError(f"specialization of {data['name']}, not of {kernel._fn_name}")
+    constexprs = {
+        key: tl.dtype(value) if tl.dtype.is_dtype(value)
+        else tl.constexpr(value["constexpr"]) if isinstance(value, dict) and "constexpr" in value
+        else value
+        for key, value in zip(map(tuple, data["constant_keys"]), data["constant_vals"])}
+    attrs = dict(zip(map(tuple, data["attrs_keys"]), data["attrs_vals"]))
+    signature = {key: convert_to_tuple_if_list(value) for key, value in data["signature"].items()}
+    backend = make_backend(target)
+    options = backend.parse_options({key: tuple(value) if isinstance(value, list) else value
+                                     for key, value in data["options"].items()})
+    return ASTSource(kernel, signature, constexprs, attrs), backend, options
+
+
+def is_cached(job: CompileJob) -> bool:
+    """Whether Triton's file cache already holds this job's kernel (what `triton.compile` checks
+    first)."""
+    import hashlib
+
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.cache import get_cache_key, get_cache_manager
+    from triton.runtime.jit import get_cache_invalidating_env_vars
+
+    src, backend, options = _source(jit_function(job.module, job.name), job.specialization,
+                                    GPUTarget(*job.target))
+    key = get_cache_key(src, backend, options, env_vars=get_cache_invalidating_env_vars())
+    manager = get_cache_manager(hashlib.sha256(key.encode("utf-8")).hexdigest())
+    group = manager.get_group(f"{src.name[:150]}.json") or {}
+    return f"{src.name[:150]}.json" in group
+
+
+def job_for(kernel, specialization: str) -> CompileJob:
+    """The job for a kernel the compile hook recorded, with this process's GPU target."""
+    from triton.runtime.driver import driver
+
+    target = driver.active.get_current_target()
+    return CompileJob(kernel.fn.__module__, kernel.fn.__name__, specialization,
+                      (target.backend, target.arch, target.warp_size))
+
+
+# ---- the worker side ----------------------------------------------------------------------------
+
+def _init_worker(environment: dict) -> None:
+    os.environ.update(environment)
+
+
+def _compile(job: CompileJob) -> tuple[str, bool]:
+    """Compiles `job` into the file cache -> (kernel name, compiled here: False on a hit)."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+
+    hits = []
+    knobs.compilation.listener = lambda cache_hit, **_: hits.append(cache_hit)
+    try:
+        target = GPUTarget(*job.target)
+        src, _, options = _source(jit_function(job.module, job.name), job.specialization, target)
+        triton.compile(src, target=target, options=options.__dict__)
+    finally:
+        knobs.compilation.listener = None
+    return job.name, not (hits and hits[0])
+
+
+# ---- the pod side -------------------------------------------------------------------------------
+
+class CompilePool:
+    """Worker processes that compile `CompileJob`s into this process's Triton cache."""
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ValueError(f"a compile pool needs a worker, got {workers}")
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+        self._starting: threading.Thread | None = None
+        self._overran = False
+        self._lock = threading.Lock()
+
+    def start(self) -> "CompilePool":
+        """Starts the forkserver and the workers on a thread; returns at once (forking waits
+        for the forkserver's imports, seconds)."""
+        with self._lock:
+            if self._starting is None:
+                self._starting = threading.Thread(target=self._start_workers, daemon=True,
+                                                  name="kiln-compile-workers")
+                self._starting.start()
+        return self
+
+    def _start_workers(self) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+        environment = {key: value for key, value in os.environ.items()
+                       if key.startswith("TRITON_")}
+        executor = ProcessPoolExecutor(self.workers, mp_context=context,
+                                       initializer=_init_worker, initargs=(environment,))
+        try:
+            for _ in range(self.workers):           # forks every worker now, not at first use
+                executor.submit(os.getpid)
+        finally:
+            self._executor = executor
+
+    def _ready(self) -> ProcessPoolExecutor:
+        self.start()._starting.join()
+        if self._executor is None:
+            raise RuntimeError("the compile workers did not start")
+        return self._executor
+
+    def compile(self, jobs: list[CompileJob]) -> list[str]:
+        """Compiles `jobs` side by side; returns the names of the kernels the workers compiled
+        (cache hits and failures left out), each also reported to Triton's compilation
+        listener here."""
+        from triton import knobs
+
+        executor = self._ready()
+        futures = {executor.submit(_compile, job): job for job in jobs}
+        done, late = wait(futures, timeout=JOB_TIMEOUT_S)
+        compiled = []
+        for future in done:
+            try:
+                name, fresh = future.result()
+            except Exception as exc:  # noqa: BLE001 - the pod compiles it itself instead
+                log.debug("a worker could not compile %s: %r", futures[future].name, exc)
+                continue
+            if fresh:
+                compiled.append(name)
+                listener = knobs.compilation.listener
+                if listener is not None:
+                    listener(src=None, metadata={"name": name}, metadata_group={}, times=None,
+                             cache_hit=False)
+        for future in late:
+            future.cancel()
+        self._overran = self._overran or bool(late)
+        return compiled
+
+    def close(self) -> None:
+        """Stops the workers, and the forkserver with its imports (hundreds of MB), unless a
+        compile overran its time: then they are left to end on their own."""
+        with self._lock:
+            starting = self._starting
+        if starting is not None:
+            starting.join()
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        executor.shutdown(wait=not self._overran, cancel_futures=True)
+        stop = getattr(multiprocessing.forkserver._forkserver, "_stop", None)
+        if stop is not None and not self._overran:
+            stop()
+
+
+_shared: CompilePool | None = None
+
+
+def start_early() -> CompilePool | None:
+    """Starts this process's pool now, so its workers are ready when compiles begin (call
+    before the first kernel compiles, once TRITON_CACHE_DIR is set); None where there is none
+    to start (no Triton, no forkserver, KILN_COMPILE_WORKERS=0)."""
+    global _shared
+    if _shared is None:
+        workers = worker_count()
+        if workers < 1 or "forkserver" not in multiprocessing.get_all_start_methods():
+            return None
+        try:
+            import triton  # noqa: F401 - the workers compile with it
+        except ImportError:
+            return None
+        _shared = CompilePool(workers).start()
+        log.info("started %d kernel compile workers", workers)
+    return _shared
+
+
+def shared() -> CompilePool | None:
+    """The pool `start_early` started, if any."""
+    return _shared
+
+
+def close_shared() -> None:
+    """Stops the shared pool's workers (a serving pod compiles little after start-up)."""
+    global _shared
+    pool, _shared = _shared, None
+    if pool is not None:
+        pool.close()

@@ -1,0 +1,85 @@
+"""Compile workers (kernels/compile_pool.py): kernels compile in other processes into Triton's
+file cache, which this process then hits. The compiles target sm_90 offline (Triton ships
+ptxas), so no GPU is needed; without Triton (the CPU CI machines) those tests skip and only the
+worker count is checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime_service.model.kernels import compile_pool
+
+
+def test_the_worker_count_comes_from_the_environment_or_the_cpus(monkeypatch):
+    monkeypatch.setenv(compile_pool.ENV_WORKERS, "3")
+    assert compile_pool.worker_count() == 3
+    for bad in ("many", "-1", "1000"):
+        monkeypatch.setenv(compile_pool.ENV_WORKERS, bad)
+        with pytest.raises(ValueError, match=compile_pool.ENV_WORKERS):
+            compile_pool.worker_count()
+    monkeypatch.delenv(compile_pool.ENV_WORKERS)
+    assert 0 <= compile_pool.worker_count() <= compile_pool.MAX_WORKERS
+    assert compile_pool.worker_count() == min(compile_pool.MAX_WORKERS,
+                                              compile_pool.available_cpus() - 1)
+
+
+def test_no_workers_means_no_pool(monkeypatch):
+    monkeypatch.setenv(compile_pool.ENV_WORKERS, "0")
+    monkeypatch.setattr(compile_pool, "_shared", None)
+    assert compile_pool.start_early() is None and compile_pool.shared() is None
+    with pytest.raises(ValueError, match="worker"):
+        compile_pool.CompilePool(0)
+
+
+SM90 = ("cuda", 90, 32)
+
+
+def _jobs(block_sizes):
+    from triton.compiler import make_backend
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import serialize_specialization_data
+
+    options = make_backend(GPUTarget(*SM90)).parse_options({"num_warps": 2})
+    signature = {"X": "*fp32", "Y": "*fp32", "N": "i32", "BLOCK": "constexpr"}
+    aligned = {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}
+    return [compile_pool.CompileJob(
+        "support.tiny_kernels", "add_one_kernel",
+        serialize_specialization_data("support.tiny_kernels.add_one_kernel", signature,
+                                      {(3,): block}, aligned, options, f"key-{block}"), SM90)
+        for block in block_sizes]
+
+
+def test_workers_fill_the_file_cache_that_this_process_then_hits(tmp_path, monkeypatch):
+    triton = pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    jobs = _jobs((128, 256, 512))
+    missing = compile_pool.CompileJob("support.tiny_kernels", "no_such_kernel",
+                                      jobs[0].specialization, SM90)
+    assert not any(compile_pool.is_cached(job) for job in jobs)
+    heard = []
+    monkeypatch.setattr(triton.knobs.compilation, "listener",
+                        lambda metadata, cache_hit, **_: heard.append((metadata["name"],
+                                                                       cache_hit)))
+    pool = compile_pool.CompilePool(2).start()
+    try:
+        assert sorted(pool.compile(jobs + [missing])) == ["add_one_kernel"] * 3
+        assert heard == [("add_one_kernel", False)] * 3     # each compile reported here
+        assert all(compile_pool.is_cached(job) for job in jobs)
+        assert pool.compile(jobs[:1]) == []                 # a second time: a cache hit
+    finally:
+        pool.close()
+    heard.clear()
+    src, _, options = compile_pool._source(
+        compile_pool.jit_function("support.tiny_kernels", "add_one_kernel"),
+        jobs[1].specialization, triton.backends.compiler.GPUTarget(*SM90))
+    triton.compile(src, target=triton.backends.compiler.GPUTarget(*SM90),
+                   options=options.__dict__)
+    assert heard == [("add_one_kernel", True)]              # what a launch here would do
+
+
+def test_a_kernel_that_is_not_a_module_level_jit_function_is_refused():
+    pytest.importorskip("triton")
+    with pytest.raises(LookupError):
+        compile_pool.jit_function("support.tiny_kernels", "triton")
+    with pytest.raises(LookupError):
+        compile_pool.jit_function("support.tiny_kernels", "nothing_here")
