@@ -58,21 +58,26 @@ def test_a_recording_pass_skips_kernels_and_their_compile_then_the_pool_compiles
         assert torch.equal(out, x * scale)
 
 
-def _record_two_kernels(x, outs, scales) -> dict:
-    recorded: dict = {}
-    with compile_ahead.skipping_compiles(recorded):
-        for out, scale in zip(outs, scales):
-            _scaled_copy[(triton.cdiv(1000, 256),)](x, out, 1000, SCALE=scale, BLOCK=256)
-    return recorded
+def _add_one(x, out, block):
+    from support.tiny_kernels import add_one_kernel
+
+    add_one_kernel[(triton.cdiv(x.numel(), block),)](x, out, x.numel(), BLOCK=block)
 
 
 def test_compile_workers_compile_what_was_recorded_and_this_process_loads_it(
         tmp_path, monkeypatch):
+    # The workers import the kernel by module and name: support.tiny_kernels, not this file
+    # (pytest imports test files under names another process need not share).
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     x = torch.arange(1000, dtype=torch.float32, device="cuda")
-    scales = (7.0, 11.0)
-    outs = [torch.zeros_like(x) for _ in scales]
-    recorded = _record_two_kernels(x, outs, scales)
+    blocks = (128, 512)
+    outs = [torch.zeros_like(x) for _ in blocks]
+    recorded: dict = {}
+    with compile_ahead.skipping_compiles(recorded):
+        for out, block in zip(outs, blocks):
+            _add_one(x, out, block)
+            _add_one(x, out, block)         # the second launch finds the placeholder
+    assert all(bool((out == 0).all()) for out in outs), "a skipped kernel ran"
     jobs = [compile_pool.job_for(kernel, data) for kernel, data in recorded.values()]
     assert len(jobs) == 2 and not any(compile_pool.is_cached(job) for job in jobs)
     pool = compile_pool.CompilePool(2).start()
@@ -86,12 +91,37 @@ def test_compile_workers_compile_what_was_recorded_and_this_process_loads_it(
     finally:
         pool.close()
     with CompileWatch() as watch:
-        for out, scale in zip(outs, scales):
-            _scaled_copy[(triton.cdiv(1000, 256),)](x, out, 1000, SCALE=scale, BLOCK=256)
+        for out, block in zip(outs, blocks):
+            _add_one(x, out, block)
     torch.cuda.synchronize()
     assert watch.count == 0, watch.describe()
-    for out, scale in zip(outs, scales):
-        assert torch.equal(out, x * scale)
+    for out in outs:
+        assert torch.equal(out, x + 1)
+
+
+def test_a_launch_from_another_thread_while_recording_fails_loudly():
+    import threading
+
+    x = torch.arange(1000, dtype=torch.float32, device="cuda")
+    out = torch.zeros_like(x)
+    errors = []
+
+    def other_thread():
+        try:
+            _add_one(x, out, 64)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    recorded: dict = {}
+    with compile_ahead.skipping_compiles(recorded):
+        _add_one(x, out, 64)
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and "records" in str(errors[0])
+    _add_one(x, out, 64)                        # after recording: compiles and runs
+    torch.cuda.synchronize()
+    assert torch.equal(out, x + 1)
 
 
 def test_a_tuner_asked_while_recording_answers_untimed_and_records_its_candidates(

@@ -45,28 +45,67 @@ def recording() -> bool:
     return getattr(_recording, "active", False)
 
 
+def first_time_recording(key) -> bool:
+    """While recording: True the first time `key` (a tuner's shape) is asked about, so a
+    tuner records its candidates once per shape, not at every layer of every forward."""
+    seen = getattr(_recording, "seen", None)
+    if seen is None or key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+class _Recorded:
+    """What stands in Triton's in-memory kernel cache for a recorded kernel while recording, so
+    its later launches cost a cache lookup, not the compile hook's path (about 0.1 ms each; a
+    fresh node's recording pass launched some 20,000 of them, bench/NOTES.md run 20d). Taken out
+    when recording ends. A launch from a thread that is not recording fails loudly rather than
+    running nothing."""
+
+    function = packed_metadata = None
+
+    def launch_metadata(self, *args):
+        if not recording():
+            raise RuntimeError("a kernel was launched while another thread records its compile")
+
+    def run(self, *args):
+        pass
+
+
+_RECORDED = _Recorded()
+
+
 @contextmanager
 def skipping_compiles(recorded: dict):
     """Inside: each Triton kernel that would compile is recorded in `recorded` ((kernel, cache
     key) -> (kernel, specialization data)) and skipped, its launch too."""
     from triton import knobs
 
+    placed = []
+
     def record(**hook_args):
         if not recording():             # another thread's kernel: compile it as usual
             return previous(**hook_args) if previous is not None else None
-        fn = hook_args["fn"]
-        recorded.setdefault((id(fn.jit_function), hook_args["key"]),
-                            (fn.jit_function, hook_args["compile"]["specialization_data"]))
+        kernel, key = hook_args["fn"].jit_function, hook_args["key"]
+        recorded.setdefault((id(kernel), key),
+                            (kernel, hook_args["compile"]["specialization_data"]))
+        cache = kernel.device_caches[hook_args["compile"]["device"]][0]
+        if key not in cache:
+            cache[key] = _RECORDED
+            placed.append((cache, key))
         return True
 
     previous = knobs.runtime.jit_cache_hook
     knobs.runtime.jit_cache_hook = record
-    _recording.active = True
+    _recording.active, _recording.seen = True, set()
     try:
         yield recorded
     finally:
-        _recording.active = False
+        _recording.active, _recording.seen = False, None
         knobs.runtime.jit_cache_hook = previous
+        for cache, key in placed:
+            if cache.get(key) is _RECORDED:
+                del cache[key]
 
 
 def compile_recorded(recorded: dict, threads: int = THREADS) -> int:
@@ -118,10 +157,11 @@ def compile_launches(launches) -> int:
     return compile_recorded(recorded)
 
 
-def record_candidates(launches) -> None:
-    """While recording, calls each of `launches` (a tuner's candidates with warmup=True) so
-    their kernels compile with the rest; otherwise does nothing."""
-    if not recording():
+def record_candidates(key, launches) -> None:
+    """While recording, and the first time for `key` (the tuner's shape), calls each of
+    `launches` (its candidates with warmup=True) so their kernels compile with the rest;
+    otherwise does nothing."""
+    if not first_time_recording(key):
         return
     for launch in launches:
         try:

@@ -391,8 +391,8 @@ def tuned_config(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> 
         return default_config(n, k, sm_count)
     if compile_ahead.recording():
         compile_ahead.record_candidates(
-            functools.partial(_launch, x, weight, None, config, None, gated, warmup=True)
-            for config in candidate_configs(rows, n, k, sm_count))
+            key, (functools.partial(_launch, x, weight, None, config, None, gated, warmup=True)
+                  for config in candidate_configs(rows, n, k, sm_count)))
         return default_config(n, k, sm_count)
     started = time.perf_counter()
     config = _tune(x, weight, candidate_configs(rows, n, k, sm_count), gated)

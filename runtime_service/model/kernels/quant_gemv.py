@@ -558,9 +558,9 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     if not x.is_cuda or torch.cuda.is_current_stream_capturing():
         return candidates[0]
     if compile_ahead.recording():
-        compile_ahead.record_candidates(functools.partial(call, x, weights, candidate,
-                                                          warmup=True)
-                                        for candidate in candidates)
+        compile_ahead.record_candidates(key, (functools.partial(call, x, weights, candidate,
+                                                                warmup=True)
+                                              for candidate in candidates))
         return candidates[0]
     started = time.perf_counter()
     precompile(lambda candidate: call(x, weights, candidate, warmup=True), candidates)
