@@ -13,7 +13,7 @@ import torch
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
 from runtime_service.model.kernels import compile_ahead, compile_pool, gemv
-from runtime_service.server.kernel_cache import CompileWatch, host_launchers
+from runtime_service.server.kernel_cache import CompileWatch
 from gpu.tiers import LONG
 from support.random_llama import make_random_llama, random_prompts
 
@@ -88,7 +88,6 @@ def test_compile_workers_compile_what_was_recorded_and_this_process_loads_it(
         # the workers' two compiles are reported; loading them here was a cache hit each
         assert watch.count == 2, watch.describe()
         assert all(compile_pool.is_cached(job) for job in jobs)
-        assert host_launchers(), "the workers built no host launcher"
     finally:
         pool.close()
     with CompileWatch() as watch:

@@ -120,18 +120,19 @@ def compile_recorded(recorded: dict, threads: int = THREADS) -> int:
         return 0
     pool = compile_pool.shared()
     if pool is not None:
-        # Every kernel goes to the workers, cached or not: one already in the file cache is a
-        # hit there, and its host launcher may still need building.
         jobs = []
         for kernel, data in recorded.values():
             try:
-                jobs.append(compile_pool.job_for(kernel, data))
+                job = compile_pool.job_for(kernel, data)
+                if not compile_pool.is_cached(job):
+                    jobs.append(job)
             except Exception as exc:  # noqa: BLE001 - it compiles on a thread below
                 log.debug("no worker compile for %s: %r", kernel, exc)
-        started = time.perf_counter()
-        compiled = pool.compile(jobs)
-        log.info("%d compile workers compiled %d of %d kernels (the rest were cached) in %.1f s",
-                 pool.workers, len(compiled), len(jobs), time.perf_counter() - started)
+        if jobs:
+            started = time.perf_counter()
+            compiled = pool.compile(jobs)
+            log.info("%d compile workers compiled %d of %d kernels in %.1f s", pool.workers,
+                     len(compiled), len(jobs), time.perf_counter() - started)
     with ThreadPoolExecutor(min(threads, len(recorded)), thread_name_prefix="kiln-compile") \
             as executor, triton.AsyncCompileMode(executor, ignore_errors=True):
         for kernel, data in recorded.values():

@@ -13,8 +13,6 @@ cache key in both processes.
 - The workers fork from a forkserver that imported torch and Triton once (copy-on-write), so
   starting them costs one import, not one per worker. `start_early` starts them while the pod
   pulls and loads, when its kernel cache is empty; the pod closes them once it serves.
-- A worker also builds the kernel's host launcher (a C extension Triton compiles with the system
-  compiler), which even a pod that took every kernel from the store builds itself.
 - Best effort: a job that fails (a kernel defined inside a function, another Triton's data)
   is left for the pod to compile itself, as before. Each kernel a worker compiled is reported
   to Triton's compilation listener in this process, so counts of compiled kernels (the start-up
@@ -149,8 +147,7 @@ def _init_worker(environment: dict) -> None:
 
 
 def _compile(job: CompileJob) -> tuple[str, bool]:
-    """Compiles `job` into the file cache, with its host launcher -> (kernel name, compiled
-    here: False on a hit)."""
+    """Compiles `job` into the file cache -> (kernel name, compiled here: False on a hit)."""
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -160,25 +157,10 @@ def _compile(job: CompileJob) -> tuple[str, bool]:
     try:
         target = GPUTarget(*job.target)
         src, _, options = _source(jit_function(job.module, job.name), job.specialization, target)
-        kernel = triton.compile(src, target=target, options=options.__dict__)
+        triton.compile(src, target=target, options=options.__dict__)
     finally:
         knobs.compilation.listener = None
-    _build_launcher(kernel, target)
     return job.name, not (hits and hits[0])
-
-
-def _build_launcher(kernel, target) -> None:
-    """Builds the kernel's host launcher (a C extension, about half a second of the system
-    compiler each) into the same cache, where the pod's first launch finds it. It needs
-    libcuda's folder, not the GPU. Best effort: the pod builds what is missing."""
-    if target.backend != "cuda":
-        return
-    try:
-        from triton.backends.nvidia.driver import CudaLauncher
-
-        CudaLauncher(kernel.src, kernel.metadata)
-    except Exception as exc:  # noqa: BLE001 - the pod builds it at the first launch instead
-        log.debug("no launcher built for %s: %r", kernel.name, exc)
 
 
 # ---- the pod side -------------------------------------------------------------------------------
