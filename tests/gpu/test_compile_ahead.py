@@ -30,7 +30,7 @@ def _scaled_copy(X, Out, n, SCALE: tl.constexpr, BLOCK: tl.constexpr):
 
 def test_a_recording_pass_skips_kernels_and_their_compile_then_the_pool_compiles_them(
         tmp_path, monkeypatch):
-    monkeypatch.setattr(triton.knobs.cache, "dir", str(tmp_path / "triton"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     x = torch.arange(1000, dtype=torch.float32, device="cuda")
     scales = (3.0, 5.0)
 
@@ -126,7 +126,7 @@ def test_a_launch_from_another_thread_while_recording_fails_loudly():
 
 def test_a_tuner_asked_while_recording_answers_untimed_and_records_its_candidates(
         tmp_path, monkeypatch):
-    monkeypatch.setattr(triton.knobs.cache, "dir", str(tmp_path / "triton"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     monkeypatch.setattr(gemv, "_tuned", {})
     x = torch.randn(3, 512, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(384, 512, device="cuda", dtype=torch.bfloat16)

@@ -190,8 +190,13 @@ class CompilePool:
     def _start_workers(self) -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(_PRELOAD)
+        from triton import knobs
+
         environment = {key: value for key, value in os.environ.items()
                        if key.startswith("TRITON_")}
+        # The folder this process compiles into, even where it was set as a knob, not by
+        # TRITON_CACHE_DIR (a knob set here does not reach another process).
+        environment["TRITON_CACHE_DIR"] = str(knobs.cache.dir)
         executor = ProcessPoolExecutor(self.workers, mp_context=context,
                                        initializer=_init_worker, initargs=(environment,))
         try:

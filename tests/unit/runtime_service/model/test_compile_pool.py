@@ -83,3 +83,23 @@ def test_a_kernel_that_is_not_a_module_level_jit_function_is_refused():
         compile_pool.jit_function("support.tiny_kernels", "triton")
     with pytest.raises(LookupError):
         compile_pool.jit_function("support.tiny_kernels", "nothing_here")
+
+
+def test_a_cache_folder_set_as_a_knob_reaches_the_workers(tmp_path, monkeypatch):
+    triton = pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "not-this-one"))
+    triton.knobs.cache.dir = str(tmp_path / "knob")        # (which also sets TRITON_CACHE_DIR,
+    # so the environment says another folder again)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "not-this-one"))
+    try:
+        jobs = _jobs((64,))
+        pool = compile_pool.CompilePool(1).start()
+        try:
+            assert pool.compile(jobs) == ["add_one_kernel"]
+        finally:
+            pool.close()
+        assert compile_pool.is_cached(jobs[0])
+        assert any((tmp_path / "knob").iterdir())
+        assert not (tmp_path / "not-this-one").exists()
+    finally:
+        del triton.knobs.cache.dir          # back to TRITON_CACHE_DIR, which monkeypatch restores
