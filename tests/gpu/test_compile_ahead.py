@@ -84,12 +84,19 @@ def test_compile_workers_compile_what_was_recorded_and_this_process_loads_it(
     monkeypatch.setattr(compile_pool, "_shared", pool)
     try:
         with CompileWatch() as watch:
-            assert compile_ahead.compile_recorded(recorded) == 2
+            assert compile_ahead.compile_recorded(recorded) == 2     # handed over, not waited
+            for out, block in zip(outs, blocks):
+                _add_one(x, out, block)     # waits for its worker, then loads from the cache
+            torch.cuda.synchronize()
         # the workers' two compiles are reported; loading them here was a cache hit each
         assert watch.count == 2, watch.describe()
         assert all(compile_pool.is_cached(job) for job in jobs)
     finally:
         pool.close()
+    assert triton.knobs.runtime.jit_cache_hook is None, "the pool left its compile hook"
+    for out in outs:
+        assert torch.equal(out, x + 1)
+    outs = [torch.zeros_like(x) for _ in blocks]
     with CompileWatch() as watch:
         for out, block in zip(outs, blocks):
             _add_one(x, out, block)

@@ -7,10 +7,13 @@ compile hook (`knobs.runtime.jit_cache_hook`) answering "skip" for each kernel n
 the kernel's specialization is recorded and it is neither compiled nor launched (the forward's
 outputs are garbage and are dropped). The tuners, asked for a config while recording, answer
 with their untimed default and record every candidate's kernels too (they tune for real in the
-capture's own warm-up, with nothing left to compile). The recorded kernels then compile
-together: in worker processes (compile_pool.py) when the pod started them, then each loads on a
-thread pool here (Triton's `AsyncCompileMode` with `JITFunction.preload`), from the file cache
-or, for what no worker compiled, by compiling on that thread.
+capture's own warm-up). The recorded kernels then compile together:
+
+- in worker processes (compile_pool.py) when the pod started them: handed over in the order they
+  were recorded, which is the order the capture launches them, and not waited for. Each
+  kernel's first launch here waits for its own job, then loads it from the file cache, so the
+  capture and the tuning run while later kernels still compile;
+- otherwise on a thread pool here (Triton's `AsyncCompileMode` with `JITFunction.preload`).
 
 On when the pod started compile workers (a start with an empty kernel cache), or with
 `KILN_PARALLEL_GRAPH_COMPILE=1`; `=0` turns it off. On threads alone it saved nothing (run 20c:
@@ -109,9 +112,10 @@ def skipping_compiles(recorded: dict):
 
 
 def compile_recorded(recorded: dict, threads: int = THREADS) -> int:
-    """Compiles every recorded kernel, in the compile workers where the pod runs them, then
-    loads each here on a thread pool; returns how many. Best effort: one that fails here
-    compiles (or fails) when it is first launched, as it would have."""
+    """Compiles every recorded kernel: hands them to the compile workers where the pod runs
+    them (returning at once), else compiles them on a thread pool here; returns how many.
+    Best effort: one that fails compiles (or fails) when it is first launched, as it would
+    have."""
     import triton
 
     from runtime_service.model.kernels import compile_pool
@@ -120,19 +124,20 @@ def compile_recorded(recorded: dict, threads: int = THREADS) -> int:
         return 0
     pool = compile_pool.shared()
     if pool is not None:
+        # Handed to the workers, not waited for: each kernel's first launch here waits for its
+        # own job (the pool's compile hook), so what runs next overlaps what still compiles.
         jobs = []
         for kernel, data in recorded.values():
             try:
                 job = compile_pool.job_for(kernel, data)
                 if not compile_pool.is_cached(job):
                     jobs.append(job)
-            except Exception as exc:  # noqa: BLE001 - it compiles on a thread below
+            except Exception as exc:  # noqa: BLE001 - it compiles here when launched
                 log.debug("no worker compile for %s: %r", kernel, exc)
-        if jobs:
-            started = time.perf_counter()
-            compiled = pool.compile(jobs)
-            log.info("%d compile workers compiled %d of %d kernels in %.1f s", pool.workers,
-                     len(compiled), len(jobs), time.perf_counter() - started)
+        pool.submit(jobs)
+        log.info("handed %d of %d kernels to %d compile workers", len(jobs), len(recorded),
+                 pool.workers)
+        return len(recorded)
     with ThreadPoolExecutor(min(threads, len(recorded)), thread_name_prefix="kiln-compile") \
             as executor, triton.AsyncCompileMode(executor, ignore_errors=True):
         for kernel, data in recorded.values():
@@ -172,7 +177,8 @@ def record_candidates(key, launches) -> None:
 
 def precompile_forwards(forwards) -> int:
     """Runs each forward of `forwards` ((key, forward) pairs) once, recording instead of
-    compiling, then compiles what they need together; returns the kernels compiled."""
+    compiling, then compiles what they need together (or hands them to the compile workers);
+    returns the kernels recorded."""
     import torch
 
     started = time.perf_counter()
@@ -187,6 +193,6 @@ def precompile_forwards(forwards) -> int:
         log.warning("compiling the capture's kernels ahead failed (%r); they compile as they "
                     "are first launched", exc)
         return 0
-    log.info("compiled %d kernels for the graph capture and its tuning in %.1f s", count,
-             time.perf_counter() - started)
+    log.info("recorded %d kernels for the graph capture and its tuning, and compiled or handed "
+             "them over, in %.1f s", count, time.perf_counter() - started)
     return count

@@ -31,7 +31,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import threading
-from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +166,13 @@ def _compile(job: CompileJob) -> tuple[str, bool]:
 # ---- the pod side -------------------------------------------------------------------------------
 
 class CompilePool:
-    """Worker processes that compile `CompileJob`s into this process's Triton cache."""
+    """Worker processes that compile `CompileJob`s into this process's Triton cache.
+
+    `submit` hands jobs over and returns at once; while the pool runs, a kernel about to compile
+    here whose job a worker has in hand waits for it (Triton's compile hook), then loads it from
+    the cache. So a start records its kernels, submits them and goes on: its graph capture and
+    tuning run while the later kernels still compile, in the order they were recorded, which is
+    the order the capture needs them."""
 
     def __init__(self, workers: int):
         if workers < 1:
@@ -174,17 +180,26 @@ class CompilePool:
         self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
         self._starting: threading.Thread | None = None
+        self._submitted: dict[tuple, Future] = {}       # (module, name, specialization) -> job
+        self._reported: set[tuple] = set()
+        self._hook = self._previous_hook = None
         self._overran = False
         self._lock = threading.Lock()
 
     def start(self) -> "CompilePool":
-        """Starts the forkserver and the workers on a thread; returns at once (forking waits
-        for the forkserver's imports, seconds)."""
+        """Starts the forkserver and the workers on a thread, and installs the compile hook
+        that waits for workers; returns at once (forking waits for the forkserver's imports,
+        seconds)."""
+        from triton import knobs
+
         with self._lock:
             if self._starting is None:
                 self._starting = threading.Thread(target=self._start_workers, daemon=True,
                                                   name="kiln-compile-workers")
                 self._starting.start()
+                self._previous_hook = knobs.runtime.jit_cache_hook
+                self._hook = self._wait_for_worker
+                knobs.runtime.jit_cache_hook = self._hook
         return self
 
     def _start_workers(self) -> None:
@@ -211,44 +226,89 @@ class CompilePool:
             raise RuntimeError("the compile workers did not start")
         return self._executor
 
-    def compile(self, jobs: list[CompileJob]) -> list[str]:
-        """Compiles `jobs` side by side; returns the names of the kernels the workers compiled
-        (cache hits and failures left out), each also reported to Triton's compilation
-        listener here."""
-        from triton import knobs
-
+    def submit(self, jobs: list[CompileJob]) -> list[Future]:
+        """Hands `jobs` to the workers in order (one already handed over is not compiled
+        twice); returns their futures at once."""
         executor = self._ready()
-        futures = {executor.submit(_compile, job): job for job in jobs}
+        futures = []
+        with self._lock:
+            for job in jobs:
+                key = (job.module, job.name, job.specialization)
+                if key not in self._submitted:
+                    self._submitted[key] = executor.submit(_compile, job)
+                futures.append(self._submitted[key])
+        return futures
+
+    def compile(self, jobs: list[CompileJob]) -> list[str]:
+        """Compiles `jobs` side by side and waits; returns the names of the kernels the workers
+        compiled for this call (cache hits, failures and jobs compiled before left out), each
+        also reported to Triton's compilation listener here."""
+        futures = self.submit(jobs)
         done, late = wait(futures, timeout=JOB_TIMEOUT_S)
         compiled = []
-        for future in done:
-            try:
-                name, fresh = future.result()
-            except Exception as exc:  # noqa: BLE001 - the pod compiles it itself instead
-                log.debug("a worker could not compile %s: %r", futures[future].name, exc)
-                continue
-            if fresh:
-                compiled.append(name)
-                listener = knobs.compilation.listener
-                if listener is not None:
-                    listener(src=None, metadata={"name": name}, metadata_group={}, times=None,
-                             cache_hit=False)
-        for future in late:
-            future.cancel()
-        self._overran = self._overran or bool(late)
+        for job, future in zip(jobs, futures):
+            if future in done and self._report(job.module, job.name, job.specialization):
+                compiled.append(job.name)
+        if late:
+            self._overran = True
         return compiled
 
-    def close(self) -> None:
-        """Stops the workers, and the forkserver with its imports (hundreds of MB), unless a
-        compile overran its time: then they are left to end on their own."""
+    def _report(self, module: str, name: str, specialization: str) -> bool:
+        """Whether a worker compiled this job (not a cache hit, not a failure) and this is the
+        first time it is asked; then also tells Triton's compilation listener here."""
+        from triton import knobs
+
+        key = (module, name, specialization)
+        future = self._submitted.get(key)
+        if future is None or not future.done() or future.cancelled() or future.exception():
+            if future is not None and future.done() and not future.cancelled():
+                log.debug("a worker could not compile %s: %r", name, future.exception())
+            return False
+        fresh = future.result()[1]
         with self._lock:
-            starting = self._starting
+            first = key not in self._reported
+            self._reported.add(key)
+        listener = knobs.compilation.listener
+        if fresh and first and listener is not None:
+            listener(src=None, metadata={"name": name}, metadata_group={}, times=None,
+                     cache_hit=False)
+        return fresh and first
+
+    def _wait_for_worker(self, **hook_args):
+        """Triton's compile hook: a kernel about to compile here whose job a worker has waits
+        for it, then compiles here as a cache hit (or, where the worker failed, for real)."""
+        if self._previous_hook is not None and self._previous_hook(**hook_args):
+            return True
+        fn = hook_args["fn"].jit_function.fn
+        specialization = hook_args["compile"]["specialization_data"]
+        future = self._submitted.get((fn.__module__, fn.__name__, specialization))
+        if future is not None:
+            try:
+                future.result(timeout=JOB_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - a failure or a timeout: it compiles here
+                self._overran = self._overran or not future.done()
+            self._report(fn.__module__, fn.__name__, specialization)
+        return None
+
+    def close(self) -> None:
+        """Removes the compile hook and stops the workers (letting a running compile finish),
+        and the forkserver with its imports (hundreds of MB), unless a compile overran its
+        time: then they are left to end on their own."""
+        from triton import knobs
+
+        with self._lock:
+            starting, hook = self._starting, self._hook
+            self._hook = None
+        if hook is not None and knobs.runtime.jit_cache_hook is hook:
+            knobs.runtime.jit_cache_hook = self._previous_hook
         if starting is not None:
             starting.join()
         executor, self._executor = self._executor, None
         if executor is None:
             return
         executor.shutdown(wait=not self._overran, cancel_futures=True)
+        for module, name, specialization in list(self._submitted):
+            self._report(module, name, specialization)
         stop = getattr(multiprocessing.forkserver._forkserver, "_stop", None)
         if stop is not None and not self._overran:
             stop()

@@ -65,7 +65,7 @@ def test_workers_fill_the_file_cache_that_this_process_then_hits(tmp_path, monke
         assert sorted(pool.compile(jobs + [missing])) == ["add_one_kernel"] * 3
         assert heard == [("add_one_kernel", False)] * 3     # each compile reported here
         assert all(compile_pool.is_cached(job) for job in jobs)
-        assert pool.compile(jobs[:1]) == []                 # a second time: a cache hit
+        assert pool.compile(jobs[:1]) == []                 # a second time: nothing new
     finally:
         pool.close()
     heard.clear()
@@ -103,3 +103,33 @@ def test_a_cache_folder_set_as_a_knob_reaches_the_workers(tmp_path, monkeypatch)
         assert not (tmp_path / "not-this-one").exists()
     finally:
         del triton.knobs.cache.dir          # back to TRITON_CACHE_DIR, which monkeypatch restores
+
+
+def test_a_kernel_about_to_compile_here_waits_for_its_worker_and_is_reported_once(
+        tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    triton = pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    heard = []
+    monkeypatch.setattr(triton.knobs.compilation, "listener",
+                        lambda metadata, cache_hit, **_: heard.append(metadata["name"]))
+    jobs = _jobs((128, 256))
+    pool = compile_pool.CompilePool(2).start()
+    try:
+        assert triton.knobs.runtime.jit_cache_hook == pool._wait_for_worker
+        first = pool.submit(jobs)
+        assert pool.submit(jobs[:1]) == first[:1]              # handed over once
+        fn = compile_pool.jit_function("support.tiny_kernels", "add_one_kernel")
+        for job in jobs:
+            hook_args = {"fn": SimpleNamespace(jit_function=fn),
+                         "compile": {"specialization_data": job.specialization}}
+            assert triton.knobs.runtime.jit_cache_hook(**hook_args) is None   # compile here
+            assert compile_pool.is_cached(job)                 # ... which will be a hit
+            triton.knobs.runtime.jit_cache_hook(**hook_args)   # asked again: not reported again
+        unknown = {"fn": SimpleNamespace(jit_function=fn), "compile": {"specialization_data": "{}"}}
+        assert triton.knobs.runtime.jit_cache_hook(**unknown) is None    # no job: no wait
+    finally:
+        pool.close()
+    assert heard == ["add_one_kernel"] * 2
+    assert triton.knobs.runtime.jit_cache_hook is None          # the hook is taken out
