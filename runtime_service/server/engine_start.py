@@ -94,8 +94,6 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
                 kernels = _shared_kernels(uri, kind, settings, device, kernel_tuning)
                 if kernels is not None:
                     restored = kernels.restore()
-                if restored:            # the store had this start's kernels: none to compile
-                    kernel_tuning.stop_compile_workers()
             if device.type == "cuda":
                 clock.set_tuning_clock(lambda: kernel_tuning.tuning_totals(device)[1])
                 tuning = _tuning_cache(uri, folder, kind, settings, device, kernel_tuning)

@@ -7,13 +7,15 @@ normal start."""
 
 from __future__ import annotations
 
+from concurrent.futures import wait
+
 import pytest
 import torch
 
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
 from runtime_service.model.kernels import compile_ahead, compile_pool, gemv
-from runtime_service.server.kernel_cache import CompileWatch
+from runtime_service.server.kernel_cache import CompileWatch, host_launchers
 from gpu.tiers import LONG
 from support.random_llama import make_random_llama, random_prompts
 
@@ -85,6 +87,8 @@ def test_compile_workers_compile_what_was_recorded_and_this_process_loads_it(
     try:
         with CompileWatch() as watch:
             assert compile_ahead.compile_recorded(recorded) == 2     # handed over, not waited
+            wait(pool.submit(jobs))         # the same two jobs: nothing new is compiled
+            assert host_launchers(), "the workers built no host launcher"
             for out, block in zip(outs, blocks):
                 _add_one(x, out, block)     # waits for its worker, then loads from the cache
             torch.cuda.synchronize()

@@ -126,17 +126,18 @@ def compile_recorded(recorded: dict, threads: int = THREADS) -> int:
     if pool is not None:
         # Handed to the workers, not waited for: each kernel's first launch here waits for its
         # own job (the pool's compile hook), so what runs next overlaps what still compiles.
-        jobs = []
+        # A cached kernel still goes where its host launcher is not built yet (a fresh node
+        # that took its kernels from the store).
+        jobs, cached = [], []
         for kernel, data in recorded.values():
             try:
                 job = compile_pool.job_for(kernel, data)
-                if not compile_pool.is_cached(job):
-                    jobs.append(job)
+                (cached if compile_pool.is_cached(job) else jobs).append(job)
             except Exception as exc:  # noqa: BLE001 - it compiles here when launched
                 log.debug("no worker compile for %s: %r", kernel, exc)
-        pool.submit(jobs)
-        log.info("handed %d of %d kernels to %d compile workers", len(jobs), len(recorded),
-                 pool.workers)
+        pool.submit(jobs, cached)
+        log.info("handed %d of %d kernels to %d compile workers (%d were cached)", len(jobs),
+                 len(recorded), pool.workers, len(cached))
         return len(recorded)
     with ThreadPoolExecutor(min(threads, len(recorded)), thread_name_prefix="kiln-compile") \
             as executor, triton.AsyncCompileMode(executor, ignore_errors=True):

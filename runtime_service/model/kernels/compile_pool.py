@@ -13,6 +13,8 @@ cache key in both processes.
 - The workers fork from a forkserver that imported torch and Triton once (copy-on-write), so
   starting them costs one import, not one per worker. `start_early` starts them while the pod
   pulls and loads, when its kernel cache is empty; the pod closes them once it serves.
+- A worker also builds host launchers (C extensions Triton compiles with the system compiler),
+  one per set of argument types, which even a pod that took every kernel from the store builds.
 - Best effort: a job that fails (a kernel defined inside a function, another Triton's data)
   is left for the pod to compile itself, as before. Each kernel a worker compiled is reported
   to Triton's compilation listener in this process, so counts of compiled kernels (the start-up
@@ -32,7 +34,7 @@ import multiprocessing.forkserver
 import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger("kiln.kernels.compile_pool")
@@ -49,6 +51,27 @@ class CompileJob:
     name: str               # its name there
     specialization: str     # JSON from Triton's compile hook (`JITFunction.preload`'s format)
     target: tuple           # GPUTarget fields: (backend, arch, warp_size)
+    build_launcher: bool = False    # also build the host launcher for its argument types
+
+
+def launcher_key(job: CompileJob) -> str:
+    """What a kernel's host launcher depends on: its arguments' types in order (Triton's
+    `make_launcher` reads nothing else), so kernels that share them share one launcher."""
+    return json.dumps(json.loads(job.specialization)["signature"])
+
+
+def with_launchers(jobs: list[CompileJob], built: set) -> list[CompileJob]:
+    """`jobs`, the first of each launcher key not in `built` marked to build it (the key then
+    added): one system-compiler run per launcher, not one per kernel (every worker building
+    every launcher cost a fresh node's first pod 4 s, bench/NOTES.md run 20g)."""
+    marked = []
+    for job in jobs:
+        key = launcher_key(job)
+        if key not in built:
+            built.add(key)
+            job = replace(job, build_launcher=True)
+        marked.append(job)
+    return marked
 
 
 def available_cpus() -> int:
@@ -147,7 +170,8 @@ def _init_worker(environment: dict) -> None:
 
 
 def _compile(job: CompileJob) -> tuple[str, bool]:
-    """Compiles `job` into the file cache -> (kernel name, compiled here: False on a hit)."""
+    """Compiles `job` into the file cache (and its host launcher, where marked) -> (kernel
+    name, compiled here: False on a hit)."""
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -157,10 +181,26 @@ def _compile(job: CompileJob) -> tuple[str, bool]:
     try:
         target = GPUTarget(*job.target)
         src, _, options = _source(jit_function(job.module, job.name), job.specialization, target)
-        triton.compile(src, target=target, options=options.__dict__)
+        kernel = triton.compile(src, target=target, options=options.__dict__)
     finally:
         knobs.compilation.listener = None
+    if job.build_launcher:
+        _build_launcher(kernel, target)
     return job.name, not (hits and hits[0])
+
+
+def _build_launcher(kernel, target) -> None:
+    """Builds the kernel's host launcher (a C extension: half a second or so of the system
+    compiler) into the same cache, where the pod's first launch finds it. It needs libcuda's
+    folder on this machine, not the GPU. Best effort: the pod builds what is missing."""
+    if target.backend != "cuda":
+        return
+    try:
+        from triton.backends.nvidia.driver import CudaLauncher
+
+        CudaLauncher(kernel.src, kernel.metadata)
+    except Exception as exc:  # noqa: BLE001 - the pod builds it at the first launch instead
+        log.debug("no launcher built for %s: %r", kernel.name, exc)
 
 
 # ---- the pod side -------------------------------------------------------------------------------
@@ -182,6 +222,7 @@ class CompilePool:
         self._starting: threading.Thread | None = None
         self._submitted: dict[tuple, Future] = {}       # (module, name, specialization) -> job
         self._reported: set[tuple] = set()
+        self._launchers: set[str] = set()
         self._hook = self._previous_hook = None
         self._overran = False
         self._lock = threading.Lock()
@@ -226,18 +267,24 @@ class CompilePool:
             raise RuntimeError("the compile workers did not start")
         return self._executor
 
-    def submit(self, jobs: list[CompileJob]) -> list[Future]:
+    def submit(self, jobs: list[CompileJob], cached: list[CompileJob] = ()) -> list[Future]:
         """Hands `jobs` to the workers in order (one already handed over is not compiled
-        twice); returns their futures at once."""
+        twice); returns their futures at once. Of `cached` (kernels already in the file
+        cache), only those whose host launcher no job builds yet go too, to build it."""
         executor = self._ready()
-        futures = []
         with self._lock:
-            for job in jobs:
+            new = [job for job in jobs
+                   if (job.module, job.name, job.specialization) not in self._submitted]
+            marked = dict(zip(map(id, new), with_launchers(new, self._launchers)))
+            builders = [job for job in with_launchers(list(cached), self._launchers)
+                        if job.build_launcher]
+            futures = []
+            for job in [*jobs, *builders]:
                 key = (job.module, job.name, job.specialization)
                 if key not in self._submitted:
-                    self._submitted[key] = executor.submit(_compile, job)
+                    self._submitted[key] = executor.submit(_compile, marked.get(id(job), job))
                 futures.append(self._submitted[key])
-        return futures
+        return futures[:len(jobs)]
 
     def compile(self, jobs: list[CompileJob]) -> list[str]:
         """Compiles `jobs` side by side and waits; returns the names of the kernels the workers

@@ -5,6 +5,8 @@ worker count is checked."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from runtime_service.model.kernels import compile_pool
@@ -133,3 +135,18 @@ def test_a_kernel_about_to_compile_here_waits_for_its_worker_and_is_reported_onc
         pool.close()
     assert heard == ["add_one_kernel"] * 2
     assert triton.knobs.runtime.jit_cache_hook is None          # the hook is taken out
+
+
+def test_one_job_builds_each_host_launcher():
+    signature = {"X": "*fp32", "N": "i32", "BLOCK": "constexpr"}
+
+    def job(name, block, sig=signature):
+        spec = json.dumps({"name": name, "signature": sig, "block": block})
+        return compile_pool.CompileJob("m", name, spec, SM90)
+
+    built = set()
+    jobs = [job("a", 64), job("a", 128), job("b", 64), job("c", 64, {"X": "*fp16", "N": "i32"})]
+    marked = compile_pool.with_launchers(jobs, built)
+    assert [j.build_launcher for j in marked] == [True, False, False, True]
+    assert [j.specialization for j in marked] == [j.specialization for j in jobs]
+    assert not any(j.build_launcher for j in compile_pool.with_launchers(jobs, built))
