@@ -14,12 +14,12 @@ rope whose frequencies do not depend on the sequence length (not dynamic NTK).
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 
 import torch
 
-from runtime_service.model.kernels import compile_ahead
 from runtime_service.model.layers.attention import AttentionMetadata
 from runtime_service.model.layers.linear import gemv_rows_up_to
 from runtime_service.model.llama import LlamaModel
@@ -36,11 +36,9 @@ def capture_graphs(forwards, graphs: dict, outputs: dict, pool=None):
     pool never reuses their memory, while temporaries are shared: the graphs replay one at a
     time on one stream. A garbage collection during capture can free another engine's graphs or
     pinned buffers, CUDA calls that invalidate the capture, so it is held off until the end.
-    With compile workers running (a cold kernel cache) the kernels compile together first
-    (kernels/compile_ahead.py)."""
+    The runner may compile every graph's kernels together before the first capture
+    (`compile_graph_kernels_ahead`)."""
     forwards = list(forwards)
-    if compile_ahead.enabled():
-        compile_ahead.precompile_forwards(forwards)
     stream = torch.cuda.Stream()
     gc.collect()
     gc.disable()
@@ -152,17 +150,25 @@ class DecodeGraphs:
         hidden = self.model(self._inputs.device_views[0][:batch_size], meta, self.kv_caches)
         return self.model.compute_logits(hidden)
 
+    def forwards(self) -> list:
+        """(batch size, forward) for each graph, largest first, over padding inputs (filled
+        here): what `capture` captures, and what compiling ahead records."""
+        self._fill_padding(0)
+        self._inputs.upload(non_blocking=False)
+        rows = self.max_batch_size
+
+        def forward(size: int, meta: AttentionMetadata):
+            with gemv_rows_up_to(rows):     # the GEMVs take every batch size of the graphs
+                return self._forward(size, meta)
+
+        return [(size, functools.partial(forward, size, self._meta(size)))
+                for size in reversed(self.batch_sizes)]
+
     @torch.inference_mode()
     def capture(self) -> None:
         """Warms up (compiles the kernels) and captures every batch size, largest first so the
         smaller graphs reuse its memory pool."""
-        self._fill_padding(0)
-        self._inputs.upload(non_blocking=False)
-        with gemv_rows_up_to(self.max_batch_size):
-            self.pool = capture_graphs(
-                [(size, lambda size=size, meta=self._meta(size): self._forward(size, meta))
-                 for size in reversed(self.batch_sizes)],
-                self._graphs, self._logits)
+        self.pool = capture_graphs(self.forwards(), self._graphs, self._logits)
         log.info("captured decode graphs for batch sizes %s", self.batch_sizes)
 
     def graph_size_for(self, num_seqs: int) -> int | None:
@@ -192,3 +198,16 @@ class DecodeGraphs:
             patch_ids(self._inputs.device_views[0])
         self._graphs[size].replay()
         return self._logits[size][:num_seqs]
+
+
+@torch.inference_mode()
+def compile_graph_kernels_ahead(forwards) -> int:
+    """Has every kernel that `forwards` ((key, forward) pairs: all the graphs' and the eager
+    step's after them) will launch compile together before the first capture, where the pod
+    started compile workers (kernels/compile_ahead.py); returns how many were recorded (0:
+    compiling ahead is off, and each compiles when first launched)."""
+    from runtime_service.model.kernels import compile_ahead
+
+    if not compile_ahead.enabled():
+        return 0
+    return compile_ahead.precompile_forwards(forwards)

@@ -191,14 +191,36 @@ class ModelRunner:
                                        -(-max_seq_len // block_size),
                                        default_batch_sizes(cuda_graph_max_batch_size),
                                        self.device)
-            self.graphs.capture()
         self.prefill_graphs = None
         if self.graphs is not None and prefill_graph_max_tokens >= SMALLEST_BUCKET:
             self.prefill_graphs = PrefillGraphs(model, self.kv_caches, block_size,
                                                 self.graphs.width,
                                                 default_token_buckets(prefill_graph_max_tokens),
                                                 self.device)
+        if self.graphs is not None:
+            self._compile_kernels_ahead()
+            self.graphs.capture()
+        if self.prefill_graphs is not None:
             self.prefill_graphs.capture(self.graphs.pool)
+
+    def _compile_kernels_ahead(self) -> None:
+        """One recording pass over every forward the start will run: the decode graphs', the
+        prefill graphs' and the eager step's logits and sampling, so that their kernels all
+        compile together (cuda_graphs.compile_graph_kernels_ahead; a start with compile
+        workers only)."""
+        from runtime_service.model.cuda_graphs import compile_graph_kernels_ahead
+
+        forwards = self.graphs.forwards()
+        if self.prefill_graphs is not None:
+            forwards += self.prefill_graphs.forwards()
+        dtype = next(self.model.parameters()).dtype
+        for rows in (1, 3):     # the final norm and LM head of an eager step, and the sampler
+            hidden = torch.zeros(rows, self.model.args.hidden_size, dtype=dtype,
+                                 device=self.device)
+            forwards.append((f"eager logits of {rows}",
+                             lambda hidden=hidden: sample_greedy(
+                                 self.model.compute_logits(hidden))))
+        compile_graph_kernels_ahead(forwards)
 
     def _select_attention(self, attention: str, kv_heads: int) -> str:
         """Installs the chosen backend unless the model was built with a custom one."""

@@ -97,16 +97,18 @@ class PrefillGraphs:
         qs_h[0], qs_h[1], seq_len_h[0], row_h[0] = 0, n, seq_len, n - 1
         table_h[:len(block_ids)] = block_ids
 
+    def forwards(self) -> list:
+        """(bucket, forward) for each bucket, largest first, over padding inputs (filled here):
+        a query of one row, one token of context, and block 0."""
+        self._fill(self._inputs.host_views, [0], [0], [-1], [1], 1, [0])
+        self._inputs.upload(non_blocking=False)
+        return [(bucket, lambda bucket=bucket, meta=self._meta(bucket): self._forward(bucket, meta))
+                for bucket in reversed(self.buckets)]
+
     @torch.inference_mode()
     def capture(self, pool=None):
         """Captures every bucket, largest first, in `pool` (the decode graphs'); returns it."""
-        # Padding everywhere, with a query of one row, one token of context, and block 0.
-        self._fill(self._inputs.host_views, [0], [0], [-1], [1], 1, [0])
-        self._inputs.upload(non_blocking=False)
-        pool = capture_graphs(
-            [(bucket, lambda bucket=bucket, meta=self._meta(bucket): self._forward(bucket, meta))
-             for bucket in reversed(self.buckets)],
-            self._graphs, self._logits, pool)
+        pool = capture_graphs(self.forwards(), self._graphs, self._logits, pool)
         log.info("captured prefill graphs for %s tokens", self.buckets)
         return pool
 

@@ -10,9 +10,10 @@ cache key in both processes.
 - A job is what Triton's compile hook records for a kernel that has not compiled yet: the
   JIT function (found in the worker by module and name) and its specialization data (JSON, the
   format of `JITFunction.preload`), with the GPU target, so a worker never touches the GPU.
-- The workers fork from a forkserver that imported torch and Triton once (copy-on-write), so
-  starting them costs one import, not one per worker. `start_early` starts them while the pod
-  pulls and loads, when its kernel cache is empty; the pod closes them once it serves.
+- One worker process (compile_worker.py) imports torch and Triton once and forks a child per
+  job (copy-on-write), so N workers cost one import; jobs and results cross its pipes as JSON
+  lines, never pickled. `start_early` starts it while the pod pulls and loads, when the pod's
+  kernel cache is empty; the pod closes it once it serves.
 - A worker also builds host launchers (C extensions Triton compiles with the system compiler),
   one per set of argument types, which even a pod that took every kernel from the store builds.
 - Best effort: a job that fails (a kernel defined inside a function, another Triton's data)
@@ -29,12 +30,12 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import multiprocessing
-import multiprocessing.forkserver
 import os
+import subprocess
+import sys
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, wait
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger("kiln.kernels.compile_pool")
@@ -42,7 +43,6 @@ log = logging.getLogger("kiln.kernels.compile_pool")
 ENV_WORKERS = "KILN_COMPILE_WORKERS"
 MAX_WORKERS = 16
 JOB_TIMEOUT_S = 300
-_PRELOAD = ["torch", "triton", "triton.language", __name__]
 
 
 @dataclass(frozen=True)
@@ -165,11 +165,7 @@ def job_for(kernel, specialization: str) -> CompileJob:
 
 # ---- the worker side ----------------------------------------------------------------------------
 
-def _init_worker(environment: dict) -> None:
-    os.environ.update(environment)
-
-
-def _compile(job: CompileJob) -> tuple[str, bool]:
+def compile_job(job: CompileJob) -> tuple[str, bool]:
     """Compiles `job` into the file cache (and its host launcher, where marked) -> (kernel
     name, compiled here: False on a hit)."""
     import triton
@@ -206,20 +202,22 @@ def _build_launcher(kernel, target) -> None:
 # ---- the pod side -------------------------------------------------------------------------------
 
 class CompilePool:
-    """Worker processes that compile `CompileJob`s into this process's Triton cache.
+    """A compile-worker process (compile_worker.py) that compiles `CompileJob`s into this
+    process's Triton cache, up to `workers` at a time.
 
     `submit` hands jobs over and returns at once; while the pool runs, a kernel about to compile
-    here whose job a worker has in hand waits for it (Triton's compile hook), then loads it from
-    the cache. So a start records its kernels, submits them and goes on: its graph capture and
-    tuning run while the later kernels still compile, in the order they were recorded, which is
-    the order the capture needs them."""
+    here whose job the workers have in hand waits for it (Triton's compile hook), then loads it
+    from the cache. So a start records its kernels, submits them and goes on: its graph capture
+    and tuning run while the later kernels still compile, in the order they were recorded, which
+    is the order the capture needs them."""
 
     def __init__(self, workers: int):
         if workers < 1:
             raise ValueError(f"a compile pool needs a worker, got {workers}")
         self.workers = workers
-        self._executor: ProcessPoolExecutor | None = None
-        self._starting: threading.Thread | None = None
+        self._process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self._futures: dict[int, Future] = {}          # job id -> its result, while running
         self._submitted: dict[tuple, Future] = {}       # (module, name, specialization) -> job
         self._reported: set[tuple] = set()
         self._launchers: set[str] = set()
@@ -228,62 +226,82 @@ class CompilePool:
         self._lock = threading.Lock()
 
     def start(self) -> "CompilePool":
-        """Starts the forkserver and the workers on a thread, and installs the compile hook
-        that waits for workers; returns at once (forking waits for the forkserver's imports,
-        seconds)."""
+        """Starts the worker process (its imports take seconds, in the background) and
+        installs the compile hook that waits for workers; returns at once."""
         from triton import knobs
 
         with self._lock:
-            if self._starting is None:
-                self._starting = threading.Thread(target=self._start_workers, daemon=True,
-                                                  name="kiln-compile-workers")
-                self._starting.start()
-                self._previous_hook = knobs.runtime.jit_cache_hook
-                self._hook = self._wait_for_worker
-                knobs.runtime.jit_cache_hook = self._hook
+            if self._process is not None:
+                return self
+            environment = dict(os.environ)
+            # The folder this process compiles into, even where it was set as a knob, not by
+            # TRITON_CACHE_DIR (a knob set here does not reach another process), and this
+            # process's import path, so the worker finds every kernel module this one does.
+            environment["TRITON_CACHE_DIR"] = str(knobs.cache.dir)
+            environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "runtime_service.model.kernels.compile_worker",
+                 str(self.workers)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
+            self._reader = threading.Thread(target=self._read_results, daemon=True,
+                                            name="kiln-compile-results")
+            self._reader.start()
+            self._previous_hook = knobs.runtime.jit_cache_hook
+            self._hook = self._wait_for_worker
+            knobs.runtime.jit_cache_hook = self._hook
         return self
 
-    def _start_workers(self) -> None:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_PRELOAD)
-        from triton import knobs
-
-        environment = {key: value for key, value in os.environ.items()
-                       if key.startswith("TRITON_")}
-        # The folder this process compiles into, even where it was set as a knob, not by
-        # TRITON_CACHE_DIR (a knob set here does not reach another process).
-        environment["TRITON_CACHE_DIR"] = str(knobs.cache.dir)
-        executor = ProcessPoolExecutor(self.workers, mp_context=context,
-                                       initializer=_init_worker, initargs=(environment,))
-        try:
-            for _ in range(self.workers):           # forks every worker now, not at first use
-                executor.submit(os.getpid)
-        finally:
-            self._executor = executor
-
-    def _ready(self) -> ProcessPoolExecutor:
-        self.start()._starting.join()
-        if self._executor is None:
-            raise RuntimeError("the compile workers did not start")
-        return self._executor
+    def _read_results(self) -> None:
+        """Resolves each job's future from the worker's result lines; when the worker ends,
+        fails whatever it left."""
+        stdout = self._process.stdout
+        for line in stdout:
+            try:
+                message = json.loads(line)
+                with self._lock:
+                    future = self._futures.pop(message["id"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("the compile worker wrote a line that is not a result: %.200r", line)
+                continue
+            if "error" in message:
+                future.set_exception(RuntimeError(message["error"]))
+            else:
+                future.set_result((str(message["name"]), bool(message["fresh"])))
+        with self._lock:
+            left, self._futures = self._futures, {}
+        for future in left.values():
+            if not future.done():
+                future.set_exception(RuntimeError("the compile worker stopped"))
 
     def submit(self, jobs: list[CompileJob], cached: list[CompileJob] = ()) -> list[Future]:
         """Hands `jobs` to the workers in order (one already handed over is not compiled
         twice); returns their futures at once. Of `cached` (kernels already in the file
         cache), only those whose host launcher no job builds yet go too, to build it."""
-        executor = self._ready()
         with self._lock:
+            if self._process is None:
+                raise RuntimeError("the compile pool is not running")
             new = [job for job in jobs
                    if (job.module, job.name, job.specialization) not in self._submitted]
             marked = dict(zip(map(id, new), with_launchers(new, self._launchers)))
             builders = [job for job in with_launchers(list(cached), self._launchers)
                         if job.build_launcher]
-            futures = []
+            futures, lines = [], []
             for job in [*jobs, *builders]:
                 key = (job.module, job.name, job.specialization)
                 if key not in self._submitted:
-                    self._submitted[key] = executor.submit(_compile, marked.get(id(job), job))
+                    future = Future()
+                    job_id = len(self._submitted)
+                    self._submitted[key] = self._futures[job_id] = future
+                    lines.append(json.dumps({"id": job_id,
+                                             "job": asdict(marked.get(id(job), job))}))
                 futures.append(self._submitted[key])
+            try:
+                if lines:
+                    self._process.stdin.write(("\n".join(lines) + "\n").encode())
+                    self._process.stdin.flush()
+            except OSError as exc:      # the worker is gone: these compile here instead
+                for line in lines:
+                    self._futures.pop(json.loads(line)["id"]).set_exception(exc)
         return futures[:len(jobs)]
 
     def compile(self, jobs: list[CompileJob]) -> list[str]:
@@ -307,9 +325,9 @@ class CompilePool:
 
         key = (module, name, specialization)
         future = self._submitted.get(key)
-        if future is None or not future.done() or future.cancelled() or future.exception():
-            if future is not None and future.done() and not future.cancelled():
-                log.debug("a worker could not compile %s: %r", name, future.exception())
+        if future is None or not future.done() or future.exception() is not None:
+            if future is not None and future.done():
+                log.debug("the workers could not compile %s: %r", name, future.exception())
             return False
         fresh = future.result()[1]
         with self._lock:
@@ -322,8 +340,8 @@ class CompilePool:
         return fresh and first
 
     def _wait_for_worker(self, **hook_args):
-        """Triton's compile hook: a kernel about to compile here whose job a worker has waits
-        for it, then compiles here as a cache hit (or, where the worker failed, for real)."""
+        """Triton's compile hook: a kernel about to compile here whose job the workers have
+        waits for it, then compiles here as a cache hit (or, where they failed, for real)."""
         if self._previous_hook is not None and self._previous_hook(**hook_args):
             return True
         fn = hook_args["fn"].jit_function.fn
@@ -338,27 +356,27 @@ class CompilePool:
         return None
 
     def close(self) -> None:
-        """Removes the compile hook and stops the workers (letting a running compile finish),
-        and the forkserver with its imports (hundreds of MB), unless a compile overran its
-        time: then they are left to end on their own."""
+        """Removes the compile hook and stops the worker process: it drops queued jobs and
+        ends once its running compiles do (killed if one overran its time)."""
         from triton import knobs
 
         with self._lock:
-            starting, hook = self._starting, self._hook
-            self._hook = None
+            process, hook = self._process, self._hook
+            self._process, self._hook = None, None
         if hook is not None and knobs.runtime.jit_cache_hook is hook:
             knobs.runtime.jit_cache_hook = self._previous_hook
-        if starting is not None:
-            starting.join()
-        executor, self._executor = self._executor, None
-        if executor is None:
+        if process is None:
             return
-        executor.shutdown(wait=not self._overran, cancel_futures=True)
+        process.stdin.close()
+        try:
+            process.wait(timeout=1 if self._overran else JOB_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self._reader.join()
+        process.stdout.close()
         for module, name, specialization in list(self._submitted):
             self._report(module, name, specialization)
-        stop = getattr(multiprocessing.forkserver._forkserver, "_stop", None)
-        if stop is not None and not self._overran:
-            stop()
 
 
 _shared: CompilePool | None = None
@@ -367,11 +385,11 @@ _shared: CompilePool | None = None
 def start_early() -> CompilePool | None:
     """Starts this process's pool now, so its workers are ready when compiles begin (call
     before the first kernel compiles, once TRITON_CACHE_DIR is set); None where there is none
-    to start (no Triton, no forkserver, KILN_COMPILE_WORKERS=0)."""
+    to start (no Triton, no fork, KILN_COMPILE_WORKERS=0)."""
     global _shared
     if _shared is None:
         workers = worker_count()
-        if workers < 1 or "forkserver" not in multiprocessing.get_all_start_methods():
+        if workers < 1 or not hasattr(os, "fork"):
             return None
         try:
             import triton  # noqa: F401 - the workers compile with it

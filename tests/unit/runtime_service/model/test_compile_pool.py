@@ -69,7 +69,9 @@ def test_workers_fill_the_file_cache_that_this_process_then_hits(tmp_path, monke
         assert all(compile_pool.is_cached(job) for job in jobs)
         assert pool.compile(jobs[:1]) == []                 # a second time: nothing new
     finally:
+        worker = pool._process
         pool.close()
+    assert worker.poll() is not None                        # the worker process ended
     heard.clear()
     src, _, options = compile_pool._source(
         compile_pool.jit_function("support.tiny_kernels", "add_one_kernel"),
