@@ -40,9 +40,10 @@ class ExecutorOptions:
     streaming_llm: bool = False
     max_queue_size: int = 1024
     load_tokenizer: bool = True
-    # "auto": the Triton kernels on CUDA, the torch reference elsewhere; or "torch" / "triton";
-    # "triton-flash": the Triton kernels, with torch's flash kernel for a prefill step of one
-    # sequence (kernels/flash_prefill.py).
+    # "auto": the Triton kernels on CUDA (on Hopper with torch's fused attention for a prefill
+    # step of one sequence of at least 512 tokens), the torch reference elsewhere; or "torch" /
+    # "triton"; "triton-flash": the Triton kernels, with torch's fused attention for every
+    # prefill step of one sequence (layers/attention_triton.py, kernels/flash_prefill.py).
     attention_backend: str = "auto"
     # Decode steps of up to this many sequences replay captured CUDA graphs (None: up to
     # max_batch_size on CUDA; 0: never). CUDA with the Triton backend only.

@@ -86,9 +86,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "up to this many tokens (0: never; default "
                         f"{DEFAULT_PREFILL_GRAPH_TOKENS}, capped at the engine's max_num_tokens)")
     parser.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
-                        help="auto: the Triton kernels on CUDA, the torch reference elsewhere; "
-                        "triton-flash: the Triton kernels with torch's flash kernel for a "
-                        "prefill of one sequence")
+                        help="auto: the Triton kernels on CUDA (on Hopper with torch's fused "
+                        "attention for one sequence's prefill of 512 tokens or more), the torch "
+                        "reference elsewhere; triton-flash: the Triton kernels with torch's "
+                        "fused attention for every prefill of one sequence")
     parser.add_argument("--max-new-tokens", type=int, default=2048,
                         help="the most new tokens one request may ask for")
     parser.add_argument("--default-max-new-tokens", type=int, default=32)

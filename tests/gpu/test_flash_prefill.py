@@ -160,3 +160,44 @@ def test_the_engine_with_flash_prefill_gives_the_paged_backends_tokens(tmp_path,
         assert tokens[:until] == ref_tokens[:until], f"prompt of {len(tokens)}"
         checked += until
     assert checked >= len(prompts)
+
+
+def test_auto_on_hopper_takes_flash_for_long_prefills_only_and_gives_the_paged_tokens(
+        tmp_path, monkeypatch):
+    from runtime_service.model.kernels import flash_prefill as fp
+    from runtime_service.model.layers import attention_triton as at
+
+    if not at.auto_uses_flash(torch.cuda.get_device_capability(), 64):
+        pytest.skip("auto takes flash on Hopper only")
+    folder = make_random_llama(tmp_path, hidden_size=256, num_attention_heads=4,
+                               num_key_value_heads=2, num_hidden_layers=2, vocab_size=512)
+    rows = []
+    real = fp.flash_prefill
+    monkeypatch.setattr(fp, "flash_prefill",
+                        lambda q, *a, **k: rows.append(q.shape[0]) or real(q, *a, **k))
+    prompts = random_prompts((700, 100, 530), vocab_size=512)
+
+    def generate(backend):
+        executor = Executor.from_folder(folder, ExecutorOptions(
+            device="cuda", dtype="bfloat16", block_size=BLOCK_SIZE, max_num_tokens=1024,
+            attention_backend=backend)).start()
+        params = SamplingParams(max_new_tokens=8, min_new_tokens=8, end_id=-1, logprobs=True,
+                                top_logprobs=2)
+        try:
+            layer = next(iter(executor.runner.model.layers.values()))
+            assert layer.attn.backend.flash_min_rows == (at.AUTO_FLASH_MIN_ROWS
+                                                         if backend == "auto" else 0)
+            return [([t for o in outs for t in o.new_token_ids],
+                     [top for o in outs for top in o.new_top_logprobs])
+                    for outs in (list(executor.submit(Request(f"r{i}", p, params)))
+                                 for i, p in enumerate(prompts))]
+        finally:
+            executor.shutdown()
+
+    auto = generate("auto")
+    assert rows and min(rows) >= at.AUTO_FLASH_MIN_ROWS, rows      # long steps only
+    paged = generate("triton")
+    for (tokens, _), (ref_tokens, ref_top) in zip(auto, paged):
+        decisive = [top[0][1] - top[1][1] >= 1.0 for top in ref_top]   # bf16: see test_triton_engine
+        until = decisive.index(False) if False in decisive else len(decisive)
+        assert tokens[:until] == ref_tokens[:until], f"prompt of {len(tokens)}"

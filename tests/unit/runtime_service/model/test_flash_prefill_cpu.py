@@ -33,6 +33,16 @@ def test_options_take_every_backend_and_refuse_others():
         ExecutorOptions(attention_backend="flash")
 
 
+def test_auto_takes_flash_on_hopper_only_for_head_dims_it_runs():
+    from runtime_service.model.layers.attention_triton import (AUTO_FLASH_MIN_ROWS,
+                                                               auto_uses_flash)
+
+    assert auto_uses_flash((9, 0), 128) and auto_uses_flash((9, 0), 64)
+    assert not auto_uses_flash((8, 0), 128) and not auto_uses_flash((10, 0), 128)
+    assert not auto_uses_flash((9, 0), 100) and not auto_uses_flash((9, 0), 512)
+    assert AUTO_FLASH_MIN_ROWS >= 256      # short prompts keep the paged kernel (run 20h)
+
+
 def test_the_flash_backend_needs_cuda():
     from runtime_service.model.layers.attention_triton import make_attention_backend
 
