@@ -790,6 +790,11 @@ def main(argv: list[str] | None = None) -> int:
             report["metrics_overhead"] = metrics_overhead(runs[cores[0], False],
                                                           runs[cores[0], True])
     shutil.rmtree(work, ignore_errors=True)
+    if device == "cuda":
+        # what the GEMV tuners chose in this process, quantized kinds included ("kind" names
+        # the weights, config.kind the kernel path), so a table's figure can be traced to them
+        from runtime_service.model import kernel_tuning
+        report["tuned_configs"] = kernel_tuning.export_tuning(torch.device("cuda"))
     text = table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -21,7 +21,8 @@
 #                                        # with their launch-shape sweeps (Llama-3-8B heads)
 #   bash bench/gpu_session.sh flash   # the triton-flash backend: its GPU tests, then prefill
 #                                     # attention per layer (paged, flash prefill, SDPA)
-# KILN_ATTENTION=triton-flash bash bench/gpu_session.sh ttft: in-process TTFT on both backends,
+# KILN_ATTENTION=triton bash bench/gpu_session.sh ttft: in-process TTFT on auto and the paged-only
+# backend (or =triton-flash: flash for every prefill),
 #                                   then the pod's on that one.
 # The long sweeps also run when KILN_GPU_LONG=1. bench_cold_start uses rclone serve s3 when its
 # binary is on PATH, else a local folder store.
