@@ -2,7 +2,9 @@
 GPU, beside the one Kiln's flash prefill picks (kernels/flash_prefill.py: `fused_kernel`).
 
 Llama-3-8B heads (32 query, 8 kv, 128 dims), bf16, the layout the prefill has (rows [T, H, D]
-seen as [1, H, T, D]); each kernel is timed in a CUDA graph of 20 calls, the median of 10 replays.
+seen as [1, H, T, D]); each kernel is timed in a CUDA graph of 20 calls, the median of 10
+replays.
+
 Rows: SDPA as it chooses on contiguous tensors with repeated kv heads; each SDPA backend forced;
 aten's flash and cuDNN entry points with the log-sum-exp (what flash prefill calls, grouped
 heads read in place); Kiln's `causal_flash`. A kernel this GPU or torch lacks is reported.
@@ -27,25 +29,13 @@ GRAPH_CALLS = 20
 
 
 def graph_us(fn) -> float | str:
-    """Median time per call of `fn()` replayed in a graph, or why it could not run."""
+    """Median time per call of `fn()` replayed in a graph (the GEMV tuner's clock), or why it
+    could not run."""
+    from runtime_service.model.kernels.gemv import graph_time_per_call_us
+
     try:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(GRAPH_CALLS):
-                fn()
-        graph.replay()
-        times = []
-        for _ in range(10):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3 / GRAPH_CALLS)
-        return sorted(times)[len(times) // 2]
+        return graph_time_per_call_us(lambda _x, _w: fn(), None, [None], calls=GRAPH_CALLS,
+                                      replays=10)
     except Exception as exc:  # noqa: BLE001 - a kernel this GPU lacks is reported, not fatal
         return f"unavailable ({type(exc).__name__})"
 

@@ -159,7 +159,8 @@ def _shared_kernels(uri: str, kind: str, settings, device, kernel_tuning):
     except ImportError:
         return None
     from runtime_service.store import open_store
-    return kernel_cache.SharedKernels(kernel_cache.triton_folder(), open_store(uri), kernel_tuning.gpu_model(device),
+    return kernel_cache.SharedKernels(kernel_cache.triton_folder(), open_store(uri),
+                                      kernel_tuning.gpu_model(device),
                                       triton.__version__)
 
 

@@ -2,9 +2,10 @@
 
 On a fresh node the first pod's graph capture spent 17.7 s compiling Triton kernels one at a time,
 each as it was first launched, and its GEMV tuners as long compiling their candidates shape by
-shape (bench/NOTES.md, run 18a). Here `capture_graphs` first runs every forward once with Triton's
-compile hook (`knobs.runtime.jit_cache_hook`) answering "skip" for each kernel not yet compiled:
-the kernel's specialization is recorded and it is neither compiled nor launched (the forward's
+shape (bench/NOTES.md, run 18a). Here the runner first runs once every forward the start will
+run (`precompile_forwards`, from cuda_graphs.compile_graph_kernels_ahead) with Triton's compile
+hook (`knobs.runtime.jit_cache_hook`) answering "skip" for each kernel not yet compiled: the
+kernel's specialization is recorded and it is neither compiled nor launched (the forward's
 outputs are garbage and are dropped). The tuners, asked for a config while recording, answer
 with their untimed default and record every candidate's kernels too (they tune for real in the
 capture's own warm-up). The recorded kernels then compile together:
@@ -61,9 +62,9 @@ def first_time_recording(key) -> bool:
 class _Recorded:
     """What stands in Triton's in-memory kernel cache for a recorded kernel while recording, so
     its later launches cost a cache lookup, not the compile hook's path (about 0.1 ms each; a
-    fresh node's recording pass launched some 20,000 of them, bench/NOTES.md run 20d). Taken out
-    when recording ends. A launch from a thread that is not recording fails loudly rather than
-    running nothing."""
+    fresh node's recording pass launched tens of thousands of them, bench/NOTES.md run 20e).
+    Taken out when recording ends. A launch from a thread that is not recording fails loudly
+    rather than running nothing."""
 
     function = packed_metadata = None
 

@@ -1,4 +1,5 @@
-"""One sequence's prefill through a fused attention kernel torch ships, then its cached context paged in.
+"""One sequence's prefill through a fused attention kernel torch ships, its cached context paged
+in after.
 
 The paged prefill kernel (paged_attention.py) runs a 1024-token prompt's attention at 1.5x the
 time of torch's SDPA on an H200 (bench/bench_prefill_attention.py, run 19c: 49 against 32 us a
