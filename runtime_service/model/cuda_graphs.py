@@ -201,13 +201,13 @@ class DecodeGraphs:
 
 
 @torch.inference_mode()
-def compile_graph_kernels_ahead(forwards) -> int:
-    """Has every kernel that `forwards` ((key, forward) pairs: all the graphs' and the eager
-    step's after them) will launch compile together before the first capture, where the pod
-    started compile workers (kernels/compile_ahead.py); returns how many were recorded (0:
-    compiling ahead is off, and each compiles when first launched)."""
+def compile_graph_kernels_ahead(make_forwards) -> int:
+    """Has every kernel that the forwards `make_forwards()` returns ((key, forward) pairs: all
+    the graphs' and the eager step's after them) will launch compile together before the first
+    capture, where the pod started compile workers (kernels/compile_ahead.py); returns how many
+    were recorded (0: compiling ahead is off, and each compiles when first launched)."""
     from runtime_service.model.kernels import compile_ahead
 
     if not compile_ahead.enabled():
         return 0
-    return compile_ahead.precompile_forwards(forwards)
+    return compile_ahead.precompile_forwards(make_forwards())

@@ -210,6 +210,9 @@ class ModelRunner:
         workers only)."""
         from runtime_service.model.cuda_graphs import compile_graph_kernels_ahead
 
+        compile_graph_kernels_ahead(self._all_forwards)
+
+    def _all_forwards(self) -> list:
         forwards = self.graphs.forwards()
         if self.prefill_graphs is not None:
             forwards += self.prefill_graphs.forwards()
@@ -220,7 +223,7 @@ class ModelRunner:
             forwards.append((f"eager logits of {rows}",
                              lambda hidden=hidden: sample_greedy(
                                  self.model.compute_logits(hidden))))
-        compile_graph_kernels_ahead(forwards)
+        return forwards
 
     def _select_attention(self, attention: str, kv_heads: int) -> str:
         """Installs the chosen backend unless the model was built with a custom one."""
