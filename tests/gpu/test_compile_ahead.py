@@ -14,7 +14,7 @@ import torch
 
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
-from runtime_service.model.kernels import compile_ahead, compile_pool, gemv
+from runtime_service.model.kernels import compile_ahead, compile_pool
 from runtime_service.server.kernel_cache import CompileWatch, host_launchers
 from gpu.tiers import LONG
 from support.random_llama import make_random_llama, random_prompts
@@ -137,6 +137,8 @@ def test_a_launch_from_another_thread_while_recording_fails_loudly():
 
 def test_a_tuner_asked_while_recording_answers_untimed_and_records_its_candidates(
         tmp_path, monkeypatch):
+    from runtime_service.model.kernels import gemv
+
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     monkeypatch.setattr(gemv, "_tuned", {})
     x = torch.randn(3, 512, device="cuda", dtype=torch.bfloat16)
