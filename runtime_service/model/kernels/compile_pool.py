@@ -224,6 +224,7 @@ class CompilePool:
         self._hook = self._previous_hook = None
         self._overran = False
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
 
     def start(self) -> "CompilePool":
         """Starts the worker process (its imports take seconds, in the background) and
@@ -295,13 +296,20 @@ class CompilePool:
                     lines.append(json.dumps({"id": job_id,
                                              "job": asdict(marked.get(id(job), job))}))
                 futures.append(self._submitted[key])
-            try:
+            stdin = self._process.stdin
+        # Written outside the lock: the reader takes it for each result, and a worker blocked
+        # on a full result pipe would stop reading its jobs.
+        try:
+            with self._write_lock:
                 if lines:
-                    self._process.stdin.write(("\n".join(lines) + "\n").encode())
-                    self._process.stdin.flush()
-            except OSError as exc:      # the worker is gone: these compile here instead
-                for line in lines:
-                    self._futures.pop(json.loads(line)["id"]).set_exception(exc)
+                    stdin.write(("\n".join(lines) + "\n").encode())
+                    stdin.flush()
+        except (OSError, ValueError) as exc:    # the worker is gone: these compile here
+            with self._lock:
+                lost = [self._futures.pop(json.loads(line)["id"], None) for line in lines]
+            for future in lost:
+                if future is not None and not future.done():
+                    future.set_exception(RuntimeError(f"the compile worker is gone: {exc!r}"))
         return futures[:len(jobs)]
 
     def compile(self, jobs: list[CompileJob]) -> list[str]:
@@ -367,7 +375,11 @@ class CompilePool:
             knobs.runtime.jit_cache_hook = self._previous_hook
         if process is None:
             return
-        process.stdin.close()
+        with self._write_lock:
+            try:
+                process.stdin.close()
+            except OSError:             # a worker that died left unwritten jobs behind
+                pass
         try:
             process.wait(timeout=1 if self._overran else JOB_TIMEOUT_S)
         except subprocess.TimeoutExpired:

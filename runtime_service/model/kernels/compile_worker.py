@@ -1,6 +1,6 @@
 """The compile workers' process: `python -m runtime_service.model.kernels.compile_worker N`.
 
-It imports torch and Triton once, then reads jobs (JSON lines on stdin, compile_pool.py writes
+It imports torch, Triton and the kernel modules once, then reads jobs (JSON lines on stdin, compile_pool.py writes
 them) and compiles each in a child it forks for the job, at most N at a time. The children share
 the imports copy-on-write, so N compiles cost one import, and each runs Triton's passes on its own
 interpreter (on threads they hold the GIL). Each result goes back as a JSON line on stdout. Only
@@ -103,12 +103,28 @@ def main(argv: list[str]) -> int:
     # Results go out on a private copy of stdout; anything printed lands on stderr instead.
     out_fd = os.dup(1)
     os.dup2(2, 1)
-    import torch  # noqa: F401 - imported once here, shared by every child
+    _import_kernel_modules()
+    serve(int(argv[0]), sys.stdin.fileno(), out_fd)
+    return 0
+
+
+def _import_kernel_modules() -> None:
+    """torch, Triton and Kiln's kernel modules, imported once here so that no child pays for
+    them (a module of @triton.jit kernels parses their source as it imports)."""
+    import importlib
+    import pkgutil
+
+    import torch  # noqa: F401
     import triton  # noqa: F401
     import triton.language  # noqa: F401
 
-    serve(int(argv[0]), sys.stdin.fileno(), out_fd)
-    return 0
+    from runtime_service.model import kernels
+
+    for module in pkgutil.iter_modules(kernels.__path__):
+        try:
+            importlib.import_module(f"{kernels.__name__}.{module.name}")
+        except Exception:  # noqa: BLE001 - a child imports what it needs, or reports why not
+            pass
 
 
 if __name__ == "__main__":

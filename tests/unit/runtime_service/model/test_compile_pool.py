@@ -152,3 +152,19 @@ def test_one_job_builds_each_host_launcher():
     assert [j.build_launcher for j in marked] == [True, False, False, True]
     assert [j.specialization for j in marked] == [j.specialization for j in jobs]
     assert not any(j.build_launcher for j in compile_pool.with_launchers(jobs, built))
+
+
+def test_a_worker_that_dies_fails_its_jobs_and_the_kernels_compile_here(tmp_path, monkeypatch):
+    triton = pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    pool = compile_pool.CompilePool(1).start()
+    try:
+        pool._process.kill()
+        pool._process.wait()
+        futures = pool.submit(_jobs((128,)))
+        with pytest.raises(RuntimeError, match="compile worker"):
+            futures[0].result(timeout=30)
+        assert pool.compile(_jobs((256,))) == []
+    finally:
+        pool.close()
+    assert triton.knobs.runtime.jit_cache_hook is None
