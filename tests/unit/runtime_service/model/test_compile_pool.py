@@ -168,3 +168,33 @@ def test_a_worker_that_dies_fails_its_jobs_and_the_kernels_compile_here(tmp_path
     finally:
         pool.close()
     assert triton.knobs.runtime.jit_cache_hook is None
+
+
+def test_the_worker_loop_answers_every_job_by_id_and_ends_when_its_input_closes():
+    """compile_worker.serve on its own, without Triton's imports: more jobs than children, each
+    answered once by its id (here with an error: the module does not exist), and the process
+    ends when its input closes."""
+    import subprocess
+    import sys
+    import threading
+
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from runtime_service.model.kernels.compile_worker "
+         "import serve; serve(2, sys.stdin.fileno(), sys.stdout.fileno())"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    job = {"module": "no_such_module", "name": "k", "specialization": "{}",
+           "target": ["cuda", 90, 32], "build_launcher": False}
+    answers = []
+    reader = threading.Thread(
+        target=lambda: answers.extend(json.loads(worker.stdout.readline()) for _ in range(5)))
+    reader.start()
+    try:
+        worker.stdin.write(b"".join(json.dumps({"id": i, "job": job}).encode() + b"\n"
+                                    for i in range(5)))
+        worker.stdin.flush()
+        reader.join(timeout=120)
+        assert sorted(a["id"] for a in answers) == [0, 1, 2, 3, 4]
+        assert all("error" in a for a in answers)       # (without Triton: that import)
+    finally:
+        worker.stdin.close()
+        assert worker.wait(timeout=60) == 0
