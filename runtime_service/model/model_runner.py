@@ -26,6 +26,9 @@ from runtime_service.model.prefill_graphs import (SMALLEST_BUCKET, PrefillGraphs
 from runtime_service.model.sampler import build_sampling_batch, is_plain_greedy, sample, sample_greedy
 from runtime_service.model.transfer import upload
 
+# Eager steps' block tables are padded to a multiple of this many columns (`layout`).
+TABLE_COLUMNS = 16
+
 if TYPE_CHECKING:       # the engine hands its step over as plain data; the model never imports it
     from runtime_service.engine.scheduler import SchedulerOutput
     from runtime_service.engine.sequence import Sequence
@@ -262,7 +265,10 @@ class ModelRunner:
             tables.append(seq.block_ids)
             if item.completes:
                 inputs.sample_rows.append(len(inputs.token_ids) - 1)
-        width = max(len(t) for t in tables)
+        # A whole number of TABLE_COLUMNS: the width is the attention kernels' row stride, an
+        # integer Triton specializes on its divisibility by 16, so a step of another width would
+        # compile them again while serving (the warm-up's largest step compiles this one).
+        width = -(-max(len(t) for t in tables) // TABLE_COLUMNS) * TABLE_COLUMNS
         inputs.block_tables = [t + [-1] * (width - len(t)) for t in tables]
         return inputs
 

@@ -124,9 +124,13 @@ class PrefillGraphs:
 
         The logits are a view of the graph's output buffer, valid until the next replay."""
         bucket = self.bucket_for(len(inputs.token_ids))
+        blocks = inputs.block_tables[0]
+        used = len(blocks)
+        while used and blocks[used - 1] < 0:       # the layout's padding, not the sequence's
+            used -= 1
         self._fill(self._inputs.next_turn(), inputs.token_ids, inputs.positions,
                    inputs.slot_mapping, inputs.token_seq_lens, inputs.seq_lens[0],
-                   inputs.block_tables[0])
+                   blocks[:used])
         self._inputs.upload()
         if patch_ids is not None:
             patch_ids(self._inputs.device_views[0])
