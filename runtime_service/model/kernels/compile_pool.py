@@ -363,9 +363,11 @@ class CompilePool:
             self._report(fn.__module__, fn.__name__, specialization)
         return None
 
-    def close(self) -> None:
+    def close(self, wait_s: float = JOB_TIMEOUT_S) -> None:
         """Removes the compile hook and stops the worker process: it drops queued jobs and
-        ends once its running compiles do (killed if one overran its time)."""
+        ends once its running compiles do. Waits up to `wait_s` for that (a start passes 0:
+        nothing it needs is still compiling), then leaves a thread to wait, killing the
+        process if a compile overruns its time."""
         from triton import knobs
 
         with self._lock:
@@ -380,6 +382,17 @@ class CompilePool:
                 process.stdin.close()
             except OSError:             # a worker that died left unwritten jobs behind
                 pass
+        for module, name, specialization in list(self._submitted):
+            self._report(module, name, specialization)
+        try:
+            process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            threading.Thread(target=self._reap, args=(process,), daemon=True,
+                             name="kiln-compile-reaper").start()
+            return
+        self._reap(process)
+
+    def _reap(self, process: subprocess.Popen) -> None:
         try:
             process.wait(timeout=1 if self._overran else JOB_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -387,8 +400,6 @@ class CompilePool:
             process.wait()
         self._reader.join()
         process.stdout.close()
-        for module, name, specialization in list(self._submitted):
-            self._report(module, name, specialization)
 
 
 _shared: CompilePool | None = None
@@ -418,8 +429,9 @@ def shared() -> CompilePool | None:
 
 
 def close_shared() -> None:
-    """Stops the shared pool's workers (a serving pod compiles little after start-up)."""
+    """Stops the shared pool's workers (a serving pod compiles little after start-up), without
+    waiting for compiles nobody waits for."""
     global _shared
     pool, _shared = _shared, None
     if pool is not None:
-        pool.close()
+        pool.close(wait_s=0)
