@@ -33,13 +33,14 @@ def _tuners(device: torch.device) -> tuple:
 def software_version() -> str:
     """What the records depend on besides the GPU: the tuner's candidates live in this Kiln,
     and the kernels' speed in torch and Triton. The leading tag changes with the candidate
-    lists, so caches made from older lists tune again (gemv-3: run 17's int4 and fp8 tiles)."""
+    lists, so caches made from older lists tune again (gemv-3: run 17's int4 and fp8 tiles;
+    gemv-4: the fp8 one-row tiles with their split sums fused)."""
     try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = "none"
-    return f"gemv-3 torch-{torch.__version__} triton-{triton_version}"
+    return f"gemv-4 torch-{torch.__version__} triton-{triton_version}"
 
 
 def gpu_model(device: torch.device) -> str:

@@ -86,9 +86,9 @@ def _decode(q, k_cache, v_cache, tables, lens, num_splits, fused_combine, config
 
 
 def _counts_are_zero(device: torch.device) -> bool:
-    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels import arrival_counts
 
-    return not pa._arrival_counts[device].any().item()
+    return not arrival_counts._counts[device].any().item()
 
 
 @pytest.mark.parametrize("num_splits", sweep([1, 2, 8, 32], core=(1, 8)))
@@ -209,18 +209,18 @@ def test_fused_decode_in_cuda_graph_replays_with_changing_seq_lens(heads, dtype)
 
 
 def test_arrival_counts_grow_outside_capture_and_keep_outgrown_buffers(monkeypatch):
-    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels import arrival_counts as ac
 
-    monkeypatch.setattr(pa, "_arrival_counts", {})
-    monkeypatch.setattr(pa, "_retired_arrival_counts", [])
+    monkeypatch.setattr(ac, "_counts", {})
+    monkeypatch.setattr(ac, "_retired", [])
     device = torch.device(DEVICE, torch.cuda.current_device())
-    small = pa._arrival_counts_for(device, 10)
+    small = ac.counts_for(device, 10)
     assert small.dtype == torch.int32 and not small.any()
-    assert pa._arrival_counts_for(device, small.numel()) is small
-    large = pa._arrival_counts_for(device, small.numel() + 1)
+    assert ac.counts_for(device, small.numel()) is small
+    large = ac.counts_for(device, small.numel() + 1)
     assert large.numel() > small.numel() and not large.any()
-    assert pa._retired_arrival_counts == [small]      # graphs captured earlier still use it
+    assert ac._retired == [small]      # graphs captured earlier still use it
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    assert pa._arrival_counts_for(device, 10) is large
+    assert ac.counts_for(device, 10) is large
     with pytest.raises(RuntimeError, match="before capturing"):
-        pa._arrival_counts_for(device, large.numel() + 1)
+        ac.counts_for(device, large.numel() + 1)

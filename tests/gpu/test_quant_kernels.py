@@ -176,6 +176,51 @@ def test_every_candidate_config_computes_the_same_function(rows):
         _check(qg.launch_fp8(x, *fp8, None, config), ref_fp8, 5e-3, f"fp8 {config}")
 
 
+def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():
+    """The fp8 one-row kernel with its split sums fused (the last program of each column block
+    sums the partials, ordered by an arrival counter) against the same tile with the separate
+    sum launch: the same bits, over 200 replays of a CUDA graph that runs each of the seven
+    Llama-3-8B shapes' tiles back to back (a missed ordering would show as a stale partial
+    some of the time), and every counter back at zero after."""
+    from dataclasses import replace
+
+    from runtime_service.model.kernels import arrival_counts
+    from runtime_service.model.kernels import quant_gemv as qg
+
+    generator = _generator("fused-split-sum")
+    sms = qg.sm_count(torch.device("cuda"))
+    cases = []
+    for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096)):
+        fused = [c for c in qg.fp8_candidates(1, n, k, sms) if c.fused_sum]
+        assert fused, (n, k)
+        w = (torch.randn(n, k, device="cuda", generator=generator).to(torch.float8_e4m3fn),
+             torch.rand(n, device="cuda", generator=generator) * 0.01)
+        bias = torch.randn(n, device="cuda", generator=generator).to(torch.bfloat16)
+        cases += [(w, bias, config) for config in fused]
+    x = _x(1, 14336, torch.bfloat16, generator)
+
+    def run_all():
+        outs = []
+        for w, bias, config in cases:
+            xk = x[:, :w[0].shape[1]]
+            outs.append((qg.launch_fp8(xk, *w, bias, config),
+                         qg.launch_fp8(xk, *w, bias, replace(config, fused_sum=False))))
+        return outs
+
+    run_all()                                           # counters sized before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = run_all()
+    mismatches = 0
+    for _ in range(200):
+        graph.replay()
+        torch.cuda.synchronize()
+        mismatches += sum(not torch.equal(fused, apart) for fused, apart in outs)
+    assert mismatches == 0, f"{mismatches} of {200 * len(outs)} launches differed"
+    assert not arrival_counts._counts[torch.device("cuda", torch.cuda.current_device())].any()
+
+
 def test_the_tuner_skips_a_candidate_whose_output_disagrees_with_the_default(caplog):
     """A candidate that a GPU or compiler gets wrong must not win for being fast: here the
     second one's output is scaled by 3."""

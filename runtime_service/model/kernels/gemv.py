@@ -168,6 +168,9 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 1
     split_k: int = 1
+    # The last program of each column block sums the K splits itself (quant_gemv's fp8 one-row
+    # kernel), instead of a second launch.
+    fused_sum: bool = False
 
     def __post_init__(self):
         if self.kind not in ("fma", "dot", "swap", "cublas"):
@@ -186,12 +189,14 @@ class GemvConfig:
             raise ValueError(f"num_stages must be in 1..8, got {self.num_stages}")
         if not 1 <= self.split_k <= 64:
             raise ValueError(f"split_k must be in 1..64, got {self.split_k}")
+        if self.fused_sum and self.split_k == 1:
+            raise ValueError("fused_sum sums K splits: it needs split_k > 1")
 
     def __str__(self) -> str:
         if self.kind == "cublas":
             return "cublas"
         return (f"{self.kind} n{self.block_n} k{self.block_k} w{self.num_warps} "
-                f"s{self.num_stages} split{self.split_k}")
+                f"s{self.num_stages} split{self.split_k}{' fused' if self.fused_sum else ''}")
 
 
 # Weight tiles of 8-32 KiB per pipeline stage: enough bytes in flight per SM to cover HBM

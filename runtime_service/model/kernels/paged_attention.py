@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.model.kernels import arrival_counts
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, dequantize_kv_reference,
                                                     quant_meta, quantize_kv_reference)
 from runtime_service.model.kernels.kv_store import store_quantized_heads
@@ -489,37 +490,6 @@ def default_decode_config(group: int, head_dim: int) -> DecodeConfig:
     return DecodeConfig(block_n=64 if head_dim <= 128 else 32)
 
 
-_arrival_counts: dict[torch.device, torch.Tensor] = {}
-_retired_arrival_counts: list[torch.Tensor] = []
-
-
-def _arrival_counts_for(device: torch.device, num_counters: int) -> torch.Tensor:
-    """The fused decode's per-(sequence, kv head) arrival counts: one zeroed int32 buffer per
-    device, grown (never shrunk) when a launch needs more. Each launch leaves every count it
-    used at 0, so the buffer is shared by all layers, steps and graph replays on the device.
-
-    Rules: (1) the buffer must already be large enough when a CUDA graph is captured: a graph's
-    allocation would come from its private pool and its zeroing would only be recorded, so this
-    raises instead. Warm up at the largest batch size before capturing (DecodeGraphs does, largest
-    first). (2) A buffer that is outgrown stays alive, since graphs captured earlier hold its
-    address. (3) One decode at a time per device: launches on concurrent streams would share
-    counts."""
-    counts = _arrival_counts.get(device)
-    if counts is not None and counts.numel() >= num_counters:
-        return counts
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(
-            f"decode needs {num_counters} arrival counters on {device} but has "
-            f"{0 if counts is None else counts.numel()}; run decode at this batch size before "
-            f"capturing a CUDA graph")
-    if counts is not None:
-        _retired_arrival_counts.append(counts)
-    counts = torch.zeros(max(4096, triton.next_power_of_2(num_counters)), dtype=torch.int32,
-                         device=device)
-    _arrival_counts[device] = counts
-    return counts
-
-
 def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
            num_splits: int, out: torch.Tensor | None = None,
@@ -553,7 +523,7 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                           device=q.device)
     lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
     # Both paths pass the counts (unused by the two-launch path) so they run one binary.
-    counts = _arrival_counts_for(q.device, num_seqs * num_kv_heads)
+    counts = arrival_counts.counts_for(q.device, num_seqs * num_kv_heads)
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, partial, lse, out, counts, block_tables, seq_lens, scale * _LOG2E,
         int(fused_combine),

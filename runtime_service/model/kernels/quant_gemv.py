@@ -29,13 +29,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import compile_ahead
+from runtime_service.model.kernels import arrival_counts, compile_ahead
 from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _sm_count,
                                                 _split_sum_kernel, graph_time_per_call_us,
                                                 grid_launcher, precompile, row_tile,
@@ -262,10 +262,11 @@ def _row_fp8_scale(X, K, X_BLOCK: tl.constexpr):
     return tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), _FP8_MAX), 1e-12)
 
 
-@triton.jit(do_not_specialize=["N"])
-def _fp8_row_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, X_BLOCK: tl.constexpr,
-                    EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, TENSOR_CORES: tl.constexpr):
+@triton.jit(do_not_specialize=["N", "SPLIT_K"])
+def _fp8_row_kernel(X, QW, Scales, Bias, Out, Final, Counters, N, K, k_per_split, SPLIT_K,
+                    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    X_BLOCK: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+                    TENSOR_CORES: tl.constexpr, FUSED_SUM: tl.constexpr):
     """One row of x against fp8 weights, with the row's e4m3 quantization inside: every program
     finds the row's scale itself (`_row_fp8_scale`), so a one-row fp8 linear is one launch
     instead of two and x's codes never go to memory. The codes are those of
@@ -276,7 +277,16 @@ def _fp8_row_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.co
     tile is the fp8 MMA's row operand, straight from shared memory, and the row's codes,
     repeated to the MMA's 16-column minimum, its column operand, so no instruction converts a
     weight (about 1 per byte); each K tile's products are summed into the float32 total on
-    their own, so the tensor cores' reduced-precision fp8 accumulation spans one tile."""
+    their own, so the tensor cores' reduced-precision fp8 accumulation spans one tile.
+
+    FUSED_SUM (split K): each program writes its float32 partial to Out, then counts itself in
+    at its column block's arrival counter (arrival_counts.py); the program that counts last
+    sums the SPLIT_K partials in split order (as `_split_sum_kernel` does, so the result is the
+    same to the bit), adds the bias, writes Final and sets the counter back to zero. The
+    ordering is the split-K decode attention's (paged_attention.py `_decode_kernel`): a CTA
+    barrier, one thread's acq_rel add, the partials read from L2 (.cg). One launch instead of
+    two: the split sums' 92 launches were 0.195 ms of an FP8 decode step (bench/NOTES.md,
+    run 20b)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     x_scale = _row_fp8_scale(X, K, X_BLOCK)
@@ -309,9 +319,22 @@ def _fp8_row_kernel(X, QW, Scales, Bias, Out, N, K, k_per_split, HAS_BIAS: tl.co
     else:
         y = tl.sum(acc, axis=1)
     y = y * (tl.load(Scales + w_rows) * x_scale)
-    if HAS_BIAS:
-        y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
-    tl.store(Out + pid_k * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
+    if FUSED_SUM:
+        tl.store(Out + pid_k * N + cols, y, mask=cols < N)
+        tl.debug_barrier()                  # every thread's partial, before the count
+        if tl.atomic_add(Counters + pid_n, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_N,), tl.float32)
+            for split in range(SPLIT_K):
+                total += tl.load(Out + split * N + cols, mask=cols < N, other=0.0,
+                                 cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
+            tl.store(Final + cols, total.to(Final.dtype.element_ty), mask=cols < N)
+            tl.store(Counters + pid_n, 0)
+    else:
+        if HAS_BIAS:
+            y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
+        tl.store(Out + pid_k * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
 
 
 @triton.jit
@@ -460,16 +483,33 @@ def launch_fp8(x, qweight, scales, bias, config: GemvConfig, warmup: bool = Fals
     n = qweight.shape[0]
     k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
 
-    def launch(target, fused_bias):
-        grid_launcher(_fp8_row_kernel, (triton.cdiv(n, config.block_n), config.split_k),
-                      warmup)(
-            x, qweight, scales, fused_bias, target, n, k, k_per_split,
-            HAS_BIAS=fused_bias is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-            X_BLOCK=min(2048, triton.next_power_of_2(k)), EVEN_K=k % config.block_k == 0,
-            NUM_STAGES=config.num_stages, TENSOR_CORES=config.kind == "swap",
+    n_blocks = triton.cdiv(n, config.block_n)
+
+    def launch(target, fused_bias, final=None, counters=None):
+        grid_launcher(_fp8_row_kernel, (n_blocks, config.split_k), warmup)(
+            x, qweight, scales, fused_bias, target, final, counters, n, k, k_per_split,
+            config.split_k, HAS_BIAS=fused_bias is not None, BLOCK_N=config.block_n,
+            BLOCK_K=config.block_k, X_BLOCK=min(2048, triton.next_power_of_2(k)),
+            EVEN_K=k % config.block_k == 0, NUM_STAGES=config.num_stages,
+            TENSOR_CORES=config.kind == "swap", FUSED_SUM=final is not None,
             num_warps=config.num_warps)
 
-    return _finish(x, bias, x.dtype, n, config, launch, warmup)
+    counters = _split_counters(x.device, n_blocks) if config.fused_sum else None
+    if counters is None:        # unsplit, or no counters to spare: the split sum's launch
+        return _finish(x, bias, x.dtype, n, config, launch, warmup)
+    out = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    partials = torch.empty((config.split_k, 1, n), dtype=torch.float32, device=x.device)
+    launch(partials, bias, out, counters)
+    return out
+
+
+def _split_counters(device: torch.device, needed: int) -> torch.Tensor | None:
+    """Arrival counters for a fused split sum (arrival_counts.py), or None where there are too
+    few to grow during a graph capture: the split sum's own launch then runs instead."""
+    try:
+        return arrival_counts.counts_for(device, needed)
+    except RuntimeError:
+        return None
 
 
 # ---- tuning: gemv's clock over quantized weight copies ----------------------------------------
@@ -539,6 +579,9 @@ def fp8_candidates(rows: int, n: int, k: int, sm_count: int):
             split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
             configs += [GemvConfig("swap", block_n, block_k, warps, stages, split_k)
                         for split_k in sorted({1, split})]
+        # each split one-row tile again with its splits summed in the same launch (not yet
+        # timed on a GPU)
+        configs += [replace(config, fused_sum=True) for config in configs if config.split_k > 1]
     return configs + channel_candidates(rows, n, k, sm_count)
 
 

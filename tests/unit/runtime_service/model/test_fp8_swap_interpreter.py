@@ -1,7 +1,8 @@
 """The fp8 one-row kernel (`quant_gemv._fp8_row_kernel`) on Triton's interpreter, on its tensor-core
 path ("swap") and its CUDA-core path ("fma"):
 in float32 its "codes" are the scaled row itself, so it must give x @ (W * scales)^T + bias to
-rounding, through every tile, split and ragged K. Its fp8 arithmetic is tests/gpu's
+rounding, through every tile, split and ragged K; with its split sums fused, the same bits as
+the split-sum launch. Its fp8 arithmetic is tests/gpu's
 (test_quant_kernels.py runs every tuning candidate against the reference)."""
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from support.triton_interpreter import needs_triton, run_on_interpreter
 
 _CHECK = r"""
+from dataclasses import replace
+
 import torch
+from runtime_service.model.kernels import arrival_counts
 from runtime_service.model.kernels import quant_gemv as qg
 from runtime_service.model.kernels.gemv import GemvConfig
 
@@ -28,7 +32,24 @@ for n, k, config in cases:
     ref = x @ (w * scales[:, None]).T + bias
     err = ((out - ref).norm() / ref.norm()).item()
     assert out.shape == (1, n) and err < 1e-5, (n, k, str(config), err)
-assert {c.kind for c in qg.fp8_candidates(1, 6144, 4096, 132)} >= {"fma", "swap", "dot"}
+# the split sums fused into the launch: the same numbers to the bit as the split-sum launch,
+# and every counter back at zero for the next launch
+for n, k, config in [(200, 512, GemvConfig("swap", 64, 128, 4, 3, 3, fused_sum=True)),
+                     (130, 300, GemvConfig("fma", 8, 128, 2, 1, 2, fused_sum=True))]:
+    x = torch.randn(1, k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    scales = torch.rand(n, generator=g) + 0.5
+    bias = torch.randn(n, generator=g)
+    fused = qg.launch_fp8(x, w, scales, bias, config)
+    apart = qg.launch_fp8(x, w, scales, bias, replace(config, fused_sum=False))
+    assert torch.equal(fused, apart), (str(config), (fused - apart).abs().max().item())
+    assert not arrival_counts._counts[x.device].any()
+    assert torch.equal(qg.launch_fp8(x, w, scales, bias, config), fused)     # again
+candidates = qg.fp8_candidates(1, 6144, 4096, 132)
+assert {c.kind for c in candidates} >= {"fma", "swap", "dot"}
+assert all(c.split_k > 1 for c in candidates if c.fused_sum)
+assert {(c.kind, c.block_n, c.split_k) for c in candidates if c.fused_sum} == \
+    {(c.kind, c.block_n, c.split_k) for c in candidates if c.split_k > 1 and c.kind != "dot"}
 assert "swap" not in {c.kind for c in qg.fp8_candidates(4, 6144, 4096, 132)}
 print("ok")
 """
