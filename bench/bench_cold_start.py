@@ -160,7 +160,7 @@ def timed_start(uri: str, cache_dir: Path, log_path: Path, device: str, env: dic
 def table(starts: dict) -> str:
     keys = ["process_to_serving_s", "total_s", "imports_s", "pull_s", "verify_s", "load_s",
             "graph_capture_s", "tuning_s", "warm_up_s", "tuned_shapes", "tuning_source",
-            "kernel_files_from_store", "kernels_compiled", "launchers_built"]
+            "kernel_files_from_store", "kernels_compiled", "launchers_built", "compile_workers"]
     rows = [f"| start | {' | '.join(k.removesuffix('_s') for k in keys)} |",
             "| --- |" + " --- |" * len(keys)]
     for name, fields in starts.items():

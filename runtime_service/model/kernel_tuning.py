@@ -74,17 +74,19 @@ def import_tuning(device: torch.device, records: list[dict]) -> int:
             + quant_gemv.import_tuned(_concrete(device), quantized))
 
 
-def start_compile_workers(device) -> bool:
+def start_compile_workers(device) -> int:
     """Starts worker processes that compile Triton kernels side by side (kernels/compile_pool.py)
-    for a start whose kernel cache is empty; True if they run. Call once TRITON_CACHE_DIR is set
-    and before the first kernel compiles; `stop_compile_workers` when the start is done."""
+    for a start whose kernel cache is empty; returns how many run (0: none). Call once
+    TRITON_CACHE_DIR is set and before the first kernel compiles; `stop_compile_workers` when
+    the start is done."""
     if torch.device(device).type != "cuda":
-        return False
+        return 0
     try:
         from runtime_service.model.kernels import compile_pool
     except ImportError:
-        return False
-    return compile_pool.start_early() is not None
+        return 0
+    pool = compile_pool.start_early()
+    return 0 if pool is None else pool.workers
 
 
 def stop_compile_workers() -> None:

@@ -80,8 +80,9 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     launchers_before = kernel_cache.host_launchers()
     # An empty kernel cache (a fresh node): workers compile side by side what this start needs,
     # starting now so they are ready by the graph capture (kernels/compile_pool.py).
+    workers = 0
     if world_size == 1 and not kernel_cache.holds_kernels(kernel_cache.triton_folder()):
-        kernel_tuning.start_compile_workers(options.device)
+        workers = kernel_tuning.start_compile_workers(options.device)
     with kernel_cache.CompileWatch() as watch, _compile_workers_stop(kernel_tuning):
         if world_size > 1:
             # Each rank tunes in its own process; their start is one phase here.
@@ -122,7 +123,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     launchers = kernel_cache.host_launchers() - launchers_before
     report = clock.report(tuned_shapes=tuned, tuning_source=source, pulled_bytes=pulled[0],
                           kernel_files_from_store=restored, kernels_compiled=watch.count,
-                          launchers_built=len(launchers))
+                          launchers_built=len(launchers), compile_workers=workers)
     log.info("loaded %s (%s) from %s in %.1fs", folder, kind, uri, report.total_s - imports_s)
     log.info("%s", report.log_line())
     return StartedEngine(executor, folder, kind, report)

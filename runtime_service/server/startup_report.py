@@ -42,7 +42,7 @@ class StartupReport:
     many bytes it pulled, how many compiled kernel files it took from the store, how many GPU
     kernels it compiled itself (Triton's cache misses in this process: a start that found every
     kernel compiles none; ranks of a parallel engine compile in their own processes, not counted
-    here) and how many host launchers it built."""
+    here), how many host launchers it built, and how many compile workers it ran (0: none)."""
 
     seconds: tuple[tuple[str, float], ...]
     tuned_shapes: int = 0
@@ -51,6 +51,7 @@ class StartupReport:
     kernel_files_from_store: int = 0
     kernels_compiled: int = 0
     launchers_built: int = 0          # Triton's host launchers (C, built by this node's compiler)
+    compile_workers: int = 0          # kernels/compile_pool.py: processes compiling side by side
 
     def __post_init__(self):
         names = [name for name, _ in self.seconds]
@@ -70,7 +71,8 @@ class StartupReport:
                 "pulled_bytes": self.pulled_bytes,
                 "kernel_files_from_store": self.kernel_files_from_store,
                 "kernels_compiled": self.kernels_compiled,
-                "launchers_built": self.launchers_built}
+                "launchers_built": self.launchers_built,
+                "compile_workers": self.compile_workers}
 
     def log_line(self) -> str:
         return LOG_PREFIX + " ".join(f"{key}={value}" for key, value in self.as_dict().items())

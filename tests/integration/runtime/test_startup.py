@@ -27,3 +27,4 @@ def test_a_start_reports_every_phase_and_logs_it(tiny_engine, tmp_path, caplog):
     fields = StartupReport.parse_log_line(lines[0])
     assert {f"{name}_s" for name in PHASES} <= set(fields)
     assert fields["total_s"] == round(started.report.total_s, 3)
+    assert fields["compile_workers"] == 0           # on the CPU nothing compiles

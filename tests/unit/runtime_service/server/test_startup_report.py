@@ -48,11 +48,12 @@ def test_log_line_round_trips():
     clock = StartupClock()
     clock.add("pull", 3.25)
     report = clock.report(tuned_shapes=0, tuning_source="local", pulled_bytes=1234,
-                          kernel_files_from_store=57, kernels_compiled=3)
+                          kernel_files_from_store=57, kernels_compiled=3, compile_workers=15)
     fields = StartupReport.parse_log_line("2026-12-02 INFO kiln.runtime " + report.log_line())
     assert fields["pull_s"] == 3.25 and fields["total_s"] == 3.25
     assert fields["tuning_source"] == "local" and fields["pulled_bytes"] == 1234
     assert fields["kernel_files_from_store"] == 57 and fields["kernels_compiled"] == 3
+    assert fields["compile_workers"] == 15
     assert set(fields) >= {f"{name}_s" for name in PHASES}
 
 
