@@ -122,12 +122,13 @@ def merge_context(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     )
 
 
-# Which fused kernel `causal_flash` runs, decided once per device by a small eager call (never
-# inside a CUDA-graph capture: the warm-up's eager prefill decides first). cuDNN's attention is
+# Which fused kernel `causal_flash` runs, decided once per device and attention shape (query
+# heads, kv heads, head dim, dtype: what cuDNN's support depends on) by a small eager call, never
+# inside a CUDA-graph capture (the warm-up's eager prefill decides first). cuDNN's attention is
 # the faster one on Hopper: 30 against 55 us a layer for 1024 tokens with Llama-3-8B heads,
-# 273 against 500 at 4096 (bench/NOTES.md, run 20e); flash is the fallback where cuDNN has no
+# 273 against 500 at 4096 (bench/NOTES.md, run 20d); flash is the fallback where cuDNN has no
 # kernel for the shape or dtype.
-_kernel_for_device: dict[int, str] = {}
+_kernel_for_shape: dict[tuple, str] = {}
 
 
 def _cudnn(q4, k4, v4, scale):
@@ -141,11 +142,17 @@ def _flash(q4, k4, v4, scale):
         q4, k4, v4, 0.0, True, False, scale=scale)[:2]
 
 
-def fused_kernel(q: torch.Tensor, k: torch.Tensor) -> str:
-    """"cudnn" when cuDNN's attention runs these shapes on this device and agrees with flash,
-    else "flash"."""
+def shape_key(q: torch.Tensor, k: torch.Tensor) -> tuple:
+    """What the choice of kernel is kept by: the device, the heads, the head dim, the dtype."""
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    choice = _kernel_for_device.get(index)
+    return index, q.shape[1], k.shape[1], q.shape[2], q.dtype
+
+
+def fused_kernel(q: torch.Tensor, k: torch.Tensor) -> str:
+    """"cudnn" when cuDNN's attention runs this shape on this device and agrees with flash,
+    else "flash"."""
+    key = shape_key(q, k)
+    choice = _kernel_for_shape.get(key)
     if choice is not None:
         return choice
     if torch.cuda.is_current_stream_capturing():
@@ -162,7 +169,7 @@ def fused_kernel(q: torch.Tensor, k: torch.Tensor) -> str:
                 choice = "cudnn"
         except RuntimeError:            # no cuDNN kernel here: flash it is
             pass
-    _kernel_for_device[index] = choice
+    _kernel_for_shape[key] = choice
     return choice
 
 
