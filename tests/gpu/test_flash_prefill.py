@@ -168,7 +168,8 @@ def test_auto_on_hopper_takes_flash_for_long_prefills_only_and_gives_the_paged_t
     if not at.auto_uses_flash(torch.cuda.get_device_capability(), 64):
         pytest.skip("auto takes flash on Hopper only")
     folder = make_random_llama(tmp_path, hidden_size=256, num_attention_heads=4,
-                               num_key_value_heads=2, num_hidden_layers=2, vocab_size=512)
+                               num_key_value_heads=2, num_hidden_layers=2, vocab_size=512,
+                               max_position_embeddings=2048)
     rows = []
     real = fp.flash_prefill
     monkeypatch.setattr(fp, "flash_prefill",

@@ -190,7 +190,8 @@ def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():
     generator = _generator("fused-split-sum")
     sms = qg.sm_count(torch.device("cuda"))
     cases = []
-    for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096)):
+    # The lm_head shape (128256 x 4096) fills the GPU unsplit, so it has no fused tiles.
+    for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
         fused = [c for c in qg.fp8_candidates(1, n, k, sms) if c.fused_sum]
         assert fused, (n, k)
         w = (torch.randn(n, k, device="cuda", generator=generator).to(torch.float8_e4m3fn),
