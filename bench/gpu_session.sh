@@ -40,12 +40,16 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 cold_start() {        # extra arguments go to bench_cold_start
+  rm -rf /tmp/kiln_cold ~/.cache/kiln/builder
   store=local
   if command -v rclone > /dev/null; then store=s3; fi
   timeout 540 python3 bench/bench_cold_start.py --model llama3-8b --device cuda --store "$store" \
     --work-dir /tmp/kiln_cold --json "$OUT/cold_start_llama3-8b.json" "$@" 2>&1 \
     | tee "$OUT/cold_start.log"
   cp /tmp/kiln_cold/pod-*.log "$OUT/" 2>/dev/null
+  # The store and the build's copy hold 32 GB of the device's 64 GB disk: the next benchmark's
+  # build ran out of space (run 21).
+  rm -rf /tmp/kiln_cold ~/.cache/kiln/builder
 }
 if [ "$mode" = "cold" ]; then
   cold_start
