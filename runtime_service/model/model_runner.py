@@ -194,6 +194,7 @@ class ModelRunner:
                                        -(-max_seq_len // block_size),
                                        default_batch_sizes(cuda_graph_max_batch_size),
                                        self.device)
+        self.max_seq_len = max_seq_len or 0
         self.prefill_graphs = None
         if self.graphs is not None and prefill_graph_max_tokens >= SMALLEST_BUCKET:
             self.prefill_graphs = PrefillGraphs(model, self.kv_caches, block_size,
@@ -219,6 +220,10 @@ class ModelRunner:
         forwards = self.graphs.forwards()
         if self.prefill_graphs is not None:
             forwards += self.prefill_graphs.forwards()
+        from runtime_service.model.kernels.paged_attention import LONG_PREFILL_ROWS
+
+        if self.max_seq_len >= LONG_PREFILL_ROWS:
+            forwards.append(("eager long prompt beside a decode row", self._eager_long_step))
         dtype = next(self.model.parameters()).dtype
         for rows in (1, 3):     # the final norm and LM head of an eager step, and the sampler
             hidden = torch.zeros(rows, self.model.args.hidden_size, dtype=dtype,
@@ -227,6 +232,24 @@ class ModelRunner:
                              lambda hidden=hidden: sample_greedy(
                                  self.model.compute_logits(hidden))))
         return forwards
+
+    def _eager_long_step(self) -> torch.Tensor:
+        """An eager step of a LONG_PREFILL_ROWS-row prompt beside one decode row: the paged
+        prefill's long-prompt tile, which a start whose long graphs take flash prefill ("auto"
+        on Hopper) launches first in its warm-up's largest step, alone and uncompiled ahead
+        (1.6 s, bench/NOTES.md run 21b). Only for recording: block 0 stands for every block."""
+        from runtime_service.model.kernels.paged_attention import LONG_PREFILL_ROWS
+
+        rows, block_size = LONG_PREFILL_ROWS, self.block_size
+        table = [0] * -(-rows // block_size)
+        width = -(-len(table) // TABLE_COLUMNS) * TABLE_COLUMNS
+        inputs = StepInputs(token_ids=[0] * (rows + 1), positions=[*range(rows), 0],
+                            slot_mapping=[i % block_size for i in range(rows + 1)],
+                            token_seq_lens=[rows] * rows + [1], query_lens=[rows, 1],
+                            seq_lens=[rows, 1],
+                            block_tables=[t + [-1] * (width - len(t)) for t in (table, [0])])
+        input_ids, meta = self.to_device(inputs)
+        return self.model(input_ids, meta, self.kv_caches)
 
     def _select_attention(self, attention: str, kv_heads: int) -> str:
         """Installs the chosen backend unless the model was built with a custom one."""

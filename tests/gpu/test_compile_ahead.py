@@ -196,3 +196,32 @@ def test_an_engine_whose_capture_kernels_compiled_together_gives_the_same_tokens
     monkeypatch.setenv(compile_ahead.ENV, "0")
     assert not compile_ahead.enabled()
     assert _greedy_tokens(folder, prompts) == together
+
+
+@LONG          # compiles a whole engine's kernels from an empty cache
+def test_a_start_on_auto_records_every_kernel_its_warm_up_launches(tmp_path, monkeypatch):
+    """With long graphs on flash prefill ("auto" on Hopper), the warm-up's largest step (two
+    long prompts, paged prefill's long-prompt tile) once compiled a kernel alone after the
+    recording pass (bench/NOTES.md run 21b). Nothing may compile without a worker's job."""
+    folder = make_random_llama(tmp_path / "model", hidden_size=128, intermediate_size=256,
+                               num_attention_heads=4, num_key_value_heads=2,
+                               num_hidden_layers=2, vocab_size=384,
+                               max_position_embeddings=4096)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))   # a fresh node
+    monkeypatch.setenv(compile_pool.ENV_WORKERS, "8")
+    monkeypatch.setattr(compile_pool, "_shared", None)
+    pool = compile_pool.start_early()
+    try:
+        executor = Executor.from_folder(folder, ExecutorOptions(
+            device="cuda", dtype="bfloat16", block_size=16, max_num_tokens=4096,
+            warm_up_largest_step=True)).start()
+        try:
+            assert len(executor.largest_step_requests()) == 2
+            params = SamplingParams(max_new_tokens=4, min_new_tokens=4, end_id=-1)
+            executor.generate([Request(f"r{i}", p, params) for i, p in
+                               enumerate(random_prompts((2100, 5, 700), vocab_size=384))])
+        finally:
+            executor.shutdown()
+        assert pool.unrecorded == []
+    finally:
+        compile_pool.close_shared()
