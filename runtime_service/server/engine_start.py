@@ -79,7 +79,9 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     tuning, source, tuned_before, kernels, restored = None, "", 0, None, 0
     launchers_before = kernel_cache.host_launchers()
     # An empty kernel cache (a fresh node): workers compile side by side what this start needs,
-    # starting now so they are ready by the graph capture (kernels/compile_pool.py).
+    # starting now so they are ready by the graph capture (kernels/compile_pool.py). They stay
+    # when the store then supplies the kernels: they still build the host launchers side by
+    # side (a second pod without them took 18.0 s, with them 16.0; bench/NOTES.md run 21).
     workers = 0
     if world_size == 1 and not kernel_cache.holds_kernels(kernel_cache.triton_folder()):
         workers = kernel_tuning.start_compile_workers(options.device)

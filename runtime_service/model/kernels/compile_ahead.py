@@ -125,20 +125,9 @@ def compile_recorded(recorded: dict, threads: int = THREADS) -> int:
         return 0
     pool = compile_pool.shared()
     if pool is not None:
-        # Handed to the workers, not waited for: each kernel's first launch here waits for its
-        # own job (the pool's compile hook), so what runs next overlaps what still compiles.
-        # A cached kernel still goes where its host launcher is not built yet (a fresh node
-        # that took its kernels from the store).
-        jobs, cached = [], []
-        for kernel, data in recorded.values():
-            try:
-                job = compile_pool.job_for(kernel, data)
-                (cached if compile_pool.is_cached(job) else jobs).append(job)
-            except Exception as exc:  # noqa: BLE001 - it compiles here when launched
-                log.debug("no worker compile for %s: %r", kernel, exc)
-        pool.submit(jobs, cached)
-        log.info("handed %d of %d kernels to %d compile workers (%d were cached)", len(jobs),
-                 len(recorded), pool.workers, len(cached))
+        jobs, cached = hand_over(pool, recorded.values())
+        log.info("handed %d of %d kernels to %d compile workers (%d were cached)", jobs,
+                 len(recorded), pool.workers, cached)
         return len(recorded)
     with ThreadPoolExecutor(min(threads, len(recorded)), thread_name_prefix="kiln-compile") \
             as executor, triton.AsyncCompileMode(executor, ignore_errors=True):
@@ -148,6 +137,25 @@ def compile_recorded(recorded: dict, threads: int = THREADS) -> int:
             except Exception as exc:  # noqa: BLE001 - it compiles when launched instead
                 log.debug("no early compile for %s: %r", kernel, exc)
     return len(recorded)
+
+
+def hand_over(pool, entries) -> tuple[int, int]:
+    """Hands recorded kernels ((kernel, specialization data) pairs) to the compile workers,
+    not waiting for them: each kernel's first launch here waits for its own job (the pool's
+    compile hook), so what runs next overlaps what still compiles. A cached kernel still goes
+    where its host launcher is not built yet (a fresh node that took its kernels from the
+    store). Returns (kernels to compile, kernels cached)."""
+    from runtime_service.model.kernels import compile_pool
+
+    jobs, cached = [], []
+    for kernel, data in entries:
+        try:
+            job = compile_pool.job_for(kernel, data)
+            (cached if compile_pool.is_cached(job) else jobs).append(job)
+        except Exception as exc:  # noqa: BLE001 - it compiles here when launched
+            log.debug("no worker compile for %s: %r", kernel, exc)
+    pool.submit(jobs, cached)
+    return len(jobs), len(cached)
 
 
 def compile_launches(launches) -> int:
@@ -183,14 +191,29 @@ def precompile_forwards(forwards) -> int:
     returns the kernels recorded."""
     import torch
 
+    from runtime_service.model.kernels import compile_pool
+
     started = time.perf_counter()
     recorded: dict = {}
+    pool, handed, counts = compile_pool.shared(), 0, [0, 0]
     try:
         with skipping_compiles(recorded):
             for _, forward in forwards:
                 forward()
+                if pool is not None:
+                    # Each forward's new kernels go to the workers at once, so they compile
+                    # while the later forwards record (a fresh node's recording pass took
+                    # 3-6 s, bench/NOTES.md run 21).
+                    counts = [a + b for a, b in zip(counts, hand_over(
+                        pool, list(recorded.values())[handed:]))]
+                    handed = len(recorded)
         torch.cuda.synchronize()
-        count = compile_recorded(recorded)
+        if pool is None:
+            count = compile_recorded(recorded)
+        else:
+            count = len(recorded)
+            log.info("handed %d of %d kernels to %d compile workers as they were recorded "
+                     "(%d were cached)", counts[0], count, pool.workers, counts[1])
     except Exception as exc:  # noqa: BLE001 - an optimisation only: the capture compiles as before
         log.warning("compiling the capture's kernels ahead failed (%r); they compile as they "
                     "are first launched", exc)

@@ -221,6 +221,7 @@ class CompilePool:
         self._submitted: dict[tuple, Future] = {}       # (module, name, specialization) -> job
         self._reported: set[tuple] = set()
         self._launchers: set[str] = set()
+        self.unrecorded: list[str] = []     # kernels that compiled here without a job
         self._hook = self._previous_hook = None
         self._overran = False
         self._lock = threading.Lock()
@@ -361,6 +362,12 @@ class CompilePool:
             except Exception:  # noqa: BLE001 - a failure or a timeout: it compiles here
                 self._overran = self._overran or not future.done()
             self._report(fn.__module__, fn.__name__, specialization)
+        elif not _recording() and not _in_file_cache(hook_args["fn"].jit_function,
+                                                     specialization):
+            # It compiles here, alone: the recording pass missed it (worth adding there).
+            self.unrecorded.append(fn.__name__)
+            log.info("%s compiles in the pod, not recorded ahead: %.1000s", fn.__name__,
+                     specialization)
         return None
 
     def close(self, wait_s: float = JOB_TIMEOUT_S) -> None:
@@ -400,6 +407,21 @@ class CompilePool:
             process.wait()
         self._reader.join()
         process.stdout.close()
+
+
+def _in_file_cache(kernel, specialization: str) -> bool:
+    """Whether a kernel about to compile here will load from the file cache (a pod that took
+    its kernels from the store) rather than compile."""
+    try:
+        return is_cached(job_for(kernel, specialization))
+    except Exception:  # noqa: BLE001 - a specialization this Triton cannot read: it compiles
+        return False
+
+
+def _recording() -> bool:
+    from runtime_service.model.kernels import compile_ahead
+
+    return compile_ahead.recording()
 
 
 _shared: CompilePool | None = None

@@ -133,10 +133,24 @@ def test_a_kernel_about_to_compile_here_waits_for_its_worker_and_is_reported_onc
             triton.knobs.runtime.jit_cache_hook(**hook_args)   # asked again: not reported again
         unknown = {"fn": SimpleNamespace(jit_function=fn), "compile": {"specialization_data": "{}"}}
         assert triton.knobs.runtime.jit_cache_hook(**unknown) is None    # no job: no wait
+        assert pool.unrecorded == ["add_one_kernel"]            # ... and named as missed
     finally:
         pool.close()
     assert heard == ["add_one_kernel"] * 2
     assert triton.knobs.runtime.jit_cache_hook is None          # the hook is taken out
+    # A second pool (a pod whose kernels came from the store): a kernel with no job that the
+    # file cache holds loads from it, and is not named as missed by the recording. (No GPU
+    # here: the job's target is the one the workers compiled for.)
+    monkeypatch.setattr(compile_pool, "job_for", lambda kernel, data: compile_pool.CompileJob(
+        kernel.fn.__module__, kernel.fn.__name__, data, SM90))
+    pool = compile_pool.CompilePool(1).start()
+    try:
+        hook_args = {"fn": SimpleNamespace(jit_function=fn),
+                     "compile": {"specialization_data": jobs[0].specialization}}
+        assert triton.knobs.runtime.jit_cache_hook(**hook_args) is None
+        assert pool.unrecorded == []
+    finally:
+        pool.close()
 
 
 def test_one_job_builds_each_host_launcher():
