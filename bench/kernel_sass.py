@@ -128,30 +128,35 @@ def _gemv_cases():
 
 def _decode_attention_cases():
     """The paged decode attention at the Llama-3-8B shape (4 query heads per kv head, 128 dims,
-    16-token blocks, its default 64-key tiles on 4 warps), over bf16 and fp8 caches: bytes are
-    the K and V tiles (and fp8's scales) one loop pass reads."""
+    16-token blocks, its default 64-key tiles on 4 warps), over bf16, fp8 and int8 caches: bytes
+    are the K and V tiles (and the 8-bit caches' scales) one loop pass reads. The fp8 cache
+    twice: with its products in fp16 (what runs) and in bf16 (what ran before, bound by F2F
+    conversions)."""
     from runtime_service.model.kernels import paged_attention
 
     strides = ["stride_qt", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_vb",
                "stride_vs", "stride_vh", "stride_bt", "stride_pt", "stride_ph", "stride_ps",
                "stride_lt", "stride_lh", "stride_ot", "stride_oh"]
     cases = []
-    for name, cache, scale, scale_bytes in (("bf16", "*bf16", "*bf16", 0),
-                                            ("fp8", "*fp8e4nv", "*fp32", 4)):
+    for name, cache, scale, scale_bytes, fp16 in (
+            ("bf16", "*bf16", "*bf16", 0, False), ("fp8", "*fp8e4nv", "*fp32", 4, True),
+            ("fp8 (bf16 products)", "*fp8e4nv", "*fp32", 4, False),
+            ("int8", "*i8", "*fp32", 4, False)):
         signature = {"Q": "*bf16", "K_cache": cache, "V_cache": cache, "PartialOut": "*fp32",
                      "PartialLse": "*fp32", "Out": "*bf16", "arrival_counts": "*i32",
                      "block_tables": "*i32", "seq_lens": "*i32", "scale_log2": "fp32",
                      "fused_combine": "i32", **dict.fromkeys(strides, "i32"),
                      "K_scale": scale, "V_scale": scale, "stride_sb": "i32", "stride_ss": "i32",
                      **dict.fromkeys(["GROUP", "BLOCK_G", "BLOCK_SIZE", "HEAD_DIM", "BLOCK_D",
-                                      "BLOCK_N", "NUM_SPLITS", "PRECISION", "KV_QUANT"],
-                                     "constexpr")}
+                                      "BLOCK_N", "NUM_SPLITS", "PRECISION", "KV_QUANT",
+                                      "FP8_AS_FP16"], "constexpr")}
         constexprs = dict(GROUP=4, BLOCK_G=16, BLOCK_SIZE=16, HEAD_DIM=128, BLOCK_D=128,
-                          BLOCK_N=64, NUM_SPLITS=1, PRECISION=None, KV_QUANT=name != "bf16")
+                          BLOCK_N=64, NUM_SPLITS=1, PRECISION=None, KV_QUANT=name != "bf16",
+                          FP8_AS_FP16=fp16)
         aligned = ["Q", "K_cache", "V_cache", "PartialOut", "PartialLse", "Out",
                    "arrival_counts", "block_tables", "seq_lens", "K_scale", "V_scale",
                    *strides, "stride_sb"]
-        loop_bytes = 64 * 128 * 2 * (1 if name == "fp8" else 2) + 64 * 2 * scale_bytes
+        loop_bytes = 64 * 128 * 2 * (2 if name == "bf16" else 1) + 64 * 2 * scale_bytes
         cases.append((f"decode attention, {name} KV, n64", paged_attention._decode_kernel,
                       signature, constexprs, aligned, 4, loop_bytes, 2))
     return cases

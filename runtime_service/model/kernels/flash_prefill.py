@@ -60,22 +60,23 @@ def _context_merge_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    q_max = tl.full([BLOCK_M], 1.0, dtype=tl.float32)      # an unquantized cache: unused
     table = block_tables + seq * stride_bt
     # Every context key is visible to every row: whole tiles skip the masks, a partial last
     # tile keeps its bound (its causal test always holds for keys before the context's end).
     full = context // BLOCK_N * BLOCK_N
     for start_n in range(0, full, BLOCK_N):
         m_i, l_i, acc = _prefill_tile(
-            q, m_i, l_i, acc, start_n, context, offs_m, context, table, offs_d, d_mask,
+            q, q_max, m_i, l_i, acc, start_n, context, offs_m, context, table, offs_d, d_mask,
             K_cache, V_cache, K_cache, V_cache, kv_head, scale_log2,
             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, 0, 0,
-            BLOCK_SIZE, BLOCK_N, PRECISION, False, False)
+            BLOCK_SIZE, BLOCK_N, PRECISION, False, False, False)
     for start_n in range(full, context, BLOCK_N):
         m_i, l_i, acc = _prefill_tile(
-            q, m_i, l_i, acc, start_n, context, offs_m, context, table, offs_d, d_mask,
+            q, q_max, m_i, l_i, acc, start_n, context, offs_m, context, table, offs_d, d_mask,
             K_cache, V_cache, K_cache, V_cache, kv_head, scale_log2,
             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, 0, 0,
-            BLOCK_SIZE, BLOCK_N, PRECISION, False, True)
+            BLOCK_SIZE, BLOCK_N, PRECISION, False, False, True)
     # Fold in flash's part by the two log-sum-exps (natural log; ours was kept in base 2).
     lse_context = (m_i + tl.log2(l_i)) * 0.6931471805599453        # ln 2
     lse_new = tl.load(Lse + head * stride_lh + rows * stride_lt, mask=m_mask, other=0.0)

@@ -40,13 +40,15 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _prefill_tile(q, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs_d, d_mask,
-                  K_cache, V_cache, K_scale, V_scale, kv_head, scale_log2,
+def _prefill_tile(q, q_max, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs_d,
+                  d_mask, K_cache, V_cache, K_scale, V_scale, kv_head, scale_log2,
                   stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                   stride_sb, stride_ss, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PRECISION: tl.constexpr, KV_QUANT: tl.constexpr, MASKED: tl.constexpr):
+                  PRECISION: tl.constexpr, KV_QUANT: tl.constexpr, FP8_AS_FP16: tl.constexpr,
+                  MASKED: tl.constexpr):
     """One key tile of the online softmax. Unmasked (MASKED False) when every key of the tile
-    is in the context of every query row of the program: no bounds or causal mask to compute."""
+    is in the context of every query row of the program: no bounds or causal mask to compute.
+    With FP8_AS_FP16, `q` is the fp16 query of `_fp16_query` and `q_max` its row scales."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     n_mask = offs_n < end_n
     block = tl.load(table + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
@@ -60,8 +62,7 @@ def _prefill_tile(q, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs
     if KV_QUANT:
         scale_offs = block * stride_sb + within * stride_ss + kv_head
         k_scale = tl.load(K_scale + scale_offs, mask=n_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION)
-        s = s * (k_scale * scale_log2)[None, :]
+        s = _quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION, FP8_AS_FP16)
     else:
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
     if MASKED:
@@ -74,10 +75,49 @@ def _prefill_tile(q, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs
     v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     if KV_QUANT:
         v_scale = tl.load(V_scale + scale_offs, mask=n_mask, other=0.0)
-        pv = tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
+        pv = _quantized_values(p, v, v_scale, q.dtype, PRECISION, FP8_AS_FP16)
     else:
         pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc * alpha[:, None] + pv
+
+
+@triton.jit
+def _fp16_query(q):
+    """(fp16 query, per-row scale) for the score products over an fp8 cache under a 16-bit
+    query (FP8_AS_FP16): the rows are scaled into [-1, 1] and taken to fp16. fp8 codes become
+    fp16 in one instruction per pair, where bf16 took three, one of them a quarter-rate F2F that
+    bound the decode loop (offline sm_90 SASS: 1124 instructions a tile, 128 of them F2F,
+    against 928 and none; bench/NOTES.md). fp16 also keeps 3 more mantissa bits than bf16, and
+    the scaling keeps any row in its range."""
+    q32 = q.to(tl.float32)
+    q_max = tl.max(tl.abs(q32), 1)
+    q_max = tl.where(q_max > 0, q_max, 1.0)
+    return (q32 / q_max[:, None]).to(tl.float16), q_max
+
+
+@triton.jit
+def _quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION: tl.constexpr,
+                      FP8_AS_FP16: tl.constexpr):
+    """q . k for a tile of 8-bit keys, scaled back to log2 units (see `_fp16_query`)."""
+    if FP8_AS_FP16:
+        s = tl.dot(q, tl.trans(k.to(tl.float16)))
+        return s * q_max[:, None] * (k_scale * scale_log2)[None, :]
+    s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION)
+    return s * (k_scale * scale_log2)[None, :]
+
+
+@triton.jit
+def _quantized_values(p, v, v_scale, dtype: tl.constexpr, PRECISION: tl.constexpr,
+                      FP8_AS_FP16: tl.constexpr):
+    """p @ (v * v_scale) for a tile of 8-bit values. In fp16 the weights are p * v_scale over
+    the tile's largest scale, in [0, 1] (a small scale times a small p would fall below fp16's
+    normal range), and the product is scaled back by it."""
+    if FP8_AS_FP16:
+        v_max = tl.max(v_scale, 0)
+        v_max = tl.where(v_max > 0, v_max, 1.0)
+        weights = (p * (v_scale / v_max)[None, :]).to(tl.float16)
+        return tl.dot(weights, v.to(tl.float16)) * v_max
+    return tl.dot((p * v_scale[None, :]).to(dtype), v.to(dtype), input_precision=PRECISION)
 
 
 @triton.jit
@@ -88,7 +128,8 @@ def _prefill_kernel(
     K_scale, V_scale, stride_sb, stride_ss,
     GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PRECISION: tl.constexpr, KV_QUANT: tl.constexpr, HEAVY_FIRST: tl.constexpr,
+    PRECISION: tl.constexpr, KV_QUANT: tl.constexpr, FP8_AS_FP16: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr,
 ):
     # A causal tile's work grows with its row: HEAVY_FIRST launches the last tiles first, so the
     # short ones fill the gaps at the end instead of a long one running alone.
@@ -109,6 +150,9 @@ def _prefill_kernel(
     m_mask = offs_m < q_len
     q_ptrs = Q + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    q_max = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    if FP8_AS_FP16:
+        q, q_max = _fp16_query(q)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -120,16 +164,16 @@ def _prefill_kernel(
     full_end = (context + m_block * BLOCK_M + 1) // BLOCK_N * BLOCK_N
     for start_n in range(0, full_end, BLOCK_N):
         m_i, l_i, acc = _prefill_tile(
-            q, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs_d, d_mask,
+            q, q_max, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs_d, d_mask,
             K_cache, V_cache, K_scale, V_scale, kv_head, scale_log2,
             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_sb,
-            stride_ss, BLOCK_SIZE, BLOCK_N, PRECISION, KV_QUANT, False)
+            stride_ss, BLOCK_SIZE, BLOCK_N, PRECISION, KV_QUANT, FP8_AS_FP16, False)
     for start_n in range(full_end, end_n, BLOCK_N):
         m_i, l_i, acc = _prefill_tile(
-            q, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs_d, d_mask,
+            q, q_max, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs_d, d_mask,
             K_cache, V_cache, K_scale, V_scale, kv_head, scale_log2,
             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_sb,
-            stride_ss, BLOCK_SIZE, BLOCK_N, PRECISION, KV_QUANT, True)
+            stride_ss, BLOCK_SIZE, BLOCK_N, PRECISION, KV_QUANT, FP8_AS_FP16, True)
     out = acc / l_i[:, None]
     o_ptrs = Out + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
@@ -146,6 +190,7 @@ def _decode_kernel(
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, KV_QUANT: tl.constexpr,
+    FP8_AS_FP16: tl.constexpr,
 ):
     """With `fused_combine` set, the last split program to finish for its (sequence, kv head)
     merges the partials. Ordering: every thread's partial stores precede a CTA barrier, after
@@ -170,6 +215,9 @@ def _decode_kernel(
     d_mask = offs_d < HEAD_DIM
     q = tl.load(Q + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+    q_max = tl.full([BLOCK_G], 1.0, dtype=tl.float32)
+    if FP8_AS_FP16:
+        q, q_max = _fp16_query(q)
 
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
@@ -186,8 +234,7 @@ def _decode_kernel(
         if KV_QUANT:
             scale_offs = block * stride_sb + within * stride_ss + kv_head
             k_scale = tl.load(K_scale + scale_offs, mask=n_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION)
-            s = s * (k_scale * scale_log2)[None, :]
+            s = _quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION, FP8_AS_FP16)
         else:
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where(n_mask[None, :], s, float("-inf"))
@@ -199,8 +246,7 @@ def _decode_kernel(
                     + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
         if KV_QUANT:
             v_scale = tl.load(V_scale + scale_offs, mask=n_mask, other=0.0)
-            pv = tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype),
-                        input_precision=PRECISION)
+            pv = _quantized_values(p, v, v_scale, Q.dtype.element_ty, PRECISION, FP8_AS_FP16)
         else:
             pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         acc = acc * alpha[:, None] + pv
@@ -320,6 +366,13 @@ def _store_kv_kernel(
 def _precision(q: torch.Tensor) -> str | None:
     """float32 inputs get exact float32 products (Triton's default would be tf32)."""
     return "ieee" if q.dtype == torch.float32 else None
+
+
+def _fp8_as_fp16(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether the products over an fp8 cache run in fp16 (`_fp16_query`): a 16-bit query over
+    fp8 codes. int8 codes keep the query's dtype: they become bf16 by bit tricks, and fp16
+    through a slow I2F (offline SASS: 128 I2F a tile)."""
+    return k_cache.dtype == torch.float8_e4m3fn and q.dtype in (torch.bfloat16, torch.float16)
 
 
 def _check_common(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -448,7 +501,8 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         *_scale_args(k_cache, k_scale, v_scale),
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
         BLOCK_D=block_d, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        PRECISION=_precision(q), KV_QUANT=k_scale is not None, HEAVY_FIRST=config.heavy_first,
+        PRECISION=_precision(q), KV_QUANT=k_scale is not None,
+        FP8_AS_FP16=_fp8_as_fp16(q, k_cache), HEAVY_FIRST=config.heavy_first,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
@@ -535,7 +589,7 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n,
         NUM_SPLITS=num_splits, PRECISION=_precision(q), KV_QUANT=k_scale is not None,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        FP8_AS_FP16=_fp8_as_fp16(q, k_cache), num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not fused_combine:
         _combine_kernel[(num_seqs, num_heads)](
