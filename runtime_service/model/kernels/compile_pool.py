@@ -362,9 +362,9 @@ class CompilePool:
             except Exception:  # noqa: BLE001 - a failure or a timeout: it compiles here
                 self._overran = self._overran or not future.done()
             self._report(fn.__module__, fn.__name__, specialization)
-        elif not _recording() and not _in_file_cache(hook_args["fn"].jit_function,
-                                                     specialization):
-            # It compiles here, alone: the recording pass missed it (worth adding there).
+        elif not _in_file_cache(hook_args["fn"].jit_function, specialization):
+            # It compiles here, alone: the recording pass missed it (worth adding there). (While
+            # a thread records, its hook answers for it and never calls this one.)
             self.unrecorded.append(fn.__name__)
             log.info("%s compiles in the pod, not recorded ahead: %.1000s", fn.__name__,
                      specialization)
@@ -416,12 +416,6 @@ def _in_file_cache(kernel, specialization: str) -> bool:
         return is_cached(job_for(kernel, specialization))
     except Exception:  # noqa: BLE001 - a specialization this Triton cannot read: it compiles
         return False
-
-
-def _recording() -> bool:
-    from runtime_service.model.kernels import compile_ahead
-
-    return compile_ahead.recording()
 
 
 _shared: CompilePool | None = None
