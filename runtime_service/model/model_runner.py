@@ -142,6 +142,15 @@ def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
     return int(2 * len(model.layer_ids) * kv_heads * args.head_dim * element)
 
 
+def padded_tables(tables: list[list[int]]) -> list[list[int]]:
+    """Block tables padded with -1 to a whole number of TABLE_COLUMNS: the width is the
+    attention kernels' row stride, an integer Triton specializes on its divisibility by 16, so
+    a step of another width would compile them again while serving (the warm-up's largest step
+    compiles this one)."""
+    width = -(-max(len(t) for t in tables) // TABLE_COLUMNS) * TABLE_COLUMNS
+    return [t + [-1] * (width - len(t)) for t in tables]
+
+
 def cache_slots(block_ids: list[int], block_size: int, start: int, end: int) -> list[int]:
     """The KV cache slots of cache positions [start, end) of a sequence holding `block_ids`:
     one range per block touched, not a Python step per token (86 against 150 us for 1024
@@ -241,13 +250,11 @@ class ModelRunner:
         from runtime_service.model.kernels.paged_attention import LONG_PREFILL_ROWS
 
         rows, block_size = LONG_PREFILL_ROWS, self.block_size
-        table = [0] * -(-rows // block_size)
-        width = -(-len(table) // TABLE_COLUMNS) * TABLE_COLUMNS
         inputs = StepInputs(token_ids=[0] * (rows + 1), positions=[*range(rows), 0],
                             slot_mapping=[i % block_size for i in range(rows + 1)],
                             token_seq_lens=[rows] * rows + [1], query_lens=[rows, 1],
                             seq_lens=[rows, 1],
-                            block_tables=[t + [-1] * (width - len(t)) for t in (table, [0])])
+                            block_tables=padded_tables([[0] * -(-rows // block_size), [0]]))
         input_ids, meta = self.to_device(inputs)
         return self.model(input_ids, meta, self.kv_caches)
 
@@ -288,11 +295,7 @@ class ModelRunner:
             tables.append(seq.block_ids)
             if item.completes:
                 inputs.sample_rows.append(len(inputs.token_ids) - 1)
-        # A whole number of TABLE_COLUMNS: the width is the attention kernels' row stride, an
-        # integer Triton specializes on its divisibility by 16, so a step of another width would
-        # compile them again while serving (the warm-up's largest step compiles this one).
-        width = -(-max(len(t) for t in tables) // TABLE_COLUMNS) * TABLE_COLUMNS
-        inputs.block_tables = [t + [-1] * (width - len(t)) for t in tables]
+        inputs.block_tables = padded_tables(tables)
         return inputs
 
     def to_device(self, inputs: StepInputs) -> tuple[torch.Tensor, AttentionMetadata]:
