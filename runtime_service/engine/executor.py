@@ -49,6 +49,9 @@ log = logging.getLogger("kiln.executor")
 # in a row (or any failure of a multi-rank step, after which the ranks' state is unknown) mean
 # the engine cannot recover: it refuses new work and reports through `on_failure`.
 MAX_CONSECUTIVE_STEP_FAILURES = 3
+# An idle step loop still looks up this often: a split engine's ranks are kept alive (and a rank
+# that died idle is noticed) between requests.
+IDLE_WAIT_S = 0.5
 
 
 def engine_identity(loaded: LoadedModel) -> str:
@@ -175,6 +178,11 @@ class Executor:
         # a step's outputs, and a hook that sends them as one message after each loop pass.
         self.new_stream = RequestStream
         self.on_step_end = lambda: None               # called from the step-loop thread
+        # ... and these two, so its step-loop thread reads the pipe itself: `poll_inputs` takes
+        # what arrived (at the top of every loop pass), `wait_for_inputs(timeout_s)` blocks an
+        # idle loop until something may have (see use_input_source).
+        self._poll_inputs = lambda: None
+        self._wait_for_inputs = self._wait_for_wakeup
         self._consecutive_failures = 0
         self.num_steps = 0
         self.num_preemptions = 0
@@ -242,10 +250,33 @@ class Executor:
                                     SamplingParams(max_new_tokens=1, end_id=-1)))
         return requests
 
-    def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Aborts what is left, stops the step loop and waits for it."""
+    def use_input_source(self, poll, wait) -> None:
+        """Has the step-loop thread take its own inputs: `poll()` at the top of every loop pass
+        (it submits and aborts here, on the loop's thread), `wait(timeout_s)` while idle. The
+        engine-core process reads its pipe this way, so a request reaches the scheduler without
+        a hand-off between threads (each a wake-up of a sleeping thread, on the way to every
+        first token). Takes effect within the idle wait that is under way."""
+        self._poll_inputs, self._wait_for_inputs = poll, wait
+        self._wakeup.set()
+
+    def request_stop(self) -> None:
+        """Asks the step loop to abort what is left and end, without waiting for it (callable
+        from the loop's own thread, where shutdown's join would wait forever)."""
         self._stopping = True
         self._wakeup.set()
+
+    def wait_stopped(self, timeout_s: float | None = None) -> None:
+        """Blocks until the step loop has ended (request_stop, shutdown, or a failure)."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _wait_for_wakeup(self, timeout_s: float) -> None:
+        self._wakeup.wait(timeout_s)
+        self._wakeup.clear()
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Aborts what is left, stops the step loop and waits for it."""
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
@@ -304,6 +335,7 @@ class Executor:
 
     def _run(self) -> None:
         while True:
+            self._poll_inputs()
             self._drain_inbox()
             if self._stopping:
                 self._in_flight = None
@@ -314,8 +346,7 @@ class Executor:
             try:
                 if not self.scheduler.has_work:
                     self.on_step_end()              # what the aborts above emitted
-                    self._wakeup.wait(0.5)
-                    self._wakeup.clear()
+                    self._wait_for_inputs(IDLE_WAIT_S)
                     if self.ranks is not None:
                         self.ranks.keep_alive()     # also notices a rank that died idle
                     continue

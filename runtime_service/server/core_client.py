@@ -82,7 +82,11 @@ class EngineCoreClient:
         self._lock = threading.Lock()
         self._stopping = False
         # The event loop never blocks on the pipe (a core that stopped reading would otherwise
-        # freeze health checks too): its messages go out on a writer thread, in order.
+        # freeze health checks too). A message goes out at once when nothing waits ahead of it
+        # and the socket takes it whole; else it, or its rest, waits for the writer thread, and
+        # so does every message after it until the writer has caught up (`_queued`).
+        self._order = threading.Lock()
+        self._queued = 0
         self._outgoing: queue.SimpleQueue = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write, name="kiln-core-writer", daemon=True)
         self._writer.start()
@@ -108,14 +112,14 @@ class EngineCoreClient:
             # submit is queued before any abort of it
             self._streams[request.request_id] = stream
             self._requests[request.request_id] = request
-            self._outgoing.put((codec.SUBMIT, codec.encode_request(request)))
+            self._send(codec.SUBMIT, codec.encode_request(request))
         return stream
 
     def abort(self, request_id: str) -> bool:
         """Asks the core to drop the request at its next step boundary; True if it was live."""
         known = request_id in self._streams and self.failure is None
         if known:
-            self._outgoing.put((codec.ABORT, request_id.encode()))
+            self._send(codec.ABORT, request_id.encode())
         return known
 
     def stats(self) -> ExecutorStats:
@@ -129,7 +133,7 @@ class EngineCoreClient:
         """Stops the core (its executor aborts what is left) and waits for the process."""
         with self._lock:
             self._stopping = True
-        self._outgoing.put((codec.SHUTDOWN, b""))
+        self._send(codec.SHUTDOWN)
         self._outgoing.put(None)
         try:
             self.process.wait(timeout_s)
@@ -141,14 +145,32 @@ class EngineCoreClient:
         self._writer.join(timeout_s)
         self.pipe.close()
 
-    # ---- the writer thread ---------------------------------------------------------------
+    # ---- sending: at once, else on the writer thread ---------------------------------------
+
+    def _send(self, kind: bytes, body: bytes = b"") -> None:
+        """Sends from the calling thread when it can without waiting (a request's way to its
+        first token then wakes no writer thread), else queues the frame's rest, in order."""
+        frame = self.pipe.frame(kind, body)
+        with self._order:
+            if self._queued == 0:
+                try:
+                    sent = self.pipe.send_nowait(frame)
+                except OSError:
+                    return      # the core is gone; the reader ends every stream
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
+            self._queued += 1
+            self._outgoing.put(frame)
 
     def _write(self) -> None:
-        while (message := self._outgoing.get()) is not None:
+        while (frame := self._outgoing.get()) is not None:
             try:
-                self.pipe.send(*message)
+                self.pipe.send_bytes(frame)
             except OSError:
                 return          # the core is gone; the reader ends every stream
+            with self._order:
+                self._queued -= 1
 
     # ---- the reader thread ---------------------------------------------------------------
 

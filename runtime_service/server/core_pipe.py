@@ -2,11 +2,14 @@
 
 A frame is a 4-byte little-endian length, then a kind byte and the body (engine/core_codec.py
 says what each kind holds). Any thread may send (one lock keeps frames whole); one thread reads.
+A sender that must never block (the pod's event loop) uses send_nowait and leaves the rest of
+the frame to a thread that may.
 A closed peer reads as EOFError.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
@@ -20,12 +23,33 @@ class FramedSocket:
         self.sock = sock
         self._send_lock = threading.Lock()
 
-    def send(self, kind: bytes, body: bytes = b"") -> None:
+    @staticmethod
+    def frame(kind: bytes, body: bytes = b"") -> bytes:
         size = len(kind) + len(body)
         if size > MAX_FRAME_BYTES:
             raise ValueError(f"a core message is limited to 4 GiB, got {size} bytes")
+        return _LENGTH.pack(size) + kind + body
+
+    def send(self, kind: bytes, body: bytes = b"") -> None:
+        self.send_bytes(self.frame(kind, body))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Sends framed bytes (or the rest of a frame that send_nowait began), waiting for room."""
         with self._send_lock:
-            self.sock.sendall(_LENGTH.pack(size) + kind + body)
+            self.sock.sendall(data)
+
+    def send_nowait(self, data: bytes) -> int:
+        """Sends what of `data` the socket takes without waiting; returns how many bytes. The
+        caller sends the rest (send_bytes) before any other frame."""
+        with self._send_lock:
+            try:
+                return self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return 0
+
+    def readable(self) -> bool:
+        """A frame has begun to arrive (or the peer closed): recv will not wait for the pod."""
+        return bool(select.select([self.sock], [], [], 0)[0])
 
     def recv(self) -> tuple[bytes, bytes]:
         """The next (kind, body); EOFError when the peer closed its end."""

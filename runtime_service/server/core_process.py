@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -51,12 +52,15 @@ class _OutboxStream:
 
 
 class EngineCore:
-    """Glues an Executor to the pipe. The step-loop thread sends (flush after each loop pass);
-    the main thread reads submit / abort / shutdown (serve)."""
+    """Glues an Executor to the pipe. Its step-loop thread does both ends: it reads submit /
+    abort / shutdown at the top of each loop pass (and waits on the pipe while idle), and sends
+    one STEP message after each pass. A request read there is scheduled in the same pass, with
+    no hand-off to another thread of this process."""
 
     def __init__(self, executor, pipe: FramedSocket):
         self.executor = executor
         self.pipe = pipe
+        self._closed = False                          # SHUTDOWN read, or the pod is gone
         self._outbox: list = []
         self._unstamped: dict[str, Request] = {}    # submitted, first output's stamps not yet sent
         self._last_stats = None
@@ -89,20 +93,43 @@ class EngineCore:
         self.pipe.send(codec.FAILED, codec.dumps(codec.encode_error(cause)))
 
     def serve(self) -> None:
-        """Reads the pod's messages until SHUTDOWN or EOF, then stops the executor."""
-        while True:
-            try:
-                kind, body = self.pipe.recv()
-            except (EOFError, OSError):
-                log.warning("the pod closed the engine-core pipe; stopping")
-                break
+        """Serves the pod until SHUTDOWN or EOF, then stops the executor. The step loop reads
+        the pipe; if it gives up (the engine failed), this thread reads on, so aborts and late
+        submits are still answered until the pod stops the core."""
+        self.executor.use_input_source(self._read_waiting, self._wait_readable)
+        self.executor.wait_stopped()
+        while not self._closed:
+            self._read_one()
+        self.executor.shutdown()
+
+    def _wait_readable(self, timeout_s: float) -> None:
+        if not self._closed:
+            select.select([self.pipe.sock], [], [], timeout_s)
+
+    def _read_waiting(self) -> None:
+        """Handles every message that has begun to arrive; never waits for one that has not."""
+        while not self._closed and self.pipe.readable():
+            self._read_one()
+
+    def _read_one(self) -> None:
+        try:
+            kind, body = self.pipe.recv()
             if kind == codec.SUBMIT:
                 self._submit(codec.decode_request(body))
             elif kind == codec.ABORT:
                 self.executor.abort(body.decode())
             elif kind == codec.SHUTDOWN:
-                break
-        self.executor.shutdown()
+                self._stop()
+        except (EOFError, OSError):
+            log.warning("the pod closed the engine-core pipe; stopping")
+            self._stop()
+        except Exception:  # noqa: BLE001 - on the step loop's thread: a bad message ends the core
+            log.exception("unreadable message from the pod; stopping")
+            self._stop()
+
+    def _stop(self) -> None:
+        self._closed = True
+        self.executor.request_stop()
 
     def _submit(self, request: Request) -> None:
         self._unstamped[request.request_id] = request

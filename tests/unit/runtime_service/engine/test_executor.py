@@ -213,3 +213,50 @@ def test_top_and_prompt_logprobs_match_transformers(folder):
         assert [t for t, _ in top] == ids.tolist()
         assert torch.allclose(torch.tensor([v for _, v in top]), values, atol=1e-4)
         assert top[0][0] == tokens[position]          # greedy picks the most likely
+
+
+def test_an_input_source_feeds_the_loop_from_its_own_thread_and_can_stop_it(folder):
+    """What the engine-core process does: the step-loop thread takes submits (and a stop) from
+    `poll` at the top of each pass and waits in `wait` while idle; a request read there runs
+    like any other, and a stop asked from the loop's own thread ends it with nothing leaked."""
+    import queue
+    import threading
+
+    executor = Executor.from_folder(folder, ExecutorOptions(block_size=4)).start()
+    inputs: queue.SimpleQueue = queue.SimpleQueue()
+    streams, threads = [], set()
+
+    def poll():
+        threads.add(threading.current_thread().name)
+        while True:
+            try:
+                item = inputs.get_nowait()
+            except queue.Empty:
+                return
+            if item == "stop":
+                executor.request_stop()
+            else:
+                streams.append(executor.submit(item))
+
+    waits = []
+    executor.use_input_source(poll, lambda timeout_s: waits.append(timeout_s) or
+                              threading.Event().wait(0.01))
+    prompt = random_prompts([6], VOCAB)[0]
+    reference = executor.generate([Request("ref", prompt, SamplingParams(max_new_tokens=5))])
+    inputs.put(Request("a", prompt, SamplingParams(max_new_tokens=5)))
+    for _ in range(1000):                                # at most 10 s
+        if streams:
+            break
+        threading.Event().wait(0.01)
+    assert streams, "the loop never polled its input source"
+    outputs = _collect(streams[0])
+    assert _tokens(outputs) == reference["ref"]          # greedy: the same tokens either way
+    assert outputs[-1].finish_reason is FinishReason.LENGTH
+    assert threads == {"kiln-step-loop"} and waits and set(waits) == {0.5}
+    inputs.put(Request("b", prompt, SamplingParams(max_new_tokens=50)))
+    inputs.put("stop")
+    executor.wait_stopped(10)
+    assert _collect(streams[1])[-1].finish_reason is FinishReason.ABORTED
+    assert executor.stats().num_live_requests == 0
+    assert executor.kv.num_free_blocks == executor.kv.num_total_blocks
+    executor.shutdown()

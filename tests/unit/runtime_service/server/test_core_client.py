@@ -168,3 +168,27 @@ def test_shutdown_is_not_a_failure(wired):
 
 def test_a_typed_start_error_names_its_class():
     assert type(codec.decode_error(codec.encode_error(CorruptEngine("bad sha")))) is CorruptEngine
+
+
+def test_a_core_that_stops_reading_never_blocks_the_caller_and_gets_every_message_in_order():
+    """Messages go out from the caller's thread while the socket takes them whole; once it is
+    full, the rest (and everything after it) waits for the writer thread, in order."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    process = ScriptedProcess()
+    client = EngineCoreClient(process, FramedSocket(ours), started_message(),
+                              ExecutorOptions(max_queue_size=200))
+    core = FramedSocket(theirs)
+    ids = [f"r{i}" for i in range(150)]
+    submitting = threading.Thread(target=lambda: [
+        client.submit(Request(i, [1 + n % 60 for n in range(60)])) for i in ids])
+    submitting.start()
+    submitting.join(30)                 # the core reads nothing meanwhile: no caller may wait
+    assert not submitting.is_alive()
+    assert client._queued > 0           # the socket filled: the writer holds the rest
+    assert client.abort("r0") is True
+    got = [core.recv() for _ in range(len(ids) + 1)]
+    assert [codec.decode_request(body).request_id for _, body in got[:-1]] == ids
+    assert got[-1] == (codec.ABORT, b"r0")
+    stop(client, core, process)

@@ -1,6 +1,7 @@
 """The engine-core side of the pipe: one STEP message per loop pass, nothing when idle, queue
 times stamped once, requests handed on as already validated (the pod checked them), submit
-errors sent back, SHUTDOWN and EOF both stop the executor."""
+errors sent back, SHUTDOWN and EOF both stop the executor, and a core whose step loop gave up
+still answers the pod until it is stopped."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ from runtime_service.server.core_process import EngineCore
 
 
 class ScriptedExecutor:
-    """Records what the core asks of it; the test plays its step loop by calling the hooks."""
+    """Records what the core asks of it; the test plays its step loop by calling the hooks, and
+    a thread plays the loop's input side (wait for the pipe, take what came) until asked to
+    stop, or until `give_up` (an engine failure ends the loop)."""
 
     def __init__(self):
         self.steps = 0
         self.submitted, self.aborted, self.stopped = [], [], threading.Event()
+        self.stop_requested, self.gave_up = threading.Event(), threading.Event()
+        self._loop = None
         self.got_request = threading.Event()
         self.refuse = None
         self.streams = {}
@@ -41,6 +46,20 @@ class ScriptedExecutor:
         self.aborted.append(request_id)
         return True
 
+    def use_input_source(self, poll, wait):
+        def loop():
+            while not (self.stop_requested.is_set() or self.gave_up.is_set()):
+                wait(0.05)
+                poll()
+        self._loop = threading.Thread(target=loop, daemon=True)
+        self._loop.start()
+
+    def request_stop(self):
+        self.stop_requested.set()
+
+    def wait_stopped(self):
+        self._loop.join()
+
     def shutdown(self):
         self.stopped.set()
 
@@ -58,7 +77,7 @@ def test_one_message_per_pass_and_none_while_idle():
     executor, core, pod, serving = wire()
     request = Request("r1", [1, 2])
     pod.send(codec.SUBMIT, codec.encode_request(request))
-    assert executor.got_request.wait(5)        # the core's main thread took it
+    assert executor.got_request.wait(5)        # the step loop's thread took it
     assert executor.validated == [True]        # the pod checked it: not walked again here
     executor.steps = 1
     request = executor.submitted[0]
@@ -106,6 +125,35 @@ def test_a_failure_flushes_the_step_then_says_failed():
     assert pod.recv() == (codec.FAILED, codec.dumps(["RuntimeError", "CUDA error"]))
     pod.send(codec.SHUTDOWN)
     serving.join(5)
+
+
+def test_after_the_step_loop_gave_up_the_core_still_answers_until_shutdown():
+    from runtime_service.errors import Unavailable
+    executor, core, pod, serving = wire()
+    executor.gave_up.set()                     # the engine failed: the loop took its last pass
+    executor.wait_stopped()
+    executor.refuse = Unavailable("the engine failed")
+    pod.send(codec.SUBMIT, codec.encode_request(Request("late", [1])))
+    [(request_id, error)] = codec.decode_step(pod.recv()[1]).errors
+    assert request_id == "late" and type(error) is Unavailable
+    pod.send(codec.ABORT, b"late")
+    assert not executor.stopped.is_set()
+    pod.send(codec.SHUTDOWN)
+    serving.join(5)
+    assert not serving.is_alive() and executor.stopped.is_set()
+    assert executor.aborted == ["late"]
+
+
+def test_a_message_that_arrives_in_pieces_is_read_whole():
+    executor, core, pod, serving = wire()
+    frame = pod.frame(codec.SUBMIT, codec.encode_request(Request("r1", list(range(1, 3000)))))
+    pod.send_bytes(frame[:7])                  # the step loop sees it begin, then waits for it
+    pod.send_bytes(frame[7:])
+    assert executor.got_request.wait(5)
+    assert executor.submitted[0].prompt_token_ids == list(range(1, 3000))
+    pod.send(codec.SHUTDOWN)
+    serving.join(5)
+    assert executor.stopped.is_set()
 
 
 def test_the_pods_settings_reach_the_core_unchanged(tmp_path):
