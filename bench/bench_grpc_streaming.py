@@ -72,21 +72,28 @@ async def generate_batch(channel, batch: list[list[int]], new_tokens: int,
     from kiln.v1 import runtime_pb2, runtime_pb2_grpc
     stub = runtime_pb2_grpc.RuntimeStub(channel)
 
+    walls: dict[str, tuple[float, float]] = {}
+
     async def one(prompt, request_id):
         times = []
         request = runtime_pb2.GenerateRequest(
             request_id=request_id, token_ids=runtime_pb2.TokenIds(ids=prompt), streaming=True,
             sampling=runtime_pb2.SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True))
+        sent = time.time()
         async for response in stub.Generate(request, timeout=600):
             if response.HasField("chunk"):
                 now = time.perf_counter()
+                if not times and request_id:
+                    walls[request_id] = (sent, time.time())
                 times.extend([now] * len(response.chunk.token_ids))
         return times
 
     start = time.perf_counter()
     arrivals = await asyncio.gather(*(one(p, i) for p, i in
                                       zip(batch, request_ids or [""] * len(batch))))
-    return summarize(arrivals, start, time.perf_counter())
+    # with request ids: when each call began and its first chunk came, on the host's wall
+    # clock, to line up with the pod's log (grpc_load.client_split)
+    return summarize(arrivals, start, time.perf_counter()) | {"walls": walls}
 
 
 async def run_inprocess(executor, batch: list[list[int]], new_tokens: int, tag: str) -> dict:
@@ -108,7 +115,7 @@ async def run_inprocess(executor, batch: list[list[int]], new_tokens: int, tag: 
 
 def median_of(runs: list[dict]) -> dict:
     return {key: statistics.median(r[key] for r in runs if r[key] is not None)
-            for key in runs[0] if key != "tokens"} | {"repeats": len(runs)}
+            for key in runs[0] if key not in ("tokens", "walls")} | {"repeats": len(runs)}
 
 
 def main() -> int:

@@ -37,12 +37,16 @@ def build_engine(hf_folder: Path, store: Path, build, device: str, dtype: str) -
     return json.loads(done.stdout.strip().splitlines()[-1])["uri"]
 
 
-def server_side(ttft_ids: dict, seen: dict[str, dict[str, float]], log) -> dict:
+def server_side(ttft_ids: dict, seen: dict[str, dict[str, float]], log,
+                walls: dict[str, tuple[float, float]] | None = None) -> dict:
     """The pod's own TTFT per figure and length, the median of the requests it logged, and for
     back-to-back requests its split: queue (arrival -> first step), prefill (first step -> the
-    engine's first token) and delivery (that token -> the gRPC call), medians each."""
+    engine's first token) and delivery (that token -> the gRPC call), medians each. With the
+    client's `walls` (request id -> when the call began and its first chunk came, wall clock),
+    also what the client saw around the pod: `to_pod` (call -> the pod's handler) and
+    `from_pod` (the pod's first token -> the client), from the log's `started_unix_s`."""
     figures: dict[str, dict] = {"server_ttft_ms": {}, "server_ttft_idle_ms": {},
-                                "server_ttft_split_ms": {}}
+                                "server_ttft_split_ms": {}, "client_ttft_split_ms": {}}
     for (key, length), ids in ttft_ids.items():
         logged = [seen[i] for i in ids if i in seen and seen[i].get("ttft_s") is not None]
         if not logged:
@@ -52,6 +56,9 @@ def server_side(ttft_ids: dict, seen: dict[str, dict[str, float]], log) -> dict:
                  for part in ("queue", "prefill", "delivery")}
         if key == "ttft_ms" and None not in parts.values():
             figures["server_ttft_split_ms"][str(length)] = parts
+        around = client_split({i: seen[i] for i in ids if i in seen}, walls or {})
+        if key == "ttft_ms" and around:
+            figures["client_ttft_split_ms"][str(length)] = around
     for length in sorted({length for _, length in ttft_ids}):
         back = figures["server_ttft_ms"].get(str(length))
         idle = figures["server_ttft_idle_ms"].get(str(length))
@@ -62,7 +69,26 @@ def server_side(ttft_ids: dict, seen: dict[str, dict[str, float]], log) -> dict:
         if split is not None:
             log(f"Kiln gRPC TTFT {length} in the pod: queue {split['queue']:.2f} ms, prefill "
                 f"{split['prefill']:.2f} ms, delivery {split['delivery']:.2f} ms")
+        around = figures["client_ttft_split_ms"].get(str(length))
+        if around is not None:
+            log(f"Kiln gRPC TTFT {length} around the pod: to its handler {around['to_pod']:.2f}"
+                f" ms, back to the client {around['from_pod']:.2f} ms")
     return figures
+
+
+def client_split(logged: dict[str, dict], walls: dict[str, tuple[float, float]]) -> dict:
+    """Medians over the requests both sides timed, in ms: the call's way to the pod's handler
+    and its first token's way back (client and pod share the host's wall clock)."""
+    to_pod, from_pod = [], []
+    for request_id, row in logged.items():
+        if request_id not in walls or None in (row.get("started_unix_s"), row.get("ttft_s")):
+            continue
+        sent, first = walls[request_id]
+        to_pod.append(1e3 * (row["started_unix_s"] - sent))
+        from_pod.append(1e3 * (first - row["started_unix_s"] - row["ttft_s"]))
+    if not to_pod:
+        return {}
+    return {"to_pod": statistics.median(to_pod), "from_pod": statistics.median(from_pod)}
 
 
 def _median_ms(logged: list[dict], field: str) -> float | None:
@@ -209,6 +235,7 @@ async def _measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,
                   "throughput": {}}
         log(f"Kiln gRPC batch-1 time per output token {result['tpot_ms_batch1']:.2f} ms")
         ttft_ids: dict[tuple[str, int], list[str]] = {}
+        walls: dict[str, tuple[float, float]] = {}
         for length in ttft_prompts:
             # other prompts after idle, so a pod with block reuse cannot serve them from cache
             for key, idle_s, seeds in (("ttft_ms", 0.0, 20), ("ttft_idle_ms", ttft_idle_s, 30)):
@@ -217,13 +244,14 @@ async def _measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,
                     await asyncio.sleep(idle_s)
                     request_id = f"bench-{key}-{length}-{seed}-{time.monotonic_ns()}"
                     ttft_ids.setdefault((key, length), []).append(request_id)
-                    times.append((await run(prompts(1, length, seed), 1, [request_id]))
-                                 ["ttft_ms"])
+                    done = await run(prompts(1, length, seed), 1, [request_id])
+                    times.append(done["ttft_ms"])
+                    walls |= done["walls"]
                 result[key][str(length)] = sorted(times)[1]
             log(f"Kiln gRPC TTFT {length}: {result['ttft_ms'][str(length)]:.1f} ms back to "
                 f"back, {result['ttft_idle_ms'][str(length)]:.1f} ms after {ttft_idle_s:g} s idle")
         if pod_log is not None:
-            result |= server_side(ttft_ids, server_ttfts_s(pod_log), log)
+            result |= server_side(ttft_ids, server_ttfts_s(pod_log), log, walls)
         for concurrency, input_len, output_len in loads:
             name = f"{concurrency}x{input_len}/{output_len}"
             # as in-process: short-prompt loads run three times and report the median

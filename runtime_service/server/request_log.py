@@ -4,7 +4,7 @@ The servicer opens a RequestRecord when the call starts, tells it when outputs a
 check per batch, no per-token work) and closes it in `finally`. Everything is derived there from
 timestamps and the ResponseAssembler's counts, so the step loop never does observability work:
 
-- TTFT: call start -> first batch with a token; time per output token: first token -> last
+- TTFT: call start (`started_unix_s` on the log line) -> first batch with a token; time per output token: first token -> last
   batch, over the tokens after the first; queue time: the engine request's arrival -> its first
   scheduled step (`Request.first_scheduled_time`, stamped once by the scheduler).
 - The log line also splits TTFT further: prefill, first scheduled step -> the engine's first
@@ -60,11 +60,11 @@ class RequestRecord:
     def __init__(self, observer: "RequestObserver", metadata):
         self._observer = observer
         self.started_s = time.monotonic()
-        self._started_wall_s = time.time()
+        self.started_wall_s = time.time()
         self.first_token_s: float | None = None
         self.last_output_s: float | None = None
         self.span = observer.tracing.start_call("kiln.v1.Runtime/Generate", metadata,
-                                                self._started_wall_s)
+                                                self.started_wall_s)
 
     def outputs(self, outputs) -> None:
         """Called with each batch of RequestOutputs the call receives."""
@@ -74,7 +74,7 @@ class RequestRecord:
             self.first_token_s = now
 
     def wall(self, monotonic_s: float) -> float:
-        return self._started_wall_s + (monotonic_s - self.started_s)
+        return self.started_wall_s + (monotonic_s - self.started_s)
 
     def finish(self, status: str, assembler, request) -> None:
         """Ends the call: `assembler` is None when it never reached the engine, `request` the
@@ -120,7 +120,7 @@ class RequestObserver:
             "prompt_tokens": prompt, "output_tokens": output, "cached_tokens": cached,
             "ttft_s": _rounded(ttft), "queue_s": _rounded(queue),
             "prefill_s": _rounded(prefill), "delivery_s": _rounded(delivery),
-            "duration_s": round(duration, 4)}})
+            "duration_s": _rounded(duration), "started_unix_s": round(record.started_wall_s, 6)}})
         if self.metrics is not None:
             self._observe(code, reason, prompt, output, cached, ttft, tpot, queue, duration,
                           reached_engine=assembler is not None)
@@ -167,4 +167,7 @@ class RequestObserver:
 
 
 def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 4)
+    """To 10 us: the line is written once the call ends, so `started_unix_s` (when the handler
+    began, on the host's wall clock) and these let a client on the same host split what it saw
+    into its way to the handler, the pod's own TTFT, and the way back (bench/grpc_load.py)."""
+    return None if seconds is None else round(seconds, 5)
