@@ -17,6 +17,10 @@
 #                                     # with the device timeline), then through a pod
 #   bash bench/gpu_session.sh core    # Llama-3-8B through pods with the thread and the process
 #                                     # engine core, beside in-process (issue 14)
+#   bash bench/gpu_session.sh pod     # Llama-3-8B through a pod (the default process core) at
+#                                     # every issue-14 load, TTFT split around and in the pod
+#   bash bench/gpu_session.sh fp8kv   # decode attention over fp8 and bf16 caches, then the FP8 KV
+#                                     # engine beside bf16 KV at 256 x 1024/256 (issue 13)
 #   bash bench/gpu_session.sh attention  # prefill and decode attention per layer against SDPA,
 #                                        # with their launch-shape sweeps (Llama-3-8B heads)
 #   bash bench/gpu_session.sh flash   # the triton-flash backend: its GPU tests, then prefill
@@ -82,6 +86,22 @@ if [ "$mode" = "attention" ]; then
     --json "$OUT/prefill_attention.json" 2>&1 | tee "$OUT/prefill_attention.log" | tail -8
   timeout 280 python3 bench/bench_attention.py --models llama3-8b \
     --json "$OUT/decode_attention.json" 2>&1 | tee "$OUT/decode_attention.log" | tail -10
+  exit 0
+fi
+if [ "$mode" = "pod" ]; then
+  timeout 560 python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
+    --loads 64x128/128,256x128/128,256x1024/256 --json "$OUT/pod_llama3-8b.json" 2>&1 \
+    | tee "$OUT/pod.log" | grep -i "tok/s\|ttft\|batch-1\|error\|Traceback" | tail -30
+  exit 0
+fi
+if [ "$mode" = "fp8kv" ]; then
+  timeout 200 python3 bench/bench_attention.py --models llama3-8b --kv-cache-dtype fp8 \
+    --json "$OUT/decode_attention_fp8.json" 2>&1 | tee "$OUT/decode_attention_fp8.log" | tail -12
+  timeout 60 python3 bench/bench_attention.py --models llama3-8b --no-sweep \
+    --json "$OUT/decode_attention_bf16.json" 2>&1 | tee "$OUT/decode_attention_bf16.log" | tail -8
+  timeout 280 python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference \
+    --kv-quant FP8 --loads 256x1024/256 --json "$OUT/fp8kv_256x1024.json" 2>&1 \
+    | tee "$OUT/fp8kv_256x1024.log" | grep -i "tok/s\|batch-1\|error\|Traceback" | tail -12
   exit 0
 fi
 if [ "$mode" = "core" ]; then
