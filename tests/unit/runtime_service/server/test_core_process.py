@@ -25,7 +25,7 @@ class ScriptedExecutor:
         self.steps = 0
         self.submitted, self.aborted, self.stopped = [], [], threading.Event()
         self.stop_requested, self.gave_up = threading.Event(), threading.Event()
-        self._loop = None
+        self._loop, self._loop_started = None, threading.Event()
         self.got_request = threading.Event()
         self.refuse = None
         self.streams = {}
@@ -53,11 +53,13 @@ class ScriptedExecutor:
                 poll()
         self._loop = threading.Thread(target=loop, daemon=True)
         self._loop.start()
+        self._loop_started.set()
 
     def request_stop(self):
         self.stop_requested.set()
 
     def wait_stopped(self):
+        assert self._loop_started.wait(5), "the core never gave the loop its input source"
         self._loop.join()
 
     def shutdown(self):
