@@ -26,6 +26,10 @@ shape bf16: warm <= 20 s, store <= 30 s.
 
   python bench/bench_cold_start.py --model llama3-8b --device cuda --store local --json F
   python bench/bench_cold_start.py --model tiny --device cpu --store s3        # CPU, loopback S3
+
+The engine carries a synthetic 128,000-token BPE tokenizer (bench_common.save_synthetic_tokenizer),
+as a real one carries Llama-3's: the pod and its engine core each load it during the start.
+`--no-tokenizer` builds without one, as runs before 2026-12-04 (fourth session) did.
 """
 
 from __future__ import annotations
@@ -41,12 +45,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import REPO, git_commit
+from bench_common import REPO, git_commit, save_synthetic_tokenizer
 from bench_decode import SHAPES
 
 from runtime_service.server.startup_report import StartupReport
 
 STARTS = ("store", "warm", "second_pod")
+TOKENIZER_VOCAB = 128_000           # Llama-3's tokenizer size (the model's vocabulary if smaller)
 
 
 def make_random_hf(folder: Path, shape: dict, dtype: str, device: str) -> Path:
@@ -190,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the build warms the store's start-up cache first (kiln build "
                         "--warm-startup-cache), so the store start is the first serving pod "
                         "after such a build")
+    parser.add_argument("--no-tokenizer", action="store_true",
+                        help="build the engine without a tokenizer (runs before 2026-12-04's "
+                        "fourth session did); by default it carries a 128,000-token one, as a "
+                        "real Llama-3 engine does, since loading it is part of a pod's start")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     chosen = tuple(name for name in STARTS if name in args.starts.split(","))
@@ -206,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         made = time.perf_counter()
         hf = make_random_hf(work / f"hf-{args.model}-{dtype}", SHAPES[args.model], dtype,
                             args.device)
+        if args.no_tokenizer:
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                (hf / name).unlink(missing_ok=True)
+        elif not (hf / "tokenizer.json").is_file():
+            save_synthetic_tokenizer(hf, min(TOKENIZER_VOCAB, SHAPES[args.model]["vocab_size"]))
         engine = build_engine(hf, work / "store", args.device, dtype, args)
         print(f"engine {engine['engine_key'][:12]} ready in {time.perf_counter() - made:.1f} s",
               file=sys.stderr)

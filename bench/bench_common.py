@@ -41,3 +41,35 @@ def aligned_rows(rows) -> list[str]:
     """Rows of cells (the header first) as lines with every column padded to its widest cell."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+
+
+def save_synthetic_tokenizer(folder: Path, vocab_size: int, seed: int = 0) -> Path:
+    """A byte-level BPE tokenizer of `vocab_size` tokens (random merges, no download), saved as
+    tokenizer.json + tokenizer_config.json in `folder`: what a real engine carries, at the size
+    that matters for a start. At 128,000 tokens its tokenizer.json is 11 MB (Llama-3's: 9 MB)
+    and it loads in about 0.5 s after transformers' 1.7 s import (this CPU)."""
+    import json
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    rng = random.Random(seed)
+    vocab = {symbol: index for index, symbol in
+             enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokens, merges = list(vocab), []
+    while len(vocab) < vocab_size:
+        first = tokens[rng.randrange(len(tokens))]
+        second = tokens[rng.randrange(min(len(tokens), 4000))]
+        merged = first + second
+        if len(merged) <= 12 and merged not in vocab:
+            vocab[merged] = len(vocab)
+            tokens.append(merged)
+            merges.append((first, second))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast"}))
+    return folder

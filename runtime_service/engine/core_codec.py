@@ -29,6 +29,8 @@ SUBMIT = b"R"          # one Request
 ABORT = b"A"           # a request id
 SHUTDOWN = b"Q"        # stop the step loop and exit
 # Core -> pod
+FETCHED = b"t"         # the engine is local: {"tokenizer_dir": path or null}, so the pod loads
+                       # its tokenizer while the core goes on starting
 STARTED = b"s"         # the engine's description and start-up report
 START_FAILED = b"x"    # (class name, message): the start raised
 STEP = b"o"            # one pass of the step loop: outputs, per-request errors, stats

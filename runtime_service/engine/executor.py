@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from runtime_service.engine.request_stream import RequestStream
 from runtime_service.engine.scheduler import Scheduler, SchedulerConfig
 from runtime_service.engine.sequence import Sequence
 from runtime_service.engine.stopping import cut_at_stop_string, finish_reason
+from runtime_service.engine.tokenizer_load import load_tokenizer
 from runtime_service.engine.validation import EngineLimits, validate_request
 
 log = logging.getLogger("kiln.executor")
@@ -101,7 +103,16 @@ class Executor:
     handed both, so it never imports the distributed package that builds on it."""
 
     def __init__(self, loaded: LoadedModel, options: ExecutorOptions = ExecutorOptions(),
-                 ranks=None, runner_class=ModelRunner):
+                 ranks=None, runner_class=ModelRunner, tokenizer_load: Future | None = None):
+        """`tokenizer_load`: the tokenizer, already loading since the start knew the folder
+        (engine/tokenizer_load.py); taken here, before the KV cache and the graph capture, so
+        its thread never runs beside a capture. Without it the tokenizer loads here."""
+        if not options.load_tokenizer:
+            self.tokenizer = None
+        elif tokenizer_load is not None:
+            self.tokenizer = tokenizer_load.result()
+        else:
+            self.tokenizer = load_tokenizer(loaded.tokenizer_dir)
         self.loaded = loaded
         self.options = options
         self.ranks = ranks
@@ -164,7 +175,6 @@ class Executor:
         self.warms_up = device.type == "cuda" if warm_up is None else warm_up
         self._in_flight: PendingStep | None = None
         self._num_blocking_overlap = 0       # live requests that need steps one at a time
-        self.tokenizer = self._load_tokenizer(loaded.tokenizer_dir) if options.load_tokenizer else None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._live: dict[str, _Live] = {}
@@ -203,13 +213,6 @@ class Executor:
         if self.options.kv_max_tokens is not None:
             tokens = min(self.options.kv_max_tokens, by_memory)
         return max(1, tokens // self.options.block_size)
-
-    @staticmethod
-    def _load_tokenizer(folder: Path | None):
-        if folder is None:
-            return None
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
 
     def end_ids_of(self, seq: Sequence) -> tuple[int, ...]:
         p = seq.sampling

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from runtime_service.engine import core_codec as codec
 from runtime_service.engine.executor_options import ExecutorOptions, ExecutorStats
 from runtime_service.engine.request import Request
 from runtime_service.engine.request_stream import RequestStream
+from runtime_service.engine.tokenizer_load import load_in_background, load_tokenizer
 from runtime_service.engine.validation import EngineLimits, validate_request
 from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, Unavailable
 from runtime_service.format.engine_config import BuildConfig, EngineConfig
@@ -62,7 +64,9 @@ class EngineCoreClient:
     """An Executor's surface for the server, over the pipe to the engine-core process."""
 
     def __init__(self, process: subprocess.Popen, pipe: FramedSocket, started: dict,
-                 options: ExecutorOptions):
+                 options: ExecutorOptions, tokenizer_load: Future | None = None):
+        """`tokenizer_load`: the pod's tokenizer, loading since the core said FETCHED; without
+        it the tokenizer loads here, from STARTED's folder."""
         self.process = process
         self.pipe = pipe
         self.options = options
@@ -72,7 +76,8 @@ class EngineCoreClient:
         self.limits = EngineLimits(**started["limits"])
         self.kv = KVShape(started["block_size"])
         self.ranks = CoreRanks(started["world_size"]) if started["world_size"] > 1 else None
-        self.tokenizer = _load_tokenizer(started["tokenizer_dir"])
+        self.tokenizer = (tokenizer_load.result() if tokenizer_load is not None
+                          else load_tokenizer(started["tokenizer_dir"]))
         self.on_failure = lambda exc: None            # called once, from the reader thread
         self.failure: BaseException | None = None
         self.process_lost = False                     # the core process died: exit the pod
@@ -243,13 +248,6 @@ class EngineCoreClient:
             self.on_failure(cause)
 
 
-def _load_tokenizer(folder: str | None):
-    if folder is None:
-        return None
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-
-
 def _child_env() -> dict:
     """The pod's environment, with the folders that hold runtime_service and kiln on the path.
 
@@ -280,6 +278,18 @@ def start_message(uri: str, settings, pod_age_s: float) -> bytes:
                      "share_startup_cache": settings.share_startup_cache}})
 
 
+def wait_for_start(pipe: FramedSocket) -> tuple[bytes, bytes, Future | None]:
+    """The core's answer to START (STARTED or START_FAILED, and its body), and the pod's
+    tokenizer: loading since the core said FETCHED, while the core went on loading and
+    capturing for seconds (engine/tokenizer_load.py); None if it never said so."""
+    tokenizer_load = None
+    kind, body = pipe.recv()
+    if kind == codec.FETCHED:
+        tokenizer_load = load_in_background(codec.loads(body)["tokenizer_dir"])
+        kind, body = pipe.recv()
+    return kind, body, tokenizer_load
+
+
 def start_core_process(uri: str, settings, pod_age_s: float = 0.0) -> StartedEngine:
     """engine_start.start_engine, run in a new engine-core process; blocks until it served its
     warm-up. A start that fails there raises the same typed error here."""
@@ -295,7 +305,7 @@ def start_core_process(uri: str, settings, pod_age_s: float = 0.0) -> StartedEng
     log.info("engine core process %d starting", process.pid)
     try:
         pipe.send(codec.START, start_message(uri, settings, pod_age_s))
-        kind, body = pipe.recv()
+        kind, body, tokenizer_load = wait_for_start(pipe)
     except (EOFError, OSError) as exc:
         pipe.close()
         code = process.wait()
@@ -305,7 +315,8 @@ def start_core_process(uri: str, settings, pod_age_s: float = 0.0) -> StartedEng
         process.wait(SHUTDOWN_TIMEOUT_S)
         raise codec.decode_error(codec.loads(body))
     started = codec.loads(body)
-    client = EngineCoreClient(process, pipe, started, settings.executor or ExecutorOptions())
+    client = EngineCoreClient(process, pipe, started, settings.executor or ExecutorOptions(),
+                              tokenizer_load)
     facts = dict(started["report"])
     report = StartupReport(tuple((name, s) for name, s in facts.pop("seconds")), **facts)
     return StartedEngine(client, Path(started["folder"]), started["kind"], report)

@@ -2,8 +2,8 @@
 
 The pod (`--engine-core process`, server/core_client.py) starts it with one end of a socketpair
 as fd N. It reads one START message, runs the pod's usual start-up (engine_start.start_engine:
-fetch, load, capture, warm-up; ranks are started from here), answers STARTED with what the pod
-needs to know about the engine, and then owns the Executor, unchanged: SUBMIT and ABORT go to
+fetch, load, capture, warm-up; ranks are started from here), says FETCHED with the tokenizer's
+folder once the engine is local, answers STARTED with what the pod needs to know about the engine, and then owns the Executor, unchanged: SUBMIT and ABORT go to
 it, and after each pass of its step loop one STEP message carries every stream's new outputs and
 the stats. Its step loop never shares a GIL with protobuf encoding or gRPC writes.
 
@@ -188,9 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"engine-core: expected a start message, got {kind!r}")
     start = codec.loads(body)
     configure_logging(start["log_level"], start["log_format"])
+    def fetched(tokenizer_dir) -> None:
+        body = {"tokenizer_dir": str(tokenizer_dir) if tokenizer_dir is not None else None}
+        pipe.send(codec.FETCHED, codec.dumps(body))
+
     try:
         started = start_engine(start["uri"], settings_from(start["settings"]),
-                               start["pod_age_s"] + process_age_s())
+                               start["pod_age_s"] + process_age_s(), on_fetched=fetched)
     except BaseException as exc:  # noqa: BLE001 - every start failure goes back to the pod
         log.exception("the engine core failed to start")
         pipe.send(codec.START_FAILED, codec.dumps(codec.encode_error(exc)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,9 +40,12 @@ class StartedEngine:
     report: StartupReport
 
 
-def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
+def start_engine(uri: str, settings, imports_s: float = 0.0,
+                 on_fetched: Callable[[Path | None], None] | None = None) -> StartedEngine:
     """Pulls, loads, captures and warms up `uri`'s engine under `settings` (RuntimeSettings).
-    `imports_s`: the process's time before the load began (interpreter and server imports)."""
+    `imports_s`: the process's time before the load began (interpreter and server imports).
+    `on_fetched(tokenizer_dir)`: called once the engine is local (the engine-core process tells
+    its pod, which then loads its own tokenizer meanwhile)."""
     clock = StartupClock()
     pulled = [0]
     bar = StageProgress("kiln-pull", logger=log)        # a bar on a terminal, else log lines
@@ -60,8 +64,9 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
                                                                      start_ranked_executor)
                 from runtime_service.engine.executor import Executor, ExecutorOptions
                 from runtime_service.engine.request import Request, SamplingParams
+                from runtime_service.engine.tokenizer_load import load_in_background
                 from runtime_service.model import kernel_tuning
-                from runtime_service.model.loader import load_model
+                from runtime_service.model.loader import load_model, tokenizer_dir_for
             waited = time.perf_counter()
             folder, kind = fetching.result()
         except BaseException:
@@ -72,6 +77,9 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
     clock.add("imports", imports_s)
     clock.add("pull" if pulled[0] else "verify", time.perf_counter() - waited)
     options = settings.executor or ExecutorOptions()
+    tokenizer_dir = tokenizer_dir_for(folder, kind)
+    if on_fetched is not None:
+        on_fetched(tokenizer_dir)
     world_size = engine_world_size(folder) if kind != "hf" else 1
     if world_size > capabilities.MAX_WORLD_SIZE:
         raise FailedPrecondition(f"the engine needs {world_size} ranks; this runtime runs at "
@@ -91,6 +99,8 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
             with clock.phase("load"):
                 executor = start_ranked_executor(folder, uri, options, settings.cache_dir).start()
         else:
+            # The tokenizer loads while the weights do (1-3 s of imports and reading).
+            tokenizer = load_in_background(tokenizer_dir) if options.load_tokenizer else None
             with clock.phase("load"):
                 loaded = load_model(folder, device=options.device, dtype=options.dtype)
                 device = next(loaded.model.parameters()).device
@@ -103,7 +113,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0) -> StartedEngine:
                 source = _import_cached(tuning, device, kernel_tuning)
                 tuned_before = kernel_tuning.tuning_totals(device)[0]
             with clock.phase("graph_capture"):
-                executor = Executor(loaded, options)
+                executor = Executor(loaded, options, tokenizer_load=tokenizer)
             with clock.phase("warm_up"):
                 executor.start()
         warmup = Request("kiln-warmup", [0], SamplingParams(max_new_tokens=2, ignore_eos=True))

@@ -1,0 +1,56 @@
+"""A start loads the tokenizer beside its other work: the loader's result or its error reaches
+whoever takes it, the executor takes the one it is given, and the pod takes the one the engine
+core's FETCHED message named."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import Future
+
+import pytest
+
+from runtime_service.engine import core_codec as codec
+from runtime_service.engine.executor import Executor, ExecutorOptions
+from runtime_service.engine.tokenizer_load import load_in_background
+from runtime_service.model.loader import load_model
+from runtime_service.server.core_client import wait_for_start
+from runtime_service.server.core_pipe import FramedSocket
+from support.tiny_llama import make_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny"))
+
+
+def test_the_background_load_gives_the_tokenizer_or_its_error(folder, tmp_path):
+    tokenizer = load_in_background(folder).result(60)
+    assert tokenizer("w3 w7")["input_ids"] == [3, 7]
+    assert load_in_background(None).result(60) is None
+    with pytest.raises(Exception):
+        load_in_background(tmp_path / "nothing-here").result(60)
+
+
+def test_the_executor_takes_the_tokenizer_it_is_given(folder):
+    given: Future = Future()
+    given.set_result(sentinel := object())
+    executor = Executor(load_model(folder), ExecutorOptions(), tokenizer_load=given)
+    assert executor.tokenizer is sentinel
+    assert Executor(load_model(folder), ExecutorOptions()).tokenizer("w5")["input_ids"] == [5]
+    off = Executor(load_model(folder), ExecutorOptions(load_tokenizer=False), tokenizer_load=given)
+    assert off.tokenizer is None
+
+
+def test_the_pod_loads_its_tokenizer_once_the_core_says_fetched(folder):
+    ours, theirs = socket.socketpair()
+    pod, core = FramedSocket(ours), FramedSocket(theirs)
+    core.send(codec.FETCHED, codec.dumps({"tokenizer_dir": str(folder)}))
+    core.send(codec.STARTED, codec.dumps({"folder": str(folder)}))
+    kind, body, tokenizer_load = wait_for_start(pod)
+    assert kind == codec.STARTED and codec.loads(body) == {"folder": str(folder)}
+    assert tokenizer_load.result(60)("w9")["input_ids"] == [9]
+    core.send(codec.START_FAILED, codec.dumps(["CorruptEngine", "bad sha"]))
+    assert wait_for_start(pod) == (codec.START_FAILED, codec.dumps(["CorruptEngine", "bad sha"]),
+                                   None)
+    pod.close()
+    core.close()
