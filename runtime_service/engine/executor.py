@@ -188,9 +188,9 @@ class Executor:
         # a step's outputs, and a hook that sends them as one message after each loop pass.
         self.new_stream = RequestStream
         self.on_step_end = lambda: None               # called from the step-loop thread
-        # ... and these two, so its step-loop thread reads the pipe itself: `poll_inputs` takes
-        # what arrived (at the top of every loop pass), `wait_for_inputs(timeout_s)` blocks an
-        # idle loop until something may have (see use_input_source).
+        # ... and these two (use_input_source), so its step-loop thread reads the pipe itself:
+        # `_poll_inputs()` takes what arrived (at the top of every loop pass), and
+        # `_wait_for_inputs(timeout_s)` blocks an idle loop until something may have.
         self._poll_inputs = lambda: None
         self._wait_for_inputs = self._wait_for_wakeup
         self._consecutive_failures = 0

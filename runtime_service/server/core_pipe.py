@@ -47,9 +47,10 @@ class FramedSocket:
             except BlockingIOError:
                 return 0
 
-    def readable(self) -> bool:
-        """A frame has begun to arrive (or the peer closed): recv will not wait for the pod."""
-        return bool(select.select([self.sock], [], [], 0)[0])
+    def readable(self, timeout_s: float = 0.0) -> bool:
+        """A frame has begun to arrive (or the peer closed) within `timeout_s`: recv will not
+        wait for the other side to start sending."""
+        return bool(select.select([self.sock], [], [], timeout_s)[0])
 
     def recv(self) -> tuple[bytes, bytes]:
         """The next (kind, body); EOFError when the peer closed its end."""

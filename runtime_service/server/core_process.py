@@ -3,9 +3,10 @@
 The pod (`--engine-core process`, server/core_client.py) starts it with one end of a socketpair
 as fd N. It reads one START message, runs the pod's usual start-up (engine_start.start_engine:
 fetch, load, capture, warm-up; ranks are started from here), says FETCHED with the tokenizer's
-folder once the engine is local, answers STARTED with what the pod needs to know about the engine, and then owns the Executor, unchanged: SUBMIT and ABORT go to
-it, and after each pass of its step loop one STEP message carries every stream's new outputs and
-the stats. Its step loop never shares a GIL with protobuf encoding or gRPC writes.
+folder once the engine is local, answers STARTED with what the pod needs to know about the
+engine, and then owns the Executor, unchanged: SUBMIT and ABORT go to it, and after each pass of
+its step loop one STEP message carries every stream's new outputs and the stats. Its step loop
+never shares a GIL with protobuf encoding or gRPC writes.
 
 It stops on SHUTDOWN, or when the pod is gone (EOF on the socket, or its parent pid changed).
 """
@@ -16,7 +17,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import select
 import signal
 import socket
 import sys
@@ -104,7 +104,7 @@ class EngineCore:
 
     def _wait_readable(self, timeout_s: float) -> None:
         if not self._closed:
-            select.select([self.pipe.sock], [], [], timeout_s)
+            self.pipe.readable(timeout_s)
 
     def _read_waiting(self) -> None:
         """Handles every message that has begun to arrive; never waits for one that has not."""
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"engine-core: expected a start message, got {kind!r}")
     start = codec.loads(body)
     configure_logging(start["log_level"], start["log_format"])
+
     def fetched(tokenizer_dir) -> None:
         body = {"tokenizer_dir": str(tokenizer_dir) if tokenizer_dir is not None else None}
         pipe.send(codec.FETCHED, codec.dumps(body))

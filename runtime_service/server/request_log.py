@@ -4,9 +4,10 @@ The servicer opens a RequestRecord when the call starts, tells it when outputs a
 check per batch, no per-token work) and closes it in `finally`. Everything is derived there from
 timestamps and the ResponseAssembler's counts, so the step loop never does observability work:
 
-- TTFT: call start (`started_unix_s` on the log line) -> first batch with a token; time per output token: first token -> last
-  batch, over the tokens after the first; queue time: the engine request's arrival -> its first
-  scheduled step (`Request.first_scheduled_time`, stamped once by the scheduler).
+- TTFT: call start (`started_unix_s` on the log line) -> first batch with a token; time per
+  output token: first token -> last batch, over the tokens after the first; queue time: the
+  engine request's arrival -> its first scheduled step (`Request.first_scheduled_time`, stamped
+  once by the scheduler).
 - The log line also splits TTFT further: prefill, first scheduled step -> the engine's first
   token (`Request.first_output_time`), and delivery, that token -> the call holding it. With
   the engine core in its own process delivery is the pipe and the event loop; the split says
