@@ -32,6 +32,7 @@ from runtime_service.server.core_pipe import FramedSocket
 from runtime_service.server.engine_host import RuntimeSettings
 from runtime_service.server import kernel_cache
 from runtime_service.server.engine_start import start_engine
+from runtime_service.server.heap import set_start_up_heap_aside
 from runtime_service.server.log_format import configure_logging
 from runtime_service.server.startup_report import process_age_s
 
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("the engine core failed to start")
         pipe.send(codec.START_FAILED, codec.dumps(codec.encode_error(exc)))
         return 2
+    set_start_up_heap_aside("engine core")
     core = EngineCore(started.executor, pipe)
     pipe.send(codec.STARTED, codec.dumps(describe(started)))
     core.serve()

@@ -23,6 +23,7 @@ from runtime_service.format.engine_format import read_manifest
 from runtime_service.errors import FailedPrecondition, InvalidRequest, Unavailable
 from runtime_service.server.core_client import start_core_process
 from runtime_service.server.engine_start import start_engine
+from runtime_service.server.heap import set_start_up_heap_aside
 from runtime_service.server.startup_report import StartupReport, process_age_s
 
 log = logging.getLogger("kiln.runtime")
@@ -168,6 +169,7 @@ class EngineHost:
         key = read_manifest(self.folder).engine_key if kind == "engine" else ""
         self.info = model_info(self.executor, engine_pb2.EngineRef(engine_key=key, uri=uri), kind,
                                settings.limits)
+        set_start_up_heap_aside("pod")
         self._set_state(State.SERVING)
         return self.info
 
