@@ -16,7 +16,8 @@ A CPU pod under 64 and 256 streams of 128/128 tokens, 10 s of serving (bench/NOT
 to 38 ms; with the start-up heap frozen, 430 ms; with the threshold at 10,000 as well, 5-8 ms
 (4 collections). The engine core's 20 ms went to none.
 Cyclic garbage now waits for a collection a little longer: at most the threshold's worth of
-objects.
+objects. What is frozen is never collected: a pod serves one engine for its life, and a process
+that serves several in turn (a benchmark) sets the heap aside for each (start_up_heap_aside).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("kiln.runtime")
 
@@ -41,3 +44,18 @@ def set_start_up_heap_aside(who: str) -> None:
     gc.set_threshold(YOUNG_THRESHOLD, middle, oldest)
     log.info("%s: %d start-up objects set aside from garbage collection in %.0f ms", who,
              gc.get_freeze_count(), 1e3 * (time.perf_counter() - began))
+
+
+@contextmanager
+def start_up_heap_aside(who: str) -> Iterator[None]:
+    """set_start_up_heap_aside for a while, for a process that serves one engine after another
+    (a benchmark): frozen objects are never collected, so an engine dropped while they are
+    frozen would keep its device memory through its reference cycles. On exit: unfrozen, and
+    the threshold as it was."""
+    threshold = gc.get_threshold()
+    set_start_up_heap_aside(who)
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

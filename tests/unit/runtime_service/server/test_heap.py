@@ -8,7 +8,8 @@ import weakref
 
 import pytest
 
-from runtime_service.server.heap import YOUNG_THRESHOLD, set_start_up_heap_aside
+from runtime_service.server.heap import (YOUNG_THRESHOLD, set_start_up_heap_aside,
+                                       start_up_heap_aside)
 
 
 @pytest.fixture
@@ -38,3 +39,20 @@ def test_start_up_objects_leave_the_collections_and_garbage_goes_first(restored_
     assert not any(id(o) in walked for o in kept)      # frozen: no collection walks them
     made_after = Node()
     assert id(made_after) in {id(o) for o in gc.get_objects()}   # new objects are, as ever
+
+
+def test_a_process_that_serves_engines_in_turn_gets_its_collector_back(restored_gc):
+    """What a benchmark does between engines: once the block ends, an engine dropped in it
+    (held by a reference cycle) can be collected."""
+    gc.unfreeze()
+    before = gc.get_threshold()
+    engine = Node()
+    dropped = weakref.ref(engine)
+    with start_up_heap_aside("bench"):
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD and gc.get_freeze_count() > 0
+        del engine
+        gc.collect()
+        assert dropped() is not None            # frozen: not collected while set aside
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+    gc.collect()
+    assert dropped() is None
