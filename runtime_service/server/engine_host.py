@@ -55,6 +55,10 @@ class RuntimeSettings:
     # "thread": in this process. On the H200, 256 streams of 128/128 tokens keep 0.94 of the
     # in-process throughput with the process core, 0.82 with the thread (bench/NOTES.md run 13).
     engine_core: str = "process"
+    # This process exists to serve (`python -m runtime_service serve`): once it serves, its
+    # start-up heap leaves garbage collection (server/heap.py). Off for a host embedded in
+    # another process (tests), whose heap is not the pod's to freeze.
+    serving_process: bool = False
 
     def __post_init__(self):
         if not 0 <= self.grace_s <= 3600:
@@ -169,7 +173,8 @@ class EngineHost:
         key = read_manifest(self.folder).engine_key if kind == "engine" else ""
         self.info = model_info(self.executor, engine_pb2.EngineRef(engine_key=key, uri=uri), kind,
                                settings.limits)
-        set_start_up_heap_aside("pod")
+        if settings.serving_process:
+            set_start_up_heap_aside("pod")
         self._set_state(State.SERVING)
         return self.info
 

@@ -129,7 +129,8 @@ def settings_from_args(args) -> RuntimeSettings:
                              default_max_new_tokens=args.default_max_new_tokens),
         allow_load_engine=args.allow_load_engine, grace_s=args.grace_s,
         max_message_bytes=args.max_message_bytes, step_stall_timeout_s=args.step_stall_timeout_s,
-        share_startup_cache=args.share_startup_cache, engine_core=args.engine_core)
+        share_startup_cache=args.share_startup_cache, engine_core=args.engine_core,
+        serving_process=True)
 
 
 class RuntimeServer:
