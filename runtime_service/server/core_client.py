@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,12 @@ class EngineCoreClient:
         self.limits = EngineLimits(**started["limits"])
         self.kv = KVShape(started["block_size"])
         self.ranks = CoreRanks(started["world_size"]) if started["world_size"] > 1 else None
+        waiting = time.perf_counter()
         self.tokenizer = (tokenizer_load.result() if tokenizer_load is not None
                           else load_tokenizer(started["tokenizer_dir"]))
+        waited_s = time.perf_counter() - waiting
+        if waited_s > 0.01:             # the start's phases end at STARTED: this came after
+            log.info("the pod waited %.2f s for its tokenizer after the core started", waited_s)
         self.on_failure = lambda exc: None            # called once, from the reader thread
         self.failure: BaseException | None = None
         self.process_lost = False                     # the core process died: exit the pod

@@ -95,6 +95,21 @@ def test_the_process_core_runs_as_a_child_of_the_pod(process_pod):
     assert len(core_processes(process_pod)) == 1
 
 
+def test_both_processes_set_their_start_up_heap_aside_once_serving(process_pod):
+    """server/heap.py: the core once it has started, the pod a moment after SERVING."""
+    wanted = ("engine core: ", "pod: ")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = [line for line in process_pod.log_path.read_text(errors="replace").splitlines()
+                 if "start-up objects set aside from garbage collection" in line]
+        if all(any(f"kiln.runtime {who}" in line for line in lines) for who in wanted):
+            break
+        time.sleep(0.2)
+    for who in wanted:
+        [line] = [line for line in lines if f"kiln.runtime {who}" in line]
+        assert int(line.split(who)[1].split()[0]) > 1000        # objects frozen
+
+
 def test_tokens_match_the_thread_core_and_transformers(model, process_pod, tmp_path):
     thread_pod = start_pod(tmp_path, model, "thread")
     try:
