@@ -36,7 +36,8 @@ YOUNG_THRESHOLD = 10_000          # the CPU pod above: 7,000 left 6 collections 
 def set_start_up_heap_aside(who: str) -> None:
     """Collects once (the start-up's garbage goes now, not in the middle of a request), freezes
     the survivors out of every later collection, and raises the youngest generation's
-    threshold. Called once a start has finished, before the process serves."""
+    threshold. Called once a start has finished, just off its critical path: the engine core
+    right after STARTED, the pod a second after SERVING."""
     began = time.perf_counter()
     gc.collect()
     gc.freeze()
