@@ -105,6 +105,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# A decode profile's window, and the steps its requests have to get every prefill done first.
+PROFILE_STEPS = 24
+PROFILE_PREFILL_STEPS = 64
+
+
 def prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (count, length), generator=generator).tolist()
@@ -326,10 +331,11 @@ def load_throughput(executor: Executor, vocab: int, load: tuple[int, int, int],
 
 def bench_quantized(state: dict[str, torch.Tensor], config: EngineConfig, dtype: torch.dtype,
                     device: str, variants: list, vocab: int, quick: bool,
-                    bandwidth: float | None, profile: Path | None = None) -> dict:
+                    bandwidth: float | None, profile: Path | None = None,
+                    profile_batches: tuple[int, ...] = (1,)) -> dict:
     """Batch-1 and the loads for each quantized engine, one at a time, each beside the floor of
-    the weight bytes it reads per token; with `profile`, each engine's batch-1 decode kernel
-    table too (`<profile stem>_<engine>_b1.txt`)."""
+    the weight bytes it reads per token; with `profile`, each engine's decode kernel tables at
+    `profile_batches` too (`<profile stem>_<engine>_b<batch>.txt`)."""
     from quant_engine import AWQ_NOTE, bytes_read_per_token, quantized_model
     results = {}
     for variant in variants:
@@ -354,11 +360,12 @@ def bench_quantized(state: dict[str, torch.Tensor], config: EngineConfig, dtype:
                 entry["tpot_ms_batch1"] = batch1_tpot_ms(executor, vocab, quick, variant.name)
                 if profile is not None:
                     slug = re.sub(r"[^A-Za-z0-9]+", "_", variant.name).strip("_")
-                    try:
-                        profile_decode(executor, vocab, 1,
-                                       profile.with_name(f"{profile.stem}_{slug}_b1.txt"))
-                    except Exception as exc:  # noqa: BLE001 - a failed profile ends nothing
-                        log(f"profiling {variant.name} failed: {exc!r}")
+                    for batch in profile_batches:
+                        try:
+                            profile_decode(executor, vocab, batch, profile.with_name(
+                                f"{profile.stem}_{slug}_b{batch}.txt"))
+                        except Exception as exc:  # noqa: BLE001 - a failed profile ends nothing
+                            log(f"profiling {variant.name} at batch {batch} failed: {exc!r}")
                 entry["throughput"] = dict(load_throughput(executor, vocab, load, variant.name)
                                            for load in loads_for(quick))
             finally:
@@ -397,17 +404,40 @@ def bench_ablations(executor: Executor, vocab: int, quick: bool) -> dict:
     return result
 
 
-def profile_decode(executor: Executor, vocab: int, batch: int, path: Path) -> None:
-    """Kernel time table for a few decode steps at `batch` (CUDA graph nodes included)."""
+def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
+                   steps: int = PROFILE_STEPS) -> None:
+    """Kernel time table of `steps` decode steps with `batch` sequences running (CUDA graph
+    nodes included). The window opens once every request has its first token, so no prefill
+    kernel lands in it: at 256 streams the prefill's GEMMs would otherwise share names and rows
+    with the decode's. The table's first line gives the steps and the kernel time per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    requests = [Request(f"p{i}", p, fixed_length(24)) for i, p in
-                enumerate(prompts(batch, 128, vocab, 50))]
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        executor.generate(requests)
-    text = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    requests = [Request(f"profile-{batch}-{i}", p, fixed_length(steps + PROFILE_PREFILL_STEPS))
+                for i, p in enumerate(prompts(batch, 128, vocab, 50))]
+    streams = [executor.submit(r) for r in requests]
+    outputs = [iter(stream) for stream in streams]
+    for output in outputs:
+        next(output)                       # its first token: the request's prefill is done
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    first = executor.num_steps
+    with profile(activities=activities) as prof:
+        while executor.num_steps < first + steps:
+            time.sleep(0.001)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        last = executor.num_steps
+    for stream in streams:
+        for _ in stream:                   # the rest of each request, outside the window
+            pass
+    averages = prof.key_averages()
+    kernel_ms = sum(event.self_device_time_total for event in averages) / 1e3
+    head = (f"{last - first} decode steps at batch {batch}: kernels "
+            f"{kernel_ms / (last - first):.3f} ms per step")
+    text = head + "\n" + averages.table(sort_by="cuda_time_total", row_limit=25)
     path.write_text(text)
-    log(f"profile at batch {batch}:\n" + "\n".join(text.splitlines()[:20]))
+    log(f"profile at batch {batch}: " + "\n".join(text.splitlines()[:20]))
 
 
 def profile_prefill_host(executor: Executor, vocab: int, length: int, path: Path) -> None:
@@ -654,7 +684,7 @@ def bench_in_process(loaded: LoadedModel, args, report: dict, device: str, dtype
             if args.ablations:
                 report["kiln_ablations"] = bench_ablations(executor, vocab, args.quick)
             if args.profile:
-                for batch in (1, 64):
+                for batch in args.profile_batches:
                     try:
                         profile_decode(executor, vocab, batch, args.profile.with_name(
                             f"{args.profile.stem}_b{batch}.txt"))
@@ -687,8 +717,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loads", type=parse_loads,
                         help="throughput loads instead of the default set, e.g. 256x128/128")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--profile", type=Path, help="write kernel tables of batch-1/64 decode and a host profile of a "
-                             "1024-token prefill")
+    parser.add_argument("--profile", type=Path, help="write decode kernel tables (at "
+                        "--profile-batches) and a host profile of a 1024-token prefill")
+    parser.add_argument("--profile-batches", default=(1, 64),
+                        type=lambda text: tuple(int(b) for b in text.split(",")),
+                        help="running sequences of each decode kernel table, e.g. 1,64,256")
     parser.add_argument("--ablations", action="store_true",
                         help="also measure batch-1 and 64x128/128 with overlapped scheduling "
                              "(and the small-batch GEMV) switched off")
@@ -718,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttft-idle-s", type=float, default=TTFT_IDLE_S,
                         help="idle seconds before each request of the idle-GPU TTFT figures")
     args = parser.parse_args(argv)
+    if args.profile:
+        args.profile.parent.mkdir(parents=True, exist_ok=True)
     from quant_engine import variants_for
     try:
         variants = variants_for(args.quant, args.group_size, args.kv_quant)
@@ -773,7 +808,8 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cuda":
             torch.cuda.empty_cache()
         report["quantized"] = bench_quantized(state, config, dtype, device, variants, vocab,
-                                              args.quick, bandwidth, args.profile)
+                                              args.quick, bandwidth, args.profile,
+                                              args.profile_batches)
         del state
     if args.grpc:
         loaded = None

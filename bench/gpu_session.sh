@@ -21,6 +21,9 @@
 #                                     # every issue-14 load, TTFT split around and in the pod
 #   bash bench/gpu_session.sh fp8kv   # decode attention over fp8 and bf16 caches, then the FP8 KV
 #                                     # engine beside bf16 KV at 256 x 1024/256 (issue 13)
+#   bash bench/gpu_session.sh quant   # issue 13's engines at their loads, beside bf16, with decode
+#                                     # kernel tables at those batches: FP8 + KV FP8 at 256 x
+#                                     # 128/128, then W4A16_AWQ at 64 x 128/128
 #   bash bench/gpu_session.sh attention  # prefill and decode attention per layer against SDPA,
 #                                        # with their launch-shape sweeps (Llama-3-8B heads)
 #   bash bench/gpu_session.sh flash   # the triton-flash backend: its GPU tests, then prefill
@@ -102,6 +105,17 @@ if [ "$mode" = "fp8kv" ]; then
   timeout 280 python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference \
     --kv-quant FP8 --loads 256x1024/256 --json "$OUT/fp8kv_256x1024.json" 2>&1 \
     | tee "$OUT/fp8kv_256x1024.log" | grep -i "tok/s\|batch-1\|error\|Traceback" | tail -12
+  exit 0
+fi
+if [ "$mode" = "quant" ]; then
+  timeout 290 python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference \
+    --quant FP8 --kv-quant FP8 --loads 256x128/128 --profile "$OUT/fp8.txt" \
+    --profile-batches 1,256 --json "$OUT/quant_fp8.json" 2>&1 | tee "$OUT/quant_fp8.log" \
+    | grep -i "tok/s\|batch-1\|decode steps\|error\|Traceback" | tail -12
+  timeout 290 python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference \
+    --quant W4A16_AWQ --loads 64x128/128 --profile "$OUT/int4.txt" --profile-batches 1,64 \
+    --json "$OUT/quant_int4.json" 2>&1 | tee "$OUT/quant_int4.log" \
+    | grep -i "tok/s\|batch-1\|decode steps\|error\|Traceback" | tail -12
   exit 0
 fi
 if [ "$mode" = "core" ]; then

@@ -4,6 +4,7 @@ built from the bf16 engine's weights, run batch-1 and the loads, and report the 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def test_quantized_engines_run_beside_the_bf16_one_on_the_tiny_shape(tmp_path, c
     assert bench_decode.main(["--model", "tiny", "--device", "cpu", "--quick", "--skip-hf",
                               "--skip-reference", "--loads", "2x16/8", "--quant",
                               "W4A16_AWQ,FP8", "--kv-quant", "INT8", "--ttft-idle-s", "0",
-                              "--json", str(out)]) == 0
+                              "--profile", str(tmp_path / "prof" / "p.txt"),
+                              "--profile-batches", "1,3", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["kiln"]["ttft_idle_ms"].keys() == report["kiln"]["ttft_ms"].keys()
     bf16_bytes = report["weight_bytes_read_per_token"]
@@ -43,3 +45,9 @@ def test_quantized_engines_run_beside_the_bf16_one_on_the_tiny_shape(tmp_path, c
         assert figures["weight_bytes_read_per_token"] < bf16_bytes
     assert "round-to-nearest" in engines["W4A16_AWQ g128 + KV INT8"]["note"]
     assert "W4A16_AWQ g128 + KV INT8: batch-1" in capsys.readouterr().out
+    # a decode table per engine and batch, over at least the 24 steps it waited for
+    for engine in ("", "_FP8_KV_INT8", "_W4A16_AWQ_g128_KV_INT8"):
+        for batch in (1, 3):
+            table = (tmp_path / "prof" / f"p{engine}_b{batch}.txt").read_text()
+            head = re.match(rf"(\d+) decode steps at batch {batch}: kernels", table)
+            assert head and int(head.group(1)) >= bench_decode.PROFILE_STEPS
