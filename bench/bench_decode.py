@@ -332,7 +332,7 @@ def load_throughput(executor: Executor, vocab: int, load: tuple[int, int, int],
 def bench_quantized(state: dict[str, torch.Tensor], config: EngineConfig, dtype: torch.dtype,
                     device: str, variants: list, vocab: int, quick: bool,
                     bandwidth: float | None, profile: Path | None = None,
-                    profile_batches: tuple[int, ...] = (1,)) -> dict:
+                    profile_batches: tuple[int, ...] = (1,), profile_prompt_len: int = 128) -> dict:
     """Batch-1 and the loads for each quantized engine, one at a time, each beside the floor of
     the weight bytes it reads per token; with `profile`, each engine's decode kernel tables at
     `profile_batches` too (`<profile stem>_<engine>_b<batch>.txt`)."""
@@ -363,7 +363,8 @@ def bench_quantized(state: dict[str, torch.Tensor], config: EngineConfig, dtype:
                     for batch in profile_batches:
                         try:
                             profile_decode(executor, vocab, batch, profile.with_name(
-                                f"{profile.stem}_{slug}_b{batch}.txt"))
+                                f"{profile.stem}_{slug}_b{batch}.txt"),
+                                prompt_len=profile_prompt_len)
                         except Exception as exc:  # noqa: BLE001 - a failed profile ends nothing
                             log(f"profiling {variant.name} at batch {batch} failed: {exc!r}")
                 entry["throughput"] = dict(load_throughput(executor, vocab, load, variant.name)
@@ -405,15 +406,16 @@ def bench_ablations(executor: Executor, vocab: int, quick: bool) -> dict:
 
 
 def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
-                   steps: int = PROFILE_STEPS) -> None:
-    """Kernel time table of `steps` decode steps with `batch` sequences running (CUDA graph
-    nodes included). The window opens once every request has its first token, so no prefill
-    kernel lands in it: at 256 streams the prefill's GEMMs would otherwise share names and rows
-    with the decode's. The table's first line gives the steps and the kernel time per step."""
+                   steps: int = PROFILE_STEPS, prompt_len: int = 128) -> None:
+    """Kernel time table of `steps` decode steps with `batch` sequences of `prompt_len`-token
+    prompts running (CUDA graph nodes included). The window opens once every request has its
+    first token, so no prefill kernel lands in it: at 256 streams the prefill's GEMMs would
+    otherwise share names and rows with the decode's. The table's first line gives the steps
+    and the kernel time per step."""
     from torch.profiler import ProfilerActivity, profile
 
     requests = [Request(f"profile-{batch}-{i}", p, fixed_length(steps + PROFILE_PREFILL_STEPS))
-                for i, p in enumerate(prompts(batch, 128, vocab, 50))]
+                for i, p in enumerate(prompts(batch, prompt_len, vocab, 50))]
     streams = [executor.submit(r) for r in requests]
     outputs = [iter(stream) for stream in streams]
     for output in outputs:
@@ -433,8 +435,8 @@ def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
             pass
     averages = prof.key_averages()
     kernel_ms = sum(event.self_device_time_total for event in averages) / 1e3
-    head = (f"{last - first} decode steps at batch {batch}: kernels "
-            f"{kernel_ms / (last - first):.3f} ms per step")
+    head = (f"{last - first} decode steps at batch {batch} after {prompt_len}-token prompts: "
+            f"kernels {kernel_ms / (last - first):.3f} ms per step")
     text = head + "\n" + averages.table(sort_by="cuda_time_total", row_limit=25)
     path.write_text(text)
     log(f"profile at batch {batch}: " + "\n".join(text.splitlines()[:20]))
@@ -687,7 +689,8 @@ def bench_in_process(loaded: LoadedModel, args, report: dict, device: str, dtype
                 for batch in args.profile_batches:
                     try:
                         profile_decode(executor, vocab, batch, args.profile.with_name(
-                            f"{args.profile.stem}_b{batch}.txt"))
+                            f"{args.profile.stem}_b{batch}.txt"),
+                            prompt_len=args.profile_prompt_len)
                     except Exception as exc:  # noqa: BLE001 - a failed profile ends nothing
                         log(f"profiling failed: {exc!r}")
                 profile_prefill_host(executor, vocab, 1024, args.profile.with_name(
@@ -722,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-batches", default=(1, 64),
                         type=lambda text: tuple(int(b) for b in text.split(",")),
                         help="running sequences of each decode kernel table, e.g. 1,64,256")
+    parser.add_argument("--profile-prompt-len", type=int, default=128,
+                        help="prompt tokens of each sequence in the decode kernel tables")
     parser.add_argument("--ablations", action="store_true",
                         help="also measure batch-1 and 64x128/128 with overlapped scheduling "
                              "(and the small-batch GEMV) switched off")
@@ -809,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         report["quantized"] = bench_quantized(state, config, dtype, device, variants, vocab,
                                               args.quick, bandwidth, args.profile,
-                                              args.profile_batches)
+                                              args.profile_batches, args.profile_prompt_len)
         del state
     if args.grpc:
         loaded = None

@@ -103,7 +103,8 @@ if [ "$mode" = "fp8kv" ]; then
   timeout 60 python3 bench/bench_attention.py --models llama3-8b --no-sweep \
     --json "$OUT/decode_attention_bf16.json" 2>&1 | tee "$OUT/decode_attention_bf16.log" | tail -8
   timeout 280 python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference \
-    --kv-quant FP8 --loads 256x1024/256 --json "$OUT/fp8kv_256x1024.json" 2>&1 \
+    --kv-quant FP8 --loads 256x1024/256 --profile "$OUT/fp8kv.txt" --profile-batches 256 \
+    --profile-prompt-len 1024 --json "$OUT/fp8kv_256x1024.json" 2>&1 \
     | tee "$OUT/fp8kv_256x1024.log" | grep -i "tok/s\|batch-1\|error\|Traceback" | tail -12
   exit 0
 fi
