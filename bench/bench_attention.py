@@ -45,16 +45,22 @@ BLOCK_SIZE = 16
 LOADS = ((1, 1024), (1, 4096), (64, 140), (64, 200), (64, 1152), (256, 160))
 SWEEP = dict(block_n=(16, 32, 64), num_warps=(2, 4, 8), num_stages=(2, 3),
              split_factor=(1, 2, 4))
+# An 8-bit cache's loop is bound by instructions, not bytes: offline sm_90 SASS counts fewest
+# per byte with one pipeline stage and wider tiles or fewer warps (4.6-4.9 against 7.05 for
+# n64 w4 s2; bench/NOTES.md), which the 16-bit sweep never tries.
+SWEEP_8BIT = dict(block_n=(32, 64, 128), num_warps=(1, 2, 4), num_stages=(1, 2),
+                  split_factor=(1, 2))
 DEFAULT_L2_BYTES = 50 << 20
 KV_CACHE_DTYPES = {"bf16": None, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
-def sweep_points(default_splits: int):
+def sweep_points(default_splits: int, eight_bit: bool = False):
     """(launch config, splits) pairs: every tile shape at the default split count and at two
-    and four times it (at most 32)."""
+    (and, for 16-bit caches, four) times it (at most 32)."""
     from runtime_service.model.kernels.paged_attention import DecodeConfig
 
-    for block_n, warps, stages, factor in itertools.product(*SWEEP.values()):
+    for block_n, warps, stages, factor in itertools.product(
+            *(SWEEP_8BIT if eight_bit else SWEEP).values()):
         splits = default_splits * factor
         if splits <= 32 and (factor == 1 or block_n >= 32):
             yield DecodeConfig(block_n, warps, stages), splits
@@ -131,7 +137,8 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
               "kiln_rel_err_vs_reference": rel_err}
     if sweep:
         sweep_into(result, ((f"{config} splits{num_splits}", (config, num_splits))
-                            for config, num_splits in sweep_points(splits)),
+                            for config, num_splits in sweep_points(
+                                splits, eight_bit=cache_dtype is not None)),
                    lambda point: graph_time_per_call_us(kiln(*point), q, paged), log)
     del paged, dense
     torch.cuda.empty_cache()

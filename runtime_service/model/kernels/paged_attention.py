@@ -109,14 +109,18 @@ def _quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION: tl.constexpr,
 @triton.jit
 def _quantized_values(p, v, v_scale, dtype: tl.constexpr, PRECISION: tl.constexpr,
                       FP8_AS_FP16: tl.constexpr):
-    """p @ (v * v_scale) for a tile of 8-bit values. In fp16 the weights are p * v_scale over
-    the tile's largest scale, in [0, 1] (a small scale times a small p would fall below fp16's
-    normal range), and the product is scaled back by it."""
+    """p @ (v * v_scale) for a tile of 8-bit values. In fp16 each value row is scaled by its
+    scale over the tile's largest, in [0, 1] (a small scale times a small p would fall below
+    fp16's normal range), and the product is scaled back by that largest scale.
+    Scaling v rather than p makes Triton take v to fp16 before its shared-memory transpose:
+    the MMA then reads v with LDSM.trans, where p * scale left it reading v's fp8 bytes one
+    LDS at a time (offline sm_90 SASS of the decode loop: 930 instructions a tile against
+    1019; bench/NOTES.md)."""
     if FP8_AS_FP16:
         v_max = tl.max(v_scale, 0)
         v_max = tl.where(v_max > 0, v_max, 1.0)
-        weights = (p * (v_scale / v_max)[None, :]).to(tl.float16)
-        return tl.dot(weights, v.to(tl.float16)) * v_max
+        values = v.to(tl.float16) * (v_scale / v_max).to(tl.float16)[:, None]
+        return tl.dot(p.to(tl.float16), values) * v_max
     return tl.dot((p * v_scale[None, :]).to(dtype), v.to(dtype), input_precision=PRECISION)
 
 
