@@ -55,6 +55,8 @@ def quant_config_of(hf_config: dict) -> QuantConfig | None:
         return QuantConfig(algo="W4A16_AWQ", group_size=int(q.get("group_size", 128)))
     if method == "compressed-tensors":
         weights = _compressed_weights_scheme(q)
+        if weights.get("actorder") == "group":
+            raise FailedPrecondition(ACT_ORDER_REFUSED)
         if q.get("format") == "pack-quantized" and weights.get("num_bits") == 4 \
                 and weights.get("type", "int") == "int" and weights.get("strategy") == "group":
             return QuantConfig(algo="W4A16", group_size=int(weights["group_size"]))
@@ -68,6 +70,26 @@ def quant_config_of(hf_config: dict) -> QuantConfig | None:
             f"weights {weights}")
     raise FailedPrecondition(f"quantization_config quant_method {method!r} is not served; "
                              "Kiln reads awq (GEMM) and compressed-tensors")
+
+
+# GPTQ's activation ordering with `actorder: group` puts input columns in groups out of order
+# (`weight_g_idx` names each column's group). Kiln's int4 kernels read groups of consecutive
+# columns, so such a checkpoint would need its activations permuted before every linear, and a
+# tensor-parallel split of o and down could not keep a group on one rank. The other orderings
+# (`static`, `weight`) quantize in activation order but store contiguous groups: served.
+ACT_ORDER_REFUSED = (
+    "compressed-tensors checkpoints with activation-ordered groups (actorder: group, a "
+    "weight_g_idx per linear) are not served: Kiln's int4 kernels read each group as "
+    "consecutive input columns. Quantize with actorder 'static' (llmcompressor's GPTQ default) "
+    "or 'weight', which order the same way but store contiguous groups.")
+
+
+def _check_contiguous_groups(g_idx: torch.Tensor, columns: int, groups: int,
+                             prefix: str) -> None:
+    """A stored g_idx is served only when it is the plain one, column k in group k // G."""
+    plain = torch.arange(columns, device=g_idx.device) // (columns // groups)
+    if g_idx.shape != plain.shape or not torch.equal(g_idx.to(plain.dtype), plain):
+        raise FailedPrecondition(f"{prefix[:-1]}: {ACT_ORDER_REFUSED}")
 
 
 def _compressed_weights_scheme(q: dict) -> dict:
@@ -89,6 +111,9 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
     if prefix + "weight_packed" in names:                            # compressed-tensors int4
         codes = _plain_columns(get(prefix + "weight_packed"))                 # q + 8, [N, K]
         scales = get(prefix + "weight_scale")
+        if prefix + "weight_g_idx" in names:
+            _check_contiguous_groups(get(prefix + "weight_g_idx"), codes.shape[1],
+                                     scales.shape[1], prefix)
         if prefix + "weight_zero_point" in names:
             zero = get(prefix + "weight_zero_point")
             if zero.dtype == torch.int32:              # packed along rows, offset like codes

@@ -171,6 +171,36 @@ def test_compressed_tensors_fp8_checkpoint_is_served_as_transformers_runs_it(sou
     assert torch.allclose(torch.tensor(kiln), expected, atol=1e-4)
 
 
+def with_g_idx(shuffled: bool):
+    """compressed_int4 plus the weight_g_idx GPTQ's activation ordering stores: column k's
+    group, either the plain k // GROUP or activation-ordered (groups out of column order)."""
+    def write(prefix, q, shape):
+        columns = shape[1]
+        g_idx = torch.arange(columns, dtype=torch.int32) // GROUP
+        if shuffled:
+            g_idx = g_idx[torch.randperm(columns, generator=torch.Generator().manual_seed(0))]
+        return {**compressed_int4(prefix, q, shape), prefix + "weight_g_idx": g_idx}
+    return write
+
+
+def test_activation_ordered_groups_are_refused_and_plain_ones_served(source, tmp_path):
+    """Groups out of column order cannot be read by the int4 kernels: refused by the config's
+    actorder, and by the stored g_idx when the config does not say; a plain g_idx is served."""
+    ordered = json.loads(json.dumps(COMPRESSED_CONFIG))
+    ordered["config_groups"]["group_0"]["weights"]["actorder"] = "group"
+    with pytest.raises(FailedPrecondition, match="actorder: group.*'static'"):
+        quant_config_of({"quantization_config": ordered})
+
+    folder, _ = quantized_checkpoint(source, tmp_path / "shuffled", with_g_idx(True),
+                                     COMPRESSED_CONFIG)
+    with pytest.raises(FailedPrecondition, match="q_proj: .*activation-ordered groups"):
+        load_model(folder)
+
+    folder, float_folder = quantized_checkpoint(source, tmp_path / "plain", with_g_idx(False),
+                                                COMPRESSED_CONFIG)
+    assert kiln_greedy(folder) == hf_greedy(float_folder, PROMPT, 8)
+
+
 def test_unsupported_prequantized_schemes_are_refused_naming_what_is_read():
     with pytest.raises(FailedPrecondition, match="awq .GEMM. and compressed-tensors"):
         quant_config_of({"quantization_config": {"quant_method": "gptq"}})
