@@ -57,17 +57,22 @@ def quant_config_of(hf_config: dict) -> QuantConfig | None:
         weights = _compressed_weights_scheme(q)
         if weights.get("actorder") == "group":
             raise FailedPrecondition(ACT_ORDER_REFUSED)
+        activations = _compressed_group(q).get("input_activations")
         if q.get("format") == "pack-quantized" and weights.get("num_bits") == 4 \
-                and weights.get("type", "int") == "int" and weights.get("strategy") == "group":
+                and weights.get("type", "int") == "int" and weights.get("strategy") == "group" \
+                and not activations:
             return QuantConfig(algo="W4A16", group_size=int(weights["group_size"]))
         if q.get("format") in ("float-quantized", "naive-quantized") \
                 and weights.get("type") == "float" and weights.get("num_bits") == 8 \
-                and weights.get("strategy") == "channel":
+                and weights.get("strategy") in ("channel", "tensor") \
+                and _dynamic_fp8_per_token(activations):
             return QuantConfig(algo="FP8")
         raise FailedPrecondition(
-            "compressed-tensors checkpoints are served as pack-quantized int4 (group strategy) "
-            f"or float-quantized FP8 (channel strategy), got format {q.get('format')!r} with "
-            f"weights {weights}")
+            "compressed-tensors checkpoints are served as pack-quantized int4 weights (group "
+            "strategy, activations unquantized) or float-quantized FP8 weights (channel or "
+            "tensor strategy) with dynamic per-token FP8 activations (llmcompressor's "
+            f"FP8_DYNAMIC); got format {q.get('format')!r} with weights {weights} and input "
+            f"activations {activations}")
     raise FailedPrecondition(f"quantization_config quant_method {method!r} is not served; "
                              "Kiln reads awq (GEMM) and compressed-tensors")
 
@@ -92,12 +97,24 @@ def _check_contiguous_groups(g_idx: torch.Tensor, columns: int, groups: int,
         raise FailedPrecondition(f"{prefix[:-1]}: {ACT_ORDER_REFUSED}")
 
 
-def _compressed_weights_scheme(q: dict) -> dict:
+def _compressed_group(q: dict) -> dict:
     groups = list(q.get("config_groups", {}).values())
     if len(groups) != 1 or not groups[0].get("weights"):
         raise FailedPrecondition("compressed-tensors checkpoints with exactly one config group "
                                  "of quantized weights are served")
-    return groups[0]["weights"]
+    return groups[0]
+
+
+def _compressed_weights_scheme(q: dict) -> dict:
+    return _compressed_group(q)["weights"]
+
+
+def _dynamic_fp8_per_token(activations: dict | None) -> bool:
+    """Kiln's FP8 linears quantize their input per token at run time; a checkpoint calibrated
+    with static input scales (or none) would be served as another function than it states."""
+    return bool(activations) and activations.get("type") == "float" \
+        and activations.get("num_bits") == 8 and activations.get("dynamic") is True \
+        and activations.get("strategy") == "token"
 
 
 def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str,
@@ -124,6 +141,9 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
             zeros = torch.full(scales.shape, 8, dtype=torch.uint8)
         return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
     if quant.algo == "FP8" and get(prefix + "weight").dtype == torch.float8_e4m3fn:
-        return {"qweight": get(prefix + "weight"),
-                "scales": get(prefix + "weight_scale").float().reshape(-1)}
+        weight = get(prefix + "weight")
+        scales = get(prefix + "weight_scale").float().reshape(-1)
+        if scales.numel() == 1:            # tensor strategy: one scale, the same for every row
+            scales = scales.expand(weight.shape[0]).contiguous()
+        return {"qweight": weight, "scales": scales}
     raise FailedPrecondition(f"{prefix[:-1]} is not stored in the checkpoint's quantized format")

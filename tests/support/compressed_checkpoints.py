@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def compressed_fp8_checkpoint(source: Path, out: Path) -> Path:
+def compressed_fp8_checkpoint(source: Path, out: Path, weight_strategy: str = "channel") -> Path:
     """`source` (an HF folder) quantized to compressed-tensors' FP8_DYNAMIC scheme (E4M3 weights
     with per-channel scales, dynamic per-token E4M3 activations; lm_head left out) and saved
     float-quantized, as llmcompressor saves it. Weight scales come from compressed-tensors'
-    calculate_qparams over each row's range (the job llmcompressor's observers do)."""
+    calculate_qparams over each row's range (the job llmcompressor's observers do).
+    `weight_strategy="tensor"`: one weight scale per linear, over its whole range."""
     import torch
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (QuantizationConfig, apply_quantization_config,
@@ -19,16 +20,20 @@ def compressed_fp8_checkpoint(source: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
+    scheme = preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])
+    scheme.weights.strategy = weight_strategy
     apply_quantization_config(model, QuantizationConfig(
-        config_groups={"group_0": preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])},
-        ignore=["lm_head"]))
+        config_groups={"group_0": scheme}, ignore=["lm_head"]))
     for module in model.modules():
         scheme = getattr(module, "quantization_scheme", None)
         if scheme is not None:
             w = module.weight.data
-            scale, _ = calculate_qparams(w.amin(1, keepdim=True), w.amax(1, keepdim=True),
-                                         scheme.weights)
-            module.weight_scale.data.copy_(scale)
+            if weight_strategy == "channel":
+                low, high = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+            else:
+                low, high = w.amin().reshape(1), w.amax().reshape(1)
+            scale, _ = calculate_qparams(low, high, scheme.weights)
+            module.weight_scale.data.copy_(scale.reshape(module.weight_scale.shape))
     compressor = ModelCompressor.from_pretrained_model(model, "float-quantized")
     compressor.compress_model(model)
     model.save_pretrained(str(out))

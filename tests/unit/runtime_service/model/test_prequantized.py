@@ -140,12 +140,15 @@ def test_transformers_runs_the_compressed_tensors_checkpoint_as_kiln_does(source
     assert kiln_greedy(folder) == hf_greedy(folder, PROMPT, 8)
 
 
-def test_compressed_tensors_fp8_checkpoint_is_served_as_transformers_runs_it(source, tmp_path):
+@pytest.mark.parametrize("strategy", ["channel", "tensor"])
+def test_compressed_tensors_fp8_checkpoint_is_served_as_transformers_runs_it(source, tmp_path,
+                                                                            strategy):
     """transformers decompresses the FP8 weights on the CPU and keeps quantizing each linear's
     input per token at run time, as Kiln's FP8 layer does: prompt log-probabilities agree to
-    rounding (switching transformers' activation quantization off moves them by ~0.4)."""
+    rounding (switching transformers' activation quantization off moves them by ~0.4). A
+    per-tensor weight scale is every row's scale."""
     from transformers import LlamaForCausalLM
-    folder = compressed_fp8_checkpoint(source, tmp_path / "fp8")
+    folder = compressed_fp8_checkpoint(source, tmp_path / "fp8", strategy)
     stored = load_file(str(folder / "model.safetensors"))
     assert stored["model.layers.0.mlp.down_proj.weight"].dtype == torch.float8_e4m3fn
     loaded = load_model(folder)
@@ -153,7 +156,9 @@ def test_compressed_tensors_fp8_checkpoint_is_served_as_transformers_runs_it(sou
     down = loaded.model.layers["0"].mlp.down_proj
     assert torch.equal(down.qweight.view(torch.uint8),
                        stored["model.layers.0.mlp.down_proj.weight"].view(torch.uint8))
-    assert torch.equal(down.scales, stored["model.layers.0.mlp.down_proj.weight_scale"].flatten())
+    stored_scale = stored["model.layers.0.mlp.down_proj.weight_scale"].flatten()
+    assert stored_scale.numel() == (1 if strategy == "tensor" else down.scales.numel())
+    assert torch.equal(down.scales, stored_scale.expand(down.scales.shape))
     assert kiln_greedy(folder, 12) == hf_greedy(folder, PROMPT, 12)
 
     hf = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
@@ -202,6 +207,13 @@ def test_activation_ordered_groups_are_refused_and_plain_ones_served(source, tmp
 
 
 def test_unsupported_prequantized_schemes_are_refused_naming_what_is_read():
+    from compressed_tensors.quantization import preset_name_to_scheme
+    for preset in ("FP8", "W4AFP8", "W8A16"):   # static input scales; quantized inputs; int8
+        scheme = preset_name_to_scheme(preset, ["Linear"]).model_dump(mode="json")
+        config = {**COMPRESSED_CONFIG, "config_groups": {"group_0": scheme},
+                  "format": "float-quantized" if preset == "FP8" else "pack-quantized"}
+        with pytest.raises(FailedPrecondition, match="FP8_DYNAMIC.*input activations"):
+            quant_config_of({"quantization_config": config})
     with pytest.raises(FailedPrecondition, match="awq .GEMM. and compressed-tensors"):
         quant_config_of({"quantization_config": {"quant_method": "gptq"}})
     with pytest.raises(FailedPrecondition, match="4-bit GEMM"):
