@@ -3,8 +3,9 @@
     python3 llm_examples.py --task run_llm_from_huggingface_model --hf_model_dir <dir>
     python3 llm_examples.py --task run_llm_on_tensor_parallel --prompt="<prompt>" --hf_model_dir=<dir>
 
-Without a GPU everything runs on the CPU. A setting Kiln cannot serve yet (quantization, more
-than one rank) is refused with a FailedPrecondition, which a task reports and does not hide.
+Without a GPU everything runs on the CPU. A setting Kiln cannot serve (an algorithm it does not
+build, an int4 group size the model's widths do not divide) is refused with a clear error,
+which a task reports and does not hide.
 """
 
 from __future__ import annotations
@@ -116,10 +117,11 @@ def run_llm_with_auto_parallel(model_dir: str, prompt: str, max_new_tokens: int,
 
 
 def run_llm_with_quantization(model_dir: str, prompt: str, max_new_tokens: int,
-                              quant_type="int4_awq", **_):
+                              quant_type="int4_awq", group_size=128, **_):
     config = ModelConfig(model_dir=model_dir)
     config.quant_config.quant_algo = {"int4_awq": QuantAlgo.W4A16_AWQ, "int8": QuantAlgo.W8A16,
                                       "fp8": QuantAlgo.FP8}[quant_type]
+    config.quant_config.group_size = group_size
     with LLM(config) as llm:
         for output in llm.generate([prompt or PROMPTS[0]],
                                    sampling_config=_sampling(llm, max_new_tokens)):
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--tp_size", type=int, default=2)
     parser.add_argument("--quant_type", default="int4_awq", choices=("int4_awq", "int8", "fp8"))
+    parser.add_argument("--group_size", type=int, default=128, help="int4 group: 128, 64 or 32")
     args = parser.parse_args(argv)
     print(f"== {args.task}", flush=True)
     try:
