@@ -1,21 +1,30 @@
 """Pre-quantized HF checkpoints (AutoAWQ GEMM, compressed-tensors pack-quantized int4 and
 float-quantized FP8) are served as they are stored: greedy tokens equal transformers' on the
-same weights."""
+same weights, split engines are slices of the stored tensors, and schemes Kiln would serve as
+another function are refused."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from builder_service.builder import EngineBuilder
+from builder_service.reshard import KilnShards
+from builder_service.settings import BuildSpec
+from builder_service.sources import SourceResolver
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
 from runtime_service.errors import FailedPrecondition
+from runtime_service.format.engine_config import EngineConfig, Mapping
 from runtime_service.model.layers.quantize import dequantize_int4, quantize_int4, unpack_int4
 from runtime_service.model.loader import load_model
 from runtime_service.model.prequantized import AWQ_ORDER, quant_config_of
+from runtime_service.store import open_store
 from support.compressed_checkpoints import compressed_fp8_checkpoint
 from support.random_llama import hf_greedy, make_random_llama
 
@@ -204,6 +213,34 @@ def test_activation_ordered_groups_are_refused_and_plain_ones_served(source, tmp
     folder, float_folder = quantized_checkpoint(source, tmp_path / "plain", with_g_idx(False),
                                                 COMPRESSED_CONFIG)
     assert kiln_greedy(folder) == hf_greedy(float_folder, PROMPT, 8)
+
+
+def built_engine(folder: Path, work: Path, tp: int = 1, pp: int = 1) -> Path:
+    """`folder` built by the builder as it is quantized (no quant setting asked for)."""
+    builder = EngineBuilder(open_store(str(work / "store")), SourceResolver(work / "b", None),
+                            work / "b")
+    outcome = builder.build(BuildSpec(source=str(folder), dtype="float32",
+                                      mapping=Mapping(tp, pp)), lambda _: None)
+    return work / "store" / "engines" / outcome.engine.engine_key
+
+
+@pytest.mark.parametrize("kind", ["int4", "fp8"])
+def test_a_split_prequantized_engine_is_the_slices_of_its_one_rank_build(kind, source,
+                                                                         tmp_path):
+    """tp x pp builds of a pre-quantized folder cut its stored tensors, never re-quantize."""
+    folder = (quantized_checkpoint(source, tmp_path / "q", compressed_int4, COMPRESSED_CONFIG)[0]
+              if kind == "int4" else compressed_fp8_checkpoint(source, tmp_path / "q"))
+    whole = built_engine(folder, tmp_path / "one")
+    split = built_engine(folder, tmp_path / "split", tp=2, pp=2)
+    config = EngineConfig.from_dict(json.loads((split / "config.json").read_text()))
+    assert config.quant.algo == ("W4A16" if kind == "int4" else "FP8")
+    rejoined = KilnShards(split, config)
+    with safe_open(str(whole / "rank0.safetensors"), framework="pt") as handle:
+        for name in handle.keys():
+            want, got = handle.get_tensor(name), rejoined.get(name)
+            if want.dtype == torch.float8_e4m3fn:
+                want, got = want.view(torch.uint8), got.view(torch.uint8)
+            assert torch.equal(got, want), name
 
 
 def test_unsupported_prequantized_schemes_are_refused_naming_what_is_read():
