@@ -38,7 +38,8 @@ KV_CACHE_ALGOS = {QuantAlgo.INT8: "int8", QuantAlgo.FP8: "fp8"}
 
 
 class QuantMode(enum.IntFlag):
-    """What an algorithm quantizes, as flags (the HLAPI's QuantMode, reduced to its meaning)."""
+    """What an algorithm quantizes, as flags, with the HLAPI's questions about them (code that
+    asks `config.quant_config.quant_mode.has_any_quant()` runs unchanged)."""
 
     NONE = 0
     INT4_WEIGHTS = 1
@@ -51,6 +52,75 @@ class QuantMode(enum.IntFlag):
     FP8_KV_CACHE = 128
     FP8_QDQ = 256
 
+    @staticmethod
+    def from_quant_algo(quant_algo: "QuantAlgo | None" = None,
+                        kv_cache_quant_algo: "QuantAlgo | None" = None) -> "QuantMode":
+        mode = _MODES.get(quant_algo, QuantMode.NONE)
+        if kv_cache_quant_algo is QuantAlgo.INT8:
+            mode |= QuantMode.INT8_KV_CACHE
+        elif kv_cache_quant_algo is QuantAlgo.FP8:
+            mode |= QuantMode.FP8_KV_CACHE
+        return mode
+
+    def _weights_only_with(self, weights: "QuantMode") -> bool:
+        """Exactly `weights` among the weight and activation flags."""
+        mask = QuantMode.INT4_WEIGHTS | QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS
+        return self & mask == weights
+
+    def is_int4_weight_only(self) -> bool:
+        return self._weights_only_with(QuantMode.INT4_WEIGHTS)
+
+    def is_int8_weight_only(self) -> bool:
+        return self._weights_only_with(QuantMode.INT8_WEIGHTS)
+
+    def is_weight_only(self) -> bool:
+        return self.is_int4_weight_only() or self.is_int8_weight_only()
+
+    def is_int4_weight_only_per_group(self) -> bool:
+        return self.is_int4_weight_only() and self.has_per_group_scaling()
+
+    def has_weight_quant(self) -> bool:
+        return bool(self & (QuantMode.INT4_WEIGHTS | QuantMode.INT8_WEIGHTS))
+
+    def has_act_and_weight_quant(self) -> bool:
+        return self._weights_only_with(QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS)
+
+    def has_per_token_dynamic_scaling(self) -> bool:
+        return QuantMode.PER_TOKEN in self
+
+    def has_act_static_scaling(self) -> bool:
+        return bool(self & (QuantMode.ACTIVATIONS | QuantMode.FP8_QDQ)) \
+            and not self.has_per_token_dynamic_scaling()
+
+    def has_per_channel_scaling(self) -> bool:
+        return QuantMode.PER_CHANNEL in self
+
+    def has_per_group_scaling(self) -> bool:
+        return QuantMode.PER_GROUP in self
+
+    def has_fp8_qdq(self) -> bool:
+        return QuantMode.FP8_QDQ in self
+
+    def has_int8_kv_cache(self) -> bool:
+        return QuantMode.INT8_KV_CACHE in self
+
+    def has_fp8_kv_cache(self) -> bool:
+        return QuantMode.FP8_KV_CACHE in self
+
+    def has_kv_cache_quant(self) -> bool:
+        return self.has_int8_kv_cache() or self.has_fp8_kv_cache()
+
+    def has_any_quant(self, exclude_kv_cache: bool = False) -> bool:
+        weights_or_inputs = bool(self & (QuantMode.INT4_WEIGHTS | QuantMode.INT8_WEIGHTS
+                                         | QuantMode.ACTIVATIONS | QuantMode.FP8_QDQ))
+        return weights_or_inputs or (not exclude_kv_cache and self.has_kv_cache_quant())
+
+    def set_int8_kv_cache(self) -> "QuantMode":
+        return self | QuantMode.INT8_KV_CACHE
+
+    def set_fp8_kv_cache(self) -> "QuantMode":
+        return self | QuantMode.FP8_KV_CACHE
+
 
 _MODES = {
     QuantAlgo.W8A16: QuantMode.INT8_WEIGHTS,
@@ -61,7 +131,8 @@ _MODES = {
     QuantAlgo.W8A8_SQ_PER_CHANNEL: (QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS
                                     | QuantMode.PER_CHANNEL | QuantMode.PER_TOKEN),
     QuantAlgo.W8A8_SQ_PER_TENSOR_PLUGIN: QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS,
-    QuantAlgo.FP8: QuantMode.FP8_QDQ,
+    # Kiln's FP8: e4m3 weights per channel, inputs quantized per token at run time
+    QuantAlgo.FP8: QuantMode.FP8_QDQ | QuantMode.PER_CHANNEL | QuantMode.PER_TOKEN,
 }
 
 
@@ -100,12 +171,13 @@ class QuantConfig(Checked):
 
     @property
     def quant_mode(self) -> QuantMode:
-        mode = _MODES.get(self.quant_algo, QuantMode.NONE)
-        if self.kv_cache_quant_algo is QuantAlgo.INT8:
-            mode |= QuantMode.INT8_KV_CACHE
-        elif self.kv_cache_quant_algo is QuantAlgo.FP8:
-            mode |= QuantMode.FP8_KV_CACHE
-        return mode
+        return QuantMode.from_quant_algo(self.quant_algo, self.kv_cache_quant_algo)
+
+    @property
+    def requires_calibration(self) -> bool:
+        """Whether the build runs the model on calibration text: AWQ's scale search. Kiln's
+        FP8 and KV caches scale at run time, so they need none."""
+        return self.quant_algo is QuantAlgo.W4A16_AWQ
 
     def asdict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

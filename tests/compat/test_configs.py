@@ -122,6 +122,33 @@ def test_quant_config_fields_asdict_and_quant_mode():
     assert QuantMode.INT8_KV_CACHE in config.quant_mode
 
 
+def test_quant_mode_answers_the_hlapi_questions_for_each_algorithm():
+    """What the peer's own quantization tests ask before building (`quant_mode.has_any_quant()`),
+    with each algorithm's answers as Kiln builds it."""
+    from kiln.hlapi.llm import QuantAlgo, QuantConfig
+    from kiln.quantization import QuantMode
+
+    def mode(algo=None, kv=None):
+        return QuantConfig(algo, kv).quant_mode
+
+    assert not mode().has_any_quant() and not QuantConfig().requires_calibration
+    awq = mode(QuantAlgo.W4A16_AWQ)
+    assert awq.has_any_quant() and awq.is_int4_weight_only_per_group() and awq.is_weight_only()
+    assert QuantConfig(QuantAlgo.W4A16_AWQ).requires_calibration
+    int8 = mode(QuantAlgo.W8A16)
+    assert int8.is_int8_weight_only() and not int8.is_int4_weight_only()
+    fp8 = mode(QuantAlgo.FP8, QuantAlgo.FP8)
+    assert fp8.has_any_quant() and fp8.has_fp8_qdq() and fp8.has_fp8_kv_cache()
+    assert fp8.has_per_token_dynamic_scaling() and not fp8.has_act_static_scaling()
+    assert not fp8.is_weight_only() and not QuantConfig(QuantAlgo.FP8).requires_calibration
+    kv_only = mode(None, QuantAlgo.INT8)
+    assert kv_only.has_any_quant() and not kv_only.has_any_quant(exclude_kv_cache=True)
+    assert kv_only.has_kv_cache_quant() and kv_only.has_int8_kv_cache()
+    assert QuantMode.NONE.set_fp8_kv_cache().has_fp8_kv_cache()
+    assert QuantMode.from_quant_algo(QuantAlgo.W4A16_AWQ, QuantAlgo.INT8) == \
+        mode(QuantAlgo.W4A16_AWQ, QuantAlgo.INT8)
+
+
 def test_quant_options_the_builder_does_not_take_are_refused_before_a_build(tmp_path):
     from kiln.engine_build import check_capabilities
     from kiln.hlapi.llm import ModelConfig
