@@ -17,7 +17,7 @@ from runtime_service.format.engine_config import Mapping, QuantConfig
 from runtime_service.errors import InvalidRequest
 from runtime_service.model.layers.linear import shard_columns, shard_rows
 from runtime_service.model.llama import layer_index, sharding_rule
-from runtime_service.model.prequantized import read_linear
+from runtime_service.model.prequantized import check_head_unquantized, read_linear
 from runtime_service.format.model_config import ModelArgs
 
 
@@ -102,9 +102,12 @@ def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
     if with_head:
         yield "norm.weight", get("norm.weight")
         if "lm_head.weight" in names and not args.tie_word_embeddings:
-            yield "lm_head.weight", source.get("lm_head.weight")
+            head = source.get("lm_head.weight")
         else:
-            yield "lm_head.weight", get("embed_tokens.weight")
+            head = get("embed_tokens.weight")
+        if quant is not None:
+            check_head_unquantized(names, head)
+        yield "lm_head.weight", head
 
 
 def shard_for_rank(name: str, full: torch.Tensor, args: ModelArgs, mapping: Mapping,

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def compressed_fp8_checkpoint(source: Path, out: Path, weight_strategy: str = "channel") -> Path:
+def compressed_fp8_checkpoint(source: Path, out: Path, weight_strategy: str = "channel",
+                              quantize_head: bool = False) -> Path:
     """`source` (an HF folder) quantized to compressed-tensors' FP8_DYNAMIC scheme (E4M3 weights
     with per-channel scales, dynamic per-token E4M3 activations; lm_head left out) and saved
     float-quantized, as llmcompressor saves it. Weight scales come from compressed-tensors'
     calculate_qparams over each row's range (the job llmcompressor's observers do).
-    `weight_strategy="tensor"`: one weight scale per linear, over its whole range."""
+    `weight_strategy="tensor"`: one weight scale per linear, over its whole range;
+    `quantize_head`: lm_head quantized too (not left out)."""
     import torch
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (QuantizationConfig, apply_quantization_config,
@@ -23,7 +25,7 @@ def compressed_fp8_checkpoint(source: Path, out: Path, weight_strategy: str = "c
     scheme = preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])
     scheme.weights.strategy = weight_strategy
     apply_quantization_config(model, QuantizationConfig(
-        config_groups={"group_0": scheme}, ignore=["lm_head"]))
+        config_groups={"group_0": scheme}, ignore=[] if quantize_head else ["lm_head"]))
     for module in model.modules():
         scheme = getattr(module, "quantization_scheme", None)
         if scheme is not None:

@@ -243,6 +243,15 @@ def test_a_split_prequantized_engine_is_the_slices_of_its_one_rank_build(kind, s
             assert torch.equal(got, want), name
 
 
+def test_a_checkpoint_that_quantized_lm_head_is_refused_not_read_as_weights(source, tmp_path):
+    """Its lm_head holds e4m3 codes and a scale: read as a float weight, the logits were off by
+    the scale (885x in relative error) with no error at all."""
+    folder = compressed_fp8_checkpoint(source, tmp_path / "head", quantize_head=True)
+    assert "lm_head.weight_scale" in load_file(str(folder / "model.safetensors"))
+    with pytest.raises(FailedPrecondition, match="quantizes lm_head.*ignore: .lm_head."):
+        load_model(folder)
+
+
 def test_unsupported_prequantized_schemes_are_refused_naming_what_is_read():
     from compressed_tensors.quantization import preset_name_to_scheme
     for preset in ("FP8", "W4AFP8", "W8A16"):   # static input scales; quantized inputs; int8
