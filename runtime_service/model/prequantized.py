@@ -57,6 +57,15 @@ def quant_config_of(hf_config: dict) -> QuantConfig | None:
         weights = _compressed_weights_scheme(q)
         if weights.get("actorder") == "group":
             raise FailedPrecondition(ACT_ORDER_REFUSED)
+        if q.get("kv_cache_scheme"):
+            raise FailedPrecondition(
+                "the checkpoint's KV cache scheme (static k/v scales calibrated into it) is not "
+                "served: Kiln quantizes its KV cache per token at run time "
+                "(kv_cache_quant_algo INT8 or FP8); quantize without kv_cache_scheme")
+        if q.get("transform_config"):
+            raise FailedPrecondition(
+                "compressed-tensors transforms (rotations such as SpinQuant or QuIP, some "
+                "applied at run time) are not served")
         activations = _compressed_group(q).get("input_activations")
         if q.get("format") == "pack-quantized" and weights.get("num_bits") == 4 \
                 and weights.get("type", "int") == "int" and weights.get("strategy") == "group" \

@@ -260,6 +260,12 @@ def test_unsupported_prequantized_schemes_are_refused_naming_what_is_read():
                   "format": "float-quantized" if preset == "FP8" else "pack-quantized"}
         with pytest.raises(FailedPrecondition, match="FP8_DYNAMIC.*input activations"):
             quant_config_of({"quantization_config": config})
+    for extra, words in (({"kv_cache_scheme": {"num_bits": 8, "type": "float"}}, "KV cache"),
+                         ({"transform_config": {"config_groups": {"r": {}}}}, "transforms")):
+        with pytest.raises(FailedPrecondition, match=words):
+            quant_config_of({"quantization_config": {**COMPRESSED_CONFIG, **extra}})
+    assert quant_config_of({"quantization_config": {
+        **COMPRESSED_CONFIG, "kv_cache_scheme": None, "transform_config": {}}}).algo == "W4A16"
     with pytest.raises(FailedPrecondition, match="awq .GEMM. and compressed-tensors"):
         quant_config_of({"quantization_config": {"quant_method": "gptq"}})
     with pytest.raises(FailedPrecondition, match="4-bit GEMM"):
