@@ -126,14 +126,13 @@ def _dynamic_fp8_per_token(activations: dict | None) -> bool:
         and activations.get("strategy") == "token"
 
 
-def check_head_unquantized(names: set[str], head: torch.Tensor | None) -> None:
+def check_head_unquantized(names: set[str], head: torch.Tensor) -> None:
     """Kiln runs lm_head in the engine's float dtype. A checkpoint that quantized it (its
     scheme's targets without `ignore: [lm_head]`) stores codes there that would otherwise be
     read as weights."""
     stored = sorted(n for n in names if n.startswith("lm_head.")
                     and n not in ("lm_head.weight", "lm_head.bias"))
-    if stored or (head is not None and not head.dtype.is_floating_point) \
-            or (head is not None and head.dtype.itemsize == 1):
+    if stored or head.dtype.itemsize == 1 or not head.dtype.is_floating_point:
         raise FailedPrecondition(
             "the checkpoint quantizes lm_head (" + (", ".join(stored) or str(head.dtype))
             + "); Kiln serves pre-quantized checkpoints with lm_head unquantized, as "
