@@ -162,6 +162,49 @@ def test_attention_reads_quantized_caches(shape, cache_dtype):
     assert _rel_err(out, ref) < 1e-2, f"prefill, seed {SEED}"
 
 
+@pytest.mark.parametrize("q_size, kv_size, spread", [
+    (1e5, 1.0, False), (1.0, 1e-4, False), (1.0, 1.0, True)])
+def test_fp8_cache_products_in_fp16_hold_any_magnitude(q_size, kv_size, spread):
+    """A bf16 query over an fp8 cache multiplies in fp16 (paged_attention._fp16_query and
+    _quantized_values): a query row past fp16's range, values of 1e-4, and value scales that
+    span four decades within one key tile must all match the reference over the same
+    dequantized cache, compiled as the GPU runs them (the interpreter test checks the logic)."""
+    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels.kv_quant import quantize_kv_reference
+
+    num_heads, num_kv_heads, head_dim, block_size = SHAPES[0]
+    generator = torch.Generator().manual_seed(SEED)
+    seq_lens = [1, 17, 300]
+    blocks = [-(-n // block_size) for n in seq_lens]
+    tables = torch.full((len(seq_lens), max(blocks)), -1, dtype=torch.int32)
+    used = 0
+    for i, count in enumerate(blocks):
+        tables[i, :count] = torch.arange(used, used + count)
+        used += count
+    kv_shape = (used, block_size, num_kv_heads, head_dim)
+    k, v = ((torch.randn(kv_shape, generator=generator) * kv_size) for _ in range(2))
+    if spread:          # each token's values scaled by 10^-4 .. 10^0
+        v = v * 10 ** (-4 * torch.rand(kv_shape[:3] + (1,), generator=generator))
+    (k_q, k_scale), (v_q, v_scale) = (
+        quantize_kv_reference(t.to(torch.bfloat16).cuda(), torch.float8_e4m3fn) for t in (k, v))
+    tables, lens = tables.cuda(), torch.tensor(seq_lens, dtype=torch.int32, device="cuda")
+    scale = head_dim ** -0.5
+    q = (torch.randn(len(seq_lens), num_heads, head_dim, generator=generator) * q_size).to(
+        torch.bfloat16).cuda()
+    for splits in (1, 8):
+        out = pa.decode(q, k_q, v_q, tables, lens, scale, splits, k_scale=k_scale,
+                        v_scale=v_scale)
+        ref = pa.decode_reference(q, k_q, v_q, tables, lens, scale, k_scale, v_scale)
+        assert not out.isnan().any() and _rel_err(out, ref) < 1e-2, f"splits {splits}, {SEED}"
+    starts = torch.tensor([0, 1, 18, 82], dtype=torch.int32, device="cuda")   # 1, 17, 64 rows
+    q = (torch.randn(82, num_heads, head_dim, generator=generator) * q_size).to(
+        torch.bfloat16).cuda()
+    out = pa.prefill(q, k_q, v_q, tables, starts, lens, 64, scale, k_scale=k_scale,
+                     v_scale=v_scale)
+    ref = pa.prefill_reference(q, k_q, v_q, tables, starts, lens, scale, k_scale, v_scale)
+    assert not out.isnan().any() and _rel_err(out, ref) < 1e-2, f"prefill, seed {SEED}"
+
+
 def test_bad_kv_scales_get_clear_errors():
     from runtime_service.model.kernels import paged_attention as pa
 
