@@ -126,12 +126,12 @@ def _gemv_cases():
     return cases
 
 
-def _decode_attention_cases():
+def _decode_attention_cases(shapes=((64, 4, 2),)):
     """The paged decode attention at the Llama-3-8B shape (4 query heads per kv head, 128 dims,
-    16-token blocks, its default 64-key tiles on 4 warps), over bf16, fp8 and int8 caches: bytes
-    are the K and V tiles (and the 8-bit caches' scales) one loop pass reads. The fp8 cache
-    twice: with its products in fp16 (what runs) and in bf16 (what ran before, bound by F2F
-    conversions)."""
+    16-token blocks), over bf16, fp8 and int8 caches, at each launch shape (keys per tile,
+    warps, stages; the default: 64-key tiles on 4 warps, 2 stages): bytes are the K and V tiles
+    (and the 8-bit caches' scales) one loop pass reads. The fp8 cache twice: with its products
+    in fp16 (what runs) and in bf16 (what ran before, bound by F2F conversions)."""
     from runtime_service.model.kernels import paged_attention
 
     strides = ["stride_qt", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_vb",
@@ -150,25 +150,39 @@ def _decode_attention_cases():
                      **dict.fromkeys(["GROUP", "BLOCK_G", "BLOCK_SIZE", "HEAD_DIM", "BLOCK_D",
                                       "BLOCK_N", "NUM_SPLITS", "PRECISION", "KV_QUANT",
                                       "FP8_AS_FP16"], "constexpr")}
-        constexprs = dict(GROUP=4, BLOCK_G=16, BLOCK_SIZE=16, HEAD_DIM=128, BLOCK_D=128,
-                          BLOCK_N=64, NUM_SPLITS=1, PRECISION=None, KV_QUANT=name != "bf16",
-                          FP8_AS_FP16=fp16)
         aligned = ["Q", "K_cache", "V_cache", "PartialOut", "PartialLse", "Out",
                    "arrival_counts", "block_tables", "seq_lens", "K_scale", "V_scale",
                    *strides, "stride_sb"]
-        loop_bytes = 64 * 128 * 2 * (2 if name == "bf16" else 1) + 64 * 2 * scale_bytes
-        cases.append((f"decode attention, {name} KV, n64", paged_attention._decode_kernel,
-                      signature, constexprs, aligned, 4, loop_bytes, 2))
+        for block_n, warps, stages in shapes:
+            constexprs = dict(GROUP=4, BLOCK_G=16, BLOCK_SIZE=16, HEAD_DIM=128, BLOCK_D=128,
+                              BLOCK_N=block_n, NUM_SPLITS=1, PRECISION=None,
+                              KV_QUANT=name != "bf16", FP8_AS_FP16=fp16)
+            loop_bytes = block_n * (128 * 2 * (2 if name == "bf16" else 1) + 2 * scale_bytes)
+            label = "n64" if (block_n, warps, stages) == (64, 4, 2) \
+                else f"n{block_n} w{warps} s{stages}"
+            cases.append((f"decode attention, {name} KV, {label}",
+                          paged_attention._decode_kernel, signature, constexprs, aligned, warps,
+                          loop_bytes, stages))
     return cases
+
+
+# Launch shapes of bench_attention's 8-bit sweep (keys per tile, warps, stages).
+ATTENTION_SHAPES = tuple((n, w, s) for n in (32, 64, 128) for w in (1, 2, 4) for s in (1, 2))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--attention-shapes", action="store_true",
+                        help="only the decode attention, at every launch shape of "
+                             "bench_attention's 8-bit sweep (n32-128 x 1-4 warps x 1-2 stages)")
     args = parser.parse_args(argv)
     rows = []
-    cases = [case if len(case) == 8 else (*case, 1) for case in _gemv_cases()] \
-        + _decode_attention_cases()
+    if args.attention_shapes:
+        cases = _decode_attention_cases(ATTENTION_SHAPES)
+    else:
+        cases = [case if len(case) == 8 else (*case, 1) for case in _gemv_cases()] \
+            + _decode_attention_cases()
     for name, kernel, signature, constexprs, aligned, warps, loop_bytes, stages in cases:
         loop = hot_loop(compile_sm90(kernel, signature, constexprs, aligned, warps, stages))
         per_lane = loop_bytes / (32 * warps)
