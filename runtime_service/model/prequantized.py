@@ -54,7 +54,8 @@ def quant_config_of(hf_config: dict) -> QuantConfig | None:
                                      f"with zero points only, got {q}")
         return QuantConfig(algo="W4A16_AWQ", group_size=int(q.get("group_size", 128)))
     if method == "compressed-tensors":
-        weights = _compressed_weights_scheme(q)
+        group = _compressed_group(q)
+        weights = group["weights"]
         if weights.get("actorder") == "group":
             raise FailedPrecondition(ACT_ORDER_REFUSED)
         if q.get("kv_cache_scheme"):
@@ -66,7 +67,7 @@ def quant_config_of(hf_config: dict) -> QuantConfig | None:
             raise FailedPrecondition(
                 "compressed-tensors transforms (rotations such as SpinQuant or QuIP, some "
                 "applied at run time) are not served")
-        activations = _compressed_group(q).get("input_activations")
+        activations = group.get("input_activations")
         if q.get("format") == "pack-quantized" and weights.get("num_bits") == 4 \
                 and weights.get("type", "int") == "int" and weights.get("strategy") == "group" \
                 and not activations:
@@ -112,10 +113,6 @@ def _compressed_group(q: dict) -> dict:
         raise FailedPrecondition("compressed-tensors checkpoints with exactly one config group "
                                  "of quantized weights are served")
     return groups[0]
-
-
-def _compressed_weights_scheme(q: dict) -> dict:
-    return _compressed_group(q)["weights"]
 
 
 def _dynamic_fp8_per_token(activations: dict | None) -> bool:
