@@ -512,13 +512,15 @@ def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch
                        vocab: int, quick: bool, metrics: tuple[bool, ...] = (False,),
                        scrape_interval_s: float = 1.0, rounds: int = 1,
                        engine_cores: tuple[str, ...] = ("thread",),
-                       attention_backend: str = "auto") -> dict[tuple, dict]:
+                       attention_backend: str = "auto",
+                       keep_logs_as: Path | None = None) -> dict[tuple, dict]:
     """The same loads through an engine built by the builder and served by a runtime pod, once
     per engine core (the pod's --engine-core: thread or process), entry of `metrics` (the pod's
     /metrics off or on, scraped every `scrape_interval_s` while on) and round; keyed by
     (engine core, metrics switch). With several rounds the pods alternate (off, on, off, on,
     ...), so drift over the run (clocks, memory, the order of the pods) falls on both sides
-    alike; each figure is the median over the setting's pods, and `pods` keeps each one."""
+    alike; each figure is the median over the setting's pods, and `pods` keeps each one. With
+    `keep_logs_as` (a path), each pod's log is copied beside it as STEM_pod{N}.log."""
     from grpc_load import RuntimePod, build_engine, measure
     uri = build_engine(work / "hf", work / "store", build, device, str(dtype).split(".")[1])
     pods: dict[tuple, list[dict]] = {}
@@ -544,6 +546,10 @@ def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch
                     if scraper is not None:
                         result["metrics"] = scraper.stop()
                     pod.stop()
+                    if keep_logs_as is not None:
+                        keep_logs_as.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(pod.log_path, keep_logs_as.with_name(
+                            f"{keep_logs_as.stem}_pod{sum(map(len, pods.values())) + 1}.log"))
                 pods.setdefault((core, on), []).append(result)
                 # Each pod's figures go to the log as they come, so a run cut short by the
                 # device's time limit still leaves them.
@@ -825,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         cores = args.grpc_engine_core
         runs = bench_through_grpc(work, build, device, dtype, vocab, args.quick, switch,
                                   args.scrape_interval_s, args.grpc_rounds, cores,
-                                  args.attention_backend)
+                                  args.attention_backend, keep_logs_as=args.json)
         report["kiln_grpc"] = runs[cores[0], switch[0]]
         if len(cores) > 1:
             report["kiln_grpc_by_engine_core"] = {core: runs[core, switch[0]] for core in cores}

@@ -255,9 +255,42 @@ async def _measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,
         for concurrency, input_len, output_len in loads:
             name = f"{concurrency}x{input_len}/{output_len}"
             # as in-process: short-prompt loads run three times and report the median
-            rates = [(await run(prompts(concurrency, input_len, 3 + repeat), output_len))
-                     ["tokens_per_s"] for repeat in range(3 if input_len <= 128 else 1)]
+            rates, run_ids = [], []
+            for repeat in range(3 if input_len <= 128 else 1):
+                ids = [f"bench-load-{name.replace('/', '.')}-{repeat}-{i}-{time.monotonic_ns()}"
+                       for i in range(concurrency)]
+                rates.append((await run(prompts(concurrency, input_len, 3 + repeat), output_len,
+                                        ids))["tokens_per_s"])
+                run_ids.append(ids)
             rate = statistics.median(rates)
             result["throughput"][name] = {"output_tokens_per_s": rate, "runs_tokens_per_s": rates}
             log(f"Kiln gRPC {name}: {rate:.0f} tok/s (median of {[round(r) for r in rates]})")
+            if pod_log is not None:
+                views = [load_run_view(ids, server_ttfts_s(pod_log)) for ids in run_ids]
+                result["throughput"][name]["runs_in_the_pod"] = views
+                for repeat, view in enumerate(views):
+                    if view:
+                        log(f"Kiln gRPC {name} run {repeat + 1} in the pod: arrivals over "
+                            f"{view['arrival_spread_ms']:.1f} ms, queue median "
+                            f"{view['queue_ms_median']:.1f} / max {view['queue_ms_max']:.1f} ms, "
+                            f"TTFT median {view['ttft_ms_median']:.1f} ms, duration median "
+                            f"{view['duration_ms_median']:.0f} ms")
     return result
+
+
+def load_run_view(ids: list[str], seen: dict[str, dict[str, float]]) -> dict:
+    """One load run as the pod logged it, in ms: how far apart its calls reached the handler
+    (first to last `started_unix_s`), and the medians (and the largest queue) of its requests'
+    queue, TTFT and duration. A slow run that the in-process engine does not share shows here
+    as late arrivals (the client or gRPC), long queues (the engine core) or neither (delivery)."""
+    rows = [seen[i] for i in ids if i in seen]
+    starts = [row["started_unix_s"] for row in rows if row.get("started_unix_s") is not None]
+    if not rows or not starts:
+        return {}
+    ms = lambda field: sorted(1e3 * row[field] for row in rows  # noqa: E731
+                              if row.get(field) is not None) or [float("nan")]
+    return {"logged": len(rows), "arrival_spread_ms": 1e3 * (max(starts) - min(starts)),
+            "queue_ms_median": statistics.median(ms("queue_s")),
+            "queue_ms_max": ms("queue_s")[-1],
+            "ttft_ms_median": statistics.median(ms("ttft_s")),
+            "duration_ms_median": statistics.median(ms("duration_s"))}

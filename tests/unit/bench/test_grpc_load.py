@@ -78,3 +78,21 @@ def test_what_the_client_saw_around_the_pod_is_split_by_the_pods_start_stamp(tmp
     assert lines[-1] == ("Kiln gRPC TTFT 128 around the pod: to its handler 1.00 ms, back to "
                          "the client 1.00 ms")
     assert grpc_load.client_split({}, walls) == {}
+
+
+def test_a_load_run_is_seen_in_the_pod_as_its_arrival_spread_queues_and_durations(tmp_path):
+    """Only the run's own requests count; the spread is first to last handler start."""
+    log = tmp_path / "runtime.log"
+    log.write_text("\n".join([
+        generate_line("load-0-a", 0.050, started=10.000),
+        generate_line("load-0-b", 0.070, started=10.040),
+        generate_line("load-0-c", 0.060, started=10.010),
+        generate_line("other-run", 9.0, started=99.0),
+    ]) + "\n")
+    view = grpc_load.load_run_view(["load-0-a", "load-0-b", "load-0-c", "lost"],
+                                   grpc_load.server_ttfts_s(log))
+    assert view["logged"] == 3
+    assert abs(view["arrival_spread_ms"] - 40.0) < 1e-3
+    assert view["ttft_ms_median"] == 60.0 and view["queue_ms_max"] == 0.1
+    assert view["duration_ms_median"] == 30.0
+    assert grpc_load.load_run_view(["lost"], {}) == {}
