@@ -108,7 +108,8 @@ def _gemv_cases():
     for block_n, block_k in ((16, 512), (8, 1024)):
         cases.append((f"fp8 one row, n{block_n} k{block_k}", quant_gemv._fp8_row_kernel, fp8,
                       dict(Bias=None, Final=None, Counters=None, HAS_BIAS=False,
-                           BLOCK_N=block_n, BLOCK_K=block_k, X_BLOCK=2048, EVEN_K=True,
+                           BLOCK_N=block_n, BLOCK_K=block_k,
+                           X_BLOCK=quant_gemv.row_scale_block(4096, 4), EVEN_K=True,
                            NUM_STAGES=1, TENSOR_CORES=False, FUSED_SUM=False),
                       ["X", "QW", "Scales", "Out", "K", "k_per_split"], 4, block_n * block_k))
     for block_n, block_k, warps, stages in ((128, 128, 4, 3), (64, 256, 4, 3)):
@@ -117,7 +118,8 @@ def _gemv_cases():
                           + (", split sums fused" if fused else ""),
                           quant_gemv._fp8_row_kernel, fp8_fused if fused else fp8,
                           dict(Bias=None, HAS_BIAS=False, BLOCK_N=block_n, BLOCK_K=block_k,
-                               X_BLOCK=2048, EVEN_K=True, NUM_STAGES=stages,
+                               X_BLOCK=quant_gemv.row_scale_block(4096, warps),
+                               EVEN_K=True, NUM_STAGES=stages,
                                TENSOR_CORES=True, FUSED_SUM=fused,
                                **({} if fused else dict(Final=None, Counters=None))),
                           ["X", "QW", "Scales", "Out", "K", "k_per_split"]

@@ -22,7 +22,12 @@ cases = [(200, 512, GemvConfig("swap", 64, 128, 4, 3, 1)),      # N past the las
          (200, 512, GemvConfig("swap", 64, 128, 4, 3, 3)),      # K split three ways
          (130, 300, GemvConfig("swap", 64, 128, 4, 2, 2)),      # K not a tile multiple
          (64, 256, GemvConfig("swap", 128, 256, 8, 3, 1)),      # one tile wider than N
-         (130, 300, GemvConfig("fma", 8, 128, 2, 1, 2))]         # the CUDA-core path
+         (130, 300, GemvConfig("fma", 8, 128, 2, 1, 2)),         # the CUDA-core path
+         # rows wider than one pass of the row's scale (qg.row_scale_block), with a ragged last
+         # pass (5000 values in two passes of 4096, 4500 in three of 2048): every pass's loads
+         # and masks run here; in float32 the scale cancels, so its value is tests/gpu's
+         (24, 5000, GemvConfig("swap", 16, 256, 4, 2, 2)),
+         (24, 4500, GemvConfig("fma", 8, 512, 1, 1, 1))]
 for n, k, config in cases:
     x = torch.randn(1, k, generator=g)
     w = torch.randn(n, k, generator=g)
@@ -51,6 +56,8 @@ assert all(c.split_k > 1 for c in candidates if c.fused_sum)
 assert {(c.kind, c.block_n, c.split_k) for c in candidates if c.fused_sum} == \
     {(c.kind, c.block_n, c.split_k) for c in candidates if c.split_k > 1 and c.kind != "dot"}
 assert "swap" not in {c.kind for c in qg.fp8_candidates(4, 6144, 4096, 132)}
+assert [qg.row_scale_block(k, w) for k, w in [(4096, 4), (14336, 4), (14336, 8), (300, 4),
+                                               (14336, 1)]] == [4096, 4096, 8192, 512, 2048]
 print("ok")
 """
 
