@@ -10,6 +10,7 @@
 #                                     # tuning from the store)
 #                                     # (KILN_PARALLEL_GRAPH_COMPILE=1: the capture's kernels
 #                                     # compile together first, model/kernels/compile_ahead.py)
+#   bash bench/gpu_session.sh cold-first  # only cold's first pod, on a fresh node
 #   bash bench/gpu_session.sh warmed  # cold start after a build that warmed the store
 #                                     # (--warm-startup-cache): the first serving pod and a second
 #                                     # one on a fresh folder, neither may tune or compile
@@ -62,6 +63,10 @@ cold_start() {        # extra arguments go to bench_cold_start
 }
 if [ "$mode" = "cold" ]; then
   cold_start
+  exit 0
+fi
+if [ "$mode" = "cold-first" ]; then   # only the first pod on this fresh node (about 4 min)
+  cold_start --starts store
   exit 0
 fi
 if [ "$mode" = "warmed" ]; then
