@@ -255,22 +255,25 @@ async def _measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,
         for concurrency, input_len, output_len in loads:
             name = f"{concurrency}x{input_len}/{output_len}"
             # as in-process: short-prompt loads run three times and report the median
-            rates, run_ids = [], []
+            rates, run_ids, run_walls = [], [], []
             for repeat in range(3 if input_len <= 128 else 1):
                 ids = [f"bench-load-{name.replace('/', '.')}-{repeat}-{i}-{time.monotonic_ns()}"
                        for i in range(concurrency)]
-                rates.append((await run(prompts(concurrency, input_len, 3 + repeat), output_len,
-                                        ids))["tokens_per_s"])
+                done = await run(prompts(concurrency, input_len, 3 + repeat), output_len, ids)
+                rates.append(done["tokens_per_s"])
                 run_ids.append(ids)
+                run_walls.append(done["walls"])
             rate = statistics.median(rates)
             result["throughput"][name] = {"output_tokens_per_s": rate, "runs_tokens_per_s": rates}
             log(f"Kiln gRPC {name}: {rate:.0f} tok/s (median of {[round(r) for r in rates]})")
             if pod_log is not None:
-                views = [load_run_view(ids, server_ttfts_s(pod_log)) for ids in run_ids]
+                seen = server_ttfts_s(pod_log)
+                views = [load_run_view(ids, seen, walls) for ids, walls in zip(run_ids, run_walls)]
                 result["throughput"][name]["runs_in_the_pod"] = views
                 for repeat, view in enumerate(views):
                     if view:
-                        log(f"Kiln gRPC {name} run {repeat + 1} in the pod: arrivals over "
+                        log(f"Kiln gRPC {name} run {repeat + 1} in the pod: sent over "
+                            f"{view.get('send_spread_ms', float('nan')):.1f} ms, arrived over "
                             f"{view['arrival_spread_ms']:.1f} ms, queue median "
                             f"{view['queue_ms_median']:.1f} / max {view['queue_ms_max']:.1f} ms, "
                             f"TTFT median {view['ttft_ms_median']:.1f} ms, duration median "
@@ -278,18 +281,23 @@ async def _measure(address: str, prompts, ttft_prompts, loads, quick: bool, log,
     return result
 
 
-def load_run_view(ids: list[str], seen: dict[str, dict[str, float]]) -> dict:
+def load_run_view(ids: list[str], seen: dict[str, dict[str, float]],
+                  walls: dict[str, tuple[float, float]] | None = None) -> dict:
     """One load run as the pod logged it, in ms: how far apart its calls reached the handler
     (first to last `started_unix_s`), and the medians (and the largest queue) of its requests'
-    queue, TTFT and duration. A slow run that the in-process engine does not share shows here
-    as late arrivals (the client or gRPC), long queues (the engine core) or neither (delivery)."""
+    queue, TTFT and duration; with the client's `walls` (request id -> when its call began and
+    its first chunk came), also how far apart the client began them. A slow run that the
+    in-process engine does not share shows here as a slow client (send spread), late arrivals
+    (gRPC), long queues (the engine core) or none of these (delivery)."""
     rows = [seen[i] for i in ids if i in seen]
     starts = [row["started_unix_s"] for row in rows if row.get("started_unix_s") is not None]
     if not rows or not starts:
         return {}
     ms = lambda field: sorted(1e3 * row[field] for row in rows  # noqa: E731
                               if row.get(field) is not None) or [float("nan")]
-    return {"logged": len(rows), "arrival_spread_ms": 1e3 * (max(starts) - min(starts)),
+    sent = [walls[i][0] for i in ids if i in (walls or {})]
+    spread = {"send_spread_ms": 1e3 * (max(sent) - min(sent))} if sent else {}
+    return spread | {"logged": len(rows), "arrival_spread_ms": 1e3 * (max(starts) - min(starts)),
             "queue_ms_median": statistics.median(ms("queue_s")),
             "queue_ms_max": ms("queue_s")[-1],
             "ttft_ms_median": statistics.median(ms("ttft_s")),

@@ -89,9 +89,10 @@ def test_a_load_run_is_seen_in_the_pod_as_its_arrival_spread_queues_and_duration
         generate_line("load-0-c", 0.060, started=10.010),
         generate_line("other-run", 9.0, started=99.0),
     ]) + "\n")
+    walls = {"load-0-a": (9.990, 10.06), "load-0-b": (10.002, 10.1), "other-run": (0.0, 1.0)}
     view = grpc_load.load_run_view(["load-0-a", "load-0-b", "load-0-c", "lost"],
-                                   grpc_load.server_ttfts_s(log))
-    assert view["logged"] == 3
+                                   grpc_load.server_ttfts_s(log), walls)
+    assert view["logged"] == 3 and abs(view["send_spread_ms"] - 12.0) < 1e-3
     assert abs(view["arrival_spread_ms"] - 40.0) < 1e-3
     assert view["ttft_ms_median"] == 60.0 and view["queue_ms_max"] == 0.1
     assert view["duration_ms_median"] == 30.0
