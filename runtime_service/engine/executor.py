@@ -105,14 +105,15 @@ class Executor:
     def __init__(self, loaded: LoadedModel, options: ExecutorOptions = ExecutorOptions(),
                  ranks=None, runner_class=ModelRunner, tokenizer_load: Future | None = None):
         """`tokenizer_load`: the tokenizer, already loading since the start knew the folder
-        (engine/tokenizer_load.py); taken here, before the KV cache and the graph capture, so
-        its thread never runs beside a capture. Without it the tokenizer loads here."""
-        if not options.load_tokenizer:
-            self.tokenizer = None
-        elif tokenizer_load is not None:
-            self.tokenizer = tokenizer_load.result()
-        else:
-            self.tokenizer = load_tokenizer(loaded.tokenizer_dir)
+        (engine/tokenizer_load.py); taken when the executor starts or first needs it, after the
+        graph capture. Taking it here, before the KV cache, cost a fresh node's first pod 3.05 s
+        of waiting (bench/NOTES.md, run 22c); its thread now runs beside the recording and the
+        capture, which on a fresh node mostly wait for the compile workers. Without it the
+        tokenizer loads here."""
+        self._tokenizer = None
+        self._tokenizer_load = tokenizer_load if options.load_tokenizer else None
+        if options.load_tokenizer and tokenizer_load is None:
+            self._tokenizer = load_tokenizer(loaded.tokenizer_dir)
         self.loaded = loaded
         self.options = options
         self.ranks = ranks
@@ -224,7 +225,17 @@ class Executor:
 
     # ---- client side (any thread) -------------------------------------------------------
 
+    @property
+    def tokenizer(self):
+        """The engine's tokenizer (None without one); the first use waits for a load still
+        running and re-raises its error."""
+        if self._tokenizer_load is not None:
+            self._tokenizer = self._tokenizer_load.result()
+            self._tokenizer_load = None
+        return self._tokenizer
+
     def start(self) -> "Executor":
+        _ = self.tokenizer          # a failed load fails the start, before any request
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="kiln-step-loop", daemon=True)
             self._thread.start()

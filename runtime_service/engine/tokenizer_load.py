@@ -3,8 +3,9 @@
 Importing transformers and reading a tokenizer took 2.8 s on the CI CPU for SmolLM2's (1.9 s the
 import, 0.9 s the read), and a start does not need the tokenizer until it serves. So a start
 begins the load as soon as it knows the engine's folder, on a thread of its own, and takes the
-result where it first needs it: the executor before its KV cache and graph capture, the pod's
-gRPC process (with the engine core in its own process) when the core has started.
+result where it first needs it: the executor when it starts (after its graph capture; waiting
+for it before the KV cache cost a fresh node's first pod 3.05 s, bench/NOTES.md run 22c), the
+pod's gRPC process (with the engine core in its own process) when the core has started.
 """
 
 from __future__ import annotations

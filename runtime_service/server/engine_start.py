@@ -99,7 +99,8 @@ def start_engine(uri: str, settings, imports_s: float = 0.0,
             with clock.phase("load"):
                 executor = start_ranked_executor(folder, uri, options, settings.cache_dir).start()
         else:
-            # The tokenizer loads while the weights do (1-3 s of imports and reading).
+            # The tokenizer loads while the weights do (1-3 s of imports and reading) and on
+            # through the capture; the executor takes it when it starts.
             tokenizer = load_in_background(tokenizer_dir) if options.load_tokenizer else None
             with clock.phase("load"):
                 loaded = load_model(folder, device=options.device, dtype=options.dtype)

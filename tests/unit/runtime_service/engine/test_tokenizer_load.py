@@ -1,6 +1,6 @@
 """A start loads the tokenizer beside its other work: the loader's result or its error reaches
-whoever takes it, the executor takes the one it is given, and the pod takes the one the engine
-core's FETCHED message named."""
+whoever takes it, the executor takes the one it is given (when it starts, not while it is
+built), and the pod takes the one the engine core's FETCHED message named."""
 
 from __future__ import annotations
 
@@ -39,6 +39,21 @@ def test_the_executor_takes_the_tokenizer_it_is_given(folder):
     assert Executor(load_model(folder), ExecutorOptions()).tokenizer("w5")["input_ids"] == [5]
     off = Executor(load_model(folder), ExecutorOptions(load_tokenizer=False), tokenizer_load=given)
     assert off.tokenizer is None
+
+
+def test_the_executor_is_built_while_its_tokenizer_still_loads(folder):
+    """The constructor (KV cache, graph capture) does not wait for the load; the executor
+    takes the tokenizer when it starts, and a failed load fails the start, before any step."""
+    loading: Future = Future()
+    executor = Executor(load_model(folder), ExecutorOptions(), tokenizer_load=loading)
+    loading.set_result(sentinel := object())
+    assert executor.tokenizer is sentinel and executor.tokenizer is sentinel
+    failing: Future = Future()
+    broken = Executor(load_model(folder), ExecutorOptions(), tokenizer_load=failing)
+    failing.set_exception(OSError("tokenizer.json: no such file"))
+    with pytest.raises(OSError, match="tokenizer.json"):
+        broken.start()
+    assert broken._thread is None                       # no step loop was started
 
 
 def test_the_pod_loads_its_tokenizer_once_the_core_says_fetched(folder):
