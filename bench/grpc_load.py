@@ -293,8 +293,11 @@ def load_run_view(ids: list[str], seen: dict[str, dict[str, float]],
     starts = [row["started_unix_s"] for row in rows if row.get("started_unix_s") is not None]
     if not rows or not starts:
         return {}
-    ms = lambda field: sorted(1e3 * row[field] for row in rows  # noqa: E731
-                              if row.get(field) is not None) or [float("nan")]
+
+    def ms(field: str) -> list[float]:
+        return sorted(1e3 * row[field] for row in rows
+                      if row.get(field) is not None) or [float("nan")]
+
     sent = [walls[i][0] for i in ids if i in (walls or {})]
     spread = {"send_spread_ms": 1e3 * (max(sent) - min(sent))} if sent else {}
     return spread | {"logged": len(rows), "arrival_spread_ms": 1e3 * (max(starts) - min(starts)),
