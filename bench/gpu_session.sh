@@ -101,7 +101,7 @@ fi
 if [ "$mode" = "pod" ]; then
   timeout 560 python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
     --loads 64x128/128,256x128/128,256x1024/256 --json "$OUT/pod_llama3-8b.json" 2>&1 \
-    | tee "$OUT/pod.log" | grep -i "tok/s\|ttft\|batch-1\|error\|Traceback" | tail -30
+    | tee "$OUT/pod.log" | grep -i "tok/s\|ttft\|batch-1\|in the pod:\|error\|Traceback" | tail -40
   exit 0
 fi
 if [ "$mode" = "fp8kv" ]; then
