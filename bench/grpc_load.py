@@ -294,14 +294,15 @@ def load_run_view(ids: list[str], seen: dict[str, dict[str, float]],
     if not rows or not starts:
         return {}
 
-    def ms(field: str) -> list[float]:
-        return sorted(1e3 * row[field] for row in rows
-                      if row.get(field) is not None) or [float("nan")]
+    def median_ms(field: str) -> float:         # NaN where no request logged the field
+        value = _median_ms(rows, field)
+        return float("nan") if value is None else value
 
+    queues = [row["queue_s"] for row in rows if row.get("queue_s") is not None]
     sent = [walls[i][0] for i in ids if i in (walls or {})]
     spread = {"send_spread_ms": 1e3 * (max(sent) - min(sent))} if sent else {}
     return spread | {"logged": len(rows), "arrival_spread_ms": 1e3 * (max(starts) - min(starts)),
-            "queue_ms_median": statistics.median(ms("queue_s")),
-            "queue_ms_max": ms("queue_s")[-1],
-            "ttft_ms_median": statistics.median(ms("ttft_s")),
-            "duration_ms_median": statistics.median(ms("duration_s"))}
+                     "queue_ms_median": median_ms("queue_s"),
+                     "queue_ms_max": 1e3 * max(queues) if queues else float("nan"),
+                     "ttft_ms_median": median_ms("ttft_s"),
+                     "duration_ms_median": median_ms("duration_s")}
