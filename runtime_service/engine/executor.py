@@ -21,7 +21,6 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -103,13 +102,12 @@ class Executor:
     handed both, so it never imports the distributed package that builds on it."""
 
     def __init__(self, loaded: LoadedModel, options: ExecutorOptions = ExecutorOptions(),
-                 ranks=None, runner_class=ModelRunner, tokenizer_load: Future | None = None):
-        """`tokenizer_load`: the tokenizer, already loading since the start knew the folder
-        (engine/tokenizer_load.py); taken when the executor starts or first needs it, after the
-        graph capture. Taking it here, before the KV cache, cost a fresh node's first pod 3.05 s
-        of waiting (bench/NOTES.md, run 22c); its thread now runs beside the recording and the
-        capture, which on a fresh node mostly wait for the compile workers. Without it the
-        tokenizer loads here."""
+                 ranks=None, runner_class=ModelRunner, tokenizer_load=None):
+        """`tokenizer_load`: the tokenizer, loading on a thread of the start's (a TokenizerLoad
+        of engine/tokenizer_load.py, or a Future); its `result()` is taken when the executor
+        starts or first needs it, after the graph capture. Taking it here, before the KV cache,
+        cost a fresh node's first pod 3.05 s of waiting (bench/NOTES.md, run 22c). Without it
+        the tokenizer loads here."""
         self._tokenizer = None
         self._tokenizer_load = tokenizer_load if options.load_tokenizer else None
         if options.load_tokenizer and tokenizer_load is None:

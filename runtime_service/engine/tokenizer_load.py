@@ -2,10 +2,16 @@
 
 Importing transformers and reading a tokenizer took 2.8 s on the CI CPU for SmolLM2's (1.9 s the
 import, 0.9 s the read), and a start does not need the tokenizer until it serves. So a start
-begins the load as soon as it knows the engine's folder, on a thread of its own, and takes the
-result where it first needs it: the executor when it starts (after its graph capture; waiting
-for it before the KV cache cost a fresh node's first pod 3.05 s, bench/NOTES.md run 22c), the
-pod's gRPC process (with the engine core in its own process) when the core has started.
+loads it on a thread of its own and takes the result where it first needs it: the executor when
+it starts (after its graph capture; waiting for it before the KV cache cost a fresh node's first
+pod 3.05 s, bench/NOTES.md run 22c), the pod's gRPC process (with the engine core in its own
+process) when the core has started.
+
+The thread competes for the GIL with whatever the start does meanwhile: beside a weight load
+that releases the GIL once per tensor, it cost the load 2.5 s on a fresh node (run 22c), and a
+CPU copy loop 0.8 s (bench/NOTES.md). So the load can be set up now and begun later
+(`TokenizerLoad.begin`), when the start mostly waits: on a fresh node, once the graph
+capture's recording pass has handed its kernels to the compile workers.
 """
 
 from __future__ import annotations
@@ -23,16 +29,42 @@ def load_tokenizer(folder: str | Path | None):
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
 
 
-def load_in_background(folder: str | Path | None) -> Future:
-    """Starts `load_tokenizer(folder)` on a daemon thread; the Future holds the tokenizer, or
-    the exception the load raised (re-raised by `result()`, where the start needs it)."""
-    future: Future = Future()
+class TokenizerLoad:
+    """`load_tokenizer(folder)` on a daemon thread from `begin()` on. `result()` begins the load
+    if nobody has, then waits: the tokenizer, or the exception the load raised (re-raised where
+    the start needs it)."""
 
-    def load() -> None:
+    def __init__(self, folder: str | Path | None):
+        self.folder = folder
+        self._future: Future = Future()
+        self._begun = False
+        self._lock = threading.Lock()
+
+    def begin(self) -> None:
+        """Starts the load; later calls do nothing."""
+        with self._lock:
+            if self._begun:
+                return
+            self._begun = True
+        threading.Thread(target=self._load, name="kiln-tokenizer-load", daemon=True).start()
+
+    @property
+    def begun(self) -> bool:
+        return self._begun
+
+    def result(self, timeout: float | None = None):
+        self.begin()
+        return self._future.result(timeout)
+
+    def _load(self) -> None:
         try:
-            future.set_result(load_tokenizer(folder))
+            self._future.set_result(load_tokenizer(self.folder))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the result
-            future.set_exception(exc)
+            self._future.set_exception(exc)
 
-    threading.Thread(target=load, name="kiln-tokenizer-load", daemon=True).start()
-    return future
+
+def load_in_background(folder: str | Path | None) -> TokenizerLoad:
+    """A TokenizerLoad of `folder`, begun now."""
+    load = TokenizerLoad(folder)
+    load.begin()
+    return load

@@ -1,17 +1,20 @@
 """A start loads the tokenizer beside its other work: the loader's result or its error reaches
-whoever takes it, the executor takes the one it is given (when it starts, not while it is
-built), and the pod takes the one the engine core's FETCHED message named."""
+whoever takes it, a load set up for later runs once, when begun or first needed, the executor
+takes the one it is given (when it starts, not while it is built), and the pod takes the one the
+engine core's FETCHED message named."""
 
 from __future__ import annotations
 
 import socket
+import threading
 from concurrent.futures import Future
 
 import pytest
 
 from runtime_service.engine import core_codec as codec
 from runtime_service.engine.executor import Executor, ExecutorOptions
-from runtime_service.engine.tokenizer_load import load_in_background
+from runtime_service.engine import tokenizer_load
+from runtime_service.engine.tokenizer_load import TokenizerLoad, load_in_background
 from runtime_service.model.loader import load_model
 from runtime_service.server.core_client import wait_for_start
 from runtime_service.server.core_pipe import FramedSocket
@@ -29,6 +32,29 @@ def test_the_background_load_gives_the_tokenizer_or_its_error(folder, tmp_path):
     assert load_in_background(None).result(60) is None
     with pytest.raises(Exception):
         load_in_background(tmp_path / "nothing-here").result(60)
+
+
+def test_a_load_set_up_for_later_runs_once_when_begun_or_first_needed(folder, monkeypatch):
+    """On a fresh node the core's load waits for the recording pass (engine_start.py): nothing
+    loads before `begin()`, and however often it is begun or asked, it loads once."""
+    calls = []
+    release = threading.Event()
+
+    def load(where):
+        calls.append(where)
+        release.wait(60)
+        return f"tokenizer of {where}"
+
+    monkeypatch.setattr(tokenizer_load, "load_tokenizer", load)
+    later = TokenizerLoad(folder)
+    assert not later.begun and calls == []
+    later.begin()
+    later.begin()
+    release.set()
+    assert later.result(60) == f"tokenizer of {folder}" and later.result(60) == later.result(60)
+    never_begun = TokenizerLoad(None)
+    assert never_begun.result(60) == "tokenizer of None"      # asked before begun: it begins
+    assert calls == [folder, None]
 
 
 def test_the_executor_takes_the_tokenizer_it_is_given(folder):
