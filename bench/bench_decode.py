@@ -256,7 +256,11 @@ def kiln_generate_timed(executor: Executor, requests: list[Request]) -> tuple[fl
 
 def bench_kiln(executor: Executor, vocab: int, device: str, quick: bool) -> dict:
     result: dict = {"attention_backend": executor.runner.attention_name,
-                    "cuda_graphs": executor.runner.graphs is not None}
+                    "cuda_graphs": executor.runner.graphs is not None,
+                    "programmatic_dependent_launch": False}
+    if device == "cuda":
+        from runtime_service.model.kernels import pdl       # Triton: CUDA machines only
+        result["programmatic_dependent_launch"] = pdl.ENABLED
     ids = iter(range(1 << 30))
     req = lambda p, n: Request(f"r{next(ids)}", p, fixed_length(n))  # noqa: E731
     kiln_generate_timed(executor, [req(p, 4) for p in prompts(3, 1024, vocab, 9)])     # warm-up

@@ -20,6 +20,8 @@
 #                                     # engine core, beside in-process (issue 14)
 #   bash bench/gpu_session.sh pod     # Llama-3-8B through a pod (the default process core) at
 #                                     # every issue-14 load, TTFT split around and in the pod
+#   bash bench/gpu_session.sh pdl     # batch 1 and 64 x 128/128 with programmatic dependent launch
+#                                     # off, then on (KILN_PDL; KILN_QUANT=FP8 for that engine)
 #   bash bench/gpu_session.sh fp8kv   # decode attention over fp8 (with its launch-shape sweep) and
 #                                     # bf16 caches, per layer (issue 13)
 #   bash bench/gpu_session.sh fp8kv-load  # the FP8 KV engine beside bf16 KV at 256 x 1024/256, with
@@ -102,6 +104,16 @@ if [ "$mode" = "pod" ]; then
   timeout 560 python3 bench/bench_decode.py --model llama3-8b --skip-hf --skip-reference --grpc \
     --loads 64x128/128,256x128/128,256x1024/256 --json "$OUT/pod_llama3-8b.json" 2>&1 \
     | tee "$OUT/pod.log" | grep -i "tok/s\|ttft\|batch-1\|in the pod:\|error\|Traceback" | tail -40
+  exit 0
+fi
+if [ "$mode" = "pdl" ]; then   # programmatic dependent launch off, then on (kernels/pdl.py):
+  # batch 1 and 64 x 128/128; KILN_QUANT=FP8 (or W4A16_AWQ) for a quantized engine
+  for pdl in 0 1; do
+    KILN_PDL=$pdl timeout 285 python3 bench/bench_decode.py --model llama3-8b --quick --skip-hf \
+      --skip-reference ${KILN_QUANT:+--quant $KILN_QUANT} --loads 64x128/128 \
+      --json "$OUT/pdl${pdl}_llama3-8b${KILN_QUANT:+_$KILN_QUANT}.json" 2>&1 \
+      | tee "$OUT/pdl${pdl}.log" | grep -i "tok/s\|batch-1\|error\|Traceback" | tail -8
+  done
   exit 0
 fi
 if [ "$mode" = "fp8kv" ]; then

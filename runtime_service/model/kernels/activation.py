@@ -9,9 +9,12 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.model.kernels import pdl
+
 
 @triton.jit
 def _silu_mul_kernel(X, Out, stride_x, stride_o, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < WIDTH
@@ -30,7 +33,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if x.shape[0]:
         block = min(2048, triton.next_power_of_2(width))
         _silu_mul_kernel[(x.shape[0], triton.cdiv(width, block))](
-            x, out, x.stride(0), out.stride(0), WIDTH=width, BLOCK=block, num_warps=4)
+            x, out, x.stride(0), out.stride(0), WIDTH=width, BLOCK=block, num_warps=4, **pdl.LAUNCH)
     return out
 
 

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.model.kernels import pdl
 from runtime_service.model.kernels.paged_attention import _LOG2E, _precision, _prefill_tile
 
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
@@ -40,6 +41,7 @@ def _context_merge_kernel(
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    pdl.await_previous_kernel()
     m_block = tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -119,7 +121,7 @@ def merge_context(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=block_m,
         BLOCK_N=64 if head_dim <= 128 else 32, PRECISION=_precision(q), num_warps=4,
-        num_stages=2,
+        num_stages=2, **pdl.LAUNCH,
     )
 
 

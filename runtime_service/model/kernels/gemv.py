@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import compile_ahead
+from runtime_service.model.kernels import compile_ahead, pdl
 from runtime_service.model.kernels import GEMV_ROW_LIMIT
 
 log = logging.getLogger("kiln.kernels.gemv")
@@ -66,6 +66,7 @@ def _silu_mul(gate, up):
 def _fma_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.constexpr,
                 GATED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                 EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+    pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
@@ -105,6 +106,7 @@ def _fma_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.c
 def _dot_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.constexpr,
                 GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -144,6 +146,7 @@ def _dot_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.c
 @triton.jit(do_not_specialize=["M", "N", "SPLIT_K"])
 def _split_sum_kernel(Partial, Bias, Out, M, N, SPLIT_K, HAS_BIAS: tl.constexpr,
                       BLOCK: tl.constexpr):
+    pdl.await_previous_kernel()
     row = tl.program_id(1)
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     in_n = cols < N
@@ -317,8 +320,11 @@ def _check_inputs(x, weight, bias, out, gated: bool = False) -> None:
 
 def grid_launcher(kernel, grid, warmup: bool = False):
     """`kernel[grid]`, or with `warmup` a compile of exactly what that launch would run (the
-    same arguments give the same specialization), without running it."""
-    return functools.partial(kernel.warmup, grid=grid) if warmup else kernel[grid]
+    same arguments give the same specialization), without running it; with kernels/pdl.py's
+    launch options either way."""
+    if warmup:
+        return functools.partial(kernel.warmup, grid=grid, **pdl.LAUNCH)
+    return functools.partial(kernel[grid], **pdl.LAUNCH)
 
 
 def precompile(warm_up, candidates: list) -> None:

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import arrival_counts
+from runtime_service.model.kernels import arrival_counts, pdl
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, dequantize_kv_reference,
                                                     quant_meta, quantize_kv_reference)
 from runtime_service.model.kernels.kv_store import store_quantized_heads
@@ -137,6 +137,7 @@ def _prefill_kernel(
 ):
     # A causal tile's work grows with its row: HEAVY_FIRST launches the last tiles first, so the
     # short ones fill the gaps at the end instead of a long one running alone.
+    pdl.await_previous_kernel()
     m_block = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -204,6 +205,7 @@ def _decode_kernel(
     orders its threads' partial loads after that acquire. The merger resets the count to 0 for
     the next launch (no other program touches it until then). `fused_combine` is a runtime flag
     (not specialised) so both paths run one binary: the partials are the same bits."""
+    pdl.await_previous_kernel()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -323,6 +325,7 @@ def _combine_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
 ):
     """The two-launch merge, one program per (sequence, query head)."""
+    pdl.await_previous_kernel()
     _merge_splits(PartialOut, PartialLse, Out, tl.program_id(0), tl.program_id(1),
                   stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
                   HEAD_DIM, BLOCK_D, NUM_SPLITS)
@@ -338,6 +341,7 @@ def _store_kv_kernel(
     BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, KV_QUANT: tl.constexpr,
     QMAX: tl.constexpr, IS_INT8: tl.constexpr,
 ):
+    pdl.await_previous_kernel()
     token = tl.program_id(0)
     slot = tl.load(slots + token).to(tl.int64)
     if slot < 0:
@@ -507,7 +511,7 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         BLOCK_D=block_d, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         PRECISION=_precision(q), KV_QUANT=k_scale is not None,
         FP8_AS_FP16=_fp8_as_fp16(q, k_cache), HEAVY_FIRST=config.heavy_first,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, **pdl.LAUNCH,
     )
     return out
 
@@ -593,14 +597,15 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n,
         NUM_SPLITS=num_splits, PRECISION=_precision(q), KV_QUANT=k_scale is not None,
-        FP8_AS_FP16=_fp8_as_fp16(q, k_cache), num_warps=config.num_warps, num_stages=config.num_stages,
+        FP8_AS_FP16=_fp8_as_fp16(q, k_cache), num_warps=config.num_warps,
+        num_stages=config.num_stages, **pdl.LAUNCH,
     )
     if not fused_combine:
         _combine_kernel[(num_seqs, num_heads)](
             partial, lse, out,
             partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
             lse.stride(1), out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4, **pdl.LAUNCH,
         )
     return out
 
@@ -631,7 +636,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         *_scale_args(k_cache, k_scale, v_scale),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_SIZE=k_cache.shape[1], **quant_meta(k_cache), num_warps=4,
+        BLOCK_SIZE=k_cache.shape[1], **quant_meta(k_cache), num_warps=4, **pdl.LAUNCH,
     )
 
 

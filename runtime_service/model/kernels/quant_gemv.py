@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import arrival_counts, compile_ahead
+from runtime_service.model.kernels import arrival_counts, compile_ahead, pdl
 from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _sm_count,
                                                 _split_sum_kernel, graph_time_per_call_us,
                                                 grid_launcher, precompile, row_tile,
@@ -96,6 +96,7 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     float32 operations per weight byte (bench/kernel_sass.py); the offsets cost float32
     cancellation well under the output's own bf16 rounding. With half the instructions, bytes
     in flight became the limit: small tiles with three pipeline stages won (run 17)."""
+    pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
@@ -176,6 +177,7 @@ def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     (`pack_for_device`'s layout) meet x's matching halves in two dots, so nothing is
     re-interleaved. (Swapping the operands, out^T = W x^T with the weight in registers, was
     10-20% faster but gave wrong sums now and then under Triton 3.6: bench/NOTES.md, run 16.)"""
+    pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -216,6 +218,7 @@ def _channel_kernel(X, XScale, QW, Scales, Bias, Out, M, N, K, stride_xm, k_per_
                     HAS_XSCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     EVEN_K: tl.constexpr):
+    pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -287,6 +290,7 @@ def _fp8_row_kernel(X, QW, Scales, Bias, Out, Final, Counters, N, K, k_per_split
     barrier, one thread's acq_rel add, the partials read from L2 (.cg). One launch instead of
     two: the split sums' 92 launches were 0.195 ms of an FP8 decode step (bench/NOTES.md,
     run 20b)."""
+    pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     x_scale = _row_fp8_scale(X, K, X_BLOCK)
@@ -340,6 +344,7 @@ def _fp8_row_kernel(X, QW, Scales, Bias, Out, Final, Counters, N, K, k_per_split
 @triton.jit
 def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
     """One program per row: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale)."""
+    pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     amax = tl.zeros((BLOCK,), tl.float32)
@@ -359,6 +364,7 @@ def _dequant_int4_kernel(QW, Scales, Zeros, Out, N, K, GROUP: tl.constexpr,
                          BLOCK_N: tl.constexpr):
     """Program (row block, group): w = (q - z) * s for GROUP columns of BLOCK_N rows, from
     `pack_for_device`'s layout (byte j: the group's columns j and GROUP / 2 + j)."""
+    pdl.await_previous_kernel()
     HALF: tl.constexpr = GROUP // 2
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     in_n = rows < N
@@ -395,7 +401,8 @@ def dequantize_int4(qweight, scales, zeros, group_size: int, dtype: torch.dtype)
     out = torch.empty((n, k), dtype=dtype, device=qweight.device)
     block_n = 16
     _dequant_int4_kernel[(triton.cdiv(n, block_n), k // group_size)](
-        qweight, scales, zeros, out, n, k, GROUP=group_size, BLOCK_N=block_n, num_warps=4)
+        qweight, scales, zeros, out, n, k, GROUP=group_size, BLOCK_N=block_n, num_warps=4,
+        **pdl.LAUNCH)
     return out
 
 

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.model.kernels import pdl
+
 
 @triton.jit
 def _store_normed_row(x, W, Out, offs, mask, eps, HIDDEN: tl.constexpr):
@@ -27,6 +29,7 @@ def _store_normed_row(x, W, Out, offs, mask, eps, HIDDEN: tl.constexpr):
 @triton.jit
 def _rms_norm_kernel(X, W, Out, stride_x, stride_o, eps, HIDDEN: tl.constexpr,
                      BLOCK: tl.constexpr):
+    pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
@@ -37,6 +40,7 @@ def _rms_norm_kernel(X, W, Out, stride_x, stride_o, eps, HIDDEN: tl.constexpr,
 @triton.jit
 def _add_rms_norm_kernel(X, R, W, Out, Sum, stride_x, stride_r, stride_o, stride_s, eps,
                          HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
+    pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
@@ -68,7 +72,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     if rows.shape[0]:
         _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), eps,
-                                           **_launch_options(rows.shape[1]))
+                                           **_launch_options(rows.shape[1]), **pdl.LAUNCH)
     return out.view(x.shape)
 
 
@@ -89,7 +93,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     if rows.shape[0]:
         _add_rms_norm_kernel[(rows.shape[0],)](
             rows, residual_rows, weight, out, summed, rows.stride(0), residual_rows.stride(0),
-            out.stride(0), summed.stride(0), eps, **_launch_options(rows.shape[1]))
+            out.stride(0), summed.stride(0), eps, **_launch_options(rows.shape[1]), **pdl.LAUNCH)
     return out.view(x.shape), summed.view(x.shape)
 
 

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.model.kernels import pdl
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, quant_meta,
                                                     quantize_kv_reference)
 from runtime_service.model.kernels.kv_store import kv_quantize, kv_scale
@@ -70,6 +71,7 @@ def _rotary_kernel(Q, K, positions, Cos, Sin, stride_qt, stride_qh, stride_kt, s
                    stride_c, max_position,
                    NUM_Q_HEADS: tl.constexpr, NUM_K_HEADS: tl.constexpr, HALF: tl.constexpr,
                    BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    pdl.await_previous_kernel()
     token = tl.program_id(0).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_HALF)
     d_mask = offs_d < HALF
@@ -93,6 +95,7 @@ def _rotary_store_kv_kernel(
     BLOCK_SIZE: tl.constexpr, KV_QUANT: tl.constexpr, QMAX: tl.constexpr,
     IS_INT8: tl.constexpr, ROTATE_K: tl.constexpr,
 ):
+    pdl.await_previous_kernel()
     token = tl.program_id(0).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_HALF)
     d_mask = offs_d < HALF
@@ -167,7 +170,7 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
             q, k, positions, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             cos.stride(0), cos.shape[0],
             NUM_Q_HEADS=q.shape[1], NUM_K_HEADS=k.shape[1], HALF=q.shape[2] // 2,
-            **_head_blocks(q, k), num_warps=4)
+            **_head_blocks(q, k), num_warps=4, **pdl.LAUNCH)
     return q, k
 
 
@@ -214,7 +217,7 @@ def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
               (k_scale, v_scale, k_scale.stride(0), k_scale.stride(1))),
             NUM_Q_HEADS=q.shape[1], NUM_KV_HEADS=k.shape[1], HALF=q.shape[2] // 2,
             BLOCK_SIZE=k_cache.shape[1], **_head_blocks(q, k), **quant_meta(k_cache),
-            ROTATE_K=rotate_k, num_warps=4)
+            ROTATE_K=rotate_k, num_warps=4, **pdl.LAUNCH)
     return q
 
 

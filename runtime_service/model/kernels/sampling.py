@@ -14,12 +14,15 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.model.kernels import pdl
+
 _CHUNK = 2048
 
 
 @triton.jit
 def _chunk_kernel(Logits, PartMax, PartIdx, PartSum, stride_row, vocab, num_chunks,
                   CHUNK: tl.constexpr):
+    pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     offs = chunk * CHUNK + tl.arange(0, CHUNK)
@@ -37,6 +40,7 @@ def _chunk_kernel(Logits, PartMax, PartIdx, PartSum, stride_row, vocab, num_chun
 @triton.jit
 def _merge_kernel(PartMax, PartIdx, PartSum, Tokens, Logprobs, num_chunks,
                   BLOCK_C: tl.constexpr):
+    pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_C)
     mask = offs < num_chunks
@@ -67,9 +71,10 @@ def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     part_sum = torch.empty_like(part_max)
     part_idx = torch.empty(rows, num_chunks, dtype=torch.int32, device=logits.device)
     _chunk_kernel[(rows, num_chunks)](logits, part_max, part_idx, part_sum, logits.stride(0),
-                                      vocab, num_chunks, CHUNK=_CHUNK, num_warps=8)
+                                      vocab, num_chunks, CHUNK=_CHUNK, num_warps=8, **pdl.LAUNCH)
     _merge_kernel[(rows,)](part_max, part_idx, part_sum, tokens, logprobs, num_chunks,
-                           BLOCK_C=max(16, triton.next_power_of_2(num_chunks)), num_warps=1)
+                           BLOCK_C=max(16, triton.next_power_of_2(num_chunks)), num_warps=1,
+                           **pdl.LAUNCH)
     return tokens, logprobs
 
 

@@ -1,0 +1,55 @@
+"""Programmatic dependent launch (PDL): the next kernel launches while this one finishes.
+
+A decode step is ~290 launches, and on an H200 the step's wall time exceeds its kernels' GPU
+time by about 0.22 ms at batch 1, about 0.75 us between two kernels (bench/NOTES.md, run 21a).
+On Hopper a kernel launched with the programmatic-stream-serialization attribute may start
+before the kernel ahead of it in the stream has finished; inside a CUDA graph the capture makes
+that a programmatic edge. Such a kernel must not touch memory until the one ahead has
+finished: its first instruction is `griddepcontrol.wait` (`await_previous_kernel`), which
+returns once every kernel it depends on has completed and its writes are visible. Each kernel
+then lets its dependants launch at once (`griddepcontrol.launch_dependents`): their programs
+take SM slots only after all of this kernel's programs have started, and spin in their wait.
+So what overlaps is the launch, not the work, and the order of every read and write is the
+stream's.
+
+The rule the kernels keep: every Kiln Triton kernel starts with `await_previous_kernel()`, and
+every launch passes `**LAUNCH` (tests/unit/runtime_service/model/test_pdl_rule.py checks
+both in the source). A kernel launched with the attribute but without the wait would race.
+
+Off unless KILN_PDL=1 (not yet measured on a GPU; bench/gpu_session.sh pdl times it): the
+instruction needs sm_90 or newer, and the setting is read once, at import, because the kernels
+take it as a compile-time constant (the compile workers inherit it with the environment).
+Triton's interpreter (TRITON_INTERPRET=1) runs no inline assembly: there it is always off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+from runtime_service.model.kernels import pdl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+ENV = "KILN_PDL"
+
+
+def _enabled() -> bool:
+    return os.environ.get(ENV, "0") == "1" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+ENABLED = _enabled()
+# A compile-time constant of every kernel (Triton folds the branch away when it is off).
+WAIT: tl.constexpr = tl.constexpr(ENABLED)
+# Launch options for every kernel launch: Triton's launcher then sets the attribute.
+LAUNCH: dict = {"launch_pdl": True} if ENABLED else {}
+
+
+@triton.jit
+def await_previous_kernel():
+    """The first statement of every Kiln kernel: with PDL on, waits until the kernels ahead in
+    the stream have finished, then lets the next one launch; with it off, nothing."""
+    if WAIT:
+        gdc_wait()
+        gdc_launch_dependents()
