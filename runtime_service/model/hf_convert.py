@@ -54,14 +54,16 @@ def read_hf_config(folder: Path) -> dict:
         raise InvalidRequest(f"cannot read config.json in {folder}: {exc}") from exc
 
 
-def _fused(source: SafetensorsFolder, prefix: str, parts: list[str], kiln: str,
-           quant: QuantConfig | None) -> Iterator[tuple[str, torch.Tensor]]:
+def _fused(source: SafetensorsFolder, prefix: str, parts: dict[str, tuple[int, int]],
+           kiln: str, quant: QuantConfig | None) -> Iterator[tuple[str, torch.Tensor]]:
     """A fused linear's weight, or (pre-quantized source) its qweight, scales and zeros: each
-    is output-row-major, so fusing is a concatenation along dim 0 either way."""
+    is output-row-major, so fusing is a concatenation along dim 0 either way. `parts`: each
+    HF linear's (out, in) features, which a pre-quantized one's stored tensors must fit."""
     if quant is None:
         yield kiln + "weight", torch.cat([source.get(prefix + p + "weight") for p in parts], 0)
         return
-    pieces = [read_linear(source.get, source.names(), prefix + p, quant) for p in parts]
+    pieces = [read_linear(source.get, source.names(), prefix + p, quant, shape)
+              for p, shape in parts.items()]
     for suffix in pieces[0]:
         yield kiln + suffix, torch.cat([piece[suffix] for piece in pieces], dim=0)
 
@@ -85,16 +87,22 @@ def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
         yield f"layers.{i}.input_norm.weight", get(hf + "input_layernorm.weight")
         yield f"layers.{i}.post_attn_norm.weight", get(hf + "post_attention_layernorm.weight")
         layer = prefix + hf
-        yield from _fused(source, layer, [f"self_attn.{p}_proj." for p in "qkv"],
+        hidden, inter = args.hidden_size, args.intermediate_size
+        yield from _fused(source, layer, {"self_attn.q_proj.": (args.q_size, hidden),
+                                          "self_attn.k_proj.": (args.kv_size, hidden),
+                                          "self_attn.v_proj.": (args.kv_size, hidden)},
                           f"layers.{i}.attn.qkv_proj.", quant)
-        yield from _fused(source, layer, ["self_attn.o_proj."], f"layers.{i}.attn.o_proj.", quant)
+        yield from _fused(source, layer, {"self_attn.o_proj.": (hidden, args.q_size)},
+                          f"layers.{i}.attn.o_proj.", quant)
         if args.attention_bias:
             yield f"layers.{i}.attn.qkv_proj.bias", torch.cat(
                 [get(hf + f"self_attn.{p}_proj.bias") for p in "qkv"], dim=0)
             yield f"layers.{i}.attn.o_proj.bias", get(hf + "self_attn.o_proj.bias")
-        yield from _fused(source, layer, ["mlp.gate_proj.", "mlp.up_proj."],
+        yield from _fused(source, layer, {"mlp.gate_proj.": (inter, hidden),
+                                          "mlp.up_proj.": (inter, hidden)},
                           f"layers.{i}.mlp.gate_up_proj.", quant)
-        yield from _fused(source, layer, ["mlp.down_proj."], f"layers.{i}.mlp.down_proj.", quant)
+        yield from _fused(source, layer, {"mlp.down_proj.": (hidden, inter)},
+                          f"layers.{i}.mlp.down_proj.", quant)
         if args.mlp_bias:
             yield f"layers.{i}.mlp.gate_up_proj.bias", torch.cat(
                 [get(hf + "mlp.gate_proj.bias"), get(hf + "mlp.up_proj.bias")], dim=0)

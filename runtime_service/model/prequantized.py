@@ -3,8 +3,12 @@ quantizing again: AutoAWQ's GEMM format (`quant_method: awq`) and compressed-ten
 (`quant_method: compressed-tensors`, `pack-quantized` int4 and `float-quantized` FP8).
 
 `quant_config_of(hf_config)` says which Kiln algorithm such a folder is (None: not quantized);
-`read_linear(get, names, prefix)` returns one HF linear's {qweight, scales, zeros} in Kiln's layout
-(layers/quantize.py), which fuse along the output dim like plain weights.
+`read_linear(get, names, prefix, quant, shape)` returns one HF linear's {qweight, scales, zeros}
+in Kiln's layout (layers/quantize.py), which fuse along the output dim like plain weights.
+
+Both read files a user hands in: a config entry of the wrong type, or a stored tensor of another
+dtype or shape than its format's, is an InvalidRequest naming it, never a Python error from
+deep inside the unpacking (or, worse, a float tensor's bits read as codes).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from runtime_service.errors import FailedPrecondition
+from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.format.engine_config import QuantConfig
 from runtime_service.model.layers.quantize import pack_int4
 
@@ -46,16 +50,18 @@ def quant_config_of(hf_config: dict) -> QuantConfig | None:
     q = hf_config.get("quantization_config")
     if not q:
         return None
+    q = _object(q, "quantization_config")
     method = q.get("quant_method")
     if method == "awq":
         if q.get("bits", 4) != 4 or str(q.get("version", "gemm")).lower() != "gemm" \
                 or not q.get("zero_point", True):
             raise FailedPrecondition("AutoAWQ checkpoints are served in the 4-bit GEMM format "
                                      f"with zero points only, got {q}")
-        return QuantConfig(algo="W4A16_AWQ", group_size=int(q.get("group_size", 128)))
+        return QuantConfig(algo="W4A16_AWQ", group_size=_whole_number(
+            q.get("group_size", 128), "quantization_config.group_size"))
     if method == "compressed-tensors":
         group = _compressed_group(q)
-        weights = group["weights"]
+        weights = _object(group["weights"], "the config group's weights")
         if weights.get("actorder") == "group":
             raise FailedPrecondition(ACT_ORDER_REFUSED)
         if q.get("kv_cache_scheme"):
@@ -68,10 +74,13 @@ def quant_config_of(hf_config: dict) -> QuantConfig | None:
                 "compressed-tensors transforms (rotations such as SpinQuant or QuIP, some "
                 "applied at run time) are not served")
         activations = group.get("input_activations")
+        if activations is not None:
+            activations = _object(activations, "the config group's input_activations")
         if q.get("format") == "pack-quantized" and weights.get("num_bits") == 4 \
                 and weights.get("type", "int") == "int" and weights.get("strategy") == "group" \
                 and not activations:
-            return QuantConfig(algo="W4A16", group_size=int(weights["group_size"]))
+            return QuantConfig(algo="W4A16", group_size=_whole_number(
+                weights.get("group_size"), "the config group's weights.group_size"))
         if q.get("format") in ("float-quantized", "naive-quantized") \
                 and weights.get("type") == "float" and weights.get("num_bits") == 8 \
                 and weights.get("strategy") in ("channel", "tensor") \
@@ -107,9 +116,23 @@ def _check_contiguous_groups(g_idx: torch.Tensor, columns: int, groups: int,
         raise FailedPrecondition(f"{prefix[:-1]}: {ACT_ORDER_REFUSED}")
 
 
+def _object(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"config.json: {what} must be an object, got "
+                             f"{type(value).__name__} {str(value)[:80]!r}")
+    return value
+
+
+def _whole_number(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"config.json: {what} must be a whole number, got {value!r}")
+    return value
+
+
 def _compressed_group(q: dict) -> dict:
-    groups = list(q.get("config_groups", {}).values())
-    if len(groups) != 1 or not groups[0].get("weights"):
+    groups = list(_object(q.get("config_groups", {}), "quantization_config.config_groups")
+                  .values())
+    if len(groups) != 1 or not _object(groups[0], "a config group").get("weights"):
         raise FailedPrecondition("compressed-tensors checkpoints with exactly one config group "
                                  "of quantized weights are served")
     return groups[0]
@@ -136,33 +159,78 @@ def check_head_unquantized(names: set[str], head: torch.Tensor) -> None:
             "llmcompressor leaves it by default (ignore: [lm_head])")
 
 
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _stored(get: Callable[[str], torch.Tensor], name: str, dtypes: tuple,
+            *shapes: tuple) -> torch.Tensor:
+    """`get(name)`, which the format stores as one of `dtypes` in one of `shapes`."""
+    tensor = get(name)
+    if tensor.dtype not in dtypes or tuple(tensor.shape) not in shapes:
+        kinds = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        wanted = " or ".join(str(list(shape)) for shape in shapes)
+        raise InvalidRequest(f"{name} must be {kinds} of shape {wanted} for its linear and "
+                             f"the checkpoint's quantization_config; it is "
+                             f"{str(tensor.dtype).removeprefix('torch.')} "
+                             f"{list(tensor.shape)}")
+    return tensor
+
+
+def _groups(prefix: str, in_features: int, quant: QuantConfig) -> int:
+    if in_features % quant.group_size or in_features % 8:
+        raise InvalidRequest(f"{prefix[:-1]}: its {in_features} input columns are not whole "
+                             f"groups of {quant.group_size} (nor of 8, the int32 packing)")
+    return in_features // quant.group_size
+
+
 def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str,
-                quant: QuantConfig) -> dict[str, torch.Tensor]:
-    """One quantized HF linear (`prefix` = "...q_proj.") in Kiln's tensors."""
+                quant: QuantConfig, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """One quantized HF linear (`prefix` = "...q_proj.") of `shape` (out, in features) in
+    Kiln's tensors; each stored tensor is checked against its format's dtype and shape first."""
+    n, k = shape
     if prefix + "qweight" in names:                                  # AutoAWQ GEMM
-        codes = _awq_columns(get(prefix + "qweight")).T.contiguous()          # [N, K]
-        zeros = _awq_columns(get(prefix + "qzeros")).T.contiguous()           # [N, K // G]
-        scales = get(prefix + "scales").T.contiguous()
+        groups = _groups(prefix, k, quant)
+        packed = _stored(get, prefix + "qweight", (torch.int32,), (k, -(-n // 8)))
+        if n % 8:
+            raise InvalidRequest(f"{prefix[:-1]}: AutoAWQ packs 8 output columns per int32; "
+                                 f"{n} is not a multiple of 8")
+        codes = _awq_columns(packed).T.contiguous()                           # [N, K]
+        zeros = _awq_columns(_stored(get, prefix + "qzeros", (torch.int32,),
+                                     (groups, n // 8))).T.contiguous()        # [N, K // G]
+        scales = _stored(get, prefix + "scales", _FLOATS, (groups, n)).T.contiguous()
         return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
     if prefix + "weight_packed" in names:                            # compressed-tensors int4
-        codes = _plain_columns(get(prefix + "weight_packed"))                 # q + 8, [N, K]
-        scales = get(prefix + "weight_scale")
+        groups = _groups(prefix, k, quant)
+        codes = _plain_columns(_stored(get, prefix + "weight_packed", (torch.int32,),
+                                       (n, k // 8)))                          # q + 8, [N, K]
+        scales = _stored(get, prefix + "weight_scale", _FLOATS, (n, groups))
         if prefix + "weight_g_idx" in names:
-            _check_contiguous_groups(get(prefix + "weight_g_idx"), codes.shape[1],
-                                     scales.shape[1], prefix)
+            _check_contiguous_groups(_stored(get, prefix + "weight_g_idx",
+                                             (torch.int32, torch.int64), (k,)),
+                                     k, groups, prefix)
         if prefix + "weight_zero_point" in names:
-            zero = get(prefix + "weight_zero_point")
+            zero = _stored(get, prefix + "weight_zero_point", (torch.int32, torch.int8),
+                           (-(-n // 8), groups), (n, groups))
             if zero.dtype == torch.int32:              # packed along rows, offset like codes
-                zeros = _plain_columns(zero.T.contiguous()).T[:scales.shape[0]].contiguous()
+                if zero.shape[0] != -(-n // 8):
+                    raise InvalidRequest(f"{prefix}weight_zero_point is int32 (packed along "
+                                         f"rows) of shape {list(zero.shape)}; [{-(-n // 8)}, "
+                                         f"{groups}] expected")
+                zeros = _plain_columns(zero.T.contiguous()).T[:n].contiguous()
             else:                                       # signed int8 zero points
+                if zero.shape[0] != n:
+                    raise InvalidRequest(f"{prefix}weight_zero_point is int8 of shape "
+                                         f"{list(zero.shape)}; [{n}, {groups}] expected")
                 zeros = (zero.to(torch.int64) + 8).to(torch.uint8)
         else:
             zeros = torch.full(scales.shape, 8, dtype=torch.uint8)
         return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
-    if quant.algo == "FP8" and get(prefix + "weight").dtype == torch.float8_e4m3fn:
-        weight = get(prefix + "weight")
-        scales = get(prefix + "weight_scale").float().reshape(-1)
+    if quant.algo == "FP8" and prefix + "weight" in names \
+            and get(prefix + "weight").dtype == torch.float8_e4m3fn:
+        weight = _stored(get, prefix + "weight", (torch.float8_e4m3fn,), (n, k))
+        scales = _stored(get, prefix + "weight_scale", _FLOATS, (n, 1), (n,), (1,), ()
+                         ).float().reshape(-1)
         if scales.numel() == 1:            # tensor strategy: one scale, the same for every row
-            scales = scales.expand(weight.shape[0]).contiguous()
+            scales = scales.expand(n).contiguous()
         return {"qweight": weight, "scales": scales}
     raise FailedPrecondition(f"{prefix[:-1]} is not stored in the checkpoint's quantized format")

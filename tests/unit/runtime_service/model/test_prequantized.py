@@ -19,7 +19,7 @@ from builder_service.settings import BuildSpec
 from builder_service.sources import SourceResolver
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
-from runtime_service.errors import FailedPrecondition
+from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.format.engine_config import EngineConfig, Mapping
 from runtime_service.model.layers.quantize import dequantize_int4, quantize_int4, unpack_int4
 from runtime_service.model.loader import load_model
@@ -271,3 +271,67 @@ def test_unsupported_prequantized_schemes_are_refused_naming_what_is_read():
     with pytest.raises(FailedPrecondition, match="4-bit GEMM"):
         quant_config_of({"quantization_config": {**AWQ_CONFIG, "version": "gemv"}})
     assert quant_config_of({}) is None
+
+
+def _edited(folder: Path, out: Path, config=None, tensors=None) -> Path:
+    """A copy of `folder` with `config(quantization_config)` and `tensors(stored)` applied."""
+    out.mkdir()
+    stored = load_file(str(folder / "model.safetensors"))
+    if tensors is not None:
+        tensors(stored)
+    save_file({name: t.contiguous() for name, t in stored.items()},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    hf_config = json.loads((folder / "config.json").read_text())
+    if config is not None:
+        hf_config["quantization_config"] = config(hf_config["quantization_config"])
+    (out / "config.json").write_text(json.dumps(hf_config))
+    return out
+
+
+Q = "model.layers.0.self_attn.q_proj."
+
+
+def _group_of(q, **weights):
+    group = dict(q["config_groups"]["group_0"])
+    group["weights"] = {**group["weights"], **weights}
+    return {**q, "config_groups": {"group_0": group}}
+
+
+@pytest.mark.parametrize("writer, config, tensors, words", [
+    (awq_gemm, lambda q: "awq", None, "quantization_config must be an object"),
+    (awq_gemm, lambda q: {**q, "group_size": "32"}, None, "group_size must be a whole number"),
+    (compressed_int4, lambda q: {**q, "config_groups": [q["config_groups"]["group_0"]]}, None,
+     "config_groups must be an object"),
+    (compressed_int4, lambda q: _group_of(q, group_size=None), None,
+     "weights.group_size must be a whole number"),
+    (awq_gemm, None, lambda t: t.update({Q + "qweight": t[Q + "qweight"].float()}),
+     r"q_proj.qweight must be int32 of shape \[64, 8\].*it is float32"),
+    (awq_gemm, None, lambda t: t.update({Q + "scales": t[Q + "scales"][:, :-1]}),
+     r"q_proj.scales must be .* of shape \[2, 64\]"),
+    (compressed_int4, None, lambda t: t.update({Q + "weight_scale": t[Q + "weight_scale"][:, 0]}),
+     r"q_proj.weight_scale must be .* of shape \[64, 2\].*it is float16 \[64\]"),
+    (compressed_int4, None,
+     lambda t: t.update({Q + "weight_zero_point": t[Q + "weight_zero_point"].float()}),
+     "q_proj.weight_zero_point must be int32/int8"),
+    (compressed_int4, lambda q: _group_of(q, group_size=64), None,
+     r"q_proj.weight_scale must be .* of shape \[64, 1\]"),
+])
+def test_a_malformed_prequantized_checkpoint_is_refused_naming_what_is_wrong(
+        source, tmp_path, writer, config, tensors, words):
+    """A config entry of the wrong type, or a stored tensor of another dtype or shape than its
+    format's, is an InvalidRequest that names it: never a Python error from the unpacking, and
+    never a float tensor's bits read as int4 codes (a float qweight used to load)."""
+    base = AWQ_CONFIG if writer is awq_gemm else COMPRESSED_CONFIG
+    folder, _ = quantized_checkpoint(source, tmp_path / "q", writer, base)
+    with pytest.raises(InvalidRequest, match=words):
+        load_model(_edited(folder, tmp_path / "edited", config, tensors))
+
+
+def test_a_malformed_fp8_checkpoint_is_refused_naming_what_is_wrong(source, tmp_path):
+    folder = compressed_fp8_checkpoint(source, tmp_path / "fp8", "channel")
+    down = "model.layers.0.mlp.down_proj."
+    for name, edit in (
+            ("weight_scale", lambda t: t.update({down + name: t[down + name][:5]})),
+            ("weight", lambda t: t.update({down + name: t[down + name][:, :-8]}))):
+        with pytest.raises(InvalidRequest, match=f"down_proj.{name} must be .* of shape"):
+            load_model(_edited(folder, tmp_path / name, tensors=edit))
