@@ -14,6 +14,7 @@ from runtime_service.format.engine_config import EngineConfig, Mapping
 from runtime_service.format.engine_format import rank_file
 from runtime_service.errors import InvalidRequest
 from runtime_service.model.hf_convert import shard_for_rank
+from runtime_service.model.layers.linear import local_rows
 from runtime_service.model.llama import layer_index, sharding_rule
 from runtime_service.format.model_config import ModelArgs
 
@@ -62,10 +63,11 @@ class KilnShards:
         if rule == "row":
             # per-output-channel scales of a quantized row layer are whole on every rank
             return shards[0] if shards[0].dim() == 1 else torch.cat(shards, dim=1)
-        local = [s // tp for s in sections]
+        local = [local_rows(s, tp) for s in sections]
         pieces = [shard.split(local, dim=0) for shard in shards]
-        return torch.cat([torch.cat([p[i] for p in pieces], dim=0) for i in range(len(local))],
-                         dim=0)
+        # each section's rows from every rank, less the zero rows that padded it (local_rows)
+        return torch.cat([torch.cat([p[i] for p in pieces], dim=0)[:size]
+                          for i, size in enumerate(sections)], dim=0)
 
 
 def kiln_rank_tensors(source: KilnShards, args: ModelArgs, mapping: Mapping,

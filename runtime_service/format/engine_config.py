@@ -107,7 +107,8 @@ class Mapping:
         return rank // self.tp_size
 
     def check_divides(self, model: ModelArgs) -> None:
-        """Raises InvalidRequest when the split does not divide heads, KV heads or layers."""
+        """Raises InvalidRequest when the split does not divide heads, KV heads, the MLP width
+        or layers (a vocabulary it does not divide is padded: layers/linear.py local_rows)."""
         if model.num_heads % self.tp_size or model.num_kv_heads % self.tp_size:
             raise InvalidRequest(
                 f"tp_size={self.tp_size} must divide num_heads={model.num_heads} and "
@@ -115,9 +116,6 @@ class Mapping:
         if model.intermediate_size % self.tp_size:
             raise InvalidRequest(
                 f"tp_size={self.tp_size} must divide intermediate_size={model.intermediate_size}")
-        if model.vocab_size % self.tp_size:
-            raise InvalidRequest(
-                f"tp_size={self.tp_size} must divide vocab_size={model.vocab_size}")
         if model.num_layers % self.pp_size:
             raise InvalidRequest(
                 f"pp_size={self.pp_size} must divide num_layers={model.num_layers}")

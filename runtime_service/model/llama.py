@@ -122,9 +122,12 @@ class LlamaModel(nn.Module):
         return x if residual is None else x + residual
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head on the selected rows [B, H] -> float32 logits [B, vocab]."""
-        logits = self.lm_head(self.norm(hidden))
-        return self.parallel.all_gather_last_dim(logits).float()
+        """Final norm and LM head on the selected rows [B, H] -> float32 logits [B, vocab]
+        (without the rows that padded a vocabulary tp does not divide)."""
+        logits = self.parallel.all_gather_last_dim(self.lm_head(self.norm(hidden)))
+        if logits.shape[-1] != self.args.vocab_size:
+            logits = logits[..., :self.args.vocab_size].contiguous()
+        return logits.float()
 
     def set_attention_backend(self, backend) -> None:
         """Swaps the attention backend of every layer (the runner picks it for the device)."""

@@ -105,16 +105,29 @@ def _silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return nn.functional.silu(gate) * up
 
 
+def local_rows(size: int, tp_size: int) -> int:
+    """Rows of a `size`-row column section on each of `tp_size` ranks: a section tp does not
+    divide (a vocabulary of 32,001 at tp 2; heads and MLP widths must divide) is padded with
+    zero rows to the next multiple, as TensorRT-LLM pads its vocabulary; the logits of those
+    rows are cut off after the gather (LlamaModel.compute_logits)."""
+    return -(-size // tp_size)
+
+
 def shard_columns(full: torch.Tensor, sections: Sequence[int], tp_rank: int,
                   tp_size: int) -> torch.Tensor:
-    """Rank `tp_rank`'s slice of dim 0, taken from each fused section in turn."""
+    """Rank `tp_rank`'s slice of dim 0, taken from each fused section in turn, each padded with
+    zero rows to `local_rows`."""
     if tp_size == 1:
         return full
     parts = []
     offset = 0
     for size in sections:
-        step = size // tp_size
-        parts.append(full[offset + tp_rank * step: offset + (tp_rank + 1) * step])
+        step = local_rows(size, tp_size)
+        start = min(size, tp_rank * step)
+        part = full[offset + start: offset + min(size, start + step)]
+        if part.shape[0] < step:
+            part = torch.cat([part, part.new_zeros((step - part.shape[0],) + part.shape[1:])])
+        parts.append(part)
         offset += size
     return torch.cat(parts, dim=0).contiguous()
 
@@ -137,7 +150,7 @@ class ColumnParallelLinear(nn.Module):
                  parallel: ParallelContext = SINGLE_RANK, quant: WeightQuant | None = None):
         super().__init__()
         self.sections = tuple(sections)
-        self.local_sections = tuple(s // parallel.tp_size for s in sections)
+        self.local_sections = tuple(local_rows(s, parallel.tp_size) for s in sections)
         self.quant = quant
         out_local = sum(self.local_sections)
         if quant is None:

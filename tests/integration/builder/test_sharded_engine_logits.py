@@ -1,5 +1,6 @@
 """Shards the builder writes are what the runtime's parallel layers load: a tp=2 engine on two
-gloo processes, and a pp=2 engine run stage after stage, give the unsharded model's logits."""
+gloo processes, and a pp=2 engine run stage after stage, give the unsharded model's logits; so
+does a tp=2 engine of a vocabulary two does not divide (its lm_head padded with a zero row)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from runtime_service.model.parallel import ParallelContext
 from runtime_service.format.engine_config import Mapping
 from runtime_service.model.loader import load_model
 from runtime_service.store import LocalStore
+from support.tiny_llama import make_tiny_llama
 
 from support.servers import REPO, free_port, subprocess_env
 from tp_worker import TOKENS, kv_caches, prefill_metadata
@@ -39,6 +41,24 @@ def reference_logits(hf_folder) -> torch.Tensor:
 
 
 def test_tp2_engine_on_two_gloo_ranks_matches_the_unsharded_model(tmp_path, tiny_hf):
+    _assert_tp2_matches_unsharded(tmp_path, tiny_hf)
+
+
+def test_a_vocabulary_tp_does_not_divide_is_padded_and_cut_off_again(tmp_path):
+    """257 tokens at tp 2: each rank holds 129 rows of lm_head, the second's last row zero, and
+    the gathered logits lose that row again (TensorRT-LLM pads its vocabulary the same way; a
+    fine-tune with 32,001 tokens was refused at tp 2 before)."""
+    hf = make_tiny_llama(tmp_path / "hf", vocab_size=257)
+    engine = _assert_tp2_matches_unsharded(tmp_path, hf)
+    heads = [load_file(str(Path(engine) / f"rank{r}.safetensors"))["lm_head.weight"]
+             for r in range(2)]
+    assert [tuple(h.shape) for h in heads] == [(129, 64), (129, 64)]
+    assert not heads[1][-1].any()
+    full = load_file(str(hf / "model.safetensors"))["lm_head.weight"]
+    assert torch.equal(torch.cat(heads)[:257], full)
+
+
+def _assert_tp2_matches_unsharded(tmp_path, tiny_hf) -> str:
     engine = build(tmp_path, tiny_hf, tp=2, pp=1)
     port = free_port()
     outs = [tmp_path / f"logits{r}.safetensors" for r in range(2)]
@@ -63,6 +83,7 @@ def test_tp2_engine_on_two_gloo_ranks_matches_the_unsharded_model(tmp_path, tiny
         single = unsharded.compute_logits(unsharded(
             torch.tensor(TOKENS), prefill_metadata(len(TOKENS)), kv_caches(unsharded, len(TOKENS))))
     torch.testing.assert_close(load_file(outs[0])["logits"], single, atol=1e-5, rtol=1e-5)
+    return engine
 
 
 def test_pp2_engine_stages_run_in_turn_match_the_unsharded_model(tmp_path, tiny_hf):
