@@ -28,3 +28,40 @@ def test_a_start_reports_every_phase_and_logs_it(tiny_engine, tmp_path, caplog):
     assert {f"{name}_s" for name in PHASES} <= set(fields)
     assert fields["total_s"] == round(started.report.total_s, 3)
     assert fields["compile_workers"] == 0           # on the CPU nothing compiles
+
+
+def test_on_a_fresh_node_the_tokenizer_loads_once_the_recording_pass_ends(
+        tiny_engine, tmp_path, monkeypatch):
+    """With compile workers (an empty kernel cache: a fresh node) the engine's tokenizer load,
+    which competes for the GIL, waits through the weight load for the end of the capture's
+    recording pass; without them it begins with the load. The CPU records nothing, so the pass's
+    end is played here from inside the executor's construction, where the capture runs it."""
+    from runtime_service.engine import executor as executor_module
+    from runtime_service.engine.tokenizer_load import TokenizerLoad
+    from runtime_service.model import kernel_tuning
+    from runtime_service.model.kernels import compile_ahead
+    from runtime_service.server import engine_start
+
+    seen = []
+    real_init = executor_module.Executor.__init__
+
+    def building(self, loaded, options, *args, tokenizer_load=None, **kwargs):
+        assert isinstance(tokenizer_load, TokenizerLoad)
+        seen.append(("before the recording ends", tokenizer_load.begun))
+        compile_ahead._recording_ended()
+        seen.append(("after it", tokenizer_load.begun))
+        real_init(self, loaded, options, *args, tokenizer_load=tokenizer_load, **kwargs)
+
+    for workers in (2, 0):
+        seen.clear()
+        monkeypatch.setattr(kernel_tuning, "start_compile_workers", lambda device: workers)
+        monkeypatch.setattr(engine_start.kernel_cache, "holds_kernels", lambda folder: False)
+        monkeypatch.setattr(executor_module.Executor, "__init__", building)
+        settings = RuntimeSettings(cache_dir=tmp_path / f"cache{workers}",
+                                   executor=ExecutorOptions(kv_max_tokens=256))
+        started = start_engine(tiny_engine["uri"], settings)
+        try:
+            assert isinstance(started.executor.tokenizer.decode([3, 4]), str)
+        finally:
+            started.executor.shutdown()
+        assert seen == [("before the recording ends", workers == 0), ("after it", True)]
