@@ -106,7 +106,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0,
             # once the capture's recording pass has handed its kernels to the compile workers,
             # and the start then mostly waits for them; elsewhere it begins with the load.
             tokenizer = TokenizerLoad(tokenizer_dir) if options.load_tokenizer else None
-            if tokenizer is not None and not workers:
+            if tokenizer is not None and not (workers and compile_ahead.enabled()):
                 tokenizer.begin()
             with clock.phase("load"):
                 loaded = load_model(folder, device=options.device, dtype=options.dtype)

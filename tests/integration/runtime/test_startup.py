@@ -32,9 +32,9 @@ def test_a_start_reports_every_phase_and_logs_it(tiny_engine, tmp_path, caplog):
 
 def test_on_a_fresh_node_the_tokenizer_loads_once_the_recording_pass_ends(
         tiny_engine, tmp_path, monkeypatch):
-    """With compile workers (an empty kernel cache: a fresh node) the engine's tokenizer load,
-    which competes for the GIL, waits through the weight load for the end of the capture's
-    recording pass; without them it begins with the load. The CPU records nothing, so the pass's
+    """With compile workers that the capture's kernels are recorded for (an empty kernel cache:
+    a fresh node) the engine's tokenizer load, which competes for the GIL, waits through the
+    weight load for the end of the recording pass; without them it begins with the load. The CPU records nothing, so the pass's
     end is played here from inside the executor's construction, where the capture runs it."""
     from runtime_service.engine import executor as executor_module
     from runtime_service.engine.tokenizer_load import TokenizerLoad
@@ -56,6 +56,7 @@ def test_on_a_fresh_node_the_tokenizer_loads_once_the_recording_pass_ends(
         seen.clear()
         monkeypatch.setattr(kernel_tuning, "start_compile_workers", lambda device: workers)
         monkeypatch.setattr(engine_start.kernel_cache, "holds_kernels", lambda folder: False)
+        monkeypatch.setattr(compile_ahead, "enabled", lambda: workers > 0)
         monkeypatch.setattr(executor_module.Executor, "__init__", building)
         settings = RuntimeSettings(cache_dir=tmp_path / f"cache{workers}",
                                    executor=ExecutorOptions(kv_max_tokens=256))
