@@ -65,7 +65,6 @@ def start_engine(uri: str, settings, imports_s: float = 0.0,
                 from runtime_service.engine.executor import Executor, ExecutorOptions
                 from runtime_service.engine.request import Request, SamplingParams
                 from runtime_service.engine.tokenizer_load import TokenizerLoad
-                from runtime_service.model.kernels import compile_ahead
                 from runtime_service.model import kernel_tuning
                 from runtime_service.model.loader import load_model, tokenizer_dir_for
             waited = time.perf_counter()
@@ -106,7 +105,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0,
             # once the capture's recording pass has handed its kernels to the compile workers,
             # and the start then mostly waits for them; elsewhere it begins with the load.
             tokenizer = TokenizerLoad(tokenizer_dir) if options.load_tokenizer else None
-            if tokenizer is not None and not (workers and compile_ahead.enabled()):
+            if tokenizer is not None and not (workers and kernel_tuning.records_capture_kernels()):
                 tokenizer.begin()
             with clock.phase("load"):
                 loaded = load_model(folder, device=options.device, dtype=options.dtype)
@@ -119,7 +118,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0,
                 tuning = _tuning_cache(uri, folder, kind, settings, device, kernel_tuning)
                 source = _import_cached(tuning, device, kernel_tuning)
                 tuned_before = kernel_tuning.tuning_totals(device)[0]
-            with clock.phase("graph_capture"), compile_ahead.after_recording(
+            with clock.phase("graph_capture"), kernel_tuning.after_recording(
                     tokenizer.begin if tokenizer is not None else lambda: None):
                 executor = Executor(loaded, options, tokenizer_load=tokenizer)
             with clock.phase("warm_up"):
