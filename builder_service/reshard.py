@@ -14,7 +14,7 @@ from runtime_service.format.engine_config import EngineConfig, Mapping
 from runtime_service.format.engine_format import rank_file
 from runtime_service.errors import InvalidRequest
 from runtime_service.model.hf_convert import shard_for_rank
-from runtime_service.model.layers.linear import local_rows
+from runtime_service.model.layers.linear import local_rows, rank_rows
 from runtime_service.model.llama import layer_index, sharding_rule
 from runtime_service.format.model_config import ModelArgs
 
@@ -53,7 +53,7 @@ class KilnShards:
         stage = min(self.mapping.pp_rank(r) for r in holders)
         ranks = sorted((r for r in holders if self.mapping.pp_rank(r) == stage),
                        key=self.mapping.tp_rank)
-        rule, sections = sharding_rule(name, self.args)
+        rule, sections, units = sharding_rule(name, self.args)
         tp = self.mapping.tp_size
         if rule == "replicate" or tp == 1:
             return self._read(ranks[0], name)
@@ -63,11 +63,16 @@ class KilnShards:
         if rule == "row":
             # per-output-channel scales of a quantized row layer are whole on every rank
             return shards[0] if shards[0].dim() == 1 else torch.cat(shards, dim=1)
-        local = [local_rows(s, tp) for s in sections]
+        local = [local_rows(s, tp, u) for s, u in zip(sections, units)]
         pieces = [shard.split(local, dim=0) for shard in shards]
-        # each section's rows from every rank, less the zero rows that padded it (local_rows)
-        return torch.cat([torch.cat([p[i] for p in pieces], dim=0)[:size]
-                          for i, size in enumerate(sections)], dim=0)
+        joined = []
+        for i, (size, unit) in enumerate(zip(sections, units)):
+            # each rank's rows of the section once (repeated KV heads: the first rank holding
+            # each), less the zero rows that padded it (layers/linear.py local_rows)
+            starts = {rank_rows(size, tp, r, unit)[0]: r for r in reversed(range(tp))}
+            joined.append(torch.cat([pieces[starts[start]][i] for start in sorted(starts)],
+                                    dim=0)[:size])
+        return torch.cat(joined, dim=0)
 
 
 def kiln_rank_tensors(source: KilnShards, args: ModelArgs, mapping: Mapping,

@@ -107,12 +107,14 @@ class Mapping:
         return rank // self.tp_size
 
     def check_divides(self, model: ModelArgs) -> None:
-        """Raises InvalidRequest when the split does not divide heads, KV heads, the MLP width
-        or layers (a vocabulary it does not divide is padded: layers/linear.py local_rows)."""
-        if model.num_heads % self.tp_size or model.num_kv_heads % self.tp_size:
+        """Raises InvalidRequest when the split does not divide heads, KV heads (or is not a
+        multiple of them: each rank then repeats one), the MLP width or layers (a vocabulary it
+        does not divide is padded: layers/linear.py local_rows)."""
+        kv, tp = model.num_kv_heads, self.tp_size
+        if model.num_heads % tp or (kv % tp if kv >= tp else tp % kv):
             raise InvalidRequest(
-                f"tp_size={self.tp_size} must divide num_heads={model.num_heads} and "
-                f"num_kv_heads={model.num_kv_heads}")
+                f"tp_size={tp} must divide num_heads={model.num_heads}, and divide "
+                f"num_kv_heads={kv} or be a multiple of it (then each rank repeats one KV head)")
         if model.intermediate_size % self.tp_size:
             raise InvalidRequest(
                 f"tp_size={self.tp_size} must divide intermediate_size={model.intermediate_size}")

@@ -87,6 +87,11 @@ class ModelArgs:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    def kv_heads_per_rank(self, tp_size: int) -> int:
+        """KV heads each of `tp_size` ranks holds: its share, or one repeated head when there
+        are fewer KV heads than ranks (layers/linear.py local_rows)."""
+        return max(1, self.num_kv_heads // tp_size)
+
     @classmethod
     def from_hf_config(cls, hf: dict) -> "ModelArgs":
         """Reads an HF config.json dict; raises InvalidRequest for anything not LLaMA."""

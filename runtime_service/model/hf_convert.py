@@ -121,10 +121,10 @@ def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
 def shard_for_rank(name: str, full: torch.Tensor, args: ModelArgs, mapping: Mapping,
                    rank: int) -> torch.Tensor:
     """This rank's piece of a full tensor, by the rule its layer declares."""
-    rule, sections = sharding_rule(name, args)
+    rule, sections, units = sharding_rule(name, args)
     tp_rank = mapping.tp_rank(rank)
     if rule == "column":
-        return shard_columns(full, sections, tp_rank, mapping.tp_size)
+        return shard_columns(full, sections, tp_rank, mapping.tp_size, units)
     if rule == "row":
         return shard_rows(full, tp_rank, mapping.tp_size)
     return full

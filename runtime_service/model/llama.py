@@ -27,11 +27,11 @@ class Attention(nn.Module):
                  parallel: ParallelContext, quant: WeightQuant | None = None):
         super().__init__()
         self.num_heads = args.num_heads // parallel.tp_size
-        self.num_kv_heads = args.num_kv_heads // parallel.tp_size
+        self.num_kv_heads = args.kv_heads_per_rank(parallel.tp_size)
         self.head_dim = args.head_dim
-        self.qkv_proj = ColumnParallelLinear(
-            args.hidden_size, (args.q_size, args.kv_size, args.kv_size), args.attention_bias, parallel,
-            quant)
+        sections, units = _COLUMN_SECTIONS["attn.qkv_proj"](args)
+        self.qkv_proj = ColumnParallelLinear(args.hidden_size, sections, args.attention_bias,
+                                             parallel, quant, units)
         self.o_proj = RowParallelLinear(args.q_size, args.hidden_size, args.attention_bias, parallel,
                                         quant)
         self.rotary = rotary
@@ -96,7 +96,7 @@ class LlamaModel(nn.Module):
         self.layer_ids = layer_ids
         self.kv_cache_dtype = "auto"     # or "int8" / "fp8": how the runner stores K and V
         backend = attention_backend or TorchReferenceAttention(
-            args.num_heads // parallel.tp_size, args.num_kv_heads // parallel.tp_size,
+            args.num_heads // parallel.tp_size, args.kv_heads_per_rank(parallel.tp_size),
             args.head_dim)
         rotary = RotaryEmbedding(args)
         if parallel.is_first_stage:
@@ -140,28 +140,30 @@ class LlamaModel(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
 
+# (sections, units): q, k and v split in whole heads (fewer KV heads than ranks repeat).
 _COLUMN_SECTIONS = {
-    "attn.qkv_proj": lambda a: (a.q_size, a.kv_size, a.kv_size),
-    "mlp.gate_up_proj": lambda a: (a.intermediate_size, a.intermediate_size),
+    "attn.qkv_proj": lambda a: ((a.q_size, a.kv_size, a.kv_size), (a.head_dim,) * 3),
+    "mlp.gate_up_proj": lambda a: ((a.intermediate_size, a.intermediate_size), (1, 1)),
 }
 _ROW_WEIGHTS = tuple(f"{layer}.{tensor}" for layer in ("attn.o_proj", "mlp.down_proj")
                      for tensor in ("weight", "qweight", "scales", "zeros"))
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
-def sharding_rule(name: str, args: ModelArgs) -> tuple[str, tuple[int, ...]]:
-    """("column", sections), ("row", ()) or ("replicate", ()) for a full tensor name."""
+def sharding_rule(name: str, args: ModelArgs) -> tuple[str, tuple, tuple]:
+    """("column", sections, units), ("row", (), ()) or ("replicate", (), ()) for a full tensor
+    name (units: layers/linear.py local_rows)."""
     if name == "lm_head.weight":
-        return "column", (args.vocab_size,)
+        return "column", (args.vocab_size,), (1,)
     match = _LAYER_NAME.match(name)
     if match:
         local = match.group(2)
         for prefix, sections in _COLUMN_SECTIONS.items():
             if local.startswith(prefix + "."):
-                return "column", sections(args)
+                return ("column", *sections(args))
         if local in _ROW_WEIGHTS:
-            return "row", ()
-    return "replicate", ()
+            return "row", (), ()
+    return "replicate", (), ()
 
 
 def layer_index(name: str) -> int | None:

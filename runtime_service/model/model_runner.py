@@ -137,7 +137,7 @@ def kv_tokens_by_memory(model: LlamaModel, dtype: torch.dtype, device: torch.dev
 
 def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
     args, parallel = model.args, model.parallel
-    kv_heads = args.num_kv_heads // parallel.tp_size
+    kv_heads = args.kv_heads_per_rank(parallel.tp_size)
     element = kv_bytes_per_value(model.kv_cache_dtype, dtype, args.head_dim)
     return int(2 * len(model.layer_ids) * kv_heads * args.head_dim * element)
 
@@ -185,7 +185,7 @@ class ModelRunner:
         parallel = model.parallel
         self.faults = StepFaults.from_env(parallel.pp_rank * parallel.tp_size + parallel.tp_rank)
         args = model.args
-        kv_heads = args.num_kv_heads // model.parallel.tp_size
+        kv_heads = args.kv_heads_per_rank(model.parallel.tp_size)
         shape = (num_blocks, block_size, kv_heads, args.head_dim)
         self.kv_caches = [
             tuple(allocate_kv_cache(shape, model.kv_cache_dtype, dtype, self.device)

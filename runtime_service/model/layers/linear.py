@@ -105,28 +105,44 @@ def _silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return nn.functional.silu(gate) * up
 
 
-def local_rows(size: int, tp_size: int) -> int:
-    """Rows of a `size`-row column section on each of `tp_size` ranks: a section tp does not
-    divide (a vocabulary of 32,001 at tp 2; heads and MLP widths must divide) is padded with
-    zero rows to the next multiple, as TensorRT-LLM pads its vocabulary; the logits of those
-    rows are cut off after the gather (LlamaModel.compute_logits)."""
+def local_rows(size: int, tp_size: int, unit: int = 1) -> int:
+    """Rows of a `size`-row column section on each of `tp_size` ranks, the section split in
+    whole `unit`s (a head's rows for q, k and v). A section of fewer units than ranks (KV heads
+    under tp: 2 at tp 4) is replicated, one unit per rank, as TensorRT-LLM repeats its KV heads;
+    one tp does not divide otherwise (a vocabulary of 32,001 at tp 2; heads and MLP widths must
+    divide) is padded with zero rows to the next multiple, as TensorRT-LLM pads its vocabulary,
+    and the logits of those rows are cut off after the gather (LlamaModel.compute_logits)."""
+    if unit > 1 and size // unit < tp_size:
+        return unit
     return -(-size // tp_size)
 
 
+def rank_rows(size: int, tp_size: int, tp_rank: int, unit: int = 1) -> tuple[int, int]:
+    """(start, stop) of rank `tp_rank`'s rows of the section (before any padding)."""
+    units = size // unit
+    if unit > 1 and units < tp_size:
+        index = tp_rank * units // tp_size
+        return index * unit, (index + 1) * unit
+    step = local_rows(size, tp_size)
+    start = min(size, tp_rank * step)
+    return start, min(size, start + step)
+
+
 def shard_columns(full: torch.Tensor, sections: Sequence[int], tp_rank: int,
-                  tp_size: int) -> torch.Tensor:
-    """Rank `tp_rank`'s slice of dim 0, taken from each fused section in turn, each padded with
-    zero rows to `local_rows`."""
+                  tp_size: int, units: Sequence[int] | None = None) -> torch.Tensor:
+    """Rank `tp_rank`'s slice of dim 0, taken from each fused section in turn (`rank_rows`),
+    each padded with zero rows to `local_rows`."""
     if tp_size == 1:
         return full
+    units = units or (1,) * len(sections)
     parts = []
     offset = 0
-    for size in sections:
-        step = local_rows(size, tp_size)
-        start = min(size, tp_rank * step)
-        part = full[offset + start: offset + min(size, start + step)]
-        if part.shape[0] < step:
-            part = torch.cat([part, part.new_zeros((step - part.shape[0],) + part.shape[1:])])
+    for size, unit in zip(sections, units):
+        start, stop = rank_rows(size, tp_size, tp_rank, unit)
+        part = full[offset + start: offset + stop]
+        rows = local_rows(size, tp_size, unit)
+        if part.shape[0] < rows:
+            part = torch.cat([part, part.new_zeros((rows - part.shape[0],) + part.shape[1:])])
         parts.append(part)
         offset += size
     return torch.cat(parts, dim=0).contiguous()
@@ -144,13 +160,17 @@ def shard_rows(full: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
 
 
 class ColumnParallelLinear(nn.Module):
-    """y = x W^T (+ b) for this rank's output features; `sections` are the fused parts' full sizes."""
+    """y = x W^T (+ b) for this rank's output features; `sections` are the fused parts' full
+    sizes, `units` the rows each splits in (`local_rows`; 1 each by default)."""
 
     def __init__(self, in_features: int, sections: Sequence[int], bias: bool,
-                 parallel: ParallelContext = SINGLE_RANK, quant: WeightQuant | None = None):
+                 parallel: ParallelContext = SINGLE_RANK, quant: WeightQuant | None = None,
+                 units: Sequence[int] | None = None):
         super().__init__()
         self.sections = tuple(sections)
-        self.local_sections = tuple(local_rows(s, parallel.tp_size) for s in sections)
+        units = units or (1,) * len(self.sections)
+        self.local_sections = tuple(local_rows(s, parallel.tp_size, u)
+                                    for s, u in zip(sections, units))
         self.quant = quant
         out_local = sum(self.local_sections)
         if quant is None:

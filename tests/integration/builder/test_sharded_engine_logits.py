@@ -1,9 +1,11 @@
 """Shards the builder writes are what the runtime's parallel layers load: a tp=2 engine on two
 gloo processes, and a pp=2 engine run stage after stage, give the unsharded model's logits; so
-does a tp=2 engine of a vocabulary two does not divide (its lm_head padded with a zero row)."""
+does a tp=2 engine of a vocabulary two does not divide (its lm_head padded with a zero row),
+and one of a single KV head (each rank repeating it). Rejoining a split gives back the whole."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +15,11 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from builder_service.builder import EngineBuilder
+from builder_service.reshard import KilnShards
 from builder_service.settings import BuildSpec
 from builder_service.sources import SourceResolver
 from runtime_service.model.parallel import ParallelContext
-from runtime_service.format.engine_config import Mapping
+from runtime_service.format.engine_config import EngineConfig, Mapping
 from runtime_service.model.loader import load_model
 from runtime_service.store import LocalStore
 from support.tiny_llama import make_tiny_llama
@@ -56,6 +59,25 @@ def test_a_vocabulary_tp_does_not_divide_is_padded_and_cut_off_again(tmp_path):
     assert not heads[1][-1].any()
     full = load_file(str(hf / "model.safetensors"))["lm_head.weight"]
     assert torch.equal(torch.cat(heads)[:257], full)
+    rejoined = KilnShards(Path(engine), EngineConfig.from_dict(
+        json.loads((Path(engine) / "config.json").read_text())))
+    assert torch.equal(rejoined.get("lm_head.weight"), full)
+
+
+def test_fewer_kv_heads_than_ranks_are_repeated_on_each(tmp_path):
+    """One KV head at tp 2 (TensorRT-LLM repeats KV heads the same way): each rank holds q's
+    half and the whole of k and v, and the split engine gives the unsharded logits."""
+    hf = make_tiny_llama(tmp_path / "hf", num_key_value_heads=1)
+    engine = Path(_assert_tp2_matches_unsharded(tmp_path, hf))
+    qkv = [load_file(str(engine / f"rank{r}.safetensors"))["layers.0.attn.qkv_proj.weight"]
+           for r in range(2)]
+    head_dim = 16                                        # 64 hidden / 4 heads
+    assert [tuple(t.shape) for t in qkv] == [(32 + 2 * head_dim, 64)] * 2
+    assert torch.equal(qkv[0][32:], qkv[1][32:])         # the one k and v head, on both
+    rejoined = KilnShards(engine, EngineConfig.from_dict(
+        json.loads((engine / "config.json").read_text())))
+    full = load_model(hf).model.layers["0"].attn.qkv_proj.weight
+    assert torch.equal(rejoined.get("layers.0.attn.qkv_proj.weight"), full)
 
 
 def _assert_tp2_matches_unsharded(tmp_path, tiny_hf) -> str:

@@ -28,7 +28,7 @@ def prefill_metadata(num_tokens: int, block_size: int = 4) -> AttentionMetadata:
 
 def kv_caches(model, num_tokens: int, block_size: int = 4):
     args = model.args
-    heads = args.num_kv_heads // model.parallel.tp_size
+    heads = args.kv_heads_per_rank(model.parallel.tp_size)
     blocks = -(-num_tokens // block_size) + 1
     return [(torch.zeros(blocks, block_size, heads, args.head_dim),
              torch.zeros(blocks, block_size, heads, args.head_dim)) for _ in model.layer_ids]

@@ -59,3 +59,30 @@ def test_quantized_engine_on_tp2_pp2_ranks_gives_the_single_rank_tokens(algo, en
         assert greedy_tokens(ranked) == want
     finally:
         ranked.shutdown()
+
+
+def test_one_kv_head_and_an_odd_vocabulary_on_two_ranks_give_the_single_rank_tokens(tmp_path):
+    """tp 2 over a model with one KV head (each rank repeats it, its KV cache holding that
+    head) and 321 tokens (lm_head padded to 161 rows a rank, the padding cut from the logits
+    before sampling): the ranks' tokens are one rank's, here with int4 weights."""
+    hf = make_random_llama(tmp_path / "hf", num_hidden_layers=2, num_key_value_heads=1,
+                           vocab_size=321)
+    builder = EngineBuilder(open_store(str(tmp_path / "store")),
+                            SourceResolver(tmp_path / "w", None), tmp_path / "w")
+    folders = {}
+    for tp in (1, 2):
+        outcome = builder.build(BuildSpec(
+            source=str(hf), dtype="float32", max_batch_size=4, max_seq_len=128,
+            quant=QuantConfig(algo="W4A16", group_size=32), mapping=Mapping(tp, 1)))
+        folders[tp] = str(tmp_path / "store" / "engines" / outcome.engine.engine_key)
+    options = ExecutorOptions(load_tokenizer=False, kv_max_tokens=512)
+    single = Executor.from_folder(folders[1], options).start()
+    try:
+        want = greedy_tokens(single)
+    finally:
+        single.shutdown()
+    ranked = start_ranked_executor(folders[2], folders[2], options, tmp_path / "cache").start()
+    try:
+        assert greedy_tokens(ranked) == want
+    finally:
+        ranked.shutdown()
