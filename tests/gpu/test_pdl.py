@@ -44,7 +44,7 @@ for prompts in batches:
     # every request waits in the inbox before the loop starts: one batch composition each time
     executor = Executor.from_folder(folder, ExecutorOptions(
         device="cuda", dtype="bfloat16", block_size=16, max_num_tokens=256,
-        load_tokenizer=False, warm_up_largest_step=False))
+        cuda_graph_max_batch_size=8, load_tokenizer=False, warm_up_largest_step=False))
     streams = [executor.submit(Request(f"r{i}", p, params)) for i, p in enumerate(prompts)]
     executor.start()
     outputs.append([[(t, lp) for o in s for t, lp in zip(o.new_token_ids, o.new_logprobs)]
