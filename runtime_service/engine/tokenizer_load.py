@@ -16,9 +16,14 @@ capture's recording pass has handed its kernels to the compile workers.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
+
+log = logging.getLogger("kiln.runtime")
 
 
 def load_tokenizer(folder: str | Path | None):
@@ -57,8 +62,13 @@ class TokenizerLoad:
         return self._future.result(timeout)
 
     def _load(self) -> None:
+        # One line when it ends: a start's log then shows where the load ran (bench/NOTES.md).
+        began = time.perf_counter()
         try:
             self._future.set_result(load_tokenizer(self.folder))
+            if self.folder is not None:
+                log.info("tokenizer loaded in %.2f s (process %d)", time.perf_counter() - began,
+                         os.getpid())
         except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the result
             self._future.set_exception(exc)
 
