@@ -107,11 +107,13 @@ def _silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 def local_rows(size: int, tp_size: int, unit: int = 1) -> int:
     """Rows of a `size`-row column section on each of `tp_size` ranks, the section split in
-    whole `unit`s (a head's rows for q, k and v). A section of fewer units than ranks (KV heads
-    under tp: 2 at tp 4) is replicated, one unit per rank, as TensorRT-LLM repeats its KV heads;
-    one tp does not divide otherwise (a vocabulary of 32,001 at tp 2; heads and MLP widths must
-    divide) is padded with zero rows to the next multiple, as TensorRT-LLM pads its vocabulary,
-    and the logits of those rows are cut off after the gather (LlamaModel.compute_logits)."""
+    whole `unit`s (a head's rows for q, k and v).
+    - Fewer units than ranks (2 KV heads at tp 4): each rank holds one unit, repeated across
+      ranks, as TensorRT-LLM repeats its KV heads.
+    - Otherwise a section tp does not divide (a vocabulary of 32,001 at tp 2; heads and MLP
+      widths must divide) is padded with zero rows to the next multiple, as TensorRT-LLM pads
+      its vocabulary; the logits of those rows are cut off after the gather
+      (LlamaModel.compute_logits)."""
     if unit > 1 and size // unit < tp_size:
         return unit
     return -(-size // tp_size)
