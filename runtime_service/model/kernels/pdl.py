@@ -24,6 +24,7 @@ Triton's interpreter (TRITON_INTERPRET=1) runs no inline assembly: there it is a
 
 from __future__ import annotations
 
+import logging
 import os
 
 import triton
@@ -36,7 +37,10 @@ ENV = "KILN_PDL"
 
 
 def _enabled() -> bool:
-    return os.environ.get(ENV, "0") == "1" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    setting = os.environ.get(ENV, "0")
+    if setting not in ("", "0", "1"):
+        logging.getLogger("kiln.kernels").warning("%s=%r is neither 0 nor 1: off", ENV, setting)
+    return setting == "1" and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
 ENABLED = _enabled()
