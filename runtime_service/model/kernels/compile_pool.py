@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -222,6 +223,11 @@ class CompilePool:
         self._reported: set[tuple] = set()
         self._launchers: set[str] = set()
         self.unrecorded: list[str] = []     # kernels that compiled here without a job
+        # For the line `close` logs: when the first job went, when each result came back, and
+        # how long this process waited in the hook for one (the compiles a start waited on).
+        self._first_submit_s: float | None = None
+        self._results_s: list[float] = []
+        self._waits: list[tuple[float, str]] = []
         self._hook = self._previous_hook = None
         self._overran = False
         self._lock = threading.Lock()
@@ -262,6 +268,7 @@ class CompilePool:
                 message = json.loads(line)
                 with self._lock:
                     future = self._futures.pop(message["id"])
+                    self._results_s.append(time.monotonic())
             except (ValueError, KeyError, TypeError):
                 log.warning("the compile worker wrote a line that is not a result: %.200r", line)
                 continue
@@ -288,6 +295,8 @@ class CompilePool:
             builders = [job for job in with_launchers(list(cached), self._launchers)
                         if job.build_launcher]
             futures, lines = [], []
+            if self._first_submit_s is None and (jobs or builders):
+                self._first_submit_s = time.monotonic()
             for job in [*jobs, *builders]:
                 key = (job.module, job.name, job.specialization)
                 if key not in self._submitted:
@@ -357,10 +366,14 @@ class CompilePool:
         specialization = hook_args["compile"]["specialization_data"]
         future = self._submitted.get((fn.__module__, fn.__name__, specialization))
         if future is not None:
+            began = time.monotonic()
             try:
                 future.result(timeout=JOB_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - a failure or a timeout: it compiles here
                 self._overran = self._overran or not future.done()
+            waited = time.monotonic() - began
+            if waited >= 0.001:
+                self._waits.append((waited, fn.__name__))
             self._report(fn.__module__, fn.__name__, specialization)
         elif not _in_file_cache(hook_args["fn"].jit_function, specialization):
             # It compiles here, alone: the recording pass missed it (worth adding there). (While
@@ -369,6 +382,21 @@ class CompilePool:
             log.info("%s compiles in the pod, not recorded ahead: %.1000s", fn.__name__,
                      specialization)
         return None
+
+    def summary(self) -> str:
+        """How the jobs went so far, for a start's log: where a fresh node's start waits on
+        compiles, and how long the pool took to finish them ('' before any job)."""
+        with self._lock:
+            first, results, waits = self._first_submit_s, list(self._results_s), list(self._waits)
+        if first is None:
+            return ""
+        line = (f"{len(results)} of {len(self._submitted)} jobs done, the last "
+                f"{max(results, default=first) - first:.1f} s after the first was handed over; ")
+        if not waits:
+            return line + "the start never waited for one"
+        longest = max(waits)
+        return line + (f"the start waited {sum(w for w, _ in waits):.1f} s for {len(waits)} of "
+                       f"them, longest {longest[0]:.2f} s ({longest[1]})")
 
     def close(self, wait_s: float = JOB_TIMEOUT_S) -> None:
         """Removes the compile hook and stops the worker process: it drops queued jobs and
@@ -384,6 +412,9 @@ class CompilePool:
             knobs.runtime.jit_cache_hook = self._previous_hook
         if process is None:
             return
+        summary = self.summary()
+        if summary:
+            log.info("compile workers: %s", summary)
         with self._write_lock:
             try:
                 process.stdin.close()

@@ -134,6 +134,11 @@ def test_a_kernel_about_to_compile_here_waits_for_its_worker_and_is_reported_onc
         unknown = {"fn": SimpleNamespace(jit_function=fn), "compile": {"specialization_data": "{}"}}
         assert triton.knobs.runtime.jit_cache_hook(**unknown) is None    # no job: no wait
         assert pool.unrecorded == ["add_one_kernel"]            # ... and named as missed
+        # what close() logs: both jobs back, and the waits in the hook (the first one waited
+        # at least for its compile; asked again it was done)
+        summary = pool.summary()
+        assert summary.startswith("2 of 2 jobs done, the last ")
+        assert "(add_one_kernel)" in summary and "the start waited" in summary
     finally:
         pool.close()
     assert heard == ["add_one_kernel"] * 2
@@ -151,6 +156,10 @@ def test_a_kernel_about_to_compile_here_waits_for_its_worker_and_is_reported_onc
         assert pool.unrecorded == []
     finally:
         pool.close()
+
+
+def test_a_pool_with_no_jobs_has_nothing_to_say():
+    assert compile_pool.CompilePool(1).summary() == ""
 
 
 def test_one_job_builds_each_host_launcher():
