@@ -107,7 +107,10 @@ if [ "$mode" = "pod" ]; then
   exit 0
 fi
 if [ "$mode" = "pdl" ]; then   # programmatic dependent launch off, then on (kernels/pdl.py):
-  # batch 1 and 64 x 128/128; KILN_QUANT=FP8 (or W4A16_AWQ) for a quantized engine
+  # batch 1 and 64 x 128/128; KILN_QUANT=FP8 (or W4A16_AWQ) for a quantized engine. First
+  # the engines' bits with it on and off (tests/gpu/test_pdl.py, long tier).
+  timeout 200 python3 -m pytest -q -m gpu_long -n 3 tests/gpu/test_pdl.py -p no:cacheprovider \
+    -rf 2>&1 | tee "$OUT/pytest_pdl.log" | tail -5
   for pdl in 0 1; do
     KILN_PDL=$pdl timeout 285 python3 bench/bench_decode.py --model llama3-8b --quick --skip-hf \
       --skip-reference ${KILN_QUANT:+--quant $KILN_QUANT} --loads 64x128/128 \

@@ -80,6 +80,7 @@ def _assert_same_with_and_without(folder: Path) -> None:
     assert on["outputs"] == off["outputs"]
 
 
+@LONG           # PDL is off by default; `bash bench/gpu_session.sh pdl` runs these first
 def test_a_bf16_engine_computes_the_same_bits_with_pdl(tmp_path):
     _assert_same_with_and_without(make_random_llama(tmp_path / "hf", hidden_size=256,
                                                     intermediate_size=512, num_hidden_layers=2,
