@@ -107,10 +107,8 @@ if [ "$mode" = "pod" ]; then
   exit 0
 fi
 if [ "$mode" = "pdl" ]; then   # programmatic dependent launch off, then on (kernels/pdl.py):
-  # batch 1 and 64 x 128/128; KILN_QUANT=FP8 (or W4A16_AWQ) for a quantized engine. First
-  # the engines' bits with it on and off (tests/gpu/test_pdl.py, long tier).
-  timeout 200 python3 -m pytest -q -m gpu_long -n 3 tests/gpu/test_pdl.py -p no:cacheprovider \
-    -rf 2>&1 | tee "$OUT/pytest_pdl.log" | tail -5
+  # batch 1 and 64 x 128/128; KILN_QUANT=FP8 (or W4A16_AWQ) for a quantized engine. Its
+  # bit-for-bit tests run with `tests`.
   for pdl in 0 1; do
     KILN_PDL=$pdl timeout 285 python3 bench/bench_decode.py --model llama3-8b --quick --skip-hf \
       --skip-reference ${KILN_QUANT:+--quant $KILN_QUANT} --loads 64x128/128 \
@@ -164,6 +162,10 @@ if [ "$mode" != "bench" ]; then
     --continue-on-collection-errors --durations=12 -rf 2>&1 | tee "$OUT/pytest_gpu.log" | tail -60
 fi
 if [ "$mode" = "tests" ]; then
+  # Programmatic dependent launch is off by default, so its bit-for-bit tests are long-tier;
+  # run here, they leave `pdl` its device time for the timing.
+  timeout 240 python3 -m pytest -q -m gpu_long -n 3 tests/gpu/test_pdl.py -p no:cacheprovider \
+    -rf 2>&1 | tee "$OUT/pytest_pdl.log" | tail -5
   exit 0
 elif [ "$mode" = "quick" ]; then
   timeout 300 python3 bench/bench_decode.py --model llama2-7b --quick --skip-hf \
