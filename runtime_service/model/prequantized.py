@@ -165,7 +165,10 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 def _stored(get: Callable[[str], torch.Tensor], name: str, dtypes: tuple,
             *shapes: tuple) -> torch.Tensor:
     """`get(name)`, which the format stores as one of `dtypes` in one of `shapes`."""
-    tensor = get(name)
+    return _checked(name, get(name), dtypes, *shapes)
+
+
+def _checked(name: str, tensor: torch.Tensor, dtypes: tuple, *shapes: tuple) -> torch.Tensor:
     if tensor.dtype not in dtypes or tuple(tensor.shape) not in shapes:
         kinds = "/".join(str(d).removeprefix("torch.") for d in dtypes)
         wanted = " or ".join(str(list(shape)) for shape in shapes)
@@ -209,25 +212,21 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
                                              (torch.int32, torch.int64), (k,)),
                                      k, groups, prefix)
         if prefix + "weight_zero_point" in names:
-            zero = _stored(get, prefix + "weight_zero_point", (torch.int32, torch.int8),
-                           (-(-n // 8), groups), (n, groups))
-            if zero.dtype == torch.int32:              # packed along rows, offset like codes
-                if zero.shape[0] != -(-n // 8):
-                    raise InvalidRequest(f"{prefix}weight_zero_point is int32 (packed along "
-                                         f"rows) of shape {list(zero.shape)}; [{-(-n // 8)}, "
-                                         f"{groups}] expected")
+            zero = get(prefix + "weight_zero_point")
+            packed = zero.dtype == torch.int32         # packed along rows, offset like codes
+            _checked(prefix + "weight_zero_point", zero, (torch.int32, torch.int8),
+                     (-(-n // 8) if packed else n, groups))
+            if packed:
                 zeros = _plain_columns(zero.T.contiguous()).T[:n].contiguous()
             else:                                       # signed int8 zero points
-                if zero.shape[0] != n:
-                    raise InvalidRequest(f"{prefix}weight_zero_point is int8 of shape "
-                                         f"{list(zero.shape)}; [{n}, {groups}] expected")
                 zeros = (zero.to(torch.int64) + 8).to(torch.uint8)
         else:
             zeros = torch.full(scales.shape, 8, dtype=torch.uint8)
         return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
-    if quant.algo == "FP8" and prefix + "weight" in names \
-            and get(prefix + "weight").dtype == torch.float8_e4m3fn:
-        weight = _stored(get, prefix + "weight", (torch.float8_e4m3fn,), (n, k))
+    weight = get(prefix + "weight") if quant.algo == "FP8" and prefix + "weight" in names \
+        else None
+    if weight is not None and weight.dtype == torch.float8_e4m3fn:     # read once, checked here
+        _checked(prefix + "weight", weight, (torch.float8_e4m3fn,), (n, k))
         scales = _stored(get, prefix + "weight_scale", _FLOATS, (n, 1), (n,), (1,), ()
                          ).float().reshape(-1)
         if scales.numel() == 1:            # tensor strategy: one scale, the same for every row
