@@ -22,6 +22,7 @@ from torch import nn
 
 from runtime_service.errors import FailedPrecondition
 from runtime_service.format.engine_config import QuantConfig
+from runtime_service.format.linear_names import LINEARS, kiln_name
 from runtime_service.model.layers.attention import AttentionMetadata
 from runtime_service.model.layers.quantize import fake_quantize_int4
 from runtime_service.model.loader import load_model, tokenizer_dir_for
@@ -146,20 +147,25 @@ def _linear_output(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _rewrite_layer(layer: nn.Module, inputs: dict[str, torch.Tensor], args,
-                   group_size: int) -> None:
-    """Scales and clips one layer's weights in place (norms absorb the inverse scales)."""
+                   group_size: int, quantized: frozenset[str] = frozenset(LINEARS)) -> None:
+    """Scales and clips one layer's weights in place (norms absorb the inverse scales). Only
+    the linears in `quantized` ("mlp.down_proj") are searched and clipped: one left
+    unquantized gains nothing from either. It may still absorb the next linear's inverse
+    scale (v's rows for o, up's for down), which keeps the float function as it was."""
     attn, mlp = layer.attn, layer.mlp
     qkv, o = attn.qkv_proj.weight.data, attn.o_proj.weight.data
     gate_up, down = mlp.gate_up_proj.weight.data, mlp.down_proj.weight.data
     inter = args.intermediate_size
     v_start = args.q_size + args.kv_size
 
-    s = search_scales(inputs["qkv"], qkv, group_size, _linear_output)
-    layer.input_norm.weight.data /= s
-    qkv *= s
-    inputs["qkv"] = inputs["qkv"] / s
+    if "attn.qkv_proj" in quantized:
+        s = search_scales(inputs["qkv"], qkv, group_size, _linear_output)
+        layer.input_norm.weight.data /= s
+        qkv *= s
+        inputs["qkv"] = inputs["qkv"] / s
 
-    if args.num_kv_heads == args.num_heads:       # v's channels feed o_proj one to one
+    if args.num_kv_heads == args.num_heads and "attn.o_proj" in quantized:
+        # v's channels feed o_proj one to one
         s = search_scales(inputs["o"], o, group_size, _linear_output)
         qkv[v_start:] /= s[:, None]
         o *= s
@@ -167,27 +173,33 @@ def _rewrite_layer(layer: nn.Module, inputs: dict[str, torch.Tensor], args,
 
     def activation(x, weight):       # gate and up scored through SwiGLU, as down reads them
         return _swiglu(x @ weight.T)
-    s = search_scales(inputs["gate_up"], gate_up, group_size, activation)
-    layer.post_attn_norm.weight.data /= s
-    gate_up *= s
-    inputs["gate_up"] = inputs["gate_up"] / s
+    if "mlp.gate_up_proj" in quantized:
+        s = search_scales(inputs["gate_up"], gate_up, group_size, activation)
+        layer.post_attn_norm.weight.data /= s
+        gate_up *= s
+        inputs["gate_up"] = inputs["gate_up"] / s
 
-    s = search_scales(inputs["down"], down, group_size, _linear_output)
-    gate_up[inter:] /= s[:, None]
-    down *= s
-    inputs["down"] = inputs["down"] / s
+    if "mlp.down_proj" in quantized:
+        s = search_scales(inputs["down"], down, group_size, _linear_output)
+        gate_up[inter:] /= s[:, None]
+        down *= s
+        inputs["down"] = inputs["down"] / s
 
     # q and k are left unclipped: attention logits are the most sensitive to their range
-    qkv[v_start:] = search_clip(inputs["qkv"], qkv[v_start:].clone(), group_size)
-    o.copy_(search_clip(inputs["o"], o, group_size))
-    gate_up.copy_(search_clip(inputs["gate_up"], gate_up, group_size))
-    down.copy_(search_clip(inputs["down"], down, group_size))
+    if "attn.qkv_proj" in quantized:
+        qkv[v_start:] = search_clip(inputs["qkv"], qkv[v_start:].clone(), group_size)
+    for linear, weight, key in (("attn.o_proj", o, "o"), ("mlp.gate_up_proj", gate_up, "gate_up"),
+                                ("mlp.down_proj", down, "down")):
+        if linear in quantized:
+            weight.copy_(search_clip(inputs[key], weight, group_size))
 
 
 def awq_rewrite(folder: Path, kind: str, quant: QuantConfig, calibration: CalibrationData,
-                progress: Callable[[int, int, str], None]) -> dict[str, torch.Tensor]:
+                progress: Callable[[int, int, str], None],
+                unquantized: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """The full tensors AWQ rewrites (norms and decoder linears, float32, Kiln names), for the
-    unsplit model in `folder`. `progress(done_layers, total_layers, message)`."""
+    unsplit model in `folder`, leaving the linears named in `unquantized` as they are.
+    `progress(done_layers, total_layers, message)`."""
     from transformers import AutoTokenizer
     tokenizer_dir = tokenizer_dir_for(Path(folder), kind)
     if tokenizer_dir is None:
@@ -207,7 +219,9 @@ def awq_rewrite(folder: Path, kind: str, quant: QuantConfig, calibration: Calibr
                 out, residual = layer(hidden, None, meta, cache, cache.clone())
             finally:
                 captured.remove()
-            _rewrite_layer(layer, captured.inputs, args, quant.group_size)
+            quantized = frozenset(linear for linear in LINEARS
+                                  if kiln_name(index, linear) not in unquantized)
+            _rewrite_layer(layer, captured.inputs, args, quant.group_size, quantized)
             hidden = out + residual
             progress(index + 1, total, f"layer {index}")
     rewritten = {}

@@ -62,6 +62,12 @@ class EngineBuilder:
         if config.quant.algo != "NONE" and quant.algo == "NONE":
             # a pre-quantized source is built as it is quantized (never re-quantized)
             quant = dataclasses.replace(config.quant, kv_cache_dtype=quant.kv_cache_dtype)
+        elif config.quant.algo != "NONE" and not quant.exclude_modules:
+            # the same quantization asked for by name keeps the linears the source left plain
+            quant = dataclasses.replace(quant, exclude_modules=config.quant.exclude_modules)
+        elif quant.algo == "NONE" and quant.exclude_modules:
+            # nothing is quantized, so nothing is excluded: one engine, one key
+            quant = dataclasses.replace(quant, exclude_modules=())
         quant.check_fits(config.model, spec.mapping.tp_size)
         if calibration is not None:
             quant = dataclasses.replace(quant, calib_sha256=calibration.sha256,
@@ -84,7 +90,8 @@ class EngineBuilder:
         progress(BuildProgress("resolve", 0, 1, "", spec.source))
         source = self.sources.resolve(spec.source, lambda done, total, message: progress(
             BuildProgress("pull", done, total, "bytes", message)))
-        calibration = self.calibration(spec)
+        # a pre-quantized source is never calibrated again, whatever its algorithm
+        calibration = self.calibration(spec) if source.config.quant.algo == "NONE" else None
         target = self.target_config(spec, source.config, calibration)
         progress(BuildProgress("resolve", 1, 1, "", f"{source.kind} model, "
                                f"{source.config.model.num_layers} layers"))

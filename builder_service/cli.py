@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="NONE, W4A16, W4A16_AWQ, W8A16 or FP8")
     build.add_argument("--group-size", type=int, default=128, help="int4 group: 128, 64 or 32")
     build.add_argument("--kv-cache-quant-algo", default="auto", help="auto, int8 or fp8")
+    build.add_argument("--exclude-modules", nargs="+", default=[], metavar="NAME",
+                       help="decoder linears to keep unquantized: module names or fnmatch "
+                            "patterns, e.g. 'model.layers.0.*' '*.mlp.down_proj'")
     build.add_argument("--calib-data", default="",
                        help="W4A16_AWQ calibration text or JSONL (path or s3://); default: the "
                             "standard library's documentation topics")
@@ -96,6 +99,7 @@ def _spec(args):
                      max_beam_width=args.max_beam_width,
                      quant=QuantConfig(algo=args.quant, group_size=args.group_size,
                                        kv_cache_dtype=args.kv_cache_quant_algo.lower(),
+                                       exclude_modules=tuple(args.exclude_modules),
                                        calib_num_samples=args.calib_num_samples,
                                        calib_seq_len=args.calib_seq_len),
                      mapping=Mapping(args.tp, args.pp), target=Target(device=args.target_device),

@@ -33,7 +33,7 @@ def engine_key(source: str, build: BuildConfig, quant: QuantConfig, mapping: Map
     document = {
         "source": source,
         "build": dataclasses.asdict(build),
-        "quant": dataclasses.asdict(quant),
+        "quant": quant.to_dict(),
         "mapping": mapping.to_dict(),
         "target": dataclasses.asdict(target),
         "format_version": format_version,

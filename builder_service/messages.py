@@ -20,7 +20,8 @@ def spec_from_request(request: builder_pb2.BuildRequest) -> BuildSpec:
     quant = QuantConfig(algo=s.quant.algo or "NONE", group_size=s.quant.group_size or 128,
                         kv_cache_dtype=s.quant.kv_cache_dtype or "auto",
                         calib_num_samples=s.quant.calib_num_samples,
-                        calib_seq_len=s.quant.calib_seq_len)
+                        calib_seq_len=s.quant.calib_seq_len,
+                        exclude_modules=tuple(s.quant.exclude_modules))
     return BuildSpec(
         source=request.source, name=request.name, dtype=s.dtype or "bfloat16",
         max_batch_size=s.max_batch_size or None, max_input_len=s.max_input_len or None,
@@ -47,7 +48,8 @@ def _quant(quant: QuantConfig, calib_data: str = "") -> engine_pb2.QuantSettings
                                     kv_cache_dtype=quant.kv_cache_dtype, calib_data=calib_data,
                                     calib_num_samples=quant.calib_num_samples,
                                     calib_seq_len=quant.calib_seq_len,
-                                    calib_sha256=quant.calib_sha256)
+                                    calib_sha256=quant.calib_sha256,
+                                    exclude_modules=quant.exclude_modules)
 
 
 def _parallel(mapping: Mapping) -> engine_pb2.ParallelSettings:

@@ -21,6 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from runtime_service.format.engine_config import EngineConfig, Mapping, QuantConfig
+from runtime_service.format.linear_names import LINEARS
+from runtime_service.format.model_config import ModelArgs
 from runtime_service.format.engine_format import (CHECKPOINT_FORMAT_NAME, CONFIG, FORMAT_NAME,
                                            TOKENIZER_DIR, Manifest, build_manifest, rank_file,
                                            write_manifest)
@@ -60,16 +62,19 @@ def _source_rank_tensors(source: ResolvedSource, target: EngineConfig, dtype: to
     args, mapping = target.model, target.mapping
     transform = None
     if source.config.quant.algo != "NONE":
-        _check_same_quant(source.config.quant, target.quant)
+        _check_same_quant(source.config.quant, target.quant, args)
     else:
+        unquantized = target.quant.unquantized_linears(args)
+        if unquantized:
+            progress(BuildProgress("quantize", 0, 0, "", _kept_message(unquantized, args)))
         replaced = None
         if target.quant.algo == "W4A16_AWQ":
             from builder_service.awq import awq_rewrite
             replaced = awq_rewrite(
                 source.folder, source.kind, target.quant, calibration or load_calibration(),
                 lambda done, total, message: progress(
-                    BuildProgress("calibrate", done, total, "layers", message)))
-        transform = quantizing(target.quant, dtype or torch.float32, replaced)
+                    BuildProgress("calibrate", done, total, "layers", message)), unquantized)
+        transform = quantizing(target.quant, dtype or torch.float32, replaced, unquantized)
     if source.kind == "hf":
         weights = SafetensorsFolder(source.folder)
         return lambda rank: rank_tensors(weights, args, mapping, rank, transform,
@@ -78,12 +83,26 @@ def _source_rank_tensors(source: ResolvedSource, target: EngineConfig, dtype: to
     return lambda rank: kiln_rank_tensors(shards, args, mapping, rank, transform)
 
 
-def _check_same_quant(have: QuantConfig, want: QuantConfig) -> None:
+def _check_same_quant(have: QuantConfig, want: QuantConfig, args: ModelArgs) -> None:
     """An already quantized source is re-split or re-limited, never quantized again."""
     if (have.algo, have.group_size) != (want.algo, want.group_size):
         raise FailedPrecondition(
             f"the source is already quantized ({have.algo}, group_size {have.group_size}); "
             f"build it with that quantization, or from the unquantized model for {want.algo}")
+    kept, wanted = have.unquantized_linears(args), want.unquantized_linears(args)
+    if kept != wanted:
+        raise FailedPrecondition(
+            f"the source is already quantized with {len(kept)} linear(s) left unquantized "
+            f"({', '.join(sorted(kept)[:4]) or 'none'}); the build asks for {len(wanted)} "
+            f"({', '.join(sorted(wanted)[:4]) or 'none'}). Build it with the source's "
+            "exclude_modules, or from the unquantized model")
+
+
+def _kept_message(unquantized: frozenset[str], args: ModelArgs) -> str:
+    total = args.num_layers * len(LINEARS)
+    listed = sorted(unquantized, key=lambda n: (layer_index(n), n))
+    shown = ", ".join(listed[:8]) + (f" and {len(listed) - 8} more" if len(listed) > 8 else "")
+    return f"exclude_modules keeps {len(unquantized)} of {total} linears unquantized: {shown}"
 
 
 def _write_rank(tensors: Iterator[tuple[str, torch.Tensor]], path: Path, dtype: torch.dtype | None,

@@ -1,7 +1,7 @@
 """Which tensors a quantized build quantizes: the decoder layers' linear weights, each replaced by
 the tensors its quantized layer holds (`quantized_linear.quantize_weight`), before the split
-over ranks so that every rank's shard is a slice of one quantization. Embeddings, norms, biases
-and the head stay in the engine dtype.
+over ranks so that every rank's shard is a slice of one quantization. Embeddings, norms, biases,
+the head and the linears that QuantConfig.exclude_modules names stay in the engine dtype.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ def is_quantized_linear(name: str) -> bool:
 
 
 def quantizing(quant: QuantConfig, scale_dtype: torch.dtype,
-               replaced: dict[str, torch.Tensor] | None = None) -> TensorTransform | None:
+               replaced: dict[str, torch.Tensor] | None = None,
+               unquantized: frozenset[str] = frozenset()) -> TensorTransform | None:
     """(name, full tensor) -> the tensors to write in its place, or None when nothing changes.
     `replaced` holds full tensors that a calibration pass rewrote (AWQ's scaled norms and
-    weights); they are used instead of the source's."""
+    weights); they are used instead of the source's. Linears named in `unquantized`
+    (`layers.3.mlp.down_proj`) keep their float weight."""
     weight_quant = WeightQuant.for_algo(quant.algo, quant.group_size)
     if weight_quant is None and not replaced:
         return None
@@ -35,7 +37,8 @@ def quantizing(quant: QuantConfig, scale_dtype: torch.dtype,
 
     def transform(name: str, full: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         full = replaced.get(name, full)
-        if weight_quant is None or not is_quantized_linear(name):
+        if weight_quant is None or not is_quantized_linear(name) \
+                or name[:-len(".weight")] in unquantized:
             yield name, full
             return
         base = name[:-len("weight")]

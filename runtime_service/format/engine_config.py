@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 
 from runtime_service.errors import FailedPrecondition, InvalidRequest
+from runtime_service.format.linear_names import (LINEARS, check_patterns, kiln_name,
+                                                  unquantized_linears)
 from runtime_service.format.model_config import ModelArgs
 
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
@@ -36,6 +38,8 @@ class QuantConfig:
     group_size matters to the int4 algorithms only. The calib_* fields record the data an
     activation-aware algorithm was calibrated on (its sha256 and how much of it), so that they
     enter the engine key and the engine says what it was made from; they stay empty otherwise.
+    exclude_modules are module names or patterns whose decoder linears keep the float dtype
+    (format/linear_names.py); a pre-quantized checkpoint lists the linears it stores unquantized.
     """
 
     algo: str = "NONE"
@@ -44,8 +48,10 @@ class QuantConfig:
     calib_sha256: str = ""
     calib_num_samples: int = 0
     calib_seq_len: int = 0
+    exclude_modules: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "exclude_modules", check_patterns(self.exclude_modules))
         if self.algo in UNBUILT_QUANT_ALGOS:
             raise FailedPrecondition(f"quant.algo {self.algo} is not built by Kiln; it builds "
                                      f"{', '.join(QUANT_ALGOS)}")
@@ -63,15 +69,35 @@ class QuantConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InvalidRequest(f"quant.{name} must be an integer >= 0, got {value!r}")
 
+    def to_dict(self) -> dict:
+        """The canonical form (config.json, the engine key); without exclude_modules when there
+        are none, so engines built before the field existed keep their keys."""
+        data = dataclasses.asdict(self)
+        data["exclude_modules"] = list(self.exclude_modules)
+        if not self.exclude_modules:
+            del data["exclude_modules"]
+        return data
+
+    def unquantized_linears(self, model: ModelArgs) -> frozenset[str]:
+        """The decoder linears (Kiln names) that stay in the float dtype; none when unquantized."""
+        if self.algo == "NONE":
+            return frozenset()
+        return unquantized_linears(self.exclude_modules, model.num_layers)
+
     def check_fits(self, model: ModelArgs, tp_size: int = 1) -> None:
-        """InvalidRequest unless an int4 group size divides every linear's input width on each
-        rank (a row-parallel layer's is split by tp_size), naming the widths and the group sizes
-        that would work."""
+        """InvalidRequest unless an int4 group size divides every quantized linear's input width
+        on each rank (a row-parallel layer's is split by tp_size), naming the widths and the
+        group sizes that would work."""
         if self.algo not in INT4_ALGOS:
             return
+        kept = self.unquantized_linears(model)
+        quantized = {linear.split(".")[1] for linear in LINEARS for layer in
+                     range(model.num_layers) if kiln_name(layer, linear) not in kept}
         widths = {"qkv_proj/gate_up_proj": model.hidden_size,
                   "o_proj": model.q_size // tp_size,
                   "down_proj": model.intermediate_size // tp_size}
+        widths = {name: width for name, width in widths.items()
+                  if quantized.intersection(name.split("/"))}      # excluded everywhere: any
         bad = sorted(name for name, width in widths.items() if width % self.group_size)
         if not bad:
             return
@@ -179,7 +205,7 @@ class EngineConfig:
             "format": self.format,
             "format_version": self.format_version,
             "model": self.model.to_dict(),
-            "quant": dataclasses.asdict(self.quant),
+            "quant": self.quant.to_dict(),
             "mapping": self.mapping.to_dict(),
         }
         if self.build is not None:

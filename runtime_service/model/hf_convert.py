@@ -17,6 +17,7 @@ from runtime_service.format.engine_config import Mapping, QuantConfig
 from runtime_service.errors import InvalidRequest
 from runtime_service.model.layers.linear import shard_columns, shard_rows
 from runtime_service.model.llama import layer_index, sharding_rule
+from runtime_service.format.linear_names import kiln_name
 from runtime_service.model.prequantized import check_head_unquantized, read_linear
 from runtime_service.format.model_config import ModelArgs
 
@@ -80,6 +81,10 @@ def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
     prefix = "model." if "model.embed_tokens.weight" in names else ""
     get = lambda n: source.get(prefix + n)  # noqa: E731
     quant = quant if quant is not None and quant.algo != "NONE" else None
+    unquantized = quant.unquantized_linears(args) if quant is not None else frozenset()
+
+    def stored(layer: int, linear: str) -> QuantConfig | None:
+        return None if kiln_name(layer, linear) in unquantized else quant
     if with_embedding:
         yield "embed_tokens.weight", get("embed_tokens.weight")
     for i in layers if layers is not None else range(args.num_layers):
@@ -91,18 +96,18 @@ def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
         yield from _fused(source, layer, {"self_attn.q_proj.": (args.q_size, hidden),
                                           "self_attn.k_proj.": (args.kv_size, hidden),
                                           "self_attn.v_proj.": (args.kv_size, hidden)},
-                          f"layers.{i}.attn.qkv_proj.", quant)
+                          f"layers.{i}.attn.qkv_proj.", stored(i, "attn.qkv_proj"))
         yield from _fused(source, layer, {"self_attn.o_proj.": (hidden, args.q_size)},
-                          f"layers.{i}.attn.o_proj.", quant)
+                          f"layers.{i}.attn.o_proj.", stored(i, "attn.o_proj"))
         if args.attention_bias:
             yield f"layers.{i}.attn.qkv_proj.bias", torch.cat(
                 [get(hf + f"self_attn.{p}_proj.bias") for p in "qkv"], dim=0)
             yield f"layers.{i}.attn.o_proj.bias", get(hf + "self_attn.o_proj.bias")
         yield from _fused(source, layer, {"mlp.gate_proj.": (inter, hidden),
                                           "mlp.up_proj.": (inter, hidden)},
-                          f"layers.{i}.mlp.gate_up_proj.", quant)
+                          f"layers.{i}.mlp.gate_up_proj.", stored(i, "mlp.gate_up_proj"))
         yield from _fused(source, layer, {"mlp.down_proj.": (hidden, inter)},
-                          f"layers.{i}.mlp.down_proj.", quant)
+                          f"layers.{i}.mlp.down_proj.", stored(i, "mlp.down_proj"))
         if args.mlp_bias:
             yield f"layers.{i}.mlp.gate_up_proj.bias", torch.cat(
                 [get(hf + "mlp.gate_proj.bias"), get(hf + "mlp.up_proj.bias")], dim=0)

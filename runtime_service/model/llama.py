@@ -19,21 +19,27 @@ from runtime_service.model.layers.linear import ColumnParallelLinear, RowParalle
 from runtime_service.model.layers.norm import RMSNorm
 from runtime_service.model.layers.quantized_linear import WeightQuant
 from runtime_service.model.layers.rotary import RotaryEmbedding
+from runtime_service.format.linear_names import LINEARS, kiln_name
 from runtime_service.format.model_config import ModelArgs
+
+
+# How each decoder linear stores its weight, by its name in the layer ("mlp.down_proj"):
+# None keeps the float dtype.
+LinearQuants = dict[str, "WeightQuant | None"]
 
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, rotary: RotaryEmbedding, backend,
-                 parallel: ParallelContext, quant: WeightQuant | None = None):
+                 parallel: ParallelContext, quants: LinearQuants):
         super().__init__()
         self.num_heads = args.num_heads // parallel.tp_size
         self.num_kv_heads = args.kv_heads_per_rank(parallel.tp_size)
         self.head_dim = args.head_dim
         sections, units = _COLUMN_SECTIONS["attn.qkv_proj"](args)
         self.qkv_proj = ColumnParallelLinear(args.hidden_size, sections, args.attention_bias,
-                                             parallel, quant, units)
+                                             parallel, quants["attn.qkv_proj"], units)
         self.o_proj = RowParallelLinear(args.q_size, args.hidden_size, args.attention_bias, parallel,
-                                        quant)
+                                        quants["attn.o_proj"])
         self.rotary = rotary
         self.backend = backend
 
@@ -48,14 +54,13 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, args: ModelArgs, parallel: ParallelContext,
-                 quant: WeightQuant | None = None):
+    def __init__(self, args: ModelArgs, parallel: ParallelContext, quants: LinearQuants):
         super().__init__()
         self.gate_up_proj = ColumnParallelLinear(
             args.hidden_size, (args.intermediate_size, args.intermediate_size), args.mlp_bias,
-            parallel, quant)
+            parallel, quants["mlp.gate_up_proj"])
         self.down_proj = RowParallelLinear(args.intermediate_size, args.hidden_size, args.mlp_bias,
-                                           parallel, quant)
+                                           parallel, quants["mlp.down_proj"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """down_proj(silu(gate) * up), the activation applied inside the down projection."""
@@ -64,12 +69,12 @@ class FeedForward(nn.Module):
 
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs, rotary: RotaryEmbedding, backend,
-                 parallel: ParallelContext, quant: WeightQuant | None = None):
+                 parallel: ParallelContext, quants: LinearQuants):
         super().__init__()
         self.input_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.attn = Attention(args, rotary, backend, parallel, quant)
+        self.attn = Attention(args, rotary, backend, parallel, quants)
         self.post_attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.mlp = FeedForward(args, parallel, quant)
+        self.mlp = FeedForward(args, parallel, quants)
 
     def forward(self, x, residual, meta, k_cache, v_cache):
         """The residual stream h comes in as x + residual (as x alone when residual is None) and
@@ -85,11 +90,12 @@ class TransformerBlock(nn.Module):
 
 class LlamaModel(nn.Module):
     """One pipeline stage of a LLaMA model (the whole model when pp_size is 1). `quant` says how
-    the decoder layers' linears store their weights; embeddings, norms and the head stay in the
-    engine dtype."""
+    the decoder layers' linears store their weights, except those named in `unquantized`
+    (`layers.3.mlp.down_proj`); embeddings, norms and the head stay in the engine dtype."""
 
     def __init__(self, args: ModelArgs, layer_ids: range, parallel: ParallelContext = SINGLE_RANK,
-                 attention_backend=None, quant: WeightQuant | None = None):
+                 attention_backend=None, quant: WeightQuant | None = None,
+                 unquantized: frozenset[str] = frozenset()):
         super().__init__()
         self.args = args
         self.parallel = parallel
@@ -105,7 +111,9 @@ class LlamaModel(nn.Module):
                                              _weight=torch.empty(args.vocab_size, args.hidden_size))
             self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleDict(
-            {str(i): TransformerBlock(args, rotary, backend, parallel, quant) for i in layer_ids})
+            {str(i): TransformerBlock(args, rotary, backend, parallel, {
+                linear: None if kiln_name(i, linear) in unquantized else quant
+                for linear in LINEARS}) for i in layer_ids})
         if parallel.is_last_stage:
             self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
             self.lm_head = ColumnParallelLinear(args.hidden_size, (args.vocab_size,), False, parallel)

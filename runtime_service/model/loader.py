@@ -7,6 +7,7 @@ copy (weights_file.py), already in the serving dtype, with no host-side model in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +15,14 @@ import torch
 from torch import nn
 
 from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
-from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapping, QuantConfig
+from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapping
 from runtime_service.format.engine_format import (TOKENIZER_DIR, detect_model_kind, rank_file,
                                            read_engine_config)
 from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, read_hf_config
 from runtime_service.model.layers.quantized_linear import WeightQuant, pack_for_device
 from runtime_service.model.llama import LlamaModel
-from runtime_service.model.prequantized import quant_config_of
+from runtime_service.model.prequantized import quant_config_of, stored_unquantized
 from runtime_service.model.weights_file import read_tensors
 from runtime_service.format.model_config import ModelArgs
 
@@ -42,8 +43,13 @@ def config_for_folder(folder: str | Path) -> tuple[str, EngineConfig]:
     kind = detect_model_kind(folder)
     if kind == "hf":
         hf = read_hf_config(Path(folder))
-        return kind, EngineConfig(model=ModelArgs.from_hf_config(hf),
-                                  quant=quant_config_of(hf) or QuantConfig())
+        args = ModelArgs.from_hf_config(hf)
+        quant = quant_config_of(hf)
+        if quant is None:
+            return kind, EngineConfig(model=args)
+        kept = stored_unquantized(SafetensorsFolder(Path(folder)).names(), args.num_layers)
+        return kind, EngineConfig(model=args, quant=dataclasses.replace(
+            quant, exclude_modules=kept))
     return kind, read_engine_config(folder)
 
 
@@ -75,8 +81,8 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     device = _concrete(torch.device(device))
     with torch.device("meta"):
         model = LlamaModel(args, mapping.layer_range(args, rank), parallel, attention_backend,
-                           quant)
-    tensors = _read_rank_tensors(folder, kind, args, mapping, rank, device)
+                           quant, config.quant.unquantized_linears(args))
+    tensors = _read_rank_tensors(folder, kind, config, mapping, rank, device)
     target_dtype = DTYPES[dtype_name] if dtype_name else _stored_dtype(tensors)
     model.kv_cache_dtype = config.quant.kv_cache_dtype
     _assign(model, tensors, target_dtype)
@@ -97,14 +103,13 @@ def _concrete(device: torch.device) -> torch.device:
     return device
 
 
-def _read_rank_tensors(folder: Path, kind: str, args: ModelArgs, mapping: Mapping, rank: int,
-                       device: torch.device) -> dict[str, torch.Tensor]:
+def _read_rank_tensors(folder: Path, kind: str, config: EngineConfig, mapping: Mapping,
+                       rank: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The rank's tensors on `device` as stored. An HF folder is converted on the host first
     (development only); an engine's file is mapped and copied once."""
     if kind == "hf":
         return {name: tensor.to(device) for name, tensor in rank_tensors(
-            SafetensorsFolder(folder), args, mapping, rank,
-            quant=quant_config_of(read_hf_config(folder)))}
+            SafetensorsFolder(folder), config.model, mapping, rank, quant=config.quant)}
     path = folder / rank_file(rank)
     if not path.is_file():
         raise InvalidRequest(f"{folder} has no weights for rank {rank} ({path.name})")

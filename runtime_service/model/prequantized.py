@@ -19,6 +19,7 @@ import torch
 
 from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.format.engine_config import QuantConfig
+from runtime_service.format.linear_names import LINEARS, kiln_name, names_of
 from runtime_service.model.layers.quantize import pack_int4
 
 # AutoAWQ packs 8 output columns per int32 in this order: nibble i holds column ORDER[i].
@@ -144,6 +145,33 @@ def _dynamic_fp8_per_token(activations: dict | None) -> bool:
     return bool(activations) and activations.get("type") == "float" \
         and activations.get("num_bits") == 8 and activations.get("dynamic") is True \
         and activations.get("strategy") == "token"
+
+
+_QUANTIZED_SUFFIXES = ("qweight", "weight_packed", "weight_scale")
+
+
+def stored_unquantized(names: set[str], num_layers: int) -> tuple[str, ...]:
+    """The Kiln names of the decoder linears a pre-quantized checkpoint stores as plain float
+    weights (compressed-tensors' `ignore`, AutoAWQ's `modules_to_not_convert`), read off the
+    tensors themselves rather than the lists, whose pattern dialects differ. Kiln runs q, k
+    and v (and gate and up) as one linear: a fused linear stored half quantized is refused."""
+    prefix = "" if "model.embed_tokens.weight" in names else "model."
+    kept = []
+    for layer in range(num_layers):
+        for linear in LINEARS:
+            parts = [name.removeprefix(prefix) for name in names_of(layer, linear)
+                     if name.startswith("model.")]
+            plain = [p + ".weight" in names and not any(
+                f"{p}.{suffix}" in names for suffix in _QUANTIZED_SUFFIXES) for p in parts]
+            if all(plain):
+                kept.append(kiln_name(layer, linear))
+            elif any(plain):
+                raise FailedPrecondition(
+                    f"{', '.join(p for p, flat in zip(parts, plain) if flat)} "
+                    f"{'is' if sum(plain) == 1 else 'are'} stored unquantized but "
+                    f"{', '.join(p for p, flat in zip(parts, plain) if not flat)} quantized; "
+                    "Kiln runs them as one linear: quantize all of them or none")
+    return tuple(kept)
 
 
 def check_head_unquantized(names: set[str], head: torch.Tensor) -> None:

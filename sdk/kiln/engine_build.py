@@ -34,8 +34,7 @@ def check_capabilities(config: ModelConfig, info: runtime_pb2.ServerInfo) -> Non
     algo, kv_dtype = quant.builder_algo, quant.builder_kv_cache_dtype
     unbuilt = [name for name, value in (
         ("smoothquant_val", quant.smoothquant_val), ("has_zero_point", quant.has_zero_point),
-        ("pre_quant_scale", quant.pre_quant_scale), ("exclude_modules", quant.exclude_modules))
-        if value]
+        ("pre_quant_scale", quant.pre_quant_scale)) if value]
     if unbuilt:
         raise FailedPrecondition(
             f"QuantConfig.{unbuilt[0]} is not available yet: the Builder does not take it")
@@ -69,7 +68,8 @@ def build_settings(config: ModelConfig, info: runtime_pb2.ServerInfo) -> engine_
                                        kv_cache_dtype=quant.builder_kv_cache_dtype,
                                        calib_data=quant.calib_data or "",
                                        calib_num_samples=quant.calib_num_samples,
-                                       calib_seq_len=quant.calib_seq_len),
+                                       calib_seq_len=quant.calib_seq_len,
+                                       exclude_modules=quant.exclude_modules or ()),
         parallel=engine_pb2.ParallelSettings(tp_size=config.parallel_config.tp_size,
                                              pp_size=config.parallel_config.pp_size),
         target=engine_pb2.TargetSettings(device=info.device or "any"))

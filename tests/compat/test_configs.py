@@ -154,10 +154,23 @@ def test_quant_options_the_builder_does_not_take_are_refused_before_a_build(tmp_
     from kiln.hlapi.llm import ModelConfig
     from kiln.v1 import runtime_pb2
     config = ModelConfig(str(tmp_path))
-    config.quant_config.exclude_modules = ["lm_head"]
+    config.quant_config.pre_quant_scale = True
     info = runtime_pb2.ServerInfo(quant_algos=["NONE"], max_world_size=1)
-    with pytest.raises(FailedPrecondition, match="exclude_modules"):
+    with pytest.raises(FailedPrecondition, match="pre_quant_scale"):
         check_capabilities(config, info)
+
+
+def test_exclude_modules_reach_the_build_settings(tmp_path):
+    from kiln.engine_build import build_settings, check_capabilities
+    from kiln.hlapi.llm import ModelConfig, QuantAlgo
+    from kiln.v1 import runtime_pb2
+    config = ModelConfig(str(tmp_path))
+    config.quant_config.quant_algo = QuantAlgo.FP8
+    config.quant_config.exclude_modules = ["lm_head", "*.mlp.down_proj"]
+    info = runtime_pb2.ServerInfo(quant_algos=["NONE", "FP8"], max_world_size=1, device="cpu")
+    check_capabilities(config, info)
+    assert list(build_settings(config, info).quant.exclude_modules) == \
+        ["lm_head", "*.mlp.down_proj"]
 
 
 def test_devices_other_than_the_runtime_placement_are_refused(tmp_path):

@@ -208,9 +208,11 @@ def test_w8a16_weights_with_an_int8_kv_cache_are_built_and_served_through_the_sd
     config = tiny_config(tiny_model)
     config.quant_config.quant_algo = QuantAlgo.W8A16
     config.quant_config.kv_cache_quant_algo = QuantAlgo.INT8
+    config.quant_config.exclude_modules = ["lm_head", "model.layers.1.mlp.down_proj"]
     with LLM(config, show_progress=False) as llm:
         quant = llm.build_result.engine.settings.quant
         assert (quant.algo, quant.kv_cache_dtype) == ("W8A16", "int8")
+        assert list(quant.exclude_modules) == ["lm_head", "model.layers.1.mlp.down_proj"]
         # the numbers are the unit tests' (test_quantized_build, test_kv_quant); here, the path
         output = llm.generate([[5, 6, 7, 8]], sampling_config=short(llm, 5))[0]
         assert len(output.token_ids) == 5

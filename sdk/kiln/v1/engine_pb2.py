@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kiln/v1/engine.proto\x12\x07kiln.v1\":\n\tEngineRef\x12\x12\n\nengine_key\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xa5\x01\n\rQuantSettings\x12\x0c\n\x04\x61lgo\x18\x01 \x01(\t\x12\x12\n\ngroup_size\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_dtype\x18\x03 \x01(\t\x12\x12\n\ncalib_data\x18\x04 \x01(\t\x12\x19\n\x11\x63\x61lib_num_samples\x18\x05 \x01(\r\x12\x15\n\rcalib_seq_len\x18\x06 \x01(\r\x12\x14\n\x0c\x63\x61lib_sha256\x18\x07 \x01(\t\"4\n\x10ParallelSettings\x12\x0f\n\x07tp_size\x18\x01 \x01(\r\x12\x0f\n\x07pp_size\x18\x02 \x01(\r\"4\n\x0eTargetSettings\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\"\x8f\x02\n\rBuildSettings\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\r\x12\x15\n\rmax_input_len\x18\x03 \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x04 \x01(\r\x12\x16\n\x0emax_num_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_beam_width\x18\x06 \x01(\r\x12%\n\x05quant\x18\x07 \x01(\x0b\x32\x16.kiln.v1.QuantSettings\x12+\n\x08parallel\x18\x08 \x01(\x0b\x32\x19.kiln.v1.ParallelSettings\x12\'\n\x06target\x18\t \x01(\x0b\x32\x17.kiln.v1.TargetSettings\"\xc8\x01\n\rEngineSummary\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.kiln.v1.EngineRef\x12(\n\x08settings\x18\x02 \x01(\x0b\x32\x16.kiln.v1.BuildSettings\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x11\n\tnum_files\x18\x05 \x01(\r\x12\x17\n\x0f\x62uilder_version\x18\x06 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x07 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kiln/v1/engine.proto\x12\x07kiln.v1\":\n\tEngineRef\x12\x12\n\nengine_key\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xbe\x01\n\rQuantSettings\x12\x0c\n\x04\x61lgo\x18\x01 \x01(\t\x12\x12\n\ngroup_size\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_dtype\x18\x03 \x01(\t\x12\x12\n\ncalib_data\x18\x04 \x01(\t\x12\x19\n\x11\x63\x61lib_num_samples\x18\x05 \x01(\r\x12\x15\n\rcalib_seq_len\x18\x06 \x01(\r\x12\x14\n\x0c\x63\x61lib_sha256\x18\x07 \x01(\t\x12\x17\n\x0f\x65xclude_modules\x18\x08 \x03(\t\"4\n\x10ParallelSettings\x12\x0f\n\x07tp_size\x18\x01 \x01(\r\x12\x0f\n\x07pp_size\x18\x02 \x01(\r\"4\n\x0eTargetSettings\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\"\x8f\x02\n\rBuildSettings\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\r\x12\x15\n\rmax_input_len\x18\x03 \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x04 \x01(\r\x12\x16\n\x0emax_num_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_beam_width\x18\x06 \x01(\r\x12%\n\x05quant\x18\x07 \x01(\x0b\x32\x16.kiln.v1.QuantSettings\x12+\n\x08parallel\x18\x08 \x01(\x0b\x32\x19.kiln.v1.ParallelSettings\x12\'\n\x06target\x18\t \x01(\x0b\x32\x17.kiln.v1.TargetSettings\"\xc8\x01\n\rEngineSummary\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.kiln.v1.EngineRef\x12(\n\x08settings\x18\x02 \x01(\x0b\x32\x16.kiln.v1.BuildSettings\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x11\n\tnum_files\x18\x05 \x01(\r\x12\x17\n\x0f\x62uilder_version\x18\x06 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x07 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENGINEREF']._serialized_start=33
   _globals['_ENGINEREF']._serialized_end=91
   _globals['_QUANTSETTINGS']._serialized_start=94
-  _globals['_QUANTSETTINGS']._serialized_end=259
-  _globals['_PARALLELSETTINGS']._serialized_start=261
-  _globals['_PARALLELSETTINGS']._serialized_end=313
-  _globals['_TARGETSETTINGS']._serialized_start=315
-  _globals['_TARGETSETTINGS']._serialized_end=367
-  _globals['_BUILDSETTINGS']._serialized_start=370
-  _globals['_BUILDSETTINGS']._serialized_end=641
-  _globals['_ENGINESUMMARY']._serialized_start=644
-  _globals['_ENGINESUMMARY']._serialized_end=844
+  _globals['_QUANTSETTINGS']._serialized_end=284
+  _globals['_PARALLELSETTINGS']._serialized_start=286
+  _globals['_PARALLELSETTINGS']._serialized_end=338
+  _globals['_TARGETSETTINGS']._serialized_start=340
+  _globals['_TARGETSETTINGS']._serialized_end=392
+  _globals['_BUILDSETTINGS']._serialized_start=395
+  _globals['_BUILDSETTINGS']._serialized_end=666
+  _globals['_ENGINESUMMARY']._serialized_start=669
+  _globals['_ENGINESUMMARY']._serialized_end=869
 # @@protoc_insertion_point(module_scope)

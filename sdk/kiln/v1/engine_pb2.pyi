@@ -1,6 +1,7 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -16,7 +17,7 @@ class EngineRef(_message.Message):
     def __init__(self, engine_key: _Optional[str] = ..., uri: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class QuantSettings(_message.Message):
-    __slots__ = ("algo", "group_size", "kv_cache_dtype", "calib_data", "calib_num_samples", "calib_seq_len", "calib_sha256")
+    __slots__ = ("algo", "group_size", "kv_cache_dtype", "calib_data", "calib_num_samples", "calib_seq_len", "calib_sha256", "exclude_modules")
     ALGO_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +25,7 @@ class QuantSettings(_message.Message):
     CALIB_NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     CALIB_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     CALIB_SHA256_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_MODULES_FIELD_NUMBER: _ClassVar[int]
     algo: str
     group_size: int
     kv_cache_dtype: str
@@ -31,7 +33,8 @@ class QuantSettings(_message.Message):
     calib_num_samples: int
     calib_seq_len: int
     calib_sha256: str
-    def __init__(self, algo: _Optional[str] = ..., group_size: _Optional[int] = ..., kv_cache_dtype: _Optional[str] = ..., calib_data: _Optional[str] = ..., calib_num_samples: _Optional[int] = ..., calib_seq_len: _Optional[int] = ..., calib_sha256: _Optional[str] = ...) -> None: ...
+    exclude_modules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, algo: _Optional[str] = ..., group_size: _Optional[int] = ..., kv_cache_dtype: _Optional[str] = ..., calib_data: _Optional[str] = ..., calib_num_samples: _Optional[int] = ..., calib_seq_len: _Optional[int] = ..., calib_sha256: _Optional[str] = ..., exclude_modules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ParallelSettings(_message.Message):
     __slots__ = ("tp_size", "pp_size")

@@ -169,6 +169,12 @@ def test_bad_inputs_get_clear_status_codes_and_the_service_stays_up(
          code.FAILED_PRECONDITION, "builds NONE, W4A16, W4A16_AWQ, W8A16, FP8"),
         (str(inside), {"quant": engine_pb2.QuantSettings(algo="W4A16", group_size=128)},
          code.INVALID_ARGUMENT, "group sizes that work: 64, 32"),
+        (str(inside), {"quant": engine_pb2.QuantSettings(algo="W8A16",
+                                                         exclude_modules=["a"] * 5000)},
+         code.INVALID_ARGUMENT, "at most 1024"),
+        (str(inside), {"quant": engine_pb2.QuantSettings(algo="W8A16",
+                                                         exclude_modules=["x\x00y"])},
+         code.INVALID_ARGUMENT, "quant.exclude_modules entries"),
     ]
     for source, settings, expected, words in cases:
         with pytest.raises(grpc.RpcError) as info:
@@ -234,8 +240,11 @@ def test_batch_build_cli_exit_codes(s3, tiny_hf, tmp_path, builder_server):
     assert denied.returncode == 2 and "S3 refused" in denied.stderr
     remote = run_cli("build", "--model", str(tiny_hf), "--builder", builder_server.address,
                      "--token-file", str(write_token(tmp_path, builder_server.token)),
-                     "--dtype", "float32", "--max-batch-size", "11")
+                     "--dtype", "float32", "--max-batch-size", "11", "--quant", "W8A16",
+                     "--exclude-modules", "*.mlp.down_proj", "model.layers.0.self_attn.q_proj")
     assert remote.returncode == 0, remote.stderr
+    assert ("exclude_modules keeps 3 of 8 linears unquantized: layers.0.attn.qkv_proj, "
+            "layers.0.mlp.down_proj, layers.1.mlp.down_proj") in remote.stderr
     assert json.loads(remote.stdout.splitlines()[-1])["uri"].startswith(f"s3://{BUCKET}/prod/")
 
 

@@ -55,6 +55,12 @@ def test_group_size_that_does_not_divide_a_width_names_the_widths_and_the_sizes_
     assert "group sizes that work: 64, 32" in message
     QuantConfig(algo="W4A16_AWQ", group_size=64).check_fits(smollm2)
     QuantConfig(algo="W8A16", group_size=128).check_fits(smollm2)   # per channel: no groups
+    # only quantized linears need whole groups: down_proj alone (1536 wide) takes 128
+    kept = ("*attn*", "*gate_up_proj")
+    QuantConfig(algo="W4A16", group_size=128, exclude_modules=kept).check_fits(smollm2)
+    with pytest.raises(InvalidRequest, match=r"of o_proj \(input widths: o_proj 576, down"):
+        QuantConfig(algo="W4A16", group_size=128, exclude_modules=(
+            "*qkv_proj", "*gate_up_proj", "model.layers.3.self_attn.o_proj")).check_fits(smollm2)
 
 
 def test_a_split_that_cuts_a_group_is_refused_per_rank():

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from builder_service import awq
 from builder_service.builder import EngineBuilder
@@ -133,6 +134,54 @@ def test_split_quantized_engine_is_the_slices_of_one_quantization(algo, tmp_path
                            else tensor), name
 
 
+KEPT = ("model.layers.0.self_attn.q_proj", "*.mlp.down_proj")
+
+
+def _kept(name: str) -> bool:
+    """Whether a Kiln tensor belongs to a linear that KEPT keeps unquantized."""
+    return name.startswith("layers.0.attn.qkv_proj.") or ".mlp.down_proj." in name
+
+
+@pytest.mark.parametrize("algo", ["W8A16", "W4A16", "FP8"])
+def test_excluded_linears_keep_the_source_weights_and_the_rest_quantize_as_before(
+        algo, tmp_path, tiny):
+    kept, _ = build(tmp_path / "kept", tiny, algo, exclude_modules=KEPT)
+    whole, _ = build(tmp_path / "whole", tiny, algo)
+    held, quantized = tensors(kept / "rank0.safetensors"), tensors(whole / "rank0.safetensors")
+    source = load_file(str(tiny[0] / "model.safetensors"))
+    assert torch.equal(held["layers.0.attn.qkv_proj.weight"], torch.cat(
+        [source[f"model.layers.0.self_attn.{p}_proj.weight"] for p in "qkv"]))
+    for i in range(2):
+        assert torch.equal(held[f"layers.{i}.mlp.down_proj.weight"],
+                           source[f"model.layers.{i}.mlp.down_proj.weight"])
+    for name, tensor in quantized.items():         # the rest: the same quantization as before
+        if not _kept(name):
+            assert torch.equal(held[name].view(torch.uint8), tensor.view(torch.uint8)), name
+    assert not [n for n in held if _kept(n) and not n.endswith(("weight", "bias"))]
+    loaded = load_model(kept, "cpu", "float32")
+    assert loaded.config.quant.exclude_modules == KEPT
+    layers = loaded.model.layers
+    assert layers["0"].attn.qkv_proj.quant is None and layers["0"].mlp.down_proj.quant is None
+    assert layers["1"].attn.qkv_proj.quant is not None
+    assert layers["1"].mlp.gate_up_proj.quant is not None
+    got, want = logits(kept, PROMPT), logits(tiny[0], PROMPT)
+    assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.95
+
+
+def test_an_engine_that_excludes_every_linear_computes_the_float_model_exactly(tmp_path, tiny):
+    folder, _ = build(tmp_path, tiny, "W4A16", exclude_modules=["*"])
+    assert torch.equal(logits(folder, PROMPT), logits(tiny[0], PROMPT))
+
+
+def test_a_split_engine_with_excluded_linears_is_the_slices_of_the_whole(tmp_path, tiny):
+    whole, _ = build(tmp_path / "one", tiny, "W4A16", exclude_modules=KEPT)
+    split, _ = build(tmp_path / "split", tiny, "W4A16", tp=2, pp=2, exclude_modules=KEPT)
+    config = EngineConfig.from_dict(json.loads((split / "config.json").read_text()))
+    rejoined = KilnShards(split, config)
+    for name, tensor in tensors(whole / "rank0.safetensors").items():
+        assert torch.equal(rejoined.get(name), tensor), name
+
+
 def test_engine_key_follows_every_quant_setting_and_the_calibration_digest(tmp_path, tiny):
     folder, calib = tiny
     b = builder(tmp_path)
@@ -150,8 +199,11 @@ def test_engine_key_follows_every_quant_setting_and_the_calibration_digest(tmp_p
             key(QuantConfig(algo="W4A16", group_size=64)), key(awq_default),
             key(awq_default, str(calib)),
             key(QuantConfig(algo="W4A16_AWQ", group_size=32, calib_num_samples=3), str(calib)),
-            key(QuantConfig(algo="W4A16_AWQ", group_size=32, calib_seq_len=99), str(calib))}
-    assert len(keys) == 9
+            key(QuantConfig(algo="W4A16_AWQ", group_size=32, calib_seq_len=99), str(calib)),
+            key(QuantConfig(algo="W8A16", exclude_modules=["*.mlp.down_proj"]))}
+    assert len(keys) == 10
+    # nothing quantized, nothing excluded: the same engine, the same key
+    assert key(QuantConfig(exclude_modules=["lm_head"])) == key(QuantConfig())
     assert key(awq_default, str(calib)) == key(awq_default, str(calib))
     calib.write_text(calib.read_text() + "\n" + json.dumps({"text": "w1 w2"}))
     assert key(awq_default, str(calib)) not in keys
@@ -187,6 +239,23 @@ def test_awq_scales_fold_into_norms_and_linears_without_changing_the_float_model
             if name in rewritten:
                 param.copy_(rewritten[name])
     assert torch.allclose(model_logits(model, PROMPT), want, atol=1e-4, rtol=1e-4)
+
+
+def test_awq_neither_scales_nor_clips_a_linear_it_leaves_unquantized(tiny):
+    folder, _ = tiny
+    data = CalibrationData((WORDS,), "0" * 64, 4, 64)
+    kept = frozenset({"layers.0.mlp.down_proj", "layers.1.mlp.down_proj",
+                      "layers.1.attn.qkv_proj"})
+    rewritten = awq.awq_rewrite(folder, "hf", QuantConfig(algo="W4A16_AWQ", group_size=GROUP),
+                                data, lambda *_: None, kept)
+    model = load_model(folder, "cpu", "float32").model
+    params = dict(model.named_parameters())
+    for name in ("layers.0.mlp.down_proj.weight", "layers.1.mlp.down_proj.weight",
+                 "layers.1.input_norm.weight"):          # qkv's scale lives in the norm
+        assert torch.equal(rewritten[name], params[name]), name
+    for name in ("layers.0.attn.qkv_proj.weight", "layers.1.mlp.gate_up_proj.weight",
+                 "layers.0.input_norm.weight"):
+        assert not torch.equal(rewritten[name], params[name]), name
 
 
 def test_awq_beats_round_to_nearest_on_text_like_its_calibration(tmp_path, tiny, awq_engine):

@@ -20,7 +20,7 @@ from builder_service.sources import SourceResolver
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
 from runtime_service.errors import FailedPrecondition, InvalidRequest
-from runtime_service.format.engine_config import EngineConfig, Mapping
+from runtime_service.format.engine_config import EngineConfig, Mapping, QuantConfig
 from runtime_service.model.layers.quantize import dequantize_int4, quantize_int4, unpack_int4
 from runtime_service.model.loader import load_model
 from runtime_service.model.prequantized import AWQ_ORDER, quant_config_of
@@ -52,12 +52,14 @@ def symmetric_int4(w: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def quantized_checkpoint(folder, out, write_linear, quantization_config,
-                         quantize=lambda w: quantize_int4(w, GROUP, torch.float16)):
-    """`folder`'s model with each decoder linear replaced by `write_linear`'s tensors, and the
-    float model those tensors dequantize to (what transformers is compared on)."""
+                         quantize=lambda w: quantize_int4(w, GROUP, torch.float16), keep=()):
+    """`folder`'s model with each decoder linear replaced by `write_linear`'s tensors (those
+    whose name contains a string in `keep` left as they are), and the float model those
+    tensors dequantize to (what transformers is compared on)."""
     weights = load_file(str(folder / "model.safetensors"))
     dequantized = dict(weights)
-    for name in [n for n in weights if n.endswith(".weight") and n.split(".")[-2] in LINEARS]:
+    for name in [n for n in weights if n.endswith(".weight") and n.split(".")[-2] in LINEARS
+                 and not any(k in n for k in keep)]:
         w = weights.pop(name)
         q = quantize(w)
         dequantized[name] = dequantize_int4(q["qweight"], q["scales"].float(), q["zeros"], GROUP)
@@ -215,12 +217,54 @@ def test_activation_ordered_groups_are_refused_and_plain_ones_served(source, tmp
     assert kiln_greedy(folder) == hf_greedy(float_folder, PROMPT, 8)
 
 
-def built_engine(folder: Path, work: Path, tp: int = 1, pp: int = 1) -> Path:
-    """`folder` built by the builder as it is quantized (no quant setting asked for)."""
+@pytest.mark.parametrize("writer, config", [
+    (awq_gemm, {**AWQ_CONFIG, "modules_to_not_convert": ["down_proj", "layers.1.self_attn"]}),
+    (compressed_int4, {**COMPRESSED_CONFIG, "ignore": [
+        "lm_head", "re:.*down_proj$", "model.layers.1.self_attn.q_proj",
+        "model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj",
+        "model.layers.1.self_attn.o_proj"]})])
+def test_linears_a_checkpoint_left_unquantized_are_served_in_float(writer, config, source,
+                                                                   tmp_path):
+    """AutoAWQ's modules_to_not_convert and compressed-tensors' ignore store some linears as
+    plain weights; Kiln reads which from the tensors, serves them in float and the rest
+    quantized, and the builder keeps them so."""
+    folder, float_folder = quantized_checkpoint(
+        source, tmp_path / "q", writer, config, keep=("down_proj", "layers.1.self_attn"))
+    loaded = load_model(folder)
+    kept = {"layers.0.mlp.down_proj", "layers.1.mlp.down_proj", "layers.1.attn.qkv_proj",
+            "layers.1.attn.o_proj"}
+    assert set(loaded.config.quant.exclude_modules) == kept
+    layers = loaded.model.layers
+    assert layers["1"].attn.qkv_proj.quant is None and layers["0"].mlp.down_proj.quant is None
+    assert layers["0"].attn.qkv_proj.quant is not None
+    assert layers["1"].mlp.gate_up_proj.quant is not None
+    want = hf_greedy(float_folder, PROMPT, 8)
+    assert kiln_greedy(folder) == want
+    engine = built_engine(folder, tmp_path / "built")
+    config = EngineConfig.from_dict(json.loads((engine / "config.json").read_text()))
+    assert set(config.quant.exclude_modules) == kept
+    assert kiln_greedy(engine) == want
+    named = built_engine(folder, tmp_path / "named", quant=loaded.config.quant.algo)
+    assert named.name == engine.name         # its algorithm by name: the same engine
+
+
+def test_a_fused_linear_stored_half_quantized_is_refused_naming_its_parts(source, tmp_path):
+    folder, _ = quantized_checkpoint(source, tmp_path / "q", compressed_int4, COMPRESSED_CONFIG,
+                                     keep=("layers.0.self_attn.q_proj",))
+    with pytest.raises(FailedPrecondition,
+                       match=r"layers.0.self_attn.q_proj is stored unquantized but "
+                             r"model.layers.0.self_attn.k_proj, .*v_proj quantized"):
+        load_model(folder)
+
+
+def built_engine(folder: Path, work: Path, tp: int = 1, pp: int = 1, quant="NONE") -> Path:
+    """`folder` built by the builder as it is quantized (by default no quant setting asked
+    for; else `quant`, the algorithm it already has, by name)."""
     builder = EngineBuilder(open_store(str(work / "store")), SourceResolver(work / "b", None),
                             work / "b")
     outcome = builder.build(BuildSpec(source=str(folder), dtype="float32",
-                                      mapping=Mapping(tp, pp)), lambda _: None)
+                                      mapping=Mapping(tp, pp), quant=QuantConfig(
+                                          algo=quant, group_size=GROUP)), lambda _: None)
     return work / "store" / "engines" / outcome.engine.engine_key
 
 
