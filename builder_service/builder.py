@@ -8,11 +8,11 @@ killed mid-publish resumes with the upload rather than the conversion.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime_service.format.json_input import parse_json_object
 from runtime_service.format.engine_config import EngineConfig
 from runtime_service.format.engine_format import CONFIG, FORMAT_NAME, Manifest, verify_engine_folder
 from runtime_service.errors import CorruptEngine, EngineNotFound
@@ -132,7 +132,8 @@ class EngineBuilder:
         names = self.store.list_names() if names is None else names
         given = sorted(n for n, k in names.items() if k == key)
         return EngineInfo(key, self.store.engine_uri(key), given[0] if given else "",
-                          EngineConfig.from_dict(json.loads(raw)), manifest)
+                          EngineConfig.from_dict(parse_json_object(raw, f"engine {key}'s config.json")),
+                          manifest)
 
     def list_engines(self) -> list[EngineInfo]:
         out = []

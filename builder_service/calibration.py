@@ -11,12 +11,12 @@ held out, and bench/bench_quant_quality.py measures perplexity there.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+from runtime_service.format.json_input import parse_json
 from runtime_service.errors import InvalidRequest
 from runtime_service.store import S3Settings, open_store
 
@@ -24,6 +24,9 @@ DEFAULT_NUM_SAMPLES = 32
 DEFAULT_SEQ_LEN = 512
 HELD_OUT_FRACTION = 0.25
 MAX_CALIB_BYTES = 1 << 30
+# AWQ runs every window through each layer at once, in float32: 2^18 tokens of an 8B model's
+# MLP activations alone are 15 GB. The default (32 x 512) is 2^14.
+MAX_CALIB_TOKENS = 1 << 18
 
 
 def pydoc_text() -> str:
@@ -53,17 +56,39 @@ class CalibrationData:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65536:
                 raise InvalidRequest(f"calibration {name} must be in [1, 65536], got {value!r}")
+        if self.num_samples * self.seq_len > MAX_CALIB_TOKENS:
+            raise InvalidRequest(
+                f"calibration takes at most {MAX_CALIB_TOKENS} tokens (num_samples x seq_len); "
+                f"{self.num_samples} x {self.seq_len} is {self.num_samples * self.seq_len}")
         if not any(t.strip() for t in self.texts):
             raise InvalidRequest("the calibration data holds no text")
 
     def windows(self, tokenizer) -> list[list[int]]:
         """Up to num_samples consecutive windows of seq_len token ids over the joined texts
-        (fewer when the text is short; at least one, possibly shorter than seq_len)."""
-        ids = tokenizer("\n\n".join(self.texts), add_special_tokens=False)["input_ids"]
+        (fewer when the text is short; at least one, possibly shorter than seq_len). Only as
+        much text is tokenized as the windows need: the windows are the same as the whole
+        text's, and a gigabyte of text costs a gigabyte's copy, not hours of tokenizing."""
+        text, need = "\n\n".join(self.texts), self.num_samples * self.seq_len
+        chars = need * 8
+        while True:
+            part = _prefix_at_whitespace(text, chars)
+            ids = tokenizer(part, add_special_tokens=False)["input_ids"]
+            if len(ids) > need or len(part) == len(text):
+                break
+            chars *= 4
         if not ids:
             raise InvalidRequest("the calibration data tokenizes to nothing")
         count = max(1, min(self.num_samples, len(ids) // self.seq_len))
         return [ids[i * self.seq_len:(i + 1) * self.seq_len] for i in range(count)]
+
+
+def _prefix_at_whitespace(text: str, chars: int) -> str:
+    """`text` cut at the last whitespace before `chars` (all of it when shorter), so no word
+    is split and the tokens before the cut are the whole text's."""
+    if len(text) <= chars:
+        return text
+    cut = max(text.rfind(space, 0, chars) for space in (" ", "\n", "\t"))
+    return text[:cut if cut > 0 else chars]
 
 
 def parse_texts(raw: bytes, name: str) -> tuple[str, ...]:
@@ -78,10 +103,7 @@ def parse_texts(raw: bytes, name: str) -> tuple[str, ...]:
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"{name} line {number} is not JSON: {exc}") from exc
+        record = parse_json(line, f"{name} line {number}")
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise InvalidRequest(f"{name} line {number} needs a string field \"text\"")
         texts.append(record["text"])
@@ -93,6 +115,11 @@ def _read(uri: str, s3_settings: S3Settings | None) -> bytes:
     if parsed.scheme == "s3":
         key = PurePosixPath(parsed.path.lstrip("/"))
         store = open_store(f"s3://{parsed.netloc}/{key.parent}".rstrip("/."), s3_settings)
+        info = store.stat(key.name)
+        if info is None:
+            raise InvalidRequest(f"calibration data {uri} does not exist")
+        if info.size_bytes > MAX_CALIB_BYTES:
+            raise InvalidRequest(f"calibration data {uri} is larger than {MAX_CALIB_BYTES} bytes")
         with tempfile.TemporaryDirectory() as tmp:
             dest = Path(tmp) / "calib"
             store.get_file(key.name, dest)

@@ -219,6 +219,11 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EngineConfig":
+        sections = ("mapping", "quant", "build", "target")
+        if not isinstance(data, dict) or any(not isinstance(data.get(s) or {}, dict)
+                                             for s in sections):
+            raise InvalidRequest(f"config.json is malformed: it and its {', '.join(sections)} "
+                                 "must be JSON objects")
         try:
             mapping = data.get("mapping", {})
             return cls(

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime_service.format.json_input import parse_json_object, read_json_object
 from runtime_service.format.engine_config import EngineConfig
 from runtime_service.format.file_digest import (MAX_PART_BYTES, MIN_PART_BYTES, PART_BYTES,
                                                 file_digests, matches_parts, num_parts,
@@ -42,10 +43,7 @@ def detect_model_kind(folder: str | Path) -> str:
     config_path = folder / CONFIG
     if not folder.is_dir() or not config_path.is_file():
         raise EngineNotFound(f"{folder} is not a model folder (no config.json)")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"{config_path} is not valid JSON: {exc}") from exc
+    config = read_json_object(config_path)
     kind = config.get("format")
     if kind == FORMAT_NAME:
         if not (folder / MANIFEST).is_file():
@@ -59,7 +57,7 @@ def detect_model_kind(folder: str | Path) -> str:
 
 
 def read_engine_config(folder: str | Path) -> EngineConfig:
-    config = EngineConfig.from_dict(json.loads((Path(folder) / CONFIG).read_text()))
+    config = EngineConfig.from_dict(read_json_object(Path(folder) / CONFIG))
     if config.format_version > FORMAT_VERSION:
         raise InvalidRequest(
             f"{folder} uses format version {config.format_version}; this runtime reads up to "
@@ -143,7 +141,7 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         try:
-            data = json.loads(text)
+            data = parse_json_object(text, "the manifest")
             files = tuple(FileEntry.from_dict(f) for f in data["files"])
             manifest = cls(engine_key=data["engine_key"], builder_version=data["builder_version"],
                            files=files, format=data["format"],

@@ -8,12 +8,37 @@ into Kiln's config.json under "model".
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from runtime_service.errors import InvalidRequest
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+
+# Far above any LLaMA-family model (Llama 3.1 405B: 126 layers, hidden 16384, intermediate
+# 53248, 128 heads, vocabulary 128256; Llama 4 Scout: 10M positions), and low enough that a
+# hostile config.json cannot make a loop over layers or a table of positions run for hours.
+MAX_SIZES = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18,
+             "num_layers": 1024, "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 1024,
+             "max_position_embeddings": 1 << 27}
+MAX_POSITIONS = MAX_SIZES["max_position_embeddings"]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _unset_token(token) -> bool:
+    """Old LLaMA conversions write `"pad_token_id": -1` for "none"."""
+    return token is None or (_is_int(token) and token < 0)
+
+
+def _positive_number(owner: str, name: str, value) -> None:
+    """A finite float (or int) > 0, for a field that scales the model's math."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not math.isfinite(value) or value <= 0:
+        raise InvalidRequest(f"{owner}.{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -29,10 +54,14 @@ class RopeScaling:
     def __post_init__(self):
         if self.rope_type not in SUPPORTED_ROPE_TYPES:
             raise InvalidRequest(
-                f"rope_scaling.rope_type={self.rope_type!r} is not supported; "
+                f"rope_scaling.rope_type={self.rope_type!r:.40} is not supported; "
                 f"use one of {', '.join(SUPPORTED_ROPE_TYPES)}")
-        if self.factor <= 0:
-            raise InvalidRequest(f"rope_scaling.factor must be > 0, got {self.factor}")
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            _positive_number("rope_scaling", name, getattr(self, name))
+        positions = self.original_max_position_embeddings
+        if not _is_int(positions) or not 0 < positions <= MAX_POSITIONS:
+            raise InvalidRequest(f"rope_scaling.original_max_position_embeddings must be an "
+                                 f"integer in [1, {MAX_POSITIONS}], got {positions!r:.40}")
         if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
             raise InvalidRequest("rope_scaling.high_freq_factor must exceed low_freq_factor")
 
@@ -63,11 +92,24 @@ class ModelArgs:
     architecture: str = "LlamaForCausalLM"
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+        for name, limit in MAX_SIZES.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise InvalidRequest(f"model.{name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or not 0 < value <= limit:
+                raise InvalidRequest(
+                    f"model.{name} must be an integer in [1, {limit}], got {value!r:.40}")
+        _positive_number("model", "rms_norm_eps", self.rms_norm_eps)
+        _positive_number("model", "rope_theta", self.rope_theta)
+        if not isinstance(self.rope_scaling, RopeScaling):
+            raise InvalidRequest("model.rope_scaling must be an object")
+        tokens = {"bos_token_id": self.bos_token_id, "pad_token_id": self.pad_token_id,
+                  **{f"eos_token_ids[{i}]": t for i, t in enumerate(self.eos_token_ids)}}
+        for name, token in tokens.items():
+            if token is not None and (not _is_int(token) or not 0 <= token < 1 << 31):
+                raise InvalidRequest(f"model.{name} must be a token id (an integer >= 0), "
+                                     f"got {token!r:.40}")
+        if len(self.eos_token_ids) > 1024:
+            raise InvalidRequest(f"model.eos_token_ids holds {len(self.eos_token_ids)} ids; "
+                                 f"at most 1024")
         if self.num_heads % self.num_kv_heads:
             raise InvalidRequest(
                 f"model.num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
@@ -96,6 +138,9 @@ class ModelArgs:
     def from_hf_config(cls, hf: dict) -> "ModelArgs":
         """Reads an HF config.json dict; raises InvalidRequest for anything not LLaMA."""
         architectures = hf.get("architectures") or ["LlamaForCausalLM"]
+        if not isinstance(architectures, list):
+            raise InvalidRequest(f"config.json's architectures must be a list of class names, "
+                                 f"got {architectures!r:.80}")
         model_type = hf.get("model_type", "llama")
         if model_type != "llama" or architectures[0] not in SUPPORTED_ARCHITECTURES:
             raise InvalidRequest(
@@ -103,8 +148,11 @@ class ModelArgs:
                 f"Kiln serves LLaMA-family models ({', '.join(SUPPORTED_ARCHITECTURES)})")
         if hf.get("hidden_act", "silu") != "silu":
             raise InvalidRequest(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
-        rope = dict(hf.get("rope_parameters") or {})
-        legacy = hf.get("rope_scaling") or {}
+        rope, legacy = hf.get("rope_parameters") or {}, hf.get("rope_scaling") or {}
+        for name, value in (("rope_parameters", rope), ("rope_scaling", legacy)):
+            if not isinstance(value, dict):
+                raise InvalidRequest(f"config.json's {name} must be an object, got "
+                                     f"{value!r:.80}")
         rope = {**legacy, **rope}
         rope_theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
         rope_type = rope.pop("rope_type", rope.pop("type", "default"))
@@ -119,6 +167,10 @@ class ModelArgs:
         num_heads = hf["num_attention_heads"]
         eos = hf.get("eos_token_id", 2)
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        eos_ids = tuple(t for t in eos_ids if not _unset_token(t))
+        if not isinstance(rope_theta, (int, float)) or isinstance(rope_theta, bool):
+            raise InvalidRequest(f"config.json's rope_theta must be a number, got "
+                                 f"{rope_theta!r:.40}")
         return cls(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -134,9 +186,9 @@ class ModelArgs:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=bool(hf.get("attention_bias", False)),
             mlp_bias=bool(hf.get("mlp_bias", False)),
-            bos_token_id=hf.get("bos_token_id"),
+            bos_token_id=None if _unset_token(hf.get("bos_token_id")) else hf["bos_token_id"],
             eos_token_ids=eos_ids,
-            pad_token_id=hf.get("pad_token_id"),
+            pad_token_id=None if _unset_token(hf.get("pad_token_id")) else hf["pad_token_id"],
             architecture=architectures[0],
         )
 
@@ -147,6 +199,8 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelArgs":
+        if not isinstance(data, dict) or not isinstance(data.get("rope_scaling", {}), dict):
+            raise InvalidRequest("config.json's model (and its rope_scaling) must be objects")
         data = dict(data)
         data["rope_scaling"] = RopeScaling(**data.get("rope_scaling", {}))
         data["eos_token_ids"] = tuple(data.get("eos_token_ids", ()))

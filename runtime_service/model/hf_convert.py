@@ -6,13 +6,13 @@ Reads safetensors only: no pickle, no torch.load.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from runtime_service.format.json_input import read_json_object
 from runtime_service.format.engine_config import Mapping, QuantConfig
 from runtime_service.errors import InvalidRequest
 from runtime_service.model.layers.linear import shard_columns, shard_rows
@@ -49,10 +49,7 @@ class SafetensorsFolder:
 
 
 def read_hf_config(folder: Path) -> dict:
-    try:
-        return json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"cannot read config.json in {folder}: {exc}") from exc
+    return read_json_object(Path(folder) / "config.json", f"config.json in {folder}")
 
 
 def _fused(source: SafetensorsFolder, prefix: str, parts: dict[str, tuple[int, int]],

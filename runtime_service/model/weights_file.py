@@ -12,7 +12,6 @@ InvalidRequest, never a crash.
 
 from __future__ import annotations
 
-import json
 import mmap
 import struct
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from runtime_service.format.json_input import parse_json_object
 from runtime_service.errors import InvalidRequest
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
@@ -36,12 +36,7 @@ def _header(path: Path, data: mmap.mmap) -> tuple[dict, int]:
     if not 0 < length <= min(_MAX_HEADER_BYTES, len(data) - 8):
         raise InvalidRequest(f"{path.name} has a safetensors header of {length} bytes, which "
                              f"does not fit the file")
-    try:
-        header = json.loads(bytes(data[8:8 + length]))
-    except ValueError as exc:
-        raise InvalidRequest(f"{path.name} has an unreadable safetensors header: {exc}") from exc
-    if not isinstance(header, dict):
-        raise InvalidRequest(f"{path.name}: the safetensors header is not a JSON object")
+    header = parse_json_object(bytes(data[8:8 + length]), f"{path.name}'s safetensors header")
     header.pop("__metadata__", None)
     return header, 8 + length
 

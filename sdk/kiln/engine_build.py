@@ -5,27 +5,24 @@ build's progress to the terminal.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from kiln.client import BuilderClient
 from kiln.errors import FailedPrecondition, InvalidArgument
+from kiln.local_folder import folder_config, json_object
 from kiln.model_config import ModelConfig
 from kiln.v1 import builder_pb2, engine_pb2, runtime_pb2
 
 
 def local_engine_key(model_dir: str) -> str | None:
     """The engine key of a complete Kiln engine folder on this machine, else None."""
-    folder = Path(model_dir)
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
+    config = folder_config(model_dir)
+    manifest = json_object(Path(model_dir) / "manifest.json")
+    if config is None or manifest is None or config.get("format") != "kiln-engine":
         return None
-    if config.get("format") != "kiln-engine":
-        return None
-    return manifest.get("engine_key") or None
+    key = manifest.get("engine_key")
+    return key if isinstance(key, str) and key else None
 
 
 def check_capabilities(config: ModelConfig, info: runtime_pb2.ServerInfo) -> None:

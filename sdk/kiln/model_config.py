@@ -10,13 +10,12 @@ defaults, except dtype, which the SDK picks from the runtime's device.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import KW_ONLY, dataclass, field
-from pathlib import Path
 
 from kiln._checks import Checked, boolean, instance, integer, text
 from kiln.build_config import DTYPES, BuildConfig, PluginConfig  # noqa: F401 - re-exported
 from kiln.errors import InvalidArgument
+from kiln.local_folder import folder_config, folder_mapping
 from kiln.quantization import QuantConfig
 
 
@@ -77,9 +76,8 @@ class ModelFormatKind(enum.Enum):
 
 def model_format(model_dir: str) -> ModelFormatKind | None:
     """The kind of a local folder from its config.json; None for s3:// or an unreadable one."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+    config = folder_config(model_dir)
+    if config is None:
         return None
     kind = config.get("format")
     if kind == "kiln-engine":
@@ -87,14 +85,6 @@ def model_format(model_dir: str) -> ModelFormatKind | None:
     if kind == "kiln-checkpoint":
         return ModelFormatKind.TLLM_CKPT
     return ModelFormatKind.HF
-
-
-def _mapping(model_dir: str) -> tuple[int, int] | None:
-    try:
-        mapping = json.loads((Path(model_dir) / "config.json").read_text()).get("mapping") or {}
-    except (OSError, ValueError):
-        return None
-    return int(mapping.get("tp_size", 1)), int(mapping.get("pp_size", 1))
 
 
 @dataclass(slots=True)
@@ -118,7 +108,7 @@ class ModelConfig(Checked):
 
     def _adopt_mapping(self) -> None:
         """The folder's tp/pp split becomes parallel_config's; an explicit other one is refused."""
-        mapping = _mapping(self.model_dir)
+        mapping = folder_mapping(self.model_dir)
         if mapping is None:
             return
         tp, pp = mapping

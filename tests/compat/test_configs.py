@@ -103,6 +103,22 @@ def test_model_config_names_the_format_and_refuses_an_in_memory_model(tmp_path):
         ModelConfig(str(tmp_path), model="llama-7b")
 
 
+@pytest.mark.parametrize("raw", [b"[" * 100000 + b"]" * 100000, b"[1]", b"\xff\xfe",
+                                 b'{"format": "kiln-checkpoint", "mapping": [2]}',
+                                 b'{"format": "kiln-checkpoint", "mapping": {"tp_size": "2"}}',
+                                 b'{"format": "kiln-engine"}'])
+def test_a_malformed_local_folder_leaves_the_verdict_to_the_builder(tmp_path, raw):
+    """ModelConfig reads a local folder's config.json leniently: a malformed one raises nothing
+    in the caller's process (the builder reads the same folder and names what is wrong)."""
+    from kiln.engine_build import local_engine_key
+    from kiln.hlapi.llm import ModelConfig
+    (tmp_path / "config.json").write_bytes(raw)
+    (tmp_path / "manifest.json").write_bytes(b"[" * 100000)
+    config = ModelConfig(str(tmp_path))
+    assert config.parallel_config.tp_size == 1
+    assert local_engine_key(str(tmp_path)) is None
+
+
 def test_model_config_max_beam_width_reaches_the_build_either_way(tmp_path):
     from kiln.hlapi.llm import ModelConfig
     assert ModelConfig(str(tmp_path), max_beam_width=4).beam_width_limit == 4

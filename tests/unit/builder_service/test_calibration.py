@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from builder_service import calibration
 from builder_service.calibration import (CalibrationData, load_calibration, parse_texts,
                                          split_pydoc)
 from runtime_service.errors import InvalidRequest
@@ -26,7 +27,9 @@ def test_jsonl_gives_its_text_fields_and_other_files_their_whole_text():
 
 
 @pytest.mark.parametrize("raw, words", [(b'{"text": 1}', 'string field "text"'),
-                                        (b"not json", "line 1 is not JSON"),
+                                        (b"not json", "line 1 is not valid JSON"),
+                                        (b'{"text": "a"}\n' + b"[" * 100000 + b"]" * 100000,
+                                         "line 2 is not valid JSON: nested too deeply"),
                                         (b"\xff\xfe", "not UTF-8")])
 def test_bad_calibration_files_are_invalid_requests_naming_the_line(raw, words):
     with pytest.raises(InvalidRequest, match=words):
@@ -51,7 +54,24 @@ def test_windows_are_consecutive_and_at_most_the_requested_count():
         CalibrationData(("a",), "0" * 64, num_samples=0)
 
 
-def test_calibration_file_is_read_from_a_path_or_s3_with_the_same_digest(tmp_path):
+def test_only_the_text_the_windows_need_is_tokenized_and_the_windows_do_not_change():
+    class Counting(WordTokenizer):
+        seen = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            Counting.seen = max(Counting.seen, len(text))
+            return super().__call__(text, add_special_tokens)
+    words = " ".join(f"w{'x' * (i % 7)}" for i in range(200_000))
+    data = CalibrationData((words,), "0" * 64, num_samples=4, seq_len=16)
+    whole = WordTokenizer()(words)["input_ids"][:64]
+    assert sum(data.windows(Counting()), []) == whole
+    assert Counting.seen < len(words) // 100
+    with pytest.raises(InvalidRequest, match="at most 262144 tokens"):
+        CalibrationData(("a",), "0" * 64, num_samples=1024, seq_len=1024)
+
+
+def test_calibration_file_is_read_from_a_path_or_s3_with_the_same_digest(tmp_path,
+                                                                          monkeypatch):
     lines = "\n".join(json.dumps({"text": f"line {i}"}) for i in range(3))
     local = tmp_path / "calib.jsonl"
     local.write_text(lines)
@@ -60,6 +80,12 @@ def test_calibration_file_is_read_from_a_path_or_s3_with_the_same_digest(tmp_pat
         (tmp_path / "s3" / BUCKET / "sets").mkdir()
         (tmp_path / "s3" / BUCKET / "sets" / "calib.jsonl").write_text(lines)
         remote = load_calibration(f"s3://{BUCKET}/sets/calib.jsonl", 3, 16, server.settings)
+        with pytest.raises(InvalidRequest, match="does not exist"):
+            load_calibration(f"s3://{BUCKET}/sets/other.jsonl", 3, 16, server.settings)
+        monkeypatch.setattr(calibration, "MAX_CALIB_BYTES", 32)   # sized before it is fetched
+        with pytest.raises(InvalidRequest, match="larger than 32 bytes"):
+            load_calibration(f"s3://{BUCKET}/sets/calib.jsonl", 3, 16, server.settings)
+        monkeypatch.undo()
     finally:
         stop(server.process)
     here = load_calibration(str(local), 3, 16)

@@ -66,8 +66,9 @@ def test_damaged_header_entries_are_invalid_requests(tmp_path, header, body, wor
 @pytest.mark.parametrize("raw, words", [
     (b"\1\0", "shorter than 8 bytes"),
     (struct.pack("<Q", 1 << 40) + b"{}", "does not fit"),
-    (struct.pack("<Q", 3) + b"{x}", "unreadable"),
-    (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+    (struct.pack("<Q", 3) + b"{x}", "header is not valid JSON"),
+    (struct.pack("<Q", 2) + b"[]", "header must hold a JSON object"),
+    (struct.pack("<Q", 20000) + b"[" * 10000 + b"]" * 10000, "nested too deeply"),
 ])
 def test_damaged_files_are_invalid_requests(tmp_path, raw, words):
     path = tmp_path / "bad.safetensors"
