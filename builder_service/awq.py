@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runtime_service.engine.tokenizer_load import load_tokenizer
 from runtime_service.errors import FailedPrecondition
 from runtime_service.format.engine_config import QuantConfig
 from runtime_service.format.linear_names import LINEARS, kiln_name
@@ -200,11 +201,10 @@ def awq_rewrite(folder: Path, kind: str, quant: QuantConfig, calibration: Calibr
     """The full tensors AWQ rewrites (norms and decoder linears, float32, Kiln names), for the
     unsplit model in `folder`, leaving the linears named in `unquantized` as they are.
     `progress(done_layers, total_layers, message)`."""
-    from transformers import AutoTokenizer
     tokenizer_dir = tokenizer_dir_for(Path(folder), kind)
     if tokenizer_dir is None:
         raise FailedPrecondition(f"{quant.algo} calibrates on text, but {folder} has no tokenizer")
-    windows = calibration.windows(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    windows = calibration.windows(load_tokenizer(tokenizer_dir))
     model = load_model(folder, "cpu", "float32").model
     args = model.args
     tokens, meta, cache = calibration_batch(windows, args.num_kv_heads, args.head_dim,

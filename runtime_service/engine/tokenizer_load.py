@@ -23,15 +23,25 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from runtime_service.errors import InvalidRequest
+
 log = logging.getLogger("kiln.runtime")
 
 
 def load_tokenizer(folder: str | Path | None):
-    """The folder's tokenizer, local files only (no remote code), or None without a folder."""
+    """The folder's tokenizer, local files only (no remote code), or None without a folder.
+    Tokenizer files come with the model, from whoever made it: any way transformers fails on
+    them (malformed JSON nested past the parser's depth, an unknown tokenizer class, a class
+    that needs remote code) is an InvalidRequest naming the folder."""
     if folder is None:
         return None
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False,
+                                             local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for bad files
+        raise InvalidRequest(f"cannot load the tokenizer in {folder}: "
+                             f"{type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
 class TokenizerLoad:

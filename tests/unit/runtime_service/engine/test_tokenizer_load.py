@@ -5,6 +5,8 @@ engine core's FETCHED message named."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import threading
 from concurrent.futures import Future
@@ -15,6 +17,7 @@ from runtime_service.engine import core_codec as codec
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine import tokenizer_load
 from runtime_service.engine.tokenizer_load import TokenizerLoad, load_in_background
+from runtime_service.errors import InvalidRequest
 from runtime_service.model.loader import load_model
 from runtime_service.server.core_client import wait_for_start
 from runtime_service.server.core_pipe import FramedSocket
@@ -30,8 +33,25 @@ def test_the_background_load_gives_the_tokenizer_or_its_error(folder, tmp_path):
     tokenizer = load_in_background(folder).result(60)
     assert tokenizer("w3 w7")["input_ids"] == [3, 7]
     assert load_in_background(None).result(60) is None
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidRequest, match="nothing-here"):
         load_in_background(tmp_path / "nothing-here").result(60)
+
+
+@pytest.mark.parametrize("file, content, words", [
+    ("tokenizer_config.json", b"[" * 100000 + b"]" * 100000, "RecursionError"),
+    ("tokenizer_config.json", b"[]", "AttributeError"),
+    ("tokenizer_config.json", json.dumps({"auto_map": {"AutoTokenizer": ["evil.Tok", None]}}
+                                         ).encode(), "custom code"),
+    ("tokenizer.json", b"\x00\x01", "JSONDecodeError"),
+])
+def test_tokenizer_files_transformers_cannot_read_are_an_invalid_request(folder, tmp_path, file,
+                                                                         content, words):
+    """The files come with the model, from whoever made it; remote code is never run."""
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    (bad / file).write_bytes(content)
+    with pytest.raises(InvalidRequest, match=f"cannot load the tokenizer in {bad}: .*{words}"):
+        tokenizer_load.load_tokenizer(bad)
 
 
 def test_a_load_set_up_for_later_runs_once_when_begun_or_first_needed(folder, monkeypatch):
