@@ -18,7 +18,8 @@ from runtime_service.errors import InvalidRequest
 from runtime_service.model.layers.linear import shard_columns, shard_rows
 from runtime_service.model.llama import layer_index, sharding_rule
 from runtime_service.format.linear_names import kiln_name
-from runtime_service.model.prequantized import check_head_unquantized, read_linear
+from runtime_service.model.prequantized import (FLOAT_DTYPES, check_head_unquantized,
+                                                 check_stored, read_linear)
 from runtime_service.format.model_config import ModelArgs
 
 
@@ -58,12 +59,20 @@ def _fused(source: SafetensorsFolder, prefix: str, parts: dict[str, tuple[int, i
     is output-row-major, so fusing is a concatenation along dim 0 either way. `parts`: each
     HF linear's (out, in) features, which a pre-quantized one's stored tensors must fit."""
     if quant is None:
-        yield kiln + "weight", torch.cat([source.get(prefix + p + "weight") for p in parts], 0)
+        yield kiln + "weight", torch.cat([_float(source, prefix + p + "weight", shape)
+                                          for p, shape in parts.items()], 0)
         return
     pieces = [read_linear(source.get, source.names(), prefix + p, quant, shape)
               for p, shape in parts.items()]
     for suffix in pieces[0]:
         yield kiln + suffix, torch.cat([piece[suffix] for piece in pieces], dim=0)
+
+
+def _float(source: SafetensorsFolder, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A plain tensor, which must be a float one of the shape config.json gives it: a
+    checkpoint with another shape would build an engine that cannot load, or worse."""
+    return check_stored(name, source.get(name), FLOAT_DTYPES, shape,
+                        against="the model's config.json")
 
 
 def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
@@ -76,20 +85,21 @@ def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
     they are stored, never quantized again."""
     names = source.names()
     prefix = "model." if "model.embed_tokens.weight" in names else ""
-    get = lambda n: source.get(prefix + n)  # noqa: E731
+    hidden, inter = args.hidden_size, args.intermediate_size
+    get = lambda n, *shape: _float(source, prefix + n, shape)  # noqa: E731
     quant = quant if quant is not None and quant.algo != "NONE" else None
     unquantized = quant.unquantized_linears(args) if quant is not None else frozenset()
 
     def stored(layer: int, linear: str) -> QuantConfig | None:
         return None if kiln_name(layer, linear) in unquantized else quant
     if with_embedding:
-        yield "embed_tokens.weight", get("embed_tokens.weight")
+        yield "embed_tokens.weight", get("embed_tokens.weight", args.vocab_size, hidden)
     for i in layers if layers is not None else range(args.num_layers):
         hf = f"layers.{i}."
-        yield f"layers.{i}.input_norm.weight", get(hf + "input_layernorm.weight")
-        yield f"layers.{i}.post_attn_norm.weight", get(hf + "post_attention_layernorm.weight")
+        yield f"layers.{i}.input_norm.weight", get(hf + "input_layernorm.weight", hidden)
+        yield f"layers.{i}.post_attn_norm.weight", get(hf + "post_attention_layernorm.weight",
+                                                       hidden)
         layer = prefix + hf
-        hidden, inter = args.hidden_size, args.intermediate_size
         yield from _fused(source, layer, {"self_attn.q_proj.": (args.q_size, hidden),
                                           "self_attn.k_proj.": (args.kv_size, hidden),
                                           "self_attn.v_proj.": (args.kv_size, hidden)},
@@ -98,8 +108,9 @@ def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
                           f"layers.{i}.attn.o_proj.", stored(i, "attn.o_proj"))
         if args.attention_bias:
             yield f"layers.{i}.attn.qkv_proj.bias", torch.cat(
-                [get(hf + f"self_attn.{p}_proj.bias") for p in "qkv"], dim=0)
-            yield f"layers.{i}.attn.o_proj.bias", get(hf + "self_attn.o_proj.bias")
+                [get(hf + f"self_attn.{p}_proj.bias", size) for p, size in
+                 (("q", args.q_size), ("k", args.kv_size), ("v", args.kv_size))], dim=0)
+            yield f"layers.{i}.attn.o_proj.bias", get(hf + "self_attn.o_proj.bias", hidden)
         yield from _fused(source, layer, {"mlp.gate_proj.": (inter, hidden),
                                           "mlp.up_proj.": (inter, hidden)},
                           f"layers.{i}.mlp.gate_up_proj.", stored(i, "mlp.gate_up_proj"))
@@ -107,17 +118,16 @@ def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
                           f"layers.{i}.mlp.down_proj.", stored(i, "mlp.down_proj"))
         if args.mlp_bias:
             yield f"layers.{i}.mlp.gate_up_proj.bias", torch.cat(
-                [get(hf + "mlp.gate_proj.bias"), get(hf + "mlp.up_proj.bias")], dim=0)
-            yield f"layers.{i}.mlp.down_proj.bias", get(hf + "mlp.down_proj.bias")
+                [get(hf + "mlp.gate_proj.bias", inter), get(hf + "mlp.up_proj.bias", inter)],
+                dim=0)
+            yield f"layers.{i}.mlp.down_proj.bias", get(hf + "mlp.down_proj.bias", hidden)
     if with_head:
-        yield "norm.weight", get("norm.weight")
-        if "lm_head.weight" in names and not args.tie_word_embeddings:
-            head = source.get("lm_head.weight")
-        else:
-            head = get("embed_tokens.weight")
+        yield "norm.weight", get("norm.weight", hidden)
+        head_name = "lm_head.weight" if "lm_head.weight" in names \
+            and not args.tie_word_embeddings else prefix + "embed_tokens.weight"
         if quant is not None:
-            check_head_unquantized(names, head)
-        yield "lm_head.weight", head
+            check_head_unquantized(names, source.get(head_name))
+        yield "lm_head.weight", _float(source, head_name, (args.vocab_size, hidden))
 
 
 def shard_for_rank(name: str, full: torch.Tensor, args: ModelArgs, mapping: Mapping,

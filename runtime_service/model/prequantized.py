@@ -187,21 +187,24 @@ def check_head_unquantized(names: set[str], head: torch.Tensor) -> None:
             "llmcompressor leaves it by default (ignore: [lm_head])")
 
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _stored(get: Callable[[str], torch.Tensor], name: str, dtypes: tuple,
             *shapes: tuple) -> torch.Tensor:
     """`get(name)`, which the format stores as one of `dtypes` in one of `shapes`."""
-    return _checked(name, get(name), dtypes, *shapes)
+    return check_stored(name, get(name), dtypes, *shapes)
 
 
-def _checked(name: str, tensor: torch.Tensor, dtypes: tuple, *shapes: tuple) -> torch.Tensor:
+def check_stored(name: str, tensor: torch.Tensor, dtypes: tuple, *shapes: tuple,
+                 against: str = "its linear and the checkpoint's quantization_config"
+                 ) -> torch.Tensor:
+    """`tensor` if its dtype is one of `dtypes` and its shape one of `shapes`, else an
+    InvalidRequest naming it, what it must be (`against` what) and what it is."""
     if tensor.dtype not in dtypes or tuple(tensor.shape) not in shapes:
         kinds = "/".join(str(d).removeprefix("torch.") for d in dtypes)
         wanted = " or ".join(str(list(shape)) for shape in shapes)
-        raise InvalidRequest(f"{name} must be {kinds} of shape {wanted} for its linear and "
-                             f"the checkpoint's quantization_config; it is "
+        raise InvalidRequest(f"{name} must be {kinds} of shape {wanted} for {against}; it is "
                              f"{str(tensor.dtype).removeprefix('torch.')} "
                              f"{list(tensor.shape)}")
     return tensor
@@ -228,13 +231,13 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
         codes = _awq_columns(packed).T.contiguous()                           # [N, K]
         zeros = _awq_columns(_stored(get, prefix + "qzeros", (torch.int32,),
                                      (groups, n // 8))).T.contiguous()        # [N, K // G]
-        scales = _stored(get, prefix + "scales", _FLOATS, (groups, n)).T.contiguous()
+        scales = _stored(get, prefix + "scales", FLOAT_DTYPES, (groups, n)).T.contiguous()
         return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
     if prefix + "weight_packed" in names:                            # compressed-tensors int4
         groups = _groups(prefix, k, quant)
         codes = _plain_columns(_stored(get, prefix + "weight_packed", (torch.int32,),
                                        (n, k // 8)))                          # q + 8, [N, K]
-        scales = _stored(get, prefix + "weight_scale", _FLOATS, (n, groups))
+        scales = _stored(get, prefix + "weight_scale", FLOAT_DTYPES, (n, groups))
         if prefix + "weight_g_idx" in names:
             _check_contiguous_groups(_stored(get, prefix + "weight_g_idx",
                                              (torch.int32, torch.int64), (k,)),
@@ -242,7 +245,7 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
         if prefix + "weight_zero_point" in names:
             zero = get(prefix + "weight_zero_point")
             packed = zero.dtype == torch.int32         # packed along rows, offset like codes
-            _checked(prefix + "weight_zero_point", zero, (torch.int32, torch.int8),
+            check_stored(prefix + "weight_zero_point", zero, (torch.int32, torch.int8),
                      (-(-n // 8) if packed else n, groups))
             if packed:
                 zeros = _plain_columns(zero.T.contiguous()).T[:n].contiguous()
@@ -254,8 +257,8 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
     weight = get(prefix + "weight") if quant.algo == "FP8" and prefix + "weight" in names \
         else None
     if weight is not None and weight.dtype == torch.float8_e4m3fn:     # read once, checked here
-        _checked(prefix + "weight", weight, (torch.float8_e4m3fn,), (n, k))
-        scales = _stored(get, prefix + "weight_scale", _FLOATS, (n, 1), (n,), (1,), ()
+        check_stored(prefix + "weight", weight, (torch.float8_e4m3fn,), (n, k))
+        scales = _stored(get, prefix + "weight_scale", FLOAT_DTYPES, (n, 1), (n,), (1,), ()
                          ).float().reshape(-1)
         if scales.numel() == 1:            # tensor strategy: one scale, the same for every row
             scales = scales.expand(n).contiguous()

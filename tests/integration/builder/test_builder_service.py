@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kiln.v1 import builder_pb2, builder_pb2_grpc, engine_pb2
+from safetensors.torch import load_file, save_file
 
 from builder_service.upload_client import upload_folder
 from runtime_service.format.engine_format import verify_engine_folder
@@ -153,11 +154,21 @@ def test_bad_inputs_get_clear_status_codes_and_the_service_stays_up(
     weights.write_bytes(weights.read_bytes()[:-4096])
     inside = builder_server.models / "ok"
     shutil.copytree(tiny_hf, inside)
+    reshaped = builder_server.models / "reshaped"
+    shutil.copytree(tiny_hf, reshaped)
+    weights = load_file(str(reshaped / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"][:-1].contiguous()
+    save_file(weights, str(reshaped / "model.safetensors"))
+    deep = builder_server.models / "deep"
+    shutil.copytree(tiny_hf, deep)
+    (deep / "config.json").write_bytes(b"[" * 100000 + b"]" * 100000)
     code = grpc.StatusCode
     cases = [
         (str(gpt), {}, code.INVALID_ARGUMENT, "unknown architecture"),
         (str(no_weights), {}, code.INVALID_ARGUMENT, "safetensors"),
         (str(corrupt), {}, code.INVALID_ARGUMENT, "corrupt"),
+        (str(reshaped), {}, code.INVALID_ARGUMENT, "model.norm.weight must be"),
+        (str(deep), {}, code.INVALID_ARGUMENT, "nested too deeply"),
         (str(tiny_hf), {}, code.PERMISSION_DENIED, "allowed roots"),
         (str(builder_server.models / ".." / "x"), {}, code.PERMISSION_DENIED, "allowed roots"),
         ("http://example.com/model", {}, code.INVALID_ARGUMENT, "scheme"),

@@ -138,3 +138,26 @@ def test_unknown_architecture_is_refused(tmp_path):
     (hf / "config.json").write_text(json.dumps(config))
     with pytest.raises(InvalidRequest, match="unknown architecture"):
         SourceResolver(tmp_path / "w", None).resolve(str(hf))
+
+
+Q = "model.layers.0.self_attn.q_proj.weight"
+
+
+@pytest.mark.parametrize("name, edit", [
+    (Q, lambda t: t[:-1]),                       # a row short: used to build, then fail to load
+    (Q, lambda t: t[:, :-1]),                    # a column short: a bare torch.cat error
+    (Q, lambda t: t.flatten()),
+    (Q, lambda t: t.to(torch.int32)),            # codes where floats belong: used to build
+    ("model.embed_tokens.weight", lambda t: t[:10]),
+    ("model.norm.weight", lambda t: t[None]),
+])
+def test_a_weight_of_another_shape_or_kind_than_config_json_says_is_refused(tmp_path, name,
+                                                                             edit):
+    from safetensors.torch import load_file, save_file
+    hf = make_tiny_llama(tmp_path / "hf")
+    weights = load_file(str(hf / "model.safetensors"))
+    weights[name] = edit(weights[name]).contiguous()
+    save_file(weights, str(hf / "model.safetensors"))
+    with pytest.raises(InvalidRequest, match=f"{name} must be float16/bfloat16/float32 of "
+                                             r"shape \[\d+(, \d+)?\] for the model's config"):
+        engine(tmp_path, hf)
