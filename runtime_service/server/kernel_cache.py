@@ -37,6 +37,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime_service.format.json_input import parse_json_object
+
 from runtime_service.server.startup_cache import STORE_FOLDER, gpu_file_name
 
 log = logging.getLogger("kiln.startup")
@@ -138,7 +140,7 @@ def _local_group(name: str, content: bytes, folder: Path, names: set[str]) -> by
     if not file_name.startswith("__grp__"):
         return content
     try:
-        children = json.loads(content)["child_paths"]
+        children = parse_json_object(content, f"group file {name!r}")["child_paths"]
         local = {child: str(folder.resolve() / hash_dir / child) for child in children}
     except (ValueError, KeyError, TypeError) as exc:
         raise KernelArchiveError(f"unreadable group file {name!r}: {exc!r}") from exc

@@ -23,6 +23,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime_service.format.json_input import parse_json_object
+
 log = logging.getLogger("kiln.startup")
 
 FORMAT = "kiln-startup-cache/1"
@@ -103,8 +105,8 @@ class TuningCache:
 
     def _parse(self, data: bytes, where: str) -> list[dict] | None:
         try:
-            content = json.loads(data)
-            if not isinstance(content, dict) or content.get("format") != FORMAT:
+            content = parse_json_object(data, f"tuning cache {where}")
+            if content.get("format") != FORMAT:
                 raise ValueError(f"format is not {FORMAT}")
             if (content.get("gpu_model"), content.get("engine_id")) != (self.gpu_model,
                                                                         self.engine_id):

@@ -186,7 +186,7 @@ def test_group_files_point_into_the_unpacking_nodes_folder(tmp_path):
 
 
 @pytest.mark.parametrize("group", [
-    b"{", b'{"child_paths": 7}', b'{"no_children": {}}',
+    b"{", b'{"child_paths": 7}', b'{"no_children": {}}', b"[" * 100000 + b"]" * 100000,
     json.dumps({"child_paths": {"../../etc/passwd": "/etc/passwd"}}).encode(),
     json.dumps({"child_paths": {"missing.cubin": "/x/missing.cubin"}}).encode()])
 def test_a_group_file_naming_anything_but_its_neighbours_refuses_the_archive(tmp_path, group):

@@ -35,6 +35,7 @@ def test_another_gpu_model_or_software_tunes_again(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"not json", b"[]", json.dumps({"format": "other"}).encode(),
+                                     b"[" * 100000 + b"]" * 100000,
                                      json.dumps({"format": FORMAT, "engine_id": KEY,
                                                  "gpu_model": "NVIDIA H200 sm90",
                                                  "software": "gemv-1 torch-2.11 triton-3.6",
