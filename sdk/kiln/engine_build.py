@@ -25,16 +25,30 @@ def local_engine_key(model_dir: str) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
+def check_int4_flags(quant) -> None:
+    """has_zero_point and pre_quant_scale describe what Kiln's int4 engines already are: every
+    int4 group stores a zero point, and AWQ's activation scales are applied (folded into the
+    norm or linear before, which computes the same function as scaling the input). So they
+    are accepted where they hold and refused where they cannot."""
+    name = quant.quant_algo.name if quant.quant_algo is not None else "no quant_algo"
+    if quant.has_zero_point and name not in ("W4A16", "W4A16_AWQ"):
+        raise FailedPrecondition(
+            f"QuantConfig.has_zero_point applies to the int4 algorithms (W4A16, W4A16_AWQ), "
+            f"whose groups always store one; {name} has no zero points")
+    if quant.pre_quant_scale and name != "W4A16_AWQ":
+        raise FailedPrecondition(
+            "QuantConfig.pre_quant_scale applies to W4A16_AWQ, whose activation scales Kiln "
+            f"folds into the preceding norm or linear; {name} has none")
+
+
 def check_capabilities(config: ModelConfig, info: runtime_pb2.ServerInfo) -> None:
     """Refuses, before any build, what the runtime could never serve."""
     quant = config.quant_config
     algo, kv_dtype = quant.builder_algo, quant.builder_kv_cache_dtype
-    unbuilt = [name for name, value in (
-        ("smoothquant_val", quant.smoothquant_val), ("has_zero_point", quant.has_zero_point),
-        ("pre_quant_scale", quant.pre_quant_scale)) if value]
-    if unbuilt:
-        raise FailedPrecondition(
-            f"QuantConfig.{unbuilt[0]} is not available yet: the Builder does not take it")
+    check_int4_flags(quant)
+    if quant.smoothquant_val is not None:
+        raise FailedPrecondition("QuantConfig.smoothquant_val is not available yet: Kiln builds "
+                                 "no SmoothQuant algorithm")
     if algo not in info.quant_algos:
         raise FailedPrecondition(
             f"quantization {algo} is not available: this runtime loads "

@@ -165,15 +165,30 @@ def test_quant_mode_answers_the_hlapi_questions_for_each_algorithm():
         mode(QuantAlgo.W4A16_AWQ, QuantAlgo.INT8)
 
 
-def test_quant_options_the_builder_does_not_take_are_refused_before_a_build(tmp_path):
+@pytest.mark.parametrize("fields, refused", [
+    ({"smoothquant_val": 0.5, "quant_algo": "W8A16"}, "smoothquant_val"),
+    ({"pre_quant_scale": True}, "pre_quant_scale applies to W4A16_AWQ"),
+    ({"pre_quant_scale": True, "quant_algo": "W4A16"}, "pre_quant_scale applies"),
+    ({"has_zero_point": True, "quant_algo": "FP8"}, "has_zero_point applies to the int4"),
+    # what Kiln's int4 engines are: zero points in every group, AWQ's scales folded in
+    ({"has_zero_point": True, "quant_algo": "W4A16"}, None),
+    ({"has_zero_point": True, "pre_quant_scale": True, "quant_algo": "W4A16_AWQ"}, None),
+])
+def test_quant_flags_are_taken_where_they_describe_the_engine_and_refused_elsewhere(
+        tmp_path, fields, refused):
     from kiln.engine_build import check_capabilities
-    from kiln.hlapi.llm import ModelConfig
+    from kiln.hlapi.llm import ModelConfig, QuantAlgo
     from kiln.v1 import runtime_pb2
     config = ModelConfig(str(tmp_path))
-    config.quant_config.pre_quant_scale = True
-    info = runtime_pb2.ServerInfo(quant_algos=["NONE"], max_world_size=1)
-    with pytest.raises(FailedPrecondition, match="pre_quant_scale"):
+    for name, value in fields.items():
+        setattr(config.quant_config, name, QuantAlgo[value] if name == "quant_algo" else value)
+    info = runtime_pb2.ServerInfo(quant_algos=["NONE", "W4A16", "W4A16_AWQ", "W8A16", "FP8"],
+                                  max_world_size=1)
+    if refused is None:
         check_capabilities(config, info)
+    else:
+        with pytest.raises(FailedPrecondition, match=refused):
+            check_capabilities(config, info)
 
 
 def test_exclude_modules_reach_the_build_settings(tmp_path):
