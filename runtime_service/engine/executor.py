@@ -35,8 +35,9 @@ from runtime_service.model.model_runner import (ModelRunner, PendingStep, Sample
                                           kv_tokens_by_memory)
 from runtime_service.engine.executor_options import (DEFAULT_PREFILL_GRAPH_TOKENS,
                                                      ExecutorOptions, ExecutorStats)
-from runtime_service.engine.request import (FinishReason, LogitsMatrix, Request, RequestOutput,
-                                            SamplingParams)
+from runtime_service.engine.request import FinishReason, Request, SamplingParams
+from runtime_service.engine.outputs import (beam_snapshot, final_beams, stamp_first_output,
+                                            token_delta)
 from runtime_service.engine.request_stream import RequestStream
 from runtime_service.engine.scheduler import Scheduler, SchedulerConfig
 from runtime_service.engine.sequence import Sequence
@@ -469,40 +470,25 @@ class Executor:
             if not group.add_rows(rows):
                 continue
             group.advance(self.scheduler, self.kv, self.build.max_seq_len)
+            stamp_first_output(live.seq)
             if group.search.done:
-                self._emit_final_beams(live)
+                for output in final_beams(group, live.seq, self._decode):
+                    live.stream._push(output)
                 self._close(live)
             else:
-                _stamp_first_output(live.seq)
                 for index, seq in enumerate(group.running):
-                    live.stream._push(self._beam_output(live, index, seq.output_token_ids))
+                    live.stream._push(beam_snapshot(live.seq, index, seq.output_token_ids,
+                                                    self._decode))
 
-    def _beam_output(self, live: _Live, index: int, tokens, **fields) -> RequestOutput:
-        """A whole-beam snapshot: offset 0, so a client replaces what it showed for this beam."""
-        text = (self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+    def _decode(self, tokens: list[int]) -> str:
+        return (self.tokenizer.decode(tokens, skip_special_tokens=True)
                 if self.tokenizer is not None else "")
-        return RequestOutput(request_id=live.seq.request_id, offset=0,
-                             new_token_ids=tuple(tokens), new_text=text, sequence_index=index,
-                             num_prompt_tokens=live.seq.num_prompt_tokens,
-                             num_output_tokens=len(tokens),
-                             num_cached_tokens=live.seq.num_cached_tokens, **fields)
-
-    def _emit_final_beams(self, live: _Live) -> None:
-        _stamp_first_output(live.seq)
-        group = live.beams
-        hypotheses = group.search.best(live.seq.sampling.num_return_sequences)
-        for index, hyp in enumerate(hypotheses):
-            ended = bool(hyp.token_ids) and hyp.token_ids[-1] in group.end_ids
-            live.stream._push(self._beam_output(
-                live, index, hyp.token_ids, finished=index == len(hypotheses) - 1,
-                finish_reason=FinishReason.END_ID if ended else FinishReason.LENGTH,
-                cumulative_logprob=hyp.score))
 
     def _append(self, token: SampledToken) -> None:
         seq = token.seq
         live = self._live[seq.request_id]
         seq.num_pending_tokens -= 1
-        _stamp_first_output(seq)
+        stamp_first_output(seq)
         seq.token_ids.append(token.token_id)
         seq.logprobs.append(token.logprob)
         seq.top_logprobs.append(token.top)
@@ -520,27 +506,8 @@ class Executor:
             self._close(live)
 
     def _emit(self, live: _Live, new_text: str, reason: FinishReason | None) -> None:
-        seq = live.seq
-        new_ids = seq.token_ids[seq.num_prompt_tokens + live.emitted_tokens:]
-        new_logprobs = seq.logprobs[live.emitted_tokens:] if seq.sampling.logprobs else []
-        new_top = seq.top_logprobs[live.emitted_tokens:] if seq.sampling.top_logprobs else []
-        first = live.emitted_tokens == 0
-        live.stream._push(RequestOutput(
-            request_id=seq.request_id,
-            offset=live.emitted_tokens,
-            new_token_ids=tuple(new_ids),
-            new_logprobs=tuple(new_logprobs),
-            new_top_logprobs=tuple(new_top),
-            prompt_logprobs=tuple(seq.prompt_logprobs) if first else (),
-            new_text=new_text,
-            finished=reason is not None,
-            finish_reason=reason,
-            num_prompt_tokens=seq.num_prompt_tokens,
-            num_output_tokens=seq.num_output_tokens,
-            num_cached_tokens=seq.num_cached_tokens,
-            **(_logits(seq) if reason is not None else {}),
-        ))
-        live.emitted_tokens = seq.num_output_tokens
+        live.stream._push(token_delta(live.seq, live.emitted_tokens, new_text, reason))
+        live.emitted_tokens = live.seq.num_output_tokens
 
     def _close(self, live: _Live) -> None:
         for seq in live.sequences:
@@ -575,25 +542,3 @@ class Executor:
             results[request.request_id] = tokens
         return results
 
-
-def _matrix(rows: list[torch.Tensor]) -> LogitsMatrix | None:
-    if not rows:
-        return None
-    stacked = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows]).to(torch.float32)
-    return LogitsMatrix(stacked.shape[0], stacked.shape[1], stacked.numpy().astype("<f4").tobytes())
-
-
-def _logits(seq: Sequence) -> dict:
-    """The logits a finished sequence asked for: context logits are the prompt positions'
-    rows and the first output token's (the last prompt position predicts it)."""
-    out = {}
-    if seq.sampling.context_logits:
-        out["context_logits"] = _matrix(seq.context_logits + seq.generation_logits[:1])
-    if seq.sampling.generation_logits:
-        out["generation_logits"] = _matrix(seq.generation_logits[:seq.num_output_tokens])
-    return out
-
-
-def _stamp_first_output(seq) -> None:
-    if seq.request.first_output_time is None:
-        seq.request.first_output_time = time.monotonic()
