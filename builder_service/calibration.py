@@ -128,7 +128,8 @@ def _read(uri: str, s3_settings: S3Settings | None) -> bytes:
         raise InvalidRequest(f"calibration data must be a path or s3:// URI, got {uri!r}")
     path = Path(parsed.path if parsed.scheme == "file" else uri)
     if not path.is_file():
-        raise InvalidRequest(f"calibration file {uri} does not exist")
+        raise InvalidRequest(f"calibration file {uri} "
+                             + ("is not a regular file" if path.exists() else "does not exist"))
     if path.stat().st_size > MAX_CALIB_BYTES:
         raise InvalidRequest(f"calibration file {uri} is larger than {MAX_CALIB_BYTES} bytes")
     return path.read_bytes()

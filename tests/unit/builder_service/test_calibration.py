@@ -92,3 +92,5 @@ def test_calibration_file_is_read_from_a_path_or_s3_with_the_same_digest(tmp_pat
     assert remote == here and here.texts == ("line 0", "line 1", "line 2")
     with pytest.raises(InvalidRequest, match="does not exist"):
         load_calibration(str(tmp_path / "missing.txt"))
+    with pytest.raises(InvalidRequest, match="not a regular file"):
+        load_calibration("/dev/zero")
