@@ -44,6 +44,10 @@ ROWS = {
     "FP8": dict(algo="FP8"),
     "W4A16 RTN g64": dict(algo="W4A16", group_size=64),
     "W4A16_AWQ g64": dict(algo="W4A16_AWQ", group_size=64),
+    # the first and last decoder layers kept in float (exclude_modules), a common recipe
+    "W4A16_AWQ g64 layers 0+29 kept": dict(
+        algo="W4A16_AWQ", group_size=64,
+        exclude_modules=("model.layers.0.*", "model.layers.29.*")),
     "KV INT8": dict(algo="NONE", kv_cache_dtype="int8"),
     "KV FP8": dict(algo="NONE", kv_cache_dtype="fp8"),
 }

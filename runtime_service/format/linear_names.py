@@ -14,6 +14,7 @@ LLaMA has none of or never quantizes): that is accepted, as the peer accepts it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 
 from runtime_service.errors import InvalidRequest
@@ -59,9 +60,11 @@ def names_of(layer: int, linear: str) -> tuple[str, ...]:
     return (kiln_name(layer, linear), *(a.format(i=layer) for a in ALIASES[linear]))
 
 
+@functools.lru_cache(maxsize=64)
 def unquantized_linears(patterns: tuple[str, ...], num_layers: int) -> frozenset[str]:
     """The Kiln names (`layers.3.mlp.down_proj`) of the linears that any pattern matches by
-    any of their names."""
+    any of their names. Cached: the builder and the loader ask for the same config's often,
+    and a long list over a deep model is millions of matches."""
     if not patterns:
         return frozenset()
     compiled = [re.compile(fnmatch.translate(p)) for p in set(patterns)]
