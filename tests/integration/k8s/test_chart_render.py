@@ -222,6 +222,19 @@ def test_build_jobs_bound_retries_and_time(rendered):
     assert warmed["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+def test_a_build_job_passes_every_quantization_setting(rendered):
+    """(test_chart_commands.py parses the same lines with the builder's real parser.)"""
+    job = by_kind(rendered["batch-build"], "Job")["demo-kiln-build-llama3-8b-awq"]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    flags = {flag: args[args.index(flag) + 1] for flag in (
+        "--quant", "--group-size", "--kv-cache-quant-algo", "--calib-data", "--calib-num-samples",
+        "--calib-seq-len", "--exclude-modules")}
+    assert flags == {"--quant": "W4A16_AWQ", "--group-size": "64", "--kv-cache-quant-algo": "fp8",
+                     "--calib-data": "s3://kiln-data/calibration/support-chats.jsonl",
+                     "--calib-num-samples": "64", "--calib-seq-len": "512",
+                     "--exclude-modules": "model.layers.0.*"}
+
+
 def test_container_ports_match_their_listen_flags(rendered):
     for objects in rendered.values():
         for c in containers(objects):
@@ -259,6 +272,12 @@ SCHEMA_REJECTS = {
     "OTLP endpoint without scheme": {"tracing": {"otlpEndpoint": "otel:4317"}},
     "negative build backoff": {"buildJob": {"backoffLimit": -1}},
     "build without a model": {"builds": [{"name": "b"}]},
+    "an int4 group size Kiln has no kernels for": {"builds": [{"name": "b", "model": "/m",
+                                                               "groupSize": 96}]},
+    "an exclude_modules entry with a space": {"builds": [{"name": "b", "model": "/m",
+                                                          "excludeModules": ["a b"]}]},
+    "a KV cache dtype Kiln does not build": {"builds": [{"name": "b", "model": "/m",
+                                                         "kvCacheQuantAlgo": "int4"}]},
     "warming without a GPU": {"builds": [{"name": "b", "model": "/m", "warmStartupCache": True}]},
     "warming through the builder": {"builds": [{"name": "b", "model": "/m", "gpus": 1,
                                                 "viaBuilder": True, "warmStartupCache": True}]},
