@@ -213,6 +213,8 @@ def test_w8a16_weights_with_an_int8_kv_cache_are_built_and_served_through_the_sd
         quant = llm.build_result.engine.settings.quant
         assert (quant.algo, quant.kv_cache_dtype) == ("W8A16", "int8")
         assert list(quant.exclude_modules) == ["lm_head", "model.layers.1.mlp.down_proj"]
+        served = llm.runtime.model_info().settings.quant      # what the pod says it serves
+        assert list(served.exclude_modules) == list(quant.exclude_modules)
         # the numbers are the unit tests' (test_quantized_build, test_kv_quant); here, the path
         output = llm.generate([[5, 6, 7, 8]], sampling_config=short(llm, 5))[0]
         assert len(output.token_ids) == 5
