@@ -35,7 +35,8 @@ from runtime_service.model.model_runner import (ModelRunner, PendingStep, Sample
                                           kv_tokens_by_memory)
 from runtime_service.engine.executor_options import (DEFAULT_PREFILL_GRAPH_TOKENS,
                                                      ExecutorOptions, ExecutorStats)
-from runtime_service.engine.request import FinishReason, Request, SamplingParams
+from runtime_service.engine.request import (FinishReason, LogitsMatrix, Request,
+                                            SamplingParams)
 from runtime_service.engine.outputs import (beam_snapshot, final_beams, stamp_first_output,
                                             token_delta)
 from runtime_service.engine.request_stream import RequestStream
@@ -506,7 +507,8 @@ class Executor:
             self._close(live)
 
     def _emit(self, live: _Live, new_text: str, reason: FinishReason | None) -> None:
-        live.stream._push(token_delta(live.seq, live.emitted_tokens, new_text, reason))
+        logits = _logits(live.seq) if reason is not None else None
+        live.stream._push(token_delta(live.seq, live.emitted_tokens, new_text, reason, logits))
         live.emitted_tokens = live.seq.num_output_tokens
 
     def _close(self, live: _Live) -> None:
@@ -542,3 +544,20 @@ class Executor:
             results[request.request_id] = tokens
         return results
 
+
+def _matrix(rows: list[torch.Tensor]) -> LogitsMatrix | None:
+    if not rows:
+        return None
+    stacked = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows]).to(torch.float32)
+    return LogitsMatrix(stacked.shape[0], stacked.shape[1], stacked.numpy().astype("<f4").tobytes())
+
+
+def _logits(seq: Sequence) -> dict:
+    """The logits a finished sequence asked for: context logits are the prompt positions'
+    rows and the first output token's (the last prompt position predicts it)."""
+    out = {}
+    if seq.sampling.context_logits:
+        out["context_logits"] = _matrix(seq.context_logits + seq.generation_logits[:1])
+    if seq.sampling.generation_logits:
+        out["generation_logits"] = _matrix(seq.generation_logits[:seq.num_output_tokens])
+    return out

@@ -2,26 +2,28 @@
 
 The executor decides when a request has something new (a token, a step of its beams, its end);
 this module says what that looks like: a token delta at the sequence's offset, a whole-beam
-snapshot at offset 0 (a client replaces what it showed for that beam), the best beams when the
-search ends, and the logits a finished sequence asked for.
+snapshot at offset 0 (a client replaces what it showed for that beam), and the best beams when
+the search ends. Pure Python: the executor packs the logits tensors a finished sequence asked for.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-
-from runtime_service.engine.beam_group import BeamGroup
-from runtime_service.engine.request import FinishReason, LogitsMatrix, RequestOutput
+from runtime_service.engine.request import FinishReason, RequestOutput
 from runtime_service.engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from runtime_service.engine.beam_group import BeamGroup
 
 
 def token_delta(seq: Sequence, emitted_tokens: int, new_text: str,
-                reason: FinishReason | None) -> RequestOutput:
+                reason: FinishReason | None, logits: dict | None = None) -> RequestOutput:
     """The tokens (with their log-probabilities) after the first `emitted_tokens` outputs; the
-    first delta carries the prompt's log-probabilities, the last the logits asked for."""
+    first delta carries the prompt's log-probabilities, the last the `logits` asked for
+    (context_logits / generation_logits, as the executor packs them)."""
     new_ids = seq.token_ids[seq.num_prompt_tokens + emitted_tokens:]
     new_logprobs = seq.logprobs[emitted_tokens:] if seq.sampling.logprobs else []
     new_top = seq.top_logprobs[emitted_tokens:] if seq.sampling.top_logprobs else []
@@ -38,7 +40,7 @@ def token_delta(seq: Sequence, emitted_tokens: int, new_text: str,
         num_prompt_tokens=seq.num_prompt_tokens,
         num_output_tokens=seq.num_output_tokens,
         num_cached_tokens=seq.num_cached_tokens,
-        **(_logits(seq) if reason is not None else {}),
+        **(logits or {}),
     )
 
 
@@ -52,7 +54,7 @@ def beam_snapshot(leader: Sequence, index: int, tokens, decode: Callable[[list[i
                          num_cached_tokens=leader.num_cached_tokens, **fields)
 
 
-def final_beams(group: BeamGroup, leader: Sequence,
+def final_beams(group: "BeamGroup", leader: Sequence,
                 decode: Callable[[list[int]], str]) -> list[RequestOutput]:
     """The best `num_return_sequences` hypotheses of a finished search, the last one finished."""
     hypotheses = group.search.best(leader.sampling.num_return_sequences)
@@ -70,20 +72,3 @@ def stamp_first_output(seq: Sequence) -> None:
     if seq.request.first_output_time is None:
         seq.request.first_output_time = time.monotonic()
 
-
-def _matrix(rows: list[torch.Tensor]) -> LogitsMatrix | None:
-    if not rows:
-        return None
-    stacked = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows]).to(torch.float32)
-    return LogitsMatrix(stacked.shape[0], stacked.shape[1], stacked.numpy().astype("<f4").tobytes())
-
-
-def _logits(seq: Sequence) -> dict:
-    """The logits a finished sequence asked for: context logits are the prompt positions'
-    rows and the first output token's (the last prompt position predicts it)."""
-    out = {}
-    if seq.sampling.context_logits:
-        out["context_logits"] = _matrix(seq.context_logits + seq.generation_logits[:1])
-    if seq.sampling.generation_logits:
-        out["generation_logits"] = _matrix(seq.generation_logits[:seq.num_output_tokens])
-    return out
