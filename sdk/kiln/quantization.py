@@ -148,10 +148,15 @@ def _builder_name(field: str, algo: QuantAlgo | None, names: dict, unset: str) -
 
 
 def _module_names(name: str, value):
+    """Module names or fnmatch patterns, as the builder takes them (at most 1024, each 1-256
+    printable characters without spaces), so a bad one fails here rather than at the build."""
     if value is None:
         return None
-    if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
-        raise InvalidArgument(f"{name} must be a list of module names, got {value!r}")
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or len(value) > 1024 \
+            or not all(isinstance(v, str) and 0 < len(v) <= 256 and v.isascii()
+                       and v.isprintable() and " " not in v for v in value):
+        raise InvalidArgument(f"{name} must be a list of at most 1024 module names or patterns "
+                              f"(1-256 printable characters, no spaces), got {value!r:.120}")
     return list(value)
 
 

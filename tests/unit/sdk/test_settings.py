@@ -28,7 +28,10 @@ def test_surface_assignments_work():
     ("parallel_config", "tp_size", 0), ("parallel_config", "pp_size", "2"),
     ("parallel_config", "auto_parallel", 1), ("build_config", "dtype", "int4"),
     ("build_config", "max_seq_len", -5), ("quant_config", "quant_algo", "W3A2"),
-    ("quant_config", "group_size", 0),
+    ("quant_config", "group_size", 0), ("quant_config", "exclude_modules", "lm_head"),
+    ("quant_config", "exclude_modules", ["model.layers.0 .mlp"]),
+    ("quant_config", "exclude_modules", ["x" * 257]), ("quant_config", "exclude_modules", [""]),
+    ("quant_config", "exclude_modules", ["a"] * 1025),
 ])
 def test_bad_values_are_refused_naming_the_field(target, field, value):
     part = getattr(ModelConfig(model_dir="/m"), target)
