@@ -6,7 +6,7 @@ stage lasts from its first event to the next stage's first event (or the end of 
 
 - `kiln_builds_total{outcome}`: built, cached, or the gRPC code of the failure (CANCELLED too);
 - `kiln_build_stage_duration_seconds{stage}`: queued (waiting for a build slot), resolve,
-  pull, digest, wait, convert, write, manifest, publish;
+  pull, digest, wait, calibrate (AWQ), convert, write, manifest, publish;
 - `kiln_build_published_bytes_total` and `kiln_build_pulled_bytes_total` (s3:// sources);
 - `kiln_build_cache_hits_total`, and `kiln_builds_in_progress`.
 """

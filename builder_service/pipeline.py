@@ -65,8 +65,6 @@ def _source_rank_tensors(source: ResolvedSource, target: EngineConfig, dtype: to
         _check_same_quant(source.config.quant, target.quant, args)
     else:
         unquantized = target.quant.unquantized_linears(args)
-        if unquantized:
-            progress(BuildProgress("quantize", 0, 0, "", _kept_message(unquantized, args)))
         replaced = None
         if target.quant.algo == "W4A16_AWQ":
             from builder_service.awq import awq_rewrite
@@ -155,7 +153,9 @@ def write_model_folder(source: ResolvedSource, target: EngineConfig, out: Path,
     per_rank = len(mapping.layer_range(args, 0))
     total = per_rank * mapping.world_size
     done = 0
-    progress(BuildProgress("convert", 0, total, "layers", "fusing QKV and gate/up, splitting"))
+    kept = target.quant.unquantized_linears(args)
+    progress(BuildProgress("convert", 0, total, "layers", "fusing QKV and gate/up, splitting"
+                           + (f"; {_kept_message(kept, args)}" if kept else "")))
     for rank in range(mapping.world_size):
         def on_layer():
             nonlocal done
