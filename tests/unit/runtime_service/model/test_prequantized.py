@@ -246,6 +246,17 @@ def test_linears_a_checkpoint_left_unquantized_are_served_in_float(writer, confi
     assert kiln_greedy(engine) == want
     named = built_engine(folder, tmp_path / "named", quant=loaded.config.quant.algo)
     assert named.name == engine.name         # its algorithm by name: the same engine
+    # through `kiln convert` to a Kiln checkpoint, then a tp=2 engine of that checkpoint
+    from builder_service.pipeline import convert_checkpoint
+    checkpoint = tmp_path / "checkpoint"
+    convert_checkpoint(SourceResolver(tmp_path / "c", None).resolve(str(folder)), checkpoint)
+    split = built_engine(checkpoint, tmp_path / "split", tp=2)
+    config = EngineConfig.from_dict(json.loads((split / "config.json").read_text()))
+    assert set(config.quant.exclude_modules) == kept
+    rejoined = KilnShards(split, config)
+    with safe_open(str(engine / "rank0.safetensors"), framework="pt") as handle:
+        for name in handle.keys():
+            assert torch.equal(rejoined.get(name), handle.get_tensor(name)), name
 
 
 def test_a_fused_linear_stored_half_quantized_is_refused_naming_its_parts(source, tmp_path):
