@@ -71,8 +71,10 @@ def _fused(source: SafetensorsFolder, prefix: str, parts: dict[str, tuple[int, i
 def _float(source: SafetensorsFolder, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     """A plain tensor, which must be a float one of the shape config.json gives it: a
     checkpoint with another shape would build an engine that cannot load, or worse."""
-    return check_stored(name, source.get(name), FLOAT_DTYPES, shape,
-                        against="the model's config.json")
+    return check_stored(name, source.get(name), FLOAT_DTYPES, shape, against=_AGAINST)
+
+
+_AGAINST = "the model's config.json"
 
 
 def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
@@ -125,9 +127,11 @@ def convert_hf_tensors(source: SafetensorsFolder, args: ModelArgs,
         yield "norm.weight", get("norm.weight", hidden)
         head_name = "lm_head.weight" if "lm_head.weight" in names \
             and not args.tie_word_embeddings else prefix + "embed_tokens.weight"
+        head = source.get(head_name)                  # read once: it is the largest tensor
         if quant is not None:
-            check_head_unquantized(names, source.get(head_name))
-        yield "lm_head.weight", _float(source, head_name, (args.vocab_size, hidden))
+            check_head_unquantized(names, head)
+        yield "lm_head.weight", check_stored(head_name, head, FLOAT_DTYPES,
+                                             (args.vocab_size, hidden), against=_AGAINST)
 
 
 def shard_for_rank(name: str, full: torch.Tensor, args: ModelArgs, mapping: Mapping,
