@@ -121,7 +121,7 @@ def time_case(method: str, n: int, k: int, rows: int, l2_bytes: int) -> dict:
     x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
     call = caller(method)
     if method == "torch_fp8":
-        from runtime_service.model.kernels.quant_gemv import quantize_rows_fp8
+        from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
         xq, x_scales = quantize_rows_fp8(x)
         x_in = (xq, x_scales[:, None].contiguous())
@@ -207,12 +207,12 @@ def main(argv: list[str] | None = None) -> int:
                                          bandwidth))
             except (KeyError, StopIteration):
                 continue                      # a projection failed above
-    from runtime_service.model.kernels import quant_gemv
+    from runtime_service.model.kernels import quant_tuning
 
     report = {"gpu": props.name, "commit": git_commit(), "torch": torch.__version__,
               "copy_bandwidth_bytes_per_s": bandwidth, "group_size": GROUP, "cases": cases,
               "failures": failures, "per_token": summary,
-              "tuned": {str(k): str(v) for k, v in quant_gemv.tuned_configs().items()}}
+              "tuned": {str(k): str(v) for k, v in quant_tuning.tuned_configs().items()}}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     print(table(report))

@@ -1,5 +1,5 @@
 """Launch shapes of the quantized decode GEMVs, swept on the GPU: where the tuner's candidate
-lists (kernels/quant_gemv.py) come from, and how far they are from the best a wider sweep finds.
+lists (kernels/quant_tuning.py) come from, and how far they are from the best a wider sweep finds.
 
 For each Llama-3-8B projection (qkv, o, gate_up, down) at the given row counts, every tile
 (rows x columns of weight per program, warps) x pipeline stages (1-4) x K split (unsplit, the
@@ -73,10 +73,10 @@ def calls(kind: str):
 
 
 def candidates(kind: str, rows: int, n: int, k: int, sms: int):
-    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_tuning as qt
     if kind == "int4":
-        return qg.int4_candidates(rows, n, k, GROUP, sms)
-    return [c for c in qg.fp8_candidates(rows, n, k, sms) if c.kind == "fma"]
+        return qt.int4_candidates(rows, n, k, GROUP, sms)
+    return [c for c in qt.fp8_candidates(rows, n, k, sms) if c.kind == "fma"]
 
 
 def sweep_configs(kind: str, rows: int, n: int, k: int, sms: int):

@@ -1,7 +1,7 @@
 """What the model's kernels learn at start-up, as data a pod can keep and hand back.
 
 The decode GEMVs tune: the bf16 one (kernels/gemv.py) and the quantized ones
-(kernels/quant_gemv.py), whose records carry their weight `kind`. Off CUDA, or without Triton,
+(kernels/quant_tuning.py), whose records carry their weight `kind`. Off CUDA, or without Triton,
 nothing tunes: the totals stay at zero and there is nothing to export or import. This is the one door to the
 tuner for code above the model, which must not import kernels itself.
 """
@@ -20,14 +20,14 @@ def _concrete(device) -> torch.device:
 
 
 def _tuners(device: torch.device) -> tuple:
-    """(gemv, quant_gemv), or () off CUDA or without Triton."""
+    """(gemv, quant_tuning), or () off CUDA or without Triton."""
     if torch.device(device).type != "cuda":
         return ()
     try:
-        from runtime_service.model.kernels import gemv, quant_gemv
+        from runtime_service.model.kernels import gemv, quant_tuning
     except ImportError:
         return ()
-    return gemv, quant_gemv
+    return gemv, quant_tuning
 
 
 def software_version() -> str:
@@ -67,11 +67,11 @@ def import_tuning(device: torch.device, records: list[dict]) -> int:
     tuners = _tuners(device)
     if not tuners:
         return 0
-    gemv, quant_gemv = tuners
+    gemv, quant_tuning = tuners
     quantized = [r for r in records if isinstance(r, dict) and "kind" in r]
     plain = [r for r in records if not (isinstance(r, dict) and "kind" in r)]
     return (gemv.import_tuned(_concrete(device), plain)
-            + quant_gemv.import_tuned(_concrete(device), quantized))
+            + quant_tuning.import_tuned(_concrete(device), quantized))
 
 
 def start_compile_workers(device) -> int:

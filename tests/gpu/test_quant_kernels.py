@@ -34,9 +34,9 @@ INT4_CASES = [((4096, 14336), 128), ((4096, 14336), 32), ((6144, 4096), 64),
 @pytest.fixture
 def untuned(monkeypatch):
     """Each launch takes its first candidate config instead of timing them all."""
-    from runtime_service.model.kernels import quant_gemv
+    from runtime_service.model.kernels import quant_tuning
 
-    monkeypatch.setattr(quant_gemv, "tuned_config",
+    monkeypatch.setattr(quant_tuning, "tuned_config",
                         lambda key, x, weights, candidates, call: candidates[0])
 
 
@@ -150,13 +150,15 @@ def test_every_candidate_config_computes_the_same_function(rows):
     dot kernel once gave wrong sums only sometimes (bench/NOTES.md, run 16)."""
     from runtime_service.model.kernels import quant_gemv as qg
     from runtime_service.model.kernels import quant_linear as ql
+    from runtime_service.model.kernels import quant_tuning as qt
+    from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
     generator = _generator("candidates", rows)
     n, k, group = 4096, 14336, 128
     x = _x(rows, k, torch.bfloat16, generator)
     int4 = _int4_weight(n, k, group, torch.bfloat16, generator)
     packed = _packed(*int4)
-    for config in qg.int4_candidates(rows, n, k, group, qg.sm_count(x.device)):
+    for config in qt.int4_candidates(rows, n, k, group, qt.sm_count(x.device)):
         for _ in range(3):
             x_int4 = _x(rows, k, torch.bfloat16, generator)
             _check(qg.launch_int4(x_int4, *packed, group, None, config),
@@ -164,15 +166,15 @@ def test_every_candidate_config_computes_the_same_function(rows):
     int8 = (torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda",
                           generator=generator), torch.rand(n, device="cuda") * 0.01)
     ref = ql.int8_linear_reference(x, *int8)
-    xq, x_scales = qg.quantize_rows_fp8(x)
+    xq, x_scales = quantize_rows_fp8(x)
     fp8 = (int8[0].float().to(torch.float8_e4m3fn), int8[1])
     ref_fp8 = ql.fp8_linear_reference(x, *fp8)
-    for config in qg.channel_candidates(rows, n, k, qg.sm_count(x.device)):
+    for config in qt.channel_candidates(rows, n, k, qt.sm_count(x.device)):
         _check(qg.launch_channel(x, None, *int8, None, x.dtype, config), ref, 2e-3,
                f"int8 {config}")
         _check(qg.launch_channel(xq, x_scales, *fp8, None, x.dtype, config), ref_fp8, 5e-3,
                f"fp8 {config}")
-    for config in qg.fp8_candidates(rows, n, k, qg.sm_count(x.device)):
+    for config in qt.fp8_candidates(rows, n, k, qt.sm_count(x.device)):
         _check(qg.launch_fp8(x, *fp8, None, config), ref_fp8, 5e-3, f"fp8 {config}")
 
 
@@ -186,13 +188,14 @@ def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():
 
     from runtime_service.model.kernels import arrival_counts
     from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_tuning as qt
 
     generator = _generator("fused-split-sum")
-    sms = qg.sm_count(torch.device("cuda"))
+    sms = qt.sm_count(torch.device("cuda"))
     cases = []
     # The lm_head shape (128256 x 4096) fills the GPU unsplit, so it has no fused tiles.
     for n, k in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
-        fused = [c for c in qg.fp8_candidates(1, n, k, sms) if c.fused_sum]
+        fused = [c for c in qt.fp8_candidates(1, n, k, sms) if c.fused_sum]
         assert fused, (n, k)
         w = (torch.randn(n, k, device="cuda", generator=generator).to(torch.float8_e4m3fn),
              torch.rand(n, device="cuda", generator=generator) * 0.01)
@@ -226,6 +229,7 @@ def test_the_tuner_skips_a_candidate_whose_output_disagrees_with_the_default(cap
     """A candidate that a GPU or compiler gets wrong must not win for being fast: here the
     second one's output is scaled by 3."""
     from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_tuning as qt
     from runtime_service.model.kernels.gemv import GemvConfig
 
     generator = _generator("tuner-gate")
@@ -240,15 +244,15 @@ def test_the_tuner_skips_a_candidate_whose_output_disagrees_with_the_default(cap
 
     key = ("fp8-tuner-gate-test", x.device, x.dtype, 1, 256, 1024)
     try:
-        with caplog.at_level("WARNING", logger="kiln.kernels.quant_gemv"):
-            assert qg.tuned_config(key, x, weights, [good, bad], call) == good
+        with caplog.at_level("WARNING", logger="kiln.kernels.quant_tuning"):
+            assert qt.tuned_config(key, x, weights, [good, bad], call) == good
         assert "disagrees" in caplog.text
     finally:
-        qg._tuned.pop(key, None)
+        qt._tuned.pop(key, None)
 
 
 def test_fp8_activation_quantization_matches_reference_bit_for_bit():
-    from runtime_service.model.kernels.quant_gemv import quantize_rows_fp8
+    from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
     from runtime_service.model.kernels.quant_linear import quantize_rows_fp8_reference
 
     x = _x(33, 14336, torch.bfloat16, _generator("fp8-rows"))
@@ -311,25 +315,25 @@ def test_quantized_tuning_leaves_and_comes_back_as_records(monkeypatch):
     """What the quantized GEMVs tune goes into the pod's start-up cache with the bf16 GEMV's
     records and is taken back from it, so a second start of a quantized engine tunes nothing."""
     from runtime_service.model import kernel_tuning
-    from runtime_service.model.kernels import quant_gemv as qg
     from runtime_service.model.kernels import quant_linear as ql
+    from runtime_service.model.kernels import quant_tuning as qt
 
-    monkeypatch.setattr(qg, "_tuned", {})
+    monkeypatch.setattr(qt, "_tuned", {})
     fewer = lambda make: lambda *a: make(*a)[:2]  # noqa: E731 - two compiles per shape
-    monkeypatch.setattr(qg, "int4_candidates", fewer(qg.int4_candidates))
-    monkeypatch.setattr(qg, "fp8_candidates", fewer(qg.fp8_candidates))
+    monkeypatch.setattr(qt, "int4_candidates", fewer(qt.int4_candidates))
+    monkeypatch.setattr(qt, "fp8_candidates", fewer(qt.fp8_candidates))
     generator = _generator("records")
     x = _x(1, 1024, torch.bfloat16, generator)
     ql.int4_linear(x, *_int4_weight(256, 1024, 64, torch.bfloat16, generator), 64)
     ql.fp8_linear(x, torch.randn(256, 1024, device="cuda").to(torch.float8_e4m3fn),
                   torch.rand(256, device="cuda"))
-    tuned = qg.tuned_configs()
+    tuned = qt.tuned_configs()
     assert {key[0] for key in tuned} == {"int4", "fp8"}
     records = kernel_tuning.export_tuning(x.device)
     assert sorted(r["kind"] for r in records if "kind" in r) == ["fp8", "int4"]
-    monkeypatch.setattr(qg, "_tuned", {})
+    monkeypatch.setattr(qt, "_tuned", {})
     kernel_tuning.import_tuning(x.device, records)
-    assert qg.tuned_configs() == tuned
+    assert qt.tuned_configs() == tuned
     with pytest.raises(ValueError, match="quantized GEMV tuning record"):
         kernel_tuning.import_tuning(x.device, [{"kind": "int3", "dtype": "bfloat16", "rows": 1,
                                                 "n": 8, "k": 64, "config": {}}])

@@ -1,5 +1,4 @@
-"""Triton kernels behind quant_linear.py: dequantizing GEMV for int4 / int8 / fp8 weights,
-per-token fp8 activation quantization, and int4 dequantization for the prefill GEMM.
+"""Triton kernels behind quant_linear.py: dequantizing GEMVs for int4 / int8 / fp8 weights.
 
 Decode streams the weight once per step, so a quantized linear is as fast as its bytes: int4 is a
 quarter of bf16's. The kernels follow gemv.py's `_dot_kernel` (x rows padded to a tensor-core
@@ -19,29 +18,20 @@ first use inside CUDA graphs with gemv's clock) and change only what the weight 
   tensor cores (the weight as the MMA's row operand), which quantizes x itself: one launch per
   linear instead of two.
 
-The tuner takes a candidate only if its output agrees with the first candidate's (the untimed
-default) on the first call's own inputs: a tile that a GPU or compiler gets wrong is skipped with
-a warning rather than chosen for being fast.
+Which tile a shape runs is quant_tuning.py's choice; quant_convert.py holds the whole-tensor
+conversions (per-row fp8 activations, int4 weights dequantized for prefill).
 """
 
 from __future__ import annotations
-
-import functools
-import logging
-import time
-from dataclasses import asdict, replace
 
 import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import arrival_counts, compile_ahead, pdl
-from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _sm_count,
-                                                _split_sum_kernel, graph_time_per_call_us,
-                                                grid_launcher, precompile, row_tile,
-                                                split_to_fill)
-
-log = logging.getLogger("kiln.kernels.quant_gemv")
+from runtime_service.model.kernels import arrival_counts, pdl
+from runtime_service.model.kernels.gemv import (GemvConfig, _split_sum_kernel, grid_launcher,
+                                                row_tile)
+from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
 _SUM_BLOCK = 1024
 _FP8_MAX = tl.constexpr(448.0)
@@ -254,9 +244,9 @@ def _channel_kernel(X, XScale, QW, Scales, Bias, Out, M, N, K, stride_xm, k_per_
 
 @triton.jit
 def _row_fp8_scale(X, K, X_BLOCK: tl.constexpr):
-    """The e4m3 scale of one row of x, max(amax|x| / 448, 1e-12), as `_quantize_rows_kernel`
-    computes it (the same IEEE division), found by a program that needs it: x is 8-28 KB and
-    stays in L2."""
+    """The e4m3 scale of one row of x, max(amax|x| / 448, 1e-12), as quant_convert's
+    `_quantize_rows_kernel` computes it (the same IEEE division), found by a program that needs
+    it: x is 8-28 KB and stays in L2."""
     offs_x = tl.arange(0, X_BLOCK)
     amax = tl.zeros((X_BLOCK,), tl.float32)
     for k in range(0, K, X_BLOCK):
@@ -341,70 +331,7 @@ def _fp8_row_kernel(X, QW, Scales, Bias, Out, Final, Counters, N, K, k_per_split
         tl.store(Out + pid_k * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
 
 
-@triton.jit
-def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
-    """One program per row: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale)."""
-    pdl.await_previous_kernel()
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    amax = tl.zeros((BLOCK,), tl.float32)
-    for k in range(0, K, BLOCK):
-        x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
-        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), _FP8_MAX), 1e-12)
-    tl.store(XScale + row, scale)
-    for k in range(0, K, BLOCK):
-        x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
-        q = tl.math.div_rn(x.to(tl.float32), scale)
-        tl.store(XQ + row * K + k + offs, q.to(XQ.dtype.element_ty), mask=k + offs < K)
-
-
-@triton.jit
-def _dequant_int4_kernel(QW, Scales, Zeros, Out, N, K, GROUP: tl.constexpr,
-                         BLOCK_N: tl.constexpr):
-    """Program (row block, group): w = (q - z) * s for GROUP columns of BLOCK_N rows, from
-    `pack_for_device`'s layout (byte j: the group's columns j and GROUP / 2 + j)."""
-    pdl.await_previous_kernel()
-    HALF: tl.constexpr = GROUP // 2
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_n = rows < N
-    rows = tl.minimum(rows, N - 1).to(tl.int64)
-    group = tl.program_id(1)
-    offs_h = tl.arange(0, HALF)
-    num_groups = K // GROUP
-    packed = tl.load(QW + rows[:, None] * (K // 2) + group * HALF + offs_h[None, :])
-    scale = tl.load(Scales + rows * num_groups + group).to(tl.float32)[:, None]
-    zero = tl.load(Zeros + rows * num_groups + group).to(tl.float32)[:, None]
-    low = ((packed & 0xF).to(tl.float32) - zero) * scale
-    high = ((packed >> 4).to(tl.float32) - zero) * scale
-    out = Out + rows[:, None] * K + group * GROUP + offs_h[None, :]
-    tl.store(out, low.to(Out.dtype.element_ty), mask=in_n[:, None])
-    tl.store(out + HALF, high.to(Out.dtype.element_ty), mask=in_n[:, None])
-
-
 # ---- launchers (inputs already checked by quant_linear.py) ------------------------------------
-
-def quantize_rows_fp8(x: torch.Tensor, warmup: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (e4m3 [M, K], float32 per-row scales [M]); graph-safe. With `warmup` the
-    kernel only compiles (the outputs are left unwritten)."""
-    rows, k = x.shape
-    xq = torch.empty((rows, k), dtype=torch.float8_e4m3fn, device=x.device)
-    scales = torch.empty(rows, dtype=torch.float32, device=x.device)
-    grid_launcher(_quantize_rows_kernel, (rows,), warmup)(
-        x, xq, scales, k, x.stride(0), BLOCK=min(4096, triton.next_power_of_2(k)), num_warps=8)
-    return xq, scales
-
-
-def dequantize_int4(qweight, scales, zeros, group_size: int, dtype: torch.dtype) -> torch.Tensor:
-    n, k = qweight.shape[0], qweight.shape[1] * 2
-    out = torch.empty((n, k), dtype=dtype, device=qweight.device)
-    block_n = 16
-    _dequant_int4_kernel[(triton.cdiv(n, block_n), k // group_size)](
-        qweight, scales, zeros, out, n, k, GROUP=group_size, BLOCK_N=block_n, num_warps=4,
-        **pdl.LAUNCH)
-    return out
-
 
 def _finish(x, bias, out_dtype, n, config: GemvConfig, launch, warmup: bool = False
             ) -> torch.Tensor:
@@ -527,192 +454,3 @@ def _split_counters(device: torch.device, needed: int) -> torch.Tensor | None:
         return arrival_counts.counts_for(device, needed)
     except RuntimeError:
         return None
-
-
-# ---- tuning: gemv's clock over quantized weight copies ----------------------------------------
-
-def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
-    """Tiles whose K span is whole groups dividing the row (no masks; a span that does not
-    divide falls back to one group), each unsplit and split to fill the GPU (one-row tiles also
-    split twice that). One row also tries the CUDA-core kernel, first: it is the untimed
-    default there."""
-    num_groups = k // group_size
-    # The fastest tiles of run 17's sweep on the Llama-3-8B shape (tiles x 1-4 stages x splits,
-    # bench/NOTES.md): small one-row tiles, three stages; past 16 rows, 64-wide tiles.
-    fma = ((16, 256, 1, 3), (32, 256, 2, 3), (16, 256, 1, 4), (32, 128, 1, 3))
-    dot = ((64, 256, 4, 3), (64, 128, 4, 3), (64, 256, 4, 2), (32, 256, 4, 2))
-    if rows > 16:
-        dot = ((64, 128, 4, 2), (64, 128, 4, 1), (64, 256, 4, 1), (64, 128, 4, 3))
-    tiles = [("fma",) + t for t in fma] if rows == 1 else []
-    configs = []
-    for kind, block_n, block_k, warps, stages in tiles + [("dot",) + t for t in dot]:
-        block_k = max(block_k, group_size)
-        if num_groups % (block_k // group_size):
-            block_k = group_size
-        split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
-        splits = {1, split}
-        if kind == "fma" and triton.cdiv(k, block_k) >= 8 * split:
-            splits.add(2 * split)           # the one-row tiles were often fastest split deeper
-        for split_k in sorted(splits):
-            config = GemvConfig(kind, block_n, block_k, warps, stages, split_k)
-            if config not in configs:
-                configs.append(config)
-    return configs
-
-
-def channel_candidates(rows: int, n: int, k: int, sm_count: int):
-    """1-byte weights: tiles of 4-16 KiB, unsplit and split to fill."""
-    tiles = ((64, 128, 4, 4), (32, 256, 4, 4), (128, 128, 4, 3), (64, 256, 8, 3))
-    if rows > 16:
-        tiles = ((64, 128, 4, 4), (128, 64, 4, 4), (64, 64, 4, 6), (128, 128, 8, 3))
-    configs = []
-    for block_n, block_k, warps, stages in tiles:
-        configs.append(GemvConfig("dot", block_n, block_k, warps, stages))
-        split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
-        if split > 1:
-            configs.append(GemvConfig("dot", block_n, block_k, warps, stages, split))
-    return configs
-
-
-def fp8_candidates(rows: int, n: int, k: int, sm_count: int):
-    """For one row the fused CUDA-core kernel's tiles first (the untimed default there) and
-    the fused fp8 tensor-core kernel's, each unsplit and split to fill; then
-    `channel_candidates`, which quantize x in a launch of their own (the tuner times both
-    launches)."""
-    configs = []
-    if rows == 1:
-        # Each of the last four was the fastest on one Llama-3-8B projection in run 17's sweep
-        # (tiles x 1-4 stages x splits, bench/NOTES.md).
-        for block_n, block_k, warps, stages in ((16, 512, 4, 2), (8, 512, 2, 1),
-                                                (16, 512, 4, 1), (8, 1024, 4, 1),
-                                                (8, 256, 1, 1)):
-            split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
-            configs += [GemvConfig("fma", block_n, block_k, warps, stages, split_k)
-                        for split_k in sorted({1, split})]
-        # fp8 tensor-core tiles: ~1 instruction per weight byte in the offline SASS against
-        # the fma kernel's ~4.3 (bench/kernel_sass.py); not yet timed on a GPU.
-        for block_n, block_k, warps, stages in ((128, 128, 4, 3), (64, 256, 4, 3),
-                                                (128, 256, 8, 3)):
-            split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
-            configs += [GemvConfig("swap", block_n, block_k, warps, stages, split_k)
-                        for split_k in sorted({1, split})]
-        # each split one-row tile again with its splits summed in the same launch (not yet
-        # timed on a GPU)
-        configs += [replace(config, fused_sum=True) for config in configs if config.split_k > 1]
-    return configs + channel_candidates(rows, n, k, sm_count)
-
-
-_tuned: dict[tuple, GemvConfig] = {}
-_tuning_totals = {"num_tuned": 0, "tuning_s": 0.0}
-
-
-def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[GemvConfig],
-                 call) -> GemvConfig:
-    """The fastest of `candidates` for `key`, timed on first use as gemv.py times its own:
-    `call(x, weights, config)` back to back in a CUDA graph over copies of `weights` larger than
-    L2, after all compile at once (`call(x, weights, config, warmup=True)`, gemv.precompile).
-    During capture or off CUDA the first candidate runs untimed."""
-    config = _tuned.get(key)
-    if config is not None:
-        return config
-    if not x.is_cuda or torch.cuda.is_current_stream_capturing():
-        return candidates[0]
-    if compile_ahead.recording():
-        compile_ahead.record_candidates(key, (functools.partial(call, x, weights, candidate,
-                                                                warmup=True)
-                                              for candidate in candidates))
-        return candidates[0]
-    started = time.perf_counter()
-    precompile(lambda candidate: call(x, weights, candidate, warmup=True), candidates)
-    largest = max(weights, key=lambda t: t.numel() * t.element_size())
-    copies = [weights] + [tuple(t.clone() for t in weights)
-                          for _ in range(_copies_beyond_l2(largest) - 1)]
-    reference = call(x, weights, candidates[0]).float()
-    # inputs the default cannot compute finitely (an overflowed activation) judge nothing
-    gate = bool(torch.isfinite(reference).all())
-    timings_us = {}
-    for candidate in candidates:
-        try:
-            error = candidate_error(call(x, weights, candidate), reference) if gate else 0.0
-            if not error <= MAX_CANDIDATE_ERROR:            # NaN fails too
-                log.warning("%s config %s disagrees with %s (relative error %.3g); skipped",
-                            key[0], candidate, candidates[0], error)
-                continue
-            timings_us[candidate] = graph_time_per_call_us(
-                functools.partial(_call_with, call=call, config=candidate), x, copies)
-        except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is skipped
-            log.warning("%s config %s failed: %r", key[0], candidate, exc)
-    if not timings_us:
-        raise RuntimeError(f"no {key[0]} config runs for key {key}")
-    config = min(timings_us, key=timings_us.get)
-    log.info("%s %s: %s, %.1f us (%d candidates)", key[0], key[3:], config, timings_us[config],
-             len(timings_us))
-    _tuned[key] = config
-    _tuning_totals["tuning_s"] += time.perf_counter() - started
-    _tuning_totals["num_tuned"] += 1
-    return config
-
-
-# Every candidate computes the same quantized products summed in float32; only the order and
-# the output's rounding differ (the kernel tests hold them to 5e-3 of the reference).
-MAX_CANDIDATE_ERROR = 2e-2
-
-
-def candidate_error(out: torch.Tensor, reference: torch.Tensor) -> float:
-    """Relative error of a candidate's output against the reference candidate's (float32)."""
-    scale = reference.norm().item()
-    return (out.float() - reference).norm().item() / (scale if scale > 0 else 1.0)
-
-
-def _call_with(x, weights, call, config):
-    return call(x, weights, config)
-
-
-def tuned_configs() -> dict[tuple, GemvConfig]:
-    return dict(_tuned)
-
-
-def tuning_totals() -> tuple[int, float]:
-    """(shapes timed, seconds spent timing them) since the process started (gemv.py's)."""
-    return _tuning_totals["num_tuned"], _tuning_totals["tuning_s"]
-
-
-_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-_KINDS = ("int4", "int8", "fp8")
-
-
-def export_tuned(device: torch.device) -> list[dict]:
-    """The choices made on `device` as JSON-ready records without the device, as gemv.py's
-    `export_tuned`; each names its weight `kind` (int4 keys add the group size)."""
-    records = []
-    for key, config in sorted(_tuned.items(), key=lambda item: str(item[0])):
-        kind, dev, dtype, rows, n, k, *group = key
-        if dev == device and dtype in _DTYPE_NAMES:
-            records.append({"kind": kind, "dtype": _DTYPE_NAMES[dtype], "rows": rows, "n": n,
-                            "k": k, "group": group[0] if group else None,
-                            "config": asdict(config)})
-    return records
-
-
-def import_tuned(device: torch.device, records: list[dict]) -> int:
-    """Takes `export_tuned` records as the choices for `device`; returns how many. A record
-    that does not parse raises ValueError before any is taken."""
-    names = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
-    parsed = {}
-    for record in records:
-        try:
-            kind, rows = record["kind"], int(record["rows"])
-            if kind not in _KINDS or rows < 1 or rows & (rows - 1):
-                raise ValueError(f"kind {kind!r} or rows {rows}")
-            key = (kind, device, names[record["dtype"]], rows, int(record["n"]), int(record["k"]))
-            if kind == "int4":
-                key += (int(record["group"]),)
-            parsed[key] = GemvConfig(**record["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a quantized GEMV tuning record: {record!r} ({exc})") from exc
-    _tuned.update(parsed)
-    return len(parsed)
-
-
-def sm_count(device: torch.device) -> int:
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())

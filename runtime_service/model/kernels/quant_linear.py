@@ -10,12 +10,12 @@ The tensors follow the quantized-tensor contract (docs/ARCHITECTURE.md):
   e4m3 with scale amax|x| / 448 (at least 1e-12), and y = (xq * sx) @ (q * s)^T.
 
 Up to 64 rows (decode, CUDA-graph safe: no host syncs, fixed-size allocations) run the tuned
-dequantizing GEMVs of quant_gemv.py, which read each weight once. More rows (prefill) are
-compute-bound: int4 and int8 dequantize to the engine dtype and call cuBLAS (one extra pass over
-the weight, small beside the GEMM), fp8 runs `torch._scaled_mm` with row-wise scales on GPUs
-that have fp8 tensor cores. This module imports triton only inside those paths, so the references
-and `pack_for_device` work on any machine; on CPU tensors the public functions run the
-references.
+dequantizing GEMVs of quant_gemv.py (tiles chosen by quant_tuning.py), which read each weight once.
+More rows (prefill) are compute-bound: int4 and int8 dequantize to the engine dtype and call cuBLAS
+(one extra pass over the weight, small beside the GEMM), fp8 runs `torch._scaled_mm` with row-wise
+scales on GPUs that have fp8 tensor cores. This module imports triton only inside those paths, so
+the references and `pack_for_device` work on any machine; on CPU tensors the public functions run
+the references.
 """
 
 from __future__ import annotations
@@ -93,18 +93,19 @@ def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if not x.is_cuda:
         return int4_linear_reference(x, qweight, scales, zeros, group_size, bias)
     if x.shape[0] > GEMV_ROW_LIMIT:
-        from runtime_service.model.kernels.quant_gemv import dequantize_int4
+        from runtime_service.model.kernels.quant_convert import dequantize_int4
 
         weight = dequantize_int4(qweight, scales, zeros, group_size, x.dtype)
         return torch.nn.functional.linear(x, weight, bias)
     from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_tuning as qt
 
     rows, k = x.shape
     n = qweight.shape[0]
     key = ("int4", x.device, x.dtype, _bucket(rows), n, k, group_size)
-    config = qg.tuned_config(
+    config = qt.tuned_config(
         key, x, (qweight, scales, zeros),
-        qg.int4_candidates(rows, n, k, group_size, qg.sm_count(x.device)),
+        qt.int4_candidates(rows, n, k, group_size, qt.sm_count(x.device)),
         lambda x_, w, c, warmup=False: qg.launch_int4(x_, *w, group_size, None, c, warmup))
     return qg.launch_int4(x, qweight, scales, zeros, group_size, bias, config)
 
@@ -130,7 +131,7 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         return fp8_linear_reference(x, qweight, scales, bias)
     if x.shape[0] <= GEMV_ROW_LIMIT:
         return _fp8_gemv(x, qweight, scales, bias)
-    from runtime_service.model.kernels.quant_gemv import quantize_rows_fp8
+    from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
     xq, x_scales = quantize_rows_fp8(x)
     n, k = qweight.shape
@@ -145,12 +146,13 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 
 def _channel_gemv(kind, x, x_scales, qweight, scales, bias, out_dtype) -> torch.Tensor:
     from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_tuning as qt
 
     rows, k = x.shape
     n = qweight.shape[0]
     key = (kind, x.device, out_dtype, _bucket(rows), n, k)
-    config = qg.tuned_config(
-        key, x, (qweight, scales), qg.channel_candidates(rows, n, k, qg.sm_count(x.device)),
+    config = qt.tuned_config(
+        key, x, (qweight, scales), qt.channel_candidates(rows, n, k, qt.sm_count(x.device)),
         lambda x_, w, c, warmup=False: qg.launch_channel(x_, x_scales, *w, None, out_dtype, c,
                                                          warmup))
     return qg.launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config)
@@ -160,12 +162,13 @@ def _fp8_gemv(x, qweight, scales, bias) -> torch.Tensor:
     """Decode rows: tuned over the fused one-row kernel and quantize-then-dot, each timed with
     every launch it makes."""
     from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_tuning as qt
 
     rows, k = x.shape
     n = qweight.shape[0]
     key = ("fp8", x.device, x.dtype, _bucket(rows), n, k)
-    config = qg.tuned_config(key, x, (qweight, scales),
-                             qg.fp8_candidates(rows, n, k, qg.sm_count(x.device)),
+    config = qt.tuned_config(key, x, (qweight, scales),
+                             qt.fp8_candidates(rows, n, k, qt.sm_count(x.device)),
                              lambda x_, w, c, warmup=False: qg.launch_fp8(x_, *w, None, c,
                                                                           warmup))
     return qg.launch_fp8(x, qweight, scales, bias, config)

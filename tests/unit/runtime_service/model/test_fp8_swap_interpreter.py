@@ -15,6 +15,7 @@ from dataclasses import replace
 import torch
 from runtime_service.model.kernels import arrival_counts
 from runtime_service.model.kernels import quant_gemv as qg
+from runtime_service.model.kernels import quant_tuning as qt
 from runtime_service.model.kernels.gemv import GemvConfig
 
 g = torch.Generator().manual_seed(0)
@@ -50,12 +51,12 @@ for n, k, config in [(200, 512, GemvConfig("swap", 64, 128, 4, 3, 3, fused_sum=T
     assert torch.equal(fused, apart), (str(config), (fused - apart).abs().max().item())
     assert not arrival_counts._counts[x.device].any()
     assert torch.equal(qg.launch_fp8(x, w, scales, bias, config), fused)     # again
-candidates = qg.fp8_candidates(1, 6144, 4096, 132)
+candidates = qt.fp8_candidates(1, 6144, 4096, 132)
 assert {c.kind for c in candidates} >= {"fma", "swap", "dot"}
 assert all(c.split_k > 1 for c in candidates if c.fused_sum)
 assert {(c.kind, c.block_n, c.split_k) for c in candidates if c.fused_sum} == \
     {(c.kind, c.block_n, c.split_k) for c in candidates if c.split_k > 1 and c.kind != "dot"}
-assert "swap" not in {c.kind for c in qg.fp8_candidates(4, 6144, 4096, 132)}
+assert "swap" not in {c.kind for c in qt.fp8_candidates(4, 6144, 4096, 132)}
 assert [qg.row_scale_block(k, w) for k, w in [(4096, 4), (14336, 4), (14336, 8), (300, 4),
                                                (14336, 1)]] == [4096, 4096, 8192, 512, 2048]
 print("ok")

@@ -1,0 +1,79 @@
+"""Whole-tensor conversions around the quantized GEMVs (quant_gemv.py): activations quantized
+per row to fp8 for the fp8 tensor-core dots, and int4 weights dequantized to the engine dtype
+for the prefill GEMM, where many rows share each weight and a dense matmul beats unpacking in
+every program.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from runtime_service.model.kernels import pdl
+from runtime_service.model.kernels.gemv import grid_launcher
+
+_FP8_MAX = tl.constexpr(448.0)
+
+
+@triton.jit
+def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
+    """One program per row: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale)."""
+    pdl.await_previous_kernel()
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    amax = tl.zeros((BLOCK,), tl.float32)
+    for k in range(0, K, BLOCK):
+        x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), _FP8_MAX), 1e-12)
+    tl.store(XScale + row, scale)
+    for k in range(0, K, BLOCK):
+        x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
+        q = tl.math.div_rn(x.to(tl.float32), scale)
+        tl.store(XQ + row * K + k + offs, q.to(XQ.dtype.element_ty), mask=k + offs < K)
+
+
+@triton.jit
+def _dequant_int4_kernel(QW, Scales, Zeros, Out, N, K, GROUP: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    """Program (row block, group): w = (q - z) * s for GROUP columns of BLOCK_N rows, from
+    `pack_for_device`'s layout (byte j: the group's columns j and GROUP / 2 + j)."""
+    pdl.await_previous_kernel()
+    HALF: tl.constexpr = GROUP // 2
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_n = rows < N
+    rows = tl.minimum(rows, N - 1).to(tl.int64)
+    group = tl.program_id(1)
+    offs_h = tl.arange(0, HALF)
+    num_groups = K // GROUP
+    packed = tl.load(QW + rows[:, None] * (K // 2) + group * HALF + offs_h[None, :])
+    scale = tl.load(Scales + rows * num_groups + group).to(tl.float32)[:, None]
+    zero = tl.load(Zeros + rows * num_groups + group).to(tl.float32)[:, None]
+    low = ((packed & 0xF).to(tl.float32) - zero) * scale
+    high = ((packed >> 4).to(tl.float32) - zero) * scale
+    out = Out + rows[:, None] * K + group * GROUP + offs_h[None, :]
+    tl.store(out, low.to(Out.dtype.element_ty), mask=in_n[:, None])
+    tl.store(out + HALF, high.to(Out.dtype.element_ty), mask=in_n[:, None])
+
+
+def quantize_rows_fp8(x: torch.Tensor, warmup: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], float32 per-row scales [M]); graph-safe. With `warmup` the
+    kernel only compiles (the outputs are left unwritten)."""
+    rows, k = x.shape
+    xq = torch.empty((rows, k), dtype=torch.float8_e4m3fn, device=x.device)
+    scales = torch.empty(rows, dtype=torch.float32, device=x.device)
+    grid_launcher(_quantize_rows_kernel, (rows,), warmup)(
+        x, xq, scales, k, x.stride(0), BLOCK=min(4096, triton.next_power_of_2(k)), num_warps=8)
+    return xq, scales
+
+
+def dequantize_int4(qweight, scales, zeros, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    out = torch.empty((n, k), dtype=dtype, device=qweight.device)
+    block_n = 16
+    _dequant_int4_kernel[(triton.cdiv(n, block_n), k // group_size)](
+        qweight, scales, zeros, out, n, k, GROUP=group_size, BLOCK_N=block_n, num_warps=4,
+        **pdl.LAUNCH)
+    return out
