@@ -99,7 +99,7 @@ def layer_caches(batch: int, context: int, num_kv_heads: int, l2_bytes: int,
 def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes: int,
                sweep: bool, cache_dtype: torch.dtype | None = None) -> dict:
     from runtime_service.model.kernels import paged_attention as pa
-    from runtime_service.model.kernels.gemv import graph_time_per_call_us
+    from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us
 
     num_heads, num_kv_heads = HEADS[model]
     group = num_heads // num_kv_heads

@@ -31,7 +31,7 @@ GRAPH_CALLS = 20
 def graph_us(fn) -> float | str:
     """Median time per call of `fn()` replayed in a graph (the GEMV tuner's clock), or why it
     could not run."""
-    from runtime_service.model.kernels.gemv import graph_time_per_call_us
+    from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us
 
     try:
         return graph_time_per_call_us(lambda _x, _w: fn(), None, [None], calls=GRAPH_CALLS,

@@ -60,7 +60,7 @@ def triton_gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def time_per_call_us(call, x: torch.Tensor, weights: list[torch.Tensor], calls: int,
                      replays: int) -> float:
-    from runtime_service.model.kernels.gemv import graph_time_per_call_us
+    from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us
 
     return graph_time_per_call_us(call, x, weights, calls, replays)
 

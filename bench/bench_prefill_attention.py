@@ -16,7 +16,7 @@ Llama-3-8B (GQA, 4 query heads per kv head) and Llama-2-7B (MHA) head shapes and
 - the rate each reaches in TFLOP/s (the causal products: 4 x head_dim flops per query head and
   visible key).
 
-Calls are timed back to back inside a CUDA graph (`gemv.graph_time_per_call_us`), cycling over a
+Calls are timed back to back inside a CUDA graph (`tuning_clock.graph_time_per_call_us`), cycling over a
 few layers' caches. JSON to --json, a table last.
 
     python3 bench/bench_prefill_attention.py --json prefill_attention.json
@@ -95,7 +95,7 @@ def bench_load(model: str, num_seqs: int, new: int, context: int, sweep: bool) -
 
     from runtime_service.model.kernels import flash_prefill as fp
     from runtime_service.model.kernels import paged_attention as pa
-    from runtime_service.model.kernels.gemv import graph_time_per_call_us
+    from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us
 
     num_heads, num_kv_heads = HEADS[model]
     generator = torch.Generator().manual_seed(num_seqs * 7919 + new + context)

@@ -112,7 +112,7 @@ def stored_bytes(method: str, n: int, k: int) -> int:
 
 
 def time_case(method: str, n: int, k: int, rows: int, l2_bytes: int) -> dict:
-    from runtime_service.model.kernels.gemv import graph_time_per_call_us
+    from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us
 
     first = make_weights(method, n, k)
     size = sum(t.numel() * t.element_size() for t in first)

@@ -98,7 +98,7 @@ def sweep_configs(kind: str, rows: int, n: int, k: int, sms: int):
 
 def time_configs(configs, x, contract, kernel_w, copies, reference, launch, bound):
     """[(config, us, relative error)] of the configs that run and compute the right thing."""
-    from runtime_service.model.kernels.gemv import graph_time_per_call_us
+    from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us
     ref = reference(x, contract).float()
     timed = []
     for config in configs:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench_common import git_commit
     from bench_decode import copy_bandwidth
-    from runtime_service.model.kernels.gemv import _copies_beyond_l2
+    from runtime_service.model.kernels.tuning_clock import copies_beyond_l2
     torch.manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     bandwidth = copy_bandwidth("cuda")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (n, k) in SHAPES.items():
             contract, kernel_w = weights(args.kind, n, k)
             copies = [kernel_w] + [tuple(t.clone() for t in kernel_w)
-                                   for _ in range(_copies_beyond_l2(kernel_w[0]) - 1)]
+                                   for _ in range(copies_beyond_l2(kernel_w[0]) - 1)]
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             tuner = candidates(args.kind, rows, n, k, sms)
             timed = time_configs(list(dict.fromkeys(tuner + sweep_configs(args.kind, rows, n, k,

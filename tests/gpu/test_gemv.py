@@ -89,11 +89,12 @@ def test_each_kernel_matches_reference_for_every_row_count(config_index, shape, 
 
 @pytest.mark.parametrize("rows", sweep([1, 5, 40], core=(1, 40)))
 def test_every_tuning_candidate_matches_reference(rows):
-    from runtime_service.model.kernels.gemv import _sm_count, candidate_configs, gemv
+    from runtime_service.model.kernels.gemv import candidate_configs, gemv
+    from runtime_service.model.kernels.tuning_clock import sm_count
 
     n, k = 4096, 11008
     x, weight, _ = _inputs(rows, n, k, torch.bfloat16, False)
-    for config in candidate_configs(rows, n, k, _sm_count(torch.cuda.current_device())):
+    for config in candidate_configs(rows, n, k, sm_count(torch.cuda.current_device())):
         out = torch.full((rows, n), float("nan"), dtype=x.dtype, device="cuda")
         gemv(x, weight, config=config, out=out)
         _assert_close_to_reference(out, x, weight, None, f"{config}, rows {rows}")

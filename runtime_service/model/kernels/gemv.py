@@ -27,15 +27,14 @@ first call during capture, or off CUDA (the Triton interpreter), runs `default_c
 Tuning an 8B model's shapes takes seconds of every start, so the choices leave and come back as
 plain records (`export_tuned` / `import_tuned`, without the device): the pod keeps them per
 engine and GPU model, and a second start on that GPU model times nothing. A shape's candidates
-compile together before they are timed (`precompile`: in the compile workers where
-the pod runs them, else on a thread pool).
+compile together before they are timed (tuning_clock.py, which also holds the clock: in the
+compile workers where the pod runs them, else on a thread pool).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -45,6 +44,8 @@ import triton.language as tl
 
 from runtime_service.model.kernels import compile_ahead, pdl
 from runtime_service.model.kernels import GEMV_ROW_LIMIT
+from runtime_service.model.kernels.tuning_clock import (copies_beyond_l2, graph_time_per_call_us,
+                                                        precompile, sm_count)
 
 log = logging.getLogger("kiln.kernels.gemv")
 
@@ -327,23 +328,6 @@ def grid_launcher(kernel, grid, warmup: bool = False):
     return functools.partial(kernel[grid], **pdl.LAUNCH)
 
 
-def precompile(warm_up, candidates: list) -> None:
-    """Compiles every candidate's kernels at once, so that timing them one by one does not wait
-    for each compile in turn; `warm_up(config)` makes a candidate's launches with warmup=True.
-    They compile in the pod's compile workers where it runs them, else on a thread pool
-    (compile_ahead.compile_launches): a fresh node's first pod spent 32-41 s tuning, mostly
-    compiling one candidate after another (bench/NOTES.md, run 17). Best effort: what fails
-    here compiles (or fails) when it is timed, as it did before."""
-    if len(candidates) < 2 or not hasattr(triton, "AsyncCompileMode"):
-        return
-    try:
-        compile_ahead.compile_launches([functools.partial(warm_up, config)
-                                        for config in candidates])
-    except Exception as exc:  # noqa: BLE001 - compiling early is an optimisation only
-        log.warning("compiling the tuning candidates early failed (%r); they compile as they "
-                    "are timed", exc)
-
-
 def _launch(x, weight, bias, config: GemvConfig, out, gated: bool = False,
             warmup: bool = False) -> torch.Tensor | None:
     """Runs `config` (with `warmup`, only compiles what it would run)."""
@@ -397,16 +381,16 @@ def tuned_config(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> 
         return config
     if not x.is_cuda:
         return default_config(n, k, sm_count=1)
-    sm_count = _sm_count(x.device.index)
+    sms = sm_count(x.device.index)
     if torch.cuda.is_current_stream_capturing():
-        return default_config(n, k, sm_count)
+        return default_config(n, k, sms)
     if compile_ahead.recording():
         compile_ahead.record_candidates(
             key, (functools.partial(_launch, x, weight, None, config, None, gated, warmup=True)
-                  for config in candidate_configs(rows, n, k, sm_count)))
-        return default_config(n, k, sm_count)
+                  for config in candidate_configs(rows, n, k, sms)))
+        return default_config(n, k, sms)
     started = time.perf_counter()
-    config = _tune(x, weight, candidate_configs(rows, n, k, sm_count), gated)
+    config = _tune(x, weight, candidate_configs(rows, n, k, sms), gated)
     _tuning_totals["tuning_s"] += time.perf_counter() - started
     _tuning_totals["num_tuned"] += 1
     _tuned[key] = config
@@ -465,7 +449,7 @@ def _tune(x, weight, candidates: list[GemvConfig], gated: bool) -> GemvConfig:
     best, by a few percent)."""
     precompile(lambda config: _launch(x, weight, None, config, None, gated, warmup=True),
                candidates)
-    copies = [weight] + [weight.clone() for _ in range(_copies_beyond_l2(weight) - 1)]
+    copies = [weight] + [weight.clone() for _ in range(copies_beyond_l2(weight) - 1)]
     timings_us = {}
     for config in candidates:
         try:
@@ -482,37 +466,3 @@ def _tune(x, weight, candidates: list[GemvConfig], gated: bool) -> GemvConfig:
              weight.shape[0], weight.shape[1], str(x.dtype).split(".")[1],
              " gated" if gated else "", best, timings_us[best], len(timings_us))
     return best
-
-
-def _copies_beyond_l2(weight: torch.Tensor) -> int:
-    l2_bytes = torch.cuda.get_device_properties(weight.device).L2_cache_size
-    return max(1, -(-3 * l2_bytes // (weight.numel() * weight.element_size())))
-
-
-def graph_time_per_call_us(call, x: torch.Tensor, copies: list[torch.Tensor], calls: int = 24,
-                           replays: int = 5) -> float:
-    """Median GPU time per call of `call(x, weight)` in a graph of `calls` calls cycling over
-    `copies` (the tuner's clock, and bench/bench_gemv.py's)."""
-    for weight in copies:               # compiles, and leaves nothing lazy for the capture
-        call(x, weight)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            call(x, copies[i % len(copies)])
-    graph.replay()
-    times_us = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times_us.append(start.elapsed_time(end) * 1e3 / calls)
-    del graph
-    return sorted(times_us)[len(times_us) // 2]
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count

@@ -17,10 +17,10 @@ from dataclasses import asdict, replace
 import torch
 import triton
 
-from runtime_service.model.kernels import compile_ahead
-from runtime_service.model.kernels.gemv import (GemvConfig, _copies_beyond_l2, _sm_count,
-                                                graph_time_per_call_us, precompile,
-                                                split_to_fill)
+from runtime_service.model.kernels import compile_ahead, tuning_clock
+from runtime_service.model.kernels.gemv import GemvConfig, split_to_fill
+from runtime_service.model.kernels.tuning_clock import (copies_beyond_l2, graph_time_per_call_us,
+                                                        precompile)
 
 log = logging.getLogger("kiln.kernels.quant_tuning")
 
@@ -104,7 +104,7 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
                  call) -> GemvConfig:
     """The fastest of `candidates` for `key`, timed on first use as gemv.py times its own:
     `call(x, weights, config)` back to back in a CUDA graph over copies of `weights` larger than
-    L2, after all compile at once (`call(x, weights, config, warmup=True)`, gemv.precompile).
+    L2, after all compile at once (`call(x, weights, config, warmup=True)`, tuning_clock.precompile).
     During capture or off CUDA the first candidate runs untimed."""
     config = _tuned.get(key)
     if config is not None:
@@ -120,7 +120,7 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     precompile(lambda candidate: call(x, weights, candidate, warmup=True), candidates)
     largest = max(weights, key=lambda t: t.numel() * t.element_size())
     copies = [weights] + [tuple(t.clone() for t in weights)
-                          for _ in range(_copies_beyond_l2(largest) - 1)]
+                          for _ in range(copies_beyond_l2(largest) - 1)]
     reference = call(x, weights, candidates[0]).float()
     # inputs the default cannot compute finitely (an overflowed activation) judge nothing
     gate = bool(torch.isfinite(reference).all())
@@ -209,4 +209,5 @@ def import_tuned(device: torch.device, records: list[dict]) -> int:
 
 
 def sm_count(device: torch.device) -> int:
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return tuning_clock.sm_count(device.index if device.index is not None
+                                 else torch.cuda.current_device())

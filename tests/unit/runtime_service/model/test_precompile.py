@@ -1,4 +1,4 @@
-"""The tuner compiles a shape's candidates together before timing them (gemv.precompile): every
+"""The tuner compiles a shape's candidates together before timing them (tuning_clock.precompile): every
 candidate's warm-up launches run once while Triton's compile hook records what they would compile
 (compile_ahead.compile_launches), and nothing that goes wrong there reaches the tuner, which
 compiles (or reports) each candidate when it times it, as before. Needs Triton (absent on the CPU
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 triton = pytest.importorskip("triton")
-gemv = pytest.importorskip("runtime_service.model.kernels.gemv")
+tuning_clock = pytest.importorskip("runtime_service.model.kernels.tuning_clock")
 from runtime_service.model.kernels import compile_ahead  # noqa: E402
 
 
@@ -21,7 +21,7 @@ def test_every_candidate_is_warmed_up_while_compiles_are_recorded():
         seen.append(config)
 
     previous = triton.knobs.runtime.jit_cache_hook
-    gemv.precompile(warm_up, ["a", "b", "c"])
+    tuning_clock.precompile(warm_up, ["a", "b", "c"])
     assert seen == ["a", "b", "c"]
     assert not compile_ahead.recording()
     assert triton.knobs.runtime.jit_cache_hook is previous       # and the hook is put back
@@ -35,11 +35,11 @@ def test_a_failing_candidate_neither_stops_the_others_nor_reaches_the_tuner():
             raise ValueError("this GPU cannot run it")
         seen.append(config)
 
-    gemv.precompile(warm_up, ["a", "bad", "c"])
+    tuning_clock.precompile(warm_up, ["a", "bad", "c"])
     assert seen == ["a", "c"]
 
 
 def test_one_candidate_compiles_as_before():
     calls = []
-    gemv.precompile(calls.append, ["only"])
+    tuning_clock.precompile(calls.append, ["only"])
     assert calls == []
