@@ -59,7 +59,7 @@ KV_CACHE_DTYPES = {"bf16": None, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
 def sweep_points(default_splits: int, eight_bit: bool = False):
     """(launch config, splits) pairs: every tile shape at the default split count and at two
     (and, for 16-bit caches, four) times it (at most 32)."""
-    from runtime_service.model.kernels.paged_attention import DecodeConfig
+    from runtime_service.model.kernels.attention_configs import DecodeConfig
 
     for block_n, warps, stages, factor in itertools.product(
             *(SWEEP_8BIT if eight_bit else SWEEP).values()):
@@ -98,6 +98,7 @@ def layer_caches(batch: int, context: int, num_kv_heads: int, l2_bytes: int,
 
 def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes: int,
                sweep: bool, cache_dtype: torch.dtype | None = None) -> dict:
+    from runtime_service.model.kernels import attention_configs
     from runtime_service.model.kernels import paged_attention as pa
     from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us
 
@@ -110,8 +111,8 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
     lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
     scale = HEAD_DIM ** -0.5
     # The splits the runtime's graphs use: sized by the table width the graphs are built with.
-    splits = pa.decode_num_splits(batch, num_kv_heads, 4352,
-                                  torch.cuda.get_device_properties(0).multi_processor_count)
+    splits = attention_configs.decode_num_splits(
+        batch, num_kv_heads, 4352, torch.cuda.get_device_properties(0).multi_processor_count)
 
     def kiln(config, num_splits=splits):
         return lambda q_, kv: pa.decode(q_, kv[0], kv[1], tables, lens, scale, num_splits,
@@ -146,7 +147,7 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
     result = {"model": model, "batch": batch, "context": context, "splits": splits,
               "kv_bytes_per_layer": kv_bytes, "floor_us": kv_bytes / bandwidth * 1e6,
               "sdpa_us": graph_time_per_call_us(sdpa, q, dense),
-              "kiln_default_config": str(pa.default_decode_config(group, HEAD_DIM)),
+              "kiln_default_config": str(attention_configs.default_decode_config(group, HEAD_DIM)),
               "kiln_default_us": graph_time_per_call_us(kiln(None), q, paged),
               "kiln_rel_err_vs_reference": rel_err}
     if sweep:

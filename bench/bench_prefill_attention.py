@@ -16,8 +16,8 @@ Llama-3-8B (GQA, 4 query heads per kv head) and Llama-2-7B (MHA) head shapes and
 - the rate each reaches in TFLOP/s (the causal products: 4 x head_dim flops per query head and
   visible key).
 
-Calls are timed back to back inside a CUDA graph (`tuning_clock.graph_time_per_call_us`), cycling over a
-few layers' caches. JSON to --json, a table last.
+Calls are timed back to back inside a CUDA graph (`tuning_clock.graph_time_per_call_us`), cycling
+over a few layers' caches. JSON to --json, a table last.
 
     python3 bench/bench_prefill_attention.py --json prefill_attention.json
     python3 bench/bench_prefill_attention.py --no-sweep --models llama3-8b
@@ -84,7 +84,7 @@ def paged_inputs(num_seqs: int, new: int, context: int, num_heads: int, num_kv_h
 
 
 def sweep_configs():
-    from runtime_service.model.kernels.paged_attention import PrefillConfig
+    from runtime_service.model.kernels.attention_configs import PrefillConfig
 
     for values in itertools.product(*SWEEP.values()):
         yield PrefillConfig(*values)
@@ -94,6 +94,7 @@ def bench_load(model: str, num_seqs: int, new: int, context: int, sweep: bool) -
     from torch.nn.attention.bias import causal_lower_right
 
     from runtime_service.model.kernels import flash_prefill as fp
+    from runtime_service.model.kernels import attention_configs
     from runtime_service.model.kernels import paged_attention as pa
     from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us
 
@@ -131,7 +132,7 @@ def bench_load(model: str, num_seqs: int, new: int, context: int, sweep: bool) -
         sdpa_us = None
     result = {"model": model, "num_seqs": num_seqs, "new_tokens": new, "context": context,
               "flops": flops, "sdpa_us": sdpa_us,
-              "kiln_default_config": str(pa.default_prefill_config(HEAD_DIM, new)),
+              "kiln_default_config": str(attention_configs.default_prefill_config(HEAD_DIM, new)),
               "kiln_default_us": graph_time_per_call_us(kiln(None), q, paged),
               "kiln_flash_us": (graph_time_per_call_us(flash, q, paged) if num_seqs == 1
                                 else None),

@@ -229,7 +229,7 @@ class ModelRunner:
         forwards = self.graphs.forwards()
         if self.prefill_graphs is not None:
             forwards += self.prefill_graphs.forwards()
-        from runtime_service.model.kernels.paged_attention import LONG_PREFILL_ROWS
+        from runtime_service.model.kernels.attention_configs import LONG_PREFILL_ROWS
 
         if self.max_seq_len >= LONG_PREFILL_ROWS:
             forwards.append(("eager long prompt beside a decode row", self._eager_long_step))
@@ -247,7 +247,7 @@ class ModelRunner:
         prefill's long-prompt tile, which a start whose long graphs take flash prefill ("auto"
         on Hopper) launches first in its warm-up's largest step, alone and uncompiled ahead
         (1.6 s, bench/NOTES.md run 21b). Only for recording: block 0 stands for every block."""
-        from runtime_service.model.kernels.paged_attention import LONG_PREFILL_ROWS
+        from runtime_service.model.kernels.attention_configs import LONG_PREFILL_ROWS
 
         rows, block_size = LONG_PREFILL_ROWS, self.block_size
         inputs = StepInputs(token_ids=[0] * (rows + 1), positions=[*range(rows), 0],

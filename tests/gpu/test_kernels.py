@@ -142,7 +142,7 @@ def test_float32_attention_uses_exact_products():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_store_kv_writes_slots_and_skips_negative(dtype):
-    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels import kv_store
 
     generator = torch.Generator().manual_seed(SEED)
     k_cache = torch.randn(9, 16, 8, 128, generator=generator).to(dtype).cuda()
@@ -152,8 +152,8 @@ def test_store_kv_writes_slots_and_skips_negative(dtype):
     k = torch.randn(40, 8, 128, device="cuda").to(dtype)
     v = torch.randn(40, 8, 128, device="cuda").to(dtype)
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
-    pa.store_kv(k, v, k_cache, v_cache, slots)
-    pa.store_kv_reference(k, v, k_ref, v_ref, slots)
+    kv_store.store_kv(k, v, k_cache, v_cache, slots)
+    kv_store.store_kv_reference(k, v, k_ref, v_ref, slots)
     assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
 
 

@@ -40,7 +40,7 @@ def _empty_caches(num_blocks, block_size, num_kv_heads, head_dim, cache_dtype):
 @pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_store_kv_quantizes_like_the_reference(dtype, cache_dtype):
-    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels import kv_store
 
     generator = torch.Generator().manual_seed(SEED)
     k = (torch.randn(40, 8, 128, generator=generator) * 3).to(dtype).cuda()
@@ -50,8 +50,8 @@ def test_store_kv_quantizes_like_the_reference(dtype, cache_dtype):
     slots[::7] = -1
     (k_cache, v_cache), (k_scale, v_scale) = _empty_caches(9, 16, 8, 128, cache_dtype)
     (k_ref, v_ref), (k_scale_ref, v_scale_ref) = _empty_caches(9, 16, 8, 128, cache_dtype)
-    pa.store_kv(k, v, k_cache, v_cache, slots, k_scale, v_scale)
-    pa.store_kv_reference(k, v, k_ref, v_ref, slots, k_scale_ref, v_scale_ref)
+    kv_store.store_kv(k, v, k_cache, v_cache, slots, k_scale, v_scale)
+    kv_store.store_kv_reference(k, v, k_ref, v_ref, slots, k_scale_ref, v_scale_ref)
     assert torch.equal(k_scale, k_scale_ref) and torch.equal(v_scale, v_scale_ref), SEED
     assert torch.equal(_bits(k_cache), _bits(k_ref)), f"seed {SEED}"
     assert torch.equal(_bits(v_cache), _bits(v_ref)), f"seed {SEED}"
@@ -61,7 +61,7 @@ def test_store_kv_quantizes_like_the_reference(dtype, cache_dtype):
 @pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 @pytest.mark.parametrize("tokens", [1, 7, 300])
 def test_fused_rotary_store_quantizes_like_rotary_then_store(tokens, cache_dtype):
-    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels import kv_store
     from runtime_service.model.kernels.rotary import (apply_rotary_, rotary_store_kv_,
                                                       rotary_store_kv_reference)
 
@@ -86,7 +86,7 @@ def test_fused_rotary_store_quantizes_like_rotary_then_store(tokens, cache_dtype
     q_fused = rotary_store_kv_(q.clone(), k, v, *fused[0], positions, slots, cos, sin,
                                *fused[1])
     q_sep, k_sep = apply_rotary_(q.clone(), k.clone(), positions, cos, sin)
-    pa.store_kv(k_sep, v, *separate[0], slots, *separate[1])
+    kv_store.store_kv(k_sep, v, *separate[0], slots, *separate[1])
     rotary_store_kv_reference(q.clone(), k, v, *reference[0], positions, slots, cos, sin,
                               *reference[1])
     assert torch.equal(q_fused, q_sep), f"seed {SEED}"
@@ -165,8 +165,8 @@ def test_attention_reads_quantized_caches(shape, cache_dtype):
 @pytest.mark.parametrize("q_size, kv_size, spread", [
     (1e5, 1.0, False), (1.0, 1e-4, False), (1.0, 1.0, True)])
 def test_fp8_cache_products_in_fp16_hold_any_magnitude(q_size, kv_size, spread):
-    """A bf16 query over an fp8 cache multiplies in fp16 (paged_attention._fp16_query and
-    _quantized_values): a query row past fp16's range, values of 1e-4, and value scales that
+    """A bf16 query over an fp8 cache multiplies in fp16 (kv_read.fp16_query and
+    quantized_values): a query row past fp16's range, values of 1e-4, and value scales that
     span four decades within one key tile must all match the reference over the same
     dequantized cache, compiled as the GPU runs them (the interpreter test checks the logic)."""
     from runtime_service.model.kernels import paged_attention as pa
@@ -206,17 +206,17 @@ def test_fp8_cache_products_in_fp16_hold_any_magnitude(q_size, kv_size, spread):
 
 
 def test_bad_kv_scales_get_clear_errors():
-    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels import kv_store
 
     k = torch.randn(4, 2, 64, device="cuda", dtype=torch.bfloat16)
     slots = torch.arange(4, device="cuda")
     (k_cache, v_cache), (k_scale, v_scale) = _empty_caches(2, 16, 2, 64, torch.int8)
     with pytest.raises(ValueError, match="needs k_scale and v_scale"):
-        pa.store_kv(k, k, k_cache, v_cache, slots)
+        kv_store.store_kv(k, k, k_cache, v_cache, slots)
     with pytest.raises(ValueError, match="both k_scale and v_scale"):
-        pa.store_kv(k, k, k_cache, v_cache, slots, k_scale=k_scale)
+        kv_store.store_kv(k, k, k_cache, v_cache, slots, k_scale=k_scale)
     with pytest.raises(ValueError, match="k_scale must be float32"):
-        pa.store_kv(k, k, k_cache, v_cache, slots, k_scale[:1], v_scale)
+        kv_store.store_kv(k, k, k_cache, v_cache, slots, k_scale[:1], v_scale)
     bf16_cache = torch.zeros(2, 16, 2, 64, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="int8 or float8_e4m3fn caches"):
-        pa.store_kv(k, k, bf16_cache, bf16_cache, slots, k_scale, v_scale)
+        kv_store.store_kv(k, k, bf16_cache, bf16_cache, slots, k_scale, v_scale)

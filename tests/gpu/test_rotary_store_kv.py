@@ -45,7 +45,7 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("tokens", [1, 7, 300])
 def test_fused_rotary_store_kv_is_bit_identical_to_separate_kernels(tokens, head_dim, heads,
                                                                     dtype):
-    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels import kv_store
     from runtime_service.model.kernels.rotary import (apply_rotary_, rotary_store_kv_,
                                                 rotary_store_kv_reference)
 
@@ -67,7 +67,7 @@ def test_fused_rotary_store_kv_is_bit_identical_to_separate_kernels(tokens, head
     qkv_sep, k_sep_cache, v_sep_cache = qkv.clone(), k_cache.clone(), v_cache.clone()
     q_sep, k_sep, v_sep = _split_qkv(qkv_sep, num_heads, num_kv_heads, head_dim)
     apply_rotary_(q_sep, k_sep, positions, cos, sin)
-    pa.store_kv(k_sep, v_sep, k_sep_cache, v_sep_cache, slots)
+    kv_store.store_kv(k_sep, v_sep, k_sep_cache, v_sep_cache, slots)
 
     k_ref_cache, v_ref_cache = k_cache.clone(), v_cache.clone()
     q, k, v = _split_qkv(qkv, num_heads, num_kv_heads, head_dim)
@@ -90,7 +90,7 @@ def test_fused_rotary_store_kv_is_bit_identical_to_separate_kernels(tokens, head
 @pytest.mark.parametrize("heads", [(32, 8, 128), (8, 8, 64)])
 def test_rotate_k_leaves_the_rotated_keys_in_k_for_rows_with_a_slot(heads):
     """What flash prefill reads its own keys from (flash_prefill.py)."""
-    from runtime_service.model.kernels import paged_attention as pa
+    from runtime_service.model.kernels import kv_store
     from runtime_service.model.kernels.rotary import apply_rotary_, rotary_store_kv_
 
     num_heads, num_kv_heads, head_dim = heads
@@ -111,7 +111,7 @@ def test_rotate_k_leaves_the_rotated_keys_in_k_for_rows_with_a_slot(heads):
     k_unrotated = k_sep.clone()
     apply_rotary_(q_sep, k_sep, positions, cos, sin)
     k_sep_cache, v_sep_cache = k_cache.clone(), v_cache.clone()
-    pa.store_kv(k_sep, v_sep, k_sep_cache, v_sep_cache, slots)
+    kv_store.store_kv(k_sep, v_sep, k_sep_cache, v_sep_cache, slots)
 
     q, k, v = _split_qkv(qkv.clone(), num_heads, num_kv_heads, head_dim)
     rotary_store_kv_(q, k, v, k_cache, v_cache, positions, slots, cos, sin, rotate_k=True)

@@ -1,5 +1,5 @@
 """INT8 / FP8 KV cache: one float32 scale per (token, kv head), the quantization both store
-kernels (paged_attention.store_kv, rotary.rotary_store_kv_) share, and its plain-torch twin.
+kernels (kv_store.store_kv, rotary.rotary_store_kv_) share, and its plain-torch twin.
 
 Plain torch only (CPU-safe); the Triton side of the stores is kv_store.py. Contract
 (docs/ARCHITECTURE.md): caches [num_blocks, block_size, Hkv, D] of int8 or
@@ -70,3 +70,10 @@ def quant_meta(cache: torch.Tensor) -> dict:
     return dict(KV_QUANT=quantized, QMAX=_QMAX.get(cache.dtype, 1.0),
                 IS_INT8=cache.dtype == torch.int8)
 
+
+def scale_args(k_cache: torch.Tensor, k_scale, v_scale) -> tuple:
+    """(K_scale, V_scale, stride_sb, stride_ss) for a launch; an unquantized cache passes its
+    own pointer in their place (the KV_QUANT=False kernels never read it)."""
+    if k_scale is None:
+        return k_cache, k_cache, 0, 0
+    return k_scale, v_scale, k_scale.stride(0), k_scale.stride(1)

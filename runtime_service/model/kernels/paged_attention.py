@@ -15,26 +15,26 @@ h to kv head h // (Hq // Hkv).
   the same launch (flash-decoding with an arrival counter, see `_decode_kernel`), or, with
   `fused_combine=False`, by a second launch (`_combine_kernel`); both merge through
   `_merge_splits`, so the two give the same bits.
-- `store_kv`: writes the step's new k and v into the caches at their slots (negative slots skipped,
-  which is how padded CUDA-graph rows stay harmless).
 
-Every function has a plain-torch twin (`*_reference`) that the tests compare against.
+Launch shapes and their defaults are attention_configs.py's; the products over an int8 / fp8
+cache are kv_read.py's; writing the step's new k and v into the caches is kv_store.py's. Both
+functions have a plain-torch twin (`*_reference`) that the tests compare against.
 """
 
 from __future__ import annotations
-
-import functools
-import math
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from runtime_service.model.kernels import arrival_counts, pdl
+from runtime_service.model.kernels.attention_configs import (DecodeConfig, PrefillConfig,
+                                                             default_decode_config,
+                                                             default_prefill_config,
+                                                             shared_bytes_per_block)
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, dequantize_kv_reference,
-                                                    quant_meta, quantize_kv_reference)
-from runtime_service.model.kernels.kv_store import store_quantized_heads
+                                                    scale_args)
+from runtime_service.model.kernels.kv_read import fp16_query, quantized_scores, quantized_values
 
 _LOG2E = 1.4426950408889634
 
@@ -48,7 +48,7 @@ def _prefill_tile(q, q_max, m_i, l_i, acc, start_n, end_n, offs_m, context, tabl
                   MASKED: tl.constexpr):
     """One key tile of the online softmax. Unmasked (MASKED False) when every key of the tile
     is in the context of every query row of the program: no bounds or causal mask to compute.
-    With FP8_AS_FP16, `q` is the fp16 query of `_fp16_query` and `q_max` its row scales."""
+    With FP8_AS_FP16, `q` is the fp16 query of `kv_read.fp16_query` and `q_max` its row scales."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     n_mask = offs_n < end_n
     block = tl.load(table + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
@@ -62,7 +62,7 @@ def _prefill_tile(q, q_max, m_i, l_i, acc, start_n, end_n, offs_m, context, tabl
     if KV_QUANT:
         scale_offs = block * stride_sb + within * stride_ss + kv_head
         k_scale = tl.load(K_scale + scale_offs, mask=n_mask, other=0.0)
-        s = _quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION, FP8_AS_FP16)
+        s = quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION, FP8_AS_FP16)
     else:
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
     if MASKED:
@@ -75,53 +75,10 @@ def _prefill_tile(q, q_max, m_i, l_i, acc, start_n, end_n, offs_m, context, tabl
     v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     if KV_QUANT:
         v_scale = tl.load(V_scale + scale_offs, mask=n_mask, other=0.0)
-        pv = _quantized_values(p, v, v_scale, q.dtype, PRECISION, FP8_AS_FP16)
+        pv = quantized_values(p, v, v_scale, q.dtype, PRECISION, FP8_AS_FP16)
     else:
         pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc * alpha[:, None] + pv
-
-
-@triton.jit
-def _fp16_query(q):
-    """(fp16 query, per-row scale) for the score products over an fp8 cache under a 16-bit
-    query (FP8_AS_FP16): the rows are scaled into [-1, 1] and taken to fp16. fp8 codes become
-    fp16 in one instruction per pair, where bf16 took three, one of them a quarter-rate F2F that
-    bound the decode loop (offline sm_90 SASS: 1124 instructions a tile, 128 of them F2F,
-    against 928 and none; bench/NOTES.md). fp16 also keeps 3 more mantissa bits than bf16, and
-    the scaling keeps any row in its range."""
-    q32 = q.to(tl.float32)
-    q_max = tl.max(tl.abs(q32), 1)
-    q_max = tl.where(q_max > 0, q_max, 1.0)
-    return (q32 / q_max[:, None]).to(tl.float16), q_max
-
-
-@triton.jit
-def _quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION: tl.constexpr,
-                      FP8_AS_FP16: tl.constexpr):
-    """q . k for a tile of 8-bit keys, scaled back to log2 units (see `_fp16_query`)."""
-    if FP8_AS_FP16:
-        s = tl.dot(q, tl.trans(k.to(tl.float16)))
-        return s * q_max[:, None] * (k_scale * scale_log2)[None, :]
-    s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION)
-    return s * (k_scale * scale_log2)[None, :]
-
-
-@triton.jit
-def _quantized_values(p, v, v_scale, dtype: tl.constexpr, PRECISION: tl.constexpr,
-                      FP8_AS_FP16: tl.constexpr):
-    """p @ (v * v_scale) for a tile of 8-bit values. In fp16 each value row is scaled by its
-    scale over the tile's largest, in [0, 1] (a small scale times a small p would fall below
-    fp16's normal range), and the product is scaled back by that largest scale.
-    Scaling v rather than p makes Triton take v to fp16 before its shared-memory transpose:
-    the MMA then reads v with LDSM.trans, where p * scale left it reading v's fp8 bytes one
-    LDS at a time (offline sm_90 SASS of the decode loop: 930 instructions a tile against
-    1019; bench/NOTES.md)."""
-    if FP8_AS_FP16:
-        v_max = tl.max(v_scale, 0)
-        v_max = tl.where(v_max > 0, v_max, 1.0)
-        values = v.to(tl.float16) * (v_scale / v_max).to(tl.float16)[:, None]
-        return tl.dot(p.to(tl.float16), values) * v_max
-    return tl.dot((p * v_scale[None, :]).to(dtype), v.to(dtype), input_precision=PRECISION)
 
 
 @triton.jit
@@ -157,7 +114,7 @@ def _prefill_kernel(
     q = tl.load(q_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
     q_max = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     if FP8_AS_FP16:
-        q, q_max = _fp16_query(q)
+        q, q_max = fp16_query(q)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -223,7 +180,7 @@ def _decode_kernel(
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)
     q_max = tl.full([BLOCK_G], 1.0, dtype=tl.float32)
     if FP8_AS_FP16:
-        q, q_max = _fp16_query(q)
+        q, q_max = fp16_query(q)
 
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
@@ -240,7 +197,7 @@ def _decode_kernel(
         if KV_QUANT:
             scale_offs = block * stride_sb + within * stride_ss + kv_head
             k_scale = tl.load(K_scale + scale_offs, mask=n_mask, other=0.0)
-            s = _quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION, FP8_AS_FP16)
+            s = quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION, FP8_AS_FP16)
         else:
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where(n_mask[None, :], s, float("-inf"))
@@ -252,7 +209,7 @@ def _decode_kernel(
                     + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
         if KV_QUANT:
             v_scale = tl.load(V_scale + scale_offs, mask=n_mask, other=0.0)
-            pv = _quantized_values(p, v, v_scale, Q.dtype.element_ty, PRECISION, FP8_AS_FP16)
+            pv = quantized_values(p, v, v_scale, Q.dtype.element_ty, PRECISION, FP8_AS_FP16)
         else:
             pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         acc = acc * alpha[:, None] + pv
@@ -331,44 +288,6 @@ def _combine_kernel(
                   HEAD_DIM, BLOCK_D, NUM_SPLITS)
 
 
-@triton.jit
-def _store_kv_kernel(
-    K, V, K_cache, V_cache, slots,
-    stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_kb, stride_ks, stride_kh_c, stride_vb, stride_vs, stride_vh_c,
-    K_scale, V_scale, stride_sb, stride_ss,
-    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, KV_QUANT: tl.constexpr,
-    QMAX: tl.constexpr, IS_INT8: tl.constexpr,
-):
-    pdl.await_previous_kernel()
-    token = tl.program_id(0)
-    slot = tl.load(slots + token).to(tl.int64)
-    if slot < 0:
-        return
-    block = slot // BLOCK_SIZE
-    within = slot % BLOCK_SIZE
-    offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_h < NUM_KV_HEADS)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    k = tl.load(K + token * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask)
-    v = tl.load(V + token * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
-    if KV_QUANT:
-        h_mask = offs_h < NUM_KV_HEADS
-        scale_offs = block * stride_sb + within * stride_ss + offs_h
-        store_quantized_heads(k, K_cache + block * stride_kb + within * stride_ks
-                              + offs_h[:, None] * stride_kh_c + offs_d[None, :],
-                              K_scale + scale_offs, mask, h_mask, QMAX, IS_INT8)
-        store_quantized_heads(v, V_cache + block * stride_vb + within * stride_vs
-                              + offs_h[:, None] * stride_vh_c + offs_d[None, :],
-                              V_scale + scale_offs, mask, h_mask, QMAX, IS_INT8)
-        return
-    tl.store(K_cache + block * stride_kb + within * stride_ks + offs_h[:, None] * stride_kh_c
-             + offs_d[None, :], k, mask=mask)
-    tl.store(V_cache + block * stride_vb + within * stride_vs + offs_h[:, None] * stride_vh_c
-             + offs_d[None, :], v, mask=mask)
-
-
 # ---- launchers ---------------------------------------------------------------------------------
 
 def _precision(q: torch.Tensor) -> str | None:
@@ -377,8 +296,8 @@ def _precision(q: torch.Tensor) -> str | None:
 
 
 def _fp8_as_fp16(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """Whether the products over an fp8 cache run in fp16 (`_fp16_query`): a 16-bit query over
-    fp8 codes. int8 codes keep the query's dtype: they become bf16 by bit tricks, and fp16
+    """Whether the products over an fp8 cache run in fp16 (`kv_read.fp16_query`): a 16-bit query
+    over fp8 codes. int8 codes keep the query's dtype: they become bf16 by bit tricks, and fp16
     through a slow I2F (offline SASS: 128 I2F a tile)."""
     return k_cache.dtype == torch.float8_e4m3fn and q.dtype in (torch.bfloat16, torch.float16)
 
@@ -404,79 +323,6 @@ def _check_common(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     return num_heads, num_kv_heads, head_dim, block_size
 
 
-def _scale_args(k_cache: torch.Tensor, k_scale, v_scale) -> tuple:
-    """(K_scale, V_scale, stride_sb, stride_ss) for a launch; an unquantized cache passes its
-    own pointer in their place (the KV_QUANT=False kernels never read it)."""
-    if k_scale is None:
-        return k_cache, k_cache, 0, 0
-    return k_scale, v_scale, k_scale.stride(0), k_scale.stride(1)
-
-
-def _check_launch_shape(block_n: int, num_warps: int, num_stages: int) -> None:
-    if block_n < 16 or block_n & (block_n - 1):
-        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
-    if num_warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {num_warps}")
-    if not 1 <= num_stages <= 8:
-        raise ValueError(f"num_stages must be in 1..8, got {num_stages}")
-
-
-@dataclass(frozen=True)
-class PrefillConfig:
-    """How a prefill launch tiles its work: query rows (`block_m`) and keys (`block_n`) per
-    tile, warps and pipeline depth per program, and whether the heaviest query tiles (the last
-    rows of a causal prompt) are launched first."""
-
-    block_m: int = 64
-    block_n: int = 64
-    num_warps: int = 4
-    num_stages: int = 2
-    heavy_first: bool = False
-
-    def __post_init__(self):
-        if self.block_m < 16 or self.block_m & (self.block_m - 1):
-            raise ValueError(f"block_m must be a power of two >= 16, got {self.block_m}")
-        _check_launch_shape(self.block_n, self.num_warps, self.num_stages)
-
-    def __str__(self) -> str:
-        return (f"m{self.block_m} n{self.block_n} w{self.num_warps} s{self.num_stages}"
-                + (" heavy-first" if self.heavy_first else ""))
-
-
-# Past this many query rows, 128 x 128 tiles on 8 warps in three stages were 9% faster than
-# 64 x 64 tiles (4096-token prompt, H200; bench/bench_prefill_attention.py, run 19c); shorter
-# runs were as fast or slower with them. They ran in bf16 within the H200's 227 KB of shared
-# memory per program; in float32 they asked for 263 KB and failed (run 19e). So only 16-bit types
-# take them, on GPUs that offer what the H200 does.
-LONG_PREFILL_ROWS = 2048
-LONG_PREFILL_SHARED_BYTES = 224 << 10
-
-
-def default_prefill_config(head_dim: int, max_query_len: int, shared_bytes_per_block: int = 0,
-                           element_bytes: int = 2) -> PrefillConfig:
-    """The launch shape prefill uses unless told otherwise: 16-row tiles for short query runs
-    (chunks of a few tokens, decode rows), 64 x 64 tiles otherwise (32-key tiles past 128
-    dims, to stay within the registers), 128 x 128 for long 16-bit prompts where the GPU's
-    shared memory holds them; the heaviest tiles of a causal prompt first."""
-    if (max_query_len >= LONG_PREFILL_ROWS and head_dim <= 128 and element_bytes <= 2
-            and shared_bytes_per_block >= LONG_PREFILL_SHARED_BYTES):
-        return PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=3,
-                             heavy_first=True)
-    return PrefillConfig(block_m=64 if max_query_len > 32 else 16,
-                         block_n=64 if head_dim <= 128 else 32, heavy_first=True)
-
-
-def _shared_bytes_per_block(device: torch.device) -> int:
-    """Shared memory one program may use on `device` (0 off CUDA: Triton's interpreter)."""
-    return _cuda_shared_bytes(device.index or 0) if device.type == "cuda" else 0
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_shared_bytes(device_index: int) -> int:
-    props = torch.cuda.get_device_properties(device_index)
-    return getattr(props, "shared_memory_per_block_optin", 0)
-
-
 def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             block_tables: torch.Tensor, query_start: torch.Tensor, seq_lens: torch.Tensor,
             max_query_len: int, scale: float, out: torch.Tensor | None = None,
@@ -497,7 +343,7 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if num_seqs == 0 or max_query_len == 0:
         return out
     config = config or default_prefill_config(head_dim, max_query_len,
-                                              _shared_bytes_per_block(q.device),
+                                              shared_bytes_per_block(q.device),
                                               q.element_size())
     block_d = triton.next_power_of_2(head_dim)
     grid = (triton.cdiv(max_query_len, config.block_m), num_seqs, num_heads)
@@ -506,7 +352,7 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        *_scale_args(k_cache, k_scale, v_scale),
+        *scale_args(k_cache, k_scale, v_scale),
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
         BLOCK_D=block_d, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         PRECISION=_precision(q), KV_QUANT=k_scale is not None,
@@ -514,42 +360,6 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl.LAUNCH,
     )
     return out
-
-
-def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context: int,
-                      num_sms: int = 132) -> int:
-    """Splits per sequence so that about four programs per SM run, for contexts long enough to
-    split; a power of two in [1, 32]. Depends only on launch-time constants (graph-safe)."""
-    wanted = max(1, math.ceil(4 * num_sms / max(1, num_seqs * num_kv_heads)))
-    by_length = max(1, max_context // 128)
-    return min(32, triton.next_power_of_2(min(wanted, by_length)))
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """How a decode launch tiles its work: keys per loop iteration (`block_n`), warps and
-    pipeline depth per program."""
-
-    block_n: int = 64
-    num_warps: int = 4
-    num_stages: int = 2
-
-    def __post_init__(self):
-        _check_launch_shape(self.block_n, self.num_warps, self.num_stages)
-
-    def __str__(self) -> str:
-        return f"n{self.block_n} w{self.num_warps} s{self.num_stages}"
-
-
-def default_decode_config(group: int, head_dim: int) -> DecodeConfig:
-    """The launch shape decode uses unless told otherwise. With one query row per kv head,
-    16-key tiles on two warps were the fastest or within 1% of it at every batch-1, 64- and
-    256-stream load bench/bench_attention.py timed on an H100 (6-12% faster than 64-key tiles
-    on four warps at contexts that leave the last tile part empty); grouped heads keep the
-    64-key tile."""
-    if group == 1 and head_dim <= 128:
-        return DecodeConfig(block_n=16, num_warps=2, num_stages=2)
-    return DecodeConfig(block_n=64 if head_dim <= 128 else 32)
 
 
 def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -593,7 +403,7 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
-        out.stride(0), out.stride(1), *_scale_args(k_cache, k_scale, v_scale),
+        out.stride(0), out.stride(1), *scale_args(k_cache, k_scale, v_scale),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n,
         NUM_SPLITS=num_splits, PRECISION=_precision(q), KV_QUANT=k_scale is not None,
@@ -608,36 +418,6 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4, **pdl.LAUNCH,
         )
     return out
-
-
-def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
-             v_scale: torch.Tensor | None = None) -> None:
-    """k, v [T, Hkv, D] into the caches at flat slots (block * block_size + offset); < 0 skips.
-    With `k_scale`/`v_scale` the caches are int8 / fp8: each (token, head) is quantized on the
-    way in and its scale stored beside it (kv_quant.py)."""
-    check_kv_scales(k_cache, v_cache, k_scale, v_scale)
-    if k.shape != v.shape or k.dim() != 3 or k_cache.shape != v_cache.shape:
-        raise ValueError(f"expected k, v [T, Hkv, D] and equal caches; got k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}, caches {tuple(k_cache.shape)}")
-    if k.shape[1:] != k_cache.shape[2:] or slot_mapping.shape[0] != k.shape[0]:
-        raise ValueError(f"k {tuple(k.shape)} does not fit cache {tuple(k_cache.shape)} or "
-                         f"slot_mapping {tuple(slot_mapping.shape)}")
-    if k.stride(2) != 1 or v.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
-        raise ValueError("the head dimension of k, v and the caches must be contiguous")
-    num_tokens, num_kv_heads, head_dim = k.shape
-    if num_tokens == 0:
-        return
-    _store_kv_kernel[(num_tokens,)](
-        k, v, k_cache, v_cache, slot_mapping,
-        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        *_scale_args(k_cache, k_scale, v_scale),
-        NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_SIZE=k_cache.shape[1], **quant_meta(k_cache), num_warps=4, **pdl.LAUNCH,
-    )
 
 
 # ---- plain-torch references --------------------------------------------------------------------
@@ -676,14 +456,3 @@ def decode_reference(q, k_cache, v_cache, block_tables, seq_lens, scale, k_scale
     query_start = torch.arange(num_seqs + 1, dtype=torch.int32, device=q.device)
     return prefill_reference(q, k_cache, v_cache, block_tables, query_start, seq_lens, scale,
                              k_scale, v_scale)
-
-
-def store_kv_reference(k, v, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=None):
-    keep = slot_mapping >= 0
-    num_blocks, block_size = k_cache.shape[:2]
-    for x, cache, scales in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
-        rows = x[keep]
-        if scales is not None:
-            rows, row_scales = quantize_kv_reference(rows, cache.dtype)
-            scales.view(num_blocks * block_size, -1)[slot_mapping[keep]] = row_scales
-        cache.view(num_blocks * block_size, *cache.shape[2:])[slot_mapping[keep]] = rows

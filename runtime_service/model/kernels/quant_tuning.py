@@ -102,10 +102,10 @@ _tuning_totals = {"num_tuned": 0, "tuning_s": 0.0}
 
 def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[GemvConfig],
                  call) -> GemvConfig:
-    """The fastest of `candidates` for `key`, timed on first use as gemv.py times its own:
-    `call(x, weights, config)` back to back in a CUDA graph over copies of `weights` larger than
-    L2, after all compile at once (`call(x, weights, config, warmup=True)`, tuning_clock.precompile).
-    During capture or off CUDA the first candidate runs untimed."""
+    """The fastest of `candidates` for `key`, timed on first use as gemv.py times its own: `call(x,
+    weights, config)` back to back in a CUDA graph over copies of `weights` larger than L2,
+    after all compile at once (`call(x, weights, config, warmup=True)`,
+    tuning_clock.precompile). During capture or off CUDA the first candidate runs untimed."""
     config = _tuned.get(key)
     if config is not None:
         return config

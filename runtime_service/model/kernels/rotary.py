@@ -9,7 +9,7 @@ differ from the reference by one unit in the last place.
 `rotary_store_kv_` exists for decode, where each layer's rotary and store launches cost about as
 much as the work they do: one launch rotates q in place and writes the rotated k (never written
 back to k) and v straight into the paged caches. Both kernels rotate through `_rotate`, so the
-fused result is bit-identical to `apply_rotary_` followed by `paged_attention.store_kv`.
+fused result is bit-identical to `apply_rotary_` followed by `kv_store.store_kv`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import triton.language as tl
 
 from runtime_service.model.kernels import pdl
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, quant_meta,
-                                                    quantize_kv_reference)
+                                                    quantize_kv_reference, scale_args)
 from runtime_service.model.kernels.kv_store import kv_quantize, kv_scale
 
 
@@ -213,8 +213,7 @@ def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             cos.stride(0), cos.shape[0],
-            *((k_cache, k_cache, 0, 0) if k_scale is None else
-              (k_scale, v_scale, k_scale.stride(0), k_scale.stride(1))),
+            *scale_args(k_cache, k_scale, v_scale),
             NUM_Q_HEADS=q.shape[1], NUM_KV_HEADS=k.shape[1], HALF=q.shape[2] // 2,
             BLOCK_SIZE=k_cache.shape[1], **_head_blocks(q, k), **quant_meta(k_cache),
             ROTATE_K=rotate_k, num_warps=4, **pdl.LAUNCH)

@@ -41,10 +41,13 @@ class TritonPagedAttention:
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
                  fuse_rotary: bool = True, flash_prefill: bool = False,
                  flash_min_rows: int = 0):
+        from runtime_service.model.kernels import (attention_configs, kv_store, paged_attention,
+                                                   rotary)
         from runtime_service.model.kernels import flash_prefill as flash
-        from runtime_service.model.kernels import paged_attention, rotary
 
         self._kernels = paged_attention
+        self._configs = attention_configs
+        self._kv_store = kv_store
         self._rotary_kernels = rotary
         self._flash = flash
         self.fuse_rotary = fuse_rotary
@@ -79,11 +82,11 @@ class TritonPagedAttention:
                                                   rotate_k=flash)
         else:
             q, k = rotary(meta.positions, q, k, meta.token_seq_lens)
-            kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping, **scales)
+            self._kv_store.store_kv(k, v, k_cache, v_cache, meta.slot_mapping, **scales)
         if meta.is_decode:
             max_context = meta.block_tables.shape[1] * meta.block_size
-            splits = kernels.decode_num_splits(q.shape[0], self.num_kv_heads, max_context,
-                                               self.num_sms)
+            splits = self._configs.decode_num_splits(q.shape[0], self.num_kv_heads,
+                                                     max_context, self.num_sms)
             return kernels.decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
                                   self.scale, splits, **scales)
         if flash:

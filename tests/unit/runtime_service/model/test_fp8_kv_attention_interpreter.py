@@ -1,5 +1,5 @@
 """Paged attention over an fp8 KV cache under a bf16 query, on Triton's interpreter: the products
-run in fp16 (paged_attention._fp16_query), which must hold any query row (here past fp16's
+run in fp16 (kv_read.fp16_query), which must hold any query row (here past fp16's
 range, 1e5) and any value scale (here values of 1e-4, whose weights would fall below fp16's
 normal range unscaled), and match the reference over the same dequantized cache to bf16
 rounding, in decode (one and two splits) and in prefill with a cached context. The GPU runs

@@ -1,8 +1,8 @@
-"""The tuner compiles a shape's candidates together before timing them (tuning_clock.precompile): every
-candidate's warm-up launches run once while Triton's compile hook records what they would compile
-(compile_ahead.compile_launches), and nothing that goes wrong there reaches the tuner, which
-compiles (or reports) each candidate when it times it, as before. Needs Triton (absent on the CPU
-CI machines, where nothing tunes); no GPU."""
+"""The tuner compiles a shape's candidates together before timing them (tuning_clock.precompile):
+every candidate's warm-up launches run once while Triton's compile hook records what they would
+compile (compile_ahead.compile_launches), and nothing that goes wrong there reaches the tuner,
+which compiles (or reports) each candidate when it times it, as before. Needs Triton (absent on the
+CPU CI machines, where nothing tunes); no GPU."""
 
 from __future__ import annotations
 
