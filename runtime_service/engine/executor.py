@@ -29,18 +29,19 @@ from runtime_service.engine.beam_group import BeamGroup
 from runtime_service.engine.detokenizer import IncrementalDetokenizer
 from runtime_service.format.engine_config import BuildConfig, EngineConfig
 from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, Unavailable
-from runtime_service.engine.kv_cache import AttentionWindow, KVCacheManager
+from runtime_service.engine.kv_cache import KVCacheManager
+from runtime_service.engine.live_request import LiveRequest
 from runtime_service.model.loader import LoadedModel, default_build_config, load_model
 from runtime_service.model.model_runner import (ModelRunner, PendingStep, SampledToken,
                                           kv_tokens_by_memory)
-from runtime_service.engine.executor_options import (DEFAULT_PREFILL_GRAPH_TOKENS,
-                                                     ExecutorOptions, ExecutorStats)
-from runtime_service.engine.request import (FinishReason, LogitsMatrix, Request,
-                                            SamplingParams)
+from runtime_service.engine.executor_options import ExecutorOptions, ExecutorStats
+from runtime_service.engine.executor_plan import (largest_step_requests, num_kv_blocks,
+                                                  plan_executor)
+from runtime_service.engine.request import FinishReason, LogitsMatrix, Request
 from runtime_service.engine.outputs import (beam_snapshot, final_beams, stamp_first_output,
                                             token_delta)
 from runtime_service.engine.request_stream import RequestStream
-from runtime_service.engine.scheduler import Scheduler, SchedulerConfig
+from runtime_service.engine.scheduler import Scheduler
 from runtime_service.engine.sequence import Sequence
 from runtime_service.engine.stopping import cut_at_stop_string, finish_reason
 from runtime_service.engine.tokenizer_load import load_tokenizer
@@ -72,31 +73,6 @@ def step_error(exc: BaseException) -> KilnError:
     return Unavailable(f"the step failed ({type(exc).__name__}: {exc}); retry")
 
 
-def samples_without_history(seq: Sequence) -> bool:
-    """True when picking this request's next token needs none of its earlier tokens on the
-    host, so its steps may overlap (min_new_tokens needs only their count)."""
-    p = seq.sampling
-    return (p.beam_width == 1 and not p.bad_token_ids and p.repetition_penalty == 1.0
-            and not p.presence_penalty and not p.frequency_penalty)
-
-
-class _Live:
-    """Executor-side state of one request: its sequence, stream and detokenizer."""
-
-    def __init__(self, seq: Sequence, stream: RequestStream, detok: IncrementalDetokenizer | None,
-                 beams: BeamGroup | None):
-        self.seq = seq
-        self.stream = stream
-        self.detok = detok
-        self.beams = beams
-        self.emitted_tokens = 0
-        self.blocks_overlap = not samples_without_history(seq)
-
-    @property
-    def sequences(self) -> list[Sequence]:
-        return self.beams.seqs if self.beams else [self.seq]
-
-
 class Executor:
     """`ranks`: the process group of a tp x pp engine (distributed.ranks.RankGroup), whose other
     ranks run each step's forward on their shards, and `runner_class` the runner that drives them
@@ -122,37 +98,20 @@ class Executor:
         self.build: BuildConfig = build
         device = torch.device(options.device)
         block_size = options.block_size
-        num_blocks = self._num_kv_blocks(loaded, build, device)
+        plan = plan_executor(loaded.config, build, options, device.type)
+        window = plan.window
+        num_blocks = num_kv_blocks(build, options, kv_tokens_by_memory(
+            loaded.model, loaded.dtype, device, options.kv_free_gpu_memory_fraction))
         if ranks is not None:
             num_blocks = ranks.agree_num_kv_blocks(num_blocks)
-        window = None
-        if options.max_attention_window is not None:
-            if loaded.config.model.rope_scaling.rope_type == "dynamic" and options.streaming_llm:
-                raise InvalidRequest("StreamingLLM does not combine with dynamic NTK rotary")
-            window = AttentionWindow(options.sink_token_length, options.max_attention_window,
-                                     rotate_in_cache=options.streaming_llm)
         self.kv = KVCacheManager(num_blocks, block_size,
                                  enable_prefix_reuse=options.enable_block_reuse,
                                  engine_salt=engine_identity(loaded), window=window)
-        self.scheduler = Scheduler(SchedulerConfig(
-            max_batch_size=min(options.max_batch_size or build.max_batch_size, build.max_batch_size),
-            max_num_tokens=min(options.max_num_tokens or build.max_num_tokens, build.max_num_tokens),
-            policy=options.policy,
-            enable_chunked_prefill=options.enable_chunked_prefill,
-        ), self.kv)
-        graph_batch = options.cuda_graph_max_batch_size
-        if graph_batch is None:
-            graph_batch = self.scheduler.config.max_batch_size if device.type == "cuda" else 0
-        if window is not None:
-            graph_batch = 0            # captured decode graphs assume absolute cache positions
-        prefill_tokens = options.cuda_graph_max_prefill_tokens
-        if prefill_tokens is None:
-            prefill_tokens = DEFAULT_PREFILL_GRAPH_TOKENS
-        prefill_tokens = min(prefill_tokens, self.scheduler.config.max_num_tokens)
+        self.scheduler = Scheduler(plan.scheduler, self.kv)
         self.runner = runner_class(loaded.model, num_blocks, block_size, device, loaded.dtype,
                                   self.end_ids_of, attention=options.attention_backend,
-                                  cuda_graph_max_batch_size=graph_batch,
-                                  prefill_graph_max_tokens=prefill_tokens,
+                                  cuda_graph_max_batch_size=plan.graph_batch,
+                                  prefill_graph_max_tokens=plan.prefill_graph_tokens,
                                   max_seq_len=build.max_seq_len,
                                   rotate_in_cache=options.streaming_llm)
         self.limits = EngineLimits(
@@ -168,17 +127,13 @@ class Executor:
         )
         # With a window only the prompt is bound by max_seq_len; the stream itself is not.
         self.sequence_cap = build.max_seq_len if window is None else 1 << 40
-        overlap = options.overlap_scheduling
-        if overlap is None:
-            overlap = device.type == "cuda"
-        self.overlap = overlap and window is None and self.runner.supports_overlap
-        warm_up = options.warm_up_largest_step
-        self.warms_up = device.type == "cuda" if warm_up is None else warm_up
+        self.overlap = plan.overlap and self.runner.supports_overlap
+        self.warms_up = plan.warm_up
         self._in_flight: PendingStep | None = None
         self._num_blocking_overlap = 0       # live requests that need steps one at a time
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wakeup = threading.Event()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveRequest] = {}
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -205,15 +160,6 @@ class Executor:
                     **load_kwargs) -> "Executor":
         loaded = load_model(folder, device=options.device, dtype=options.dtype, **load_kwargs)
         return cls(loaded, options)
-
-    def _num_kv_blocks(self, loaded: LoadedModel, build: BuildConfig, device: torch.device) -> int:
-        wanted = build.max_batch_size * build.max_seq_len
-        by_memory = kv_tokens_by_memory(loaded.model, loaded.dtype, device,
-                                        self.options.kv_free_gpu_memory_fraction)
-        tokens = min(wanted, by_memory)
-        if self.options.kv_max_tokens is not None:
-            tokens = min(self.options.kv_max_tokens, by_memory)
-        return max(1, tokens // self.options.block_size)
 
     def end_ids_of(self, seq: Sequence) -> tuple[int, ...]:
         p = seq.sampling
@@ -244,25 +190,11 @@ class Executor:
         return self
 
     def largest_step_requests(self) -> list[Request]:
-        """One step's worth of prompt tokens (max_num_tokens, or what the KV cache holds, less
-        a block a request), split over as few requests as the input limit allows, each asking
-        for one token. Their token ids count up without repeating while the step is smaller than
-        the vocabulary, so a prefix cache has nothing to share and the step computes them all."""
-        config = self.scheduler.config
-        per_request = max(1, min(self.limits.max_input_len, self.build.max_seq_len - 1,
-                                 config.max_num_tokens))
-        count = min(-(-config.max_num_tokens // per_request), config.max_batch_size)
-        room = self.kv.num_total_blocks * self.kv.block_size - count * self.kv.block_size
-        total = max(count, min(config.max_num_tokens, room))
-        vocab = self.limits.vocab_size
-        requests = []
-        for index in range(count):
-            length = max(1, min(per_request, total - index * per_request))
-            first = index * per_request
-            ids = [(first + j) % (vocab - 1) + 1 for j in range(length)]
-            requests.append(Request(f"kiln-warm-up-{index}", ids,
-                                    SamplingParams(max_new_tokens=1, end_id=-1)))
-        return requests
+        """The requests of the start's warm-up step (executor_plan.largest_step_requests)."""
+        return largest_step_requests(self.scheduler.config, self.limits.max_input_len,
+                                     self.build.max_seq_len, self.limits.vocab_size,
+                                     self.kv.num_total_blocks * self.kv.block_size,
+                                     self.kv.block_size)
 
     def use_input_source(self, poll, wait) -> None:
         """Has the step-loop thread take its own inputs: `poll()` at the top of every loop pass
@@ -403,7 +335,7 @@ class Executor:
                          if self.tokenizer is not None else None)
                 beams = (BeamGroup(seq, self.end_ids_of(seq))
                          if payload.sampling.beam_width > 1 else None)
-                live = _Live(seq, stream, detok, beams)
+                live = LiveRequest(seq, stream, detok, beams)
                 self._live[payload.request_id] = live
                 self._num_blocking_overlap += live.blocks_overlap
                 self.scheduler.add(seq)
@@ -506,12 +438,12 @@ class Executor:
         if reason is not None:
             self._close(live)
 
-    def _emit(self, live: _Live, new_text: str, reason: FinishReason | None) -> None:
+    def _emit(self, live: LiveRequest, new_text: str, reason: FinishReason | None) -> None:
         logits = _logits(live.seq) if reason is not None else None
         live.stream._push(token_delta(live.seq, live.emitted_tokens, new_text, reason, logits))
         live.emitted_tokens = live.seq.num_output_tokens
 
-    def _close(self, live: _Live) -> None:
+    def _close(self, live: LiveRequest) -> None:
         for seq in live.sequences:
             self.scheduler.finish(seq)
         if self._live.pop(live.seq.request_id, None) is not None:
@@ -519,12 +451,12 @@ class Executor:
         with self._lock:
             self._pending.discard(live.seq.request_id)
 
-    def _finish(self, live: _Live, reason: FinishReason) -> None:
+    def _finish(self, live: LiveRequest, reason: FinishReason) -> None:
         live.seq.finish_reason = reason
         self._emit(live, "", reason)
         self._close(live)
 
-    def _fail(self, live: _Live, error: KilnError) -> None:
+    def _fail(self, live: LiveRequest, error: KilnError) -> None:
         live.stream._push(error)
         self._close(live)
 
