@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import aligned_rows, git_commit, sweep_into  # noqa: E402
-from bench_decode import copy_bandwidth, log  # noqa: E402
+from decode_common import copy_bandwidth, log  # noqa: E402
 
 HEADS = {"llama2-7b": (32, 32), "llama3-8b": (32, 8)}         # (query heads, kv heads)
 HEAD_DIM = 128

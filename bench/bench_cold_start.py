@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 from bench_common import REPO, git_commit, save_synthetic_tokenizer
-from bench_decode import SHAPES
+from decode_common import SHAPES
 
 from runtime_service.server.startup_report import StartupReport
 

@@ -21,6 +21,9 @@ beside the bandwidth floor of the bytes it reads per token.
 Weights are random (speed does not depend on their values). HF runs static batches of at most
 --hf-max-batch requests (its memory grows with the batch); its tokens/s for a larger concurrency is
 that of its largest batch, which is what serving such a load with `generate` would give.
+
+The shared shapes and helpers are decode_common.py; HF's side decode_hf.py, the pods
+decode_pods.py (through grpc_load.py), the profiles decode_profiles.py, the table decode_report.py.
 """
 
 from __future__ import annotations
@@ -42,33 +45,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import aligned_rows  # noqa: E402
-from runtime_service.model import kernels  # noqa: E402
-from runtime_service.format.engine_config import BuildConfig, EngineConfig  # noqa: E402
+from decode_common import (SHAPES, TTFT_PROMPTS, build_hf, copy_bandwidth,  # noqa: E402
+                           fixed_length, kiln_from_hf, kiln_generate_timed, log, prompts,
+                           weight_bytes)
+from decode_hf import bench_hf  # noqa: E402
+from decode_pods import (bench_through_grpc, engine_core_ratios,  # noqa: E402
+                         metrics_overhead, parse_engine_cores)
+from decode_profiles import profile_decode, profile_prefill_host  # noqa: E402
+from decode_report import table  # noqa: E402
 from runtime_service.engine.executor import Executor, ExecutorOptions  # noqa: E402
-from runtime_service.model.layers.attention import TorchReferenceAttention  # noqa: E402
-from runtime_service.model.hf_convert import convert_hf_tensors  # noqa: E402
-from runtime_service.model.llama import LlamaModel  # noqa: E402
-from runtime_service.model.loader import LoadedModel  # noqa: E402
-from runtime_service.format.model_config import ModelArgs  # noqa: E402
 from runtime_service.engine.request import Request, SamplingParams  # noqa: E402
+from runtime_service.format.engine_config import BuildConfig, EngineConfig  # noqa: E402
+from runtime_service.model import kernels  # noqa: E402
+from runtime_service.model.layers.attention import TorchReferenceAttention  # noqa: E402
+from runtime_service.model.loader import LoadedModel  # noqa: E402
 from runtime_service.server.heap import start_up_heap_aside  # noqa: E402
 
-# Llama-2's 4096 positions are raised to 4352 so that its engine (max_seq_len 4096 + 256, which
-# the builder checks against the model) holds a 4096-token prompt and 256 new tokens; the rope
-# and every weight shape are Llama-2's.
-SHAPES = {
-    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                      max_position_embeddings=4352, rope_theta=10000.0, rms_norm_eps=1e-5),
-    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                      max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5),
-    "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4608,
-                 rope_theta=10000.0, rms_norm_eps=1e-5),
-}
-TTFT_PROMPTS = (128, 1024, 4096)
 # TTFT is measured twice: back to back (right after the batch-1 run, as before), and one
 # request after this many idle seconds. An H200 runs a burst of large GEMMs up to 17% slower
 # once it has been busy for ~40 ms (bench/NOTES.md, run 16), so a back-to-back loop measures a
@@ -96,163 +88,7 @@ def parse_loads(text: str) -> tuple:
     return tuple(loads)
 
 
-def log(*parts) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}]", *parts, flush=True)
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-# A decode profile's window, and the steps its requests have to get every prefill done first.
-PROFILE_STEPS = 24
-PROFILE_PREFILL_STEPS = 64
-
-
-def prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, vocab, (count, length), generator=generator).tolist()
-
-
-def fixed_length(n: int) -> SamplingParams:
-    return SamplingParams(max_new_tokens=n, min_new_tokens=n, end_id=-1)
-
-
-# ---- the model, built once on the device --------------------------------------------------------
-
-def build_hf(shape: dict, device: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(**shape, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0, initializer_range=0.02)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16 if device == "cuda" else torch.float32)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval(), config
-
-
-class _StateDictSource:
-    """convert_hf_tensors reads any object with names() and get(name)."""
-
-    def __init__(self, state: dict[str, torch.Tensor]):
-        self.state = state
-
-    def names(self) -> set[str]:
-        return set(self.state)
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.state[name]
-
-
-def kiln_from_hf(hf_model, hf_config, dtype: torch.dtype, device: str,
-                 build: BuildConfig) -> LoadedModel:
-    """Kiln's LlamaModel holding the HF model's weights (fused QKV / gate-up made on the device)."""
-    args = ModelArgs.from_hf_config(hf_config.to_dict())
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaModel(args, range(args.num_layers))
-    finally:
-        torch.set_default_dtype(previous)
-    params = dict(model.named_parameters())
-    source = _StateDictSource(dict(hf_model.state_dict()))
-    for name, tensor in convert_hf_tensors(source, args):
-        params[name].data = tensor.to(device=device, dtype=dtype)
-    model.eval()
-    return LoadedModel(model, EngineConfig(model=args, build=build), "hf", None, dtype)
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def copy_bandwidth(device: str) -> float | None:
-    """Bytes read plus written per second for a 2 GiB device-to-device copy (median of 20)."""
-    if device != "cuda":
-        return None
-    src = torch.empty(1 << 30, dtype=torch.float16, device=device).normal_()
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(25):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    del src, dst
-    return 2 * (1 << 31) / statistics.median(times[5:])
-
-
-# ---- HF transformers -----------------------------------------------------------------------------
-
-@torch.inference_mode()
-def bench_hf(model, vocab: int, device: str, quick: bool, max_batch: int) -> dict:
-    def generate(batch: list[list[int]], new_tokens: int) -> float:
-        ids = torch.tensor(batch, device=device)
-        sync(device)
-        start = time.perf_counter()
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
-                       pad_token_id=0)
-        sync(device)
-        return time.perf_counter() - start
-
-    result: dict = {}
-    generate(prompts(1, 16, vocab, 0), 4)                     # warm-up
-    new_tokens = 8 if quick else 32
-    one = prompts(1, 128, vocab, 1)
-    first = statistics.median(generate(one, 1) for _ in range(3))
-    full = statistics.median(generate(one, new_tokens + 1) for _ in range(2))
-    result["tpot_ms_batch1"] = (full - first) / new_tokens * 1e3
-    log(f"HF batch-1 time per output token {result['tpot_ms_batch1']:.2f} ms")
-    result["ttft_ms"] = {}
-    for length in TTFT_PROMPTS:
-        result["ttft_ms"][str(length)] = statistics.median(
-            generate(prompts(1, length, vocab, 2), 1) for _ in range(3)) * 1e3
-        log(f"HF TTFT {length}: {result['ttft_ms'][str(length)]:.1f} ms")
-    result["throughput"] = {}
-    measured: dict = {}
-    for concurrency, input_len, output_len in loads_for(quick):
-        batch = min(concurrency, max_batch)
-        key = (batch, input_len, output_len)
-        if key not in measured:
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
-            seconds = generate(prompts(batch, input_len, vocab, 3), output_len)
-            measured[key] = batch * output_len / seconds
-        name = f"{concurrency}x{input_len}/{output_len}"
-        result["throughput"][name] = {"output_tokens_per_s": measured[key], "hf_batch": batch}
-        log(f"HF {name} (static batches of {batch}): {measured[key]:.0f} tok/s")
-    return result
-
-
 # ---- Kiln ------------------------------------------------------------------------------------
-
-def kiln_generate_timed(executor: Executor, requests: list[Request]) -> tuple[float, list]:
-    """Submits all, waits for all; (wall seconds, per-request (first-token s, last s, tokens))."""
-    start = time.perf_counter()
-    streams = [executor.submit(r) for r in requests]
-    per_request = []
-    for stream in streams:
-        first = None
-        tokens: list[int] = []
-        for out in stream:
-            now = time.perf_counter() - start
-            if first is None and out.new_token_ids:
-                first = now
-            tokens.extend(out.new_token_ids)
-        per_request.append((first, time.perf_counter() - start, tokens))
-    return time.perf_counter() - start, per_request
-
 
 def bench_kiln(executor: Executor, vocab: int, device: str, quick: bool) -> dict:
     result: dict = {"attention_backend": executor.runner.attention_name,
@@ -409,65 +245,6 @@ def bench_ablations(executor: Executor, vocab: int, quick: bool) -> dict:
     return result
 
 
-def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
-                   steps: int = PROFILE_STEPS, prompt_len: int = 128) -> None:
-    """Kernel time table of `steps` decode steps with `batch` sequences of `prompt_len`-token
-    prompts running (CUDA graph nodes included). The window opens once every request has its
-    first token, so no prefill kernel lands in it: at 256 streams the prefill's GEMMs would
-    otherwise share names and rows with the decode's. The table's first line gives the steps
-    and the kernel time per step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    requests = [Request(f"profile-{batch}-{i}", p, fixed_length(steps + PROFILE_PREFILL_STEPS))
-                for i, p in enumerate(prompts(batch, prompt_len, vocab, 50))]
-    streams = [executor.submit(r) for r in requests]
-    outputs = [iter(stream) for stream in streams]
-    for output in outputs:
-        next(output)                       # its first token: the request's prefill is done
-    activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(ProfilerActivity.CUDA)
-    first = executor.num_steps
-    with profile(activities=activities) as prof:
-        while executor.num_steps < first + steps:
-            time.sleep(0.001)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        last = executor.num_steps
-    for stream in streams:
-        for _ in stream:                   # the rest of each request, outside the window
-            pass
-    averages = prof.key_averages()
-    kernel_ms = sum(event.self_device_time_total for event in averages) / 1e3
-    head = (f"{last - first} decode steps at batch {batch} after {prompt_len}-token prompts: "
-            f"kernels {kernel_ms / (last - first):.3f} ms per step")
-    text = head + "\n" + averages.table(sort_by="cuda_time_total", row_limit=25)
-    path.write_text(text)
-    log(f"profile at batch {batch}: " + "\n".join(text.splitlines()[:20]))
-
-
-def profile_prefill_host(executor: Executor, vocab: int, length: int, path: Path) -> None:
-    """Where the step loop's host time goes while one `length`-token prompt is prefilled (TTFT
-    at short prompts is host time, not GPU time): cProfile of its steps, by cumulative time."""
-    import cProfile
-    import io
-    import pstats
-
-    profiler = cProfile.Profile()
-    step = executor.step
-    executor.step = lambda: profiler.runcall(step)      # the loop calls self.step()
-    try:
-        request = Request(f"host-profile-{length}", prompts(1, length, vocab, 77)[0],
-                          fixed_length(1))
-        wall, _ = kiln_generate_timed(executor, [request])
-    finally:
-        del executor.step
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(50)
-    path.write_text(f"TTFT {length} under cProfile: {wall * 1e3:.1f} ms\n" + text.getvalue())
-    log(f"host profile of a {length}-token prefill written to {path}")
-
-
 def greedy_outputs(executor: Executor, vocab: int, new_tokens: int) -> list[tuple[list, list]]:
     """(tokens, logprobs) of greedy continuations of four prompts run as one batch."""
     lengths = (7, 128, 300, 1030)
@@ -512,169 +289,7 @@ def compare_with_reference(loaded: LoadedModel, fast: list[list[int]], vocab: in
             "uniform_logprob": -math.log(vocab), "new_tokens": new_tokens}
 
 
-def bench_through_grpc(work: Path, build: BuildConfig, device: str, dtype: torch.dtype,
-                       vocab: int, quick: bool, metrics: tuple[bool, ...] = (False,),
-                       scrape_interval_s: float = 1.0, rounds: int = 1,
-                       engine_cores: tuple[str, ...] = ("thread",),
-                       attention_backend: str = "auto",
-                       keep_logs_as: Path | None = None) -> dict[tuple, dict]:
-    """The same loads through an engine built by the builder and served by a runtime pod, once
-    per engine core (the pod's --engine-core: thread or process), entry of `metrics` (the pod's
-    /metrics off or on, scraped every `scrape_interval_s` while on) and round; keyed by
-    (engine core, metrics switch). With several rounds the pods alternate (off, on, off, on,
-    ...), so drift over the run (clocks, memory, the order of the pods) falls on both sides
-    alike; each figure is the median over the setting's pods, and `pods` keeps each one. With
-    `keep_logs_as` (a path), each pod's log is copied beside it as STEM_pod{N}.log."""
-    from grpc_load import RuntimePod, build_engine, measure
-    uri = build_engine(work / "hf", work / "store", build, device, str(dtype).split(".")[1])
-    pods: dict[tuple, list[dict]] = {}
-    for round_index in range(rounds):
-        for core in engine_cores:
-            for on in metrics:
-                log(f"Kiln gRPC pod, engine core {core}, metrics {'on' if on else 'off'} "
-                    f"(round {round_index + 1})")
-                pod = RuntimePod(uri, work, device, max_new_tokens=build.max_seq_len,
-                                 metrics=on, engine_core=core,
-                                 attention_backend=attention_backend)
-                scraper = None
-                result: dict = {"engine_core": core}
-                try:
-                    address = pod.wait()
-                    result["startup"] = pod.startup()
-                    scraper = pod.scraper(scrape_interval_s) if on else None
-                    result |= measure(address,
-                                      lambda n, length, seed: prompts(n, length, vocab, seed),
-                                      TTFT_PROMPTS, loads_for(quick), quick, log, _ttft_idle_s,
-                                      pod_log=pod.log_path)
-                finally:
-                    if scraper is not None:
-                        result["metrics"] = scraper.stop()
-                    pod.stop()
-                    if keep_logs_as is not None:
-                        keep_logs_as.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy(pod.log_path, keep_logs_as.with_name(
-                            f"{keep_logs_as.stem}_pod{sum(map(len, pods.values())) + 1}.log"))
-                pods.setdefault((core, on), []).append(result)
-                # Each pod's figures go to the log as they come, so a run cut short by the
-                # device's time limit still leaves them.
-                log("pod result " + json.dumps(result, default=str))
-    return {key: median_of_pods(results) for key, results in pods.items()}
-
-
-def median_of_pods(results: list[dict]) -> dict:
-    """One pod's figures, or the median of several pods' (each pod's own figures kept)."""
-    if len(results) == 1:
-        return results[0]
-    first = results[0]
-    return {
-        "tpot_ms_batch1": statistics.median(r["tpot_ms_batch1"] for r in results),
-        **{key: {k: statistics.median(r[key][k] for r in results) for k in first[key]
-                 if all(k in r[key] for r in results)}
-           for key in ("ttft_ms", "ttft_idle_ms", "server_ttft_ms", "server_ttft_idle_ms")
-           if all(key in r for r in results)},
-        "throughput": {name: {"output_tokens_per_s": statistics.median(
-            r["throughput"][name]["output_tokens_per_s"] for r in results)}
-            for name in first["throughput"]},
-        "pods": results}
-
-
-def parse_engine_cores(text: str) -> tuple[str, ...]:
-    cores = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    if not cores or any(core not in ("thread", "process") for core in cores):
-        raise argparse.ArgumentTypeError(f"expected thread, process or both (comma-separated), "
-                                         f"got {text!r}")
-    return cores
-
-
-def engine_core_ratios(report: dict) -> dict:
-    """Per engine core and load: the pod's throughput as a fraction of in-process Kiln's."""
-    kiln = report.get("kiln", {}).get("throughput", {})
-    return {core: {name: figures["output_tokens_per_s"] / kiln[name]["output_tokens_per_s"]
-                   for name, figures in run["throughput"].items() if name in kiln}
-            for core, run in report.get("kiln_grpc_by_engine_core", {}).items()}
-
-
-def metrics_overhead(off: dict, on: dict) -> dict:
-    """Throughput lost with metrics on, in percent of the metrics-off figure (per load), and
-    the batch-1 time per token added."""
-    overhead = {name: 100.0 * (1 - on["throughput"][name]["output_tokens_per_s"] /
-                               figures["output_tokens_per_s"])
-                for name, figures in off["throughput"].items()}
-    return {"throughput_loss_pct": overhead,
-            "tpot_ms_batch1_added": on["tpot_ms_batch1"] - off["tpot_ms_batch1"]}
-
-
 # ---- main ----------------------------------------------------------------------------------
-
-def table(report: dict) -> str:
-    kiln, hf = report.get("kiln", {}), report.get("hf", {})
-    by_core = report.get("kiln_grpc_by_engine_core") or {"": report.get("kiln_grpc", {})}
-    rows = [("metric", "kiln", "hf", "hf/kiln",
-             *(f"kiln gRPC {core}".rstrip() for core in by_core))]
-
-    def cell(value):
-        return f"{value:.2f}" if value is not None else "-"
-
-    def add(name, pick, lower_better=True):
-        k, h = pick(kiln), pick(hf)
-        ratio = (h / k if lower_better else k / h) if (k and h) else None
-        rows.append((name, cell(k), cell(h), f"{ratio:.1f}x" if ratio else "-",
-                     *(cell(pick(run)) for run in by_core.values())))
-
-    add("batch-1 ms/token", lambda r: r.get("tpot_ms_batch1"))
-    for length in TTFT_PROMPTS:
-        add(f"TTFT {length} ms", lambda r, key=str(length): r.get("ttft_ms", {}).get(key))
-        add(f"TTFT {length} ms, idle GPU", lambda r, key=str(length): r.get(
-            "ttft_idle_ms", {}).get(key))
-        if any(run.get("server_ttft_ms") for run in by_core.values()):
-            add(f"TTFT {length} ms, as the pod saw it", lambda r, key=str(length): r.get(
-                "server_ttft_ms", {}).get(key))
-    for name in kiln.get("throughput", hf.get("throughput", {})):
-        add(f"{name} tok/s", lambda r, key=name: r.get("throughput", {}).get(key, {}).get(
-            "output_tokens_per_s"), False)
-    lines = [f"== {report['model']} on {report['device_name']} =="]
-    lines += aligned_rows(rows)
-    floor = report.get("bandwidth_floor_ms")
-    if floor:
-        lines.append(f"bandwidth floor {floor:.2f} ms/token ({report['weight_bytes'] / 1e9:.2f} GB "
-                     f"at {report['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s); kiln batch-1 "
-                     f"at {floor / kiln['tpot_ms_batch1'] * 100:.0f}% of the floor"
-                     if kiln.get("tpot_ms_batch1") else "")
-    for name, figures in report.get("kiln_ablations", {}).items():
-        load, throughput = next(iter(figures["throughput"].items()))
-        lines.append(f"kiln with {name}: batch-1 {figures['tpot_ms_batch1']:.2f} ms/token, "
-                     f"{load} {throughput['output_tokens_per_s']:.0f} tok/s")
-    bf16_read = report.get("weight_bytes_read_per_token")
-    if report.get("quantized") and bf16_read:
-        floor = (f", floor {report['bandwidth_floor_read_ms']:.2f} ms"
-                 if "bandwidth_floor_read_ms" in report else "")
-        lines.append(f"engines ({bf16_read / 1e6:,.1f} MB read per token by bf16{floor}):")
-    for name, figures in report.get("quantized", {}).items():
-        floor = figures.get("bandwidth_floor_ms")
-        tpot = figures["tpot_ms_batch1"]
-        loads = ", ".join(
-            f"{load} {f['output_tokens_per_s']:.0f} tok/s" + (
-                f" ({f['output_tokens_per_s'] / kiln['throughput'][load]['output_tokens_per_s']:.2f}x bf16)"
-                if load in kiln.get("throughput", {}) else "")
-            for load, f in figures["throughput"].items())
-        lines.append(f"kiln {name}: batch-1 {tpot:.2f} ms/token"
-                     + (f" (floor {floor:.2f} ms, {floor / tpot * 100:.0f}%)" if floor else "")
-                     + f", {figures['weight_bytes_read_per_token'] / 1e6:,.1f} MB read per "
-                     f"token; {loads}")
-    overhead = report.get("metrics_overhead")
-    if overhead:
-        lines.append("gRPC pod with /metrics on vs off: " + ", ".join(
-            f"{name} {loss:+.2f}% tok/s lost" for name, loss in
-            overhead["throughput_loss_pct"].items()) +
-            f"; batch-1 {overhead['tpot_ms_batch1_added']:+.3f} ms/token")
-    for core, ratios in report.get("engine_core_vs_in_process", {}).items():
-        lines.append(f"gRPC pod with the {core} engine core / in-process: " + ", ".join(
-            f"{name} {ratio:.2f}" for name, ratio in ratios.items()))
-    if "greedy_vs_reference" in report:
-        lines.append(f"greedy tokens identical to the reference backend: "
-                     f"{report['greedy_vs_reference']}")
-    return "\n".join(lines)
-
 
 def bench_in_process(loaded: LoadedModel, args, report: dict, device: str, dtype: torch.dtype,
                      vocab: int) -> None:
@@ -797,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; floor "
             f"{report['bandwidth_floor_ms']:.2f} ms/token")
     if not args.skip_hf:
-        report["hf"] = bench_hf(hf_model, vocab, device, args.quick, args.hf_max_batch)
+        report["hf"] = bench_hf(hf_model, vocab, device, args.quick, args.hf_max_batch,
+                              loads_for(args.quick))
     build = BuildConfig(dtype="bfloat16", max_batch_size=256, max_input_len=4096,
                         max_seq_len=4096 + 256, max_num_tokens=8192)
     loaded = (None if args.skip_in_process
@@ -833,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         switch = {"off": (False,), "on": (True,), "both": (False, True)}[args.grpc_metrics]
         cores = args.grpc_engine_core
-        runs = bench_through_grpc(work, build, device, dtype, vocab, args.quick, switch,
+        runs = bench_through_grpc(work, build, device, dtype, vocab, args.quick,
+                                  loads_for(args.quick), _ttft_idle_s, switch,
                                   args.scrape_interval_s, args.grpc_rounds, cores,
                                   args.attention_backend, keep_logs_as=args.json)
         report["kiln_grpc"] = runs[cores[0], switch[0]]

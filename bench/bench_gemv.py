@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import aligned_rows, git_commit  # noqa: E402
-from bench_decode import SHAPES, copy_bandwidth, log  # noqa: E402
+from decode_common import SHAPES, copy_bandwidth, log  # noqa: E402
 
 MODELS = ("llama2-7b", "llama3-8b")
 GRAPH_TARGET_US = 1000          # GPU time per graph replay: far above the events' resolution

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from bench_common import git_commit
-from bench_decode import (SHAPES, build_hf, fixed_length, kiln_from_hf, kiln_generate_timed, log,
-                          prompts, sync)
+from decode_common import (SHAPES, build_hf, fixed_length, kiln_from_hf, kiln_generate_timed, log,
+                           prompts, sync)
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request
 from runtime_service.format.engine_config import BuildConfig

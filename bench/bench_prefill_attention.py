@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import aligned_rows, git_commit, sweep_into  # noqa: E402
-from bench_decode import log  # noqa: E402
+from decode_common import log  # noqa: E402
 
 HEADS = {"llama3-8b": (32, 8), "llama2-7b": (32, 32)}         # (query heads, kv heads)
 HEAD_DIM = 128

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import git_commit  # noqa: E402
-from bench_decode import SHAPES, copy_bandwidth, log  # noqa: E402
+from decode_common import SHAPES, copy_bandwidth, log  # noqa: E402
 from bench_gemv import projections  # noqa: E402
 
 LAYER_PROJECTIONS = ("qkv", "o", "gate_up", "down")

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from bench_common import git_commit
-    from bench_decode import copy_bandwidth
+    from decode_common import copy_bandwidth
     from runtime_service.model.kernels.tuning_clock import copies_beyond_l2
     torch.manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count

@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[3] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import bench_decode  # noqa: E402
+import decode_profiles  # noqa: E402
 from quant_engine import QuantVariant, variants_for  # noqa: E402
 
 
@@ -51,4 +52,4 @@ def test_quantized_engines_run_beside_the_bf16_one_on_the_tiny_shape(tmp_path, c
             table = (tmp_path / "prof" / f"p{engine}_b{batch}.txt").read_text()
             head = re.match(rf"(\d+) decode steps at batch {batch} after 128-token prompts",
                             table)
-            assert head and int(head.group(1)) >= bench_decode.PROFILE_STEPS
+            assert head and int(head.group(1)) >= decode_profiles.PROFILE_STEPS

@@ -1,0 +1,77 @@
+"""bench_decode's profiles: a kernel-time table of decode steps at a given batch (prefill kept
+out of its window) and a cProfile of the step loop's host time while one prompt prefills.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from decode_common import fixed_length, kiln_generate_timed, log, prompts
+from runtime_service.engine.executor import Executor
+from runtime_service.engine.request import Request
+
+# A decode profile's window, and the steps its requests have to get every prefill done first.
+PROFILE_STEPS = 24
+PROFILE_PREFILL_STEPS = 64
+
+
+def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
+                   steps: int = PROFILE_STEPS, prompt_len: int = 128) -> None:
+    """Kernel time table of `steps` decode steps with `batch` sequences of `prompt_len`-token
+    prompts running (CUDA graph nodes included). The window opens once every request has its
+    first token, so no prefill kernel lands in it: at 256 streams the prefill's GEMMs would
+    otherwise share names and rows with the decode's. The table's first line gives the steps
+    and the kernel time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    requests = [Request(f"profile-{batch}-{i}", p, fixed_length(steps + PROFILE_PREFILL_STEPS))
+                for i, p in enumerate(prompts(batch, prompt_len, vocab, 50))]
+    streams = [executor.submit(r) for r in requests]
+    outputs = [iter(stream) for stream in streams]
+    for output in outputs:
+        next(output)                       # its first token: the request's prefill is done
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    first = executor.num_steps
+    with profile(activities=activities) as prof:
+        while executor.num_steps < first + steps:
+            time.sleep(0.001)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        last = executor.num_steps
+    for stream in streams:
+        for _ in stream:                   # the rest of each request, outside the window
+            pass
+    averages = prof.key_averages()
+    kernel_ms = sum(event.self_device_time_total for event in averages) / 1e3
+    head = (f"{last - first} decode steps at batch {batch} after {prompt_len}-token prompts: "
+            f"kernels {kernel_ms / (last - first):.3f} ms per step")
+    text = head + "\n" + averages.table(sort_by="cuda_time_total", row_limit=25)
+    path.write_text(text)
+    log(f"profile at batch {batch}: " + "\n".join(text.splitlines()[:20]))
+
+
+def profile_prefill_host(executor: Executor, vocab: int, length: int, path: Path) -> None:
+    """Where the step loop's host time goes while one `length`-token prompt is prefilled (TTFT
+    at short prompts is host time, not GPU time): cProfile of its steps, by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    step = executor.step
+    executor.step = lambda: profiler.runcall(step)      # the loop calls self.step()
+    try:
+        request = Request(f"host-profile-{length}", prompts(1, length, vocab, 77)[0],
+                          fixed_length(1))
+        wall, _ = kiln_generate_timed(executor, [request])
+    finally:
+        del executor.step
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(50)
+    path.write_text(f"TTFT {length} under cProfile: {wall * 1e3:.1f} ms\n" + text.getvalue())
+    log(f"host profile of a {length}-token prefill written to {path}")
