@@ -98,12 +98,12 @@ class Executor:
         self.build: BuildConfig = build
         device = torch.device(options.device)
         block_size = options.block_size
-        plan = plan_executor(loaded.config, build, options, device.type)
-        window = plan.window
         num_blocks = num_kv_blocks(build, options, kv_tokens_by_memory(
             loaded.model, loaded.dtype, device, options.kv_free_gpu_memory_fraction))
         if ranks is not None:
             num_blocks = ranks.agree_num_kv_blocks(num_blocks)
+        plan = plan_executor(loaded.config, build, options, device.type)
+        window = plan.window
         self.kv = KVCacheManager(num_blocks, block_size,
                                  enable_prefix_reuse=options.enable_block_reuse,
                                  engine_salt=engine_identity(loaded), window=window)
