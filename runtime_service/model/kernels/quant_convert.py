@@ -13,7 +13,7 @@ import triton.language as tl
 from runtime_service.model.kernels import pdl
 from runtime_service.model.kernels.gemv import grid_launcher
 
-_FP8_MAX = tl.constexpr(448.0)
+FP8_MAX = tl.constexpr(448.0)     # the largest e4m3 value; quant_gemv's fused rows use it too
 
 
 @triton.jit
@@ -26,7 +26,7 @@ def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
     for k in range(0, K, BLOCK):
         x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), _FP8_MAX), 1e-12)
+    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), 1e-12)
     tl.store(XScale + row, scale)
     for k in range(0, K, BLOCK):
         x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)

@@ -31,10 +31,9 @@ import triton.language as tl
 from runtime_service.model.kernels import arrival_counts, pdl
 from runtime_service.model.kernels.gemv import (GemvConfig, _split_sum_kernel, grid_launcher,
                                                 row_tile)
-from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
+from runtime_service.model.kernels.quant_convert import FP8_MAX, quantize_rows_fp8
 
 _SUM_BLOCK = 1024
-_FP8_MAX = tl.constexpr(448.0)
 
 
 # Four packed bytes (one 32-bit register, $8) -> their low nibbles as float32 128 + q ($0-$3)
@@ -252,7 +251,7 @@ def _row_fp8_scale(X, K, X_BLOCK: tl.constexpr):
     for k in range(0, K, X_BLOCK):
         x = tl.load(X + k + offs_x, mask=k + offs_x < K, other=0.0)
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    return tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), _FP8_MAX), 1e-12)
+    return tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), 1e-12)
 
 
 @triton.jit(do_not_specialize=["N", "SPLIT_K"])
