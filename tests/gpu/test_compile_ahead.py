@@ -110,6 +110,41 @@ def test_compile_workers_compile_what_was_recorded_and_this_process_loads_it(
         assert torch.equal(out, x + 1)
 
 
+def test_kiln_kernels_compiled_by_workers_load_here_under_the_same_key(tmp_path, monkeypatch):
+    """Kiln's kernels call helpers that read module globals (pdl.await_previous_kernel): the
+    workers, where each kernel is the first its process keys, must file it under the key this
+    process computes after other kernels (run 23a compiled 96 of 97 again; kernels/jit_keys.py)."""
+    from runtime_service.model.kernels import rms_norm
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    # A width no other test uses, so this process has compiled neither kernel for it yet.
+    x = torch.randn(4, 1552, dtype=torch.float16, device="cuda")
+    weight = torch.randn(1552, dtype=torch.float16, device="cuda")
+    launches = [lambda: rms_norm.rms_norm(x, weight, 1e-5),
+                lambda: rms_norm.add_rms_norm(x, x, weight, 1e-5)]
+    recorded: dict = {}
+    with compile_ahead.skipping_compiles(recorded):
+        for launch in reversed(launches):       # recorded in one order, launched in the other
+            launch()
+    jobs = [compile_pool.job_for(kernel, data) for kernel, data in recorded.values()]
+    assert len(jobs) == 2
+    pool = compile_pool.CompilePool(2).start()
+    monkeypatch.setattr(compile_pool, "_shared", pool)
+    try:
+        wait(pool.submit(jobs))
+        assert all(compile_pool.is_cached(job) for job in jobs)
+        with CompileWatch() as watch:
+            for launch in launches:
+                launch()
+            torch.cuda.synchronize()
+        assert pool.rekeyed == [] and watch.count == 2, watch.describe()
+    finally:
+        pool.close()
+    out, _ = rms_norm.add_rms_norm(x, x, weight, 1e-5)
+    torch.testing.assert_close(out, rms_norm.rms_norm_reference(x + x, weight, 1e-5),
+                               atol=2e-2, rtol=2e-2)
+
+
 def test_a_launch_from_another_thread_while_recording_fails_loudly():
     import threading
 

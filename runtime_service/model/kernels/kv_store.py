@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import pdl
+from runtime_service.model.kernels import jit_keys, pdl
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, quant_meta,
                                                     quantize_kv_reference, scale_args)
 
@@ -27,6 +27,7 @@ def kv_scale(amax, QMAX: tl.constexpr):
     return tl.maximum(tl.math.div_rn(amax, QMAX), 1e-8)
 
 
+@jit_keys.helper
 @triton.jit
 def kv_quantize(x, scale, IS_INT8: tl.constexpr):
     """x [H, D] float32 over per-head scales [H] -> the cache's quantized values, in float32
@@ -40,6 +41,7 @@ def kv_quantize(x, scale, IS_INT8: tl.constexpr):
     return y
 
 
+@jit_keys.helper
 @triton.jit
 def store_quantized_heads(x, Dst, Scale_dst, mask, h_mask, QMAX: tl.constexpr,
                           IS_INT8: tl.constexpr):

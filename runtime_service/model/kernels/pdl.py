@@ -30,7 +30,7 @@ import os
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import pdl
+from runtime_service.model.kernels import jit_keys
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 ENV = "KILN_PDL"
@@ -50,6 +50,7 @@ WAIT: tl.constexpr = tl.constexpr(ENABLED)
 LAUNCH: dict = {"launch_pdl": True} if ENABLED else {}
 
 
+@jit_keys.helper
 @triton.jit
 def await_previous_kernel():
     """The first statement of every Kiln kernel: with PDL on, waits until the kernels ahead in

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import arrival_counts, pdl
+from runtime_service.model.kernels import arrival_counts, jit_keys, pdl
 from runtime_service.model.kernels.gemv import (GemvConfig, _split_sum_kernel, grid_launcher,
                                                 row_tile)
 from runtime_service.model.kernels.quant_convert import FP8_MAX, quantize_rows_fp8
@@ -60,6 +60,7 @@ _LOW_OFFSET = tl.constexpr(128.0)
 _HIGH_OFFSET = tl.constexpr(2048.0)
 
 
+@jit_keys.helper
 @triton.jit
 def _unpack_nibbles(packed):
     """uint8 bytes -> (128 + low nibble, 2048 + high nibble) as float32, exact. Each output
@@ -142,6 +143,7 @@ _UNPACK_BF16_PTX = tl.constexpr(_UNPACK_INT4_X2_PTX.replace("MAGIC2", "0x4300430
 _UNPACK_FP16_PTX = tl.constexpr(_UNPACK_INT4_X2_PTX.replace("MAGIC2", "0x64006400"))
 
 
+@jit_keys.helper
 @triton.jit
 def _unpack_nibbles_16(packed, DTYPE: tl.constexpr):
     """uint8 bytes -> (MAGIC + low nibble, MAGIC + high nibble) in DTYPE (bf16: 128, fp16:
@@ -241,6 +243,7 @@ def _channel_kernel(X, XScale, QW, Scales, Bias, Out, M, N, K, stride_xm, k_per_
              mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
+@jit_keys.helper
 @triton.jit
 def _row_fp8_scale(X, K, X_BLOCK: tl.constexpr):
     """The e4m3 scale of one row of x, max(amax|x| / 448, 1e-12), as quant_convert's

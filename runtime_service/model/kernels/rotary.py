@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import pdl
+from runtime_service.model.kernels import jit_keys, pdl
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, quant_meta,
                                                     quantize_kv_reference, scale_args)
 from runtime_service.model.kernels.kv_store import kv_quantize, kv_scale
@@ -44,6 +44,7 @@ def _rotate(src_lo, dst_lo, c, s, mask, HALF: tl.constexpr):
     tl.store(dst_lo + HALF, hi, mask=mask)
 
 
+@jit_keys.helper
 @triton.jit
 def _store_quantized_halves(lo, hi, dst_lo, scale_dst, mask, h_mask, HALF: tl.constexpr,
                             QMAX: tl.constexpr, IS_INT8: tl.constexpr):
