@@ -160,6 +160,10 @@ if [ "$mode" != "bench" ]; then
   # Eight workers: a fresh machine's tier is mostly Triton compiling kernels, one per process.
   timeout 270 python3 -m pytest -q -m gpu -n 8 tests -p no:cacheprovider \
     --continue-on-collection-errors --durations=12 -rf 2>&1 | tee "$OUT/pytest_gpu.log" | tail -60
+  # The tests that need Triton but no GPU (CI has no Triton): cache keys, the compile pool.
+  timeout 120 python3 -m pytest -q tests/unit/runtime_service/model/test_kernel_cache_keys.py \
+    tests/unit/runtime_service/model/test_compile_pool.py -p no:cacheprovider -rf 2>&1 \
+    | tee "$OUT/pytest_triton_cpu.log" | tail -5
 fi
 if [ "$mode" = "tests" ]; then
   # Programmatic dependent launch is off by default, so its bit-for-bit tests are long-tier;

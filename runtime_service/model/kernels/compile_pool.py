@@ -223,6 +223,7 @@ class CompilePool:
         self._reported: set[tuple] = set()
         self._launchers: set[str] = set()
         self.unrecorded: list[str] = []     # kernels that compiled here without a job
+        self.rekeyed: list[str] = []        # kernels a worker compiled under another cache key
         # For the line `close` logs: when the first job went, when each result came back, and
         # how long this process waited in the hook for one (the compiles a start waited on).
         self._first_submit_s: float | None = None
@@ -374,7 +375,13 @@ class CompilePool:
             waited = time.monotonic() - began
             if waited >= 0.001:
                 self._waits.append((waited, fn.__name__))
-            self._report(fn.__module__, fn.__name__, specialization)
+            if self._report(fn.__module__, fn.__name__, specialization) and \
+                    not _in_file_cache(hook_args["fn"].jit_function, specialization):
+                # The worker's copy is under another key, so it compiles here again (a
+                # kernel's key that depends on launch order did this to 96 of 97, jit_keys.py).
+                self.rekeyed.append(fn.__name__)
+                log.warning("%s compiles again in the pod: its worker filed it under another "
+                            "cache key", fn.__name__)
         elif not _in_file_cache(hook_args["fn"].jit_function, specialization):
             # It compiles here, alone: the recording pass missed it (worth adding there). (While
             # a thread records, its hook answers for it and never calls this one.)
@@ -392,6 +399,8 @@ class CompilePool:
             return ""
         line = (f"{len(results)} of {len(self._submitted)} jobs done, the last "
                 f"{max(results, default=first) - first:.1f} s after the first was handed over; ")
+        if self.rekeyed:
+            line += f"{len(self.rekeyed)} compiled again here under another cache key; "
         if not waits:
             return line + "the start never waited for one"
         longest = max(waits)

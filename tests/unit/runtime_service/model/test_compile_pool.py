@@ -119,6 +119,9 @@ def test_a_kernel_about_to_compile_here_waits_for_its_worker_and_is_reported_onc
     monkeypatch.setattr(triton.knobs.compilation, "listener",
                         lambda metadata, cache_hit, **_: heard.append(metadata["name"]))
     jobs = _jobs((128, 256))
+    # No GPU here: the pod's own target is the one the workers compiled for.
+    monkeypatch.setattr(compile_pool, "job_for", lambda kernel, data: compile_pool.CompileJob(
+        kernel.fn.__module__, kernel.fn.__name__, data, SM90))
     pool = compile_pool.CompilePool(2).start()
     try:
         assert triton.knobs.runtime.jit_cache_hook == pool._wait_for_worker
@@ -134,6 +137,7 @@ def test_a_kernel_about_to_compile_here_waits_for_its_worker_and_is_reported_onc
         unknown = {"fn": SimpleNamespace(jit_function=fn), "compile": {"specialization_data": "{}"}}
         assert triton.knobs.runtime.jit_cache_hook(**unknown) is None    # no job: no wait
         assert pool.unrecorded == ["add_one_kernel"]            # ... and named as missed
+        assert pool.rekeyed == []                   # the workers' files are under this key
         # what close() logs: both jobs back, and the waits in the hook (the first one waited
         # at least for its compile; asked again it was done)
         summary = pool.summary()
@@ -144,16 +148,42 @@ def test_a_kernel_about_to_compile_here_waits_for_its_worker_and_is_reported_onc
     assert heard == ["add_one_kernel"] * 2
     assert triton.knobs.runtime.jit_cache_hook is None          # the hook is taken out
     # A second pool (a pod whose kernels came from the store): a kernel with no job that the
-    # file cache holds loads from it, and is not named as missed by the recording. (No GPU
-    # here: the job's target is the one the workers compiled for.)
-    monkeypatch.setattr(compile_pool, "job_for", lambda kernel, data: compile_pool.CompileJob(
-        kernel.fn.__module__, kernel.fn.__name__, data, SM90))
+    # file cache holds loads from it, and is not named as missed by the recording.
     pool = compile_pool.CompilePool(1).start()
     try:
         hook_args = {"fn": SimpleNamespace(jit_function=fn),
                      "compile": {"specialization_data": jobs[0].specialization}}
         assert triton.knobs.runtime.jit_cache_hook(**hook_args) is None
         assert pool.unrecorded == []
+    finally:
+        pool.close()
+
+
+def test_a_kernel_its_worker_filed_under_another_key_is_named_as_compiled_again(
+        tmp_path, monkeypatch, caplog):
+    import shutil
+    from concurrent.futures import wait
+    from types import SimpleNamespace
+
+    triton = pytest.importorskip("triton")
+    cache = tmp_path / "triton"
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))
+    monkeypatch.setattr(compile_pool, "job_for", lambda kernel, data: compile_pool.CompileJob(
+        kernel.fn.__module__, kernel.fn.__name__, data, SM90))
+    jobs = _jobs((128, 256))
+    pool = compile_pool.CompilePool(2).start()
+    try:
+        wait(pool.submit(jobs))
+        assert all(compile_pool.is_cached(job) for job in jobs)
+        shutil.rmtree(cache)    # what the pod finds where its key is not the worker's: nothing
+        fn = compile_pool.jit_function("support.tiny_kernels", "add_one_kernel")
+        for job in jobs:
+            triton.knobs.runtime.jit_cache_hook(
+                fn=SimpleNamespace(jit_function=fn),
+                compile={"specialization_data": job.specialization})
+        assert pool.rekeyed == ["add_one_kernel"] * 2
+        assert "2 compiled again here under another cache key" in pool.summary()
+        assert "add_one_kernel compiles again in the pod" in caplog.text
     finally:
         pool.close()
 
