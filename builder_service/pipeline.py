@@ -9,6 +9,7 @@ into place, and an engine's manifest is written last.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from runtime_service.format.model_config import ModelArgs
 from runtime_service.format.engine_format import (CHECKPOINT_FORMAT_NAME, CONFIG, FORMAT_NAME,
                                            TOKENIZER_DIR, Manifest, build_manifest, rank_file,
                                            write_manifest)
+from runtime_service.engine.token_decoder import DECODER_FILE, save_decoder
+from runtime_service.engine.tokenizer_load import load_tokenizer
 from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors
 from runtime_service.model.llama import layer_index
@@ -37,6 +40,8 @@ from builder_service.calibration import CalibrationData, load_calibration
 from builder_service.quantizer import quantizing
 from builder_service.settings import check_quant_supported
 from builder_service.sources import TOKENIZER_FILES, ResolvedSource
+
+log = logging.getLogger("kiln.builder")
 
 
 @dataclass(frozen=True)
@@ -129,15 +134,28 @@ def _write_rank(tensors: Iterator[tuple[str, torch.Tensor]], path: Path, dtype: 
     save_file(out, str(path), metadata={"format": "pt"})
 
 
-def _copy_tokenizer(source: ResolvedSource, out: Path) -> int:
+def _copy_tokenizer(source: ResolvedSource, out: Path) -> str:
+    """Copies the source's tokenizer files into `out/tokenizer` and saves the engine core's
+    decoder beside them (engine/token_decoder.py); returns what it did, for the progress line.
+    Files transformers cannot read are copied as before, without a decoder: an engine may be
+    served on token ids alone, and a pod that needs text says what is wrong as it starts."""
     src = source.folder if source.kind == "hf" else source.folder / TOKENIZER_DIR
     names = ([n for n in TOKENIZER_FILES if (src / n).is_file()] if source.kind == "hf"
-             else sorted(p.name for p in src.glob("*") if p.is_file()) if src.is_dir() else [])
-    if names:
-        (out / TOKENIZER_DIR).mkdir()
+             else sorted(p.name for p in src.glob("*")
+                         if p.is_file() and p.name != DECODER_FILE) if src.is_dir() else [])
+    if not names:
+        return "no tokenizer"
+    (out / TOKENIZER_DIR).mkdir()
     for name in names:
         shutil.copyfile(src / name, out / TOKENIZER_DIR / name)
-    return len(names)
+    try:
+        why_not = save_decoder(load_tokenizer(out / TOKENIZER_DIR), out / TOKENIZER_DIR)
+    except InvalidRequest as exc:   # it names the build's folder; the user knows the source
+        why_not = str(exc).replace(str(out / TOKENIZER_DIR), str(src))
+    if why_not:
+        log.warning("no decoder saved for the engine core (it will load transformers): %s",
+                    why_not)
+    return f"{len(names)} tokenizer file(s)" + (" and the core's decoder" if not why_not else "")
 
 
 def write_model_folder(source: ResolvedSource, target: EngineConfig, out: Path,
@@ -163,7 +181,7 @@ def write_model_folder(source: ResolvedSource, target: EngineConfig, out: Path,
             progress(BuildProgress("convert", done, total, "layers", f"rank {rank}"))
         _write_rank(tensors_for(rank), out / rank_file(rank), torch_dtype, on_layer)
     copied = _copy_tokenizer(source, out)
-    progress(BuildProgress("write", 1, 1, "", f"config.json and {copied} tokenizer file(s)"))
+    progress(BuildProgress("write", 1, 1, "", f"config.json and {copied}"))
     (out / CONFIG).write_text(target.to_json())
 
 

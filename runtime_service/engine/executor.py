@@ -44,7 +44,7 @@ from runtime_service.engine.request_stream import RequestStream
 from runtime_service.engine.scheduler import Scheduler
 from runtime_service.engine.sequence import Sequence
 from runtime_service.engine.stopping import cut_at_stop_string, finish_reason
-from runtime_service.engine.tokenizer_load import load_tokenizer
+from runtime_service.engine.token_decoder import load_decoder
 from runtime_service.engine.validation import EngineLimits, validate_request
 
 log = logging.getLogger("kiln.executor")
@@ -81,15 +81,15 @@ class Executor:
 
     def __init__(self, loaded: LoadedModel, options: ExecutorOptions = ExecutorOptions(),
                  ranks=None, runner_class=ModelRunner, tokenizer_load=None):
-        """`tokenizer_load`: the tokenizer, loading on a thread of the start's (a TokenizerLoad
-        of engine/tokenizer_load.py, or a Future); its `result()` is taken when the executor
-        starts or first needs it, after the graph capture. Taking it here, before the KV cache,
-        cost a fresh node's first pod 3.05 s of waiting (bench/NOTES.md, run 22c). Without it
-        the tokenizer loads here."""
+        """`tokenizer_load`: the tokenizer (a decoder: engine/token_decoder.py), loading on a
+        thread of the start's (a TokenizerLoad of engine/tokenizer_load.py, or a Future); its
+        `result()` is taken when the executor starts or first needs it, after the graph capture.
+        Taking it here, before the KV cache, cost a fresh node's first pod 3.05 s of waiting
+        (bench/NOTES.md, run 22c). Without it the decoder loads here."""
         self._tokenizer = None
         self._tokenizer_load = tokenizer_load if options.load_tokenizer else None
         if options.load_tokenizer and tokenizer_load is None:
-            self._tokenizer = load_tokenizer(loaded.tokenizer_dir)
+            self._tokenizer = load_decoder(loaded.tokenizer_dir)
         self.loaded = loaded
         self.options = options
         self.ranks = ranks
@@ -414,7 +414,8 @@ class Executor:
                                                     self._decode))
 
     def _decode(self, tokens: list[int]) -> str:
-        return (self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return (self.tokenizer.decode(tokens, skip_special_tokens=True,
+                                      clean_up_tokenization_spaces=False)
                 if self.tokenizer is not None else "")
 
     def _append(self, token: SampledToken) -> None:

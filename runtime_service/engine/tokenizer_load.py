@@ -8,10 +8,11 @@ pod 3.05 s, bench/NOTES.md run 22c), the pod's gRPC process (with the engine cor
 process) when the core has started.
 
 The thread competes for the GIL with whatever the start does meanwhile: beside a weight load
-that releases the GIL once per tensor, it cost the load 2.5 s on a fresh node (run 22c), and a
-CPU copy loop 0.8 s (bench/NOTES.md). So the load can be set up now and begun later
-(`TokenizerLoad.begin`), when the start mostly waits: on a fresh node, once the graph
-capture's recording pass has handed its kernels to the compile workers.
+that releases the GIL once per tensor, transformers' import and tokenizer cost the load 2.5 s on
+a fresh node (run 22c), and begun after the capture's recording pass they held up its tuning for
+9 s (run 23a). So the engine core, which only decodes, loads the builder's saved decoder instead
+(engine/token_decoder.py: 0.3 s, no transformers), and the pod's process, which encodes too,
+loads transformers' tokenizer in a process of its own.
 """
 
 from __future__ import annotations
@@ -45,37 +46,24 @@ def load_tokenizer(folder: str | Path | None):
 
 
 class TokenizerLoad:
-    """`load_tokenizer(folder)` on a daemon thread from `begin()` on. `result()` begins the load
-    if nobody has, then waits: the tokenizer, or the exception the load raised (re-raised where
-    the start needs it)."""
+    """`load(folder)` (transformers' tokenizer by default) on a daemon thread, begun at once.
+    `result()` waits: the tokenizer, or the exception the load raised (re-raised where the
+    start needs it)."""
 
-    def __init__(self, folder: str | Path | None):
+    def __init__(self, folder: str | Path | None, load=None):
         self.folder = folder
+        self._load_function = load
         self._future: Future = Future()
-        self._begun = False
-        self._lock = threading.Lock()
-
-    def begin(self) -> None:
-        """Starts the load; later calls do nothing."""
-        with self._lock:
-            if self._begun:
-                return
-            self._begun = True
         threading.Thread(target=self._load, name="kiln-tokenizer-load", daemon=True).start()
 
-    @property
-    def begun(self) -> bool:
-        return self._begun
-
     def result(self, timeout: float | None = None):
-        self.begin()
         return self._future.result(timeout)
 
     def _load(self) -> None:
         # One line when it ends: a start's log then shows where the load ran (bench/NOTES.md).
         began = time.perf_counter()
         try:
-            self._future.set_result(load_tokenizer(self.folder))
+            self._future.set_result((self._load_function or load_tokenizer)(self.folder))
             if self.folder is not None:
                 log.info("tokenizer loaded in %.2f s (process %d)", time.perf_counter() - began,
                          os.getpid())
@@ -83,8 +71,6 @@ class TokenizerLoad:
             self._future.set_exception(exc)
 
 
-def load_in_background(folder: str | Path | None) -> TokenizerLoad:
-    """A TokenizerLoad of `folder`, begun now."""
-    load = TokenizerLoad(folder)
-    load.begin()
-    return load
+def load_in_background(folder: str | Path | None, load=None) -> TokenizerLoad:
+    """`load(folder)` on a thread of its own, begun now."""
+    return TokenizerLoad(folder, load)

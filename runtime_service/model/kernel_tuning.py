@@ -95,17 +95,3 @@ def stop_compile_workers() -> None:
     except ImportError:
         return
     compile_pool.close_shared()
-
-
-def records_capture_kernels() -> bool:
-    """Whether the graph capture will first record its kernels for the compile workers
-    (kernels/compile_ahead.py): a pass whose end `after_recording` waits for."""
-    from runtime_service.model.kernels import compile_ahead
-    return compile_ahead.enabled()
-
-
-def after_recording(callback):
-    """A context within which `callback()` runs once the capture's recording pass has ended
-    (compile_ahead.after_recording): the start then mostly waits for the compile workers."""
-    from runtime_service.model.kernels import compile_ahead
-    return compile_ahead.after_recording(callback)

@@ -64,7 +64,8 @@ def start_engine(uri: str, settings, imports_s: float = 0.0,
                                                                      start_ranked_executor)
                 from runtime_service.engine.executor import Executor, ExecutorOptions
                 from runtime_service.engine.request import Request, SamplingParams
-                from runtime_service.engine.tokenizer_load import TokenizerLoad
+                from runtime_service.engine.token_decoder import load_decoder
+                from runtime_service.engine.tokenizer_load import load_in_background
                 from runtime_service.model import kernel_tuning
                 from runtime_service.model.loader import load_model, tokenizer_dir_for
             waited = time.perf_counter()
@@ -99,14 +100,11 @@ def start_engine(uri: str, settings, imports_s: float = 0.0,
             with clock.phase("load"):
                 executor = start_ranked_executor(folder, uri, options, settings.cache_dir).start()
         else:
-            # The tokenizer loads on a thread (1-5 s of imports and reading, much of it holding
-            # the GIL); the executor takes it when it starts. Beside the weight load it slowed
-            # the load by 2.5 s on a fresh node (bench/NOTES.md run 22c), so there it begins
-            # once the capture's recording pass has handed its kernels to the compile workers,
-            # and the start then mostly waits for them; elsewhere it begins with the load.
-            tokenizer = TokenizerLoad(tokenizer_dir) if options.load_tokenizer else None
-            if tokenizer is not None and not (workers and kernel_tuning.records_capture_kernels()):
-                tokenizer.begin()
+            # The core only decodes: the builder's saved decoder loads in about 0.3 s on a
+            # thread, beside the weight load (engine/token_decoder.py); the executor takes it
+            # when it starts.
+            tokenizer = (load_in_background(tokenizer_dir, load_decoder)
+                         if options.load_tokenizer else None)
             with clock.phase("load"):
                 loaded = load_model(folder, device=options.device, dtype=options.dtype)
                 device = next(loaded.model.parameters()).device
@@ -118,8 +116,7 @@ def start_engine(uri: str, settings, imports_s: float = 0.0,
                 tuning = _tuning_cache(uri, folder, kind, settings, device, kernel_tuning)
                 source = _import_cached(tuning, device, kernel_tuning)
                 tuned_before = kernel_tuning.tuning_totals(device)[0]
-            with clock.phase("graph_capture"), kernel_tuning.after_recording(
-                    tokenizer.begin if tokenizer is not None else lambda: None):
+            with clock.phase("graph_capture"):
                 executor = Executor(loaded, options, tokenizer_load=tokenizer)
             with clock.phase("warm_up"):
                 executor.start()

@@ -35,30 +35,6 @@ log = logging.getLogger("kiln.kernels.compile_ahead")
 ENV = "KILN_PARALLEL_GRAPH_COMPILE"
 THREADS = 16
 _recording = threading.local()
-_after_recording: list = []      # called once when the next recording pass has ended
-
-
-@contextmanager
-def after_recording(callback):
-    """Within: `callback()` runs once the next recording pass (`precompile_forwards`) has ended,
-    its kernels handed to the compile workers: from there a fresh node's start mostly waits for
-    them, so work that competes for the GIL (the core's tokenizer load) costs the start nothing.
-    Not called if no pass ends within."""
-    _after_recording.append(callback)
-    try:
-        yield
-    finally:
-        if callback in _after_recording:
-            _after_recording.remove(callback)
-
-
-def _recording_ended() -> None:
-    while _after_recording:
-        callback = _after_recording.pop(0)
-        try:
-            callback()
-        except Exception as exc:  # noqa: BLE001 - a hook must not fail the capture
-            log.warning("a hook after the recording pass failed: %r", exc)
 
 
 def enabled() -> bool:
@@ -242,8 +218,6 @@ def precompile_forwards(forwards) -> int:
         log.warning("compiling the capture's kernels ahead failed (%r); they compile as they "
                     "are first launched", exc)
         return 0
-    finally:
-        _recording_ended()
     log.info("recorded %d kernels for the graph capture and its tuning, and compiled or handed "
              "them over, in %.1f s", count, time.perf_counter() - started)
     return count

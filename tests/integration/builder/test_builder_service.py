@@ -67,7 +67,8 @@ def test_build_publish_list_pull_verify_delete(stub, builder_server, tiny_hf, s3
     assert ref.engine_key in [e.ref.engine_key for e in listed.engines]
     got = stub.GetEngine(builder_pb2.GetEngineRequest(engine="tiny-tp2"),
                          metadata=builder_server.metadata)
-    assert got.ref.engine_key == ref.engine_key and got.num_files == 6
+    # config, two ranks, the two tokenizer files, the core's decoder and the manifest
+    assert got.ref.engine_key == ref.engine_key and got.num_files == 7
 
     folder = pull_engine(ref.uri, tmp_path / "cache", s3.settings)
     assert folder.name.startswith(ref.engine_key + ".")

@@ -1,11 +1,18 @@
 """A pod's start-up, timed by phase and logged in one line (in-process, on the tiny engine)."""
 
+import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from runtime_service.engine.executor import ExecutorOptions
 from runtime_service.server.engine_host import RuntimeSettings
 from runtime_service.server.engine_start import start_engine
 from runtime_service.server.startup_report import PHASES, StartupReport
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_a_start_reports_every_phase_and_logs_it(tiny_engine, tmp_path, caplog):
@@ -30,39 +37,37 @@ def test_a_start_reports_every_phase_and_logs_it(tiny_engine, tmp_path, caplog):
     assert fields["compile_workers"] == 0           # on the CPU nothing compiles
 
 
-def test_on_a_fresh_node_the_tokenizer_loads_once_the_recording_pass_ends(
-        tiny_engine, tmp_path, monkeypatch):
-    """With compile workers that the capture's kernels are recorded for (an empty kernel cache:
-    a fresh node) the engine's tokenizer load, which competes for the GIL, waits through the
-    weight load for the end of the recording pass; without them it begins with the load. The CPU records nothing, so the pass's
-    end is played here from inside the executor's construction, where the capture runs it."""
-    from runtime_service.engine import executor as executor_module
-    from runtime_service.engine.tokenizer_load import TokenizerLoad
-    from runtime_service.model import kernel_tuning
-    from runtime_service.model.kernels import compile_ahead
-    from runtime_service.server import engine_start
+def test_the_engine_core_decodes_with_the_engines_saved_decoder_not_transformers(
+        tiny_engine, tiny_model, tmp_path):
+    """The core only decodes: it loads the builder's saved decoder (engine/token_decoder.py)
+    and never imports transformers, whose import held a fresh node's start for seconds. Run in
+    a process of its own, since this one has imported transformers long ago."""
+    from runtime_service.engine.tokenizer_load import load_tokenizer
 
-    seen = []
-    real_init = executor_module.Executor.__init__
-
-    def building(self, loaded, options, *args, tokenizer_load=None, **kwargs):
-        assert isinstance(tokenizer_load, TokenizerLoad)
-        seen.append(("before the recording ends", tokenizer_load.begun))
-        compile_ahead._recording_ended()
-        seen.append(("after it", tokenizer_load.begun))
-        real_init(self, loaded, options, *args, tokenizer_load=tokenizer_load, **kwargs)
-
-    for workers in (2, 0):
-        seen.clear()
-        monkeypatch.setattr(kernel_tuning, "start_compile_workers", lambda device: workers)
-        monkeypatch.setattr(engine_start.kernel_cache, "holds_kernels", lambda folder: False)
-        monkeypatch.setattr(compile_ahead, "enabled", lambda: workers > 0)
-        monkeypatch.setattr(executor_module.Executor, "__init__", building)
-        settings = RuntimeSettings(cache_dir=tmp_path / f"cache{workers}",
-                                   executor=ExecutorOptions(kv_max_tokens=256))
-        started = start_engine(tiny_engine["uri"], settings)
-        try:
-            assert isinstance(started.executor.tokenizer.decode([3, 4]), str)
-        finally:
-            started.executor.shutdown()
-        assert seen == [("before the recording ends", workers == 0), ("after it", True)]
+    reference = load_tokenizer(tiny_model)
+    ids = reference("Hello, world! ¿Qué tal? 日本語")["input_ids"] + [reference.eos_token_id]
+    script = f"""
+import json, sys
+from runtime_service.engine.executor import ExecutorOptions
+from runtime_service.engine.token_decoder import TokenDecoder
+from runtime_service.server.engine_host import RuntimeSettings
+from runtime_service.server.engine_start import start_engine
+settings = RuntimeSettings(cache_dir={str(tmp_path / "cache")!r},
+                           executor=ExecutorOptions(kv_max_tokens=256))
+started = start_engine({tiny_engine["uri"]!r}, settings)
+try:
+    tokenizer = started.executor.tokenizer
+    print(json.dumps([type(tokenizer).__name__,
+                      tokenizer.decode({ids!r}, skip_special_tokens=True),
+                      tokenizer.decode({ids!r}, skip_special_tokens=False),
+                      "transformers" in sys.modules]))
+finally:
+    started.executor.shutdown()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == [
+        "TokenDecoder", reference.decode(ids, skip_special_tokens=True),
+        reference.decode(ids, skip_special_tokens=False), False]

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -84,8 +85,28 @@ def test_engine_folder_copies_tokenizer_and_manifest_lists_every_file(tmp_path, 
     listed = {f["path"] for f in manifest["files"]}
     assert listed == {"config.json", "rank0.safetensors", "rank1.safetensors",
                       "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
-                      "tokenizer/generation_config.json"}
+                      "tokenizer/generation_config.json", "tokenizer/kiln_decoder.json"}
     assert manifest["engine_key"] == "f" * 64
+
+
+def test_the_cores_decoder_is_built_fresh_and_left_out_for_a_tokenizer_it_cannot_read(
+        tmp_path, tiny_hf, caplog):
+    from runtime_service.engine.token_decoder import DECODER_FILE, load_decoder
+    from runtime_service.engine.tokenizer_load import load_tokenizer
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_hf, source)
+    (source / DECODER_FILE).write_text("not what the builder writes")    # never copied
+    folder = engine(tmp_path, source)
+    reference = load_tokenizer(tiny_hf)
+    assert load_decoder(folder / "tokenizer").decode([3, 4, 5]) == reference.decode([3, 4, 5])
+    # Unreadable tokenizer files are copied as before (an engine may serve token ids alone),
+    # without a decoder, and the build log says why, naming the source.
+    (source / "tokenizer.json").write_bytes(b"\x00\x01")
+    second = engine(tmp_path, source, name="second")
+    assert (second / "tokenizer" / "tokenizer.json").read_bytes() == b"\x00\x01"
+    assert not (second / "tokenizer" / DECODER_FILE).exists()
+    assert f"cannot load the tokenizer in {source}: " in caplog.text
 
 
 def test_tied_embeddings_single_rank_omits_the_head_and_tp2_shards_it(tmp_path):

@@ -1,7 +1,7 @@
 """A start loads the tokenizer beside its other work: the loader's result or its error reaches
-whoever takes it, a load set up for later runs once, when begun or first needed, the executor
-takes the one it is given (when it starts, not while it is built), and the pod takes the one the
-engine core's FETCHED message named."""
+whoever takes it, the loader runs once on a thread of its own, the executor takes the one it is
+given (when it starts, not while it is built), and the pod takes the one the engine core's
+FETCHED message named."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from runtime_service.engine import core_codec as codec
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine import tokenizer_load
-from runtime_service.engine.tokenizer_load import TokenizerLoad, load_in_background
+from runtime_service.engine.tokenizer_load import load_in_background
 from runtime_service.errors import InvalidRequest
 from runtime_service.model.loader import load_model
 from runtime_service.server.core_client import wait_for_start
@@ -54,27 +54,21 @@ def test_tokenizer_files_transformers_cannot_read_are_an_invalid_request(folder,
         tokenizer_load.load_tokenizer(bad)
 
 
-def test_a_load_set_up_for_later_runs_once_when_begun_or_first_needed(folder, monkeypatch):
-    """On a fresh node the core's load waits for the recording pass (engine_start.py): nothing
-    loads before `begin()`, and however often it is begun or asked, it loads once."""
+def test_the_load_runs_the_loader_it_is_given_once_on_a_thread(folder):
+    """The engine core hands its decoder's loader (engine_start.py); it runs once, however often
+    its result is asked for, and not on the caller's thread."""
     calls = []
     release = threading.Event()
 
     def load(where):
-        calls.append(where)
+        calls.append((where, threading.current_thread().name))
         release.wait(60)
-        return f"tokenizer of {where}"
+        return f"decoder of {where}"
 
-    monkeypatch.setattr(tokenizer_load, "load_tokenizer", load)
-    later = TokenizerLoad(folder)
-    assert not later.begun and calls == []
-    later.begin()
-    later.begin()
+    loading = load_in_background(folder, load)
     release.set()
-    assert later.result(60) == f"tokenizer of {folder}" and later.result(60) == later.result(60)
-    never_begun = TokenizerLoad(None)
-    assert never_begun.result(60) == "tokenizer of None"      # asked before begun: it begins
-    assert calls == [folder, None]
+    assert loading.result(60) == f"decoder of {folder}" and loading.result(60) == loading.result(60)
+    assert calls == [(folder, "kiln-tokenizer-load")]
 
 
 def test_the_executor_takes_the_tokenizer_it_is_given(folder):
