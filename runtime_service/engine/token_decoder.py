@@ -16,13 +16,10 @@ as it is, a tokenizer the check refused) decodes through transformers as before.
 
 from __future__ import annotations
 
-import logging
 import random
 from pathlib import Path
 
 from runtime_service.errors import InvalidRequest
-
-log = logging.getLogger("kiln.runtime")
 
 DECODER_FILE = "kiln_decoder.json"
 _SAMPLE_LENGTH = 16         # tokens per checked sequence: spaces and merges across tokens
@@ -66,17 +63,18 @@ def save_decoder(tokenizer, folder: Path, seed: int = 0) -> str:
         return f"{type(tokenizer).__name__} is not a fast tokenizer"
     from tokenizers import Tokenizer
 
-    decoder = TokenDecoder(Tokenizer.from_str(backend.to_str()))
-    mismatch = _first_mismatch(tokenizer, decoder, seed)
+    saved = backend.to_str()
+    mismatch = _first_mismatch(tokenizer, Tokenizer.from_str(saved), seed)
     if mismatch:
         return mismatch
-    (Path(folder) / DECODER_FILE).write_text(backend.to_str(), encoding="utf-8")
+    (Path(folder) / DECODER_FILE).write_text(saved, encoding="utf-8")
     return ""
 
 
-def _first_mismatch(tokenizer, decoder: TokenDecoder, seed: int) -> str:
-    """'' if `decoder` decodes as `tokenizer` does: every id alone, the vocabulary in runs of
-    consecutive ids, and random sequences; else the first sequence that differs."""
+def _first_mismatch(tokenizer, backend, seed: int) -> str:
+    """'' if `backend` (read back from its saved form) decodes as `tokenizer` does: every id
+    alone, the vocabulary in runs of consecutive ids, and random sequences; else the first
+    sequence that differs."""
     size = len(tokenizer)
     ids = list(range(size))
     sequences = [[i] for i in ids]
@@ -87,7 +85,7 @@ def _first_mismatch(tokenizer, decoder: TokenDecoder, seed: int) -> str:
     for skip in (True, False):
         expected = tokenizer.batch_decode(sequences, skip_special_tokens=skip,
                                           clean_up_tokenization_spaces=False)
-        got = decoder._backend.decode_batch(sequences, skip_special_tokens=skip)
+        got = backend.decode_batch(sequences, skip_special_tokens=skip)
         for sequence, want, have in zip(sequences, expected, got):
             if want != have:
                 return (f"its backend decodes {sequence[:8]} as {have[:40]!r}, transformers as "
