@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import REPO, git_commit, save_synthetic_tokenizer
+from bench_common import REPO, device_name, git_commit, save_synthetic_tokenizer
 from decode_common import SHAPES
 
 from runtime_service.server.startup_report import StartupReport
@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                 and not starts[name].get("kernel_files_from_store")]
     recompiled = [name for name in later if starts[name].get("kernels_compiled")]
     twice = [name for name in starts if starts[name]["kernels_compiled_twice"]]
-    report = {"bench": "cold_start", "model": args.model, "device": args.device, "dtype": dtype,
+    report = {"bench": "cold_start", "model": args.model, "device": args.device,
+              "device_name": device_name(args.device), "dtype": dtype,
               "store": "rclone serve s3 on 127.0.0.1" if args.store == "s3" else "local folder",
               "engine_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
               "commit": git_commit(), "machine": platform.node(), "cpu_count": os.cpu_count(),

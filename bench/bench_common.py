@@ -22,6 +22,14 @@ def git_commit() -> str:
     return done.stdout.strip() + ("+uncommitted runtime_service changes" if dirty else "")
 
 
+def device_name(device: str) -> str:
+    """The GPU's name (a benchmark's figures belong to one card), or the device as given."""
+    if device != "cuda":
+        return device
+    import torch
+    return torch.cuda.get_device_name()
+
+
 def sweep_into(result: dict, points, time_us, log) -> None:
     """Times `time_us(point)` for each (name, point) of `points` into result["sweep_us"],
     fastest first, and names the fastest (`kiln_best_config`, `kiln_best_us`); a point this
