@@ -71,6 +71,23 @@ class TokenizerLoad:
             self._future.set_exception(exc)
 
 
+def import_in_background() -> None:
+    """Imports transformers' tokenizer classes on a daemon thread, begun now. The pod's process
+    learns its tokenizer's folder only when the core has fetched the engine, and then loading
+    it took as long as the rest of a warm start: 9.7 s beside the core's start, where 2.0 s
+    alone, 1.4 s of it the import (bench/NOTES.md, run 24d). Begun with the core, the import
+    is done by then. A failed import is left for the load to report."""
+    threading.Thread(target=_import_tokenizer_classes, name="kiln-tokenizer-import",
+                     daemon=True).start()
+
+
+def _import_tokenizer_classes() -> None:
+    try:
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - the load raises it again, where it is needed
+        log.debug("transformers' tokenizers did not import: %r", exc)
+
+
 def load_in_background(folder: str | Path | None, load=None) -> TokenizerLoad:
     """`load(folder)` on a thread of its own, begun now."""
     return TokenizerLoad(folder, load)

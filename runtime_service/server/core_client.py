@@ -33,7 +33,8 @@ from runtime_service.engine import core_codec as codec
 from runtime_service.engine.executor_options import ExecutorOptions, ExecutorStats
 from runtime_service.engine.request import Request
 from runtime_service.engine.request_stream import RequestStream
-from runtime_service.engine.tokenizer_load import load_in_background, load_tokenizer
+from runtime_service.engine.tokenizer_load import (import_in_background, load_in_background,
+                                                   load_tokenizer)
 from runtime_service.engine.validation import EngineLimits, validate_request
 from runtime_service.errors import CapacityExceeded, InvalidRequest, KilnError, Unavailable
 from runtime_service.format.engine_config import BuildConfig, EngineConfig
@@ -298,6 +299,7 @@ def wait_for_start(pipe: FramedSocket) -> tuple[bytes, bytes, Future | None]:
 def start_core_process(uri: str, settings, pod_age_s: float = 0.0) -> StartedEngine:
     """engine_start.start_engine, run in a new engine-core process; blocks until it served its
     warm-up. A start that fails there raises the same typed error here."""
+    import_in_background()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         process = subprocess.Popen(
