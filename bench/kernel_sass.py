@@ -80,7 +80,7 @@ def _gemv_cases():
     fp8 = {"X": "*bf16", "QW": "*fp8e4nv", "Scales": "*fp32", "Bias": "constexpr",
            "Out": "*bf16", "Final": "constexpr", "Counters": "constexpr", "N": "i32",
            "K": "i32", "k_per_split": "i32", "SPLIT_K": "i32", "HAS_BIAS": "constexpr",
-           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "X_BLOCK": "constexpr",
+           "GATED": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "X_BLOCK": "constexpr",
            "EVEN_K": "constexpr", "NUM_STAGES": "constexpr", "TENSOR_CORES": "constexpr",
            "FUSED_SUM": "constexpr"}
     fp8_fused = {**fp8, "Out": "*fp32", "Final": "*bf16", "Counters": "*i32"}
@@ -107,7 +107,7 @@ def _gemv_cases():
                       block_n * block_k // 2))
     for block_n, block_k in ((16, 512), (8, 1024)):
         cases.append((f"fp8 one row, n{block_n} k{block_k}", quant_gemv._fp8_row_kernel, fp8,
-                      dict(Bias=None, Final=None, Counters=None, HAS_BIAS=False,
+                      dict(Bias=None, Final=None, Counters=None, HAS_BIAS=False, GATED=False,
                            BLOCK_N=block_n, BLOCK_K=block_k,
                            X_BLOCK=quant_gemv.row_scale_block(4096, 4), EVEN_K=True,
                            NUM_STAGES=1, TENSOR_CORES=False, FUSED_SUM=False),
@@ -117,8 +117,8 @@ def _gemv_cases():
             cases.append((f"fp8 one row, tensor cores, n{block_n} k{block_k}"
                           + (", split sums fused" if fused else ""),
                           quant_gemv._fp8_row_kernel, fp8_fused if fused else fp8,
-                          dict(Bias=None, HAS_BIAS=False, BLOCK_N=block_n, BLOCK_K=block_k,
-                               X_BLOCK=quant_gemv.row_scale_block(4096, warps),
+                          dict(Bias=None, HAS_BIAS=False, GATED=False, BLOCK_N=block_n,
+                               BLOCK_K=block_k, X_BLOCK=quant_gemv.row_scale_block(4096, warps),
                                EVEN_K=True, NUM_STAGES=stages,
                                TENSOR_CORES=True, FUSED_SUM=fused,
                                **({} if fused else dict(Final=None, Counters=None))),

@@ -178,6 +178,34 @@ def test_every_candidate_config_computes_the_same_function(rows):
         _check(qg.launch_fp8(x, *fp8, None, config), ref_fp8, 5e-3, f"fp8 {config}")
 
 
+def test_gated_fp8_row_gives_the_activation_launchs_bits_with_every_candidate(untuned):
+    """SwiGLU's down projection at one row: the fp8 kernels forming silu(gate) * up as they read
+    [gate | up] (its row scale included) give the same bits as the activation kernel's launch
+    followed by the plain linear, with every candidate the tuner may pick, and so does the
+    entry point (quant_linear.fp8_linear(..., gated=True), on the first candidate)."""
+    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_linear as ql
+    from runtime_service.model.kernels import quant_tuning as qt
+    from runtime_service.model.kernels.activation import silu_and_mul
+
+    generator = _generator("gated")
+    for n, k in ((4096, 14336), (576, 1536)):
+        gate_up = _x(1, 2 * k, torch.bfloat16, generator)
+        gate_up[0, :5] *= 30                # outliers decide the row's scale
+        w = (torch.randn(n, k, device="cuda", generator=generator).to(torch.float8_e4m3fn),
+             torch.rand(n, device="cuda", generator=generator) * 0.01)
+        bias = torch.randn(n, device="cuda", generator=generator).to(torch.bfloat16)
+        act = silu_and_mul(gate_up)
+        for config in qt.fp8_candidates(1, n, k, qt.sm_count(gate_up.device)):
+            assert torch.equal(qg.launch_fp8(gate_up, *w, bias, config, gated=True),
+                               qg.launch_fp8(act, *w, bias, config)), f"{config} (seed {SEED})"
+        assert torch.equal(ql.fp8_linear(gate_up, *w, bias, gated=True),
+                           ql.fp8_linear(act, *w, bias)), f"{(n, k)} (seed {SEED})"
+        rows = _x(3, 2 * k, torch.bfloat16, generator)     # more rows: the activation first
+        assert torch.equal(ql.fp8_linear(rows, *w, None, gated=True),
+                           ql.fp8_linear(silu_and_mul(rows), *w)), f"seed {SEED}"
+
+
 def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():
     """The fp8 one-row kernel with its split sums fused (the last program of each column block
     sums the partials, ordered by an arrival counter) against the same tile with the separate

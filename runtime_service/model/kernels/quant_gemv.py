@@ -29,8 +29,9 @@ import triton
 import triton.language as tl
 
 from runtime_service.model.kernels import arrival_counts, jit_keys, pdl
-from runtime_service.model.kernels.gemv import (GemvConfig, _split_sum_kernel, grid_launcher,
-                                                row_tile)
+from runtime_service.model.kernels.activation import silu_and_mul
+from runtime_service.model.kernels.gemv import (GemvConfig, _silu_mul, _split_sum_kernel,
+                                                grid_launcher, row_tile)
 from runtime_service.model.kernels.quant_convert import FP8_MAX, quantize_rows_fp8
 
 _SUM_BLOCK = 1024
@@ -245,23 +246,27 @@ def _channel_kernel(X, XScale, QW, Scales, Bias, Out, M, N, K, stride_xm, k_per_
 
 @jit_keys.helper
 @triton.jit
-def _row_fp8_scale(X, K, X_BLOCK: tl.constexpr):
+def _row_fp8_scale(X, K, X_BLOCK: tl.constexpr, GATED: tl.constexpr):
     """The e4m3 scale of one row of x, max(amax|x| / 448, 1e-12), as quant_convert's
     `_quantize_rows_kernel` computes it (the same IEEE division), found by a program that needs
-    it: x is 8-28 KB and stays in L2."""
+    it: x is 8-28 KB and stays in L2. GATED: x is [gate | up] and the row is silu(gate) * up,
+    rounded as the activation kernel rounds it."""
     offs_x = tl.arange(0, X_BLOCK)
     amax = tl.zeros((X_BLOCK,), tl.float32)
     for k in range(0, K, X_BLOCK):
         x = tl.load(X + k + offs_x, mask=k + offs_x < K, other=0.0)
+        if GATED:
+            x = _silu_mul(x, tl.load(X + K + k + offs_x, mask=k + offs_x < K, other=0.0))
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
     return tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), 1e-12)
 
 
 @triton.jit(do_not_specialize=["N", "SPLIT_K"])
 def _fp8_row_kernel(X, QW, Scales, Bias, Out, Final, Counters, N, K, k_per_split, SPLIT_K,
-                    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    X_BLOCK: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-                    TENSOR_CORES: tl.constexpr, FUSED_SUM: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, X_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
+                    NUM_STAGES: tl.constexpr, TENSOR_CORES: tl.constexpr,
+                    FUSED_SUM: tl.constexpr):
     """One row of x against fp8 weights, with the row's e4m3 quantization inside: every program
     finds the row's scale itself (`_row_fp8_scale`), so a one-row fp8 linear is one launch
     instead of two and x's codes never go to memory. The codes are those of
@@ -281,11 +286,15 @@ def _fp8_row_kernel(X, QW, Scales, Bias, Out, Final, Counters, N, K, k_per_split
     ordering is the split-K decode attention's (paged_attention.py `_decode_kernel`): a CTA
     barrier, one thread's acq_rel add, the partials read from L2 (.cg). One launch instead of
     two: the split sums' 92 launches were 0.195 ms of an FP8 decode step (bench/NOTES.md,
-    run 20b)."""
+    run 20b).
+
+    GATED (SwiGLU's down projection): x is [gate | up], 2K wide, and the row is silu(gate) * up
+    as `gemv._silu_mul` rounds it, the activation kernel's rounding: the same bits as
+    activation.py's launch followed by this kernel, in one launch."""
     pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    x_scale = _row_fp8_scale(X, K, X_BLOCK)
+    x_scale = _row_fp8_scale(X, K, X_BLOCK, GATED)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     w_rows = tl.minimum(cols, N - 1).to(tl.int64)
     k_start = pid_k * k_per_split
@@ -299,10 +308,14 @@ def _fp8_row_kernel(X, QW, Scales, Bias, Out, Final, Counters, N, K, k_per_split
         if EVEN_K:
             w = tl.load(w_ptrs)
             xk = tl.load(x_ptrs)
+            if GATED:
+                xk = _silu_mul(xk, tl.load(x_ptrs + K))
         else:
             in_k = k + offs_k < K
             w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
             xk = tl.load(x_ptrs, mask=in_k, other=0.0)
+            if GATED:
+                xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=in_k, other=0.0))
         xq = tl.math.div_rn(xk.to(tl.float32), x_scale).to(QW.dtype.element_ty)
         if TENSOR_CORES:
             acc += tl.dot(w, tl.trans(tl.broadcast_to(xq[None, :], (16, BLOCK_K))))
@@ -406,17 +419,22 @@ def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvCo
     return _finish(x, bias, out_dtype, n, config, launch, warmup)
 
 
-def launch_fp8(x, qweight, scales, bias, config: GemvConfig, warmup: bool = False):
+def launch_fp8(x, qweight, scales, bias, config: GemvConfig, warmup: bool = False,
+               gated: bool = False):
     """An fp8 linear of a few rows from x in the engine dtype: one of the fused one-row
     kernels ("fma" on CUDA cores, "swap" on fp8 tensor cores), or the rows quantized by
-    `quantize_rows_fp8` and then `_channel_kernel` ("dot")."""
+    `quantize_rows_fp8` and then `_channel_kernel` ("dot"). `gated`: x is [gate | up] and the
+    linear's input silu(gate) * up (the fused kernels form it as they read x; "dot" runs the
+    activation kernel first)."""
     if config.kind == "dot":
+        if gated:
+            x = (torch.empty((x.shape[0], x.shape[1] // 2), dtype=x.dtype, device=x.device)
+                 if warmup else silu_and_mul(x))
         xq, x_scales = quantize_rows_fp8(x, warmup)
         return launch_channel(xq, x_scales, qweight, scales, bias, x.dtype, config, warmup)
     if x.shape[0] != 1:
         raise ValueError(f"the fused fp8 kernels take one row, got {x.shape[0]}")
-    k = x.shape[1]
-    n = qweight.shape[0]
+    n, k = qweight.shape
     k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
 
     n_blocks = triton.cdiv(n, config.block_n)
@@ -424,11 +442,11 @@ def launch_fp8(x, qweight, scales, bias, config: GemvConfig, warmup: bool = Fals
     def launch(target, fused_bias, final=None, counters=None):
         grid_launcher(_fp8_row_kernel, (n_blocks, config.split_k), warmup)(
             x, qweight, scales, fused_bias, target, final, counters, n, k, k_per_split,
-            config.split_k, HAS_BIAS=fused_bias is not None, BLOCK_N=config.block_n,
-            BLOCK_K=config.block_k, X_BLOCK=row_scale_block(k, config.num_warps),
-            EVEN_K=k % config.block_k == 0, NUM_STAGES=config.num_stages,
-            TENSOR_CORES=config.kind == "swap", FUSED_SUM=final is not None,
-            num_warps=config.num_warps)
+            config.split_k, HAS_BIAS=fused_bias is not None, GATED=gated,
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            X_BLOCK=row_scale_block(k, config.num_warps), EVEN_K=k % config.block_k == 0,
+            NUM_STAGES=config.num_stages, TENSOR_CORES=config.kind == "swap",
+            FUSED_SUM=final is not None, num_warps=config.num_warps)
 
     counters = _split_counters(x.device, n_blocks) if config.fused_sum else None
     if counters is None:        # unsplit, or no counters to spare: the split sum's launch

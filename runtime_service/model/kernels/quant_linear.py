@@ -123,14 +123,21 @@ def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 
 
 def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
+               bias: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """x [M, K] (bf16/fp16), quantized per row to e4m3, times the fp8 weight [N, K] (+ bias)
-    -> [M, N] in x's dtype."""
-    _check_channel(x, qweight, scales, bias, torch.float8_e4m3fn)
+    -> [M, N] in x's dtype. `gated`: x is SwiGLU's [gate | up], [M, 2K], and the linear's
+    input silu(gate) * up, rounded as the activation kernel rounds it; one CUDA row forms it
+    inside the linear's own launch (quant_gemv's fused one-row kernels)."""
+    if gated:
+        _check_gated(x, qweight)
+        if not x.is_cuda or x.shape[0] != 1:
+            return fp8_linear(_silu_and_mul(x), qweight, scales, bias)
+    _check_channel(x[:, :x.shape[1] // 2] if gated else x, qweight, scales, bias,
+                   torch.float8_e4m3fn)
     if not x.is_cuda:
         return fp8_linear_reference(x, qweight, scales, bias)
     if x.shape[0] <= GEMV_ROW_LIMIT:
-        return _fp8_gemv(x, qweight, scales, bias)
+        return _fp8_gemv(x, qweight, scales, bias, gated)
     from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
     xq, x_scales = quantize_rows_fp8(x)
@@ -142,6 +149,22 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         return y if bias is None else y + bias
     y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales[:, None]).T
     return (y if bias is None else y + bias.float()).to(x.dtype)
+
+
+def _check_gated(x: torch.Tensor, qweight: torch.Tensor) -> None:
+    k = qweight.shape[-1]
+    if x.dim() != 2 or x.shape[1] != 2 * k:
+        raise ValueError(f"gated x must be [M, 2K] = [gate | up] with K = {k}, got "
+                         f"{tuple(x.shape)}")
+
+
+def _silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up: the activation kernel on CUDA, torch's ops elsewhere."""
+    if gate_up.is_cuda:
+        from runtime_service.model.kernels.activation import silu_and_mul
+        return silu_and_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
 
 
 def _channel_gemv(kind, x, x_scales, qweight, scales, bias, out_dtype) -> torch.Tensor:
@@ -158,20 +181,20 @@ def _channel_gemv(kind, x, x_scales, qweight, scales, bias, out_dtype) -> torch.
     return qg.launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config)
 
 
-def _fp8_gemv(x, qweight, scales, bias) -> torch.Tensor:
+def _fp8_gemv(x, qweight, scales, bias, gated: bool = False) -> torch.Tensor:
     """Decode rows: tuned over the fused one-row kernel and quantize-then-dot, each timed with
     every launch it makes."""
     from runtime_service.model.kernels import quant_gemv as qg
     from runtime_service.model.kernels import quant_tuning as qt
 
-    rows, k = x.shape
-    n = qweight.shape[0]
-    key = ("fp8", x.device, x.dtype, _bucket(rows), n, k)
+    rows = x.shape[0]
+    n, k = qweight.shape
+    key = ("fp8_gated" if gated else "fp8", x.device, x.dtype, _bucket(rows), n, k)
     config = qt.tuned_config(key, x, (qweight, scales),
                              qt.fp8_candidates(rows, n, k, qt.sm_count(x.device)),
                              lambda x_, w, c, warmup=False: qg.launch_fp8(x_, *w, None, c,
-                                                                          warmup))
-    return qg.launch_fp8(x, qweight, scales, bias, config)
+                                                                          warmup, gated))
+    return qg.launch_fp8(x, qweight, scales, bias, config, gated=gated)
 
 
 def _bucket(rows: int) -> int:

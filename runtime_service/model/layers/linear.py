@@ -10,7 +10,8 @@ shape to stream the weight at memory bandwidth): up to GEMV_MAX_ROWS rows always
 kernels.GEMV_ROW_LIMIT (64) inside the decode graphs (`gemv_rows_up_to`). Everything else, and every CPU input,
 goes to nn.functional.linear. SwiGLU's down projection can take the gate_up
 projection itself (`RowParallelLinear.forward_gate_up`): at decode the GEMV then forms
-silu(gate) * up as it loads its input, saving the activation kernel's launch and round trip.
+silu(gate) * up as it loads its input, saving the activation kernel's launch and round trip
+(so does the fp8 one-row kernel, for one row).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 from runtime_service.model import kernels
 from runtime_service.model.layers.quantized_linear import (WeightQuant, add_quantized_weight,
-                                                           quantized_linear)
+                                                           forms_gate_up, quantized_linear)
 from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
 
 # Rows up to which the GEMV runs instead of cuBLAS anywhere: the decode graphs' batch sizes
@@ -214,7 +215,10 @@ class RowParallelLinear(nn.Module):
     def forward_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:
         """self(silu(gate) * up) for gate_up = [gate | up], SwiGLU's down projection, with the
         activation folded into the GEMV at decode."""
-        if self.quant is not None:
+        if self.quant is None:
+            y = self.parallel.all_reduce(silu_mul_linear(gate_up, self.weight))
+        elif forms_gate_up(self, self.quant, gate_up):
+            y = self.parallel.all_reduce(quantized_linear(self, self.quant, gate_up, gated=True))
+        else:
             return self.forward(_silu_and_mul(gate_up))
-        y = self.parallel.all_reduce(silu_mul_linear(gate_up, self.weight))
         return y + self.bias if self.bias is not None else y

@@ -95,18 +95,35 @@ def dequantized_weight(module: nn.Module, quant: WeightQuant, dtype: torch.dtype
 
 
 def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
-                     bias: torch.Tensor | None = None, row_max=None) -> torch.Tensor:
+                     bias: torch.Tensor | None = None, row_max=None,
+                     gated: bool = False) -> torch.Tensor:
     """x [..., K] @ W^T (+ bias) for the layer's quantized W. A row-parallel layer, whose x is
     a slice of each row, passes `row_max` (an all-reduce max over its ranks) so that FP8
-    scales every row by its whole max |x| on the CPU path, as a single rank does."""
+    scales every row by its whole max |x| on the CPU path, as a single rank does. `gated`
+    (only where `forms_gate_up` says so): x is SwiGLU's [gate | up] and the input
+    silu(gate) * up."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    if (x2.is_cuda and kernels.available() and x2.dtype in KERNEL_DTYPES
-            and (quant.kind != "int4" or getattr(module, "packed_for_kernels", False))):
-        y = _cuda_linear(module, quant, x2, bias)
+    if _on_kernels(module, quant, x2):
+        y = _cuda_linear(module, quant, x2, bias, gated)
     else:
+        if gated:
+            raise ValueError("only the CUDA fp8 kernels take a gated x (forms_gate_up)")
         y = _portable_linear(module, quant, x2, bias, row_max)
     return y.reshape(*shape[:-1], y.shape[-1])
+
+
+def forms_gate_up(module: nn.Module, quant: WeightQuant, gate_up: torch.Tensor) -> bool:
+    """True where the layer's matmul forms SwiGLU's silu(gate) * up itself as it reads
+    [gate | up]: fp8 weights, one row, on the CUDA kernels (one launch fewer per layer and
+    decode step, bit for bit the same)."""
+    rows = gate_up.reshape(-1, gate_up.shape[-1])
+    return quant.kind == "fp8" and rows.shape[0] == 1 and _on_kernels(module, quant, rows)
+
+
+def _on_kernels(module: nn.Module, quant: WeightQuant, x2: torch.Tensor) -> bool:
+    return (x2.is_cuda and kernels.available() and x2.dtype in KERNEL_DTYPES
+            and (quant.kind != "int4" or getattr(module, "packed_for_kernels", False)))
 
 
 # The dtypes the CUDA kernels take; a float32 engine on CUDA (the exact tier the tests compare
@@ -132,14 +149,17 @@ def _portable_linear(module, quant: WeightQuant, x: torch.Tensor, bias, row_max
     return nn.functional.linear(x, dequantized_weight(module, quant, x.dtype), bias)
 
 
-def _cuda_linear(module, quant: WeightQuant, x: torch.Tensor, bias) -> torch.Tensor:
+def _cuda_linear(module, quant: WeightQuant, x: torch.Tensor, bias, gated: bool = False
+                 ) -> torch.Tensor:
     from runtime_service.model.kernels import quant_linear
+    if gated and quant.kind != "fp8":
+        raise ValueError(f"only fp8 weights take a gated x, not {quant.kind}")
     if quant.kind == "int4":
         return quant_linear.int4_linear(x, module.qweight, module.scales, module.zeros,
                                         quant.group_size, bias)
     if quant.kind == "int8":
         return quant_linear.int8_linear(x, module.qweight, module.scales, bias)
-    return quant_linear.fp8_linear(x, module.qweight, module.scales, bias)
+    return quant_linear.fp8_linear(x, module.qweight, module.scales, bias, gated)
 
 
 def pack_for_device(module: nn.Module, quant: WeightQuant) -> None:

@@ -1,8 +1,8 @@
 """The fp8 one-row kernel (`quant_gemv._fp8_row_kernel`) on Triton's interpreter, on its tensor-core
 path ("swap") and its CUDA-core path ("fma"):
 in float32 its "codes" are the scaled row itself, so it must give x @ (W * scales)^T + bias to
-rounding, through every tile, split and ragged K; with its split sums fused, the same bits as
-the split-sum launch. Its fp8 arithmetic is tests/gpu's
+rounding, through every tile, split and ragged K, and with x SwiGLU's [gate | up] (gated); with
+its split sums fused, the same bits as the split-sum launch. Its fp8 arithmetic is tests/gpu's
 (test_quant_kernels.py runs every tuning candidate against the reference)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import torch
 from runtime_service.model.kernels import arrival_counts
+from runtime_service.model.kernels.activation import silu_and_mul
 from runtime_service.model.kernels import quant_gemv as qg
 from runtime_service.model.kernels import quant_tuning as qt
 from runtime_service.model.kernels.gemv import GemvConfig
@@ -51,6 +52,25 @@ for n, k, config in [(200, 512, GemvConfig("swap", 64, 128, 4, 3, 3, fused_sum=T
     assert torch.equal(fused, apart), (str(config), (fused - apart).abs().max().item())
     assert not arrival_counts._counts[x.device].any()
     assert torch.equal(qg.launch_fp8(x, w, scales, bias, config), fused)     # again
+# gated (SwiGLU's down projection): x is [gate | up] and the linear's input silu(gate) * up,
+# formed as the kernel reads x (its row scale too), through both paths, splits and ragged K
+for n, k, config in [(130, 300, GemvConfig("swap", 64, 128, 4, 2, 2)),
+                     (24, 4500, GemvConfig("fma", 8, 512, 1, 1, 1)),
+                     (200, 512, GemvConfig("swap", 64, 128, 4, 3, 3, fused_sum=True))]:
+    gate_up = torch.randn(1, 2 * k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    scales = torch.rand(n, generator=g) + 0.5
+    gate, up = gate_up.chunk(2, dim=-1)
+    ref = (torch.nn.functional.silu(gate) * up) @ (w * scales[:, None]).T
+    out = qg.launch_fp8(gate_up, w, scales, None, config, gated=True)
+    err = ((out - ref).norm() / ref.norm()).item()
+    assert out.shape == (1, n) and err < 1e-5, ("gated", n, k, str(config), err)
+# "dot" quantizes x in a launch of its own: gated, the activation kernel's launch comes first
+config = GemvConfig("dot", 64, 128, 4, 4, 1)
+gate_up = torch.randn(1, 512, generator=g)
+w, scales = torch.randn(64, 256, generator=g), torch.rand(64, generator=g) + 0.5
+assert torch.equal(qg.launch_fp8(gate_up, w, scales, None, config, gated=True),
+                   qg.launch_fp8(silu_and_mul(gate_up), w, scales, None, config))
 candidates = qt.fp8_candidates(1, 6144, 4096, 132)
 assert {c.kind for c in candidates} >= {"fma", "swap", "dot"}
 assert all(c.split_k > 1 for c in candidates if c.fused_sum)

@@ -68,6 +68,10 @@ def test_cpu_calls_run_the_references():
     assert torch.equal(ql.int8_linear(x, q8, s8), expected)
     fp8 = torch.randn(16, 128, generator=generator).to(torch.float8_e4m3fn)
     assert torch.equal(ql.fp8_linear(x, fp8, s8), ql.fp8_linear_reference(x, fp8, s8))
+    gate_up = torch.randn(1, 256, generator=generator).to(torch.bfloat16)    # [gate | up]
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert torch.equal(ql.fp8_linear(gate_up, fp8, s8, gated=True),
+                       ql.fp8_linear_reference(torch.nn.functional.silu(gate) * up, fp8, s8))
 
 
 def test_fp8_row_quantization_uses_amax_over_448_with_a_floor():
@@ -123,3 +127,6 @@ def test_bad_linear_inputs_are_refused_before_any_work():
                       bias=torch.zeros(7, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="kind must be"):
         ql.pack_for_device("nf4", {})
+    with pytest.raises(ValueError, match=r"gated x must be \[M, 2K\]"):
+        ql.fp8_linear(x, torch.zeros(8, 64).to(torch.float8_e4m3fn), torch.zeros(8),
+                      gated=True)
