@@ -151,6 +151,32 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     return (y if bias is None else y + bias.float()).to(x.dtype)
 
 
+def fp8_linear_split_row(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                         row_max) -> torch.Tensor:
+    """`fp8_linear` of one rank's slice of each row in a row-parallel layer, with each row's
+    e4m3 scale taken from the whole row's max |x|: `row_max` turns the slice's per-row maxima
+    [M] into the whole row's (an all-reduce max over the ranks), so every rank rounds its
+    slice as one rank would round the row (docs/ARCHITECTURE.md, the FP8 contract). The fused
+    one-row kernels find their scale from their own slice, so this quantizes first and runs
+    the quantize-then-dot path."""
+    _check_channel(x, qweight, scales, None, torch.float8_e4m3fn)
+    amax = row_max(x.float().abs().amax(dim=-1))
+    x_scales = (amax / torch.full_like(amax, 448.0)).clamp_min(1e-12)     # as the kernels
+    xq = (x.float() / x_scales[:, None]).to(torch.float8_e4m3fn)
+    if not x.is_cuda:
+        y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales.float()[:, None]).T
+        return y.to(x.dtype)
+    if x.shape[0] <= GEMV_ROW_LIMIT:
+        return _channel_gemv("fp8_dot", xq, x_scales, qweight, scales, None, x.dtype)
+    n, k = qweight.shape
+    if (_has_fp8_tensor_cores(x.device) and x.dtype == torch.bfloat16 and n % 16 == 0
+            and k % 16 == 0):
+        return torch._scaled_mm(xq, qweight.t(), scale_a=x_scales[:, None],
+                                scale_b=scales[None, :], out_dtype=x.dtype)
+    y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales[:, None]).T
+    return y.to(x.dtype)
+
+
 def _check_gated(x: torch.Tensor, qweight: torch.Tensor) -> None:
     k = qweight.shape[-1]
     if x.dim() != 2 or x.shape[1] != 2 * k:

@@ -172,7 +172,8 @@ def tuning_totals() -> tuple[int, float]:
 
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-_KINDS = ("int4", "int8", "fp8", "fp8_gated")   # fp8_gated: x is [gate | up]
+# fp8_gated: x is [gate | up]; fp8_dot: rows quantized beforehand (a split row, tp > 1)
+_KINDS = ("int4", "int8", "fp8", "fp8_gated", "fp8_dot")
 
 
 def export_tuned(device: torch.device) -> list[dict]:

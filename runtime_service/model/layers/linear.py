@@ -205,8 +205,12 @@ class RowParallelLinear(nn.Module):
 
     def _partial(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is not None:
-            return quantized_linear(self, self.quant, x, row_max=self.parallel.all_reduce_max)
+            return quantized_linear(self, self.quant, x, row_max=self._row_max())
         return linear(x, self.weight)
+
+    def _row_max(self):
+        """The all-reduce that gives FP8 the whole row's max |x| when ranks hold slices of it."""
+        return self.parallel.all_reduce_max if self.parallel.tp_size > 1 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.parallel.all_reduce(self._partial(x))
@@ -217,7 +221,7 @@ class RowParallelLinear(nn.Module):
         activation folded into the GEMV at decode."""
         if self.quant is None:
             y = self.parallel.all_reduce(silu_mul_linear(gate_up, self.weight))
-        elif forms_gate_up(self, self.quant, gate_up):
+        elif self.parallel.tp_size == 1 and forms_gate_up(self, self.quant, gate_up):
             y = self.parallel.all_reduce(quantized_linear(self, self.quant, gate_up, gated=True))
         else:
             return self.forward(_silu_and_mul(gate_up))

@@ -99,13 +99,13 @@ def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
                      gated: bool = False) -> torch.Tensor:
     """x [..., K] @ W^T (+ bias) for the layer's quantized W. A row-parallel layer, whose x is
     a slice of each row, passes `row_max` (an all-reduce max over its ranks) so that FP8
-    scales every row by its whole max |x| on the CPU path, as a single rank does. `gated`
+    scales every row by its whole max |x|, as a single rank does. `gated`
     (only where `forms_gate_up` says so): x is SwiGLU's [gate | up] and the input
     silu(gate) * up."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     if _on_kernels(module, quant, x2):
-        y = _cuda_linear(module, quant, x2, bias, gated)
+        y = _cuda_linear(module, quant, x2, bias, gated, row_max)
     else:
         if gated:
             raise ValueError("only the CUDA fp8 kernels take a gated x (forms_gate_up)")
@@ -149,11 +149,14 @@ def _portable_linear(module, quant: WeightQuant, x: torch.Tensor, bias, row_max
     return nn.functional.linear(x, dequantized_weight(module, quant, x.dtype), bias)
 
 
-def _cuda_linear(module, quant: WeightQuant, x: torch.Tensor, bias, gated: bool = False
-                 ) -> torch.Tensor:
+def _cuda_linear(module, quant: WeightQuant, x: torch.Tensor, bias, gated: bool = False,
+                 row_max=None) -> torch.Tensor:
     from runtime_service.model.kernels import quant_linear
-    if gated and quant.kind != "fp8":
-        raise ValueError(f"only fp8 weights take a gated x, not {quant.kind}")
+    if gated and (quant.kind != "fp8" or row_max is not None):
+        raise ValueError("only fp8 weights of a whole row take a gated x")
+    if quant.kind == "fp8" and row_max is not None:
+        y = quant_linear.fp8_linear_split_row(x, module.qweight, module.scales, row_max)
+        return y if bias is None else y + bias
     if quant.kind == "int4":
         return quant_linear.int4_linear(x, module.qweight, module.scales, module.zeros,
                                         quant.group_size, bias)

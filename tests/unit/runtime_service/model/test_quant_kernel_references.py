@@ -130,3 +130,31 @@ def test_bad_linear_inputs_are_refused_before_any_work():
     with pytest.raises(ValueError, match=r"gated x must be \[M, 2K\]"):
         ql.fp8_linear(x, torch.zeros(8, 64).to(torch.float8_e4m3fn), torch.zeros(8),
                       gated=True)
+
+
+def test_a_split_row_takes_its_fp8_scale_from_the_whole_row():
+    """A row-parallel FP8 layer's slice of each row is rounded with the whole row's scale
+    (`fp8_linear_split_row`, row_max standing in for the all-reduce): each half computes
+    exactly what one rank computes for those columns, where a half scaled by its own max
+    rounds differently."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 128, generator=generator).to(torch.bfloat16)
+    x[:, 70] = 50.0                                  # the second half holds each row's max
+    fp8 = torch.randn(16, 128, generator=generator).to(torch.float8_e4m3fn)
+    scales = torch.rand(16, generator=generator)
+    whole_max = x.float().abs().amax(dim=-1)
+    xq, x_scales = ql.quantize_rows_fp8_reference(x)          # one rank, the whole row
+    assert torch.equal(x_scales, (whole_max / 448.0).clamp_min(1e-12))
+    for half in (slice(0, 64), slice(64, 128)):
+        x_half, w_half = x[:, half].contiguous(), fp8[:, half].contiguous()
+        split = ql.fp8_linear_split_row(x_half, w_half, scales,
+                                        lambda amax: torch.maximum(amax, whole_max))
+        one_rank = ((xq[:, half].float() * x_scales[:, None])
+                    @ (w_half.float() * scales[:, None]).T).to(torch.bfloat16)
+        assert torch.equal(split, one_rank)
+    alone = ql.fp8_linear(x[:, :64].contiguous(), fp8[:, :64].contiguous(), scales)
+    assert not torch.equal(alone, ql.fp8_linear_split_row(
+        x[:, :64].contiguous(), fp8[:, :64].contiguous(), scales,
+        lambda amax: torch.maximum(amax, whole_max)))
+    assert torch.equal(ql.fp8_linear_split_row(x, fp8, scales, lambda amax: amax),
+                       ql.fp8_linear_reference(x, fp8, scales))
