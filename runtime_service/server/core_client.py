@@ -320,6 +320,8 @@ def start_core_process(uri: str, settings, pod_age_s: float = 0.0) -> StartedEng
     if kind != codec.STARTED:
         pipe.close()
         process.wait(SHUTDOWN_TIMEOUT_S)
+        if kind not in (codec.START_FAILED, codec.FAILED):
+            raise KilnError(f"the engine core sent a {kind!r} message before it started")
         raise codec.decode_error(codec.loads(body))
     started = codec.loads(body)
     client = EngineCoreClient(process, pipe, started, settings.executor or ExecutorOptions(),

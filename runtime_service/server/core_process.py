@@ -65,12 +65,23 @@ class EngineCore:
         self._outbox: list = []
         self._unstamped: dict[str, Request] = {}    # submitted, first output's stamps not yet sent
         self._last_stats = None
+        self._announced = False                       # STARTED sent
         executor.new_stream = lambda request_id, abort: _OutboxStream(request_id, self._outbox)
         executor.on_step_end = self.flush
         executor.on_failure = self._failed
 
+    def announce(self, description: dict) -> None:
+        """Sends STARTED. The step loop's idle passes call `flush` from the moment the hooks are
+        set, and a STEP sent before STARTED failed the pod's start ("INTERNAL: o: s", seen once
+        in forty starts); so nothing of the loop's goes out until STARTED has."""
+        self.pipe.send(codec.STARTED, codec.dumps(description))
+        self._announced = True
+
     def flush(self) -> None:
-        """One STEP message with what this loop pass produced; nothing when nothing changed."""
+        """One STEP message with what this loop pass produced; nothing when nothing changed,
+        and nothing before STARTED (`announce`)."""
+        if not self._announced:
+            return
         stats = self.executor.stats()
         if not self._outbox and stats == self._last_stats:
             return
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe.send(codec.START_FAILED, codec.dumps(codec.encode_error(exc)))
         return 2
     core = EngineCore(started.executor, pipe)
-    pipe.send(codec.STARTED, codec.dumps(describe(started)))
+    core.announce(describe(started))
     # After STARTED: the collection (0.1-0.2 s on the CI CPU) is then off the start's critical
     # path; a request that comes meanwhile waits on the pipe until serve() reads it.
     set_start_up_heap_aside("engine core")

@@ -70,9 +70,28 @@ def wire():
     ours, theirs = socket.socketpair()
     executor = ScriptedExecutor()
     core = EngineCore(executor, FramedSocket(theirs))
+    pod = FramedSocket(ours)
+    core.announce({"engine": "scripted"})
+    assert pod.recv() == (codec.STARTED, codec.dumps({"engine": "scripted"}))
     serving = threading.Thread(target=core.serve, daemon=True)
     serving.start()
-    return executor, core, FramedSocket(ours), serving
+    return executor, core, pod, serving
+
+
+def test_nothing_of_the_step_loop_goes_out_before_started():
+    """The executor's idle passes call on_step_end as soon as the core has set it, before the
+    core has sent STARTED: the pod must read STARTED first, then the loop's STEP."""
+    ours, theirs = socket.socketpair()
+    executor = ScriptedExecutor()
+    core = EngineCore(executor, FramedSocket(theirs))
+    pod = FramedSocket(ours)
+    executor.on_step_end()                           # an idle pass before STARTED: stats
+    assert not pod.readable(0.05)
+    core.announce({"engine": "scripted"})
+    executor.on_step_end()
+    assert pod.recv()[0] == codec.STARTED
+    kind, body = pod.recv()
+    assert kind == codec.STEP and codec.decode_step(body).stats == executor.stats()
 
 
 def test_one_message_per_pass_and_none_while_idle():
