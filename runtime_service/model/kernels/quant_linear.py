@@ -141,14 +141,7 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
     xq, x_scales = quantize_rows_fp8(x)
-    n, k = qweight.shape
-    if (_has_fp8_tensor_cores(x.device) and x.dtype == torch.bfloat16 and n % 16 == 0
-            and k % 16 == 0):               # what torch._scaled_mm's row-wise path takes
-        y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scales[:, None],
-                             scale_b=scales[None, :], out_dtype=x.dtype)
-        return y if bias is None else y + bias
-    y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales[:, None]).T
-    return (y if bias is None else y + bias.float()).to(x.dtype)
+    return _quantized_rows_matmul(xq, x_scales, qweight, scales, bias, x.dtype)
 
 
 def fp8_linear_split_row(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -163,18 +156,22 @@ def fp8_linear_split_row(x: torch.Tensor, qweight: torch.Tensor, scales: torch.T
     amax = row_max(x.float().abs().amax(dim=-1))
     x_scales = (amax / torch.full_like(amax, 448.0)).clamp_min(1e-12)     # as the kernels
     xq = (x.float() / x_scales[:, None]).to(torch.float8_e4m3fn)
-    if not x.is_cuda:
-        y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales.float()[:, None]).T
-        return y.to(x.dtype)
-    if x.shape[0] <= GEMV_ROW_LIMIT:
+    if x.is_cuda and x.shape[0] <= GEMV_ROW_LIMIT:
         return _channel_gemv("fp8_dot", xq, x_scales, qweight, scales, None, x.dtype)
+    return _quantized_rows_matmul(xq, x_scales, qweight, scales, None, x.dtype)
+
+
+def _quantized_rows_matmul(xq, x_scales, qweight, scales, bias, out_dtype) -> torch.Tensor:
+    """(xq * x_scales) @ (qweight * scales)^T (+ bias) for rows already in e4m3: cuBLAS's fp8
+    GEMM with row-wise scales where the GPU and shapes take it, else in float32."""
     n, k = qweight.shape
-    if (_has_fp8_tensor_cores(x.device) and x.dtype == torch.bfloat16 and n % 16 == 0
-            and k % 16 == 0):
-        return torch._scaled_mm(xq, qweight.t(), scale_a=x_scales[:, None],
-                                scale_b=scales[None, :], out_dtype=x.dtype)
-    y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales[:, None]).T
-    return y.to(x.dtype)
+    if (xq.is_cuda and _has_fp8_tensor_cores(xq.device) and out_dtype == torch.bfloat16
+            and n % 16 == 0 and k % 16 == 0):      # what torch._scaled_mm's row-wise path takes
+        y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scales[:, None],
+                             scale_b=scales[None, :], out_dtype=out_dtype)
+        return y if bias is None else y + bias
+    y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales.float()[:, None]).T
+    return (y if bias is None else y + bias.float()).to(out_dtype)
 
 
 def _check_gated(x: torch.Tensor, qweight: torch.Tensor) -> None:
