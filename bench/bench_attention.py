@@ -23,6 +23,7 @@ scale per token and head; the floor counts those bytes; SDPA stays bf16).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -42,7 +43,10 @@ BLOCK_SIZE = 16
 # (batch, context): batch-1 decode at two prompt lengths; the 64- and 256-stream loads of
 # bench_decode early and late in their 128-token outputs (contexts 129-256: a context that is
 # not a multiple of the key tile leaves the last tile part empty), and 64 streams at 1024 + 128.
-LOADS = ((1, 1024), (1, 4096), (64, 140), (64, 200), (64, 1152), (256, 160))
+LOADS = ((1, 200), (1, 1024), (1, 4096), (64, 140), (64, 200), (64, 1152), (256, 160))
+# The default launch shape again with splits of at least this many keys (`min_split_keys`):
+# short contexts then run in one program with no merge, long ones in fewer splits.
+MIN_SPLIT_KEYS = (0, 128, 256, 512, 1024)
 SWEEP = dict(block_n=(16, 32, 64), num_warps=(2, 4, 8), num_stages=(2, 3),
              split_factor=(1, 2, 4))
 # An 8-bit cache's loop is bound by instructions, not bytes: offline sm_90 SASS counts fewest
@@ -143,13 +147,18 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
         return graph_time_per_call_us(kiln(*point), q, paged)
 
     rel_err = rel_err_of()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    default = attention_configs.default_decode_config(group, HEAD_DIM, batch * num_kv_heads, sms)
 
     result = {"model": model, "batch": batch, "context": context, "splits": splits,
               "kv_bytes_per_layer": kv_bytes, "floor_us": kv_bytes / bandwidth * 1e6,
               "sdpa_us": graph_time_per_call_us(sdpa, q, dense),
-              "kiln_default_config": str(attention_configs.default_decode_config(group, HEAD_DIM)),
+              "kiln_default_config": str(default),
               "kiln_default_us": graph_time_per_call_us(kiln(None), q, paged),
               "kiln_rel_err_vs_reference": rel_err}
+    result["kiln_min_split_keys_us"] = {
+        str(keys): checked_time_us((dataclasses.replace(default, min_split_keys=keys), splits))
+        for keys in MIN_SPLIT_KEYS}
     if sweep:
         sweep_into(result, ((f"{config} splits{num_splits}", (config, num_splits))
                             for config, num_splits in sweep_points(
@@ -160,7 +169,8 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
     log(f"{model} batch {batch} context {context}: floor {result['floor_us']:.1f} us, SDPA "
         f"{result['sdpa_us']:.1f}, Kiln {result['kiln_default_us']:.1f}"
         + (f", best {result['kiln_best_us']:.1f} [{result['kiln_best_config']}]" if sweep
-           else ""))
+           else "") + "; splits of at least K keys: "
+        + ", ".join(f"{k} {us:.1f}" for k, us in result["kiln_min_split_keys_us"].items()))
     return result
 
 

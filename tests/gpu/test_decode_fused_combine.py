@@ -102,8 +102,10 @@ def test_fused_combine_is_bit_identical_to_two_launches(dtype, heads, head_dim, 
     _check_fused_decode(dtype, heads, head_dim, batch, num_splits, case_seed)
 
 
-# (block_n, num_warps, num_stages): short and long key tiles, shallow and deep pipelines.
-LAUNCH_CONFIGS = [(64, 4, 2), (128, 8, 2), (32, 4, 3), (16, 2, 4), (32, 8, 4)]
+# (block_n, num_warps, num_stages[, min_split_keys]): short and long key tiles, shallow and
+# deep pipelines, splits of at least 100 keys (not whole tiles: rounded up) and 512.
+LAUNCH_CONFIGS = [(64, 4, 2), (128, 8, 2), (32, 4, 3), (16, 2, 4), (32, 8, 4), (64, 4, 2, 100),
+                  (16, 2, 2, 512)]
 
 
 @pytest.mark.parametrize("config", LAUNCH_CONFIGS, ids=str)

@@ -222,7 +222,8 @@ def test_launchers_reject_bad_shapes():
 
 
 @pytest.mark.parametrize("fields", [dict(block_n=24), dict(block_n=8), dict(num_warps=3),
-                                    dict(num_stages=0), dict(num_stages=9)], ids=str)
+                                    dict(num_stages=0), dict(num_stages=9),
+                                    dict(min_split_keys=-1)], ids=str)
 def test_decode_config_rejects_impossible_launch_shapes(fields):
     from runtime_service.model.kernels import paged_attention as pa
 

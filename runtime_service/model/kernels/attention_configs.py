@@ -91,25 +91,56 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context: int,
 @dataclass(frozen=True)
 class DecodeConfig:
     """How a decode launch tiles its work: keys per loop iteration (`block_n`), warps and
-    pipeline depth per program."""
+    pipeline depth per program, and the fewest keys a split takes (`min_split_keys`, rounded
+    up to whole tiles): a context of at most that many runs in one program with no merge,
+    and longer ones in fewer, longer splits."""
 
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    min_split_keys: int = 0
 
     def __post_init__(self):
         _check_launch_shape(self.block_n, self.num_warps, self.num_stages)
+        if not 0 <= self.min_split_keys <= 1 << 20:
+            raise ValueError(f"min_split_keys must be in 0..{1 << 20}, got "
+                             f"{self.min_split_keys}")
 
     def __str__(self) -> str:
-        return f"n{self.block_n} w{self.num_warps} s{self.num_stages}"
+        return (f"n{self.block_n} w{self.num_warps} s{self.num_stages}"
+                + (f" min{self.min_split_keys}" if self.min_split_keys else ""))
 
 
-def default_decode_config(group: int, head_dim: int) -> DecodeConfig:
+# Splits of at least this many keys once a decode launch has this many (sequence, kv head)
+# programs per SM without splitting. Per layer with Llama-3-8B heads on an H100 (bench/NOTES.md,
+# run 25b): 64 sequences of 140 / 200 tokens 22.5 -> 19.0 / 27.9 -> 25.0 us (bf16 cache), 28.2
+# -> 27.0 / 35.4 -> 33.6 (fp8), and 1152 tokens or 256 sequences unchanged; at batch 1 (8
+# programs) every floor was slower (200 tokens: 5.5 -> 7.8 us), as one program walks the keys
+# that splits read side by side.
+FULL_LAUNCH_MIN_SPLIT_KEYS = 256
+FULL_LAUNCH_PROGRAMS_PER_SM = 3
+
+
+def default_decode_config(group: int, head_dim: int, programs: int = 0,
+                          num_sms: int = 132) -> DecodeConfig:
     """The launch shape decode uses unless told otherwise. With one query row per kv head,
     16-key tiles on two warps were the fastest or within 1% of it at every batch-1, 64- and
     256-stream load bench/bench_attention.py timed on an H100 (6-12% faster than 64-key tiles
     on four warps at contexts that leave the last tile part empty); grouped heads keep the
-    64-key tile."""
+    64-key tile. A launch of `programs` (sequence, kv head) pairs that fills the GPU several
+    times over takes splits of at least FULL_LAUNCH_MIN_SPLIT_KEYS keys."""
+    full = programs >= FULL_LAUNCH_PROGRAMS_PER_SM * num_sms
+    min_split_keys = FULL_LAUNCH_MIN_SPLIT_KEYS if full else 0
     if group == 1 and head_dim <= 128:
-        return DecodeConfig(block_n=16, num_warps=2, num_stages=2)
-    return DecodeConfig(block_n=64 if head_dim <= 128 else 32)
+        return DecodeConfig(block_n=16, num_warps=2, num_stages=2, min_split_keys=min_split_keys)
+    return DecodeConfig(block_n=64 if head_dim <= 128 else 32, min_split_keys=min_split_keys)
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    """SMs of `device`; 1 off CUDA (Triton's interpreter runs one program at a time)."""
+    return _cuda_sm_count(device.index or 0) if device.type == "cuda" else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count

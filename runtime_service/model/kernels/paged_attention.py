@@ -31,6 +31,7 @@ from runtime_service.model.kernels import arrival_counts, pdl
 from runtime_service.model.kernels.attention_configs import (DecodeConfig, PrefillConfig,
                                                              default_decode_config,
                                                              default_prefill_config,
+                                                             multiprocessor_count,
                                                              shared_bytes_per_block)
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, dequantize_kv_reference,
                                                     scale_args)
@@ -141,6 +142,17 @@ def _prefill_kernel(
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
+@triton.jit
+def _split_span(seq_len, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
+                MIN_SPLIT_KEYS: tl.constexpr):
+    """Keys per split (whole key tiles, at least MIN_SPLIT_KEYS) and how many splits get any
+    (at least one, so a row is always written). The splits past those return at once: they
+    write no partial and the merge does not wait for them."""
+    per_split = tl.maximum(tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N,
+                           MIN_SPLIT_KEYS)
+    return per_split, tl.maximum(tl.cdiv(seq_len, per_split), 1)
+
+
 @triton.jit(do_not_specialize=["fused_combine"])
 def _decode_kernel(
     Q, K_cache, V_cache, PartialOut, PartialLse, Out, arrival_counts, block_tables, seq_lens,
@@ -149,15 +161,18 @@ def _decode_kernel(
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
     K_scale, V_scale, stride_sb, stride_ss,
-    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, KV_QUANT: tl.constexpr,
-    FP8_AS_FP16: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_G: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, MIN_SPLIT_KEYS: tl.constexpr,
+    PRECISION: tl.constexpr, KV_QUANT: tl.constexpr, FP8_AS_FP16: tl.constexpr,
 ):
-    """With `fused_combine` set, the last split program to finish for its (sequence, kv head)
+    """Only the splits that get keys (`_split_span`) run; when that is one, it writes the
+    output itself, with the bits a merge of one partial gives (the weight is exp2(0) = 1).
+
+    With `fused_combine` set, the last working split to finish for its (sequence, kv head)
     merges the partials. Ordering: every thread's partial stores precede a CTA barrier, after
     which one thread does the acq_rel (gpu scope) add on the arrival count; the adds form one
-    release sequence, so the program that reads NUM_SPLITS - 1 has acquired every other
+    release sequence, so the program that reads `working - 1` has acquired every other
     program's stores, and Triton's broadcast of the add's result (shared memory, then a barrier)
     orders its threads' partial loads after that acquire. The merger resets the count to 0 for
     the next launch (no other program touches it until then). `fused_combine` is a runtime flag
@@ -167,10 +182,11 @@ def _decode_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + seq)
-    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split, working = _split_span(seq_len, NUM_SPLITS, BLOCK_N, MIN_SPLIT_KEYS)
+    if split >= working:
+        return
     start = split * per_split
     end = tl.minimum(seq_len, start + per_split)
-
     offs_g = tl.arange(0, BLOCK_G)
     g_mask = offs_g < GROUP
     heads = kv_head * GROUP + offs_g
@@ -218,74 +234,80 @@ def _decode_kernel(
     out = acc / tl.where(has_work, l_i, 1.0)[:, None]
     lse = tl.where(has_work, m_i + tl.log2(tl.where(has_work, l_i, 1.0)), float("-inf"))
     gd_mask = g_mask[:, None] & d_mask[None, :]
-    if NUM_SPLITS == 1:
-        if fused_combine != 0:
-            # One split: its partial is the output (the merge would multiply by exp2(0) = 1).
-            tl.store(Out + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
-                     out.to(Out.dtype.element_ty), mask=gd_mask)
-            return
+    if working == 1:
+        tl.store(Out + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(Out.dtype.element_ty), mask=gd_mask)
+        return
     tl.store(PartialOut + seq * stride_pt + heads[:, None] * stride_ph + split * stride_ps
              + offs_d[None, :], out, mask=gd_mask)
     tl.store(PartialLse + seq * stride_lt + heads * stride_lh + split, lse, mask=g_mask)
-    if NUM_SPLITS > 1:
-        if fused_combine != 0:
-            tl.debug_barrier()          # every thread's partial stores come before the release
-            counter = arrival_counts + seq * tl.num_programs(1) + kv_head
-            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if arrived == NUM_SPLITS - 1:
-                for g in tl.static_range(GROUP):
-                    _merge_splits(PartialOut, PartialLse, Out, seq, kv_head * GROUP + g,
-                                  stride_pt, stride_ph, stride_ps, stride_lt, stride_lh,
-                                  stride_ot, stride_oh, HEAD_DIM, BLOCK_D, NUM_SPLITS)
-                tl.store(counter, 0)
+    if fused_combine != 0:
+        tl.debug_barrier()          # every thread's partial stores come before the release
+        counter = arrival_counts + seq * tl.num_programs(1) + kv_head
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == working - 1:
+            _merge_splits(PartialOut, PartialLse, Out, seq, kv_head, working,
+                          stride_pt, stride_ph, stride_ps, stride_lt, stride_lh,
+                          stride_ot, stride_oh, GROUP, MERGE_G, HEAD_DIM, BLOCK_D, NUM_SPLITS)
+            tl.store(counter, 0)
 
 
 @triton.jit
 def _merge_splits(
-    PartialOut, PartialLse, Out, seq, head,
+    PartialOut, PartialLse, Out, seq, kv_head, working,
     stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    GROUP: tl.constexpr, MERGE_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
 ):
-    """Out[seq, head] = the lse-weighted mean of its split partials. The sums run split by split
-    in order, one output element per lane, with the weights as scalars: the bits do not depend
-    on a tile layout (a tree reduction's order would), so the fused and the two-launch paths
-    agree, and no value crosses lanes (no shared-memory round trip per split). The loads bypass
-    L1 (.cg): the partials were written by other programs."""
+    """Out[seq, heads of kv_head] = the lse-weighted mean of the working splits' partials. The
+    sums run split by split in order, element by element, with one weight per head: the bits
+    do not depend on a tile layout (a tree reduction's order would), so the fused and the
+    two-launch paths agree. The group's heads are one [MERGE_G, D] tile, so every split's loads
+    for all of them go out together: one L2 round trip for the maxima and one for the sums,
+    where a head at a time took two each (its store ends the loads' reordering). The loads
+    bypass L1 (.cg): the partials were written by other programs."""
+    offs_g = tl.arange(0, MERGE_G)
+    g_mask = offs_g < GROUP
+    heads = kv_head * GROUP + offs_g
     offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-    lse_row = PartialLse + seq * stride_lt + head * stride_lh
-    part_row = PartialOut + seq * stride_pt + head * stride_ph + offs_d
-    if NUM_SPLITS == 1:
-        # The partial is the output; as in the fused path, no weight of exp2(0) = 1 touches it.
-        out = tl.load(part_row, mask=d_mask, other=0.0, cache_modifier=".cg")
-    else:
-        m = tl.load(lse_row, cache_modifier=".cg")
-        for s in tl.static_range(1, NUM_SPLITS):
-            m = tl.maximum(m, tl.load(lse_row + s, cache_modifier=".cg"))
-        total = tl.zeros_like(m)
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for s in tl.static_range(NUM_SPLITS):
-            weight = tl.exp2(tl.load(lse_row + s, cache_modifier=".cg") - m)
-            part = tl.load(part_row + s * stride_ps, mask=d_mask, other=0.0,
-                           cache_modifier=".cg")
-            total = total + weight
-            acc = acc + part * weight
-        out = acc / total
-    tl.store(Out + seq * stride_ot + head * stride_oh + offs_d, out.to(Out.dtype.element_ty),
-             mask=d_mask)
+    gd_mask = g_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    lse_rows = PartialLse + seq * stride_lt + heads * stride_lh
+    part_rows = PartialOut + seq * stride_pt + heads[:, None] * stride_ph + offs_d[None, :]
+    m = tl.load(lse_rows, mask=g_mask, other=0.0, cache_modifier=".cg")
+    for s in tl.static_range(1, NUM_SPLITS):
+        m = tl.maximum(m, tl.load(lse_rows + s, mask=g_mask & (s < working),
+                                  other=float("-inf"), cache_modifier=".cg"))
+    total = tl.where(g_mask, 0.0, 1.0)      # a padding row divides 0 by 1, not 0 by 0
+    acc = tl.zeros([MERGE_G, BLOCK_D], dtype=tl.float32)
+    for s in tl.static_range(NUM_SPLITS):
+        live = s < working
+        weight = tl.exp2(tl.load(lse_rows + s, mask=g_mask & live, other=float("-inf"),
+                                 cache_modifier=".cg") - m)
+        part = tl.load(part_rows + s * stride_ps, mask=gd_mask & live, other=0.0,
+                       cache_modifier=".cg")
+        total = total + weight
+        acc = acc + part * weight[:, None]
+    out = acc / total[:, None]
+    tl.store(Out + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=gd_mask)
 
 
 @triton.jit
 def _combine_kernel(
-    PartialOut, PartialLse, Out,
+    PartialOut, PartialLse, Out, seq_lens,
     stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    GROUP: tl.constexpr, MERGE_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, MIN_SPLIT_KEYS: tl.constexpr,
 ):
-    """The two-launch merge, one program per (sequence, query head)."""
+    """The two-launch merge, one program per (sequence, kv head); a row that one split wrote
+    whole has nothing to merge."""
     pdl.await_previous_kernel()
-    _merge_splits(PartialOut, PartialLse, Out, tl.program_id(0), tl.program_id(1),
-                  stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
-                  HEAD_DIM, BLOCK_D, NUM_SPLITS)
+    seq = tl.program_id(0)
+    _, working = _split_span(tl.load(seq_lens + seq), NUM_SPLITS, BLOCK_N, MIN_SPLIT_KEYS)
+    if working > 1:
+        _merge_splits(PartialOut, PartialLse, Out, seq, tl.program_id(1), working,
+                      stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot,
+                      stride_oh, GROUP, MERGE_G, HEAD_DIM, BLOCK_D, NUM_SPLITS)
 
 
 # ---- launchers ---------------------------------------------------------------------------------
@@ -389,8 +411,11 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if num_seqs == 0:
         return out
     group = num_heads // num_kv_heads
-    config = config or default_decode_config(group, head_dim)
+    config = config or default_decode_config(group, head_dim, num_seqs * num_kv_heads,
+                                             multiprocessor_count(q.device))
     block_d = triton.next_power_of_2(head_dim)
+    merge_g = triton.next_power_of_2(group)
+    min_split_keys = triton.cdiv(config.min_split_keys, config.block_n) * config.block_n
     partial = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32,
                           device=q.device)
     lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
@@ -404,18 +429,20 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1), *scale_args(k_cache, k_scale, v_scale),
-        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n,
-        NUM_SPLITS=num_splits, PRECISION=_precision(q), KV_QUANT=k_scale is not None,
-        FP8_AS_FP16=_fp8_as_fp16(q, k_cache), num_warps=config.num_warps,
-        num_stages=config.num_stages, **pdl.LAUNCH,
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), MERGE_G=merge_g,
+        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n,
+        NUM_SPLITS=num_splits, MIN_SPLIT_KEYS=min_split_keys, PRECISION=_precision(q),
+        KV_QUANT=k_scale is not None, FP8_AS_FP16=_fp8_as_fp16(q, k_cache),
+        num_warps=config.num_warps, num_stages=config.num_stages, **pdl.LAUNCH,
     )
     if not fused_combine:
-        _combine_kernel[(num_seqs, num_heads)](
-            partial, lse, out,
+        _combine_kernel[(num_seqs, num_kv_heads)](
+            partial, lse, out, seq_lens,
             partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0),
             lse.stride(1), out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4, **pdl.LAUNCH,
+            GROUP=group, MERGE_G=merge_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
+            BLOCK_N=config.block_n, NUM_SPLITS=num_splits, MIN_SPLIT_KEYS=min_split_keys,
+            num_warps=4, **pdl.LAUNCH,
         )
     return out
 
