@@ -248,6 +248,11 @@ class CompilePool:
             # process's import path, so the worker finds every kernel module this one does.
             environment["TRITON_CACHE_DIR"] = str(knobs.cache.dir)
             environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+            # PDL as this process resolved it (its "auto" asks the GPU, which a worker need not
+            # open): the kernels take it as a compile-time constant, so the keys must agree.
+            from runtime_service.model.kernels import pdl
+
+            environment[pdl.ENV] = "1" if pdl.ENABLED else "0"
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "runtime_service.model.kernels.compile_worker",
                  str(self.workers)],

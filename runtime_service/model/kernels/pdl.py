@@ -16,11 +16,12 @@ The rule the kernels keep: every Kiln Triton kernel starts with `await_previous_
 every launch passes `**LAUNCH` (tests/unit/runtime_service/model/test_pdl_rule.py checks
 both in the source). A kernel launched with the attribute but without the wait would race.
 
-Off unless KILN_PDL=1. On an H100 it took 1.4% off bf16's batch-1 time per token and 2.3% off
-FP8's, and moved 64 streams by about their run-to-run spread (bench/NOTES.md, run 24b); the
-whole GPU tier has not yet run with it on, so it is not the default. The
-instruction needs sm_90 or newer, and the setting is read once, at import, because the kernels
-take it as a compile-time constant (the compile workers inherit it with the environment).
+On by default from sm_90 (KILN_PDL unset or "auto"); KILN_PDL=0 turns it off, 1 asks for it on
+any GPU. On an H100 it took 1.4% off bf16's batch-1 time per token and 2.3% off FP8's, and moved
+64 streams by about their run-to-run spread (bench/NOTES.md, run 24b); the whole GPU tier passed
+with it on (run 25b) before it became the default. The instruction needs sm_90 or newer, and the
+setting is resolved once, at import, because the kernels take it as a compile-time constant:
+the compile workers are handed the resolved 0 or 1, so they never open the GPU to ask.
 Triton's interpreter (TRITON_INTERPRET=1) runs no inline assembly: there it is always off.
 """
 
@@ -39,10 +40,24 @@ ENV = "KILN_PDL"
 
 
 def _enabled() -> bool:
-    setting = os.environ.get(ENV, "0")
-    if setting not in ("", "0", "1"):
-        logging.getLogger("kiln.kernels").warning("%s=%r is neither 0 nor 1: off", ENV, setting)
-    return setting == "1" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    setting = os.environ.get(ENV, "auto")
+    if setting in ("0", "1"):
+        return setting == "1"
+    if setting not in ("", "auto"):
+        logging.getLogger("kiln.kernels").warning("%s=%r is not 0, 1 or auto: auto", ENV, setting)
+    return _hopper_or_newer()
+
+
+def _hopper_or_newer() -> bool:
+    """Whether this process's GPU runs `griddepcontrol` (sm_90 and newer)."""
+    try:
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
+    except Exception:  # noqa: BLE001 - a driver that cannot say: off, the safe side
+        return False
 
 
 ENABLED = _enabled()
