@@ -60,16 +60,17 @@ MAX_REL_ERR = 1e-2
 KV_CACHE_DTYPES = {"bf16": None, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
-def sweep_points(default_splits: int, eight_bit: bool = False):
+def sweep_points(default_splits: int, eight_bit: bool = False, min_split_keys: int = 0):
     """(launch config, splits) pairs: every tile shape at the default split count and at two
-    (and, for 16-bit caches, four) times it (at most 32)."""
+    (and, for 16-bit caches, four) times it (at most 32), with the default's fewest keys a
+    split."""
     from runtime_service.model.kernels.attention_configs import DecodeConfig
 
     for block_n, warps, stages, factor in itertools.product(
             *(SWEEP_8BIT if eight_bit else SWEEP).values()):
         splits = default_splits * factor
         if splits <= 32 and (factor == 1 or block_n >= 32):
-            yield DecodeConfig(block_n, warps, stages), splits
+            yield DecodeConfig(block_n, warps, stages, min_split_keys), splits
 
 
 def layer_caches(batch: int, context: int, num_kv_heads: int, l2_bytes: int,
@@ -162,7 +163,7 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
     if sweep:
         sweep_into(result, ((f"{config} splits{num_splits}", (config, num_splits))
                             for config, num_splits in sweep_points(
-                                splits, eight_bit=cache_dtype is not None)),
+                                splits, cache_dtype is not None, default.min_split_keys)),
                    checked_time_us, log)
     del paged, dense
     torch.cuda.empty_cache()
@@ -198,8 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(HEADS))
     parser.add_argument("--no-sweep", action="store_true", help="time the default config only")
     parser.add_argument("--kv-cache-dtype", choices=tuple(KV_CACHE_DTYPES), default="bf16")
+    parser.add_argument("--loads", help="BATCHxCONTEXT,... instead of the default loads "
+                        "(e.g. 64x1152,256x160)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    loads = LOADS
+    if args.loads:
+        try:
+            loads = [tuple(int(n) for n in load.split("x")) for load in args.loads.split(",")]
+        except ValueError:
+            parser.error(f"--loads takes BATCHxCONTEXT pairs, got {args.loads!r}")
+        if any(len(load) != 2 or min(load) < 1 for load in loads):
+            parser.error(f"--loads takes BATCHxCONTEXT pairs of positive sizes, got {args.loads!r}")
     if not torch.cuda.is_available():
         print("bench_attention needs a CUDA device", file=sys.stderr)
         return 2
@@ -211,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
               "cases": []}
     with torch.inference_mode():
         for model in args.models.split(","):
-            for batch, context in LOADS:
+            for batch, context in loads:
                 report["cases"].append(bench_load(model, batch, context, bandwidth, l2_bytes,
                                                   not args.no_sweep,
                                                   KV_CACHE_DTYPES[args.kv_cache_dtype]))
