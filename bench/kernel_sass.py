@@ -134,7 +134,7 @@ def _decode_attention_cases(shapes=((64, 4, 2),)):
     warps, stages; the default: 64-key tiles on 4 warps, 2 stages): bytes are the K and V tiles
     (and the 8-bit caches' scales) one loop pass reads. The fp8 cache twice: with its products
     in fp16 (what runs) and in bf16 (what ran before, bound by F2F conversions)."""
-    from runtime_service.model.kernels import paged_attention
+    from runtime_service.model.kernels import paged_decode
 
     strides = ["stride_qt", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_vb",
                "stride_vs", "stride_vh", "stride_bt", "stride_pt", "stride_ph", "stride_ps",
@@ -149,21 +149,28 @@ def _decode_attention_cases(shapes=((64, 4, 2),)):
                      "block_tables": "*i32", "seq_lens": "*i32", "scale_log2": "fp32",
                      "fused_combine": "i32", **dict.fromkeys(strides, "i32"),
                      "K_scale": scale, "V_scale": scale, "stride_sb": "i32", "stride_ss": "i32",
-                     **dict.fromkeys(["GROUP", "BLOCK_G", "BLOCK_SIZE", "HEAD_DIM", "BLOCK_D",
-                                      "BLOCK_N", "NUM_SPLITS", "PRECISION", "KV_QUANT",
-                                      "FP8_AS_FP16"], "constexpr")}
+                     # the step's own k and v (unused: ROTARY off, the loop is the same)
+                     "K_new": "*bf16", "V_new": "*bf16", "positions": "*i64", "slots": "*i64",
+                     "Cos": "*bf16", "Sin": "*bf16",
+                     **dict.fromkeys(["stride_nkt", "stride_nkh", "stride_nvt", "stride_nvh",
+                                      "stride_c", "max_position"], "i32"),
+                     **dict.fromkeys(["GROUP", "BLOCK_G", "MERGE_G", "BLOCK_SIZE", "HEAD_DIM",
+                                      "BLOCK_D", "BLOCK_N", "NUM_SPLITS", "MIN_SPLIT_KEYS",
+                                      "PRECISION", "KV_QUANT", "FP8_AS_FP16", "ROTARY", "QMAX",
+                                      "IS_INT8"], "constexpr")}
         aligned = ["Q", "K_cache", "V_cache", "PartialOut", "PartialLse", "Out",
                    "arrival_counts", "block_tables", "seq_lens", "K_scale", "V_scale",
                    *strides, "stride_sb"]
         for block_n, warps, stages in shapes:
-            constexprs = dict(GROUP=4, BLOCK_G=16, BLOCK_SIZE=16, HEAD_DIM=128, BLOCK_D=128,
-                              BLOCK_N=block_n, NUM_SPLITS=1, PRECISION=None,
-                              KV_QUANT=name != "bf16", FP8_AS_FP16=fp16)
+            constexprs = dict(GROUP=4, BLOCK_G=16, MERGE_G=4, BLOCK_SIZE=16, HEAD_DIM=128,
+                              BLOCK_D=128, BLOCK_N=block_n, NUM_SPLITS=1, MIN_SPLIT_KEYS=0,
+                              PRECISION=None, KV_QUANT=name != "bf16", FP8_AS_FP16=fp16,
+                              ROTARY=False, QMAX=448.0, IS_INT8=name == "int8")
             loop_bytes = block_n * (128 * 2 * (2 if name == "bf16" else 1) + 2 * scale_bytes)
             label = "n64" if (block_n, warps, stages) == (64, 4, 2) \
                 else f"n{block_n} w{warps} s{stages}"
             cases.append((f"decode attention, {name} KV, {label}",
-                          paged_attention._decode_kernel, signature, constexprs, aligned, warps,
+                          paged_decode._decode_kernel, signature, constexprs, aligned, warps,
                           loop_bytes, stages))
     return cases
 

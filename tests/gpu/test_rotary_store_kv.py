@@ -168,6 +168,9 @@ def test_backend_fused_path_equals_separate_kernels_over_prefill_and_decode(head
     rotary = RotaryEmbedding(args).cuda()
     fused = TritonPagedAttention(num_heads, num_kv_heads, head_dim, "cuda")
     separate = TritonPagedAttention(num_heads, num_kv_heads, head_dim, "cuda", fuse_rotary=False)
+    # the rotary-and-store launch, then decode: the path before the decode kernel stored
+    in_two = TritonPagedAttention(num_heads, num_kv_heads, head_dim, "cuda",
+                                  decode_stores_kv=False)
     rng = random.Random(SEED)
     generator = torch.Generator().manual_seed(SEED)
 
@@ -190,6 +193,7 @@ def test_backend_fused_path_equals_separate_kernels_over_prefill_and_decode(head
     shape = (num_blocks, BLOCK_SIZE, num_kv_heads, head_dim)
     fused_caches = [torch.randn(shape, generator=generator).to(dtype).cuda() for _ in range(2)]
     separate_caches = [cache.clone() for cache in fused_caches]
+    two_launch_caches = [cache.clone() for cache in fused_caches]
     sections = (num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim)
     for meta in steps:
         qkv = torch.randn(meta.positions.shape[0], sum(sections),
@@ -199,6 +203,10 @@ def test_backend_fused_path_equals_separate_kernels_over_prefill_and_decode(head
         out_fused = fused(q, k, v, *fused_caches, meta, rotary)
         q, k, v = _split_qkv(qkv.clone(), num_heads, num_kv_heads, head_dim)
         out_separate = separate(q, k, v, *separate_caches, meta, rotary)
+        q, k, v = _split_qkv(qkv.clone(), num_heads, num_kv_heads, head_dim)
+        out_two = in_two(q, k, v, *two_launch_caches, meta, rotary)
         assert torch.equal(out_fused, out_separate), f"seed {SEED}, decode {meta.is_decode}"
-        assert torch.equal(fused_caches[0], separate_caches[0]), f"seed {SEED}"
-        assert torch.equal(fused_caches[1], separate_caches[1]), f"seed {SEED}"
+        assert torch.equal(out_two, out_separate), f"seed {SEED}, decode {meta.is_decode}"
+        for caches in (fused_caches, two_launch_caches):
+            assert torch.equal(caches[0], separate_caches[0]), f"seed {SEED}"
+            assert torch.equal(caches[1], separate_caches[1]), f"seed {SEED}"

@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 
 from runtime_service.model.kernels import pdl
-from runtime_service.model.kernels.paged_attention import _LOG2E, _precision, _prefill_tile
+from runtime_service.model.kernels.paged_attention import _prefill_tile
+from runtime_service.model.kernels.paged_common import LOG2E, precision
 
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -114,13 +115,13 @@ def merge_context(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     block_m = 64 if max_query_len > 32 else 16
     grid = (triton.cdiv(max_query_len, block_m), num_seqs, num_heads)
     _context_merge_kernel[grid](
-        q, k_cache, v_cache, out, lse, block_tables, query_start, seq_lens, scale * _LOG2E,
+        q, k_cache, v_cache, out, lse, block_tables, query_start, seq_lens, scale * LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0), lse.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=block_m,
-        BLOCK_N=64 if head_dim <= 128 else 32, PRECISION=_precision(q), num_warps=4,
+        BLOCK_N=64 if head_dim <= 128 else 32, PRECISION=precision(q), num_warps=4,
         num_stages=2, **pdl.LAUNCH,
     )
 

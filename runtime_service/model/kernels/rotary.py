@@ -58,6 +58,51 @@ def _store_quantized_halves(lo, hi, dst_lo, scale_dst, mask, h_mask, HALF: tl.co
     tl.store(scale_dst, scale, mask=h_mask)
 
 
+@jit_keys.helper
+@triton.jit
+def rotated_heads(rows, offs_d, mask, c, s, HALF: tl.constexpr):
+    """Head vectors rotated in the layout a kernel reads them in, [R, D] from `rows` [R, 1]
+    (each vector's element 0) and `offs_d` [1, D], with `c`/`s` [1, D] holding the table's
+    first half repeated (`table_half_offsets`): element d pairs with d + D/2 (first half,
+    negated) or d - D/2. The roundings are `_rotated`'s, element for element, so the bits are
+    those of the rotary kernels."""
+    first = offs_d < HALF
+    x = tl.load(rows + offs_d, mask=mask, other=0.0)
+    partner = tl.load(rows + tl.where(first, offs_d + HALF, offs_d - HALF), mask=mask, other=0.0)
+    dtype = x.dtype
+    turned = (partner * s).to(dtype)
+    turned = tl.where(first, -turned, turned)
+    return ((x * c).to(dtype).to(tl.float32) + turned.to(tl.float32)).to(dtype)
+
+
+@jit_keys.helper
+@triton.jit
+def table_half_offsets(offs_d, HALF: tl.constexpr):
+    """Where element d of a head vector finds its cos/sin: the table's first half, repeated."""
+    return offs_d % HALF
+
+
+@jit_keys.helper
+@triton.jit
+def store_new_head(rows, dst, scale_dst, offs_d, mask, c, s, HALF: tl.constexpr,
+                   ROTATE: tl.constexpr, KV_QUANT: tl.constexpr, QMAX: tl.constexpr,
+                   IS_INT8: tl.constexpr):
+    """Writes one new head vector [1, D] (rotated with ROTATE: a key) into a cache slot, as
+    `_rotary_store_kv_kernel` writes it: quantized with its per-head scale with KV_QUANT."""
+    if ROTATE:
+        x = rotated_heads(rows, offs_d, mask, c, s, HALF)
+    else:
+        x = tl.load(rows + offs_d, mask=mask, other=0.0)
+    if KV_QUANT:
+        x = tl.where(mask, x.to(tl.float32), 0.0)
+        scale = kv_scale(tl.max(tl.abs(x), axis=1), QMAX)
+        tl.store(dst + offs_d, kv_quantize(x, scale, IS_INT8).to(dst.dtype.element_ty),
+                 mask=mask)
+        tl.store(scale_dst + tl.arange(0, 1), scale)
+    else:
+        tl.store(dst + offs_d, x, mask=mask)
+
+
 @triton.jit
 def _cos_sin_row(positions, Cos, Sin, token, stride_c, max_position, offs_d, d_mask):
     pos = tl.load(positions + token).to(tl.int64)
@@ -190,23 +235,11 @@ def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
     Positions are clamped to the table as in `apply_rotary_`. Graph-safe: no host syncs, no
     allocations. With `k_scale`/`v_scale` the caches are int8 / fp8 and each rotated k and each
     v head is quantized on the way in, its scale stored beside it (kv_quant.py)."""
-    _check_rotary(q, k, positions, cos, sin)
-    if v.shape != k.shape or k_cache.shape != v_cache.shape or k_cache.dim() != 4:
-        raise ValueError(f"expected v like k {tuple(k.shape)} and equal caches [N, bs, Hkv, D]; "
-                         f"got v {tuple(v.shape)}, caches {tuple(k_cache.shape)}, "
-                         f"{tuple(v_cache.shape)}")
-    if k_cache.shape[2:] != k.shape[1:] or slot_mapping.shape != (k.shape[0],):
-        raise ValueError(f"k {tuple(k.shape)} does not fit cache {tuple(k_cache.shape)} or "
-                         f"slot_mapping {tuple(slot_mapping.shape)}")
-    if v.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
-        raise ValueError("the head dimension of v and the caches must be contiguous")
-    quantized = check_kv_scales(k_cache, v_cache, k_scale, v_scale)
+    quantized = check_new_kv(q, k, v, k_cache, v_cache, positions, slot_mapping, cos, sin,
+                             k_scale, v_scale)
     if rotate_k and quantized:
         raise ValueError("rotate_k is for unquantized caches: a quantized cache's prefill reads "
                          "its keys from the cache")
-    if v.dtype != q.dtype or (not quantized and k_cache.dtype != q.dtype):
-        raise ValueError(f"dtypes disagree: q {q.dtype}, v {v.dtype}, caches "
-                         f"{k_cache.dtype}/{v_cache.dtype}")
     if q.shape[0]:
         _rotary_store_kv_kernel[(q.shape[0],)](
             q, k, v, k_cache, v_cache, positions, slot_mapping, cos, sin,
@@ -219,6 +252,27 @@ def rotary_store_kv_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
             BLOCK_SIZE=k_cache.shape[1], **_head_blocks(q, k), **quant_meta(k_cache),
             ROTATE_K=rotate_k, num_warps=4, **pdl.LAUNCH)
     return q
+
+
+def check_new_kv(q, k, v, k_cache, v_cache, positions, slot_mapping, cos, sin, k_scale=None,
+                 v_scale=None) -> bool:
+    """Checks a step's q, k, v and where they go (`rotary_store_kv_`'s arguments, and
+    paged_attention.decode's `new_kv`); returns whether the caches are quantized."""
+    _check_rotary(q, k, positions, cos, sin)
+    if v.shape != k.shape or k_cache.shape != v_cache.shape or k_cache.dim() != 4:
+        raise ValueError(f"expected v like k {tuple(k.shape)} and equal caches [N, bs, Hkv, D]; "
+                         f"got v {tuple(v.shape)}, caches {tuple(k_cache.shape)}, "
+                         f"{tuple(v_cache.shape)}")
+    if k_cache.shape[2:] != k.shape[1:] or slot_mapping.shape != (k.shape[0],):
+        raise ValueError(f"k {tuple(k.shape)} does not fit cache {tuple(k_cache.shape)} or "
+                         f"slot_mapping {tuple(slot_mapping.shape)}")
+    if v.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
+        raise ValueError("the head dimension of v and the caches must be contiguous")
+    quantized = check_kv_scales(k_cache, v_cache, k_scale, v_scale)
+    if v.dtype != q.dtype or (not quantized and k_cache.dtype != q.dtype):
+        raise ValueError(f"dtypes disagree: q {q.dtype}, v {v.dtype}, caches "
+                         f"{k_cache.dtype}/{v_cache.dtype}")
+    return quantized
 
 
 def rotary_reference(q, k, positions, cos, sin):

@@ -9,7 +9,9 @@ Rotary and the cache write are one kernel (`rotary_store_kv_`) wherever the rota
 run its Triton kernel: in decode each launch costs about as much as its work, and the fused one
 never writes the rotated k back (except for a flash prefill, below). Elsewhere (dynamic NTK,
 float32) rotary runs first, then `store_kv`. `fuse_rotary=False` keeps them separate, which the
-tests compare against.
+tests compare against. A decode step goes further: the decode kernel itself rotates q and writes
+the new k and v (`paged_decode.NewKV`), one launch a layer instead of two; `decode_stores_kv=False`
+keeps the rotary-and-store launch, the path the tests compare with.
 
 `flash_prefill=True` ("triton-flash"): a prefill step of one sequence over an unquantized 16-bit
 cache runs its new tokens through torch's fused attention (cuDNN's, or flash) and pages in its
@@ -40,7 +42,7 @@ class TritonPagedAttention:
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
                  fuse_rotary: bool = True, flash_prefill: bool = False,
-                 flash_min_rows: int = 0):
+                 flash_min_rows: int = 0, decode_stores_kv: bool = True):
         from runtime_service.model.kernels import (attention_configs, kv_store, paged_attention,
                                                    rotary)
         from runtime_service.model.kernels import flash_prefill as flash
@@ -51,6 +53,7 @@ class TritonPagedAttention:
         self._rotary_kernels = rotary
         self._flash = flash
         self.fuse_rotary = fuse_rotary
+        self.decode_stores_kv = decode_stores_kv
         device = torch.device(device)
         if flash_prefill and (torch.cuda.get_device_capability(device) < (8, 0)
                               or head_dim % 8 or head_dim > 256):
@@ -76,6 +79,10 @@ class TritonPagedAttention:
         flash = (self.flash_prefill and not scales and meta.num_seqs == 1 and not meta.is_decode
                  and q.dtype in self._flash.FLASH_DTYPES and q.shape[0] >= self.flash_min_rows)
         table = rotary.kernel_cos_sin(q) if self.fuse_rotary else None
+        if meta.is_decode and table is not None and self.decode_stores_kv:
+            return self._decode(q, k_cache, v_cache, meta, scales,
+                                self._kernels.NewKV(k, v, meta.positions, meta.slot_mapping,
+                                                    *table))
         if table is not None:
             self._rotary_kernels.rotary_store_kv_(q, k, v, k_cache, v_cache, meta.positions,
                                                   meta.slot_mapping, *table, **scales,
@@ -84,17 +91,21 @@ class TritonPagedAttention:
             q, k = rotary(meta.positions, q, k, meta.token_seq_lens)
             self._kv_store.store_kv(k, v, k_cache, v_cache, meta.slot_mapping, **scales)
         if meta.is_decode:
-            max_context = meta.block_tables.shape[1] * meta.block_size
-            splits = self._configs.decode_num_splits(q.shape[0], self.num_kv_heads,
-                                                     max_context, self.num_sms)
-            return kernels.decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                                  self.scale, splits, **scales)
+            return self._decode(q, k_cache, v_cache, meta, scales)
         if flash:
             return self._flash.flash_prefill(q, k, v, k_cache, v_cache, meta.block_tables,
                                              meta.query_start, meta.seq_lens,
                                              max(meta.query_lens_host), self.scale)
         return kernels.prefill(q, k_cache, v_cache, meta.block_tables, meta.query_start,
                                meta.seq_lens, max(meta.query_lens_host), self.scale, **scales)
+
+    def _decode(self, q, k_cache, v_cache, meta: AttentionMetadata, scales: dict,
+                new_kv=None) -> torch.Tensor:
+        max_context = meta.block_tables.shape[1] * meta.block_size
+        splits = self._configs.decode_num_splits(q.shape[0], self.num_kv_heads, max_context,
+                                                 self.num_sms)
+        return self._kernels.decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
+                                    self.scale, splits, **scales, new_kv=new_kv)
 
 
 def make_attention_backend(name: str, num_heads: int, num_kv_heads: int, head_dim: int,

@@ -37,7 +37,7 @@ for q_size, kv_size in ((1.0, 1.0), (1e5, 1.0), (1.0, 1e-4)):
     k, v = ((torch.randn(shape, generator=g) * kv_size).to(torch.bfloat16) for _ in range(2))
     (k_q, k_scale), (v_q, v_scale) = (quantize_kv_reference(t, torch.float8_e4m3fn)
                                       for t in (k, v))
-    assert pa._fp8_as_fp16(torch.zeros(1, dtype=torch.bfloat16), k_q)
+    assert pa.fp8_as_fp16(torch.zeros(1, dtype=torch.bfloat16), k_q)
     # keys scaled down with the query: scores of order 1, so the softmax is not one-hot
     k_scale = k_scale / q_size
     q = (torch.randn(3, heads, head_dim, generator=g) * q_size).to(torch.bfloat16)
