@@ -149,7 +149,8 @@ def bench_load(model: str, batch: int, context: int, bandwidth: float, l2_bytes:
 
     rel_err = rel_err_of()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    default = attention_configs.default_decode_config(group, HEAD_DIM, batch * num_kv_heads, sms)
+    default = attention_configs.default_decode_config(group, HEAD_DIM, batch * num_kv_heads, sms,
+                                                      eight_bit=cache_dtype is not None)
 
     result = {"model": model, "batch": batch, "context": context, "splits": splits,
               "kv_bytes_per_layer": kv_bytes, "floor_us": kv_bytes / bandwidth * 1e6,

@@ -121,16 +121,25 @@ FULL_LAUNCH_MIN_SPLIT_KEYS = 256
 FULL_LAUNCH_PROGRAMS_PER_SM = 3
 
 
+# An 8-bit cache's loop is bound by instruction issue (bench/NOTES.md): at 256 sequences of 1152
+# tokens over an fp8 cache (H100, run 25c) 32-key tiles on one warp took 288.8 us a layer against
+# 395.2 for the 16-bit default; the sweep's best, as the offline SASS counts foretold.
+FULL_LAUNCH_8BIT = dict(block_n=32, num_warps=1, num_stages=2)
+
+
 def default_decode_config(group: int, head_dim: int, programs: int = 0,
-                          num_sms: int = 132) -> DecodeConfig:
+                          num_sms: int = 132, eight_bit: bool = False) -> DecodeConfig:
     """The launch shape decode uses unless told otherwise. With one query row per kv head,
     16-key tiles on two warps were the fastest or within 1% of it at every batch-1, 64- and
     256-stream load bench/bench_attention.py timed on an H100 (6-12% faster than 64-key tiles
     on four warps at contexts that leave the last tile part empty); grouped heads keep the
     64-key tile. A launch of `programs` (sequence, kv head) pairs that fills the GPU several
-    times over takes splits of at least FULL_LAUNCH_MIN_SPLIT_KEYS keys."""
+    times over takes splits of at least FULL_LAUNCH_MIN_SPLIT_KEYS keys, and over an int8 /
+    fp8 cache (`eight_bit`) the narrow tiles of FULL_LAUNCH_8BIT."""
     full = programs >= FULL_LAUNCH_PROGRAMS_PER_SM * num_sms
     min_split_keys = FULL_LAUNCH_MIN_SPLIT_KEYS if full else 0
+    if full and eight_bit and head_dim <= 128:
+        return DecodeConfig(**FULL_LAUNCH_8BIT, min_split_keys=min_split_keys)
     if group == 1 and head_dim <= 128:
         return DecodeConfig(block_n=16, num_warps=2, num_stages=2, min_split_keys=min_split_keys)
     return DecodeConfig(block_n=64 if head_dim <= 128 else 32, min_split_keys=min_split_keys)

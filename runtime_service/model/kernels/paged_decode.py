@@ -15,6 +15,7 @@ cache are kv_read.py's; the plain-torch twin is attention_reference.py's `decode
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -162,6 +163,23 @@ def _decode_kernel(
             tl.store(counter, 0)
 
 
+# Triton's interpreter runs no inline assembly (and needs no fence: it runs one program at a time).
+_FENCE: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
+@jit_keys.helper
+@triton.jit
+def _stores_reach_l2():
+    """A gpu-scope fence: this thread's stores are in L2 before it goes on. The key loads that
+    follow run as asynchronous copies that read L2 (cp.async.cg), past the SM's L1 that a CTA
+    barrier orders; without the fence the program that wrote the new key read the slot's old
+    one on an H100 (run 25c)."""
+    if _FENCE:
+        tl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, $1;", "=r,r",
+                                  [tl.full([1], 0, tl.int32)], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+
+
 @jit_keys.helper
 @triton.jit
 def _rotary_and_store(Q, K_new, V_new, K_cache, V_cache, K_scale, V_scale, positions, slots,
@@ -193,6 +211,7 @@ def _rotary_and_store(Q, K_new, V_new, K_cache, V_cache, K_scale, V_scale, posit
                            V_cache + block * stride_vb + within * stride_vs + kv_head * stride_vh,
                            V_scale + scale_offs, offs_d[None, :], row_mask, c, s, HALF, False,
                            KV_QUANT, QMAX, IS_INT8)
+        _stores_reach_l2()
         tl.debug_barrier()          # the slot's stores before this program's key loads
     return rotated_heads(Q + seq * stride_qt + heads[:, None] * stride_qh, offs_d[None, :],
                          g_mask[:, None] & d_mask[None, :], c, s, HALF)
@@ -292,7 +311,8 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         return out
     group = num_heads // num_kv_heads
     config = config or default_decode_config(group, head_dim, num_seqs * num_kv_heads,
-                                             multiprocessor_count(q.device))
+                                             multiprocessor_count(q.device),
+                                             eight_bit=k_scale is not None)
     block_d = triton.next_power_of_2(head_dim)
     merge_g = triton.next_power_of_2(group)
     min_split_keys = triton.cdiv(config.min_split_keys, config.block_n) * config.block_n

@@ -2,9 +2,9 @@
 rotation fused with the KV-cache store.
 
 cos/sin come from a per-position table in the model dtype (built by the layer with the same torch
-code the reference uses), and the kernel asks for the reference's roundings (each product, then the
-sum, in the model dtype). The compiler may still fuse a product into the sum, so a few elements can
-differ from the reference by one unit in the last place.
+code the reference uses), and the kernels compute the reference's roundings (each product, then
+the sum, in the model dtype), in float32 with explicit casts so that no product is fused into
+the sum (`_rotated_element`).
 
 `rotary_store_kv_` exists for decode, where each layer's rotary and store launches cost about as
 much as the work they do: one launch rotates q in place and writes the rotated k (never written
@@ -14,9 +14,12 @@ fused result is bit-identical to `apply_rotary_` followed by `kv_store.store_kv`
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import libdevice
 
 from runtime_service.model.kernels import jit_keys, pdl
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, quant_meta,
@@ -24,18 +27,41 @@ from runtime_service.model.kernels.kv_quant import (check_kv_scales, quant_meta,
 from runtime_service.model.kernels.kv_store import kv_quantize, kv_scale
 
 
+# Triton's interpreter runs no libdevice calls (and numpy fuses no product into a sum).
+_INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@jit_keys.helper
+@triton.jit
+def _rotated_element(x, c, partner, s, negate):
+    """x * c -+ partner * s with the reference's roundings: each product rounded to x's dtype,
+    then the sum. The products and the sum run in float32 with explicit rounding (`mul_rn`,
+    `add_rn`, exact for 16-bit products), which the compiler may not fuse: written as 16-bit
+    arithmetic, a product and the sum became one HFMA2 with a single rounding (offline sm_90
+    SASS, bench/NOTES.md run 25c), paired differently in two kernels that rotate alike."""
+    dtype = x.dtype
+    x, c, partner, s = x.to(tl.float32), c.to(tl.float32), partner.to(tl.float32), s.to(tl.float32)
+    if _INTERPRETED:
+        product, turned = (x * c).to(dtype), (partner * s).to(dtype)
+    else:
+        product, turned = libdevice.mul_rn(x, c).to(dtype), libdevice.mul_rn(partner, s).to(dtype)
+    turned = tl.where(negate, -turned, turned)
+    if _INTERPRETED:
+        return (product.to(tl.float32) + turned.to(tl.float32)).to(dtype)
+    return libdevice.add_rn(product.to(tl.float32), turned.to(tl.float32)).to(dtype)
+
+
+@jit_keys.helper
 @triton.jit
 def _rotated(src_lo, c, s, mask, HALF: tl.constexpr):
     """The rotated halves (in the input dtype) of the head vectors whose first halves `src_lo`
-    points at: the one place the rotation's roundings are written down."""
+    points at."""
     x1 = tl.load(src_lo, mask=mask, other=0.0)
     x2 = tl.load(src_lo + HALF, mask=mask, other=0.0)
-    dtype = x1.dtype
-    lo = (x1 * c).to(dtype).to(tl.float32) + (-x2 * s).to(dtype).to(tl.float32)
-    hi = (x2 * c).to(dtype).to(tl.float32) + (x1 * s).to(dtype).to(tl.float32)
-    return lo.to(dtype), hi.to(dtype)
+    return _rotated_element(x1, c, x2, s, True), _rotated_element(x2, c, x1, s, False)
 
 
+@jit_keys.helper
 @triton.jit
 def _rotate(src_lo, dst_lo, c, s, mask, HALF: tl.constexpr):
     """Rotates into `dst_lo` (which may be `src_lo`)."""
@@ -69,10 +95,7 @@ def rotated_heads(rows, offs_d, mask, c, s, HALF: tl.constexpr):
     first = offs_d < HALF
     x = tl.load(rows + offs_d, mask=mask, other=0.0)
     partner = tl.load(rows + tl.where(first, offs_d + HALF, offs_d - HALF), mask=mask, other=0.0)
-    dtype = x.dtype
-    turned = (partner * s).to(dtype)
-    turned = tl.where(first, -turned, turned)
-    return ((x * c).to(dtype).to(tl.float32) + turned.to(tl.float32)).to(dtype)
+    return _rotated_element(x, c, partner, s, first)
 
 
 @jit_keys.helper
