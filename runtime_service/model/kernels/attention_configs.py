@@ -123,8 +123,11 @@ FULL_LAUNCH_PROGRAMS_PER_SM = 3
 
 # An 8-bit cache's loop is bound by instruction issue (bench/NOTES.md): at 256 sequences of 1152
 # tokens over an fp8 cache (H100, run 25c) 32-key tiles on one warp took 288.8 us a layer against
-# 395.2 for the 16-bit default; the sweep's best, as the offline SASS counts foretold.
-FULL_LAUNCH_8BIT = dict(block_n=32, num_warps=1, num_stages=2)
+# 395.2 for the 16-bit default; the sweep's best, as the offline SASS counts foretold. Run 25d
+# over fp8, us a layer, 16-bit default -> these tiles: 64 x 140 28.2 -> 16.7, 64 x 1152 113.4 ->
+# 75.8, 256 x 160 77.1 -> 47.6, 256 x 1152 395.2 -> 283.5, with splits of any length: longer
+# splits only lost (64 x 140: 20.3 at 256 keys or more).
+FULL_LAUNCH_8BIT = dict(block_n=32, num_warps=1, num_stages=2, min_split_keys=0)
 
 
 def default_decode_config(group: int, head_dim: int, programs: int = 0,
@@ -139,7 +142,7 @@ def default_decode_config(group: int, head_dim: int, programs: int = 0,
     full = programs >= FULL_LAUNCH_PROGRAMS_PER_SM * num_sms
     min_split_keys = FULL_LAUNCH_MIN_SPLIT_KEYS if full else 0
     if full and eight_bit and head_dim <= 128:
-        return DecodeConfig(**FULL_LAUNCH_8BIT, min_split_keys=min_split_keys)
+        return DecodeConfig(**FULL_LAUNCH_8BIT)
     if group == 1 and head_dim <= 128:
         return DecodeConfig(block_n=16, num_warps=2, num_stages=2, min_split_keys=min_split_keys)
     return DecodeConfig(block_n=64 if head_dim <= 128 else 32, min_split_keys=min_split_keys)
