@@ -137,11 +137,11 @@ def default_decode_config(group: int, head_dim: int, programs: int = 0,
     256-stream load bench/bench_attention.py timed on an H100 (6-12% faster than 64-key tiles
     on four warps at contexts that leave the last tile part empty); grouped heads keep the
     64-key tile. A launch of `programs` (sequence, kv head) pairs that fills the GPU several
-    times over takes splits of at least FULL_LAUNCH_MIN_SPLIT_KEYS keys, and over an int8 /
-    fp8 cache (`eight_bit`) the narrow tiles of FULL_LAUNCH_8BIT."""
+    times over takes splits of at least FULL_LAUNCH_MIN_SPLIT_KEYS keys, and with grouped
+    heads over an int8 / fp8 cache (`eight_bit`) the narrow tiles of FULL_LAUNCH_8BIT."""
     full = programs >= FULL_LAUNCH_PROGRAMS_PER_SM * num_sms
     min_split_keys = FULL_LAUNCH_MIN_SPLIT_KEYS if full else 0
-    if full and eight_bit and head_dim <= 128:
+    if full and eight_bit and group > 1 and head_dim <= 128:      # measured with GQA heads
         return DecodeConfig(**FULL_LAUNCH_8BIT)
     if group == 1 and head_dim <= 128:
         return DecodeConfig(block_n=16, num_warps=2, num_stages=2, min_split_keys=min_split_keys)
