@@ -15,7 +15,6 @@ cache are kv_read.py's; the plain-torch twin is attention_reference.py's `decode
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +29,7 @@ from runtime_service.model.kernels.kv_quant import quant_meta, scale_args
 from runtime_service.model.kernels.kv_read import fp16_query, quantized_scores, quantized_values
 from runtime_service.model.kernels.paged_common import (LOG2E, check_common, fp8_as_fp16,
                                                         precision)
+from runtime_service.model.kernels.pdl import INTERPRETED
 from runtime_service.model.kernels.rotary import (check_new_kv, rotated_heads, store_new_head,
                                                   table_half_offsets)
 
@@ -163,10 +163,6 @@ def _decode_kernel(
             tl.store(counter, 0)
 
 
-# Triton's interpreter runs no inline assembly (and needs no fence: it runs one program at a time).
-_FENCE: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
-
-
 @jit_keys.helper
 @triton.jit
 def _stores_reach_l2():
@@ -174,7 +170,7 @@ def _stores_reach_l2():
     follow run as asynchronous copies that read L2 (cp.async.cg), past the SM's L1 that a CTA
     barrier orders; without the fence the program that wrote the new key read the slot's old
     one on an H100 (run 25c)."""
-    if _FENCE:
+    if not INTERPRETED:     # no inline assembly there, nor a need: one program at a time
         tl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, $1;", "=r,r",
                                   [tl.full([1], 0, tl.int32)], dtype=tl.int32, is_pure=False,
                                   pack=1)

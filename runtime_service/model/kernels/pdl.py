@@ -39,8 +39,14 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 ENV = "KILN_PDL"
 
 
+# Whether Triton's interpreter runs the kernels (TRITON_INTERPRET=1, read as Triton reads it, at
+# import): it runs no inline assembly or libdevice calls, and one program at a time. A
+# compile-time constant for the kernels that take another path there (rotary.py, paged_decode.py).
+INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
 def _enabled() -> bool:
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if INTERPRETED:
         return False
     setting = os.environ.get(ENV, "auto")
     if setting in ("0", "1"):

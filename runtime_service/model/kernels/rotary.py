@@ -14,8 +14,6 @@ fused result is bit-identical to `apply_rotary_` followed by `kv_store.store_kv`
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -25,10 +23,7 @@ from runtime_service.model.kernels import jit_keys, pdl
 from runtime_service.model.kernels.kv_quant import (check_kv_scales, quant_meta,
                                                     quantize_kv_reference, scale_args)
 from runtime_service.model.kernels.kv_store import kv_quantize, kv_scale
-
-
-# Triton's interpreter runs no libdevice calls (and numpy fuses no product into a sum).
-_INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+from runtime_service.model.kernels.pdl import INTERPRETED
 
 
 @jit_keys.helper
@@ -41,12 +36,12 @@ def _rotated_element(x, c, partner, s, negate):
     SASS, bench/NOTES.md run 25c), paired differently in two kernels that rotate alike."""
     dtype = x.dtype
     x, c, partner, s = x.to(tl.float32), c.to(tl.float32), partner.to(tl.float32), s.to(tl.float32)
-    if _INTERPRETED:
+    if INTERPRETED:     # no libdevice there (and numpy fuses no product into a sum)
         product, turned = (x * c).to(dtype), (partner * s).to(dtype)
     else:
         product, turned = libdevice.mul_rn(x, c).to(dtype), libdevice.mul_rn(partner, s).to(dtype)
     turned = tl.where(negate, -turned, turned)
-    if _INTERPRETED:
+    if INTERPRETED:
         return (product.to(tl.float32) + turned.to(tl.float32)).to(dtype)
     return libdevice.add_rn(product.to(tl.float32), turned.to(tl.float32)).to(dtype)
 

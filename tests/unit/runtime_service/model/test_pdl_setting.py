@@ -51,7 +51,7 @@ def test_an_unknown_setting_is_named_and_taken_as_auto(clean_env, caplog):
 def test_the_interpreter_never_takes_it(clean_env):
     clean_env.setattr(pdl, "_hopper_or_newer", lambda: True)
     clean_env.setenv(pdl.ENV, "1")
-    clean_env.setenv("TRITON_INTERPRET", "1")
+    clean_env.setattr(pdl, "INTERPRETED", True)     # TRITON_INTERPRET=1, read at import
     assert pdl._enabled() is False
 
 
