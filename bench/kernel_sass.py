@@ -78,11 +78,14 @@ def _gemv_cases():
             "GROUPS_PER_TILE": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
             "NUM_STAGES": "constexpr"}
     fp8 = {"X": "*bf16", "QW": "*fp8e4nv", "Scales": "*fp32", "Bias": "constexpr",
-           "Out": "*bf16", "Final": "constexpr", "Counters": "constexpr", "N": "i32",
-           "K": "i32", "k_per_split": "i32", "SPLIT_K": "i32", "HAS_BIAS": "constexpr",
-           "GATED": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "X_BLOCK": "constexpr",
+           "Out": "*bf16", "Final": "constexpr", "Counters": "constexpr", "Pairs": "constexpr",
+           "Amax": "constexpr", "N": "i32", "K": "i32", "k_per_split": "i32", "SPLIT_K": "i32",
+           "num_amax": "i32", "HAS_BIAS": "constexpr", "GATED": "constexpr",
+           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "X_BLOCK": "constexpr",
            "EVEN_K": "constexpr", "NUM_STAGES": "constexpr", "TENSOR_CORES": "constexpr",
-           "FUSED_SUM": "constexpr"}
+           "FUSED_SUM": "constexpr", "GATE_AMAX": "constexpr", "AMAX_GIVEN": "constexpr",
+           "AMAX_BLOCK": "constexpr"}
+    no_amax = dict(Pairs=None, Amax=None, GATE_AMAX=False, AMAX_GIVEN=False, AMAX_BLOCK=1)
     fp8_fused = {**fp8, "Out": "*fp32", "Final": "*bf16", "Counters": "*i32"}
     cases = [("bf16 GEMV (CUDA cores)", gemv._fma_kernel, bf16,
               dict(Bias=None, HAS_BIAS=False, GATED=False, BLOCK_N=8, BLOCK_K=512, EVEN_K=True,
@@ -110,7 +113,7 @@ def _gemv_cases():
                       dict(Bias=None, Final=None, Counters=None, HAS_BIAS=False, GATED=False,
                            BLOCK_N=block_n, BLOCK_K=block_k,
                            X_BLOCK=quant_gemv.row_scale_block(4096, 4), EVEN_K=True,
-                           NUM_STAGES=1, TENSOR_CORES=False, FUSED_SUM=False),
+                           NUM_STAGES=1, TENSOR_CORES=False, FUSED_SUM=False, **no_amax),
                       ["X", "QW", "Scales", "Out", "K", "k_per_split"], 4, block_n * block_k))
     for block_n, block_k, warps, stages in ((128, 128, 4, 3), (64, 256, 4, 3)):
         for fused in (False, True):
@@ -120,7 +123,7 @@ def _gemv_cases():
                           dict(Bias=None, HAS_BIAS=False, GATED=False, BLOCK_N=block_n,
                                BLOCK_K=block_k, X_BLOCK=quant_gemv.row_scale_block(4096, warps),
                                EVEN_K=True, NUM_STAGES=stages,
-                               TENSOR_CORES=True, FUSED_SUM=fused,
+                               TENSOR_CORES=True, FUSED_SUM=fused, **no_amax,
                                **({} if fused else dict(Final=None, Counters=None))),
                           ["X", "QW", "Scales", "Out", "K", "k_per_split"]
                           + (["Final", "Counters"] if fused else []), warps,

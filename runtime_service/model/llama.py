@@ -63,8 +63,10 @@ class FeedForward(nn.Module):
                                            parallel, quants["mlp.down_proj"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """down_proj(silu(gate) * up), the activation applied inside the down projection."""
-        return self.down_proj.forward_gate_up(self.gate_up_proj(x))
+        """down_proj(silu(gate) * up), the activation applied inside the down projection (with
+        FP8's row scale from the gate_up launch where it gives one)."""
+        gate_up, gate_amax = self.gate_up_proj.forward_gate_up(x)
+        return self.down_proj.forward_gate_up(gate_up, gate_amax)
 
 
 class TransformerBlock(nn.Module):
@@ -79,12 +81,9 @@ class TransformerBlock(nn.Module):
     def forward(self, x, residual, meta, k_cache, v_cache):
         """The residual stream h comes in as x + residual (as x alone when residual is None) and
         leaves the same way, so each add happens inside the norm that reads its result."""
-        if residual is None:
-            x, residual = self.input_norm(x), x
-        else:
-            x, residual = self.input_norm.forward_with_residual(x, residual)
+        x, residual = self.input_norm.forward_for(self.attn.qkv_proj, x, residual)
         x = self.attn(x, meta, k_cache, v_cache)
-        x, residual = self.post_attn_norm.forward_with_residual(x, residual)
+        x, residual = self.post_attn_norm.forward_for(self.mlp.gate_up_proj, x, residual)
         return self.mlp(x), residual
 
 

@@ -90,3 +90,61 @@ def test_add_rms_norm_rejects_bad_inputs():
     for args in bad:
         with pytest.raises(ValueError):
             add_rms_norm(*args, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [64, 100, 4096])
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_norms_to_fp8_give_the_quantizing_launchs_codes(rows, hidden, dtype):
+    """`to_fp8`: the norm's own output row quantized as quantize_rows_fp8 quantizes it, codes
+    and scales bit for bit, and the residual sum unchanged (rms_norm and add_rms_norm)."""
+    from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
+    from runtime_service.model.kernels.rms_norm import add_rms_norm, rms_norm
+
+    x, residual, weight = _inputs((rows, hidden), dtype, SEED + rows * 31 + hidden)
+    x[:, 0] *= 50                                       # an outlier sets each row's scale
+    normed, summed = add_rms_norm(x, residual, weight, 1e-5)
+    codes, scales, summed_fp8 = add_rms_norm(x, residual, weight, 1e-5, to_fp8=True)
+    ref_codes, ref_scales = quantize_rows_fp8(normed)
+    assert torch.equal(summed_fp8, summed), f"seed {SEED}"
+    assert torch.equal(scales, ref_scales), f"seed {SEED}"
+    assert torch.equal(codes.view(torch.uint8), ref_codes.view(torch.uint8)), f"seed {SEED}"
+    codes, scales = rms_norm(x, weight, 1e-5, to_fp8=True)
+    ref_codes, ref_scales = quantize_rows_fp8(rms_norm(x, weight, 1e-5))
+    assert torch.equal(scales, ref_scales), f"seed {SEED}"
+    assert torch.equal(codes.view(torch.uint8), ref_codes.view(torch.uint8)), f"seed {SEED}"
+
+
+@pytest.mark.parametrize("rows", [1, 5, 100])
+def test_norm_hands_an_fp8_linear_its_rows_quantized_and_the_linear_is_unchanged(rows,
+                                                                               monkeypatch):
+    """The decoder block's path: a norm before an FP8 column-parallel linear gives it e4m3 rows
+    where the linear would quantize them itself (2 rows or more), and the linear's output is
+    the same bits as the norm's bf16 rows through the linear; one row keeps the plain path."""
+    from runtime_service.model.layers.linear import ColumnParallelLinear
+    from runtime_service.model.layers.norm import RMSNorm
+    from runtime_service.model.layers.quantized_linear import (Fp8Rows, WeightQuant,
+                                                               pack_for_device, quantize_weight)
+
+    from runtime_service.model.kernels import quant_tuning
+
+    # both paths on their first candidate (the same tile), not each on its own timing
+    monkeypatch.setattr(quant_tuning, "tuned_config",
+                        lambda key, x, weights, candidates, call: candidates[0])
+    hidden, out = 512, 384
+    x, residual, weight = _inputs((rows, hidden), torch.bfloat16, SEED + rows)
+    norm = RMSNorm(hidden, 1e-5).to(device="cuda", dtype=torch.bfloat16)
+    norm.weight.data.copy_(weight)
+    quant = WeightQuant("fp8")
+    linear = ColumnParallelLinear(hidden, (out,), bias=False, quant=quant).cuda()
+    generator = torch.Generator().manual_seed(SEED)
+    for name, tensor in quantize_weight(torch.randn(out, hidden, generator=generator), quant,
+                                        torch.bfloat16).items():
+        getattr(linear, name).data = tensor.cuda()
+    pack_for_device(linear, quant)
+    for res in (None, residual):
+        normed, summed = norm.forward_for(linear, x, res)
+        assert isinstance(normed, Fp8Rows) == (rows > 1), f"rows {rows}"
+        plain, plain_sum = (norm(x), x) if res is None else norm.forward_with_residual(x, res)
+        assert torch.equal(summed, plain_sum), f"seed {SEED}"
+        assert torch.equal(linear(normed), linear(plain)), f"rows {rows} seed {SEED}"

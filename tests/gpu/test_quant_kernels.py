@@ -201,9 +201,73 @@ def test_gated_fp8_row_gives_the_activation_launchs_bits_with_every_candidate(un
                                qg.launch_fp8(act, *w, bias, config)), f"{config} (seed {SEED})"
         assert torch.equal(ql.fp8_linear(gate_up, *w, bias, gated=True),
                            ql.fp8_linear(act, *w, bias)), f"{(n, k)} (seed {SEED})"
-        rows = _x(3, 2 * k, torch.bfloat16, generator)     # more rows: the activation first
-        assert torch.equal(ql.fp8_linear(rows, *w, None, gated=True),
-                           ql.fp8_linear(silu_and_mul(rows), *w)), f"seed {SEED}"
+
+def test_gated_fp8_rows_quantize_the_activation_launchs_bits_without_it(untuned):
+    """More rows than one: the launch that quantizes the rows forms silu(gate) * up itself
+    (`quantize_rows_fp8(gated=True)`), giving the codes and scales of the activation kernel
+    followed by the plain quantization, and so the same linear, bit for bit, on both sides of
+    the GEMV row limit (the tuned dot, then torch._scaled_mm)."""
+    from runtime_service.model.kernels import quant_linear as ql
+    from runtime_service.model.kernels.activation import silu_and_mul
+    from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
+
+    generator = _generator("gated-rows")
+    for n, k in ((4096, 14336), (576, 1536), (64, 200)):
+        w = (torch.randn(n, k, device="cuda", generator=generator).to(torch.float8_e4m3fn),
+             torch.rand(n, device="cuda", generator=generator) * 0.01)
+        for rows in (2, 3, 64, 65, 300):
+            gate_up = _x(rows, 2 * k, torch.bfloat16, generator)
+            gate_up[:, :3] *= 30            # outliers decide the rows' scales
+            act = silu_and_mul(gate_up)
+            codes, scales = quantize_rows_fp8(gate_up, gated=True)
+            plain_codes, plain_scales = quantize_rows_fp8(act)
+            assert torch.equal(scales, plain_scales), f"{(rows, n, k)} (seed {SEED})"
+            assert torch.equal(codes.view(torch.uint8), plain_codes.view(torch.uint8))
+            assert torch.equal(ql.fp8_linear(gate_up, *w, None, gated=True),
+                               ql.fp8_linear(act, *w)), f"{(rows, n, k)} (seed {SEED})"
+
+
+def test_down_projection_scale_from_the_gate_up_launchs_block_maxima(untuned):
+    """FP8 at one row: every gate_up tile that can leave the maxima of |silu(gate) * up| per
+    column block gives the plain launch's output and the activation kernel's maxima, and the
+    down projection taking its row scale from them gives the bits of finding it itself, with
+    every candidate (a maximum 1.5 times larger changes them: the scale is really read); the layer
+    entry points agree."""
+    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_linear as ql
+    from runtime_service.model.kernels import quant_tuning as qt
+    from runtime_service.model.kernels.activation import silu_and_mul
+
+    generator = _generator("gate-amax")
+    sms = qt.sm_count(torch.device("cuda"))
+    for inter, hidden in ((14336, 4096), (1536, 576)):
+        x = _x(1, hidden, torch.bfloat16, generator)
+        w_gu = (torch.randn(2 * inter, hidden, device="cuda", generator=generator)
+                .to(torch.float8_e4m3fn),
+                torch.rand(2 * inter, device="cuda", generator=generator) * 0.01)
+        w_d = (torch.randn(hidden, inter, device="cuda", generator=generator)
+               .to(torch.float8_e4m3fn),
+               torch.rand(hidden, device="cuda", generator=generator) * 0.01)
+        gate_up_tiles = [c for c in qt.fp8_candidates(1, 2 * inter, hidden, sms)
+                         if qg.gives_gate_amax(c, 2 * inter)]
+        assert gate_up_tiles, inter
+        down_tiles = [c for c in qt.fp8_candidates(1, hidden, inter, sms) if c.kind != "dot"]
+        for config in gate_up_tiles:
+            gate_up, amax = qg.launch_fp8_gate_up(x, *w_gu, None, config)
+            assert amax is not None and torch.equal(gate_up, qg.launch_fp8(x, *w_gu, None,
+                                                                           config)), str(config)
+            expected = silu_and_mul(gate_up).float().abs().view(-1, config.block_n).amax(dim=1)
+            assert torch.equal(amax, expected), f"{config} (seed {SEED})"
+        for down in down_tiles:
+            found = qg.launch_fp8(gate_up, *w_d, None, down, gated=True)
+            assert torch.equal(qg.launch_fp8(gate_up, *w_d, None, down, gated=True,
+                                             gate_amax=amax), found), f"{down} (seed {SEED})"
+            assert not torch.equal(qg.launch_fp8(gate_up, *w_d, None, down, gated=True,
+                                                 gate_amax=amax * 1.5), found), str(down)
+        gate_up, amax = ql.fp8_gate_up(x, *w_gu)
+        assert amax is not None
+        assert torch.equal(ql.fp8_linear(gate_up, *w_d, gated=True, gate_amax=amax),
+                           ql.fp8_linear(silu_and_mul(gate_up), *w_d)), f"seed {SEED}"
 
 
 def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():

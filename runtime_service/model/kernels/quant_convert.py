@@ -11,26 +11,38 @@ import triton
 import triton.language as tl
 
 from runtime_service.model.kernels import pdl
-from runtime_service.model.kernels.gemv import grid_launcher
+from runtime_service.model.kernels.gemv import _silu_mul, grid_launcher
 
 FP8_MAX = tl.constexpr(448.0)     # the largest e4m3 value; quant_gemv's fused rows use it too
 
 
 @triton.jit
-def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, BLOCK: tl.constexpr):
-    """One program per row: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale)."""
+def _row_values(X, k, offs, K, GATED: tl.constexpr):
+    """x[k + offs] of one row, or with GATED (the row is [gate | up], 2K wide) silu(gate) * up
+    there, rounded as activation.py's kernel rounds it."""
+    x = tl.load(X + k + offs, mask=k + offs < K, other=0.0)
+    if GATED:
+        x = _silu_mul(x, tl.load(X + K + k + offs, mask=k + offs < K, other=0.0))
+    return x
+
+
+@triton.jit
+def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, GATED: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    """One program per row: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale). GATED:
+    the row is silu(gate) * up of a [gate | up] row, so SwiGLU's down projection quantizes its
+    input without an activation launch first (the second pass finds gate and up in L2)."""
     pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
+    x_row = X + row * stride_xm
     amax = tl.zeros((BLOCK,), tl.float32)
     for k in range(0, K, BLOCK):
-        x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
-        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+        amax = tl.maximum(amax, tl.abs(_row_values(x_row, k, offs, K, GATED).to(tl.float32)))
     scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), 1e-12)
     tl.store(XScale + row, scale)
     for k in range(0, K, BLOCK):
-        x = tl.load(X + row * stride_xm + k + offs, mask=k + offs < K, other=0.0)
-        q = tl.math.div_rn(x.to(tl.float32), scale)
+        q = tl.math.div_rn(_row_values(x_row, k, offs, K, GATED).to(tl.float32), scale)
         tl.store(XQ + row * K + k + offs, q.to(XQ.dtype.element_ty), mask=k + offs < K)
 
 
@@ -57,15 +69,21 @@ def _dequant_int4_kernel(QW, Scales, Zeros, Out, N, K, GROUP: tl.constexpr,
     tl.store(out + HALF, high.to(Out.dtype.element_ty), mask=in_n[:, None])
 
 
-def quantize_rows_fp8(x: torch.Tensor, warmup: bool = False
+def quantize_rows_fp8(x: torch.Tensor, warmup: bool = False, gated: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (e4m3 [M, K], float32 per-row scales [M]); graph-safe. With `warmup` the
-    kernel only compiles (the outputs are left unwritten)."""
-    rows, k = x.shape
+    """x [M, K] -> (e4m3 [M, K], float32 per-row scales [M]); graph-safe. `gated`: x is
+    [M, 2K] = [gate | up] and the rows quantized are silu(gate) * up, the same codes as
+    `silu_and_mul` then this. With `warmup` the kernel only compiles (the outputs are left
+    unwritten)."""
+    if x.dim() != 2 or x.stride(1) != 1 or (gated and x.shape[1] % 2):
+        raise ValueError(f"expected [M, {'2K' if gated else 'K'}] with a contiguous last dim, "
+                         f"got {tuple(x.shape)}")
+    rows, k = x.shape[0], x.shape[1] // 2 if gated else x.shape[1]
     xq = torch.empty((rows, k), dtype=torch.float8_e4m3fn, device=x.device)
     scales = torch.empty(rows, dtype=torch.float32, device=x.device)
     grid_launcher(_quantize_rows_kernel, (rows,), warmup)(
-        x, xq, scales, k, x.stride(0), BLOCK=min(4096, triton.next_power_of_2(k)), num_warps=8)
+        x, xq, scales, k, x.stride(0), GATED=gated, BLOCK=min(4096, triton.next_power_of_2(k)),
+        num_warps=8)
     return xq, scales
 
 

@@ -123,25 +123,71 @@ def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 
 
 def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-               bias: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
+               bias: torch.Tensor | None = None, gated: bool = False,
+               gate_amax: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] (bf16/fp16), quantized per row to e4m3, times the fp8 weight [N, K] (+ bias)
     -> [M, N] in x's dtype. `gated`: x is SwiGLU's [gate | up], [M, 2K], and the linear's
-    input silu(gate) * up, rounded as the activation kernel rounds it; one CUDA row forms it
-    inside the linear's own launch (quant_gemv's fused one-row kernels)."""
+    input silu(gate) * up, rounded as the activation kernel rounds it; on CUDA the launch that
+    quantizes the rows forms it (one row: the fused one-row kernels; more: `quantize_rows_fp8`),
+    so there is no activation launch. `gate_amax`: what `fp8_gate_up` gave with this x, from
+    which one row's scale comes without a pass over the row."""
     if gated:
         _check_gated(x, qweight)
-        if not x.is_cuda or x.shape[0] != 1:
+        if not x.is_cuda:
             return fp8_linear(_silu_and_mul(x), qweight, scales, bias)
     _check_channel(x[:, :x.shape[1] // 2] if gated else x, qweight, scales, bias,
                    torch.float8_e4m3fn)
     if not x.is_cuda:
         return fp8_linear_reference(x, qweight, scales, bias)
     if x.shape[0] <= GEMV_ROW_LIMIT:
-        return _fp8_gemv(x, qweight, scales, bias, gated)
+        return _fp8_gemv(x, qweight, scales, bias, gated,
+                         gate_amax if gated and x.shape[0] == 1 else None)
     from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
-    xq, x_scales = quantize_rows_fp8(x)
+    xq, x_scales = quantize_rows_fp8(x, gated=gated)
     return _quantized_rows_matmul(xq, x_scales, qweight, scales, bias, x.dtype)
+
+
+def fp8_gate_up(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`fp8_linear` of SwiGLU's fused [gate | up] projection (qweight [2I, K]), and for one CUDA
+    row the maxima of |silu(gate) * up| over its column blocks from the same launch, which
+    `fp8_linear(..., gated=True, gate_amax=...)` takes for the down projection's row scale
+    (None where no tile can give them)."""
+    if not (x.is_cuda and x.shape[0] == 1):
+        return fp8_linear(x, qweight, scales, bias), None
+    _check_channel(x, qweight, scales, bias, torch.float8_e4m3fn)
+    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import quant_tuning as qt
+
+    n, k = qweight.shape
+    candidates = [c for c in qt.fp8_candidates(1, n, k, qt.sm_count(x.device))
+                  if qg.gives_gate_amax(c, n)]
+    if not candidates:
+        return fp8_linear(x, qweight, scales, bias), None
+    key = ("fp8_gate_up", x.device, x.dtype, 1, n, k)
+    config = qt.tuned_config(key, x, (qweight, scales), candidates,
+                             lambda x_, w, c, warmup=False:
+                             qg.launch_fp8_gate_up(x_, *w, None, c, warmup)[0])
+    return qg.launch_fp8_gate_up(x, qweight, scales, bias, config)
+
+
+def fp8_linear_of_codes(xq: torch.Tensor, x_scales: torch.Tensor, qweight: torch.Tensor,
+                        scales: torch.Tensor, bias: torch.Tensor | None,
+                        out_dtype: torch.dtype) -> torch.Tensor:
+    """`fp8_linear` of rows already quantized (e4m3 codes [M, K], float32 scales [M], as
+    `quantize_rows_fp8` gives them; a norm that quantizes its output, kernels/rms_norm.py),
+    with the output in `out_dtype`, the rows' own dtype. CUDA only."""
+    if out_dtype not in _DTYPES:
+        raise ValueError(f"out_dtype must be one of {_DTYPES}, got {out_dtype}")
+    _check_channel(xq, qweight, scales, bias, torch.float8_e4m3fn, out_dtype)
+    if (x_scales.shape != xq.shape[:1] or x_scales.dtype != torch.float32
+            or x_scales.device != xq.device or not x_scales.is_contiguous()):
+        raise ValueError(f"x_scales must be a contiguous float32 [{xq.shape[0]}] on "
+                         f"{xq.device}, got {x_scales.dtype} {tuple(x_scales.shape)}")
+    if xq.shape[0] <= GEMV_ROW_LIMIT:
+        return _channel_gemv("fp8_dot", xq, x_scales, qweight, scales, bias, out_dtype)
+    return _quantized_rows_matmul(xq, x_scales, qweight, scales, bias, out_dtype)
 
 
 def fp8_linear_split_row(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -204,20 +250,22 @@ def _channel_gemv(kind, x, x_scales, qweight, scales, bias, out_dtype) -> torch.
     return qg.launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config)
 
 
-def _fp8_gemv(x, qweight, scales, bias, gated: bool = False) -> torch.Tensor:
+def _fp8_gemv(x, qweight, scales, bias, gated: bool = False, gate_amax=None) -> torch.Tensor:
     """Decode rows: tuned over the fused one-row kernel and quantize-then-dot, each timed with
-    every launch it makes."""
+    every launch it makes (a gated row with its block maxima given is timed apart)."""
     from runtime_service.model.kernels import quant_gemv as qg
     from runtime_service.model.kernels import quant_tuning as qt
 
     rows = x.shape[0]
     n, k = qweight.shape
-    key = ("fp8_gated" if gated else "fp8", x.device, x.dtype, _bucket(rows), n, k)
+    kind = "fp8_gated_amax" if gate_amax is not None else "fp8_gated" if gated else "fp8"
+    key = (kind, x.device, x.dtype, _bucket(rows), n, k)
     config = qt.tuned_config(key, x, (qweight, scales),
                              qt.fp8_candidates(rows, n, k, qt.sm_count(x.device)),
                              lambda x_, w, c, warmup=False: qg.launch_fp8(x_, *w, None, c,
-                                                                          warmup, gated))
-    return qg.launch_fp8(x, qweight, scales, bias, config, gated=gated)
+                                                                          warmup, gated,
+                                                                          gate_amax))
+    return qg.launch_fp8(x, qweight, scales, bias, config, gated=gated, gate_amax=gate_amax)
 
 
 def _bucket(rows: int) -> int:
@@ -268,17 +316,21 @@ def fp8_linear_reference(x, qweight, scales, bias=None):
 
 # ---- input checks ------------------------------------------------------------------------------
 
-def _check_x(x: torch.Tensor, n: int, k: int, bias) -> None:
+def _check_x(x: torch.Tensor, n: int, k: int, bias, out_dtype=None) -> None:
+    """x in a 16-bit dtype, the output's; or, with `out_dtype`, e4m3 codes whose output (and
+    bias) come in `out_dtype`."""
     if x.dim() != 2 or x.shape[1] != k or x.shape[0] == 0:
         raise ValueError(f"x must be [M, {k}] with M > 0, got {tuple(x.shape)}")
-    if x.dtype not in _DTYPES:
-        raise ValueError(f"x must be one of {_DTYPES}, got {x.dtype}")
+    dtypes = (torch.float8_e4m3fn,) if out_dtype else _DTYPES
+    if x.dtype not in dtypes:
+        raise ValueError(f"x must be one of {dtypes}, got {x.dtype}")
     if x.stride(1) != 1:
         raise ValueError("x needs a contiguous last dimension")
-    if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype
+    out_dtype = out_dtype or x.dtype
+    if bias is not None and (bias.shape != (n,) or bias.dtype != out_dtype
                              or not bias.is_contiguous() or bias.device != x.device):
-        raise ValueError(f"bias must be a contiguous [{n}] {x.dtype} tensor on {x.device}; got "
-                         f"{tuple(bias.shape)} {bias.dtype} on {bias.device}")
+        raise ValueError(f"bias must be a contiguous [{n}] {out_dtype} tensor on {x.device}; "
+                         f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
 
 
 def _check_same_device(x: torch.Tensor, **tensors: torch.Tensor) -> None:
@@ -308,7 +360,7 @@ def _check_int4(x, qweight, scales, zeros, group_size: int, bias) -> None:
     _check_same_device(x, qweight=qweight, scales=scales, zeros=zeros)
 
 
-def _check_channel(x, qweight, scales, bias, weight_dtype: torch.dtype) -> None:
+def _check_channel(x, qweight, scales, bias, weight_dtype: torch.dtype, out_dtype=None) -> None:
     if qweight.dim() != 2 or qweight.dtype != weight_dtype:
         raise ValueError(f"qweight must be {weight_dtype} [N, K], got {qweight.dtype} "
                          f"{tuple(qweight.shape)}")
@@ -316,5 +368,5 @@ def _check_channel(x, qweight, scales, bias, weight_dtype: torch.dtype) -> None:
     if scales.shape != (n,) or scales.dtype != torch.float32:
         raise ValueError(f"scales must be float32 [{n}], got {scales.dtype} "
                          f"{tuple(scales.shape)}")
-    _check_x(x, n, k, bias)
+    _check_x(x, n, k, bias, out_dtype)
     _check_same_device(x, qweight=qweight, scales=scales)

@@ -90,8 +90,7 @@ def fp8_candidates(rows: int, n: int, k: int, sm_count: int):
             split = split_to_fill(triton.cdiv(n, block_n), k, block_k, sm_count)
             configs += [GemvConfig("swap", block_n, block_k, warps, stages, split_k)
                         for split_k in sorted({1, split})]
-        # each split one-row tile again with its splits summed in the same launch (not yet
-        # timed on a GPU)
+        # each split one-row tile again with its splits summed in the same launch
         configs += [replace(config, fused_sum=True) for config in configs if config.split_k > 1]
     return configs + channel_candidates(rows, n, k, sm_count)
 
@@ -172,8 +171,9 @@ def tuning_totals() -> tuple[int, float]:
 
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-# fp8_gated: x is [gate | up]; fp8_dot: rows quantized beforehand (a split row, tp > 1)
-_KINDS = ("int4", "int8", "fp8", "fp8_gated", "fp8_dot")
+# fp8_gated: x is [gate | up] (fp8_gated_amax: with its block maxima given); fp8_gate_up: the
+# projection that gives them; fp8_dot: rows quantized beforehand (by a norm, or a split row)
+_KINDS = ("int4", "int8", "fp8", "fp8_gated", "fp8_gated_amax", "fp8_gate_up", "fp8_dot")
 
 
 def export_tuned(device: torch.device) -> list[dict]:

@@ -6,6 +6,10 @@ multiplies by the weight in that dtype; the kernel does the same roundings, so o
 from the reference only through the order of the float32 sum of squares. The fused kernel rounds
 the residual sum to the model dtype, as torch's add does, before it stores or normalises it, so
 that sum is bit-exact.
+
+Both can also hand the normalised row on quantized to e4m3 per row (`to_fp8`), for an FP8 linear
+that would quantize it anyway: the codes and scales of `quant_convert.quantize_rows_fp8` on the
+row they would have stored, one launch a norm fewer.
 """
 
 from __future__ import annotations
@@ -14,32 +18,45 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.model.kernels import pdl
+from runtime_service.model.kernels import jit_keys, pdl
+from runtime_service.model.kernels.quant_convert import FP8_MAX
 
 
+@jit_keys.helper
 @triton.jit
-def _store_normed_row(x, W, Out, offs, mask, eps, HIDDEN: tl.constexpr):
-    """x: one row in float32, zero past HIDDEN; Out points at the row's first element."""
+def _store_normed_row(x, W, Out, XScale, row, offs, mask, eps, HIDDEN: tl.constexpr,
+                      TO_FP8: tl.constexpr):
+    """x: one row in float32, zero past HIDDEN; Out points at the row's first element. The
+    normalised row is rounded to the model dtype (W's); with TO_FP8 it is then quantized to
+    e4m3 as quant_convert's `_quantize_rows_kernel` does (scale max(amax / 448, 1e-12) to
+    XScale, the codes to Out), so an fp8 linear reading it needs no quantizing launch."""
     rstd = tl.rsqrt(tl.sum(x * x, 0) / HIDDEN + eps)
-    normed = (x * rstd).to(Out.dtype.element_ty).to(tl.float32)
+    dtype = W.dtype.element_ty
+    normed = (x * rstd).to(dtype).to(tl.float32)
     w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Out + offs, (w * normed).to(Out.dtype.element_ty), mask=mask)
+    y = (w * normed).to(dtype)
+    if TO_FP8:
+        y = y.to(tl.float32)
+        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(y), axis=0), FP8_MAX), 1e-12)
+        tl.store(XScale + row, scale)
+        y = tl.math.div_rn(y, scale)
+    tl.store(Out + offs, y.to(Out.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _rms_norm_kernel(X, W, Out, stride_x, stride_o, eps, HIDDEN: tl.constexpr,
-                     BLOCK: tl.constexpr):
+def _rms_norm_kernel(X, W, Out, XScale, stride_x, stride_o, eps, HIDDEN: tl.constexpr,
+                     BLOCK: tl.constexpr, TO_FP8: tl.constexpr):
     pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
     x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    _store_normed_row(x, W, Out + row * stride_o, offs, mask, eps, HIDDEN)
+    _store_normed_row(x, W, Out + row * stride_o, XScale, row, offs, mask, eps, HIDDEN, TO_FP8)
 
 
 @triton.jit
-def _add_rms_norm_kernel(X, R, W, Out, Sum, stride_x, stride_r, stride_o, stride_s, eps,
-                         HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
+def _add_rms_norm_kernel(X, R, W, Out, XScale, Sum, stride_x, stride_r, stride_o, stride_s, eps,
+                         HIDDEN: tl.constexpr, BLOCK: tl.constexpr, TO_FP8: tl.constexpr):
     pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -48,7 +65,8 @@ def _add_rms_norm_kernel(X, R, W, Out, Sum, stride_x, stride_r, stride_o, stride
     r = tl.load(R + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
     summed = (x + r).to(Sum.dtype.element_ty)
     tl.store(Sum + row * stride_s + offs, summed, mask=mask)
-    _store_normed_row(summed.to(tl.float32), W, Out + row * stride_o, offs, mask, eps, HIDDEN)
+    _store_normed_row(summed.to(tl.float32), W, Out + row * stride_o, XScale, row, offs, mask,
+                      eps, HIDDEN, TO_FP8)
 
 
 def _check_norm_args(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -65,21 +83,34 @@ def _launch_options(hidden: int) -> dict:
     return dict(HIDDEN=hidden, BLOCK=block, num_warps=min(16, max(1, block // 512)))
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [..., H] (last dim contiguous), weight [H] in x's dtype -> normalised [..., H]."""
+def _normed_outputs(rows: torch.Tensor, to_fp8: bool):
+    """The normalised rows' buffer (e4m3 codes with `to_fp8`, else the model dtype) and the
+    per-row fp8 scales (None without `to_fp8`)."""
+    dtype = torch.float8_e4m3fn if to_fp8 else rows.dtype
+    out = torch.empty(rows.shape, dtype=dtype, device=rows.device)
+    scales = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device) if to_fp8 else None
+    return out, scales
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, to_fp8: bool = False):
+    """x [..., H] (last dim contiguous), weight [H] in x's dtype -> normalised [..., H]; with
+    `to_fp8`, that row quantized as `quantize_rows_fp8` quantizes it: (e4m3 codes [M, H],
+    float32 scales [M]) over the rows flattened."""
     _check_norm_args(x, weight)
     rows = x.reshape(-1, x.shape[-1])
-    out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+    out, scales = _normed_outputs(rows, to_fp8)
     if rows.shape[0]:
-        _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), eps,
+        _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, scales, rows.stride(0),
+                                           out.stride(0), eps, TO_FP8=to_fp8,
                                            **_launch_options(rows.shape[1]), **pdl.LAUNCH)
-    return out.view(x.shape)
+    return (out, scales) if to_fp8 else out.view(x.shape)
 
 
-def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                 to_fp8: bool = False):
     """x, residual [..., H] (same shape and dtype, last dim contiguous), weight [H] ->
-    (rms_norm(x + residual), x + residual), the sum rounded to the dtype as torch rounds it."""
+    (rms_norm(x + residual), x + residual), the sum rounded to the dtype as torch rounds it.
+    With `to_fp8` the norm comes as `rms_norm(..., to_fp8=True)` gives it: (codes, scales, sum)."""
     if residual.shape != x.shape or residual.dtype != x.dtype:
         raise ValueError(f"residual must be {tuple(x.shape)} in {x.dtype}; got "
                          f"{tuple(residual.shape)} {residual.dtype}")
@@ -88,12 +119,15 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     _check_norm_args(x, weight)
     rows = x.reshape(-1, x.shape[-1])
     residual_rows = residual.reshape(rows.shape)
-    out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
-    summed = torch.empty_like(out)
+    out, scales = _normed_outputs(rows, to_fp8)
+    summed = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     if rows.shape[0]:
         _add_rms_norm_kernel[(rows.shape[0],)](
-            rows, residual_rows, weight, out, summed, rows.stride(0), residual_rows.stride(0),
-            out.stride(0), summed.stride(0), eps, **_launch_options(rows.shape[1]), **pdl.LAUNCH)
+            rows, residual_rows, weight, out, scales, summed, rows.stride(0),
+            residual_rows.stride(0), out.stride(0), summed.stride(0), eps, TO_FP8=to_fp8,
+            **_launch_options(rows.shape[1]), **pdl.LAUNCH)
+    if to_fp8:
+        return out, scales, summed.view(x.shape)
     return out.view(x.shape), summed.view(x.shape)
 
 

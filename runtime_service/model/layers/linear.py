@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from runtime_service.model import kernels
-from runtime_service.model.layers.quantized_linear import (WeightQuant, add_quantized_weight,
-                                                           forms_gate_up, quantized_linear)
+from runtime_service.model.layers.quantized_linear import (Fp8Rows, WeightQuant,
+                                                           add_quantized_weight, forms_gate_up,
+                                                           quantized_gate_up, quantized_linear,
+                                                           takes_fp8_rows)
 from runtime_service.model.parallel import SINGLE_RANK, ParallelContext
 
 # Rows up to which the GEMV runs instead of cuBLAS anywhere: the decode graphs' batch sizes
@@ -175,6 +177,7 @@ class ColumnParallelLinear(nn.Module):
         self.local_sections = tuple(local_rows(s, parallel.tp_size, u)
                                     for s, u in zip(sections, units))
         self.quant = quant
+        self.tp_size = parallel.tp_size
         out_local = sum(self.local_sections)
         if quant is None:
             self.weight = nn.Parameter(torch.empty(out_local, in_features), requires_grad=False)
@@ -182,10 +185,24 @@ class ColumnParallelLinear(nn.Module):
             add_quantized_weight(self, quant, out_local, in_features)
         self.bias = nn.Parameter(torch.empty(out_local), requires_grad=False) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
         if self.quant is not None:
             return quantized_linear(self, self.quant, x, self.bias)
         return linear(x, self.weight, self.bias)
+
+    def forward_gate_up(self, x: torch.Tensor | Fp8Rows
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(self(x), gate_amax) for SwiGLU's fused [gate | up] projection: on one rank, where its
+        launch can give them, the maxima of |silu(gate) * up| over column blocks, which
+        `RowParallelLinear.forward_gate_up` takes for FP8's row scale (else None)."""
+        if self.quant is None or self.tp_size != 1:
+            return self(x), None
+        return quantized_gate_up(self, self.quant, x, self.bias)
+
+    def takes_fp8_rows(self, x: torch.Tensor) -> bool:
+        """Whether `forward` would quantize x's rows to e4m3 itself, so that the norm before it
+        may hand it `Fp8Rows` instead (quantized_linear.takes_fp8_rows)."""
+        return self.quant is not None and takes_fp8_rows(self, self.quant, x)
 
 
 class RowParallelLinear(nn.Module):
@@ -216,13 +233,16 @@ class RowParallelLinear(nn.Module):
         y = self.parallel.all_reduce(self._partial(x))
         return y + self.bias if self.bias is not None else y
 
-    def forward_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:
+    def forward_gate_up(self, gate_up: torch.Tensor,
+                        gate_amax: torch.Tensor | None = None) -> torch.Tensor:
         """self(silu(gate) * up) for gate_up = [gate | up], SwiGLU's down projection, with the
-        activation folded into the GEMV at decode."""
+        activation folded into the GEMV at decode; `gate_amax` is what the gate_up projection's
+        `forward_gate_up` gave beside gate_up."""
         if self.quant is None:
             y = self.parallel.all_reduce(silu_mul_linear(gate_up, self.weight))
         elif self.parallel.tp_size == 1 and forms_gate_up(self, self.quant, gate_up):
-            y = self.parallel.all_reduce(quantized_linear(self, self.quant, gate_up, gated=True))
+            y = self.parallel.all_reduce(quantized_linear(self, self.quant, gate_up, gated=True,
+                                                          gate_amax=gate_amax))
         else:
             return self.forward(_silu_and_mul(gate_up))
         return y + self.bias if self.bias is not None else y

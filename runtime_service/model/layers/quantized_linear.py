@@ -51,6 +51,18 @@ class WeightQuant:
         return cls(kind, group_size) if kind else None
 
 
+@dataclass(frozen=True)
+class Fp8Rows:
+    """Rows already quantized to e4m3 as an FP8 linear quantizes its input (per row: scale
+    max(amax|x| / 448, 1e-12), codes e4m3(x / scale)): what a norm hands a linear that
+    `takes_fp8_rows`, so the linear runs no quantizing launch. `dtype` is the rows' own, the
+    dtype the linear's output comes in."""
+
+    codes: torch.Tensor         # [M, K] float8_e4m3fn
+    scales: torch.Tensor        # [M] float32
+    dtype: torch.dtype
+
+
 def _fixed(tensor: torch.Tensor) -> nn.Parameter:
     """A parameter whose dtype is part of the format: the loader never casts it to the engine
     dtype (codes, and the float32 per-channel scales)."""
@@ -96,16 +108,20 @@ def dequantized_weight(module: nn.Module, quant: WeightQuant, dtype: torch.dtype
 
 def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
                      bias: torch.Tensor | None = None, row_max=None,
-                     gated: bool = False) -> torch.Tensor:
+                     gated: bool = False, gate_amax: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ W^T (+ bias) for the layer's quantized W. A row-parallel layer, whose x is
     a slice of each row, passes `row_max` (an all-reduce max over its ranks) so that FP8
     scales every row by its whole max |x|, as a single rank does. `gated`
     (only where `forms_gate_up` says so): x is SwiGLU's [gate | up] and the input
-    silu(gate) * up."""
+    silu(gate) * up, with `gate_amax` what `quantized_gate_up` gave beside it, if anything."""
+    if isinstance(x, Fp8Rows):
+        from runtime_service.model.kernels import quant_linear
+        return quant_linear.fp8_linear_of_codes(x.codes, x.scales, module.qweight,
+                                                module.scales, bias, x.dtype)
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     if _on_kernels(module, quant, x2):
-        y = _cuda_linear(module, quant, x2, bias, gated, row_max)
+        y = _cuda_linear(module, quant, x2, bias, gated, row_max, gate_amax)
     else:
         if gated:
             raise ValueError("only the CUDA fp8 kernels take a gated x (forms_gate_up)")
@@ -113,12 +129,36 @@ def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
     return y.reshape(*shape[:-1], y.shape[-1])
 
 
+def quantized_gate_up(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
+                      bias: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`quantized_linear` of SwiGLU's fused [gate | up] projection, and, where one CUDA row of
+    fp8 weights can give them from the same launch, the maxima of |silu(gate) * up| over its
+    column blocks, from which the down projection takes its row scale (None otherwise)."""
+    if isinstance(x, Fp8Rows) or quant.kind != "fp8":
+        return quantized_linear(module, quant, x, bias), None
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] != 1 or not _on_kernels(module, quant, x2):
+        return quantized_linear(module, quant, x, bias), None
+    from runtime_service.model.kernels import quant_linear
+    y, amax = quant_linear.fp8_gate_up(x2, module.qweight, module.scales, bias)
+    return y.reshape(*x.shape[:-1], y.shape[-1]), amax
+
+
 def forms_gate_up(module: nn.Module, quant: WeightQuant, gate_up: torch.Tensor) -> bool:
     """True where the layer's matmul forms SwiGLU's silu(gate) * up itself as it reads
-    [gate | up]: fp8 weights, one row, on the CUDA kernels (one launch fewer per layer and
-    decode step, bit for bit the same)."""
+    [gate | up]: fp8 weights on the CUDA kernels, where the launch that quantizes the rows
+    forms it (one launch fewer per layer and step, bit for bit the same)."""
     rows = gate_up.reshape(-1, gate_up.shape[-1])
-    return quant.kind == "fp8" and rows.shape[0] == 1 and _on_kernels(module, quant, rows)
+    return quant.kind == "fp8" and _on_kernels(module, quant, rows)
+
+
+def takes_fp8_rows(module: nn.Module, quant: WeightQuant, x: torch.Tensor) -> bool:
+    """True where the layer would quantize x's rows to e4m3 in a launch of its own, so a norm
+    before it may hand it `Fp8Rows` instead: fp8 weights on the CUDA kernels, two rows or more
+    (one row takes the fused one-row kernels, which find their scale as they read x)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return quant.kind == "fp8" and rows.shape[0] > 1 and _on_kernels(module, quant, rows)
 
 
 def _on_kernels(module: nn.Module, quant: WeightQuant, x2: torch.Tensor) -> bool:
@@ -150,7 +190,7 @@ def _portable_linear(module, quant: WeightQuant, x: torch.Tensor, bias, row_max
 
 
 def _cuda_linear(module, quant: WeightQuant, x: torch.Tensor, bias, gated: bool = False,
-                 row_max=None) -> torch.Tensor:
+                 row_max=None, gate_amax=None) -> torch.Tensor:
     from runtime_service.model.kernels import quant_linear
     if gated and (quant.kind != "fp8" or row_max is not None):
         raise ValueError("only fp8 weights of a whole row take a gated x")
@@ -162,7 +202,7 @@ def _cuda_linear(module, quant: WeightQuant, x: torch.Tensor, bias, gated: bool 
                                         quant.group_size, bias)
     if quant.kind == "int8":
         return quant_linear.int8_linear(x, module.qweight, module.scales, bias)
-    return quant_linear.fp8_linear(x, module.qweight, module.scales, bias, gated)
+    return quant_linear.fp8_linear(x, module.qweight, module.scales, bias, gated, gate_amax)
 
 
 def pack_for_device(module: nn.Module, quant: WeightQuant) -> None:

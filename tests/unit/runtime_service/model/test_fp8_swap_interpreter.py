@@ -65,12 +65,15 @@ for n, k, config in [(130, 300, GemvConfig("swap", 64, 128, 4, 2, 2)),
     out = qg.launch_fp8(gate_up, w, scales, None, config, gated=True)
     err = ((out - ref).norm() / ref.norm()).item()
     assert out.shape == (1, n) and err < 1e-5, ("gated", n, k, str(config), err)
-# "dot" quantizes x in a launch of its own: gated, the activation kernel's launch comes first
+# "dot" quantizes x in a launch of its own, which forms silu(gate) * up when gated: the bits of
+# the activation kernel's launch first, over one and several rows, in one pass of the row and
+# in two (the second ragged)
 config = GemvConfig("dot", 64, 128, 4, 4, 1)
-gate_up = torch.randn(1, 512, generator=g)
-w, scales = torch.randn(64, 256, generator=g), torch.rand(64, generator=g) + 0.5
-assert torch.equal(qg.launch_fp8(gate_up, w, scales, None, config, gated=True),
-                   qg.launch_fp8(silu_and_mul(gate_up), w, scales, None, config))
+for rows, k in ((1, 256), (3, 256), (3, 5000)):
+    gate_up = torch.randn(rows, 2 * k, generator=g)
+    w, scales = torch.randn(64, k, generator=g), torch.rand(64, generator=g) + 0.5
+    assert torch.equal(qg.launch_fp8(gate_up, w, scales, None, config, gated=True),
+                       qg.launch_fp8(silu_and_mul(gate_up), w, scales, None, config)), (rows, k)
 candidates = qt.fp8_candidates(1, 6144, 4096, 132)
 assert {c.kind for c in candidates} >= {"fma", "swap", "dot"}
 assert all(c.split_k > 1 for c in candidates if c.fused_sum)

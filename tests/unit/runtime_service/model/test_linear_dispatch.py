@@ -247,3 +247,27 @@ def test_switch_off_sends_gate_up_to_the_activation_kernel_then_linear(fake_gemv
         out = layer.forward_gate_up(gate_up)
     assert not fake_gemv and len(fake_activation) == 1
     assert torch.equal(out, nn.functional.linear(_silu_mul(gate_up), layer.weight))
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_cpu_norm_before_an_fp8_linear_hands_it_plain_rows(rows):
+    """A norm hands a linear e4m3 rows only where the CUDA kernels would quantize them (never on
+    the CPU): there `forward_for` is the norm (with its residual add) and nothing else."""
+    from runtime_service.model.layers.norm import RMSNorm
+    from runtime_service.model.layers.quantized_linear import WeightQuant, quantize_weight
+
+    quant = WeightQuant("fp8")
+    layer = ColumnParallelLinear(32, (16,), bias=False, quant=quant)
+    generator = torch.Generator().manual_seed(rows)
+    for name, tensor in quantize_weight(torch.randn(16, 32, generator=generator), quant,
+                                        torch.bfloat16).items():
+        getattr(layer, name).data = tensor
+    norm = RMSNorm(32, 1e-5).to(torch.bfloat16)
+    x = torch.randn(rows, 32, generator=generator).to(torch.bfloat16)
+    residual = torch.randn(rows, 32, generator=generator).to(torch.bfloat16)
+    assert not layer.takes_fp8_rows(x)
+    normed, summed = norm.forward_for(layer, x, residual)
+    assert torch.equal(summed, x + residual) and torch.equal(normed, norm(x + residual))
+    normed, summed = norm.forward_for(layer, x, None)
+    assert summed is x and torch.equal(normed, norm(x))
+    assert not ColumnParallelLinear(32, (16,), bias=False).takes_fp8_rows(x)
