@@ -67,7 +67,7 @@ def compile_sm90(kernel, signature: dict, constexprs: dict, aligned: list[str],
 
 def _gemv_cases():
     """(name, kernel, signature, constexprs, aligned, warps, weight bytes per loop pass)."""
-    from runtime_service.model.kernels import gemv, quant_gemv
+    from runtime_service.model.kernels import fp8_row_gemv, gemv, quant_gemv
 
     common = {"M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "k_per_split": "i32"}
     bf16 = {"X": "*bf16", "W": "*bf16", "Bias": "constexpr", "Out": "*bf16", **common,
@@ -109,19 +109,19 @@ def _gemv_cases():
                       ["X", "QW", "Scales", "Zeros", "Out", "K", "stride_xm", "k_per_split"], 4,
                       block_n * block_k // 2))
     for block_n, block_k in ((16, 512), (8, 1024)):
-        cases.append((f"fp8 one row, n{block_n} k{block_k}", quant_gemv._fp8_row_kernel, fp8,
+        cases.append((f"fp8 one row, n{block_n} k{block_k}", fp8_row_gemv._fp8_row_kernel, fp8,
                       dict(Bias=None, Final=None, Counters=None, HAS_BIAS=False, GATED=False,
                            BLOCK_N=block_n, BLOCK_K=block_k,
-                           X_BLOCK=quant_gemv.row_scale_block(4096, 4), EVEN_K=True,
+                           X_BLOCK=fp8_row_gemv.row_scale_block(4096, 4), EVEN_K=True,
                            NUM_STAGES=1, TENSOR_CORES=False, FUSED_SUM=False, **no_amax),
                       ["X", "QW", "Scales", "Out", "K", "k_per_split"], 4, block_n * block_k))
     for block_n, block_k, warps, stages in ((128, 128, 4, 3), (64, 256, 4, 3)):
         for fused in (False, True):
             cases.append((f"fp8 one row, tensor cores, n{block_n} k{block_k}"
                           + (", split sums fused" if fused else ""),
-                          quant_gemv._fp8_row_kernel, fp8_fused if fused else fp8,
+                          fp8_row_gemv._fp8_row_kernel, fp8_fused if fused else fp8,
                           dict(Bias=None, HAS_BIAS=False, GATED=False, BLOCK_N=block_n,
-                               BLOCK_K=block_k, X_BLOCK=quant_gemv.row_scale_block(4096, warps),
+                               BLOCK_K=block_k, X_BLOCK=fp8_row_gemv.row_scale_block(4096, warps),
                                EVEN_K=True, NUM_STAGES=stages,
                                TENSOR_CORES=True, FUSED_SUM=fused, **no_amax,
                                **({} if fused else dict(Final=None, Counters=None))),

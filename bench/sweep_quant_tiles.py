@@ -63,13 +63,14 @@ def weights(kind: str, n: int, k: int):
 
 def calls(kind: str):
     """(reference(x, *contract), launch(x, kernel_weights, config))."""
+    from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_gemv as qg
     from runtime_service.model.kernels import quant_linear as ql
     if kind == "int4":
         return (lambda x, w: ql.int4_linear_reference(x, *w, GROUP),
                 lambda x, w, c: qg.launch_int4(x, *w, GROUP, None, c))
     return (lambda x, w: ql.fp8_linear_reference(x, *w),
-            lambda x, w, c: qg.launch_fp8(x, *w, None, c))
+            lambda x, w, c: fg.launch_fp8(x, *w, None, c))
 
 
 def candidates(kind: str, rows: int, n: int, k: int, sms: int):

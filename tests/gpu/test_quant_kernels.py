@@ -148,6 +148,7 @@ def test_fp8_linear_matches_reference(shape, untuned):
 def test_every_candidate_config_computes_the_same_function(rows):
     """Every config the tuner may pick; int4 three times on fresh inputs, since a variant of its
     dot kernel once gave wrong sums only sometimes (bench/NOTES.md, run 16)."""
+    from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_gemv as qg
     from runtime_service.model.kernels import quant_linear as ql
     from runtime_service.model.kernels import quant_tuning as qt
@@ -175,7 +176,7 @@ def test_every_candidate_config_computes_the_same_function(rows):
         _check(qg.launch_channel(xq, x_scales, *fp8, None, x.dtype, config), ref_fp8, 5e-3,
                f"fp8 {config}")
     for config in qt.fp8_candidates(rows, n, k, qt.sm_count(x.device)):
-        _check(qg.launch_fp8(x, *fp8, None, config), ref_fp8, 5e-3, f"fp8 {config}")
+        _check(fg.launch_fp8(x, *fp8, None, config), ref_fp8, 5e-3, f"fp8 {config}")
 
 
 def test_gated_fp8_row_gives_the_activation_launchs_bits_with_every_candidate(untuned):
@@ -183,7 +184,7 @@ def test_gated_fp8_row_gives_the_activation_launchs_bits_with_every_candidate(un
     [gate | up] (its row scale included) give the same bits as the activation kernel's launch
     followed by the plain linear, with every candidate the tuner may pick, and so does the
     entry point (quant_linear.fp8_linear(..., gated=True), on the first candidate)."""
-    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_linear as ql
     from runtime_service.model.kernels import quant_tuning as qt
     from runtime_service.model.kernels.activation import silu_and_mul
@@ -197,8 +198,8 @@ def test_gated_fp8_row_gives_the_activation_launchs_bits_with_every_candidate(un
         bias = torch.randn(n, device="cuda", generator=generator).to(torch.bfloat16)
         act = silu_and_mul(gate_up)
         for config in qt.fp8_candidates(1, n, k, qt.sm_count(gate_up.device)):
-            assert torch.equal(qg.launch_fp8(gate_up, *w, bias, config, gated=True),
-                               qg.launch_fp8(act, *w, bias, config)), f"{config} (seed {SEED})"
+            assert torch.equal(fg.launch_fp8(gate_up, *w, bias, config, gated=True),
+                               fg.launch_fp8(act, *w, bias, config)), f"{config} (seed {SEED})"
         assert torch.equal(ql.fp8_linear(gate_up, *w, bias, gated=True),
                            ql.fp8_linear(act, *w, bias)), f"{(n, k)} (seed {SEED})"
 
@@ -233,7 +234,7 @@ def test_down_projection_scale_from_the_gate_up_launchs_block_maxima(untuned):
     down projection taking its row scale from them gives the bits of finding it itself, with
     every candidate (a maximum 1.5 times larger changes them: the scale is really read); the layer
     entry points agree."""
-    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_linear as ql
     from runtime_service.model.kernels import quant_tuning as qt
     from runtime_service.model.kernels.activation import silu_and_mul
@@ -249,20 +250,20 @@ def test_down_projection_scale_from_the_gate_up_launchs_block_maxima(untuned):
                .to(torch.float8_e4m3fn),
                torch.rand(hidden, device="cuda", generator=generator) * 0.01)
         gate_up_tiles = [c for c in qt.fp8_candidates(1, 2 * inter, hidden, sms)
-                         if qg.gives_gate_amax(c, 2 * inter)]
+                         if fg.gives_gate_amax(c, 2 * inter)]
         assert gate_up_tiles, inter
         down_tiles = [c for c in qt.fp8_candidates(1, hidden, inter, sms) if c.kind != "dot"]
         for config in gate_up_tiles:
-            gate_up, amax = qg.launch_fp8_gate_up(x, *w_gu, None, config)
-            assert amax is not None and torch.equal(gate_up, qg.launch_fp8(x, *w_gu, None,
+            gate_up, amax = fg.launch_fp8_gate_up(x, *w_gu, None, config)
+            assert amax is not None and torch.equal(gate_up, fg.launch_fp8(x, *w_gu, None,
                                                                            config)), str(config)
             expected = silu_and_mul(gate_up).float().abs().view(-1, config.block_n).amax(dim=1)
             assert torch.equal(amax, expected), f"{config} (seed {SEED})"
         for down in down_tiles:
-            found = qg.launch_fp8(gate_up, *w_d, None, down, gated=True)
-            assert torch.equal(qg.launch_fp8(gate_up, *w_d, None, down, gated=True,
+            found = fg.launch_fp8(gate_up, *w_d, None, down, gated=True)
+            assert torch.equal(fg.launch_fp8(gate_up, *w_d, None, down, gated=True,
                                              gate_amax=amax), found), f"{down} (seed {SEED})"
-            assert not torch.equal(qg.launch_fp8(gate_up, *w_d, None, down, gated=True,
+            assert not torch.equal(fg.launch_fp8(gate_up, *w_d, None, down, gated=True,
                                                  gate_amax=amax * 1.5), found), str(down)
         gate_up, amax = ql.fp8_gate_up(x, *w_gu)
         assert amax is not None
@@ -279,7 +280,7 @@ def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():
     from dataclasses import replace
 
     from runtime_service.model.kernels import arrival_counts
-    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_tuning as qt
 
     generator = _generator("fused-split-sum")
@@ -299,8 +300,8 @@ def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():
         outs = []
         for w, bias, config in cases:
             xk = x[:, :w[0].shape[1]]
-            outs.append((qg.launch_fp8(xk, *w, bias, config),
-                         qg.launch_fp8(xk, *w, bias, replace(config, fused_sum=False))))
+            outs.append((fg.launch_fp8(xk, *w, bias, config),
+                         fg.launch_fp8(xk, *w, bias, replace(config, fused_sum=False))))
         return outs
 
     run_all()                                           # counters sized before capture
@@ -320,7 +321,7 @@ def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():
 def test_the_tuner_skips_a_candidate_whose_output_disagrees_with_the_default(caplog):
     """A candidate that a GPU or compiler gets wrong must not win for being fast: here the
     second one's output is scaled by 3."""
-    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_tuning as qt
     from runtime_service.model.kernels.gemv import GemvConfig
 
@@ -331,7 +332,7 @@ def test_the_tuner_skips_a_candidate_whose_output_disagrees_with_the_default(cap
     good, bad = GemvConfig("fma", 16, 512, 4, 1), GemvConfig("fma", 8, 256, 1, 1)
 
     def call(x_, w, config, warmup=False):
-        out = qg.launch_fp8(x_, *w, None, config, warmup)
+        out = fg.launch_fp8(x_, *w, None, config, warmup)
         return out if config == good else out * 3
 
     key = ("fp8-tuner-gate-test", x.device, x.dtype, 1, 256, 1024)

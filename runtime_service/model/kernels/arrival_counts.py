@@ -1,6 +1,6 @@
 """Arrival counters for kernels whose last program to finish a piece of work combines it: the
 split-K decode attention (paged_attention.py, `fused_combine`) and the fp8 one-row linear's
-fused split sums (quant_gemv.py).
+fused split sums (fp8_row_gemv.py).
 
 One zeroed int32 buffer per device, grown (never shrunk) when a launch needs more. Each launch
 leaves every count it used at 0, so the buffer is shared by every kernel, layer, step and graph

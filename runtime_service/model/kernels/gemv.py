@@ -172,7 +172,7 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 1
     split_k: int = 1
-    # The last program of each column block sums the K splits itself (quant_gemv's fp8 one-row
+    # The last program of each column block sums the K splits itself (fp8_row_gemv's one-row
     # kernel), instead of a second launch.
     fused_sum: bool = False
 

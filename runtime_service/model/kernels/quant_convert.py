@@ -13,7 +13,7 @@ import triton.language as tl
 from runtime_service.model.kernels import pdl
 from runtime_service.model.kernels.gemv import _silu_mul, grid_launcher
 
-FP8_MAX = tl.constexpr(448.0)     # the largest e4m3 value; quant_gemv's fused rows use it too
+FP8_MAX = tl.constexpr(448.0)     # the largest e4m3 value; fp8_row_gemv and rms_norm use it too
 
 
 @triton.jit

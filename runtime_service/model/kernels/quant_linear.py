@@ -10,12 +10,12 @@ The tensors follow the quantized-tensor contract (docs/ARCHITECTURE.md):
   e4m3 with scale amax|x| / 448 (at least 1e-12), and y = (xq * sx) @ (q * s)^T.
 
 Up to 64 rows (decode, CUDA-graph safe: no host syncs, fixed-size allocations) run the tuned
-dequantizing GEMVs of quant_gemv.py (tiles chosen by quant_tuning.py), which read each weight once.
-More rows (prefill) are compute-bound: int4 and int8 dequantize to the engine dtype and call cuBLAS
-(one extra pass over the weight, small beside the GEMM), fp8 runs `torch._scaled_mm` with row-wise
-scales on GPUs that have fp8 tensor cores. This module imports triton only inside those paths, so
-the references and `pack_for_device` work on any machine; on CPU tensors the public functions run
-the references.
+dequantizing GEMVs of quant_gemv.py and fp8_row_gemv.py (tiles chosen by quant_tuning.py), which
+read each weight once. More rows (prefill) are compute-bound: int4 and int8 dequantize to the
+engine dtype and call cuBLAS (one extra pass over the weight, small beside the GEMM), fp8 runs
+`torch._scaled_mm` with row-wise scales on GPUs that have fp8 tensor cores. This module imports
+triton only inside those paths, so the references and `pack_for_device` work on any machine; on
+CPU tensors the public functions run the references.
 """
 
 from __future__ import annotations
@@ -157,19 +157,19 @@ def fp8_gate_up(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if not (x.is_cuda and x.shape[0] == 1):
         return fp8_linear(x, qweight, scales, bias), None
     _check_channel(x, qweight, scales, bias, torch.float8_e4m3fn)
-    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_tuning as qt
 
     n, k = qweight.shape
     candidates = [c for c in qt.fp8_candidates(1, n, k, qt.sm_count(x.device))
-                  if qg.gives_gate_amax(c, n)]
+                  if fg.gives_gate_amax(c, n)]
     if not candidates:
         return fp8_linear(x, qweight, scales, bias), None
     key = ("fp8_gate_up", x.device, x.dtype, 1, n, k)
     config = qt.tuned_config(key, x, (qweight, scales), candidates,
                              lambda x_, w, c, warmup=False:
-                             qg.launch_fp8_gate_up(x_, *w, None, c, warmup)[0])
-    return qg.launch_fp8_gate_up(x, qweight, scales, bias, config)
+                             fg.launch_fp8_gate_up(x_, *w, None, c, warmup)[0])
+    return fg.launch_fp8_gate_up(x, qweight, scales, bias, config)
 
 
 def fp8_linear_of_codes(xq: torch.Tensor, x_scales: torch.Tensor, qweight: torch.Tensor,
@@ -253,7 +253,7 @@ def _channel_gemv(kind, x, x_scales, qweight, scales, bias, out_dtype) -> torch.
 def _fp8_gemv(x, qweight, scales, bias, gated: bool = False, gate_amax=None) -> torch.Tensor:
     """Decode rows: tuned over the fused one-row kernel and quantize-then-dot, each timed with
     every launch it makes (a gated row with its block maxima given is timed apart)."""
-    from runtime_service.model.kernels import quant_gemv as qg
+    from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_tuning as qt
 
     rows = x.shape[0]
@@ -262,10 +262,10 @@ def _fp8_gemv(x, qweight, scales, bias, gated: bool = False, gate_amax=None) -> 
     key = (kind, x.device, x.dtype, _bucket(rows), n, k)
     config = qt.tuned_config(key, x, (qweight, scales),
                              qt.fp8_candidates(rows, n, k, qt.sm_count(x.device)),
-                             lambda x_, w, c, warmup=False: qg.launch_fp8(x_, *w, None, c,
+                             lambda x_, w, c, warmup=False: fg.launch_fp8(x_, *w, None, c,
                                                                           warmup, gated,
                                                                           gate_amax))
-    return qg.launch_fp8(x, qweight, scales, bias, config, gated=gated, gate_amax=gate_amax)
+    return fg.launch_fp8(x, qweight, scales, bias, config, gated=gated, gate_amax=gate_amax)
 
 
 def _bucket(rows: int) -> int:

@@ -1,6 +1,6 @@
-"""Which tile each quantized GEMV runs (quant_gemv.py), chosen per shape on first use with
-gemv.py's clock over copies of the quantized weights larger than L2, and kept per engine and
-GPU model by the start-up cache (kernel_tuning.py).
+"""Which tile each quantized GEMV runs (quant_gemv.py, fp8_row_gemv.py), chosen per shape on
+first use with gemv.py's clock over copies of the quantized weights larger than L2, and kept per
+engine and GPU model by the start-up cache (kernel_tuning.py).
 
 The tuner takes a candidate only if its output agrees with the first candidate's (the untimed
 default) on the first call's own inputs: a tile that a GPU or compiler gets wrong is skipped with

@@ -12,7 +12,7 @@ from support.triton_interpreter import needs_triton, run_on_interpreter
 
 _CHECK = r"""
 import torch
-from runtime_service.model.kernels import quant_gemv as qg
+from runtime_service.model.kernels import fp8_row_gemv as fg
 from runtime_service.model.kernels.gemv import GemvConfig
 
 def silu_mul(gate_up):
@@ -27,20 +27,20 @@ w_d, s_d = torch.randn(96, inter, generator=g), torch.rand(96, generator=g) + 0.
 downs = [GemvConfig("swap", 64, 128, 4, 2, 1), GemvConfig("fma", 8, 128, 2, 1, 2, fused_sum=True)]
 for config in (GemvConfig("swap", 64, 128, 4, 3, 1), GemvConfig("swap", 64, 128, 4, 2, 3, True),
                GemvConfig("fma", 8, 128, 2, 1, 1), GemvConfig("fma", 16, 128, 2, 1, 2, True)):
-    gate_up, amax = qg.launch_fp8_gate_up(x, w_gu, s_gu, None, config)
-    assert torch.equal(gate_up, qg.launch_fp8(x, w_gu, s_gu, None, config)), str(config)
+    gate_up, amax = fg.launch_fp8_gate_up(x, w_gu, s_gu, None, config)
+    assert torch.equal(gate_up, fg.launch_fp8(x, w_gu, s_gu, None, config)), str(config)
     expected = silu_mul(gate_up).abs().view(-1, config.block_n).amax(dim=1)
     assert amax is not None and torch.allclose(amax, expected, rtol=1e-6), str(config)
     for down in downs:
-        given = qg.launch_fp8(gate_up, w_d, s_d, None, down, gated=True, gate_amax=amax)
-        found = qg.launch_fp8(gate_up, w_d, s_d, None, down, gated=True)
+        given = fg.launch_fp8(gate_up, w_d, s_d, None, down, gated=True, gate_amax=amax)
+        found = fg.launch_fp8(gate_up, w_d, s_d, None, down, gated=True)
         assert torch.equal(given, found), (str(config), str(down))
 # no maxima where a launch cannot give them: split sums in a launch of their own, blocks that
 # straddle gate and up, the quantize-then-dot path
 for config in (GemvConfig("swap", 64, 128, 4, 3, 3), GemvConfig("fma", 512, 128, 4, 1, 1),
                GemvConfig("dot", 64, 128, 4, 4, 1)):
-    gate_up, amax = qg.launch_fp8_gate_up(x, w_gu, s_gu, None, config)
-    assert amax is None and torch.equal(gate_up, qg.launch_fp8(x, w_gu, s_gu, None, config))
+    gate_up, amax = fg.launch_fp8_gate_up(x, w_gu, s_gu, None, config)
+    assert amax is None and torch.equal(gate_up, fg.launch_fp8(x, w_gu, s_gu, None, config))
 print("ok")
 """
 
