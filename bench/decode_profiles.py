@@ -12,6 +12,7 @@ import torch
 from decode_common import fixed_length, kiln_generate_timed, log, prompts
 from runtime_service.engine.executor import Executor
 from runtime_service.engine.request import Request
+from runtime_service.model import kernels
 
 # A decode profile's window, and the steps its requests have to get every prefill done first.
 PROFILE_STEPS = 24
@@ -23,8 +24,13 @@ def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
     """Kernel time table of `steps` decode steps with `batch` sequences of `prompt_len`-token
     prompts running (CUDA graph nodes included). The window opens once every request has its
     first token, so no prefill kernel lands in it: at 256 streams the prefill's GEMMs would
-    otherwise share names and rows with the decode's. The table's first line gives the steps
-    and the kernel time per step."""
+    otherwise share names and rows with the decode's. The table's first line gives the steps,
+    the kernel time and the wall time per step.
+
+    With programmatic dependent launch on (kernels/pdl.py), a kernel starts while the one ahead
+    finishes and waits for it, and the profiler counts that wait as the kernel's own time (at 64
+    rows a 3 us activation kernel showed 72 us, bench/NOTES.md run 26a): the kernels' sum then
+    overstates the step, and the first line says so. KILN_PDL=0 gives per-kernel times."""
     from torch.profiler import ProfilerActivity, profile
 
     requests = [Request(f"profile-{batch}-{i}", p, fixed_length(steps + PROFILE_PREFILL_STEPS))
@@ -38,21 +44,36 @@ def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
         activities.append(ProfilerActivity.CUDA)
     first = executor.num_steps
     with profile(activities=activities) as prof:
+        started = time.perf_counter()
         while executor.num_steps < first + steps:
             time.sleep(0.001)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         last = executor.num_steps
+        wall_ms = (time.perf_counter() - started) * 1e3
     for stream in streams:
         for _ in stream:                   # the rest of each request, outside the window
             pass
     averages = prof.key_averages()
     kernel_ms = sum(event.self_device_time_total for event in averages) / 1e3
     head = (f"{last - first} decode steps at batch {batch} after {prompt_len}-token prompts: "
-            f"kernels {kernel_ms / (last - first):.3f} ms per step")
+            f"kernels {kernel_ms / (last - first):.3f} ms per step, wall "
+            f"{wall_ms / (last - first):.3f} ms per step")
+    if _pdl_on():
+        head += ("\n(PDL on: each kernel's time includes its wait for the kernel ahead, so the "
+                 "kernels' sum overstates the step; KILN_PDL=0 for per-kernel times)")
     text = head + "\n" + averages.table(sort_by="cuda_time_total", row_limit=25)
     path.write_text(text)
     log(f"profile at batch {batch}: " + "\n".join(text.splitlines()[:20]))
+
+
+def _pdl_on() -> bool:
+    """Whether the kernels launch with programmatic dependent launch (kernels/pdl.py; it
+    imports triton, so asked only where the kernels can run)."""
+    if not (torch.cuda.is_available() and kernels.triton_installed()):
+        return False
+    from runtime_service.model.kernels import pdl
+    return pdl.ENABLED
 
 
 def profile_prefill_host(executor: Executor, vocab: int, length: int, path: Path) -> None:
