@@ -14,6 +14,8 @@ import random
 import pytest
 import torch
 
+from support.block_tables import consecutive_block_tables
+
 pytestmark = pytest.mark.gpu
 
 SEED = random.randrange(2 ** 31)
@@ -175,12 +177,8 @@ def test_fp8_cache_products_in_fp16_hold_any_magnitude(q_size, kv_size, spread):
     num_heads, num_kv_heads, head_dim, block_size = SHAPES[0]
     generator = torch.Generator().manual_seed(SEED)
     seq_lens = [1, 17, 300]
-    blocks = [-(-n // block_size) for n in seq_lens]
-    tables = torch.full((len(seq_lens), max(blocks)), -1, dtype=torch.int32)
-    used = 0
-    for i, count in enumerate(blocks):
-        tables[i, :count] = torch.arange(used, used + count)
-        used += count
+    tables, used = consecutive_block_tables(seq_lens, block_size, first_block=0,
+                                            spare_columns=0)
     kv_shape = (used, block_size, num_kv_heads, head_dim)
     k, v = ((torch.randn(kv_shape, generator=generator) * kv_size) for _ in range(2))
     if spread:          # each token's values scaled by 10^-4 .. 10^0

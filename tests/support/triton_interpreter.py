@@ -20,7 +20,9 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 
 def run_on_interpreter(code: str, timeout_s: float = 300) -> str:
     """The snippet's stdout; fails the test with its stderr if it exits non-zero."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    # the snippet imports Kiln from the repository root and test helpers from tests/support
+    paths = [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=timeout_s)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -10,6 +10,7 @@ from support.triton_interpreter import needs_triton, run_on_interpreter
 
 _CHECK = r"""
 import torch
+from support.block_tables import consecutive_block_tables
 from runtime_service.model.kernels import paged_attention as pa
 from runtime_service.model.kernels.kv_quant import quantize_kv_reference
 from runtime_service.model.kernels.rotary import rotary_store_kv_
@@ -17,12 +18,7 @@ from runtime_service.model.kernels.rotary import rotary_store_kv_
 g = torch.Generator().manual_seed(0)
 block_size, heads, kv_heads, head_dim = 16, 6, 2, 40
 seq_lens = [1, 17, 70, 33, 1]
-blocks = [-(-n // block_size) for n in seq_lens]
-tables = torch.full((len(seq_lens), max(blocks) + 1), -1, dtype=torch.int32)
-used = 0
-for i, count in enumerate(blocks):
-    tables[i, :count] = torch.arange(used, used + count) + 1
-    used += count
+tables, used = consecutive_block_tables(seq_lens, block_size)
 tables[-1, 0] = 0                                   # the padding row: block 0, no slot
 lens = torch.tensor(seq_lens, dtype=torch.int32)
 slots = torch.tensor([int(tables[i, (n - 1) // block_size]) * block_size + (n - 1) % block_size

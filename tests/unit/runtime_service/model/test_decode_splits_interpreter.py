@@ -10,18 +10,14 @@ from support.triton_interpreter import needs_triton, run_on_interpreter
 
 _CHECK = r"""
 import torch
+from support.block_tables import consecutive_block_tables
 from runtime_service.model.kernels import arrival_counts
 from runtime_service.model.kernels import paged_attention as pa
 
 g = torch.Generator().manual_seed(0)
 heads, kv_heads, head_dim, block_size = 6, 2, 32, 16       # a group of 3: a padded head tile
 seq_lens = [1, 17, 70, 130, 2]
-blocks = [-(-n // block_size) for n in seq_lens]
-tables = torch.full((len(seq_lens), max(blocks) + 1), -1, dtype=torch.int32)
-used = 0
-for i, count in enumerate(blocks):
-    tables[i, :count] = torch.arange(used, used + count) + 1
-    used += count
+tables, used = consecutive_block_tables(seq_lens, block_size)
 shape = (used + 2, block_size, kv_heads, head_dim)
 k, v = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
 q = torch.randn(len(seq_lens), heads, head_dim, generator=g)

@@ -11,18 +11,14 @@ from support.triton_interpreter import needs_triton, run_on_interpreter
 
 _CHECK = r"""
 import torch
+from support.block_tables import consecutive_block_tables
 from runtime_service.model.kernels import paged_attention as pa
 from runtime_service.model.kernels.kv_quant import quantize_kv_reference
 
 g = torch.Generator().manual_seed(0)
 heads, kv_heads, head_dim, block_size = 8, 2, 64, 16
 seq_lens = [1, 17, 70]
-blocks = [-(-n // block_size) for n in seq_lens]
-tables = torch.full((3, max(blocks) + 1), -1, dtype=torch.int32)
-used = 0
-for i, count in enumerate(blocks):
-    tables[i, :count] = torch.arange(used, used + count) + 1       # block 0 left unused
-    used += count
+tables, used = consecutive_block_tables(seq_lens, block_size)
 shape = (used + 2, block_size, kv_heads, head_dim)
 lens = torch.tensor(seq_lens, dtype=torch.int32)
 scale = head_dim ** -0.5
