@@ -63,6 +63,24 @@ def _silu_mul(gate, up):
     return (act * up.to(tl.float32)).to(up.dtype)
 
 
+@triton.jit
+def load_row_tile(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K: tl.constexpr, GATED: tl.constexpr):
+    """One K tile of the weight rows and of the x row at column k: masked past K unless EVEN_K,
+    and with GATED (x is [gate | up], up K further on) the row silu(gate) * up."""
+    if EVEN_K:
+        w = tl.load(w_ptrs)
+        xk = tl.load(x_ptrs)
+        if GATED:
+            xk = _silu_mul(xk, tl.load(x_ptrs + K))
+    else:
+        in_k = k + offs_k < K
+        w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
+        xk = tl.load(x_ptrs, mask=in_k, other=0.0)
+        if GATED:
+            xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=in_k, other=0.0))
+    return w, xk
+
+
 @triton.jit(do_not_specialize=["M", "N"])
 def _fma_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.constexpr,
                 GATED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -83,17 +101,7 @@ def _fma_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.c
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     # An explicit num_stages lets Triton pipeline loads that feed no dot.
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        if EVEN_K:
-            w = tl.load(w_ptrs)
-            xk = tl.load(x_ptrs)
-            if GATED:
-                xk = _silu_mul(xk, tl.load(x_ptrs + K))
-        else:
-            in_k = k + offs_k < K
-            w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
-            xk = tl.load(x_ptrs, mask=in_k, other=0.0)
-            if GATED:
-                xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=in_k, other=0.0))
+        w, xk = load_row_tile(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K, GATED)
         acc += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
