@@ -135,12 +135,11 @@ def quantized_gate_up(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
     """`quantized_linear` of SwiGLU's fused [gate | up] projection, and, where one CUDA row of
     fp8 weights can give them from the same launch, the maxima of |silu(gate) * up| over its
     column blocks, from which the down projection takes its row scale (None otherwise)."""
-    if isinstance(x, Fp8Rows) or quant.kind != "fp8":
-        return quantized_linear(module, quant, x, bias), None
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.shape[0] != 1 or not _on_kernels(module, quant, x2):
+    x2 = None if isinstance(x, Fp8Rows) else x.reshape(-1, x.shape[-1])
+    if quant.kind != "fp8" or x2 is None or not _on_kernels(module, quant, x2):
         return quantized_linear(module, quant, x, bias), None
     from runtime_service.model.kernels import quant_linear
+    # more rows than one: fp8_gate_up runs the plain linear and gives no maxima
     y, amax = quant_linear.fp8_gate_up(x2, module.qweight, module.scales, bias)
     return y.reshape(*x.shape[:-1], y.shape[-1]), amax
 
