@@ -179,6 +179,41 @@ def test_every_candidate_config_computes_the_same_function(rows):
         _check(fg.launch_fp8(x, *fp8, None, config), ref_fp8, 5e-3, f"fp8 {config}")
 
 
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_fp8_gemm_tiles_match_the_reference_past_the_gemv_rows(out_dtype):
+    """Rows already in e4m3 past the GEMV's 64: every fp8_gemm.py tile and cuBLAS (bf16 only)
+    against the float32 reference, with ragged row, column and K tiles and a bias; and the
+    entry point, which picks one of them by time (a decode batch) or untimed (600 rows, a
+    prefill chunk)."""
+    from runtime_service.model.kernels import fp8_gemm
+    from runtime_service.model.kernels import quant_linear as ql
+    from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
+
+    generator = _generator("fp8-gemm", str(out_dtype))
+    for n, k in SHAPES:
+        qweight = (torch.randn(n, k, device="cuda", generator=generator) * 100).clamp(
+            -448, 448).to(torch.float8_e4m3fn)
+        scales = torch.rand(n, device="cuda", generator=generator) * 1e-3 + 1e-4
+        bias = torch.randn(n, device="cuda", generator=generator).to(out_dtype)
+        for rows in (65, 200, 256, 512, 600):
+            x = _x(rows, k, out_dtype, generator)
+            x[1, :5] *= 40                  # an outlier row: its scale differs from the others
+            xq, x_scales = quantize_rows_fp8(x)
+            with_bias = bias if rows % 2 else None
+            ref = ql.fp8_linear_reference(x, qweight, scales, with_bias)
+            candidates = fp8_gemm.fp8_gemm_candidates(rows)
+            if out_dtype != torch.bfloat16:
+                candidates = candidates[1:]
+            assert candidates, rows
+            for config in candidates:
+                _check(fp8_gemm.launch_fp8_gemm(xq, x_scales, qweight, scales, with_bias,
+                                                out_dtype, config), ref, 5e-3,
+                       f"{config} {(rows, n, k)}")
+            if rows in (200, 600):
+                _check(ql.fp8_linear_of_codes(xq, x_scales, qweight, scales, with_bias,
+                                              out_dtype), ref, 5e-3, f"entry {(rows, n, k)}")
+
+
 def test_gated_fp8_row_gives_the_activation_launchs_bits_with_every_candidate(untuned):
     """SwiGLU's down projection at one row: the fp8 kernels forming silu(gate) * up as they read
     [gate | up] (its row scale included) give the same bits as the activation kernel's launch

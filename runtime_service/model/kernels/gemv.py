@@ -171,8 +171,8 @@ def _split_sum_kernel(Partial, Bias, Out, M, N, SPLIT_K, HAS_BIAS: tl.constexpr,
 class GemvConfig:
     """One launch shape: `kind` "fma" (CUDA cores), "dot" (tensor cores, x's rows as the
     MMA's rows) or "swap" (tensor cores, the weight's rows as the MMA's rows: fp8, one row), the
-    weight tile [block_n, block_k], warps and pipeline depth per program, and how many K
-    splits."""
+    weight tile [block_n, block_k], warps and pipeline depth per program, how many K splits,
+    and for the kernels that tile rows too (fp8_gemm.py) the row tile `block_m`."""
 
     kind: str
     block_n: int
@@ -183,6 +183,8 @@ class GemvConfig:
     # The last program of each column block sums the K splits itself (fp8_row_gemv's one-row
     # kernel), instead of a second launch.
     fused_sum: bool = False
+    # 0: all rows in one tile (gemv's `row_tile`); else the row tile of a kernel with a row grid
+    block_m: int = 0
 
     def __post_init__(self):
         if self.kind not in ("fma", "dot", "swap", "cublas"):
@@ -203,12 +205,15 @@ class GemvConfig:
             raise ValueError(f"split_k must be in 1..64, got {self.split_k}")
         if self.fused_sum and self.split_k == 1:
             raise ValueError("fused_sum sums K splits: it needs split_k > 1")
+        if self.block_m and (self.block_m < 16 or self.block_m & (self.block_m - 1)):
+            raise ValueError(f"block_m must be 0 or a power of two >= 16, got {self.block_m}")
 
     def __str__(self) -> str:
         if self.kind == "cublas":
             return "cublas"
-        return (f"{self.kind} n{self.block_n} k{self.block_k} w{self.num_warps} "
-                f"s{self.num_stages} split{self.split_k}{' fused' if self.fused_sum else ''}")
+        return (f"{self.kind} {f'm{self.block_m} ' if self.block_m else ''}n{self.block_n} "
+                f"k{self.block_k} w{self.num_warps} s{self.num_stages} split{self.split_k}"
+                f"{' fused' if self.fused_sum else ''}")
 
 
 # Weight tiles of 8-32 KiB per pipeline stage: enough bytes in flight per SM to cover HBM

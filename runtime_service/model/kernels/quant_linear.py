@@ -208,16 +208,29 @@ def fp8_linear_split_row(x: torch.Tensor, qweight: torch.Tensor, scales: torch.T
 
 
 def _quantized_rows_matmul(xq, x_scales, qweight, scales, bias, out_dtype) -> torch.Tensor:
-    """(xq * x_scales) @ (qweight * scales)^T (+ bias) for rows already in e4m3: cuBLAS's fp8
-    GEMM with row-wise scales where the GPU and shapes take it, else in float32."""
+    """(xq * x_scales) @ (qweight * scales)^T (+ bias) for rows already in e4m3: on GPUs with fp8
+    tensor cores, a decode batch's rows take the faster of cuBLAS and fp8_gemm.py's tiles (timed
+    per shape), longer prefills cuBLAS, or the Triton kernel's widest tile where cuBLAS's
+    row-wise path does not take the dtype or shape; elsewhere float32."""
+    if not (xq.is_cuda and _has_fp8_tensor_cores(xq.device)):
+        y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales.float()[:, None]).T
+        return (y if bias is None else y + bias.float()).to(out_dtype)
+    from runtime_service.model.kernels import fp8_gemm
+    from runtime_service.model.kernels import quant_tuning as qt
+
+    rows = xq.shape[0]
     n, k = qweight.shape
-    if (xq.is_cuda and _has_fp8_tensor_cores(xq.device) and out_dtype == torch.bfloat16
-            and n % 16 == 0 and k % 16 == 0):      # what torch._scaled_mm's row-wise path takes
-        y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scales[:, None],
-                             scale_b=scales[None, :], out_dtype=out_dtype)
-        return y if bias is None else y + bias
-    y = (xq.float() * x_scales[:, None]) @ (qweight.float() * scales.float()[:, None]).T
-    return (y if bias is None else y + bias.float()).to(out_dtype)
+    candidates = fp8_gemm.fp8_gemm_candidates(rows)
+    if not (out_dtype == torch.bfloat16 and n % 16 == 0 and k % 16 == 0):
+        candidates = candidates[1:]         # what torch._scaled_mm's row-wise path takes
+    if rows > fp8_gemm.FP8_GEMM_ROW_LIMIT:
+        config = candidates[0]
+    else:
+        key = ("fp8_rows", xq.device, out_dtype, _bucket(rows), n, k)
+        config = qt.tuned_config(key, xq, (qweight, scales), candidates,
+                                 lambda x_, w, c, warmup=False: fp8_gemm.launch_fp8_gemm(
+                                     x_, x_scales, *w, None, out_dtype, c, warmup))
+    return fp8_gemm.launch_fp8_gemm(xq, x_scales, qweight, scales, bias, out_dtype, config)
 
 
 def _check_gated(x: torch.Tensor, qweight: torch.Tensor) -> None:
