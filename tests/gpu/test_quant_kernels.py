@@ -201,10 +201,9 @@ def test_fp8_gemm_tiles_match_the_reference_past_the_gemv_rows(out_dtype):
             xq, x_scales = quantize_rows_fp8(x)
             with_bias = bias if rows % 2 else None
             ref = ql.fp8_linear_reference(x, qweight, scales, with_bias)
-            candidates = fp8_gemm.fp8_gemm_candidates(rows)
-            if out_dtype != torch.bfloat16:
-                candidates = candidates[1:]
-            assert candidates, rows
+            candidates = fp8_gemm.fp8_gemm_candidates(rows, n, k, out_dtype)
+            assert (candidates[0].kind == "cublas") == (
+                out_dtype == torch.bfloat16 and n % 16 == 0 and k % 16 == 0), (n, k)
             for config in candidates:
                 _check(fp8_gemm.launch_fp8_gemm(xq, x_scales, qweight, scales, with_bias,
                                                 out_dtype, config), ref, 5e-3,
@@ -443,8 +442,10 @@ def test_quantized_tuning_leaves_and_comes_back_as_records(monkeypatch):
     """What the quantized GEMVs tune goes into the pod's start-up cache with the bf16 GEMV's
     records and is taken back from it, so a second start of a quantized engine tunes nothing."""
     from runtime_service.model import kernel_tuning
+    from runtime_service.model.kernels import fp8_gemm
     from runtime_service.model.kernels import quant_linear as ql
     from runtime_service.model.kernels import quant_tuning as qt
+    from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
     monkeypatch.setattr(qt, "_tuned", {})
     fewer = lambda make: lambda *a: make(*a)[:2]  # noqa: E731 - two compiles per shape
@@ -453,12 +454,17 @@ def test_quantized_tuning_leaves_and_comes_back_as_records(monkeypatch):
     generator = _generator("records")
     x = _x(1, 1024, torch.bfloat16, generator)
     ql.int4_linear(x, *_int4_weight(256, 1024, 64, torch.bfloat16, generator), 64)
-    ql.fp8_linear(x, torch.randn(256, 1024, device="cuda").to(torch.float8_e4m3fn),
-                  torch.rand(256, device="cuda"))
+    fp8 = (torch.randn(256, 1024, device="cuda").to(torch.float8_e4m3fn),
+           torch.rand(256, device="cuda"))
+    ql.fp8_linear(x, *fp8)
+    # a decode batch past the GEMV's rows: cuBLAS or fp8_gemm.py's tiles, with their row tile
+    monkeypatch.setattr(fp8_gemm, "fp8_gemm_candidates", fewer(fp8_gemm.fp8_gemm_candidates))
+    xq, x_scales = quantize_rows_fp8(_x(100, 1024, torch.bfloat16, generator))
+    ql.fp8_linear_of_codes(xq, x_scales, *fp8, None, torch.bfloat16)
     tuned = qt.tuned_configs()
-    assert {key[0] for key in tuned} == {"int4", "fp8"}
+    assert {key[0] for key in tuned} == {"int4", "fp8", "fp8_rows"}
     records = kernel_tuning.export_tuning(x.device)
-    assert sorted(r["kind"] for r in records if "kind" in r) == ["fp8", "int4"]
+    assert sorted(r["kind"] for r in records if "kind" in r) == ["fp8", "fp8_rows", "int4"]
     monkeypatch.setattr(qt, "_tuned", {})
     kernel_tuning.import_tuning(x.device, records)
     assert qt.tuned_configs() == tuned

@@ -66,16 +66,18 @@ def _fp8_gemm_kernel(X, XScale, W, WScale, Bias, Out, M, N, K, stride_xm,
              mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
-def fp8_gemm_candidates(rows: int) -> list[GemvConfig]:
-    """cuBLAS first (the untimed default), then output tiles of 64-128 rows by 64-128 columns,
-    K steps of 128 bytes (a 128-byte line per row), 3-5 stages: what fits the SM's 228 KB. The
+def fp8_gemm_candidates(rows: int, n: int, k: int, out_dtype: torch.dtype) -> list[GemvConfig]:
+    """cuBLAS first (the untimed default) where its row-wise path takes the shape (a bf16
+    output, N and K multiples of 16), then output tiles of 64-128 rows by 64-128 columns, K
+    steps of 128 bytes (a 128-byte line per row), 3-5 stages: what fits the SM's 228 KB. The
     widest tile comes first: where cuBLAS cannot run, it is the default (and a prefill's)."""
     tiles = ((128, 128, 128, 8, 3), (128, 64, 128, 4, 4), (64, 128, 128, 4, 4),
              (64, 64, 128, 4, 5))
     if rows <= 64:
         tiles = tuple(t for t in tiles if t[0] == 64)
-    return [CUBLAS] + [GemvConfig("dot", block_n, block_k, warps, stages, block_m=block_m)
-                       for block_m, block_n, block_k, warps, stages in tiles]
+    cublas = [CUBLAS] if out_dtype == torch.bfloat16 and n % 16 == 0 and k % 16 == 0 else []
+    return cublas + [GemvConfig("dot", block_n, block_k, warps, stages, block_m=block_m)
+                     for block_m, block_n, block_k, warps, stages in tiles]
 
 
 def launch_fp8_gemm(xq: torch.Tensor, x_scales: torch.Tensor, qweight: torch.Tensor,

@@ -28,22 +28,32 @@ def _row_values(X, k, offs, K, GATED: tl.constexpr):
 
 @triton.jit
 def _quantize_rows_kernel(X, XQ, XScale, K, stride_xm, GATED: tl.constexpr,
-                          BLOCK: tl.constexpr):
+                          BLOCK: tl.constexpr, ONE_PASS: tl.constexpr):
     """One program per row: scale = max(amax|x| / 448, 1e-12), xq = e4m3(x / scale). GATED:
     the row is silu(gate) * up of a [gate | up] row, so SwiGLU's down projection quantizes its
-    input without an activation launch first (the second pass finds gate and up in L2)."""
+    input without an activation launch first. ONE_PASS (the row fits one BLOCK): the row stays
+    in registers between its maximum and its codes, so it is read, and its activation formed,
+    once; longer rows take a second pass, which finds them in L2. A maximum does not depend on
+    how the row is blocked, so both give the same bits."""
     pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     x_row = X + row * stride_xm
-    amax = tl.zeros((BLOCK,), tl.float32)
-    for k in range(0, K, BLOCK):
-        amax = tl.maximum(amax, tl.abs(_row_values(x_row, k, offs, K, GATED).to(tl.float32)))
-    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), 1e-12)
-    tl.store(XScale + row, scale)
-    for k in range(0, K, BLOCK):
-        q = tl.math.div_rn(_row_values(x_row, k, offs, K, GATED).to(tl.float32), scale)
-        tl.store(XQ + row * K + k + offs, q.to(XQ.dtype.element_ty), mask=k + offs < K)
+    if ONE_PASS:
+        x = _row_values(x_row, 0, offs, K, GATED).to(tl.float32)
+        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), FP8_MAX), 1e-12)
+        tl.store(XScale + row, scale)
+        q = tl.math.div_rn(x, scale)
+        tl.store(XQ + row * K + offs, q.to(XQ.dtype.element_ty), mask=offs < K)
+    else:
+        amax = tl.zeros((BLOCK,), tl.float32)
+        for k in range(0, K, BLOCK):
+            amax = tl.maximum(amax, tl.abs(_row_values(x_row, k, offs, K, GATED).to(tl.float32)))
+        scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), 1e-12)
+        tl.store(XScale + row, scale)
+        for k in range(0, K, BLOCK):
+            q = tl.math.div_rn(_row_values(x_row, k, offs, K, GATED).to(tl.float32), scale)
+            tl.store(XQ + row * K + k + offs, q.to(XQ.dtype.element_ty), mask=k + offs < K)
 
 
 @triton.jit
@@ -81,10 +91,25 @@ def quantize_rows_fp8(x: torch.Tensor, warmup: bool = False, gated: bool = False
     rows, k = x.shape[0], x.shape[1] // 2 if gated else x.shape[1]
     xq = torch.empty((rows, k), dtype=torch.float8_e4m3fn, device=x.device)
     scales = torch.empty(rows, dtype=torch.float32, device=x.device)
-    grid_launcher(_quantize_rows_kernel, (rows,), warmup)(
-        x, xq, scales, k, x.stride(0), GATED=gated, BLOCK=min(4096, triton.next_power_of_2(k)),
-        num_warps=8)
+    launch_quantize_rows(x, xq, scales, k, gated, warmup)
     return xq, scales
+
+
+# The longest row quantized in one pass: 16384 values are 32 a thread at 16 warps (run 27b: the
+# two-pass kernel took 10.7 us a call at 256 rows, about three times its bytes' time).
+ONE_PASS_LIMIT = 16384
+
+
+def launch_quantize_rows(x, xq, scales, k: int, gated: bool, warmup: bool = False,
+                         one_pass_limit: int = ONE_PASS_LIMIT) -> None:
+    """`_quantize_rows_kernel` over x's rows into xq and scales: in one pass where the padded
+    row fits `one_pass_limit`, else in passes of 4096."""
+    padded = triton.next_power_of_2(k)
+    one_pass = padded <= one_pass_limit
+    block = padded if one_pass else min(4096, padded)
+    grid_launcher(_quantize_rows_kernel, (x.shape[0],), warmup)(
+        x, xq, scales, k, x.stride(0), GATED=gated, BLOCK=block, ONE_PASS=one_pass,
+        num_warps=min(16, max(4, block // 512)))
 
 
 def dequantize_int4(qweight, scales, zeros, group_size: int, dtype: torch.dtype) -> torch.Tensor:

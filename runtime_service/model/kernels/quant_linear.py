@@ -220,9 +220,7 @@ def _quantized_rows_matmul(xq, x_scales, qweight, scales, bias, out_dtype) -> to
 
     rows = xq.shape[0]
     n, k = qweight.shape
-    candidates = fp8_gemm.fp8_gemm_candidates(rows)
-    if not (out_dtype == torch.bfloat16 and n % 16 == 0 and k % 16 == 0):
-        candidates = candidates[1:]         # what torch._scaled_mm's row-wise path takes
+    candidates = fp8_gemm.fp8_gemm_candidates(rows, n, k, out_dtype)
     if rows > fp8_gemm.FP8_GEMM_ROW_LIMIT:
         config = candidates[0]
     else:

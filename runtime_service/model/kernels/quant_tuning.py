@@ -172,8 +172,10 @@ def tuning_totals() -> tuple[int, float]:
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # fp8_gated: x is [gate | up] (fp8_gated_amax: with its block maxima given); fp8_gate_up: the
-# projection that gives them; fp8_dot: rows quantized beforehand (by a norm, or a split row)
-_KINDS = ("int4", "int8", "fp8", "fp8_gated", "fp8_gated_amax", "fp8_gate_up", "fp8_dot")
+# projection that gives them; fp8_dot: rows quantized beforehand (by a norm, or a split row);
+# fp8_rows: such rows past the GEMV's row limit (fp8_gemm.py)
+_KINDS = ("int4", "int8", "fp8", "fp8_gated", "fp8_gated_amax", "fp8_gate_up", "fp8_dot",
+          "fp8_rows")
 
 
 def export_tuned(device: torch.device) -> list[dict]:

@@ -14,8 +14,10 @@ from runtime_service.model.kernels import fp8_gemm
 from runtime_service.model.kernels.gemv import GemvConfig
 
 g = torch.Generator().manual_seed(0)
-tiles = [c for c in fp8_gemm.fp8_gemm_candidates(256) if c.kind != "cublas"]
-assert tiles and all(c.block_m for c in tiles)
+tiles = fp8_gemm.fp8_gemm_candidates(256, 200, 300, torch.bfloat16)
+assert tiles and all(c.block_m for c in tiles)     # no cuBLAS: 200 and 300 are not multiples of 16
+assert fp8_gemm.fp8_gemm_candidates(256, 4096, 4096, torch.bfloat16)[0].kind == "cublas"
+assert fp8_gemm.fp8_gemm_candidates(256, 4096, 4096, torch.float16)[0].kind == "dot"
 cases = [(70, 200, 300), (130, 64, 256), (16, 130, 128)]
 for config in tiles + [GemvConfig("dot", 32, 64, 4, 2, block_m=16)]:
     for rows, n, k in cases:
