@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from gpu.tiers import sweep
+from support.seeds import module_seed
 
 pytestmark = pytest.mark.gpu
 
@@ -25,7 +26,7 @@ DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 HEADS = [(32, 32), (32, 8)]                 # (num_heads, num_kv_heads): MHA, GQA
 HEAD_IDS = ["mha", "gqa"]
 TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-5}
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 BLOCK_SIZE = 16
 MAX_CONTEXT = 2000
 NUM_BLOCKS = 256                            # block 0 is the padding rows' block

@@ -12,9 +12,11 @@ import random
 import pytest
 import torch
 
+from support.seeds import module_seed
+
 pytestmark = pytest.mark.gpu
 
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 BLOCK_SIZE = 16
 MAX_POSITION = 2048
 CACHE_DTYPES = [None, torch.int8, torch.float8_e4m3fn]

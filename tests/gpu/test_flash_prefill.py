@@ -9,18 +9,17 @@ engine's greedy tokens against the paged backend's.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
 from support.random_llama import make_random_llama, random_prompts
+from support.seeds import module_seed
 
 pytestmark = pytest.mark.gpu
 
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 BLOCK_SIZE = 16
 HEADS = [(8, 2, 128), (4, 4, 64)]        # (query heads, kv heads, head dim)
 

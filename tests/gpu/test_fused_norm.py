@@ -7,15 +7,15 @@ order, flips a rounding. Inputs are drawn anew on every run; the seed is printed
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
+
+from support.seeds import module_seed
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.bfloat16, torch.float16]
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

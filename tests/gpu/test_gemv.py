@@ -10,18 +10,18 @@ GEMV bit for bit under the same config.
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 
 import pytest
 import torch
 
 from gpu.tiers import sweep
+from support.seeds import module_seed
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.bfloat16, torch.float16]
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 # (N, K): non-multiples of every block size and an unaligned K; Llama-2-7B's down_proj.
 SHAPES = [(1000, 4104), (4096, 11008), (96, 64)]
 ULP = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
+from support.seeds import module_seed
+
 pytestmark = pytest.mark.gpu
 
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 
 
 @pytest.mark.parametrize("rows", [1, 3, 64])

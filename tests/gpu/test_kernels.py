@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from gpu.tiers import sweep
+from support.seeds import module_seed
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.bfloat16, torch.float16]
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from support.block_tables import consecutive_block_tables
+from support.seeds import module_seed
 
 pytestmark = pytest.mark.gpu
 
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 CACHE_DTYPES = [torch.int8, torch.float8_e4m3fn]
 # (num_heads, num_kv_heads, head_dim, block_size): Llama-3-8B, SmolLM2-135M.
 SHAPES = [(32, 8, 128, 16), (9, 3, 64, 16)]

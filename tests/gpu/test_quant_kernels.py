@@ -12,14 +12,14 @@ shape; `test_every_candidate_config_*` runs every config the tuner may pick.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
+from support.seeds import module_seed
+
 pytestmark = pytest.mark.gpu
 
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 # (N, K): Llama-3-8B qkv, down; SmolLM2 qkv (576 = 9 groups of 64), gate_up, down; an N that
 # is no multiple of any tile.
 LLAMA3 = [(6144, 4096), (4096, 14336)]

@@ -13,10 +13,12 @@ import random
 import pytest
 import torch
 
+from support.seeds import module_seed
+
 pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.bfloat16, torch.float16]
-SEED = random.randrange(2 ** 31)
+SEED = module_seed()
 MAX_POSITION = 4096
 BLOCK_SIZE = 16
 
