@@ -24,20 +24,35 @@ from runtime_service.model.kernels.quant_convert import FP8_MAX
 
 @jit_keys.helper
 @triton.jit
+def _row_offsets(BLOCK: tl.constexpr, VEC: tl.constexpr):
+    """A row's BLOCK offsets as [BLOCK // VEC, VEC]: runs of VEC contiguous values. Every load
+    and store of the norms goes through them, so no access is wider than VEC values, and
+    Triton lays out the plain and the fp8-storing variants alike (VEC values a thread, 16
+    bytes of the 16-bit row). Left 1-D, the fp8 variant's 16-byte stores of 16 codes made
+    its layout 16 a thread, its sum of squares added in another order than the plain norm's,
+    and now and then a row's rstd, and one code, differed in the last bit (bench/NOTES.md,
+    run 27a's finding)."""
+    return tl.arange(0, BLOCK // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :]
+
+
+@jit_keys.helper
+@triton.jit
 def _store_normed_row(x, W, Out, XScale, row, offs, mask, eps, HIDDEN: tl.constexpr,
                       TO_FP8: tl.constexpr):
-    """x: one row in float32, zero past HIDDEN; Out points at the row's first element. The
-    normalised row is rounded to the model dtype (W's); with TO_FP8 it is then quantized to
-    e4m3 as quant_convert's `_quantize_rows_kernel` does (scale max(amax / 448, 1e-12) to
-    XScale, the codes to Out), so an fp8 linear reading it needs no quantizing launch."""
-    rstd = tl.rsqrt(tl.sum(x * x, 0) / HIDDEN + eps)
+    """x: one row in float32 as [BLOCK // VEC, VEC] (`_row_offsets`), zero past HIDDEN; Out
+    points at the row's first element. The normalised row is rounded to the model dtype
+    (W's); with TO_FP8 it is then quantized to e4m3 as quant_convert's
+    `_quantize_rows_kernel` does (scale max(amax / 448, 1e-12) to XScale, the codes to Out),
+    so an fp8 linear reading it needs no quantizing launch."""
+    rstd = tl.rsqrt(tl.sum(tl.sum(x * x, 1), 0) / HIDDEN + eps)
     dtype = W.dtype.element_ty
     normed = (x * rstd).to(dtype).to(tl.float32)
     w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
     y = (w * normed).to(dtype)
     if TO_FP8:
         y = y.to(tl.float32)
-        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(y), axis=0), FP8_MAX), 1e-12)
+        amax = tl.max(tl.max(tl.abs(y), 1), 0)
+        scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX), 1e-12)
         tl.store(XScale + row, scale)
         y = tl.math.div_rn(y, scale)
     tl.store(Out + offs, y.to(Out.dtype.element_ty), mask=mask)
@@ -45,10 +60,10 @@ def _store_normed_row(x, W, Out, XScale, row, offs, mask, eps, HIDDEN: tl.conste
 
 @triton.jit
 def _rms_norm_kernel(X, W, Out, XScale, stride_x, stride_o, eps, HIDDEN: tl.constexpr,
-                     BLOCK: tl.constexpr, TO_FP8: tl.constexpr):
+                     BLOCK: tl.constexpr, VEC: tl.constexpr, TO_FP8: tl.constexpr):
     pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
+    offs = _row_offsets(BLOCK, VEC)
     mask = offs < HIDDEN
     x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     _store_normed_row(x, W, Out + row * stride_o, XScale, row, offs, mask, eps, HIDDEN, TO_FP8)
@@ -56,10 +71,11 @@ def _rms_norm_kernel(X, W, Out, XScale, stride_x, stride_o, eps, HIDDEN: tl.cons
 
 @triton.jit
 def _add_rms_norm_kernel(X, R, W, Out, XScale, Sum, stride_x, stride_r, stride_o, stride_s, eps,
-                         HIDDEN: tl.constexpr, BLOCK: tl.constexpr, TO_FP8: tl.constexpr):
+                         HIDDEN: tl.constexpr, BLOCK: tl.constexpr, VEC: tl.constexpr,
+                         TO_FP8: tl.constexpr):
     pdl.await_previous_kernel()
     row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
+    offs = _row_offsets(BLOCK, VEC)
     mask = offs < HIDDEN
     x = tl.load(X + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     r = tl.load(R + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
@@ -80,7 +96,8 @@ def _check_norm_args(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 def _launch_options(hidden: int) -> dict:
     block = triton.next_power_of_2(hidden)
-    return dict(HIDDEN=hidden, BLOCK=block, num_warps=min(16, max(1, block // 512)))
+    return dict(HIDDEN=hidden, BLOCK=block, VEC=min(8, block),
+                num_warps=min(16, max(1, block // 512)))
 
 
 def _normed_outputs(rows: torch.Tensor, to_fp8: bool):
