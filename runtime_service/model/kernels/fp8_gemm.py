@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from runtime_service.model.kernels import pdl
-from runtime_service.model.kernels.gemv import CUBLAS, GemvConfig, grid_launcher
+from runtime_service.model.kernels.gemv import CUBLAS, GemvConfig, grid_launcher, load_k_tiles
 
 # Rows this path tunes for: decode batches. Prefill chunks take cuBLAS untimed.
 FP8_GEMM_ROW_LIMIT = 512
@@ -48,13 +48,7 @@ def _fp8_gemm_kernel(X, XScale, W, WScale, Bias, Out, M, N, K, stride_xm,
     w_ptrs = W + w_rows[:, None] * K + offs_k[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k in range(0, K, BLOCK_K):
-        if EVEN_K:
-            xk = tl.load(x_ptrs)
-            w = tl.load(w_ptrs)
-        else:
-            in_k = (k + offs_k < K)[None, :]
-            xk = tl.load(x_ptrs, mask=in_k, other=0.0)
-            w = tl.load(w_ptrs, mask=in_k, other=0.0)
+        w, xk = load_k_tiles(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K, False)
         acc = tl.dot(xk, tl.trans(w), acc)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from runtime_service.model.kernels import jit_keys, pdl
 from runtime_service.model.kernels.gemv import (GemvConfig, _silu_mul, grid_launcher,
-                                                load_row_tile)
+                                                load_k_tiles)
 from runtime_service.model.kernels.quant_convert import FP8_MAX, quantize_rows_fp8
 from runtime_service.model.kernels.quant_gemv import finish_launch, launch_channel, split_counters
 
@@ -141,7 +141,7 @@ def _fp8_row_kernel(X, QW, Scales, Bias, Out, Final, Counters, Pairs, Amax, N, K
     ACC_COLS: tl.constexpr = 16 if TENSOR_CORES else BLOCK_K
     acc = tl.zeros((BLOCK_N, ACC_COLS), tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        w, xk = load_row_tile(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K, GATED)
+        w, xk = load_k_tiles(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K, GATED)
         xq = tl.math.div_rn(xk.to(tl.float32), x_scale).to(QW.dtype.element_ty)
         if TENSOR_CORES:
             acc += tl.dot(w, tl.trans(tl.broadcast_to(xq[None, :], (16, BLOCK_K))))

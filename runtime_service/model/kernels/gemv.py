@@ -64,9 +64,11 @@ def _silu_mul(gate, up):
 
 
 @triton.jit
-def load_row_tile(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K: tl.constexpr, GATED: tl.constexpr):
-    """One K tile of the weight rows and of the x row at column k: masked past K unless EVEN_K,
-    and with GATED (x is [gate | up], up K further on) the row silu(gate) * up."""
+def load_k_tiles(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K: tl.constexpr, GATED: tl.constexpr):
+    """The K tile at column k of the weight rows [N, BLOCK_K] and of x, one row [BLOCK_K] or
+    rows [M, BLOCK_K]: masked past K unless EVEN_K (the mask broadcasts over the rows), and with
+    GATED (x is [gate | up], up K further on) silu(gate) * up. Every GEMV and dot kernel's loop
+    loads through it."""
     if EVEN_K:
         w = tl.load(w_ptrs)
         xk = tl.load(x_ptrs)
@@ -74,7 +76,7 @@ def load_row_tile(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K: tl.constexpr, GATED: tl.
             xk = _silu_mul(xk, tl.load(x_ptrs + K))
     else:
         in_k = k + offs_k < K
-        w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=in_k, other=0.0)
         xk = tl.load(x_ptrs, mask=in_k, other=0.0)
         if GATED:
             xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=in_k, other=0.0))
@@ -101,7 +103,7 @@ def _fma_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.c
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     # An explicit num_stages lets Triton pipeline loads that feed no dot.
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        w, xk = load_row_tile(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K, GATED)
+        w, xk = load_k_tiles(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K, GATED)
         acc += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
@@ -131,17 +133,7 @@ def _dot_kernel(X, W, Bias, Out, M, N, K, stride_xm, k_per_split, HAS_BIAS: tl.c
     w_ptrs = W + w_rows[:, None] * K + k_start + offs_k[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
-        if EVEN_K:
-            xk = tl.load(x_ptrs)
-            if GATED:
-                xk = _silu_mul(xk, tl.load(x_ptrs + K))
-            w = tl.load(w_ptrs)
-        else:
-            in_k = (k + offs_k < K)[None, :]
-            xk = tl.load(x_ptrs, mask=in_k, other=0.0)
-            if GATED:
-                xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=in_k, other=0.0))
-            w = tl.load(w_ptrs, mask=in_k, other=0.0)
+        w, xk = load_k_tiles(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K, GATED)
         acc = tl.dot(xk, tl.trans(w), acc)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from runtime_service.model.kernels import arrival_counts, jit_keys, pdl
 from runtime_service.model.kernels.gemv import (GemvConfig, _split_sum_kernel, grid_launcher,
-                                                row_tile)
+                                                load_k_tiles, row_tile)
 
 _SUM_BLOCK = 1024
 
@@ -221,13 +221,7 @@ def _channel_kernel(X, XScale, QW, Scales, Bias, Out, M, N, K, stride_xm, k_per_
     w_ptrs = QW + w_rows[:, None] * K + k_start + offs_k[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
-        if EVEN_K:
-            xk = tl.load(x_ptrs)
-            w = tl.load(w_ptrs)
-        else:
-            in_k = (k + offs_k < K)[None, :]
-            xk = tl.load(x_ptrs, mask=in_k, other=0.0)
-            w = tl.load(w_ptrs, mask=in_k, other=0.0)
+        w, xk = load_k_tiles(w_ptrs, x_ptrs, k, offs_k, K, EVEN_K, False)
         acc = tl.dot(xk.to(DOT_DTYPE), tl.trans(w.to(DOT_DTYPE)), acc)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
