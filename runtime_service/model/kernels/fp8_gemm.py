@@ -2,12 +2,13 @@
 dot beside cuBLAS's, whichever the tuner times faster per shape.
 
 Past 64 rows an FP8 linear's rows arrive quantized (a norm formed them, or `quantize_rows_fp8`)
-and meet the weight in `torch._scaled_mm`. cuBLAS picks 128 x 128 output tiles there, so at 256
-rows a 4096-wide projection (o, down) has 64 tiles for 132 SMs and half the GPU waits
-(bench/NOTES.md, run 27). `_fp8_gemm_kernel` takes the row tile as a launch choice too: 128 x 64
-or 64 x 128 tiles fill the GPU at the same rows. The programs that share a weight tile are
-numbered together, so they run side by side and the weight comes from HBM once. It also writes
-fp16, which `_scaled_mm`'s row-wise path does not (an fp16 model took the float32 fallback).
+and meet the weight in `torch._scaled_mm`. cuBLAS picks 128 x 128 output tiles there, so a
+4096-wide projection (o, down) leaves SMs idle. `_fp8_gemm_kernel` takes the row tile as a launch
+choice too (64 or 128). The programs that share a weight tile are numbered together, so they run
+side by side and the weight comes from HBM once. On an H100 (bench/NOTES.md, run 27a) its tiles
+won on o and down at 128 rows (-28%, -14%) and on o at 256 (-9%); cuBLAS kept the rest. It also
+writes fp16, which `_scaled_mm`'s row-wise path does not (an fp16 model took the float32
+fallback, the whole weight dequantized per call).
 
 Products are exact in the tensor cores and summed in float32, then scaled by the row's and the
 channel's scale, as cuBLAS does: the two differ only in summation order.
