@@ -390,6 +390,33 @@ def test_fp8_activation_quantization_matches_reference_bit_for_bit():
     assert torch.equal(xq.view(torch.uint8), xq_ref.view(torch.uint8)), f"seed {SEED}"
 
 
+def test_fp8_rows_in_one_pass_and_in_passes_give_the_same_bits():
+    """A row that fits 16384 values is quantized from registers in one pass (read and, gated,
+    activated once); a longer one in passes that read it twice. Both, plain and gated, must
+    give the same codes and scales, and the passes those of the plain-torch reference."""
+    from runtime_service.model.kernels import quant_convert as qc
+    from runtime_service.model.kernels.activation import silu_and_mul
+    from runtime_service.model.kernels.quant_linear import quantize_rows_fp8_reference
+
+    generator = _generator("fp8-one-pass")
+    for rows, k, gated in ((1, 4096, False), (256, 4096, False), (256, 14336, True),
+                           (3, 5000, True), (64, 16384, True)):
+        x = _x(rows, 2 * k if gated else k, torch.bfloat16, generator)
+        x[:, 11] *= 30                      # an outlier sets each row's scale
+        found = []
+        for limit in (qc.ONE_PASS_LIMIT, 1024):
+            xq = torch.empty(rows, k, dtype=torch.float8_e4m3fn, device="cuda")
+            scales = torch.empty(rows, dtype=torch.float32, device="cuda")
+            qc.launch_quantize_rows(x, xq, scales, k, gated, one_pass_limit=limit)
+            found.append((xq.view(torch.uint8), scales))
+        (one, one_scales), (passes, pass_scales) = found
+        context = f"{(rows, k, gated)} (seed {SEED})"
+        assert torch.equal(one, passes) and torch.equal(one_scales, pass_scales), context
+        ref_codes, ref_scales = quantize_rows_fp8_reference(silu_and_mul(x) if gated else x)
+        assert torch.equal(pass_scales, ref_scales), context
+        assert torch.equal(passes, ref_codes.view(torch.uint8)), context
+
+
 def test_decode_linears_replay_in_a_cuda_graph(untuned):
     """Captured after a first eager call: replays with new inputs give the eager results (no
     host sync or input-dependent allocation inside; bench_quant_kernels.py captures the tuned
