@@ -30,8 +30,8 @@ from runtime_service.model.kernels.kv_read import fp16_query, quantized_scores, 
 from runtime_service.model.kernels.paged_common import (LOG2E, check_common, fp8_as_fp16,
                                                         precision)
 from runtime_service.model.kernels.pdl import INTERPRETED
-from runtime_service.model.kernels.rotary import (check_new_kv, rotated_heads, store_new_head,
-                                                  table_half_offsets)
+from runtime_service.model.kernels.rotary import (check_new_kv, head_and_partner, rotate_loaded,
+                                                  store_new_head, table_half_offsets)
 
 
 @triton.jit
@@ -185,32 +185,42 @@ def _rotary_and_store(Q, K_new, V_new, K_cache, V_cache, K_scale, V_scale, posit
                       stride_sb, stride_ss, stride_c, max_position, BLOCK_SIZE: tl.constexpr,
                       HALF: tl.constexpr, KV_QUANT: tl.constexpr, QMAX: tl.constexpr,
                       IS_INT8: tl.constexpr):
-    """The program's rotated q rows; with `writes_new_kv`, first the new token's rotated k and
-    its v for this kv head into the cache (nothing for a padded row, whose slot is negative)."""
+    """The program's rotated q rows; with `writes_new_kv`, also the new token's rotated k and
+    its v for this kv head into the cache (nothing for a padded row, whose slot is negative).
+    Every load comes first, q's and the new k's and v's (whose addresses need only the row)
+    beside the position and slot: their round trips to memory overlap instead of following
+    one another (offline sm_90 SASS: about eight dependent trips before the first key tile
+    before this, bench/NOTES.md run 27). Every program reads the new k and v; one stores them."""
     pos = tl.load(positions + seq).to(tl.int64)
+    slot = tl.load(slots + seq).to(tl.int64)
+    d_row = offs_d[None, :]
+    row_mask = d_mask[None, :]
+    q_x, q_partner = head_and_partner(Q + seq * stride_qt + heads[:, None] * stride_qh, d_row,
+                                      g_mask[:, None] & row_mask, HALF)
+    k_x, k_partner = head_and_partner(K_new + seq * stride_nkt + kv_head * stride_nkh, d_row,
+                                      row_mask, HALF)
+    v = tl.load(V_new + seq * stride_nvt + kv_head * stride_nvh + d_row, mask=row_mask,
+                other=0.0)
     pos = tl.minimum(tl.maximum(pos, 0), max_position - 1)
     table_d = table_half_offsets(offs_d, HALF)
-    c = tl.load(Cos + pos * stride_c + table_d, mask=d_mask, other=0.0)[None, :]
-    s = tl.load(Sin + pos * stride_c + table_d, mask=d_mask, other=0.0)[None, :]
+    c = tl.load(Cos + pos * stride_c + table_d, mask=d_mask, other=0.0)
+    s = tl.load(Sin + pos * stride_c + table_d, mask=d_mask, other=0.0)
+    c = c[None, :]                  # both loads first, then their layout changes
+    s = s[None, :]
     if writes_new_kv:
-        slot = tl.load(slots + seq).to(tl.int64)
         if slot >= 0:
             block = slot // BLOCK_SIZE
             within = slot % BLOCK_SIZE
-            row_mask = d_mask[None, :]
             scale_offs = block * stride_sb + within * stride_ss + kv_head
-            store_new_head(K_new + seq * stride_nkt + kv_head * stride_nkh,
+            store_new_head(rotate_loaded(k_x, k_partner, d_row, c, s, HALF),
                            K_cache + block * stride_kb + within * stride_ks + kv_head * stride_kh,
-                           K_scale + scale_offs, offs_d[None, :], row_mask, c, s, HALF, True,
-                           KV_QUANT, QMAX, IS_INT8)
-            store_new_head(V_new + seq * stride_nvt + kv_head * stride_nvh,
+                           K_scale + scale_offs, d_row, row_mask, KV_QUANT, QMAX, IS_INT8)
+            store_new_head(v,
                            V_cache + block * stride_vb + within * stride_vs + kv_head * stride_vh,
-                           V_scale + scale_offs, offs_d[None, :], row_mask, c, s, HALF, False,
-                           KV_QUANT, QMAX, IS_INT8)
+                           V_scale + scale_offs, d_row, row_mask, KV_QUANT, QMAX, IS_INT8)
         _stores_reach_l2()
         tl.debug_barrier()          # the slot's stores before this program's key loads
-    return rotated_heads(Q + seq * stride_qt + heads[:, None] * stride_qh, offs_d[None, :],
-                         g_mask[:, None] & d_mask[None, :], c, s, HALF)
+    return rotate_loaded(q_x, q_partner, d_row, c, s, HALF)
 
 
 @triton.jit

@@ -81,16 +81,25 @@ def _store_quantized_halves(lo, hi, dst_lo, scale_dst, mask, h_mask, HALF: tl.co
 
 @jit_keys.helper
 @triton.jit
-def rotated_heads(rows, offs_d, mask, c, s, HALF: tl.constexpr):
-    """Head vectors rotated in the layout a kernel reads them in, [R, D] from `rows` [R, 1]
-    (each vector's element 0) and `offs_d` [1, D], with `c`/`s` [1, D] holding the table's
-    first half repeated (`table_half_offsets`): element d pairs with d + D/2 (first half,
-    negated) or d - D/2. The roundings are `_rotated`'s, element for element, so the bits are
-    those of the rotary kernels."""
-    first = offs_d < HALF
+def head_and_partner(rows, offs_d, mask, HALF: tl.constexpr):
+    """Head vectors [R, D] from `rows` [R, 1] (each vector's element 0) and `offs_d` [1, D],
+    and each element's rotation partner: element d pairs with d + D/2 (first half) or d - D/2.
+    Loads only, so a kernel can issue them together before their arithmetic
+    (`rotate_loaded`)."""
     x = tl.load(rows + offs_d, mask=mask, other=0.0)
-    partner = tl.load(rows + tl.where(first, offs_d + HALF, offs_d - HALF), mask=mask, other=0.0)
-    return _rotated_element(x, c, partner, s, first)
+    partner = tl.load(rows + tl.where(offs_d < HALF, offs_d + HALF, offs_d - HALF), mask=mask,
+                      other=0.0)
+    return x, partner
+
+
+@jit_keys.helper
+@triton.jit
+def rotate_loaded(x, partner, offs_d, c, s, HALF: tl.constexpr):
+    """`head_and_partner`'s vectors rotated in the layout a kernel reads them in, with `c`/`s`
+    [1, D] holding the table's first half repeated (`table_half_offsets`); the first half's
+    partners are negated. The roundings are `_rotated`'s, element for element, so the bits are
+    those of the rotary kernels."""
+    return _rotated_element(x, c, partner, s, offs_d < HALF)
 
 
 @jit_keys.helper
@@ -102,15 +111,10 @@ def table_half_offsets(offs_d, HALF: tl.constexpr):
 
 @jit_keys.helper
 @triton.jit
-def store_new_head(rows, dst, scale_dst, offs_d, mask, c, s, HALF: tl.constexpr,
-                   ROTATE: tl.constexpr, KV_QUANT: tl.constexpr, QMAX: tl.constexpr,
+def store_new_head(x, dst, scale_dst, offs_d, mask, KV_QUANT: tl.constexpr, QMAX: tl.constexpr,
                    IS_INT8: tl.constexpr):
-    """Writes one new head vector [1, D] (rotated with ROTATE: a key) into a cache slot, as
+    """Writes one new head vector x [1, D] (a key already rotated) into a cache slot, as
     `_rotary_store_kv_kernel` writes it: quantized with its per-head scale with KV_QUANT."""
-    if ROTATE:
-        x = rotated_heads(rows, offs_d, mask, c, s, HALF)
-    else:
-        x = tl.load(rows + offs_d, mask=mask, other=0.0)
     if KV_QUANT:
         x = tl.where(mask, x.to(tl.float32), 0.0)
         scale = kv_scale(tl.max(tl.abs(x), axis=1), QMAX)
