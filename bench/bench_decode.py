@@ -163,9 +163,15 @@ def load_throughput(executor: Executor, vocab: int, load: tuple[int, int, int],
     figures = {"output_tokens_per_s": concurrency * output_len / wall, "wall_s": wall,
                "walls_s": walls, "steps": executor.num_steps - steps_before,
                "overlapped_steps": executor.num_overlapped_steps - overlapped_before}
+    # Fresh prompts of the same length with one output token each: the load's prefill alone,
+    # which no decode kernel or KV dtype shortens (bench/NOTES.md, run 27's FP8 KV mark).
+    prefill_only = [Request(f"{label}-{name}-prefill-{i}", p, fixed_length(1))
+                    for i, p in enumerate(prompts(concurrency, input_len, vocab, 101))]
+    figures["prefill_alone_s"], _ = kiln_generate_timed(executor, prefill_only)
     log(f"{label} {name}: {figures['output_tokens_per_s']:.0f} tok/s, median wall {wall:.2f} s "
         f"of {[round(w, 3) for w in walls]}, {figures['steps']} steps "
-        f"({figures['overlapped_steps']} overlapped) in the last run")
+        f"({figures['overlapped_steps']} overlapped) in the last run; the prefill alone "
+        f"{figures['prefill_alone_s']:.2f} s")
     return name, figures
 
 

@@ -43,6 +43,7 @@ def test_quantized_engines_run_beside_the_bf16_one_on_the_tiny_shape(tmp_path, c
     for figures in engines.values():
         assert figures["tpot_ms_batch1"] > 0
         assert figures["throughput"]["2x16/8"]["output_tokens_per_s"] > 0
+        assert figures["throughput"]["2x16/8"]["prefill_alone_s"] > 0
         assert figures["weight_bytes_read_per_token"] < bf16_bytes
     assert "round-to-nearest" in engines["W4A16_AWQ g128 + KV INT8"]["note"]
     assert "W4A16_AWQ g128 + KV INT8: batch-1" in capsys.readouterr().out
