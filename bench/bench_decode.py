@@ -51,7 +51,7 @@ from decode_common import (SHAPES, TTFT_PROMPTS, build_hf, copy_bandwidth,  # no
 from decode_hf import bench_hf  # noqa: E402
 from decode_pods import (bench_through_grpc, engine_core_ratios,  # noqa: E402
                          metrics_overhead, parse_engine_cores)
-from decode_profiles import profile_decode, profile_prefill_host  # noqa: E402
+from decode_profiles import profile_prefill_host, write_kernel_tables  # noqa: E402
 from decode_report import table  # noqa: E402
 from runtime_service.engine.executor import Executor, ExecutorOptions  # noqa: E402
 from runtime_service.engine.request import Request, SamplingParams  # noqa: E402
@@ -206,13 +206,8 @@ def bench_quantized(state: dict[str, torch.Tensor], config: EngineConfig, dtype:
                 entry["tpot_ms_batch1"] = batch1_tpot_ms(executor, vocab, quick, variant.name)
                 if profile is not None:
                     slug = re.sub(r"[^A-Za-z0-9]+", "_", variant.name).strip("_")
-                    for batch in profile_batches:
-                        try:
-                            profile_decode(executor, vocab, batch, profile.with_name(
-                                f"{profile.stem}_{slug}_b{batch}.txt"),
-                                prompt_len=profile_prompt_len)
-                        except Exception as exc:  # noqa: BLE001 - a failed profile ends nothing
-                            log(f"profiling {variant.name} at batch {batch} failed: {exc!r}")
+                    write_kernel_tables(executor, vocab, profile.with_name(
+                        f"{profile.stem}_{slug}"), profile_batches, profile_prompt_len)
                 entry["throughput"] = dict(load_throughput(executor, vocab, load, variant.name)
                                            for load in loads_for(quick))
             finally:
@@ -317,13 +312,8 @@ def bench_in_process(loaded: LoadedModel, args, report: dict, device: str, dtype
             if args.ablations:
                 report["kiln_ablations"] = bench_ablations(executor, vocab, args.quick)
             if args.profile:
-                for batch in args.profile_batches:
-                    try:
-                        profile_decode(executor, vocab, batch, args.profile.with_name(
-                            f"{args.profile.stem}_b{batch}.txt"),
-                            prompt_len=args.profile_prompt_len)
-                    except Exception as exc:  # noqa: BLE001 - a failed profile ends nothing
-                        log(f"profiling failed: {exc!r}")
+                write_kernel_tables(executor, vocab, args.profile.with_name(args.profile.stem),
+                                    args.profile_batches, args.profile_prompt_len)
                 profile_prefill_host(executor, vocab, 1024, args.profile.with_name(
                     f"{args.profile.stem}_host_prefill.txt"))
             fast = greedy_outputs(executor, vocab, 32)
@@ -352,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="throughput loads instead of the default set, e.g. 256x128/128")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="write decode kernel tables (at "
-                        "--profile-batches) and a host profile of a 1024-token prefill")
+                        "--profile-batches), one of the largest batch's prefill, and a host "
+                        "profile of a 1024-token prefill")
     parser.add_argument("--profile-batches", default=(1, 64),
                         type=lambda text: tuple(int(b) for b in text.split(",")),
                         help="running sequences of each decode kernel table, e.g. 1,64,256")

@@ -1,5 +1,6 @@
 """bench_decode's profiles: a kernel-time table of decode steps at a given batch (prefill kept
-out of its window) and a cProfile of the step loop's host time while one prompt prefills.
+out of its window), one of a batch's prefill alone, and a cProfile of the step loop's host time
+while one prompt prefills.
 """
 
 from __future__ import annotations
@@ -65,6 +66,51 @@ def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
     text = head + "\n" + averages.table(sort_by="cuda_time_total", row_limit=25)
     path.write_text(text)
     log(f"profile at batch {batch}: " + "\n".join(text.splitlines()[:20]))
+
+
+def profile_prefill(executor: Executor, vocab: int, batch: int, path: Path,
+                    prompt_len: int = 128) -> None:
+    """Kernel time table of `batch` fresh `prompt_len`-token prompts prefilled together (one
+    output token each): at 256 x 128 the prefill is a third of the load's wall (bench/NOTES.md,
+    run 28a), and its chunks' GEMMs, quantizations and attention are what this splits."""
+    from torch.profiler import ProfilerActivity, profile
+
+    requests = [Request(f"profile-prefill-{batch}-{i}", p, fixed_length(1))
+                for i, p in enumerate(prompts(batch, prompt_len, vocab, 51))]
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    first = executor.num_steps
+    with profile(activities=activities) as prof:
+        wall, _ = kiln_generate_timed(executor, requests)
+    steps = executor.num_steps - first
+    averages = prof.key_averages()
+    kernel_ms = sum(event.self_device_time_total for event in averages) / 1e3
+    head = (f"prefill of {batch} x {prompt_len}-token prompts in {steps} steps: kernels "
+            f"{kernel_ms:.1f} ms, wall {wall * 1e3:.1f} ms (under the profiler)")
+    if _pdl_on():
+        head += "\n(PDL on: kernel times include waits for the kernel ahead; KILN_PDL=0)"
+    text = head + "\n" + averages.table(sort_by="cuda_time_total", row_limit=30)
+    path.write_text(text)
+    log(f"prefill profile at batch {batch}: " + "\n".join(text.splitlines()[:24]))
+
+
+def write_kernel_tables(executor: Executor, vocab: int, stem: Path, batches: tuple[int, ...],
+                        prompt_len: int) -> None:
+    """`<stem>_b<batch>.txt` for each decode batch and `<stem>_prefill_b<largest>.txt`; a
+    failed profile is logged and ends nothing (the loads still run)."""
+    for batch in batches:
+        try:
+            profile_decode(executor, vocab, batch, stem.with_name(f"{stem.name}_b{batch}.txt"),
+                           prompt_len=prompt_len)
+        except Exception as exc:  # noqa: BLE001 - a failed profile ends nothing
+            log(f"profiling decode at batch {batch} failed: {exc!r}")
+    batch = max(batches)
+    try:
+        profile_prefill(executor, vocab, batch,
+                        stem.with_name(f"{stem.name}_prefill_b{batch}.txt"), prompt_len)
+    except Exception as exc:  # noqa: BLE001
+        log(f"profiling the prefill at batch {batch} failed: {exc!r}")
 
 
 def _pdl_on() -> bool:

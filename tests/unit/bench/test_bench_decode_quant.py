@@ -54,3 +54,7 @@ def test_quantized_engines_run_beside_the_bf16_one_on_the_tiny_shape(tmp_path, c
             head = re.match(rf"(\d+) decode steps at batch {batch} after 128-token prompts",
                             table)
             assert head and int(head.group(1)) >= decode_profiles.PROFILE_STEPS
+        # and the largest batch's prefill alone, in the steps it took
+        table = (tmp_path / "prof" / f"p{engine}_prefill_b3.txt").read_text()
+        head = re.match(r"prefill of 3 x 128-token prompts in (\d+) steps", table)
+        assert head and int(head.group(1)) >= 1
