@@ -108,6 +108,14 @@ def _gemv_cases():
                            MAGIC_VALUE=128.0),
                       ["X", "QW", "Scales", "Zeros", "Out", "K", "stride_xm", "k_per_split"], 4,
                       block_n * block_k // 2))
+    for block_n, warps in ((64, 4), (128, 8)):
+        cases.append((f"int4 g128 swap, 64 rows, n{block_n} k128 (a warp per 16 weight rows)",
+                      quant_gemv._int4_swap_kernel, {**int4_dot, "SLICES": "constexpr"},
+                      dict(Bias=None, HAS_BIAS=False, GROUP=128, GROUPS_PER_TILE=1, BLOCK_M=64,
+                           BLOCK_N=block_n, BLOCK_K=128, MAGIC=0x4300, MAGIC_VALUE=128.0,
+                           SLICES=warps),
+                      ["X", "QW", "Scales", "Zeros", "Out", "K", "stride_xm", "k_per_split"],
+                      warps, block_n * 128 // 2))
     for block_n, block_k in ((16, 512), (8, 1024)):
         cases.append((f"fp8 one row, n{block_n} k{block_k}", fp8_row_gemv._fp8_row_kernel, fp8,
                       dict(Bias=None, Final=None, Counters=None, HAS_BIAS=False, GATED=False,

@@ -38,7 +38,10 @@ TILES = {
     "int4": [("fma", 16, 256, 1), ("fma", 32, 256, 2), ("fma", 32, 128, 1), ("fma", 64, 128, 2),
              ("fma", 64, 128, 4), ("fma", 128, 128, 4), ("dot", 32, 128, 4), ("dot", 64, 128, 4),
              ("dot", 128, 128, 8), ("dot", 32, 256, 4), ("dot", 64, 256, 4),
-             ("dot", 128, 128, 4)],
+             ("dot", 128, 128, 4),
+             # the weight's rows as the MMA's rows, a warp per 16 or 32 of them (mma.sync)
+             ("swap", 32, 128, 2), ("swap", 64, 128, 4), ("swap", 128, 128, 8),
+             ("swap", 128, 128, 4), ("swap", 64, 256, 4), ("swap", 128, 256, 8)],
     "fp8": [("fma", 16, 512, 4), ("fma", 8, 512, 2), ("fma", 16, 256, 1), ("fma", 32, 256, 2),
             ("fma", 8, 1024, 4), ("fma", 16, 512, 2), ("fma", 8, 256, 1)],
 }
@@ -68,9 +71,9 @@ def calls(kind: str):
     from runtime_service.model.kernels import quant_linear as ql
     if kind == "int4":
         return (lambda x, w: ql.int4_linear_reference(x, *w, GROUP),
-                lambda x, w, c: qg.launch_int4(x, *w, GROUP, None, c))
+                lambda x, w, c, warmup=False: qg.launch_int4(x, *w, GROUP, None, c, warmup))
     return (lambda x, w: ql.fp8_linear_reference(x, *w),
-            lambda x, w, c: fg.launch_fp8(x, *w, None, c))
+            lambda x, w, c, warmup=False: fg.launch_fp8(x, *w, None, c, warmup=warmup))
 
 
 def candidates(kind: str, rows: int, n: int, k: int, sms: int):
@@ -80,26 +83,29 @@ def candidates(kind: str, rows: int, n: int, k: int, sms: int):
     return [c for c in qt.fp8_candidates(rows, n, k, sms) if c.kind == "fma"]
 
 
-def sweep_configs(kind: str, rows: int, n: int, k: int, sms: int):
+def sweep_configs(kind: str, rows: int, n: int, k: int, sms: int,
+                  tile_kinds: tuple[str, ...] = ("fma", "dot", "swap"),
+                  stages_swept: tuple[int, ...] = STAGES):
     import triton
 
     from runtime_service.model.kernels.gemv import GemvConfig, split_to_fill
     configs = []
     for tile_kind, block_n, block_k, warps in TILES[kind]:
-        if tile_kind == "fma" and rows != 1:        # the CUDA-core kernels take one row
-            continue
+        if tile_kind not in tile_kinds or (tile_kind == "fma" and rows != 1):
+            continue                                # (the CUDA-core kernels take one row)
         fill = split_to_fill(triton.cdiv(n, block_n), k, block_k, sms)
         for split in sorted({1, fill, 2 * fill}):
             if triton.cdiv(k, block_k) < 4 * split:
                 continue
             configs += [GemvConfig(tile_kind, block_n, block_k, warps, stages, split)
-                        for stages in STAGES]
+                        for stages in stages_swept]
     return configs
 
 
 def time_configs(configs, x, contract, kernel_w, copies, reference, launch, bound):
     """[(config, us, relative error)] of the configs that run and compute the right thing."""
-    from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us
+    from runtime_service.model.kernels.tuning_clock import graph_time_per_call_us, precompile
+    precompile(lambda c: launch(x, kernel_w, c, True), configs)     # all at once, in parallel
     ref = reference(x, contract).float()
     timed = []
     for config in configs:
@@ -120,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=sorted(TILES), default="int4")
     parser.add_argument("--rows", default="1")
+    parser.add_argument("--kinds", default="fma,dot,swap",
+                        help="tile kinds swept beside the tuner's candidates")
+    parser.add_argument("--stages", default=",".join(map(str, STAGES)))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    tile_kinds = tuple(args.kinds.split(","))
+    stages_swept = tuple(int(s) for s in args.stages.split(","))
     row_counts = [int(r) for r in args.rows.split(",")]
     if args.kind == "fp8" and row_counts != [1]:
         parser.error("the fp8 sweep is of the one-row kernel: --rows 1")
@@ -150,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                                    for _ in range(copies_beyond_l2(kernel_w[0]) - 1)]
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             tuner = candidates(args.kind, rows, n, k, sms)
-            timed = time_configs(list(dict.fromkeys(tuner + sweep_configs(args.kind, rows, n, k,
-                                                                          sms))),
+            swept = sweep_configs(args.kind, rows, n, k, sms, tile_kinds, stages_swept)
+            timed = time_configs(list(dict.fromkeys(tuner + swept)),
                                  x, contract, kernel_w, copies, reference, launch,
                                  BOUNDS[args.kind])
             best_tuner = min((us for c, us, _ in timed if c in tuner), default=float("nan"))

@@ -164,8 +164,11 @@ def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     fp16) is MAGIC_VALUE + q exactly, minus (MAGIC_VALUE + z) is q - z exactly, times the scale
     rounds once, as (q - z) * s in float32 rounded would. The group's low and high halves
     (`pack_for_device`'s layout) meet x's matching halves in two dots, so nothing is
-    re-interleaved. (Swapping the operands, out^T = W x^T with the weight in registers, was
-    10-20% faster but gave wrong sums now and then under Triton 3.6: bench/NOTES.md, run 16.)"""
+    re-interleaved.
+
+    On Hopper the dots are wgmma, whose weight operand must sit in shared memory: each pass
+    dequantizes, stores, waits at a barrier, then multiplies, and nothing overlaps (0.8 TB/s at
+    64 rows, bench/NOTES.md run 27b). `_int4_swap_kernel` keeps the weight in registers."""
     pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -200,6 +203,56 @@ def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     out_ptrs = Out + (pid_k * M + rows[:, None]) * N + cols[None, :]
     tl.store(out_ptrs, acc.to(Out.dtype.element_ty),
              mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+@triton.jit(do_not_specialize=["M", "N"])
+def _int4_swap_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
+                      HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      MAGIC: tl.constexpr, MAGIC_VALUE: tl.constexpr, SLICES: tl.constexpr):
+    """`_int4_dot_kernel` with the operands swapped (out^T = W x^T) and the weight tile cut into
+    SLICES slices of its rows, one per warp, as a batched dot [SLICES, BLOCK_N / SLICES, K] x
+    [SLICES, K, BLOCK_M] (x broadcast to every slice). Triton lowers a batched dot to mma.sync,
+    whose operands are registers: each warp multiplies the weights it just dequantized, with no
+    shared-memory store or barrier between, so one warp's dequantization overlaps another's
+    multiplies. (The unbatched swapped dot became wgmma with a register operand, which gave
+    wrong sums now and then under Triton 3.6: bench/NOTES.md, run 16.) Same dequantization,
+    same products; only the float32 summation order differs from the dot kernel's."""
+    pdl.await_previous_kernel()
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    HALF: tl.constexpr = GROUP // 2
+    SLICE: tl.constexpr = BLOCK_N // SLICES
+    dtype = X.dtype.element_ty
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (pid_n * BLOCK_N + tl.arange(0, SLICES)[:, None] * SLICE
+            + tl.arange(0, SLICE)[None, :])                                      # [SLICES, SLICE]
+    x_rows = tl.minimum(rows, M - 1)
+    w_rows = tl.minimum(cols, N - 1).to(tl.int64)
+    num_groups = K // GROUP
+    xt_base = X + x_rows[None, :] * stride_xm + tl.arange(0, HALF)[:, None]     # [HALF, BLOCK_M]
+    w_base = QW + w_rows[:, :, None] * (K // 2) + tl.arange(0, HALF)[None, None, :]
+    sz_base = w_rows * num_groups
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros((SLICES, SLICE, BLOCK_M), tl.float32)
+    for k in range(k_start, k_end, BLOCK_K):
+        for g in tl.static_range(GROUPS_PER_TILE):
+            k0 = k + g * GROUP
+            lo, hi = _unpack_nibbles_16(tl.load(w_base + k0 // 2), dtype)
+            scale = tl.load(Scales + sz_base + k0 // GROUP)[:, :, None]
+            offset = (MAGIC_VALUE + tl.load(Zeros + sz_base + k0 // GROUP).to(tl.float32)).to(
+                dtype)[:, :, None]
+            x_lo = tl.broadcast_to(tl.load(xt_base + k0)[None], (SLICES, HALF, BLOCK_M))
+            x_hi = tl.broadcast_to(tl.load(xt_base + k0 + HALF)[None], (SLICES, HALF, BLOCK_M))
+            acc = tl.dot((lo - offset) * scale, x_lo, acc)
+            acc = tl.dot((hi - offset) * scale, x_hi, acc)
+    if HAS_BIAS:
+        acc += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[:, :, None]
+    out_ptrs = Out + (pid_k * M + rows[None, None, :]) * N + cols[:, :, None]
+    tl.store(out_ptrs, acc.to(Out.dtype.element_ty),
+             mask=(rows[None, None, :] < M) & (cols[:, :, None] < N))
 
 
 @triton.jit(do_not_specialize=["M", "N"])
@@ -291,8 +344,11 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
             block_m = row_tile(rows)
             magic, magic_value = _INT4_MAGIC[x.dtype]
             grid = (n_blocks, config.split_k, triton.cdiv(rows, block_m))
-            grid_launcher(_int4_dot_kernel, grid, warmup)(
-                *args, BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options)
+            kernel, extra = _int4_dot_kernel, {}
+            if config.kind == "swap":     # a warp per slice of the weight rows
+                kernel, extra = _int4_swap_kernel, dict(SLICES=config.num_warps)
+            grid_launcher(kernel, grid, warmup)(
+                *args, BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options, **extra)
 
     return finish_launch(x, bias, x.dtype, n, config, launch, warmup)
 
