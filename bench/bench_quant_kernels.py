@@ -14,9 +14,10 @@ run. A table last; JSON to --json.
 Methods: cublas_bf16 (F.linear), kiln_bf16 (kernels.gemv), kiln_int4 (group 128, zero points),
 kiln_int8, kiln_fp8 (per-token activation quantization included), kiln_fp8_rows (rows quantized
 beforehand, as a norm hands them to the FP8 linears past 64 rows: the matmul alone, cuBLAS or
-fp8_gemm.py's tile, whichever the tuner times faster), torch_int4
-(`_weight_int4pack_mm`, group 128), torch_fp8 (`torch._scaled_mm` row-wise, activations
-quantized beforehand: the matmul alone). Kiln's methods run the lm_head through kiln_bf16,
+fp8_gemm.py's tile, whichever the tuner times faster), torch_int4 (`_weight_int4pack_mm`,
+group 128), torch_fp8 (`torch._scaled_mm` row-wise, activations quantized beforehand: the
+matmul alone, with fast accumulation as Kiln calls it) and torch_fp8_precise (the same with its
+sums moved to float32 every few K steps). Kiln's methods run the lm_head through kiln_bf16,
 torch's through cuBLAS.
 """
 
@@ -40,7 +41,7 @@ from bench_gemv import projections  # noqa: E402
 LAYER_PROJECTIONS = ("qkv", "o", "gate_up", "down")
 GROUP = 128
 METHODS = ("cublas_bf16", "kiln_bf16", "kiln_int4", "kiln_int8", "kiln_fp8", "kiln_fp8_rows",
-           "torch_int4", "torch_fp8")
+           "torch_int4", "torch_fp8", "torch_fp8_precise")
 GRAPH_TARGET_US = 1000
 
 
@@ -57,7 +58,7 @@ def make_weights(method: str, n: int, k: int) -> tuple:
     if method == "kiln_int8":
         return (torch.randint(-128, 128, (n, k), dtype=torch.int8, device=device),
                 torch.rand(n, device=device) * 0.01)
-    if method in ("kiln_fp8", "kiln_fp8_rows", "torch_fp8"):
+    if method in ("kiln_fp8", "kiln_fp8_rows", "torch_fp8", "torch_fp8_precise"):
         return (torch.randn(n, k, device=device).to(torch.float8_e4m3fn),
                 torch.rand(n, device=device) * 0.01)
     if method == "torch_int4":
@@ -87,9 +88,11 @@ def caller(method: str):
         return lambda xs, w: ql.fp8_linear_of_codes(xs[0], xs[1], *w, None, torch.bfloat16)
     if method == "torch_int4":
         return lambda x, w: torch.ops.aten._weight_int4pack_mm(x, w[0], GROUP, w[1])
-    if method == "torch_fp8":
+    if method in ("torch_fp8", "torch_fp8_precise"):
+        fast = method == "torch_fp8"
         return lambda xs, w: torch._scaled_mm(xs[0], w[0].t(), scale_a=xs[1],
-                                              scale_b=w[1][None, :], out_dtype=torch.bfloat16)
+                                              scale_b=w[1][None, :], out_dtype=torch.bfloat16,
+                                              use_fast_accum=fast)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -101,7 +104,7 @@ def reference(method: str, x: torch.Tensor, w: tuple) -> torch.Tensor | None:
         return ql.int4_linear_reference(x, contract, w[1], w[2], GROUP)
     if method == "kiln_int8":
         return ql.int8_linear_reference(x, *w)
-    if method in ("kiln_fp8", "kiln_fp8_rows"):
+    if method in ("kiln_fp8", "kiln_fp8_rows", "torch_fp8", "torch_fp8_precise"):
         return ql.fp8_linear_reference(x, *w)
     if method in ("cublas_bf16", "kiln_bf16"):
         return x.float() @ w[0].float().T
@@ -125,11 +128,11 @@ def time_case(method: str, n: int, k: int, rows: int, l2_bytes: int) -> dict:
                         for _ in range(max(1, math.ceil(3 * l2_bytes / size)) - 1)]
     x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
     call = caller(method)
-    if method in ("torch_fp8", "kiln_fp8_rows"):
+    if method in ("torch_fp8", "torch_fp8_precise", "kiln_fp8_rows"):
         from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
         xq, x_scales = quantize_rows_fp8(x)
-        x_in = (xq, x_scales[:, None].contiguous() if method == "torch_fp8" else x_scales)
+        x_in = (xq, x_scales if method == "kiln_fp8_rows" else x_scales[:, None].contiguous())
     else:
         x_in = x
     case = {"method": method, "n": n, "k": k, "rows": rows, "weight_copies": len(copies)}

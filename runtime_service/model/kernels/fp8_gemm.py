@@ -10,8 +10,11 @@ won on o and down at 128 rows (-28%, -14%) and on o at 256 (-9%); cuBLAS kept th
 writes fp16, which `_scaled_mm`'s row-wise path does not (an fp16 model took the float32
 fallback, the whole weight dequantized per call).
 
-Products are exact in the tensor cores and summed in float32, then scaled by the row's and the
-channel's scale, as cuBLAS does: the two differ only in summation order.
+Products are exact in the tensor cores and summed in their accumulators, then scaled by the row's
+and the channel's scale. Hopper's fp8 MMAs sum in fewer bits than float32 unless the sums are
+moved out to float32 registers every few K steps: Triton's fp8 dots never do (its default on
+sm_90), and cuBLAS is asked not to either (`use_fast_accum`), as TensorRT-LLM's and vLLM's FP8
+GEMMs run: that costs the promotions' instructions, which a prefill's GEMMs are bound by.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def launch_fp8_gemm(xq: torch.Tensor, x_scales: torch.Tensor, qweight: torch.Ten
         if warmup:
             return None
         y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scales[:, None],
-                             scale_b=scales[None, :], out_dtype=out_dtype)
+                             scale_b=scales[None, :], out_dtype=out_dtype, use_fast_accum=True)
         return y if bias is None else y + bias
     out = torch.empty((rows, n), dtype=out_dtype, device=xq.device)
     grid = (triton.cdiv(rows, config.block_m) * triton.cdiv(n, config.block_n),)

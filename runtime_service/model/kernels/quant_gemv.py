@@ -344,11 +344,12 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
             block_m = row_tile(rows)
             magic, magic_value = _INT4_MAGIC[x.dtype]
             grid = (n_blocks, config.split_k, triton.cdiv(rows, block_m))
-            kernel, extra = _int4_dot_kernel, {}
+            tile = dict(BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options)
             if config.kind == "swap":     # a warp per slice of the weight rows
-                kernel, extra = _int4_swap_kernel, dict(SLICES=config.num_warps)
-            grid_launcher(kernel, grid, warmup)(
-                *args, BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options, **extra)
+                grid_launcher(_int4_swap_kernel, grid, warmup)(
+                    *args, SLICES=config.num_warps, **tile)
+            else:
+                grid_launcher(_int4_dot_kernel, grid, warmup)(*args, **tile)
 
     return finish_launch(x, bias, x.dtype, n, config, launch, warmup)
 
