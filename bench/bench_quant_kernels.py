@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import git_commit  # noqa: E402
 from decode_common import SHAPES, copy_bandwidth, log  # noqa: E402
 from bench_gemv import projections  # noqa: E402
+from runtime_service.model.kernels import GEMV_ROW_LIMIT  # noqa: E402  (Triton-free)
 
 LAYER_PROJECTIONS = ("qkv", "o", "gate_up", "down")
 GROUP = 128
@@ -150,7 +151,8 @@ def time_case(method: str, n: int, k: int, rows: int, l2_bytes: int) -> dict:
 
 def per_token(cases: list[dict], method: str, rows: int, layers: int, bandwidth: float) -> dict:
     mine = {c["proj"]: c for c in cases if c["method"] == method and c["rows"] == rows}
-    head_method = "kiln_bf16" if method.startswith("kiln") else "cublas_bf16"
+    head_method = ("kiln_bf16" if method.startswith("kiln") and rows <= GEMV_ROW_LIMIT
+                   else "cublas_bf16")
     head = next(c for c in cases if c["method"] == head_method and c["rows"] == rows
                 and c["proj"] == "lm_head")
     ms = (layers * sum(mine[p]["us"] for p in LAYER_PROJECTIONS) + head["us"]) / 1e3
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     for proj, (n, k) in projections(shape).items():
         for method in (layer_methods if proj != "lm_head" else ("cublas_bf16", "kiln_bf16")):
             for rows in row_counts:
+                if method == "kiln_bf16" and rows > GEMV_ROW_LIMIT:
+                    continue                  # past the GEMV's rows the lm_head is cuBLAS's
                 try:
                     case = time_case(method, n, k, rows, props.L2_cache_size)
                 except Exception as exc:  # noqa: BLE001 - a baseline this build lacks is noted
