@@ -44,8 +44,9 @@ import triton.language as tl
 
 from runtime_service.model.kernels import compile_ahead, pdl
 from runtime_service.model.kernels import GEMV_ROW_LIMIT
-from runtime_service.model.kernels.tuning_clock import (copies_beyond_l2, graph_time_per_call_us,
-                                                        precompile, sm_count)
+from runtime_service.model.kernels.tuning_clock import (copies_beyond_l2, fastest,
+                                                        graph_time_per_call_us, precompile,
+                                                        sm_count)
 
 log = logging.getLogger("kiln.kernels.gemv")
 
@@ -455,19 +456,21 @@ def _tune(x, weight, candidates: list[GemvConfig], gated: bool) -> GemvConfig:
     precompile(lambda config: _launch(x, weight, None, config, None, gated, warmup=True),
                candidates)
     copies = [weight] + [weight.clone() for _ in range(copies_beyond_l2(weight) - 1)]
+    def time_one(config):
+        return graph_time_per_call_us(
+            functools.partial(_launch, bias=None, config=config, out=None, gated=gated), x, copies)
+
     timings_us = {}
     for config in candidates:
         try:
-            timings_us[config] = graph_time_per_call_us(
-                functools.partial(_launch, bias=None, config=config, out=None, gated=gated), x,
-                copies)
+            timings_us[config] = time_one(config)
         except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is skipped
             log.warning("gemv config %s failed on %s: %r", config, tuple(weight.shape), exc)
     if not timings_us:
         raise RuntimeError(f"no gemv config runs for x {tuple(x.shape)}, weight "
                            f"{tuple(weight.shape)}")
-    best = min(timings_us, key=timings_us.get)
+    best, us = fastest(timings_us, time_one)
     log.info("gemv M=%d N=%d K=%d %s%s: %s, %.1f us (%d candidates)", x.shape[0],
              weight.shape[0], weight.shape[1], str(x.dtype).split(".")[1],
-             " gated" if gated else "", best, timings_us[best], len(timings_us))
+             " gated" if gated else "", best, us, len(timings_us))
     return best

@@ -19,8 +19,8 @@ import triton
 
 from runtime_service.model.kernels import compile_ahead, tuning_clock
 from runtime_service.model.kernels.gemv import GemvConfig, split_to_fill
-from runtime_service.model.kernels.tuning_clock import (copies_beyond_l2, graph_time_per_call_us,
-                                                        precompile)
+from runtime_service.model.kernels.tuning_clock import (copies_beyond_l2, fastest,
+                                                        graph_time_per_call_us, precompile)
 
 log = logging.getLogger("kiln.kernels.quant_tuning")
 
@@ -127,6 +127,10 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     reference = call(x, weights, candidates[0]).float()
     # inputs the default cannot compute finitely (an overflowed activation) judge nothing
     gate = bool(torch.isfinite(reference).all())
+    def time_one(candidate):
+        return graph_time_per_call_us(functools.partial(_call_with, call=call, config=candidate),
+                                      x, copies)
+
     timings_us = {}
     for candidate in candidates:
         try:
@@ -135,15 +139,13 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
                 log.warning("%s config %s disagrees with %s (relative error %.3g); skipped",
                             key[0], candidate, candidates[0], error)
                 continue
-            timings_us[candidate] = graph_time_per_call_us(
-                functools.partial(_call_with, call=call, config=candidate), x, copies)
+            timings_us[candidate] = time_one(candidate)
         except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run is skipped
             log.warning("%s config %s failed: %r", key[0], candidate, exc)
     if not timings_us:
         raise RuntimeError(f"no {key[0]} config runs for key {key}")
-    config = min(timings_us, key=timings_us.get)
-    log.info("%s %s: %s, %.1f us (%d candidates)", key[0], key[3:], config, timings_us[config],
-             len(timings_us))
+    config, us = fastest(timings_us, time_one)
+    log.info("%s %s: %s, %.1f us (%d candidates)", key[0], key[3:], config, us, len(timings_us))
     _tuned[key] = config
     _tuning_totals["tuning_s"] += time.perf_counter() - started
     _tuning_totals["num_tuned"] += 1
