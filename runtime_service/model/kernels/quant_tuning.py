@@ -127,6 +127,7 @@ def tuned_config(key: tuple, x: torch.Tensor, weights: tuple, candidates: list[G
     reference = call(x, weights, candidates[0]).float()
     # inputs the default cannot compute finitely (an overflowed activation) judge nothing
     gate = bool(torch.isfinite(reference).all())
+
     def time_one(candidate):
         return graph_time_per_call_us(functools.partial(_call_with, call=call, config=candidate),
                                       x, copies)

@@ -94,6 +94,8 @@ def fastest(timings_us: dict, time_again) -> tuple:
     if len(finalists) > 1:
         for round_ in range(RUNOFF_ROUNDS):
             for config in (finalists if round_ % 2 else finalists[::-1]):
+                if config not in samples:           # it failed in an earlier round
+                    continue
                 try:
                     samples[config].append(time_again(config))
                 except Exception as exc:  # noqa: BLE001 - as the first round skips it
