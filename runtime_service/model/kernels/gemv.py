@@ -163,9 +163,10 @@ def _split_sum_kernel(Partial, Bias, Out, M, N, SPLIT_K, HAS_BIAS: tl.constexpr,
 @dataclass(frozen=True)
 class GemvConfig:
     """One launch shape: `kind` "fma" (CUDA cores), "dot" (tensor cores, x's rows as the
-    MMA's rows) or "swap" (tensor cores, the weight's rows as the MMA's rows: fp8, one row), the
-    weight tile [block_n, block_k], warps and pipeline depth per program, how many K splits,
-    and for the kernels that tile rows too (fp8_gemm.py) the row tile `block_m`."""
+    MMA's rows) or "swap" (tensor cores, the weight's rows as the MMA's rows: fp8 at one row,
+    int4 at 2-32), the weight tile [block_n, block_k], warps and pipeline depth per program,
+    how many K splits, and for the kernels that tile rows too (fp8_gemm.py) the row tile
+    `block_m`."""
 
     kind: str
     block_n: int
@@ -456,6 +457,7 @@ def _tune(x, weight, candidates: list[GemvConfig], gated: bool) -> GemvConfig:
     precompile(lambda config: _launch(x, weight, None, config, None, gated, warmup=True),
                candidates)
     copies = [weight] + [weight.clone() for _ in range(copies_beyond_l2(weight) - 1)]
+
     def time_one(config):
         return graph_time_per_call_us(
             functools.partial(_launch, bias=None, config=config, out=None, gated=gated), x, copies)

@@ -167,8 +167,9 @@ def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     re-interleaved.
 
     On Hopper the dots are wgmma, whose weight operand must sit in shared memory: each pass
-    dequantizes, stores, waits at a barrier, then multiplies, and nothing overlaps (0.8 TB/s at
-    64 rows, bench/NOTES.md run 27b). `_int4_swap_kernel` keeps the weight in registers."""
+    dequantizes, stores, waits at a barrier, then multiplies. At 64 rows the tile moves about
+    0.9 TB/s, bound by instruction issue (7.5 a weight byte a lane, bench/kernel_sass.py), not by
+    that wait: `_int4_swap_kernel`, which has none, is no faster there (bench/NOTES.md, run 28c)."""
     pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -214,10 +215,11 @@ def _int4_swap_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per
     SLICES slices of its rows, one per warp, as a batched dot [SLICES, BLOCK_N / SLICES, K] x
     [SLICES, K, BLOCK_M] (x broadcast to every slice). Triton lowers a batched dot to mma.sync,
     whose operands are registers: each warp multiplies the weights it just dequantized, with no
-    shared-memory store or barrier between, so one warp's dequantization overlaps another's
-    multiplies. (The unbatched swapped dot became wgmma with a register operand, which gave
-    wrong sums now and then under Triton 3.6: bench/NOTES.md, run 16.) Same dequantization,
-    same products; only the float32 summation order differs from the dot kernel's."""
+    shared-memory store or barrier between. (The unbatched swapped dot became wgmma with a
+    register operand, which gave wrong sums now and then under Triton 3.6: bench/NOTES.md, run
+    16.) Same dequantization, same products; only the float32 summation order differs from the
+    dot kernel's. Run 28c: 3-10% faster than the dot tiles on three of Llama-3-8B's four
+    projections at 16 rows, level at 64 rows, where both are bound by instruction issue."""
     pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
