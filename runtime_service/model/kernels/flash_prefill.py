@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from runtime_service.model.kernels import pdl
-from runtime_service.model.kernels.paged_attention import _prefill_tile
 from runtime_service.model.kernels.paged_common import LOG2E, precision
+from runtime_service.model.kernels.paged_tile import attend_tile
 
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -68,18 +68,15 @@ def _context_merge_kernel(
     # Every context key is visible to every row: whole tiles skip the masks, a partial last
     # tile keeps its bound (its causal test always holds for keys before the context's end).
     full = context // BLOCK_N * BLOCK_N
+    tile_args = (context, 0, table, K_cache + kv_head * stride_kh, V_cache + kv_head * stride_vh,
+                 K_cache, V_cache, offs_d, d_mask, stride_kb, stride_ks, stride_vb, stride_vs,
+                 0, 0, scale_log2)
     for start_n in range(0, full, BLOCK_N):
-        m_i, l_i, acc = _prefill_tile(
-            q, q_max, m_i, l_i, acc, start_n, context, offs_m, context, table, offs_d, d_mask,
-            K_cache, V_cache, K_cache, V_cache, kv_head, scale_log2,
-            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, 0, 0,
-            BLOCK_SIZE, BLOCK_N, PRECISION, False, False, False)
+        m_i, l_i, acc = attend_tile(q, q_max, m_i, l_i, acc, start_n, *tile_args, BLOCK_N,
+                                    BLOCK_SIZE, PRECISION, False, False, False, False)
     for start_n in range(full, context, BLOCK_N):
-        m_i, l_i, acc = _prefill_tile(
-            q, q_max, m_i, l_i, acc, start_n, context, offs_m, context, table, offs_d, d_mask,
-            K_cache, V_cache, K_cache, V_cache, kv_head, scale_log2,
-            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, 0, 0,
-            BLOCK_SIZE, BLOCK_N, PRECISION, False, False, True)
+        m_i, l_i, acc = attend_tile(q, q_max, m_i, l_i, acc, start_n, *tile_args, BLOCK_N,
+                                    BLOCK_SIZE, PRECISION, False, False, True, False)
     # Fold in flash's part by the two log-sum-exps (natural log; ours was kept in base 2).
     lse_context = (m_i + tl.log2(l_i)) * 0.6931471805599453        # ln 2
     lse_new = tl.load(Lse + head * stride_lh + rows * stride_lt, mask=m_mask, other=0.0)

@@ -30,52 +30,11 @@ from runtime_service.model.kernels.attention_configs import (  # noqa: F401 - re
 from runtime_service.model.kernels.attention_reference import (  # noqa: F401 - re-exported
     decode_reference, prefill_reference)
 from runtime_service.model.kernels.kv_quant import scale_args
-from runtime_service.model.kernels.kv_read import fp16_query, quantized_scores, quantized_values
+from runtime_service.model.kernels.kv_read import fp16_query
 from runtime_service.model.kernels.paged_common import (  # noqa: F401 - re-exported
     LOG2E, check_common, fp8_as_fp16, precision)
 from runtime_service.model.kernels.paged_decode import NewKV, decode  # noqa: F401 - re-exported
-
-
-@triton.jit
-def _prefill_tile(q, q_max, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs_d,
-                  d_mask, K_cache, V_cache, K_scale, V_scale, kv_head, scale_log2,
-                  stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                  stride_sb, stride_ss, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PRECISION: tl.constexpr, KV_QUANT: tl.constexpr, FP8_AS_FP16: tl.constexpr,
-                  MASKED: tl.constexpr):
-    """One key tile of the online softmax. Unmasked (MASKED False) when every key of the tile
-    is in the context of every query row of the program: no bounds or causal mask to compute.
-    With FP8_AS_FP16, `q` is the fp16 query of `kv_read.fp16_query` and `q_max` its row scales."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < end_n
-    block = tl.load(table + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-    within = offs_n % BLOCK_SIZE
-    k_ptrs = (K_cache + block[:, None] * stride_kb + within[:, None] * stride_ks
-              + kv_head * stride_kh + offs_d[None, :])
-    v_ptrs = (V_cache + block[:, None] * stride_vb + within[:, None] * stride_vs
-              + kv_head * stride_vh + offs_d[None, :])
-    kv_mask = n_mask[:, None] & d_mask[None, :]
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-    if KV_QUANT:
-        scale_offs = block * stride_sb + within * stride_ss + kv_head
-        k_scale = tl.load(K_scale + scale_offs, mask=n_mask, other=0.0)
-        s = quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION, FP8_AS_FP16)
-    else:
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-    if MASKED:
-        causal = (offs_n[None, :] <= context + offs_m[:, None]) & n_mask[None, :]
-        s = tl.where(causal, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-    if KV_QUANT:
-        v_scale = tl.load(V_scale + scale_offs, mask=n_mask, other=0.0)
-        pv = quantized_values(p, v, v_scale, q.dtype, PRECISION, FP8_AS_FP16)
-    else:
-        pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return m_new, l_i, acc * alpha[:, None] + pv
+from runtime_service.model.kernels.paged_tile import attend_tile
 
 
 @triton.jit
@@ -121,18 +80,16 @@ def _prefill_kernel(
     # Keys before the first row's own position are visible to every row of the tile: whole
     # tiles of them skip the masks; the rest (the diagonal, and a partial last tile) keep them.
     full_end = (context + m_block * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    tile_args = (end_n, context + offs_m, table, K_cache + kv_head * stride_kh,
+                 V_cache + kv_head * stride_vh, K_scale + kv_head, V_scale + kv_head, offs_d,
+                 d_mask, stride_kb, stride_ks, stride_vb, stride_vs, stride_sb, stride_ss,
+                 scale_log2)
     for start_n in range(0, full_end, BLOCK_N):
-        m_i, l_i, acc = _prefill_tile(
-            q, q_max, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs_d, d_mask,
-            K_cache, V_cache, K_scale, V_scale, kv_head, scale_log2,
-            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_sb,
-            stride_ss, BLOCK_SIZE, BLOCK_N, PRECISION, KV_QUANT, FP8_AS_FP16, False)
+        m_i, l_i, acc = attend_tile(q, q_max, m_i, l_i, acc, start_n, *tile_args, BLOCK_N,
+                                    BLOCK_SIZE, PRECISION, KV_QUANT, FP8_AS_FP16, False, True)
     for start_n in range(full_end, end_n, BLOCK_N):
-        m_i, l_i, acc = _prefill_tile(
-            q, q_max, m_i, l_i, acc, start_n, end_n, offs_m, context, table, offs_d, d_mask,
-            K_cache, V_cache, K_scale, V_scale, kv_head, scale_log2,
-            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_sb,
-            stride_ss, BLOCK_SIZE, BLOCK_N, PRECISION, KV_QUANT, FP8_AS_FP16, True)
+        m_i, l_i, acc = attend_tile(q, q_max, m_i, l_i, acc, start_n, *tile_args, BLOCK_N,
+                                    BLOCK_SIZE, PRECISION, KV_QUANT, FP8_AS_FP16, True, True)
     out = acc / l_i[:, None]
     o_ptrs = Out + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])

@@ -26,9 +26,10 @@ from runtime_service.model.kernels.attention_configs import (DecodeConfig,
                                                              default_decode_config,
                                                              multiprocessor_count)
 from runtime_service.model.kernels.kv_quant import quant_meta, scale_args
-from runtime_service.model.kernels.kv_read import fp16_query, quantized_scores, quantized_values
+from runtime_service.model.kernels.kv_read import fp16_query
 from runtime_service.model.kernels.paged_common import (LOG2E, check_common, fp8_as_fp16,
                                                         precision)
+from runtime_service.model.kernels.paged_tile import attend_tile
 from runtime_service.model.kernels.pdl import INTERPRETED
 from runtime_service.model.kernels.rotary import (check_new_kv, head_and_partner, rotate_loaded,
                                                   store_new_head, table_half_offsets)
@@ -113,34 +114,16 @@ def _decode_kernel(
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     table = block_tables + seq * stride_bt
+    tile_args = (table, K_cache + kv_head * stride_kh, V_cache + kv_head * stride_vh,
+                 K_scale + kv_head, V_scale + kv_head, offs_d, d_mask, stride_kb, stride_ks,
+                 stride_vb, stride_vs, stride_sb, stride_ss, scale_log2)
+    # Every tile masked, the last one's loads then overlap the loop's: peeling it off to run
+    # the whole tiles unmasked (paged_tile.py) made a 16-bit cache's short contexts 13-20%
+    # slower and an fp8 one's at most 3% faster (H100, bench/NOTES.md run 29b).
     for start_n in range(start, end, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < end
-        block = tl.load(table + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-        within = offs_n % BLOCK_SIZE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K_cache + block[:, None] * stride_kb + within[:, None] * stride_ks
-                    + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        if KV_QUANT:
-            scale_offs = block * stride_sb + within * stride_ss + kv_head
-            k_scale = tl.load(K_scale + scale_offs, mask=n_mask, other=0.0)
-            s = quantized_scores(q, q_max, k, k_scale, scale_log2, PRECISION, FP8_AS_FP16)
-        else:
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V_cache + block[:, None] * stride_vb + within[:, None] * stride_vs
-                    + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-        if KV_QUANT:
-            v_scale = tl.load(V_scale + scale_offs, mask=n_mask, other=0.0)
-            pv = quantized_values(p, v, v_scale, Q.dtype.element_ty, PRECISION, FP8_AS_FP16)
-        else:
-            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = attend_tile(q, q_max, m_i, l_i, acc, start_n, end, 0, *tile_args,
+                                    BLOCK_N, BLOCK_SIZE, PRECISION, KV_QUANT, FP8_AS_FP16,
+                                    True, False)
     has_work = l_i > 0
     out = acc / tl.where(has_work, l_i, 1.0)[:, None]
     lse = tl.where(has_work, m_i + tl.log2(tl.where(has_work, l_i, 1.0)), float("-inf"))
