@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
           "down": (4096, 14336)}
 GROUP = 128
-BOUNDS = {"int4": 4e-3, "fp8": 5e-3}           # tests/gpu/test_quant_kernels.py's
+BOUNDS = {"int4": 4e-3, "fp8": 5e-3, "fp8_gemm": 5e-3}           # tests/gpu/test_quant_kernels.py's
 STAGES = (1, 2, 3, 4)
 # (kind, block_n, block_k, warps): the one-row CUDA-core kernels, then the tensor-core dots
 TILES = {
@@ -44,6 +44,10 @@ TILES = {
              ("swap", 128, 128, 4), ("swap", 64, 256, 4), ("swap", 128, 256, 8)],
     "fp8": [("fma", 16, 512, 4), ("fma", 8, 512, 2), ("fma", 16, 256, 1), ("fma", 32, 256, 2),
             ("fma", 8, 1024, 4), ("fma", 16, 512, 2), ("fma", 8, 256, 1)],
+    # the decode batch's FP8 GEMM (fp8_gemm.py): (block_m, block_n, block_k, warps), its rows
+    # already in e4m3 (as a norm or the row quantization hands them over)
+    "fp8_gemm": [(m, n, k, w) for m in (64, 128) for n in (64, 128, 256) for k in (64, 128, 256)
+                 for w in (4, 8)],
 }
 
 
@@ -65,19 +69,32 @@ def weights(kind: str, n: int, k: int):
 
 
 def calls(kind: str):
-    """(reference(x, *contract), launch(x, kernel_weights, config))."""
+    """(reference(x, *contract), launch(x, kernel_weights, config)); x is (e4m3 rows, their
+    scales) for fp8_gemm."""
+    import torch
+
+    from runtime_service.model.kernels import fp8_gemm
     from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_gemv as qg
     from runtime_service.model.kernels import quant_linear as ql
     if kind == "int4":
         return (lambda x, w: ql.int4_linear_reference(x, *w, GROUP),
                 lambda x, w, c, warmup=False: qg.launch_int4(x, *w, GROUP, None, c, warmup))
+    if kind == "fp8_gemm":
+        return (lambda x, w: (x[0].float() * x[1][:, None]) @ (w[0].float() * w[1][:, None]).T,
+                lambda x, w, c, warmup=False: fp8_gemm.launch_fp8_gemm(
+                    *x, *w, None, torch.bfloat16, c, warmup))
     return (lambda x, w: ql.fp8_linear_reference(x, *w),
             lambda x, w, c, warmup=False: fg.launch_fp8(x, *w, None, c, warmup=warmup))
 
 
 def candidates(kind: str, rows: int, n: int, k: int, sms: int):
+    import torch
+
+    from runtime_service.model.kernels import fp8_gemm
     from runtime_service.model.kernels import quant_tuning as qt
+    if kind == "fp8_gemm":
+        return fp8_gemm.fp8_gemm_candidates(rows, n, k, torch.bfloat16)
     if kind == "int4":
         return qt.int4_candidates(rows, n, k, GROUP, sms)
     return [c for c in qt.fp8_candidates(rows, n, k, sms) if c.kind == "fma"]
@@ -89,6 +106,10 @@ def sweep_configs(kind: str, rows: int, n: int, k: int, sms: int,
     import triton
 
     from runtime_service.model.kernels.gemv import GemvConfig, split_to_fill
+    if kind == "fp8_gemm":
+        return [GemvConfig("dot", n_, k_, warps, stages, block_m=m_)
+                for m_, n_, k_, warps in TILES[kind] for stages in stages_swept
+                if (m_ + n_) * k_ * stages <= 200 << 10]        # what fits shared memory
     configs = []
     for tile_kind, block_n, block_k, warps in TILES[kind]:
         if tile_kind not in tile_kinds or (tile_kind == "fma" and rows != 1):
@@ -134,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     tile_kinds = tuple(args.kinds.split(","))
     stages_swept = tuple(int(s) for s in args.stages.split(","))
     row_counts = [int(r) for r in args.rows.split(",")]
+    if args.kind == "fp8_gemm" and min(row_counts) <= 64:
+        parser.error("the fp8_gemm sweep is of decode batches past 64 rows")
     if args.kind == "fp8" and row_counts != [1]:
         parser.error("the fp8 sweep is of the one-row kernel: --rows 1")
     import torch
@@ -160,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             copies = [kernel_w] + [tuple(t.clone() for t in kernel_w)
                                    for _ in range(copies_beyond_l2(kernel_w[0]) - 1)]
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            if args.kind == "fp8_gemm":
+                from runtime_service.model.kernels.quant_linear import (
+                    quantize_rows_fp8_reference)
+                x = quantize_rows_fp8_reference(x)
             tuner = candidates(args.kind, rows, n, k, sms)
             swept = sweep_configs(args.kind, rows, n, k, sms, tile_kinds, stages_swept)
             timed = time_configs(list(dict.fromkeys(tuner + swept)),

@@ -67,10 +67,13 @@ def _fp8_gemm_kernel(X, XScale, W, WScale, Bias, Out, M, N, K, stride_xm,
 def fp8_gemm_candidates(rows: int, n: int, k: int, out_dtype: torch.dtype) -> list[GemvConfig]:
     """cuBLAS first (the untimed default) where its row-wise path takes the shape (a bf16
     output, N and K multiples of 16), then output tiles of 64-128 rows by 64-128 columns, K
-    steps of 128 bytes (a 128-byte line per row), 3-5 stages: what fits the SM's 228 KB. The
-    widest tile comes first: where cuBLAS cannot run, it is the default (and a prefill's)."""
-    tiles = ((128, 128, 128, 8, 3), (128, 64, 128, 4, 4), (64, 128, 128, 4, 4),
-             (64, 64, 128, 4, 5))
+    steps of 128-256 bytes, 3-5 stages: what fits the SM's 228 KB (a tile that does not fit a
+    smaller GPU fails to launch, and its tuner passes it over). The widest tile comes first:
+    where cuBLAS cannot run, it is the default (and a prefill's). The two 128 x 64 tiles on 8
+    warps were the best of 87 at 256 rows on an H100 for down (32.7 us against cuBLAS's 37.4)
+    and o (11.8 against 12.4); cuBLAS kept qkv and gate_up (bench/NOTES.md, run 29b)."""
+    tiles = ((128, 128, 128, 8, 3), (128, 64, 256, 8, 4), (128, 64, 128, 8, 5),
+             (64, 128, 128, 4, 4), (64, 64, 128, 4, 5))
     if rows <= 64:
         tiles = tuple(t for t in tiles if t[0] == 64)
     cublas = [CUBLAS] if out_dtype == torch.bfloat16 and n % 16 == 0 and k % 16 == 0 else []
