@@ -16,8 +16,10 @@ kiln_int8, kiln_fp8 (per-token activation quantization included), kiln_fp8_rows 
 beforehand, as a norm hands them to the FP8 linears past 64 rows: the matmul alone, cuBLAS or
 fp8_gemm.py's tile, whichever the tuner times faster), torch_int4 (`_weight_int4pack_mm`,
 group 128), torch_fp8 (`torch._scaled_mm` row-wise, activations quantized beforehand: the
-matmul alone, with fast accumulation as Kiln calls it) and torch_fp8_precise (the same with its
-sums moved to float32 every few K steps). Kiln's methods run the lm_head through kiln_bf16,
+matmul alone, with fast accumulation as Kiln calls it), torch_fp8_precise (the same with its
+sums moved to float32 every few K steps) and torch_fp8_tensorwise (one scale per operand:
+cuBLAS's other fp8 path, whose product a consumer would scale by row and channel itself; the
+check applies those scales after the call). Kiln's methods run the lm_head through kiln_bf16,
 torch's through cuBLAS.
 """
 
@@ -42,7 +44,10 @@ from runtime_service.model.kernels import GEMV_ROW_LIMIT  # noqa: E402  (Triton-
 LAYER_PROJECTIONS = ("qkv", "o", "gate_up", "down")
 GROUP = 128
 METHODS = ("cublas_bf16", "kiln_bf16", "kiln_int4", "kiln_int8", "kiln_fp8", "kiln_fp8_rows",
-           "torch_int4", "torch_fp8", "torch_fp8_precise")
+           "torch_int4", "torch_fp8", "torch_fp8_precise", "torch_fp8_tensorwise")
+FP8_METHODS = ("kiln_fp8", "kiln_fp8_rows", "torch_fp8", "torch_fp8_precise",
+               "torch_fp8_tensorwise")
+ROW_CODE_METHODS = ("torch_fp8", "torch_fp8_precise", "torch_fp8_tensorwise", "kiln_fp8_rows")
 GRAPH_TARGET_US = 1000
 
 
@@ -59,7 +64,7 @@ def make_weights(method: str, n: int, k: int) -> tuple:
     if method == "kiln_int8":
         return (torch.randint(-128, 128, (n, k), dtype=torch.int8, device=device),
                 torch.rand(n, device=device) * 0.01)
-    if method in ("kiln_fp8", "kiln_fp8_rows", "torch_fp8", "torch_fp8_precise"):
+    if method in FP8_METHODS:
         return (torch.randn(n, k, device=device).to(torch.float8_e4m3fn),
                 torch.rand(n, device=device) * 0.01)
     if method == "torch_int4":
@@ -94,6 +99,10 @@ def caller(method: str):
         return lambda xs, w: torch._scaled_mm(xs[0], w[0].t(), scale_a=xs[1],
                                               scale_b=w[1][None, :], out_dtype=torch.bfloat16,
                                               use_fast_accum=fast)
+    if method == "torch_fp8_tensorwise":
+        one = torch.ones((), device="cuda")
+        return lambda xs, w: torch._scaled_mm(xs[0], w[0].t(), scale_a=one, scale_b=one,
+                                              out_dtype=torch.bfloat16, use_fast_accum=True)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -105,7 +114,7 @@ def reference(method: str, x: torch.Tensor, w: tuple) -> torch.Tensor | None:
         return ql.int4_linear_reference(x, contract, w[1], w[2], GROUP)
     if method == "kiln_int8":
         return ql.int8_linear_reference(x, *w)
-    if method in ("kiln_fp8", "kiln_fp8_rows", "torch_fp8", "torch_fp8_precise"):
+    if method in FP8_METHODS:
         return ql.fp8_linear_reference(x, *w)
     if method in ("cublas_bf16", "kiln_bf16"):
         return x.float() @ w[0].float().T
@@ -129,7 +138,7 @@ def time_case(method: str, n: int, k: int, rows: int, l2_bytes: int) -> dict:
                         for _ in range(max(1, math.ceil(3 * l2_bytes / size)) - 1)]
     x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
     call = caller(method)
-    if method in ("torch_fp8", "torch_fp8_precise", "kiln_fp8_rows"):
+    if method in ROW_CODE_METHODS:
         from runtime_service.model.kernels.quant_convert import quantize_rows_fp8
 
         xq, x_scales = quantize_rows_fp8(x)
@@ -139,6 +148,8 @@ def time_case(method: str, n: int, k: int, rows: int, l2_bytes: int) -> dict:
     case = {"method": method, "n": n, "k": k, "rows": rows, "weight_copies": len(copies)}
     expected = reference(method, x, first)
     got = call(x_in, first)
+    if method == "torch_fp8_tensorwise":        # the scales a consumer would apply
+        got = got.float() * x_in[1] * first[1][None, :]
     if expected is not None:
         case["rel_err_vs_reference"] = ((got.float() - expected.float()).norm()
                                         / expected.float().norm()).item()
