@@ -203,6 +203,17 @@ def test_guaranteed_no_evict_reserves_room_for_the_maximum_length():
     assert new_tokens(greedy.schedule()) == {"a": 4, "b": 4}
 
 
+def test_guaranteed_no_evict_counts_the_reservations_of_this_steps_admissions():
+    # Each request may grow to 3 blocks of the 8: two fit with room to finish, a third does
+    # not, though its first block would. The step admits two and holds the third back, so
+    # the second's reservation counts when the third is considered.
+    scheduler = make_scheduler(num_blocks=8, block_size=4, policy=NO_EVICT)
+    seqs = [make_seq(name, 4, max_new_tokens=8, arrival_time=i) for i, name in enumerate("abc")]
+    add_all(scheduler, *seqs)
+    assert new_tokens(scheduler.schedule()) == {"a": 4, "b": 4}
+    assert scheduler.waiting == [seqs[2]]
+
+
 def test_guaranteed_no_evict_admits_once_a_finish_frees_the_reservation():
     scheduler = make_scheduler(num_blocks=4, block_size=4, policy=NO_EVICT)
     a, b = make_seq("a", 4, max_new_tokens=8, arrival_time=0), make_seq("b", 4, 4, arrival_time=1)
