@@ -1,0 +1,36 @@
+"""bench/probe_fp8_fragments.py's weight packings, on the CPU: the bytes each lane loads, placed
+where PTX's mma.m16n8k32 / m16n8k16 fragment layouts put them, give W @ x; and x's f16 order
+puts each lane's four B registers side by side. A packing off by a row, a column or a register
+fails here before any GPU time is spent on it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+
+import probe_fp8_fragments as probe  # noqa: E402
+
+
+def test_both_packings_reproduce_the_product_through_the_fragment_layout():
+    probe.check_packing()
+
+
+@pytest.mark.parametrize("pack", [probe.pack_k32, probe.pack_k16])
+def test_a_packing_with_two_registers_swapped_is_caught(pack, monkeypatch):
+    def swapped(w):
+        packed = pack(w).clone()
+        packed[..., :4], packed[..., 4:8] = pack(w)[..., 4:8], pack(w)[..., :4]
+        return packed
+    monkeypatch.setattr(probe, pack.__name__, swapped)
+    with pytest.raises(AssertionError):
+        probe.check_packing()
+
+
+def test_shapes_that_are_not_whole_tiles_are_refused():
+    with pytest.raises(ValueError, match="16-row, 32-column"):
+        probe.pack_k16(torch.zeros(24, 64, dtype=torch.uint8))
