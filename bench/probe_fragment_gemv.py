@@ -208,6 +208,17 @@ mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {a4, a5, a6,
 }""")
 
     @triton.jit
+    def row_outputs(acc, TILES: tl.constexpr):
+        """The 16 rows' sums from a tile of D fragments: each lane holds rows groupID (registers
+        0, 1) and groupID + 8 (2, 3), every column the same; lane tig 0's first of each."""
+        sums = tl.sum(tl.reshape(acc, [TILES, 8, 4, 4]), axis=0)     # [group, tig, register]
+        tig = tl.arange(0, 4)[None, :, None]
+        register = tl.arange(0, 4)[None, None, :]
+        low = tl.sum(tl.sum(tl.where((tig == 0) & (register == 0), sums, 0.0), 2), 1)
+        high = tl.sum(tl.sum(tl.where((tig == 0) & (register == 2), sums, 0.0), 2), 1)
+        return low, high
+
+    @triton.jit
     def fragment_row_kernel(XW, x_scale, WP, WScales, Out, K, W: tl.constexpr,
                             U: tl.constexpr, K16: tl.constexpr):
         """Out[16 rows of program p] = (W x) * x_scale * WScales. A 1-D tile of 128 * W * U words:
@@ -234,11 +245,7 @@ mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {a4, a5, a6,
             acc = tl.inline_asm_elementwise(mma_k16 if K16 else mma_k32,
                                             "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f", [a, b, acc],
                                             dtype=tl.float32, is_pure=True, pack=4)
-        sums = tl.sum(tl.reshape(acc, [W * U, 8, 4, 4]), axis=0)     # [group, tig, register]
-        tig = tl.arange(0, 4)[None, :, None]
-        register = tl.arange(0, 4)[None, None, :]
-        low = tl.sum(tl.sum(tl.where((tig == 0) & (register == 0), sums, 0.0), 2), 1)
-        high = tl.sum(tl.sum(tl.where((tig == 0) & (register == 2), sums, 0.0), 2), 1)
+        low, high = row_outputs(acc, W * U)
         rows = row_block * 16 + tl.arange(0, 8)
         x_s = tl.load(x_scale)
         tl.store(Out + rows, (low * x_s * tl.load(WScales + rows)).to(Out.dtype.element_ty))
@@ -285,11 +292,7 @@ mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {a4, a5, a6,
             zero = tl.load(Zeros + rows * groups + group).to(tl.float32)
             scale = tl.load(Scales + rows * groups + group).to(tl.float32)
             acc += (d - (128.0 + zero) * tl.load(XSum + slot)) * scale
-        sums = tl.sum(tl.reshape(acc, [W * U, 8, 4, 4]), axis=0)     # [group, tig, register]
-        tig = tl.arange(0, 4)[None, :, None]
-        register = tl.arange(0, 4)[None, None, :]
-        low = tl.sum(tl.sum(tl.where((tig == 0) & (register == 0), sums, 0.0), 2), 1)
-        high = tl.sum(tl.sum(tl.where((tig == 0) & (register == 2), sums, 0.0), 2), 1)
+        low, high = row_outputs(acc, W * U)
         out_rows = row_block * 16 + tl.arange(0, 8)
         tl.store(Out + out_rows, low.to(Out.dtype.element_ty))
         tl.store(Out + out_rows + 8, high.to(Out.dtype.element_ty))
