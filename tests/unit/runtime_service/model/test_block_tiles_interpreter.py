@@ -1,9 +1,10 @@
-"""Decode attention's key tiles against the cache's blocks, on Triton's interpreter: a tile may
-lie inside one block (a scalar block id per tile), span whole blocks, or neither (each key's
-block divided out), and only the last tile of a split is masked. Block tables here are shuffled,
-so a tile that took the wrong block, or one block for keys of two, reads another sequence's
-keys. Contexts end inside tiles, on tile edges and at one key, over one and several splits,
-with a 16-bit cache and an int8 one (whose scales are addressed the same way)."""
+"""Paged attention's key tiles against the cache's blocks (paged_tile.py), on Triton's interpreter:
+a tile may lie inside one block (a scalar block id per tile), span whole blocks, or neither
+(each key's block divided out). Block tables here are shuffled, so a tile that took the wrong
+block, or one block for keys of two, reads another sequence's keys. Decode: contexts ending
+inside tiles, on tile edges and at one key, over one and several splits. Prefill: chunks after
+a cached context, whole tiles unmasked before the diagonal. A 16-bit cache and an int8 one
+(whose scales are addressed the same way)."""
 
 from __future__ import annotations
 
@@ -50,10 +51,21 @@ for block_size, block_n in ((64, 32), (16, 16), (16, 32), (24, 16)):
                         k_scale=k_scale, v_scale=v_scale)
         err = ((out - ref_q).norm() / ref_q.norm()).item()
         assert err < 1e-5, ("int8", block_size, block_n, splits, err)
+    # prefill: the last few tokens of each sequence as this step's queries, the rest cached
+    query_lens = [min(n, q_len) for n, q_len in zip(seq_lens, (1, 5, 16, 33, 40))]
+    starts = torch.tensor([0] + query_lens, dtype=torch.int32).cumsum(0).to(torch.int32)
+    q = torch.randn(int(starts[-1]), heads, head_dim, generator=g)
+    config = pa.PrefillConfig(block_m=16, block_n=block_n, num_warps=2, num_stages=2)
+    for caches, scales in (((k, v), {}), ((k_q, v_q), {"k_scale": k_scale, "v_scale": v_scale})):
+        ref = pa.prefill_reference(q, *caches, tables, starts, lens, scale, *scales.values())
+        out = pa.prefill(q, *caches, tables, starts, lens, max(query_lens), scale,
+                         config=config, **scales)
+        err = ((out - ref).norm() / ref.norm()).item()
+        assert err < 1e-5, ("prefill", bool(scales), block_size, block_n, err)
 print("ok")
 """
 
 
 @needs_triton
-def test_decode_tiles_take_each_keys_own_block_from_shuffled_tables():
+def test_tiles_take_each_keys_own_block_from_shuffled_tables():
     assert run_on_interpreter(_CHECK).strip() == "ok"
