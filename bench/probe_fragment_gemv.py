@@ -1,7 +1,10 @@
 """A design probe for issue 13's batch-1 marks: one-row GEMVs over weights stored in the tensor
 cores' register-fragment order, against Kiln's tuned one-row kernels and the bandwidth floor, per
-Llama-3-8B projection. Not wired into the engine; it says whether the layout is worth building
-(bench/NOTES.md, session of 2026-12-06 (fifth)).
+Llama-3-8B projection. Not wired into the engine: run 30a refuted it (bench/NOTES.md, session of
+2026-12-06 (sixth)). On an H100 the best launch of each form came within 1-10% of Kiln's tuned
+one-row kernels and no nearer the floor (fp8 2.99 against Kiln's 2.82 ms of linears a token,
+int4 2.10 against 2.18): the one-row kernels are not bound by their instruction count but by each
+launch's few microseconds of ramp and tail, which a leaner loop does not shorten.
 
 Why: at batch 1 the linears must stream near the copy bandwidth (FP8's floor is 1.9 ms on an
 H200 against the 2.4 ms mark; W4A16's 1.1 against 1.6), and Kiln's one-row kernels issue 4.3
