@@ -13,8 +13,9 @@ So what overlaps is the launch, not the work, and the order of every read and wr
 stream's.
 
 The rule the kernels keep: every Kiln Triton kernel starts with `await_previous_kernel()`, and
-every launch passes `**LAUNCH` (tests/unit/runtime_service/model/test_pdl_rule.py checks
-both in the source). A kernel launched with the attribute but without the wait would race.
+every launch passes `**LAUNCH`, or `**launch_options(...)` where a launch may keep plain stream
+order (tests/unit/runtime_service/model/test_pdl_rule.py checks both in the source). A kernel
+launched with the attribute but without the wait would race.
 
 On by default from sm_90 (KILN_PDL unset or "auto"); KILN_PDL=0 turns it off, 1 asks for it on
 any GPU. On an H100 it took 1.4% off bf16's batch-1 time per token and 2.3% off FP8's, and moved
@@ -71,6 +72,15 @@ ENABLED = _enabled()
 WAIT: tl.constexpr = tl.constexpr(ENABLED)
 # Launch options for every kernel launch: Triton's launcher then sets the attribute.
 LAUNCH: dict = {"launch_pdl": True} if ENABLED else {}
+
+
+def launch_options(programmatic: bool = True) -> dict:
+    """LAUNCH, or none for a launch that keeps plain stream order (`programmatic=False`): that
+    kernel starts once the one ahead has finished (its wait then returns at once) and still
+    lets the next one launch early. The int4 tensor-core GEMVs (quant_gemv.py's dot and swap
+    tiles) launch so: with the attribute, W4A16 at 64 x 128/128 ran 8.7% slower on an H100
+    (bench/NOTES.md, run 30h); fp8_gemm.py's tiles showed no such loss (run 30i)."""
+    return LAUNCH if programmatic else {}
 
 
 @jit_keys.helper

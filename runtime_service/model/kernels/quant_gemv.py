@@ -347,11 +347,13 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
             magic, magic_value = _INT4_MAGIC[x.dtype]
             grid = (n_blocks, config.split_k, triton.cdiv(rows, block_m))
             tile = dict(BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options)
+            # The tensor-core tiles keep plain stream order: launched early, they cost W4A16
+            # 8.7% at 64 x 128/128 (pdl.launch_options, bench/NOTES.md run 30h).
             if config.kind == "swap":     # a warp per slice of the weight rows
-                grid_launcher(_int4_swap_kernel, grid, warmup)(
+                grid_launcher(_int4_swap_kernel, grid, warmup, programmatic=False)(
                     *args, SLICES=config.num_warps, **tile)
             else:
-                grid_launcher(_int4_dot_kernel, grid, warmup)(*args, **tile)
+                grid_launcher(_int4_dot_kernel, grid, warmup, programmatic=False)(*args, **tile)
 
     return finish_launch(x, bias, x.dtype, n, config, launch, warmup)
 
