@@ -223,16 +223,15 @@ def launch(x, words, scales, zeros, n: int, warps: int, split: int, ahead: int):
 
 
 def launches(rows: int, n: int, k: int, sm_count: int):
-    """(warps, split, ahead): 2-8 warps, unsplit and split to about two programs an SM."""
-    def cdiv(a, b):
-        return -(-a // b)
+    """(warps, split, ahead): 2-8 warps, unsplit and split to fill (gemv's `split_to_fill`, a
+    64-column slot as its K block) and twice that."""
+    import triton
 
-    slots = cdiv(k, 64)
+    from runtime_service.model.kernels.gemv import split_to_fill
+
+    slots = triton.cdiv(k, 64)
     for warps in (2, 4, 8):
-        programs = cdiv(cdiv(n, 16), warps)
-        split = 1
-        while programs * split < 2 * sm_count and slots >= 8 * split:
-            split *= 2
+        split = split_to_fill(triton.cdiv(triton.cdiv(n, 16), warps), k, 64, sm_count)
         for split_k in sorted({1, split, min(2 * split, max(1, slots // 4))}):
             for ahead in (1, 4, 8):
                 yield warps, split_k, ahead

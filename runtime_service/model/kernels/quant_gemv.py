@@ -352,12 +352,13 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
             magic, magic_value = _INT4_MAGIC[x.dtype]
             grid = (n_blocks, config.split_k, triton.cdiv(rows, block_m))
             tile = dict(BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options)
-            early = INT4_TILES_PROGRAMMATIC
             if config.kind == "swap":     # a warp per slice of the weight rows
-                grid_launcher(_int4_swap_kernel, grid, warmup, programmatic=early)(
+                grid_launcher(_int4_swap_kernel, grid, warmup,
+                              programmatic=INT4_TILES_PROGRAMMATIC)(
                     *args, SLICES=config.num_warps, **tile)
             else:
-                grid_launcher(_int4_dot_kernel, grid, warmup, programmatic=early)(*args, **tile)
+                grid_launcher(_int4_dot_kernel, grid, warmup,
+                              programmatic=INT4_TILES_PROGRAMMATIC)(*args, **tile)
 
     return finish_launch(x, bias, x.dtype, n, config, launch, warmup)
 
