@@ -95,10 +95,9 @@ def bench_kiln(executor: Executor, vocab: int, device: str, quick: bool) -> dict
                     "cuda_graphs": executor.runner.graphs is not None,
                     "programmatic_dependent_launch": False}
     if device == "cuda":
-        from runtime_service.model.kernels import pdl, quant_gemv   # Triton: CUDA machines only
+        from runtime_service.model.kernels import pdl   # Triton: CUDA machines only
         result["programmatic_dependent_launch"] = pdl.ENABLED
-        # the one exception to it (bench/ablate_int4_tiles_pdl.py switches it)
-        result["int4_tiles_programmatic"] = pdl.ENABLED and quant_gemv.INT4_TILES_PROGRAMMATIC
+        result["pdl_trigger"] = pdl.TRIGGER      # KILN_PDL_TRIGGER: exit or start
     ids = iter(range(1 << 30))
     req = lambda p, n: Request(f"r{next(ids)}", p, fixed_length(n))  # noqa: E731
     kiln_generate_timed(executor, [req(p, 4) for p in prompts(3, 1024, vocab, 9)])     # warm-up

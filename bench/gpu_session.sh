@@ -21,7 +21,8 @@
 #   bash bench/gpu_session.sh pod     # Llama-3-8B through a pod (the default process core) at
 #                                     # every issue-14 load, TTFT split around and in the pod
 #   bash bench/gpu_session.sh pdl     # batch 1 and 64 x 128/128 with programmatic dependent launch
-#                                     # off, then on (KILN_PDL; KILN_QUANT=FP8 for that engine)
+#                                     # off, on, and on with the start trigger (KILN_PDL,
+#                                     # KILN_PDL_TRIGGER; KILN_QUANT=FP8 for that engine)
 #   bash bench/gpu_session.sh fp8kv   # decode attention over fp8 (with its launch-shape sweep) and
 #                                     # bf16 caches, per layer (issue 13)
 #   bash bench/gpu_session.sh fp8kv-load  # the FP8 KV engine beside bf16 KV at 256 x 1024/256, with
@@ -106,14 +107,14 @@ if [ "$mode" = "pod" ]; then
     | tee "$OUT/pod.log" | grep -i "tok/s\|ttft\|batch-1\|in the pod:\|error\|Traceback" | tail -40
   exit 0
 fi
-if [ "$mode" = "pdl" ]; then   # programmatic dependent launch off, then on (kernels/pdl.py):
-  # batch 1 and 64 x 128/128; KILN_QUANT=FP8 (or W4A16_AWQ) for a quantized engine. Its
-  # bit-for-bit tests run with `tests`.
-  for pdl in 0 1; do
-    KILN_PDL=$pdl timeout 285 python3 bench/bench_decode.py --model llama3-8b --quick --skip-hf \
-      --skip-reference ${KILN_QUANT:+--quant $KILN_QUANT} --loads 64x128/128 \
-      --json "$OUT/pdl${pdl}_llama3-8b${KILN_QUANT:+_$KILN_QUANT}.json" 2>&1 \
-      | tee "$OUT/pdl${pdl}.log" | grep -i "tok/s\|batch-1\|error\|Traceback" | tail -8
+if [ "$mode" = "pdl" ]; then   # programmatic dependent launch off, on, on triggered at the start
+  # (kernels/pdl.py): batch 1 and 64 x 128/128; KILN_QUANT=FP8 (or W4A16_AWQ) for a quantized
+  # engine. Its bit-for-bit tests run with `tests`.
+  for setting in 0-exit 1-exit 1-start; do
+    KILN_PDL=${setting%-*} KILN_PDL_TRIGGER=${setting#*-} timeout 190 python3 bench/bench_decode.py \
+      --model llama3-8b --quick --skip-hf --skip-reference ${KILN_QUANT:+--quant $KILN_QUANT} \
+      --loads 64x128/128 --json "$OUT/pdl${setting}_llama3-8b${KILN_QUANT:+_$KILN_QUANT}.json" \
+      2>&1 | tee "$OUT/pdl${setting}.log" | grep -i "tok/s\|batch-1\|error\|Traceback" | tail -8
   done
   exit 0
 fi
@@ -166,8 +167,8 @@ if [ "$mode" != "bench" ]; then
     | tee "$OUT/pytest_triton_cpu.log" | tail -5
 fi
 if [ "$mode" = "tests" ]; then
-  # Programmatic dependent launch is off by default, so its bit-for-bit tests are long-tier;
-  # run here, they leave `pdl` its device time for the timing.
+  # Programmatic dependent launch's bit-for-bit tests (off, on, start trigger) are long-tier:
+  # three engine processes each; run here, they leave `pdl` its device time for the timing.
   timeout 240 python3 -m pytest -q -m gpu_long -n 3 tests/gpu/test_pdl.py -p no:cacheprovider \
     -rf 2>&1 | tee "$OUT/pytest_pdl.log" | tail -5
   exit 0

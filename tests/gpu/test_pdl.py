@@ -1,6 +1,6 @@
 """Programmatic dependent launch (kernels/pdl.py, KILN_PDL=1) changes when kernels launch, never
 what they compute: an engine gives the same tokens and the same log-probabilities, bit for bit,
-with it on and off, through its decode and prefill CUDA graphs, its GEMV tuning and, for the
+with it off, on, and on with the next kernel launched as each one starts (KILN_PDL_TRIGGER), through its decode and prefill CUDA graphs, its GEMV tuning and, for the
 quantized engines, the fp8 kernels that sum their K splits through arrival counters.
 
 The setting is read when the kernels are imported, so each side runs in a process of its own;
@@ -53,12 +53,13 @@ for prompts in batches:
     executor.shutdown()
 if not tuning.exists():
     tuning.write_text(json.dumps(kernel_tuning.export_tuning(device)))
-print(json.dumps({"pdl": pdl.ENABLED, "graphs": all(graphs), "outputs": outputs}))
+print(json.dumps({"pdl": [pdl.ENABLED, pdl.TRIGGER], "graphs": all(graphs),
+                  "outputs": outputs}))
 """
 
 
-def _generate(folder: Path, batches, pdl: bool, tuning: Path) -> dict:
-    env = {**os.environ, "KILN_PDL": "1" if pdl else "0",
+def _generate(folder: Path, batches, pdl: str, trigger: str, tuning: Path) -> dict:
+    env = {**os.environ, "KILN_PDL": pdl, "KILN_PDL_TRIGGER": trigger,
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "sdk"),
                                           os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", GENERATE, str(folder), json.dumps(batches),
@@ -74,13 +75,17 @@ def _assert_same_with_and_without(folder: Path) -> None:
     prompts = random_prompts((3, 150, 40, 7, 64, 1, 90, 17), vocab_size=320)
     batches = [prompts[:1], prompts]
     tuning = folder.parent / "tuning.json"      # written by the first run, read by the second
-    off, on = _generate(folder, batches, False, tuning), _generate(folder, batches, True, tuning)
-    assert (off["pdl"], on["pdl"]) == (False, True) and on["graphs"]
+    off = _generate(folder, batches, "0", "exit", tuning)
+    on = _generate(folder, batches, "1", "exit", tuning)
+    at_start = _generate(folder, batches, "1", "start", tuning)
+    assert (off["pdl"], on["pdl"], at_start["pdl"]) == ([False, "exit"], [True, "exit"],
+                                                         [True, "start"])
+    assert on["graphs"] and at_start["graphs"]
     assert len(on["outputs"][1]) == 8 and all(len(out) == 12 for out in on["outputs"][1])
-    assert on["outputs"] == off["outputs"]
+    assert on["outputs"] == off["outputs"] == at_start["outputs"]
 
 
-@LONG           # PDL is off by default; `bash bench/gpu_session.sh pdl` runs these first
+@LONG           # three engine processes each; `bash bench/gpu_session.sh tests` runs them
 def test_a_bf16_engine_computes_the_same_bits_with_pdl(tmp_path):
     _assert_same_with_and_without(make_random_llama(tmp_path / "hf", hidden_size=256,
                                                     intermediate_size=512, num_hidden_layers=2,

@@ -253,6 +253,7 @@ class CompilePool:
             from runtime_service.model.kernels import pdl
 
             environment[pdl.ENV] = "1" if pdl.ENABLED else "0"
+            environment[pdl.TRIGGER_ENV] = pdl.TRIGGER
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "runtime_service.model.kernels.compile_worker",
                  str(self.workers)],

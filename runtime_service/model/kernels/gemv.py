@@ -326,13 +326,13 @@ def _check_inputs(x, weight, bias, out, gated: bool = False) -> None:
                          f"{x.device}; got {tuple(out.shape)} {out.dtype}")
 
 
-def grid_launcher(kernel, grid, warmup: bool = False, programmatic: bool = True):
+def grid_launcher(kernel, grid, warmup: bool = False):
     """`kernel[grid]`, or with `warmup` a compile of exactly what that launch would run (the
     same arguments give the same specialization), without running it; with kernels/pdl.py's
-    launch options either way (`programmatic=False`: plain stream order, pdl.launch_options)."""
+    launch options either way."""
     if warmup:
-        return functools.partial(kernel.warmup, grid=grid, **pdl.launch_options(programmatic))
-    return functools.partial(kernel[grid], **pdl.launch_options(programmatic))
+        return functools.partial(kernel.warmup, grid=grid, **pdl.LAUNCH)
+    return functools.partial(kernel[grid], **pdl.LAUNCH)
 
 
 def _launch(x, weight, bias, config: GemvConfig, out, gated: bool = False,

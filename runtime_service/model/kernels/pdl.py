@@ -6,23 +6,29 @@ On Hopper a kernel launched with the programmatic-stream-serialization attribute
 before the kernel ahead of it in the stream has finished; inside a CUDA graph the capture makes
 that a programmatic edge. Such a kernel must not touch memory until the one ahead has
 finished: its first instruction is `griddepcontrol.wait` (`await_previous_kernel`), which
-returns once every kernel it depends on has completed and its writes are visible. Each kernel
-then lets its dependants launch at once (`griddepcontrol.launch_dependents`): their programs
-take SM slots only after all of this kernel's programs have started, and spin in their wait.
-So what overlaps is the launch, not the work, and the order of every read and write is the
-stream's.
+returns once every kernel it depends on has completed and its writes are visible. So what
+overlaps is the launch, not the work, and the order of every read and write is the stream's.
+
+When the next kernel launches is the trigger's choice (KILN_PDL_TRIGGER). "exit", the default:
+once each of this kernel's programs has exited (no `griddepcontrol.launch_dependents`), so the
+next one's launch overlaps this one's last memory flush and teardown. "start": each program
+triggers as it starts, so the next kernel's programs take SM slots while this one's last wave
+runs, and spin in their wait. On an H100, same call and tiles (bench/NOTES.md, run 31), the
+start trigger cost bf16 batch 1 2.8% (5.58 against 5.43 ms a token), FP8 + KV FP8 at 256 x
+128/128 2.5% and W4A16 at 64 x 128/128 8-9%, and saved W4A16 batch 1 1.5%: programs placed
+while the kernel ahead still holds SMs evidently crowd onto the free ones.
 
 The rule the kernels keep: every Kiln Triton kernel starts with `await_previous_kernel()`, and
-every launch passes `**LAUNCH`, or `**launch_options(...)` where a launch may keep plain stream
-order (tests/unit/runtime_service/model/test_pdl_rule.py checks both in the source). A kernel
-launched with the attribute but without the wait would race.
+every launch passes `**LAUNCH` (tests/unit/runtime_service/model/test_pdl_rule.py checks both
+in the source). A kernel launched with the attribute but without the wait would race.
 
 On by default from sm_90 (KILN_PDL unset or "auto"); KILN_PDL=0 turns it off, 1 asks for it on
 any GPU. On an H100 it took 1.4% off bf16's batch-1 time per token and 2.3% off FP8's, and moved
 64 streams by about their run-to-run spread (bench/NOTES.md, run 24b); the whole GPU tier passed
 with it on (run 25b) before it became the default. The instruction needs sm_90 or newer, and the
 setting is resolved once, at import, because the kernels take it as a compile-time constant:
-the compile workers are handed the resolved 0 or 1, so they never open the GPU to ask.
+the compile workers are handed the resolved settings, so they never open the GPU to ask and
+compile under the same keys.
 Triton's interpreter (TRITON_INTERPRET=1) runs no inline assembly: there it is always off.
 """
 
@@ -38,6 +44,8 @@ from runtime_service.model.kernels import jit_keys
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 ENV = "KILN_PDL"
+TRIGGER_ENV = "KILN_PDL_TRIGGER"
+TRIGGERS = ("exit", "start")
 
 
 # Whether Triton's interpreter runs the kernels (TRITON_INTERPRET=1, read as Triton reads it, at
@@ -67,27 +75,33 @@ def _hopper_or_newer() -> bool:
         return False
 
 
+def _trigger() -> str:
+    """KILN_PDL_TRIGGER: "exit" (unset or empty) or "start"; anything else is named and taken
+    as "exit"."""
+    setting = os.environ.get(TRIGGER_ENV, "") or "exit"
+    if setting not in TRIGGERS:
+        logging.getLogger("kiln.kernels").warning("%s=%r is not exit or start: exit",
+                                                  TRIGGER_ENV, setting)
+        return "exit"
+    return setting
+
+
 ENABLED = _enabled()
-# A compile-time constant of every kernel (Triton folds the branch away when it is off).
+TRIGGER = _trigger()
+# Compile-time constants of every kernel (Triton folds the branches away).
 WAIT: tl.constexpr = tl.constexpr(ENABLED)
+TRIGGER_AT_START: tl.constexpr = tl.constexpr(ENABLED and TRIGGER == "start")
 # Launch options for every kernel launch: Triton's launcher then sets the attribute.
 LAUNCH: dict = {"launch_pdl": True} if ENABLED else {}
-
-
-def launch_options(programmatic: bool = True) -> dict:
-    """LAUNCH, or none for a launch that keeps plain stream order (`programmatic=False`): that
-    kernel starts once the one ahead has finished (its wait then returns at once) and still
-    lets the next one launch early. The int4 tensor-core GEMVs (quant_gemv.py's dot and swap
-    tiles) launch so: with the attribute, W4A16 at 64 x 128/128 ran 8.7% slower on an H100
-    (bench/NOTES.md, run 30h); fp8_gemm.py's tiles showed no such loss (run 30i)."""
-    return LAUNCH if programmatic else {}
 
 
 @jit_keys.helper
 @triton.jit
 def await_previous_kernel():
     """The first statement of every Kiln kernel: with PDL on, waits until the kernels ahead in
-    the stream have finished, then lets the next one launch; with it off, nothing."""
+    the stream have finished (and with the start trigger then lets the next one launch); with
+    it off, nothing."""
     if WAIT:
         gdc_wait()
+    if TRIGGER_AT_START:
         gdc_launch_dependents()

@@ -318,11 +318,6 @@ def finish_launch(x, bias, out_dtype, n, config: GemvConfig, launch, warmup: boo
     return out
 
 
-# Whether the int4 tensor-core tiles (dot, swap) launch with PDL's attribute: not, since with it
-# W4A16 at 64 x 128/128 ran 8.7% slower on an H100 (pdl.launch_options, bench/NOTES.md run 30h;
-# bench/ablate_int4_tiles_pdl.py measures it again).
-INT4_TILES_PROGRAMMATIC = False
-
 # The int4 dot's magic numbers per x dtype: the 16-bit pattern whose low mantissa bits take a
 # nibble, and its value (bf16 0x4300 = 128, fp16 0x6400 = 1024).
 _INT4_MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
@@ -353,12 +348,10 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
             grid = (n_blocks, config.split_k, triton.cdiv(rows, block_m))
             tile = dict(BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options)
             if config.kind == "swap":     # a warp per slice of the weight rows
-                grid_launcher(_int4_swap_kernel, grid, warmup,
-                              programmatic=INT4_TILES_PROGRAMMATIC)(
+                grid_launcher(_int4_swap_kernel, grid, warmup)(
                     *args, SLICES=config.num_warps, **tile)
             else:
-                grid_launcher(_int4_dot_kernel, grid, warmup,
-                              programmatic=INT4_TILES_PROGRAMMATIC)(*args, **tile)
+                grid_launcher(_int4_dot_kernel, grid, warmup)(*args, **tile)
 
     return finish_launch(x, bias, x.dtype, n, config, launch, warmup)
 

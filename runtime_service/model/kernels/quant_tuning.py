@@ -38,7 +38,7 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
     if rows > 16:
         # Not (64, 256, 4, 1): the clock times it fastest for o and down at 64 rows, yet with it
         # W4A16 at 64 x 128/128 ran 2.3% slower end to end, three runs of each (run 30e; 0.6%
-        # once these tiles left PDL, run 30g).
+        # with PDL off, run 30g).
         dot = ((64, 128, 4, 2), (64, 128, 4, 1), (64, 128, 4, 3))
     # The weight's rows as the MMA's rows, a warp per slice of them (quant_gemv's swap kernel):
     # at 16 rows it won three of the four projections by 3-10% (run 28c); at 64, one by 5%.

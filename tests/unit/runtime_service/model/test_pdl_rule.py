@@ -68,27 +68,8 @@ def test_every_launch_passes_the_pdl_launch_options():
     partials = [node for node in ast.walk(launcher) if isinstance(node, ast.Call)
                 and ast.unparse(node.func) == "functools.partial"]
     assert len(partials) == 2 and all(
-        "pdl.launch_options(programmatic)" in [ast.unparse(k.value) for k in call.keywords
-                                               if k.arg is None]
+        "pdl.LAUNCH" in [ast.unparse(k.value) for k in call.keywords if k.arg is None]
         for call in partials)
     assert not any(isinstance(node, ast.Return) and "partial" not in ast.unparse(node)
                    for node in ast.walk(launcher))
 
-
-def test_only_the_measured_launches_keep_plain_stream_order():
-    """`programmatic=False` (pdl.launch_options) is the int4 tensor-core tiles' alone: run 30h
-    measured them slower when launched early. Another kernel taken out of PDL needs its own
-    measurement, and this list then names it."""
-    plain = set()
-    for _, tree in _modules():
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                    and node.func.id == "grid_launcher" and any(
-                        k.arg == "programmatic" and ast.unparse(k.value) != "True"
-                        for k in node.keywords):
-                plain.add(ast.unparse(node.args[0]))
-    assert plain == {"_int4_dot_kernel", "_int4_swap_kernel"}
-    pdl_source = next(tree for name, tree in _modules() if name == "pdl.py")
-    options = next(node for node in pdl_source.body
-                   if isinstance(node, ast.FunctionDef) and node.name == "launch_options")
-    assert ast.unparse(options.body[-1]) == "return LAUNCH if programmatic else {}"

@@ -1,7 +1,8 @@
 """How programmatic dependent launch is switched (kernels/pdl.py): on from sm_90 unless
-KILN_PDL says otherwise, never under Triton's interpreter, and handed to the compile workers as
-the 0 or 1 this process resolved, so a worker neither opens the GPU nor compiles kernels under
-another key than the process that waits for them."""
+KILN_PDL says otherwise, never under Triton's interpreter; the next kernel launched as this
+one's programs exit unless KILN_PDL_TRIGGER=start; both handed to the compile workers as this
+process resolved them, so a worker neither opens the GPU nor compiles kernels under another key
+than the process that waits for them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from runtime_service.model.kernels import compile_pool, pdl  # noqa: E402
 @pytest.fixture
 def clean_env(monkeypatch):
     monkeypatch.delenv(pdl.ENV, raising=False)
+    monkeypatch.delenv(pdl.TRIGGER_ENV, raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     return monkeypatch
 
@@ -55,10 +57,27 @@ def test_the_interpreter_never_takes_it(clean_env):
     assert pdl._enabled() is False
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_the_compile_workers_get_this_processs_resolved_setting(clean_env, enabled):
+@pytest.mark.parametrize("setting, trigger", [(None, "exit"), ("", "exit"), ("exit", "exit"),
+                                              ("start", "start")])
+def test_the_trigger_is_exit_unless_start_is_asked(clean_env, setting, trigger):
+    if setting is not None:
+        clean_env.setenv(pdl.TRIGGER_ENV, setting)
+    assert pdl._trigger() == trigger
+
+
+def test_an_unknown_trigger_is_named_and_taken_as_exit(clean_env, caplog):
+    clean_env.setenv(pdl.TRIGGER_ENV, "early")
+    with caplog.at_level(logging.WARNING, logger="kiln.kernels"):
+        assert pdl._trigger() == "exit"
+    assert "'early' is not exit or start" in caplog.text
+
+
+@pytest.mark.parametrize("enabled, trigger", [(True, "exit"), (True, "start"), (False, "exit")])
+def test_the_compile_workers_get_this_processs_resolved_setting(clean_env, enabled, trigger):
     clean_env.setenv(pdl.ENV, "auto")
+    clean_env.setenv(pdl.TRIGGER_ENV, "bogus")
     clean_env.setattr(pdl, "ENABLED", enabled)
+    clean_env.setattr(pdl, "TRIGGER", trigger)
     seen = {}
 
     class Recorded(Exception):
@@ -72,3 +91,4 @@ def test_the_compile_workers_get_this_processs_resolved_setting(clean_env, enabl
     with pytest.raises(Recorded):
         compile_pool.CompilePool(1).start()
     assert seen[pdl.ENV] == ("1" if enabled else "0")
+    assert seen[pdl.TRIGGER_ENV] == trigger
