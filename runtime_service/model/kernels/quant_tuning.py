@@ -36,10 +36,10 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
     fma = ((16, 256, 1, 3), (32, 256, 2, 3), (16, 256, 1, 4), (32, 128, 1, 3))
     dot = ((64, 256, 4, 3), (64, 128, 4, 3), (64, 256, 4, 2), (32, 256, 4, 2))
     if rows > 16:
-        # Not (64, 256, 4, 1): the clock times it fastest for o and down at 64 rows, yet with it
-        # W4A16 at 64 x 128/128 ran 2.3% slower end to end, three runs of each (run 30e; 0.6%
-        # with PDL off, run 30g).
-        dot = ((64, 128, 4, 2), (64, 128, 4, 1), (64, 128, 4, 3))
+        # (64, 256, 4, 1), which the clock times fastest for o and down at 64 rows, ran o 2.7%
+        # slower end to end while PDL's trigger came at each kernel's start (run 30d); with the
+        # exit trigger the two o tiles give the same step (8,591 and 8,607 tok/s, run 31e).
+        dot = ((64, 128, 4, 2), (64, 128, 4, 1), (64, 256, 4, 1), (64, 128, 4, 3))
     # The weight's rows as the MMA's rows, a warp per slice of them (quant_gemv's swap kernel):
     # at 16 rows it won three of the four projections by 3-10% (run 28c); at 64, one by 5%.
     swap = ((32, 128, 2, 3), (64, 256, 4, 2)) if 1 < rows <= 32 else ()
