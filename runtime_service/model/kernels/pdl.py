@@ -23,9 +23,9 @@ every launch passes `**LAUNCH` (tests/unit/runtime_service/model/test_pdl_rule.p
 in the source). A kernel launched with the attribute but without the wait would race.
 
 On by default from sm_90 (KILN_PDL unset or "auto"); KILN_PDL=0 turns it off, 1 asks for it on
-any GPU. On an H100 it took 1.4% off bf16's batch-1 time per token and 2.3% off FP8's, and moved
-64 streams by about their run-to-run spread (bench/NOTES.md, run 24b); the whole GPU tier passed
-with it on (run 25b) before it became the default. The instruction needs sm_90 or newer, and the
+any GPU. On an H100, against it off in the same call (bench/NOTES.md, run 31d), it took 2.5% off
+bf16's batch-1 time per token, 4.3% off FP8's and 5.7% off W4A16's, and gave 2-3.5% more
+tokens/s at 64 and 256 streams; the whole GPU tier passed with it on (runs 25b, 31c). The instruction needs sm_90 or newer, and the
 setting is resolved once, at import, because the kernels take it as a compile-time constant:
 the compile workers are handed the resolved settings, so they never open the GPU to ask and
 compile under the same keys.
