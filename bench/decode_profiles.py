@@ -28,10 +28,12 @@ def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
     otherwise share names and rows with the decode's. The table's first line gives the steps,
     the kernel time and the wall time per step.
 
-    With programmatic dependent launch on (kernels/pdl.py), a kernel starts while the one ahead
-    finishes and waits for it, and the profiler counts that wait as the kernel's own time (at 64
-    rows a 3 us activation kernel showed 72 us, bench/NOTES.md run 26a): the kernels' sum then
-    overstates the step, and the first line says so. KILN_PDL=0 gives per-kernel times."""
+    With programmatic dependent launch on (kernels/pdl.py), a kernel may start before the one
+    ahead has finished and wait for it, and the profiler counts that wait as the kernel's own
+    time: with KILN_PDL_TRIGGER=start the whole tail of the kernel ahead (at 64 rows a 3 us
+    activation kernel showed 72 us, bench/NOTES.md run 26a), with the default exit trigger only
+    its last writes. The kernels' sum then overstates the step, and the first line says so.
+    KILN_PDL=0 gives per-kernel times."""
     from torch.profiler import ProfilerActivity, profile
 
     requests = [Request(f"profile-{batch}-{i}", p, fixed_length(steps + PROFILE_PREFILL_STEPS))
@@ -61,8 +63,9 @@ def profile_decode(executor: Executor, vocab: int, batch: int, path: Path,
             f"kernels {kernel_ms / (last - first):.3f} ms per step, wall "
             f"{wall_ms / (last - first):.3f} ms per step")
     if _pdl_on():
-        head += ("\n(PDL on: each kernel's time includes its wait for the kernel ahead, so the "
-                 "kernels' sum overstates the step; KILN_PDL=0 for per-kernel times)")
+        head += (f"\n(PDL on, {_pdl_trigger()} trigger: each kernel's time includes its wait "
+                 "for the kernel ahead, so the kernels' sum overstates the step; KILN_PDL=0 "
+                 "for per-kernel times)")
     text = head + "\n" + averages.table(sort_by="cuda_time_total", row_limit=25)
     path.write_text(text)
     log(f"profile at batch {batch}: " + "\n".join(text.splitlines()[:20]))
@@ -89,7 +92,8 @@ def profile_prefill(executor: Executor, vocab: int, batch: int, path: Path,
     head = (f"prefill of {batch} x {prompt_len}-token prompts in {steps} steps: kernels "
             f"{kernel_ms:.1f} ms, wall {wall * 1e3:.1f} ms (under the profiler)")
     if _pdl_on():
-        head += "\n(PDL on: kernel times include waits for the kernel ahead; KILN_PDL=0)"
+        head += (f"\n(PDL on, {_pdl_trigger()} trigger: kernel times include waits for the "
+                 "kernel ahead; KILN_PDL=0)")
     text = head + "\n" + averages.table(sort_by="cuda_time_total", row_limit=30)
     path.write_text(text)
     log(f"prefill profile at batch {batch}: " + "\n".join(text.splitlines()[:24]))
@@ -120,6 +124,11 @@ def _pdl_on() -> bool:
         return False
     from runtime_service.model.kernels import pdl
     return pdl.ENABLED
+
+
+def _pdl_trigger() -> str:
+    from runtime_service.model.kernels import pdl
+    return pdl.TRIGGER
 
 
 def profile_prefill_host(executor: Executor, vocab: int, length: int, path: Path) -> None:
