@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+from runtime_service.format.engine_format import check_relative_path
 from runtime_service.format.json_input import parse_json
 from runtime_service.errors import InvalidRequest
-from runtime_service.store import S3Settings, open_store
+from runtime_service.store import S3Settings, open_store, split_s3_uri
 
 DEFAULT_NUM_SAMPLES = 32
 DEFAULT_SEQ_LEN = 512
@@ -110,20 +111,31 @@ def parse_texts(raw: bytes, name: str) -> tuple[str, ...]:
     return tuple(texts)
 
 
+def _read_s3(uri: str, s3_settings: S3Settings | None) -> bytes:
+    """The object `uri` names, its key exactly as written: a key with empty, '.' or '..' parts
+    is refused rather than normalised into another object's."""
+    bucket, key = split_s3_uri(uri)
+    try:
+        check_relative_path(key)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"calibration data {uri} must be s3://bucket/key with a key of "
+                             f"non-empty parts, none of them '.' or '..'") from exc
+    store = open_store(f"s3://{bucket}", s3_settings)
+    info = store.stat(key)
+    if info is None:
+        raise InvalidRequest(f"calibration data {uri} does not exist")
+    if info.size_bytes > MAX_CALIB_BYTES:
+        raise InvalidRequest(f"calibration data {uri} is larger than {MAX_CALIB_BYTES} bytes")
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp) / "calib"
+        store.get_file(key, dest)
+        return dest.read_bytes()
+
+
 def _read(uri: str, s3_settings: S3Settings | None) -> bytes:
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        key = PurePosixPath(parsed.path.lstrip("/"))
-        store = open_store(f"s3://{parsed.netloc}/{key.parent}".rstrip("/."), s3_settings)
-        info = store.stat(key.name)
-        if info is None:
-            raise InvalidRequest(f"calibration data {uri} does not exist")
-        if info.size_bytes > MAX_CALIB_BYTES:
-            raise InvalidRequest(f"calibration data {uri} is larger than {MAX_CALIB_BYTES} bytes")
-        with tempfile.TemporaryDirectory() as tmp:
-            dest = Path(tmp) / "calib"
-            store.get_file(key.name, dest)
-            return dest.read_bytes()
+        return _read_s3(uri, s3_settings)
     if parsed.scheme not in ("", "file"):
         raise InvalidRequest(f"calibration data must be a path or s3:// URI, got {uri!r}")
     path = Path(parsed.path if parsed.scheme == "file" else uri)

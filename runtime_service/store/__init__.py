@@ -6,9 +6,9 @@ when an `s3://` URI is opened.
 """
 
 from runtime_service.store.base import (ObjectInfo, ProgressFn, S3Settings, Store, check_engine_key,
-                                        check_engine_name)
+                                        check_engine_name, split_s3_uri)
 from runtime_service.store.local import LocalStore
 from runtime_service.store.pull import fetch_engine, open_store, pull_engine
 
 __all__ = ["LocalStore", "ObjectInfo", "ProgressFn", "S3Settings", "Store", "check_engine_key",
-           "check_engine_name", "fetch_engine", "open_store", "pull_engine"]
+           "check_engine_name", "fetch_engine", "open_store", "pull_engine", "split_s3_uri"]

@@ -47,6 +47,20 @@ def check_engine_name(name: str) -> str:
     return name
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of `s3://bucket/key`, the key exactly as written ('' when absent).
+
+    The URI is split literally, as the AWS CLI does: '?' and '#' are part of the key and nothing
+    is normalised, so the object read is the one the user named. Callers check the key; the
+    bucket's name is checked where a store is opened (s3.py).
+    """
+    scheme, sep, rest = str(uri).partition("://")
+    bucket, _, key = rest.partition("/")
+    if scheme != "s3" or not sep or not bucket:
+        raise InvalidRequest(f"expected s3://bucket/key, got {uri!r}")
+    return bucket, key
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """How to reach an S3 service. From flags or KILN_S3_* environment variables."""

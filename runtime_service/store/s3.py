@@ -11,15 +11,15 @@ from __future__ import annotations
 import io
 import ssl
 from pathlib import Path
-from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error
+from minio.helpers import check_bucket_name as minio_check_bucket_name
 
 from runtime_service.format.engine_format import check_relative_path
 from runtime_service.errors import EngineNotFound, InvalidRequest, PermissionDenied, Unavailable
-from runtime_service.store.base import ObjectInfo, S3Settings, Store
+from runtime_service.store.base import ObjectInfo, S3Settings, Store, split_s3_uri
 
 PART_BYTES = 16 << 20
 SHA256_META = "x-amz-meta-kiln-sha256"
@@ -38,6 +38,19 @@ def make_client(settings: S3Settings) -> Minio:
                  region=settings.region, http_client=http)
 
 
+def check_bucket_name(bucket: str) -> str:
+    """Refuses a name S3 would refuse, before any request: a wrong name is the user's to fix,
+    not an outage to retry."""
+    try:
+        minio_check_bucket_name(bucket, strict=True)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"S3 bucket name {bucket!r} is invalid: bucket names are 3-63 characters of a-z, 0-9, "
+            f"'.' and '-' that begin and end with a letter or digit, hold no '..' and are not an "
+            f"IP address") from exc
+    return bucket
+
+
 def _is_missing(exc: Exception) -> bool:
     if isinstance(exc, S3Error):
         return exc.code in _MISSING
@@ -45,7 +58,8 @@ def _is_missing(exc: Exception) -> bool:
 
 
 def _translate(exc: Exception, what: str) -> Exception:
-    """S3 and connection errors as Kiln's typed errors, so callers map them to gRPC codes."""
+    """S3 and connection errors as Kiln's typed errors, so callers map them to gRPC codes.
+    Anything unrecognised counts as an outage, so arguments are checked before the request."""
     if isinstance(exc, S3Error):
         if exc.code in _DENIED:
             return PermissionDenied(f"S3 refused {what}: {exc.code}")
@@ -66,18 +80,16 @@ class S3Store(Store):
 
     def __init__(self, client: Minio, bucket: str, prefix: str = ""):
         self.client = client
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        self.bucket = check_bucket_name(bucket)
+        self.prefix = prefix.rstrip("/")
         if self.prefix:
             check_relative_path(self.prefix)
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
 
     @classmethod
     def from_uri(cls, uri: str, settings: S3Settings) -> "S3Store":
-        parsed = urlparse(uri)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise InvalidRequest(f"expected s3://bucket/prefix, got {uri!r}")
-        return cls(make_client(settings), parsed.netloc, parsed.path)
+        bucket, prefix = split_s3_uri(uri)
+        return cls(make_client(settings), bucket, prefix)
 
     def _key(self, key: str) -> str:
         check_relative_path(key)
@@ -99,8 +111,9 @@ class S3Store(Store):
             raise _translate(exc, f"listing {self.uri}/{prefix}") from exc
 
     def stat(self, key: str) -> ObjectInfo | None:
+        name = self._key(key)
         try:
-            result = self.client.stat_object(self.bucket, self._key(key))
+            result = self.client.stat_object(self.bucket, name)
         except Exception as exc:
             if _is_missing(exc):
                 return None
@@ -110,15 +123,17 @@ class S3Store(Store):
 
     def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
         metadata = {SHA256_META: sha256} if sha256 else None
+        name = self._key(key)
         try:
-            self.client.fput_object(self.bucket, self._key(key), str(path), metadata=metadata,
+            self.client.fput_object(self.bucket, name, str(path), metadata=metadata,
                                     part_size=PART_BYTES, num_parallel_uploads=4)
         except Exception as exc:
             raise _translate(exc, f"upload {key}") from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        name = self._key(key)
         try:
-            self.client.put_object(self.bucket, self._key(key), io.BytesIO(data), len(data))
+            self.client.put_object(self.bucket, name, io.BytesIO(data), len(data))
         except Exception as exc:
             raise _translate(exc, f"upload {key}") from exc
 
@@ -131,8 +146,9 @@ class S3Store(Store):
         return True
 
     def read_bytes(self, key: str) -> bytes | None:
+        name = self._key(key)
         try:
-            response = self.client.get_object(self.bucket, self._key(key))
+            response = self.client.get_object(self.bucket, name)
         except Exception as exc:
             if _is_missing(exc):
                 return None
@@ -144,9 +160,9 @@ class S3Store(Store):
             response.release_conn()
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
+        name = self._key(key)
         try:
-            response = self.client.get_object(self.bucket, self._key(key), offset=offset,
-                                              length=length)
+            response = self.client.get_object(self.bucket, name, offset=offset, length=length)
             try:
                 return response.read()
             finally:
@@ -156,14 +172,16 @@ class S3Store(Store):
             raise _translate(exc, f"read {key}") from exc
 
     def get_file(self, key: str, dest: Path) -> None:
+        name = self._key(key)
         try:
-            self.client.fget_object(self.bucket, self._key(key), str(dest))
+            self.client.fget_object(self.bucket, name, str(dest))
         except Exception as exc:
             raise _translate(exc, f"download {key}") from exc
 
     def delete(self, key: str) -> None:
+        name = self._key(key)
         try:
-            self.client.remove_object(self.bucket, self._key(key))
+            self.client.remove_object(self.bucket, name)
         except Exception as exc:
             if not _is_missing(exc):
                 raise _translate(exc, f"delete {key}") from exc

@@ -10,6 +10,7 @@ from builder_service import calibration
 from builder_service.calibration import (CalibrationData, load_calibration, parse_texts,
                                          split_pydoc)
 from runtime_service.errors import InvalidRequest
+from runtime_service.store import S3Settings
 from support.servers import BUCKET, start_s3, stop
 
 
@@ -94,3 +95,35 @@ def test_calibration_file_is_read_from_a_path_or_s3_with_the_same_digest(tmp_pat
         load_calibration(str(tmp_path / "missing.txt"))
     with pytest.raises(InvalidRequest, match="not a regular file"):
         load_calibration("/dev/zero")
+
+
+def test_an_s3_calibration_key_is_read_exactly_as_written(tmp_path):
+    server = start_s3(tmp_path / "s3")
+    try:
+        for key, text in [("data./calib.txt", "with the dot"), ("data/calib.txt", "without"),
+                          ("v1.../c.txt", "with the dots"), ("v1/c.txt", "without")]:
+            (tmp_path / "s3" / BUCKET / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "s3" / BUCKET / key).write_text(text)
+        read = [load_calibration(f"s3://{BUCKET}/{key}", 1, 16, server.settings).texts
+                for key in ("data./calib.txt", "v1.../c.txt")]
+    finally:
+        stop(server.process)
+    assert read == [("with the dot",), ("with the dots",)]
+
+
+@pytest.mark.parametrize("uri", ["s3://kiln/../../x.txt", "s3://kiln/data/../x.txt",
+                                 "s3://kiln/a/./b.txt", "s3://kiln//x.txt", "s3://kiln/dir/",
+                                 "s3://kiln/", "s3://kiln"])
+def test_s3_calibration_keys_with_empty_or_dot_parts_are_refused_before_any_request(
+        uri, monkeypatch):
+    def no_store(*args, **kwargs):
+        raise AssertionError("a refused key must not open a store")
+    monkeypatch.setattr(calibration, "open_store", no_store)
+    with pytest.raises(InvalidRequest, match="must be s3://bucket/key"):
+        load_calibration(uri, 1, 16, S3Settings(endpoint="127.0.0.1:9"))
+
+
+@pytest.mark.parametrize("uri", ["s3://Bad_Bucket!!/x.txt", "s3://ab/x.txt", "s3://KILN/x.txt"])
+def test_an_invalid_s3_calibration_bucket_is_an_invalid_request_not_an_outage(uri):
+    with pytest.raises(InvalidRequest, match="bucket name"):
+        load_calibration(uri, 1, 16, S3Settings(endpoint="127.0.0.1:9"))
