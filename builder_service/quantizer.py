@@ -2,6 +2,7 @@
 the tensors its quantized layer holds (`quantized_linear.quantize_weight`), before the split
 over ranks so that every rank's shard is a slice of one quantization. Embeddings, norms, biases,
 the head and the linears that QuantConfig.exclude_modules names stay in the engine dtype.
+A weight that holds NaN or inf is refused: its scales would be NaN and so would every logit.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from runtime_service.errors import InvalidRequest
 from runtime_service.format.engine_config import QuantConfig
 from runtime_service.model.layers.quantized_linear import WeightQuant, quantize_weight
 
@@ -41,6 +43,9 @@ def quantizing(quant: QuantConfig, scale_dtype: torch.dtype,
                 or name[:-len(".weight")] in unquantized:
             yield name, full
             return
+        if not torch.isfinite(full).all():
+            raise InvalidRequest(f"source weight {name} holds NaN or inf; a linear is "
+                                 "quantized only from finite weights")
         base = name[:-len("weight")]
         for suffix, tensor in quantize_weight(full, weight_quant, scale_dtype).items():
             yield base + suffix, tensor

@@ -22,7 +22,8 @@ from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, read_hf_config
 from runtime_service.model.layers.quantized_linear import WeightQuant, pack_for_device
 from runtime_service.model.llama import LlamaModel
-from runtime_service.model.prequantized import quant_config_of, stored_unquantized
+from runtime_service.model.prequantized import (check_zero_points, quant_config_of,
+                                                stored_unquantized)
 from runtime_service.model.weights_file import read_tensors
 from runtime_service.format.model_config import ModelArgs
 
@@ -47,7 +48,9 @@ def config_for_folder(folder: str | Path) -> tuple[str, EngineConfig]:
         quant = quant_config_of(hf)
         if quant is None:
             return kind, EngineConfig(model=args)
-        kept = stored_unquantized(SafetensorsFolder(Path(folder)).names(), args.num_layers)
+        names = SafetensorsFolder(Path(folder)).names()
+        check_zero_points(hf, names)
+        kept = stored_unquantized(names, args.num_layers)
         return kind, EngineConfig(model=args, quant=dataclasses.replace(
             quant, exclude_modules=kept))
     return kind, read_engine_config(folder)

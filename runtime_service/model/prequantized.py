@@ -8,7 +8,9 @@ in Kiln's layout (layers/quantize.py), which fuse along the output dim like plai
 
 Both read files a user hands in: a config entry of the wrong type, or a stored tensor of another
 dtype or shape than its format's, is an InvalidRequest naming it, never a Python error from
-deep inside the unpacking (or, worse, a float tensor's bits read as codes).
+deep inside the unpacking (or, worse, a float tensor's bits read as codes). So is a value no
+quantizer writes that would still load: a NaN or inf scale (every logit NaN) or a zero point
+outside 4 bits (read as another nibble).
 """
 
 from __future__ import annotations
@@ -150,6 +152,23 @@ def _dynamic_fp8_per_token(activations: dict | None) -> bool:
 _QUANTIZED_SUFFIXES = ("qweight", "weight_packed", "weight_scale")
 
 
+def check_zero_points(hf_config: dict, names: set[str]) -> None:
+    """An asymmetric compressed-tensors int4 checkpoint (`symmetric: false`) stores a zero point
+    beside every packed weight: one without would be read as symmetric (zero point 8), another
+    function than the checkpoint states. Called once its config has passed quant_config_of."""
+    q = hf_config.get("quantization_config") or {}
+    if q.get("quant_method") != "compressed-tensors" or q.get("format") != "pack-quantized" \
+            or _compressed_group(q)["weights"].get("symmetric", True) is not False:
+        return
+    missing = sorted(name.removesuffix("packed") + "zero_point" for name in names
+                     if name.endswith(".weight_packed")
+                     and name.removesuffix("packed") + "zero_point" not in names)
+    if missing:
+        raise InvalidRequest(f"{missing[0]} is missing ({len(missing)} linear(s) in all): the "
+                             "checkpoint's scheme is asymmetric (symmetric: false), so every "
+                             "int4 linear stores its zero points")
+
+
 def stored_unquantized(names: set[str], num_layers: int) -> tuple[str, ...]:
     """The Kiln names of the decoder linears a pre-quantized checkpoint stores as plain float
     weights (compressed-tensors' `ignore`, AutoAWQ's `modules_to_not_convert`), read off the
@@ -210,11 +229,41 @@ def check_stored(name: str, tensor: torch.Tensor, dtypes: tuple, *shapes: tuple,
     return tensor
 
 
+def _finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` unless it holds a NaN or inf: one such scale makes every logit NaN, and the
+    engine then samples token 0 forever. A zero scale is a legal (all-zero) group's."""
+    bad = torch.isnan(tensor) if tensor.dtype == torch.float8_e4m3fn else ~torch.isfinite(tensor)
+    if bad.any():
+        raise InvalidRequest(f"{name} holds NaN or inf at {bad.nonzero()[0].tolist()} "
+                             f"({int(bad.sum())} of {bad.numel()}); every value must be finite")
+    return tensor
+
+
 def _groups(prefix: str, in_features: int, quant: QuantConfig) -> int:
     if in_features % quant.group_size or in_features % 8:
         raise InvalidRequest(f"{prefix[:-1]}: its {in_features} input columns are not whole "
                              f"groups of {quant.group_size} (nor of 8, the int32 packing)")
     return in_features // quant.group_size
+
+
+def _int4_zero_points(name: str, zero: torch.Tensor) -> torch.Tensor:
+    """compressed-tensors' signed int8 zero points (-8..7) as Kiln's unsigned ones (0..15);
+    one outside 4 bits would otherwise be read as another nibble (100 as 108)."""
+    outside = (zero < -8) | (zero > 7)
+    if outside.any():
+        raise InvalidRequest(f"{name} holds {int(zero[outside][0])} (and {int(outside.sum())} "
+                             "values in all) outside -8..7, the range of a 4-bit zero point")
+    return (zero.to(torch.int64) + 8).to(torch.uint8)
+
+
+def _check_symmetric(names: set[str], prefix: str) -> None:
+    """A compressed-tensors int4 linear with no zero point is read as symmetric (zero point 8).
+    Kiln serves one config group, so its linears are all symmetric or all asymmetric: if any
+    other linear stores a zero point, this one's is missing, not implied."""
+    if any(name.endswith(".weight_zero_point") for name in names):
+        raise InvalidRequest(f"{prefix}weight_zero_point is missing: the checkpoint's other "
+                             "int4 linears store zero points (an asymmetric scheme), and "
+                             "compressed-tensors writes one for every linear of that scheme")
 
 
 def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str,
@@ -231,13 +280,15 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
         codes = _awq_columns(packed).T.contiguous()                           # [N, K]
         zeros = _awq_columns(_stored(get, prefix + "qzeros", (torch.int32,),
                                      (groups, n // 8))).T.contiguous()        # [N, K // G]
-        scales = _stored(get, prefix + "scales", FLOAT_DTYPES, (groups, n)).T.contiguous()
+        scales = _stored(get, prefix + "scales", FLOAT_DTYPES, (groups, n))
+        scales = _finite(prefix + "scales", scales).T.contiguous()
         return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
     if prefix + "weight_packed" in names:                            # compressed-tensors int4
         groups = _groups(prefix, k, quant)
         codes = _plain_columns(_stored(get, prefix + "weight_packed", (torch.int32,),
                                        (n, k // 8)))                          # q + 8, [N, K]
         scales = _stored(get, prefix + "weight_scale", FLOAT_DTYPES, (n, groups))
+        _finite(prefix + "weight_scale", scales)
         if prefix + "weight_g_idx" in names:
             _check_contiguous_groups(_stored(get, prefix + "weight_g_idx",
                                              (torch.int32, torch.int64), (k,)),
@@ -250,16 +301,18 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
             if packed:
                 zeros = _plain_columns(zero.T.contiguous()).T[:n].contiguous()
             else:                                       # signed int8 zero points
-                zeros = (zero.to(torch.int64) + 8).to(torch.uint8)
+                zeros = _int4_zero_points(prefix + "weight_zero_point", zero)
         else:
+            _check_symmetric(names, prefix)
             zeros = torch.full(scales.shape, 8, dtype=torch.uint8)
         return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
     weight = get(prefix + "weight") if quant.algo == "FP8" and prefix + "weight" in names \
         else None
     if weight is not None and weight.dtype == torch.float8_e4m3fn:     # read once, checked here
         check_stored(prefix + "weight", weight, (torch.float8_e4m3fn,), (n, k))
-        scales = _stored(get, prefix + "weight_scale", FLOAT_DTYPES, (n, 1), (n,), (1,), ()
-                         ).float().reshape(-1)
+        _finite(prefix + "weight", weight)                     # e4m3fn's NaN codes
+        scales = _stored(get, prefix + "weight_scale", FLOAT_DTYPES, (n, 1), (n,), (1,), ())
+        scales = _finite(prefix + "weight_scale", scales).float().reshape(-1)
         if scales.numel() == 1:            # tensor strategy: one scale, the same for every row
             scales = scales.expand(n).contiguous()
         return {"qweight": weight, "scales": scales}

@@ -390,3 +390,104 @@ def test_a_malformed_fp8_checkpoint_is_refused_naming_what_is_wrong(source, tmp_
             ("weight", lambda t: t.update({down + name: t[down + name][:, :-8]}))):
         with pytest.raises(InvalidRequest, match=f"down_proj.{name} must be .* of shape"):
             load_model(_edited(folder, tmp_path / name, tensors=edit))
+
+
+def _refused_by_the_build(folder: Path, work: Path, words: str) -> None:
+    """The builder refuses `folder` with an InvalidRequest matching `words`, and neither the
+    store nor the work dir keeps anything of the build."""
+    with pytest.raises(InvalidRequest, match=words):
+        built_engine(folder, work)
+    assert open_store(str(work / "store")).list_engine_keys() == []
+    builds = work / "b" / "builds"
+    assert not builds.exists() or not any(builds.iterdir())
+
+
+DOWN = "model.layers.1.mlp.down_proj."
+
+
+@pytest.mark.parametrize("kind, name, value", [
+    ("awq", Q + "scales", float("nan")), ("awq", DOWN + "scales", float("-inf")),
+    ("compressed", Q + "weight_scale", float("inf")),
+    ("fp8", DOWN + "weight_scale", float("nan")), ("fp8", DOWN + "weight", float("nan"))])
+def test_a_non_finite_stored_value_is_refused_naming_its_tensor(source, tmp_path, kind, name,
+                                                                value):
+    """One NaN or inf scale made every logit NaN and the engine served token 0 forever; the
+    build now stops at it (an FP8 weight's NaN codes alike), and publishes nothing."""
+    if kind == "fp8":
+        folder = compressed_fp8_checkpoint(source, tmp_path / "q")
+    else:
+        folder, _ = quantized_checkpoint(source, tmp_path / "q", *(
+            (awq_gemm, AWQ_CONFIG) if kind == "awq" else (compressed_int4, COMPRESSED_CONFIG)))
+
+    def poison(stored):
+        stored[name] = stored[name].float()
+        stored[name].view(-1)[3] = value
+        stored[name] = stored[name].to(load_file(str(folder / "model.safetensors"))[name].dtype)
+    edited = _edited(folder, tmp_path / "edited", tensors=poison)
+    _refused_by_the_build(edited, tmp_path / "work",
+                          rf"{name.replace('.', '[.]')} holds NaN or inf at \[\d+(, \d+)?\] "
+                          r"\(1 of \d+\)")
+
+
+def test_a_zero_scale_is_served_as_an_all_zero_group(source, tmp_path):
+    """Zero is a finite scale (an all-zero group's, in a quantizer that does not clamp it): it
+    loads, and its group dequantizes to zeros."""
+    folder, _ = quantized_checkpoint(source, tmp_path / "q", awq_gemm, AWQ_CONFIG)
+    edited = _edited(folder, tmp_path / "edited",
+                     tensors=lambda t: t[Q + "scales"].__setitem__((0, slice(None)), 0.0))
+    qkv = load_model(edited).model.layers["0"].attn.qkv_proj
+    assert qkv.scales[:64, 0].eq(0).all()
+
+
+def _int8_zero_points(stored: dict) -> None:
+    """compressed_int4's packed zero points rewritten as signed int8 ones (-8..7)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    for name in [n for n in stored if n.endswith("weight_zero_point")]:
+        prefix = name[:-len("weight_zero_point")]
+        shape = stored[prefix + "weight_scale"].shape     # [N, groups], as the zero points
+        stored[name] = unpack_from_int32(stored[name], 4, shape, packed_dim=0)
+
+
+def test_compressed_zero_points_outside_four_bits_are_refused_naming_the_range(source,
+                                                                               tmp_path):
+    """An int8 zero point of 100 was read as nibble 108; int8 ones inside -8..7 are served."""
+    folder, float_folder = quantized_checkpoint(source, tmp_path / "q", compressed_int4,
+                                                COMPRESSED_CONFIG)
+    int8 = _edited(folder, tmp_path / "int8", tensors=_int8_zero_points)
+    assert load_file(str(int8 / "model.safetensors"))[Q + "weight_zero_point"].dtype == torch.int8
+    assert kiln_greedy(int8) == hf_greedy(float_folder, PROMPT, 8)
+
+    def out_of_range(stored):
+        _int8_zero_points(stored)
+        stored[Q + "weight_zero_point"][5, 1] = 100
+    _refused_by_the_build(_edited(folder, tmp_path / "oob", tensors=out_of_range),
+                          tmp_path / "work", r"q_proj[.]weight_zero_point holds 100 .*-8[.][.]7")
+
+
+def test_an_asymmetric_compressed_linear_without_its_zero_point_is_refused(source, tmp_path):
+    """Read as symmetric (zero point 8) it served another function; compressed-tensors writes a
+    zero point for every linear of an asymmetric scheme, so one missing is an error."""
+    folder, _ = quantized_checkpoint(source, tmp_path / "q", compressed_int4, COMPRESSED_CONFIG)
+    edited = _edited(folder, tmp_path / "edited",
+                     tensors=lambda t: t.pop(Q + "weight_zero_point"))
+    _refused_by_the_build(edited, tmp_path / "work",
+                          r"q_proj[.]weight_zero_point is missing \(1 linear.*symmetric: false")
+    # a config that says symmetric while the other linears store zero points: refused too
+    mixed = _edited(folder, tmp_path / "mixed", config=lambda q: _group_of(q, symmetric=True),
+                    tensors=lambda t: t.pop(Q + "weight_zero_point"))
+    _refused_by_the_build(mixed, tmp_path / "work2",
+                          r"q_proj[.]weight_zero_point is missing: .*asymmetric")
+
+
+def test_an_asymmetric_compressed_checkpoint_without_any_zero_point_is_refused(source,
+                                                                            tmp_path):
+    """`symmetric: false` with no zero point stored anywhere: read as symmetric it would serve
+    another function than the checkpoint states."""
+    folder, _ = quantized_checkpoint(source, tmp_path / "q", compressed_int4, COMPRESSED_CONFIG)
+
+    def drop_zero_points(stored):
+        for name in [n for n in stored if n.endswith("weight_zero_point")]:
+            stored.pop(name)
+    edited = _edited(folder, tmp_path / "edited", tensors=drop_zero_points)
+    _refused_by_the_build(edited, tmp_path / "work",
+                          r"weight_zero_point is missing \(14 linear.*symmetric: false")
