@@ -1,7 +1,14 @@
 """`python -m builder_service serve | build | convert` (what `kiln serve-builder`, `kiln build` and
 `kiln convert` run). `build` is the batch entry point of a Kubernetes Job: it builds in-process
 against --store, or through a running builder with --builder, and exits with a code the Job can
-act on (status.py lists them). The engine reference is printed to stdout as one JSON line."""
+act on (status.py lists them). The engine reference is printed to stdout as one JSON line.
+
+SIGTERM (how Kubernetes stops a Job's pod) stops `build` and `convert` the way Ctrl-C does: the
+work unwinds, its partial folder is removed, and the exit code is 143 (128 + SIGTERM).
+For tests, KILN_BUILD_TEST_PAUSE_AT=STAGE holds a build at its first progress event of STAGE
+(e.g. `convert`, while its partial folder exists) until a signal arrives, so a test can stop a
+build midway without racing it; unset, nothing waits.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,9 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from runtime_service.format.engine_config import Mapping, QuantConfig, Target
@@ -18,6 +27,41 @@ from runtime_service.errors import InvalidRequest
 from builder_service.status import EXIT_INTERNAL, EXIT_OK, exit_code_for
 
 DEFAULT_PORT = 50052
+EXIT_TERMINATED = 128 + signal.SIGTERM
+PAUSE_ENV = "KILN_BUILD_TEST_PAUSE_AT"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that a build unwinds through its `finally` blocks
+    (removing its partial folder) as it does for KeyboardInterrupt; like that, no
+    `except Exception` on the way can swallow it."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # a second SIGTERM must not cut cleanup short
+    raise Terminated()
+
+
+class _PausingPrinter:
+    """A progress printer that holds the build at the first event of `stage` until a signal's
+    handler raises (the test hook PAUSE_ENV names)."""
+
+    def __init__(self, printer, stage: str):
+        self._printer = printer
+        self._stage = stage
+        self._paused = False
+
+    def __call__(self, event) -> None:
+        self._printer(event)
+        if event.stage == self._stage and not self._paused:
+            self._paused = True
+            print(f"kiln build: paused at stage {self._stage} ({PAUSE_ENV})", file=sys.stderr,
+                  flush=True)
+            while True:
+                time.sleep(0.1)
+
+    def finish(self) -> None:
+        self._printer.finish()
 
 
 def kiln_home() -> Path:
@@ -192,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("INFO", getattr(args, "log_format", "text"))
     from builder_service.progress import ProgressPrinter
     printer = ProgressPrinter()
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    if args.command != "serve":                        # the server drains on SIGTERM itself
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    if os.environ.get(PAUSE_ENV):
+        printer = _PausingPrinter(printer, os.environ[PAUSE_ENV])
     try:
         if args.command == "serve":
             _serve(args)
@@ -205,9 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        printer.finish()
+        print(f"kiln {args.command}: stopped by SIGTERM; its unfinished output was removed",
+              file=sys.stderr, flush=True)
+        return EXIT_TERMINATED
     except Exception as exc:
         printer.finish()
         code = exit_code_for(exc)
         message = exc.details() if hasattr(exc, "details") else str(exc)
         print(f"kiln {args.command}: error: {message}", file=sys.stderr, flush=True)
         return code if code != EXIT_OK else EXIT_INTERNAL
+    finally:
+        if on_sigterm is not None:                     # None: not set from Python; left as is
+            signal.signal(signal.SIGTERM, on_sigterm)

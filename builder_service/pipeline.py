@@ -5,6 +5,10 @@ Conversion (fused QKV and gate/up) and the per-rank split are the runtime's own
 load. Tensors stream one group at a time; a rank's file is written once its tensors are ready,
 cast to the build dtype on the way. Everything is written into a `.partial-` folder and renamed
 into place, and an engine's manifest is written last.
+
+An engine build holds an exclusive flock on its partial folder while it fills it
+(`store.atomic_folder`), so the partial folder a killed build leaves behind (SIGKILL, OOM) is
+told apart from a live build's and removed when the same engine is next built.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors
 from runtime_service.model.llama import layer_index
 from runtime_service.model.loader import DTYPES
+from runtime_service.store.atomic_folder import (PARTIAL_MARK, fill_then_rename,
+                                                 remove_abandoned_partials)
 
 from builder_service import BUILDER_VERSION
 from builder_service.reshard import KilnShards, kiln_rank_tensors
@@ -67,7 +73,7 @@ def _source_rank_tensors(source: ResolvedSource, target: EngineConfig, dtype: to
     args, mapping = target.model, target.mapping
     transform = None
     if source.config.quant.algo != "NONE":
-        _check_same_quant(source.config.quant, target.quant, args)
+        check_same_quant(source.config.quant, target.quant, args)
     else:
         unquantized = target.quant.unquantized_linears(args)
         replaced = None
@@ -86,7 +92,7 @@ def _source_rank_tensors(source: ResolvedSource, target: EngineConfig, dtype: to
     return lambda rank: kiln_rank_tensors(shards, args, mapping, rank, transform)
 
 
-def _check_same_quant(have: QuantConfig, want: QuantConfig, args: ModelArgs) -> None:
+def check_same_quant(have: QuantConfig, want: QuantConfig, args: ModelArgs) -> None:
     """An already quantized source is re-split or re-limited, never quantized again."""
     if (have.algo, have.group_size) != (want.algo, want.group_size):
         raise FailedPrecondition(
@@ -187,13 +193,7 @@ def write_model_folder(source: ResolvedSource, target: EngineConfig, out: Path,
 
 def _fresh_partial(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".partial-{final.name}-", dir=final.parent))
-
-
-def _move_into_place(partial: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(partial, final)
+    return Path(tempfile.mkdtemp(prefix=f"{PARTIAL_MARK}{final.name}-", dir=final.parent))
 
 
 def convert_checkpoint(source: ResolvedSource, out: Path, tp_size: int = 1, pp_size: int = 1,
@@ -218,21 +218,29 @@ def convert_checkpoint(source: ResolvedSource, out: Path, tp_size: int = 1, pp_s
 def build_engine_folder(source: ResolvedSource, target: EngineConfig, engine_key: str,
                         out: Path, progress: ProgressFn = _ignore,
                         calibration: CalibrationData | None = None) -> Manifest:
-    """An engine (manifest last) in folder `out`, replacing anything there."""
+    """An engine (manifest last) in folder `out`, replacing anything there. The partial folders
+    of earlier builds of `out` that died are removed first."""
     if target.build is None or target.target is None or target.format != FORMAT_NAME:
         raise InvalidRequest("an engine config needs build limits, a target and format "
                              f"{FORMAT_NAME!r}")
     check_quant_supported(target.quant)
-    partial = _fresh_partial(Path(out))
-    try:
+    out = Path(out)
+    # a build of this engine that died (SIGKILL, OOM) left its partial folder unlocked; the
+    # caller holds the engine key's lock, so no live build of it is touched
+    remove_abandoned_partials(out.parent, out.name)
+    manifest = None
+
+    def fill(partial: Path) -> None:
+        nonlocal manifest
         write_model_folder(source, target, partial, target.build.dtype, progress, calibration)
         progress(BuildProgress("manifest", 0, 1, "", "hashing engine files"))
         manifest = build_manifest(partial, engine_key, BUILDER_VERSION)
         write_manifest(partial, manifest)
         progress(BuildProgress("manifest", 1, 1, "", f"{len(manifest.files)} files"))
-        _move_into_place(partial, Path(out))
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        if out.exists():
+            shutil.rmtree(out)          # an older folder is replaced only by a complete one
+
+    fill_then_rename(out, fill)
     return manifest
 
 

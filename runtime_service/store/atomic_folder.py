@@ -67,15 +67,17 @@ def fill_then_rename(target: Path, fill: Callable[[Path], None],
         os.close(fd)
 
 
-def remove_abandoned_partials(parent: Path) -> int:
-    """Deletes the partial folders under `parent` whose writer is gone; returns the bytes freed."""
+def remove_abandoned_partials(parent: Path, target_name: str = "") -> int:
+    """Deletes the partial folders under `parent` whose writer is gone (with `target_name`, only
+    those of that target); returns the bytes freed."""
     parent = Path(parent)
     if not parent.is_dir():
         return 0
+    mark = f"{PARTIAL_MARK}{target_name}-" if target_name else PARTIAL_MARK
     freed = 0
     with _parent_lock(parent, fcntl.LOCK_EX):
         for folder in parent.iterdir():
-            if not folder.name.startswith(PARTIAL_MARK) or not folder.is_dir():
+            if not folder.name.startswith(mark) or not folder.is_dir():
                 continue
             fd = os.open(folder, os.O_RDONLY)
             try:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -31,16 +33,66 @@ PASS_THROUGH = {
 
 
 def _run_service(command: str, argv: list[str]) -> int:
+    """Runs the service's entry point and returns its exit code (128 + N if signal N killed it).
+    SIGTERM is passed on, so a stopped pod's build removes its partial folder as it does when run
+    directly. A SIGINT that a terminal's Ctrl-C sent reached the child too (the whole foreground
+    process group gets it), so it is not sent again: a second one would cut the child's cleanup
+    short. Either way the child is waited for, never killed."""
+    child: subprocess.Popen | None = None
+    pending: list[int] = []
+
+    def pass_on(signum, _frame) -> None:
+        if signum == signal.SIGINT and _in_terminal_foreground():
+            return
+        if child is None:
+            pending.append(signum)
+        else:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call([sys.executable, *PASS_THROUGH[command], *argv])
-    except KeyboardInterrupt:
-        return 130
+        child = subprocess.Popen([sys.executable, *PASS_THROUGH[command], *argv])
+        for signum in pending:
+            child.send_signal(signum)
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code if code >= 0 else 128 - code
+
+
+def _in_terminal_foreground() -> bool:
+    """Whether this process is in its terminal's foreground process group (where Ctrl-C lands)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def token_ids(text: str) -> list[int]:
+    """The token ids in `text`, separated by commas, spaces or both ("5,17,99", "5 17 99": the
+    way `kiln generate --ids` prints them); ValueError names what is not an id."""
+    parts = [part for part in re.split(r"[\s,]+", text.strip()) if part]
+    bad = [part for part in parts if not re.fullmatch(r"\d+", part)]
+    if bad:
+        raise ValueError(f"--ids takes token ids (non-negative integers) separated by commas or "
+                         f"spaces; {bad[0]!r} is not one")
+    if not parts:
+        raise ValueError("--ids needs at least one token id")
+    return [int(part) for part in parts]
 
 
 def _generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln generate",
                                      description="Stream a generation to the terminal.")
-    parser.add_argument("prompt", help="text, or comma-separated token ids with --ids")
+    parser.add_argument("prompt", help="text, or token ids separated by commas or spaces "
+                                        "with --ids")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", help="model_dir: HF folder, checkpoint or engine (embedded)")
     where.add_argument("--runtime", help="HOST:PORT of a running runtime (default $KILN_RUNTIME)",
@@ -60,12 +112,17 @@ def _generate(argv: list[str]) -> int:
     from kiln.sampling import SamplingConfig
     from kiln.v1 import runtime_pb2
 
-    args = _generate_parser().parse_args(argv)
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, random_seed=args.seed)
-    prompt = [int(t) for t in args.prompt.split(",")] if args.ids else args.prompt
+    parser = _generate_parser()
+    args = parser.parse_args(argv)
+    try:
+        prompt = token_ids(args.prompt) if args.ids else args.prompt
+    except ValueError as exc:
+        parser.error(str(exc))
     llm = loop = client = None
     try:
+        sampling = SamplingConfig(max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature, top_p=args.top_p,
+                                  random_seed=args.seed)
         if args.model:
             from kiln import LLM, ModelConfig
             llm = LLM(ModelConfig(model_dir=args.model))

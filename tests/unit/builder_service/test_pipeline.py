@@ -182,3 +182,31 @@ def test_a_weight_of_another_shape_or_kind_than_config_json_says_is_refused(tmp_
     with pytest.raises(InvalidRequest, match=f"{name} must be float16/bfloat16/float32 of "
                                              r"shape \[\d+(, \d+)?\] for the model's config"):
         engine(tmp_path, hf)
+
+
+def test_a_dead_builds_partial_folder_is_removed_when_the_engine_is_next_built(tmp_path, tiny_hf):
+    """A build killed outright (SIGKILL, OOM) leaves its partial folder; the next build of the
+    same folder removes it, but never one a live build elsewhere holds (its flock), nor another
+    folder's."""
+    import subprocess
+    import sys
+    dead = tmp_path / ".partial-engine-dead1234"
+    live = tmp_path / ".partial-engine-live1234"
+    other = tmp_path / ".partial-other-dead1234"
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "rank0.safetensors").write_bytes(b"half")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+         str(live)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        folder = engine(tmp_path, tiny_hf)
+        verify_engine_folder(folder)
+        assert not dead.exists()
+        assert (live / "rank0.safetensors").read_bytes() == b"half"
+        assert other.exists()
+    finally:
+        holder.communicate("", timeout=10)
+    assert sorted(p.name for p in tmp_path.glob(".partial-engine-*")) == [live.name]
