@@ -8,23 +8,28 @@ killed mid-publish resumes with the upload rather than the conversion.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime_service.format.json_input import parse_json_object
-from runtime_service.format.engine_config import EngineConfig
+from runtime_service.format.engine_config import (DEFAULT_GROUP_SIZE, INT4_ALGOS, EngineConfig,
+                                                  QuantConfig)
+from runtime_service.format.linear_names import matching_no_linear
 from runtime_service.format.engine_format import CONFIG, FORMAT_NAME, Manifest, verify_engine_folder
-from runtime_service.errors import CorruptEngine, EngineNotFound
+from runtime_service.errors import CorruptEngine, EngineNotFound, InvalidRequest
 from runtime_service.store import Store
 
 from builder_service.build_cache import BuildCache
 from builder_service.calibration import CalibrationData, load_calibration
 from builder_service.engine_key import engine_key
-from builder_service.pipeline import BuildProgress, ProgressFn, build_engine_folder
+from builder_service.pipeline import (BuildProgress, ProgressFn, build_engine_folder,
+                                      check_same_quant)
 from builder_service.settings import CALIBRATED_ALGOS, BuildSpec
 from builder_service.sources import SourceResolver
 
+log = logging.getLogger("kiln.builder")
 
 @dataclass(frozen=True)
 class EngineInfo:
@@ -56,18 +61,14 @@ class EngineBuilder:
 
     def target_config(self, spec: BuildSpec, config: EngineConfig,
                       calibration: CalibrationData | None = None) -> EngineConfig:
-        """The engine's config; a calibrated algorithm records its data's digest and amount."""
+        """The engine's config; a calibrated algorithm records its data's digest and amount.
+        Settings that cannot change the engine's bytes are left out of it (and so out of its
+        key): one engine, one key."""
         spec.mapping.check_divides(config.model)
-        quant = spec.quant
-        if config.quant.algo != "NONE" and quant.algo == "NONE":
-            # a pre-quantized source is built as it is quantized (never re-quantized)
-            quant = dataclasses.replace(config.quant, kv_cache_dtype=quant.kv_cache_dtype)
-        elif config.quant.algo != "NONE" and not quant.exclude_modules:
-            # the same quantization asked for by name keeps the linears the source left plain
-            quant = dataclasses.replace(quant, exclude_modules=config.quant.exclude_modules)
-        elif quant.algo == "NONE" and quant.exclude_modules:
-            # nothing is quantized, so nothing is excluded: one engine, one key
-            quant = dataclasses.replace(quant, exclude_modules=())
+        if config.quant.algo != "NONE":
+            quant = self._prequantized_quant(spec, config)
+        else:
+            quant = _effective_quant(spec.quant, config.model.num_layers)
         quant.check_fits(config.model, spec.mapping.tp_size)
         if calibration is not None:
             quant = dataclasses.replace(quant, calib_sha256=calibration.sha256,
@@ -76,6 +77,23 @@ class EngineBuilder:
         return EngineConfig(model=config.model, quant=quant, mapping=spec.mapping,
                             build=spec.build_config(config.model), target=spec.target,
                             format=FORMAT_NAME)
+
+    @staticmethod
+    def _prequantized_quant(spec: BuildSpec, config: EngineConfig) -> QuantConfig:
+        """A pre-quantized source is built as it is quantized, never quantized or calibrated
+        again: a request may repeat its quantization (and name the linears it left plain) or
+        leave it out, and chooses only the KV cache's dtype."""
+        source, asked = config.quant, _ungrouped(spec.quant)
+        if spec.calib_data or asked.calib_num_samples or asked.calib_seq_len:
+            raise InvalidRequest(
+                f"the source is already quantized ({source.algo}) and is not calibrated again; "
+                "leave out calib_data, calib_num_samples and calib_seq_len")
+        if asked.algo == "NONE":
+            asked = dataclasses.replace(source, exclude_modules=asked.exclude_modules)
+        if not asked.exclude_modules:
+            asked = dataclasses.replace(asked, exclude_modules=source.exclude_modules)
+        check_same_quant(source, asked, config.model)
+        return dataclasses.replace(source, kv_cache_dtype=spec.quant.kv_cache_dtype)
 
     def calibration(self, spec: BuildSpec) -> CalibrationData | None:
         """The calibration set of an activation-aware build (None for the others)."""
@@ -149,3 +167,27 @@ class EngineBuilder:
         key = self.store.resolve(key_or_name)
         self.store.delete_engine(key)
         return key
+
+
+def _effective_quant(quant: QuantConfig, num_layers: int) -> QuantConfig:
+    """The quantization of a float source, without what cannot change the engine: the group
+    size of an algorithm without groups, and exclusions where nothing is quantized. Patterns
+    that match no decoder linear (a typo, or the peer's usual list of routers and embeddings)
+    stay in the config, as the peer records them, and are named in a warning."""
+    quant = _ungrouped(quant)
+    if quant.algo == "NONE":
+        return dataclasses.replace(quant, exclude_modules=())
+    unmatched = matching_no_linear(quant.exclude_modules, num_layers)
+    if unmatched:
+        log.warning("exclude_modules %s match no decoder linear of this model (q/k/v/o, "
+                    "gate/up and down are quantized; lm_head and embeddings never are)",
+                    ", ".join(map(repr, unmatched[:8])))
+    return quant
+
+
+def _ungrouped(quant: QuantConfig) -> QuantConfig:
+    """The default group size for an algorithm without groups (any other would only change
+    the key of the same engine)."""
+    if quant.algo in INT4_ALGOS:
+        return quant
+    return dataclasses.replace(quant, group_size=DEFAULT_GROUP_SIZE)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from kiln.v1 import builder_pb2, engine_pb2
 
-from runtime_service.format.engine_config import BuildConfig, Mapping, QuantConfig, Target
+from runtime_service.format.engine_config import (DEFAULT_GROUP_SIZE, BuildConfig, Mapping,
+                                                  QuantConfig, Target)
 
 from builder_service.builder import BuildOutcome, EngineInfo
 from builder_service.pipeline import BuildProgress
@@ -17,7 +18,8 @@ from builder_service.uploads import SourceFileEntry
 
 def spec_from_request(request: builder_pb2.BuildRequest) -> BuildSpec:
     s = request.settings
-    quant = QuantConfig(algo=s.quant.algo or "NONE", group_size=s.quant.group_size or 128,
+    quant = QuantConfig(algo=s.quant.algo or "NONE",
+                        group_size=s.quant.group_size or DEFAULT_GROUP_SIZE,
                         kv_cache_dtype=s.quant.kv_cache_dtype or "auto",
                         calib_num_samples=s.quant.calib_num_samples,
                         calib_seq_len=s.quant.calib_seq_len,

@@ -20,6 +20,7 @@ SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 QUANT_ALGOS = ("NONE", "W4A16", "W4A16_AWQ", "W8A16", "FP8")
 INT4_ALGOS = ("W4A16", "W4A16_AWQ")
 INT4_GROUP_SIZES = (128, 64, 32)
+DEFAULT_GROUP_SIZE = 128
 KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 # The HLAPI's other QuantAlgo names: known, deliberately not built (FAILED_PRECONDITION).
 UNBUILT_QUANT_ALGOS = ("W4A8_AWQ", "W4A16_GPTQ", "W8A8_SQ_PER_CHANNEL",
@@ -43,7 +44,7 @@ class QuantConfig:
     """
 
     algo: str = "NONE"
-    group_size: int = 128
+    group_size: int = DEFAULT_GROUP_SIZE
     kv_cache_dtype: str = "auto"
     calib_sha256: str = ""
     calib_num_samples: int = 0

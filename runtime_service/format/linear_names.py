@@ -8,7 +8,8 @@ and up as another, so excluding either part keeps the whole fused linear unquant
 engine never quantizes what was asked to stay exact, at the cost of a few more bytes.
 
 A pattern may match nothing (TensorRT-LLM's usual list names routers and embeddings, which
-LLaMA has none of or never quantizes): that is accepted, as the peer accepts it.
+LLaMA has none of or never quantizes): that is accepted and recorded, as the peer accepts and
+records it, and the builder names it in a warning (`matching_no_linear`), so a typo is seen.
 """
 
 from __future__ import annotations
@@ -71,3 +72,12 @@ def unquantized_linears(patterns: tuple[str, ...], num_layers: int) -> frozenset
     return frozenset(
         kiln_name(layer, linear) for layer in range(num_layers) for linear in LINEARS
         if any(c.match(name) for c in compiled for name in names_of(layer, linear)))
+
+
+def matching_no_linear(patterns: tuple[str, ...], num_layers: int) -> tuple[str, ...]:
+    """The patterns, in their order, that match no name of any decoder linear of a model this
+    deep (matched as `unquantized_linears` matches them)."""
+    names = [name for layer in range(num_layers) for linear in LINEARS
+             for name in names_of(layer, linear)]
+    return tuple(p for p in dict.fromkeys(patterns)
+                 if not any(map(re.compile(fnmatch.translate(p)).match, names)))
