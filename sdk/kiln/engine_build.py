@@ -25,6 +25,24 @@ def local_engine_key(model_dir: str) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
+def check_saved_engine_quant(config: ModelConfig) -> None:
+    """A saved engine is served as it was built: a quant_config that asks for another weight
+    or KV cache quantization is refused (InvalidArgument) rather than silently ignored. Unset
+    fields (None) ask for nothing and take the engine's."""
+    built = (folder_config(config.model_dir) or {}).get("quant")
+    built = built if isinstance(built, dict) else {}
+    quant = config.quant_config
+    asked = {"quant_algo": (quant.quant_algo, quant.builder_algo, built.get("algo", "NONE")),
+             "kv_cache_quant_algo": (quant.kv_cache_quant_algo, quant.builder_kv_cache_dtype,
+                                     built.get("kv_cache_dtype", "auto"))}
+    for field, (value, wanted, engine) in asked.items():
+        if value is not None and wanted != engine:
+            raise InvalidArgument(
+                f"quant_config.{field} is {getattr(value, 'name', value)} but the engine in "
+                f"{config.model_dir} was built with {engine}: leave it unset to serve the "
+                "engine as built, or build from the model for another quantization")
+
+
 def check_int4_flags(quant) -> None:
     """has_zero_point and pre_quant_scale describe what Kiln's int4 engines already are: every
     int4 group stores a zero point, and AWQ's activation scales are applied (folded into the
@@ -67,9 +85,31 @@ def check_capabilities(config: ModelConfig, info: runtime_pb2.ServerInfo) -> Non
             f"(parallel ranks are not available yet)")
 
 
-def build_settings(config: ModelConfig, info: runtime_pb2.ServerInfo) -> engine_pb2.BuildSettings:
+def local_calib_file(config: ModelConfig) -> Path | None:
+    """quant_config.calib_data as an absolute path when it names a file on this machine (None
+    for no data, the default corpus, or an s3:// URI); InvalidArgument when no such file exists.
+    A relative path is this process's, as the peer reads it, not the builder's."""
+    data = config.quant_config.calib_data
+    if not data or data.startswith("s3://"):
+        return None
+    path = Path(data.removeprefix("file://")).expanduser().resolve()
+    if not path.is_file():
+        raise InvalidArgument(f"quant_config.calib_data {data} is not a file")
+    return path
+
+
+def build_settings(config: ModelConfig, info: runtime_pb2.ServerInfo,
+                   local_builder: bool = True) -> engine_pb2.BuildSettings:
+    """The build request's settings. A local calibration file goes by its absolute path to a
+    builder on this machine; a remote builder cannot read it, so it is refused here rather
+    than read there as some other machine's path."""
     build = config.build_config
     quant = config.quant_config
+    calib_file = local_calib_file(config)
+    if calib_file is not None and not local_builder:
+        raise InvalidArgument(
+            f"quant_config.calib_data {quant.calib_data} is a file on this machine and the "
+            "builder is remote: give it as an s3:// URI the builder can read")
     dtype = build.dtype or ("float32" if info.device == "cpu" else "bfloat16")
     return engine_pb2.BuildSettings(
         dtype=dtype, max_batch_size=build.max_batch_size or 0,
@@ -77,7 +117,7 @@ def build_settings(config: ModelConfig, info: runtime_pb2.ServerInfo) -> engine_
         max_num_tokens=build.max_num_tokens or 0, max_beam_width=config.beam_width_limit,
         quant=engine_pb2.QuantSettings(algo=quant.builder_algo, group_size=quant.group_size,
                                        kv_cache_dtype=quant.builder_kv_cache_dtype,
-                                       calib_data=quant.calib_data or "",
+                                       calib_data=str(calib_file or quant.calib_data or ""),
                                        calib_num_samples=quant.calib_num_samples,
                                        calib_seq_len=quant.calib_seq_len,
                                        exclude_modules=quant.exclude_modules or ()),
@@ -113,5 +153,6 @@ def build_engine(config: ModelConfig, builder: BuilderClient, info: runtime_pb2.
         if not folder.is_dir():
             raise InvalidArgument(f"model_dir {source} is not a folder")
         source = str(folder) if local_builder else builder.upload_folder(folder).uri
-    request = builder_pb2.BuildRequest(source=source, settings=build_settings(config, info))
+    request = builder_pb2.BuildRequest(source=source,
+                                       settings=build_settings(config, info, local_builder))
     return builder.build(request, BuildProgressPrinter(show_progress))

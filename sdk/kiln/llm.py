@@ -23,7 +23,8 @@ from kiln import prompts as inputs
 from kiln._checks import boolean, instance, integer, one_of
 from kiln.attach import attach_replicas, attach_runtime, runtime_options
 from kiln.client import BuilderClient, LoopThread
-from kiln.engine_build import build_engine, check_capabilities, local_engine_key
+from kiln.engine_build import (build_engine, check_capabilities, check_saved_engine_quant,
+                               local_calib_file, local_engine_key)
 from kiln.errors import InvalidArgument
 from kiln.llm_options import (check_context_chunking, check_devices, check_embedding_options,
                               check_normalize_log_probs, streaming_llm_param)
@@ -89,10 +90,14 @@ class LLM:
 
     def _start(self, builder, runtime, home_dir, timeout_s) -> None:
         engine_key = local_engine_key(self.config.model_dir)
+        if engine_key:
+            check_saved_engine_quant(self.config)
+        calib_file = None if engine_key else local_calib_file(self.config)
         services = start_services(self.config.model_dir, builder, runtime, home_dir,
                                   needs_builder_for_local_engine=not engine_key,
                                   loop=self._loop, processes=self._processes,
-                                  clients=self._clients, timeout_s=timeout_s)
+                                  clients=self._clients, timeout_s=timeout_s,
+                                  extra_roots=(calib_file,) if calib_file else ())
         self.home, self.runtime = services.home, services.runtime
         check_capabilities(self.config, services.server_info)
         self.builder = None

@@ -31,8 +31,9 @@ class Services:
 def start_services(model_dir: str, builder: str | None, runtime: str | None,
                    home_dir: str | None, needs_builder_for_local_engine: bool,
                    loop: LoopThread, processes: list, clients: list,
-                   timeout_s: float) -> Services:
-    """Finds or starts the runtime (and the builder when one is needed) and waits for both."""
+                   timeout_s: float, extra_roots: tuple[Path, ...] = ()) -> Services:
+    """Finds or starts the runtime (and the builder when one is needed) and waits for both. A
+    builder started here may read model_dir and `extra_roots` (the calibration file) only."""
     builder = builder or os.environ.get("KILN_BUILDER") or None
     runtime = runtime_addresses(runtime or os.environ.get("KILN_RUNTIME") or None)
     home = kiln_home(home_dir)
@@ -45,6 +46,7 @@ def start_services(model_dir: str, builder: str | None, runtime: str | None,
     if needs_builder and builder is None:
         remote = model_dir.startswith("s3://")
         roots = [str(Path(model_dir).resolve())] if not remote else []
+        roots += [str(root) for root in extra_roots]
         builder_process = start_builder(home, roots)
         processes.append(builder_process)
     if runtime_process is not None:

@@ -145,6 +145,10 @@ def test_save_then_load_the_engine_without_a_rebuild(llm, tmp_path):
         assert reloaded.generate([[21, 22]], sampling_config=short(llm))[0].token_ids == expected
     assert llm.save(engine_dir) == engine_dir           # over an existing folder, as the HLAPI
     assert (engine_dir / "manifest.json").is_file()
+    other = ModelConfig(model_dir=str(engine_dir))      # served as built, or refused
+    other.quant_config.quant_algo = QuantAlgo.W8A16
+    with pytest.raises(InvalidArgument, match="was built with NONE"):
+        LLM(other, show_progress=False)
 
 
 def test_runtime_customization_and_a_custom_tokenizer(tiny_model):
@@ -282,3 +286,22 @@ def test_unchunked_context_and_priority_give_the_same_tokens(llm, tiny_model):
     assert got.token_ids == expected
     with pytest.raises(InvalidArgument, match="priority"):
         llm.generate([[1]], priority=10_000)
+
+
+def test_awq_calibrates_on_a_local_file_outside_model_dir(tiny_model, tmp_path, monkeypatch):
+    """The embedded builder may read model_dir and the calibration file it is given, by the
+    path this process resolves (relative to its working folder, as the peer reads it)."""
+    (tmp_path / "calib.txt").write_text("\n".join(f"Sentence {i} about foxes and dogs."
+                                                  for i in range(64)))
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tiny_model)
+    config.quant_config.quant_algo = QuantAlgo.W4A16_AWQ
+    config.quant_config.group_size = 64
+    config.quant_config.calib_data = "calib.txt"
+    config.quant_config.calib_num_samples = 2
+    config.quant_config.calib_seq_len = 32
+    with LLM(config, show_progress=False) as llm:
+        quant = llm.build_result.engine.settings.quant
+        assert (quant.algo, quant.group_size, quant.calib_num_samples) == ("W4A16_AWQ", 64, 2)
+        output = llm.generate([[5, 6, 7, 8]], sampling_config=short(llm, 3))[0]
+        assert len(output.token_ids) == 3
