@@ -11,13 +11,29 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kiln._checks import Checked, boolean, integer, number, one_of, text
 from kiln.errors import FailedPrecondition, InvalidArgument
 
 
-class QuantAlgo(str, enum.Enum):
+class _MembersAndValues(enum.EnumMeta):
+    """`"FP8" in QuantAlgo` asks about values, as the HLAPI's enums answer it (Python 3.11's
+    EnumMeta raises TypeError for a plain string)."""
+
+    def __contains__(cls, item) -> bool:
+        try:
+            cls(item)
+        except ValueError:
+            return False
+        return True
+
+
+class QuantAlgo(enum.StrEnum, metaclass=_MembersAndValues):
+    """A string enum, as the HLAPI's: `str()`, f-strings and JSON give the value ("FP8")."""
+
     W8A16 = "W8A16"
     W4A16 = "W4A16"
     W4A16_AWQ = "W4A16_AWQ"
@@ -55,12 +71,47 @@ class QuantMode(enum.IntFlag):
     @staticmethod
     def from_quant_algo(quant_algo: "QuantAlgo | None" = None,
                         kv_cache_quant_algo: "QuantAlgo | None" = None) -> "QuantMode":
+        """The HLAPI's flags for each algorithm, but for FP8 (see _MODES); members or their
+        string values."""
         mode = _MODES.get(quant_algo, QuantMode.NONE)
-        if kv_cache_quant_algo is QuantAlgo.INT8:
+        if kv_cache_quant_algo == QuantAlgo.INT8:
             mode |= QuantMode.INT8_KV_CACHE
-        elif kv_cache_quant_algo is QuantAlgo.FP8:
+        elif kv_cache_quant_algo == QuantAlgo.FP8:
             mode |= QuantMode.FP8_KV_CACHE
         return mode
+
+    @staticmethod
+    def from_description(quantize_weights: bool = False, quantize_activations: bool = False,
+                         per_token: bool = False, per_channel: bool = False,
+                         per_group: bool = False, use_int4_weights: bool = False,
+                         use_int8_kv_cache: bool = False, use_fp8_kv_cache: bool = False,
+                         use_fp8_qdq: bool = False) -> "QuantMode":
+        """The flags for a description in words. Activations are only quantized with the
+        weights, and per-token or per-channel scaling needs both, as the HLAPI requires."""
+        if quantize_activations and not quantize_weights:
+            raise InvalidArgument("QuantMode.from_description: quantize_activations needs "
+                                  "quantize_weights")
+        if (per_token or per_channel) and not (quantize_weights and quantize_activations):
+            raise InvalidArgument("QuantMode.from_description: per_token and per_channel need "
+                                  "quantize_weights and quantize_activations")
+        wanted = {QuantMode.INT4_WEIGHTS: quantize_weights and use_int4_weights,
+                  QuantMode.INT8_WEIGHTS: quantize_weights and not use_int4_weights,
+                  QuantMode.ACTIVATIONS: quantize_activations,
+                  QuantMode.PER_CHANNEL: per_channel, QuantMode.PER_TOKEN: per_token,
+                  QuantMode.PER_GROUP: per_group,
+                  QuantMode.INT8_KV_CACHE: use_int8_kv_cache,
+                  QuantMode.FP8_KV_CACHE: use_fp8_kv_cache, QuantMode.FP8_QDQ: use_fp8_qdq}
+        return QuantMode(sum(flag for flag, on in wanted.items() if on))
+
+    @staticmethod
+    def use_smooth_quant(per_token: bool = False, per_channel: bool = False) -> "QuantMode":
+        """Int8 weights and activations, scaled per token and/or per channel."""
+        return QuantMode.from_description(True, True, per_token, per_channel)
+
+    @staticmethod
+    def use_weight_only(use_int4_weights: bool = False, per_group: bool = False) -> "QuantMode":
+        return QuantMode.from_description(quantize_weights=True, per_group=per_group,
+                                          use_int4_weights=use_int4_weights)
 
     def _weights_only_with(self, weights: "QuantMode") -> bool:
         """Exactly `weights` among the weight and activation flags."""
@@ -81,6 +132,10 @@ class QuantMode(enum.IntFlag):
 
     def has_weight_quant(self) -> bool:
         return bool(self & (QuantMode.INT4_WEIGHTS | QuantMode.INT8_WEIGHTS))
+
+    def has_act_or_weight_quant(self) -> bool:
+        return bool(self & (QuantMode.INT4_WEIGHTS | QuantMode.INT8_WEIGHTS
+                            | QuantMode.ACTIVATIONS))
 
     def has_act_and_weight_quant(self) -> bool:
         return self._weights_only_with(QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS)
@@ -121,19 +176,34 @@ class QuantMode(enum.IntFlag):
     def set_fp8_kv_cache(self) -> "QuantMode":
         return self | QuantMode.FP8_KV_CACHE
 
+    def set_fp8_qdq(self) -> "QuantMode":
+        return self | QuantMode.FP8_QDQ
 
+
+_SMOOTH_QUANT = QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS
 _MODES = {
     QuantAlgo.W8A16: QuantMode.INT8_WEIGHTS,
     QuantAlgo.W4A16: QuantMode.INT4_WEIGHTS,
     QuantAlgo.W4A16_AWQ: QuantMode.INT4_WEIGHTS | QuantMode.PER_GROUP,
     QuantAlgo.W4A16_GPTQ: QuantMode.INT4_WEIGHTS | QuantMode.PER_GROUP,
-    QuantAlgo.W4A8_AWQ: QuantMode.INT4_WEIGHTS | QuantMode.PER_GROUP | QuantMode.FP8_QDQ,
-    QuantAlgo.W8A8_SQ_PER_CHANNEL: (QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS
-                                    | QuantMode.PER_CHANNEL | QuantMode.PER_TOKEN),
-    QuantAlgo.W8A8_SQ_PER_TENSOR_PLUGIN: QuantMode.INT8_WEIGHTS | QuantMode.ACTIVATIONS,
-    # Kiln's FP8: e4m3 weights per channel, inputs quantized per token at run time
+    QuantAlgo.W4A8_AWQ: QuantMode.INT4_WEIGHTS | QuantMode.PER_GROUP,
+    QuantAlgo.W8A8_SQ_PER_CHANNEL: _SMOOTH_QUANT | QuantMode.PER_CHANNEL,
+    QuantAlgo.W8A8_SQ_PER_TENSOR_PLUGIN: _SMOOTH_QUANT,
+    QuantAlgo.W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN:
+        _SMOOTH_QUANT | QuantMode.PER_CHANNEL | QuantMode.PER_TOKEN,
+    QuantAlgo.W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN: _SMOOTH_QUANT | QuantMode.PER_CHANNEL,
+    QuantAlgo.W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN: _SMOOTH_QUANT | QuantMode.PER_TOKEN,
+    # Differs from the HLAPI on purpose: its FP8 is FP8_QDQ alone (per-tensor scales calibrated
+    # ahead of time), while Kiln's FP8 scales weights per output channel and quantizes inputs
+    # per token at run time, so it needs no calibration. The extra PER_CHANNEL | PER_TOKEN say
+    # so: has_per_token_dynamic_scaling() is True and has_act_static_scaling() False, as for
+    # later HLAPIs' FP8_PER_CHANNEL_PER_TOKEN; has_fp8_qdq() is True as for the HLAPI's FP8.
     QuantAlgo.FP8: QuantMode.FP8_QDQ | QuantMode.PER_CHANNEL | QuantMode.PER_TOKEN,
 }
+
+
+# Later HLAPI QuantConfig fields for FP8 rowwise quantization, which Kiln does not build.
+_INERT_PEER_KEYS = {"clamp_val": None, "use_meta_recipe": False}
 
 
 def _builder_name(field: str, algo: QuantAlgo | None, names: dict, unset: str) -> str:
@@ -186,6 +256,35 @@ class QuantConfig(Checked):
 
     def asdict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_dict(self) -> dict:
+        """Every field, as a new dict whose lists are copies (what `from_dict` takes back)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: Mapping) -> "QuantConfig":
+        """A QuantConfig from `to_dict`'s form or the HLAPI's. Keys of later HLAPI versions
+        that tune what Kiln does not build are taken only at their defaults; any other key
+        Kiln does not know is refused, naming it, rather than dropped."""
+        if not isinstance(config, Mapping):
+            raise InvalidArgument(f"QuantConfig.from_dict takes a dict, got "
+                                  f"{type(config).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in config if key not in fields and key not in _INERT_PEER_KEYS]
+        if unknown:
+            raise InvalidArgument(f"QuantConfig.from_dict: unknown key(s) "
+                                  f"{', '.join(map(repr, unknown))}; the keys are "
+                                  f"{', '.join(fields)}")
+        for key, default in _INERT_PEER_KEYS.items():
+            if key in config and config[key] != default:
+                raise FailedPrecondition(
+                    f"QuantConfig {key}={config[key]!r:.80} is not available: Kiln builds no "
+                    f"FP8 rowwise recipe, so only {key}={default!r} is accepted")
+        return cls(**{key: value for key, value in config.items() if key in fields})
+
+    def is_module_excluded_from_quantization(self, name: str) -> bool:
+        """Whether `name` matches one of exclude_modules (fnmatch, case-sensitive)."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude_modules or ())
 
     @property
     def builder_algo(self) -> str:
