@@ -59,14 +59,23 @@ def check_int4_flags(quant) -> None:
             f"folds into the preceding norm or linear; {name} has none")
 
 
-def check_capabilities(config: ModelConfig, info: runtime_pb2.ServerInfo) -> None:
-    """Refuses, before any build, what the runtime could never serve."""
+def check_quant_request(config: ModelConfig) -> None:
+    """Refuses, before any service starts, quantization Kiln never builds: another weight or KV
+    cache algorithm (named with what Kiln builds), int4 flags that cannot hold, SmoothQuant."""
     quant = config.quant_config
-    algo, kv_dtype = quant.builder_algo, quant.builder_kv_cache_dtype
+    for name in ("builder_algo", "builder_kv_cache_dtype"):
+        getattr(quant, name)                # FailedPrecondition naming what Kiln builds
     check_int4_flags(quant)
     if quant.smoothquant_val is not None:
         raise FailedPrecondition("QuantConfig.smoothquant_val is not available yet: Kiln builds "
                                  "no SmoothQuant algorithm")
+
+
+def check_capabilities(config: ModelConfig, info: runtime_pb2.ServerInfo) -> None:
+    """Refuses, before any build, what the runtime could never serve."""
+    check_quant_request(config)
+    quant = config.quant_config
+    algo, kv_dtype = quant.builder_algo, quant.builder_kv_cache_dtype
     if algo not in info.quant_algos:
         raise FailedPrecondition(
             f"quantization {algo} is not available: this runtime loads "

@@ -23,8 +23,9 @@ from kiln import prompts as inputs
 from kiln._checks import boolean, instance, integer, one_of
 from kiln.attach import attach_replicas, attach_runtime, runtime_options
 from kiln.client import BuilderClient, LoopThread
-from kiln.engine_build import (build_engine, check_capabilities, check_saved_engine_quant,
-                               local_calib_file, local_engine_key)
+from kiln.engine_build import (build_engine, check_capabilities, check_quant_request,
+                               check_saved_engine_quant, local_calib_file,
+                               local_engine_key)
 from kiln.errors import InvalidArgument
 from kiln.llm_options import (check_context_chunking, check_devices, check_embedding_options,
                               check_normalize_log_probs, streaming_llm_param)
@@ -89,6 +90,7 @@ class LLM:
             raise
 
     def _start(self, builder, runtime, home_dir, timeout_s) -> None:
+        check_quant_request(self.config)
         engine_key = local_engine_key(self.config.model_dir)
         if engine_key:
             check_saved_engine_quant(self.config)
