@@ -24,11 +24,11 @@ from pathlib import Path
 from runtime_service.format.engine_config import Mapping, QuantConfig, Target
 from runtime_service.errors import InvalidRequest
 
+from builder_service.progress import TEST_PAUSE_ENV as PAUSE_ENV
 from builder_service.status import EXIT_INTERNAL, EXIT_OK, exit_code_for
 
 DEFAULT_PORT = 50052
 EXIT_TERMINATED = 128 + signal.SIGTERM
-PAUSE_ENV = "KILN_BUILD_TEST_PAUSE_AT"
 
 
 class Terminated(BaseException):

@@ -7,6 +7,11 @@ from __future__ import annotations
 from builder_service.pipeline import BuildProgress
 from runtime_service.store.progress import StageProgress
 
+# For tests: hold a build at its first progress event of this stage until it is stopped (the
+# CLI: a signal; the server: the caller cancelling), so a test stops a build midway without
+# racing it. Unset, nothing waits.
+TEST_PAUSE_ENV = "KILN_BUILD_TEST_PAUSE_AT"
+
 
 class ProgressPrinter:
     def __init__(self, stream=None, tty: bool | None = None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 import time
@@ -34,12 +35,14 @@ from builder_service.metrics import BuilderMetrics, BuildObserver
 from builder_service.messages import (engine_summary, file_list, progress_event, result_event,
                                       spec_from_request)
 from builder_service.pipeline import BuildProgress
+from builder_service.progress import TEST_PAUSE_ENV
 from builder_service.sources import SourceResolver
 from builder_service.status import grpc_status
 from builder_service.uploads import UPLOAD_SCHEME, UploadArea, UploadLimits, check_file_list
 
 log = logging.getLogger("kiln.builder")
 SERVICE_NAME = builder_pb2.DESCRIPTOR.services_by_name["Builder"].full_name
+PAUSE_LIMIT_S = 60.0        # how long TEST_PAUSE_ENV holds a build that is never cancelled
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
         self.uploads = uploads
         self.observer = observer or BuildObserver()
         self._pool = ThreadPoolExecutor(max_concurrent_builds, thread_name_prefix="kiln-build")
+        self._pause_at = os.environ.get(TEST_PAUSE_ENV) or None
 
     async def Build(self, request, context):
         started = time.monotonic()
@@ -96,6 +100,8 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
                     raise Cancelled(f"build of {spec.source} cancelled by the caller")
                 record.progress(p)
                 loop.call_soon_threadsafe(events.put_nowait, p)
+                if p.stage == self._pause_at:      # the test hook: the caller has this event
+                    cancelled.wait(PAUSE_LIMIT_S)
 
             job = loop.run_in_executor(self._pool, self.builder.build, spec, report)
             while True:

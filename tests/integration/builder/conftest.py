@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from support.servers import BUCKET, REPO, start_s3, stop, subprocess_env  # noqa: E402
 from support.tiny_llama import make_tiny_llama  # noqa: E402
 
+from builder_service.progress import TEST_PAUSE_ENV  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
@@ -46,7 +48,10 @@ def builder_server(tmp_path_factory, s3):
          "--store", f"s3://{BUCKET}/prod", "--work-dir", str(base / "work"),
          "--allowed-root", str(models), "--token-file", str(base / "token"),
          "--max-concurrent-builds", "3"],
-        cwd=REPO, env=subprocess_env(**s3.env), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        # an AWQ build holds at its calibration until its caller cancels (no test here lets
+        # one finish), so the cancel test never races the build
+        cwd=REPO, env=subprocess_env(**s3.env, **{TEST_PAUSE_ENV: "calibrate"}),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         text=True)
     line = proc.stdout.readline()
     if "listening on" not in line:

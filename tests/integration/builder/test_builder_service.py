@@ -269,7 +269,9 @@ def write_token(tmp_path, token):
 def test_cancelled_awq_build_stops_at_a_layer_and_leaves_nothing_behind(stub, builder_server,
                                                                         tiny_hf):
     """The caller goes away during calibration: the build thread stops at its next layer,
-    removes its partial folder and publishes nothing; the service stays up."""
+    removes its partial folder and publishes nothing; the service stays up. (The server holds
+    the build at its first calibration event until the cancel lands: conftest's
+    TEST_PAUSE_ENV; without it a loaded machine could finish the tiny build first.)"""
     import time
     inside = builder_server.models / "cancel-me"
     shutil.copytree(tiny_hf, inside)
