@@ -169,6 +169,17 @@ def check_zero_points(hf_config: dict, names: set[str]) -> None:
                              "int4 linear stores its zero points")
 
 
+def _check_one_form(parts: list[str], names: set[str]) -> None:
+    """A linear stored both as a float `.weight` and as packed int4 (`.qweight`, or
+    `.weight_packed`) is refused: which of the two the checkpoint means is not for Kiln to
+    guess. (FP8's `.weight` is itself the quantized tensor, beside its `.weight_scale`.)"""
+    for part in parts:
+        packed = [suffix for suffix in ("qweight", "weight_packed") if f"{part}.{suffix}" in names]
+        if packed and f"{part}.weight" in names:
+            raise InvalidRequest(f"{part} is stored both as a float weight and as {packed[0]}; "
+                                 "a checkpoint holds each linear in one form")
+
+
 def stored_unquantized(names: set[str], num_layers: int) -> tuple[str, ...]:
     """The Kiln names of the decoder linears a pre-quantized checkpoint stores as plain float
     weights (compressed-tensors' `ignore`, AutoAWQ's `modules_to_not_convert`), read off the
@@ -180,6 +191,7 @@ def stored_unquantized(names: set[str], num_layers: int) -> tuple[str, ...]:
         for linear in LINEARS:
             parts = [name.removeprefix(prefix) for name in names_of(layer, linear)
                      if name.startswith("model.")]
+            _check_one_form(parts, names)
             plain = [p + ".weight" in names and not any(
                 f"{p}.{suffix}" in names for suffix in _QUANTIZED_SUFFIXES) for p in parts]
             if all(plain):

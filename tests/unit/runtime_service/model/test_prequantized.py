@@ -491,3 +491,16 @@ def test_an_asymmetric_compressed_checkpoint_without_any_zero_point_is_refused(s
     edited = _edited(folder, tmp_path / "edited", tensors=drop_zero_points)
     _refused_by_the_build(edited, tmp_path / "work",
                           r"weight_zero_point is missing \(14 linear.*symmetric: false")
+
+
+@pytest.mark.parametrize("writer, config", [(awq_gemm, AWQ_CONFIG),
+                                            (compressed_int4, COMPRESSED_CONFIG)])
+def test_a_linear_stored_both_as_float_and_packed_is_refused(writer, config, source, tmp_path):
+    """It used to serve the packed form and ignore the float one without a word."""
+    folder, _ = quantized_checkpoint(source, tmp_path / "q", writer, config)
+
+    def add_float_weight(stored):
+        stored[Q + "weight"] = torch.zeros(64, 64)
+    edited = _edited(folder, tmp_path / "edited", tensors=add_float_weight)
+    _refused_by_the_build(edited, tmp_path / "work",
+                          r"q_proj is stored both as a float weight and as (qweight|weight_packed)")
