@@ -14,9 +14,7 @@ told apart from a live build's and removed when the same engine is next built.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +35,7 @@ from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors
 from runtime_service.model.llama import layer_index
 from runtime_service.model.loader import DTYPES
-from runtime_service.store.atomic_folder import (PARTIAL_MARK, fill_then_rename,
-                                                 remove_abandoned_partials)
+from runtime_service.store.atomic_folder import fill_then_rename, remove_abandoned_partials
 
 from builder_service import BUILDER_VERSION
 from builder_service.reshard import KilnShards, kiln_rank_tensors
@@ -191,11 +188,6 @@ def write_model_folder(source: ResolvedSource, target: EngineConfig, out: Path,
     (out / CONFIG).write_text(target.to_json())
 
 
-def _fresh_partial(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{PARTIAL_MARK}{final.name}-", dir=final.parent))
-
-
 def convert_checkpoint(source: ResolvedSource, out: Path, tp_size: int = 1, pp_size: int = 1,
                        dtype: str | None = None, progress: ProgressFn = _ignore) -> EngineConfig:
     """`kiln convert`: a Kiln checkpoint (no build limits, no manifest) in folder `out`."""
@@ -204,14 +196,13 @@ def convert_checkpoint(source: ResolvedSource, out: Path, tp_size: int = 1, pp_s
         raise InvalidRequest(f"output folder {out} exists and is not empty")
     target = EngineConfig(model=source.config.model, quant=source.config.quant,
                           mapping=Mapping(tp_size, pp_size), format=CHECKPOINT_FORMAT_NAME)
-    partial = _fresh_partial(out)
-    try:
+
+    def fill(partial: Path) -> None:
         write_model_folder(source, target, partial, dtype, progress)
         if out.exists():
-            out.rmdir()
-        os.rename(partial, out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+            out.rmdir()                 # empty, checked above
+
+    fill_then_rename(out, fill, finished=lambda _: False)   # a folder that appeared meanwhile: error
     return target
 
 
