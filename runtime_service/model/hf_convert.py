@@ -49,6 +49,21 @@ class SafetensorsFolder:
             return handle.get_tensor(name)
 
 
+def check_layer_count(names: set[str], num_layers: int) -> None:
+    """An HF folder whose weights hold decoder layers past config.json's num_hidden_layers is
+    refused: its config and weights disagree (a config copied from a smaller model, or weights
+    of a larger one), and serving the first layers alone would answer with another model."""
+    beyond = sorted({index for name in names
+                     if (index := layer_index(name.removeprefix("model."))) is not None
+                     and index >= num_layers})
+    if beyond:
+        raise InvalidRequest(
+            f"the weights hold decoder layer(s) {beyond[0]}"
+            + (f"-{beyond[-1]}" if len(beyond) > 1 else "")
+            + f" but config.json's num_hidden_layers is {num_layers}: config and weights "
+            "are of different models")
+
+
 def read_hf_config(folder: Path) -> dict:
     return read_json_object(Path(folder) / "config.json", f"config.json in {folder}")
 
@@ -163,5 +178,5 @@ def rank_tensors(source: SafetensorsFolder, args: ModelArgs, mapping: Mapping,
             yield out_name, shard_for_rank(out_name, out, args, mapping, rank)
 
 
-__all__ = ["SafetensorsFolder", "read_hf_config", "convert_hf_tensors", "shard_for_rank",
+__all__ = ["SafetensorsFolder", "check_layer_count", "read_hf_config", "convert_hf_tensors", "shard_for_rank",
            "rank_tensors", "layer_index"]

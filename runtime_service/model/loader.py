@@ -19,7 +19,8 @@ from runtime_service.format.engine_config import BuildConfig, EngineConfig, Mapp
 from runtime_service.format.engine_format import (TOKENIZER_DIR, detect_model_kind, rank_file,
                                            read_engine_config)
 from runtime_service.errors import FailedPrecondition, InvalidRequest
-from runtime_service.model.hf_convert import SafetensorsFolder, rank_tensors, read_hf_config
+from runtime_service.model.hf_convert import (SafetensorsFolder, check_layer_count, rank_tensors,
+                                              read_hf_config)
 from runtime_service.model.layers.quantized_linear import WeightQuant, pack_for_device
 from runtime_service.model.llama import LlamaModel
 from runtime_service.model.prequantized import (check_zero_points, quant_config_of,
@@ -46,9 +47,10 @@ def config_for_folder(folder: str | Path) -> tuple[str, EngineConfig]:
         hf = read_hf_config(Path(folder))
         args = ModelArgs.from_hf_config(hf)
         quant = quant_config_of(hf)
+        names = SafetensorsFolder(Path(folder)).names()
+        check_layer_count(names, args.num_layers)
         if quant is None:
             return kind, EngineConfig(model=args)
-        names = SafetensorsFolder(Path(folder)).names()
         check_zero_points(hf, names)
         kept = stored_unquantized(names, args.num_layers)
         return kind, EngineConfig(model=args, quant=dataclasses.replace(

@@ -278,6 +278,16 @@ def _check_symmetric(names: set[str], prefix: str) -> None:
                              "compressed-tensors writes one for every linear of that scheme")
 
 
+def _check_weight_shape(stored: torch.Tensor, prefix: str, shape: tuple[int, int]) -> None:
+    """compressed-tensors records each packed weight's unpacked shape (`weight_shape`): one
+    that differs from the linear's (out, in) features says the packing was made for another
+    model, even where the packed tensor's own shape happens to fit."""
+    if stored.dtype.is_floating_point or stored.numel() != 2 \
+            or tuple(int(v) for v in stored.reshape(-1)) != tuple(shape):
+        raise InvalidRequest(f"{prefix}weight_shape is {stored.reshape(-1).tolist()[:4]}; the "
+                             f"model's config.json gives this linear {list(shape)}")
+
+
 def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str,
                 quant: QuantConfig, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
     """One quantized HF linear (`prefix` = "...q_proj.") of `shape` (out, in features) in
@@ -301,6 +311,8 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
                                        (n, k // 8)))                          # q + 8, [N, K]
         scales = _stored(get, prefix + "weight_scale", FLOAT_DTYPES, (n, groups))
         _finite(prefix + "weight_scale", scales)
+        if prefix + "weight_shape" in names:
+            _check_weight_shape(get(prefix + "weight_shape"), prefix, shape)
         if prefix + "weight_g_idx" in names:
             _check_contiguous_groups(_stored(get, prefix + "weight_g_idx",
                                              (torch.int32, torch.int64), (k,)),

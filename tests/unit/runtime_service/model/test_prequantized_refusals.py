@@ -1,13 +1,19 @@
 """Pre-quantized checkpoints holding values no quantizer writes are refused naming the tensor,
 and nothing of the build is kept: NaN or inf scales (every logit NaN, token 0 forever), zero
 points outside 4 bits or missing from an asymmetric scheme (read as another function), a
-linear stored both as float and packed. A zero scale is a legal all-zero group."""
+linear stored both as float and packed, a packed weight recorded with another shape, and
+(plain folders too) weights of more decoder layers than config.json counts. A zero scale is a
+legal all-zero group."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from runtime_service.errors import InvalidRequest
 
 from runtime_service.model.loader import load_model
 from support.compressed_checkpoints import compressed_fp8_checkpoint
@@ -124,3 +130,32 @@ def test_a_linear_stored_both_as_float_and_packed_is_refused(writer, config, sou
     edited = edited_copy(folder, tmp_path / "edited", tensors=add_float_weight)
     refused_by_the_build(edited, tmp_path / "work",
                           r"q_proj is stored both as a float weight and as (qweight|weight_packed)")
+
+
+def test_a_packed_weight_recorded_with_another_shape_is_refused(source, tmp_path):
+    """compressed-tensors records each packed weight's unpacked shape; one that is not the
+    linear's says the packing was made for another model. The checkpoint as written loads."""
+    folder, _ = quantized_checkpoint(source, tmp_path / "q", compressed_int4, COMPRESSED_CONFIG)
+    edited = edited_copy(folder, tmp_path / "edited",
+                         tensors=lambda t: t.__setitem__(Q + "weight_shape",
+                                                         torch.tensor([64, 128])))
+    refused_by_the_build(edited, tmp_path / "work",
+                         r"q_proj[.]weight_shape is \[64, 128\]; .* gives this linear \[64, 64\]")
+
+
+@pytest.mark.parametrize("writer, config", [(None, None), (awq_gemm, AWQ_CONFIG)])
+def test_weights_with_layers_past_the_configs_count_are_refused(writer, config, source,
+                                                                tmp_path):
+    """A config.json saying one layer over weights of two served the first layer alone, another
+    model, without a word; plain and pre-quantized folders alike are refused now."""
+    folder = source if writer is None else quantized_checkpoint(source, tmp_path / "q", writer,
+                                                                config)[0]
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "model.safetensors").symlink_to(folder / "model.safetensors")
+    hf_config = json.loads((folder / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**hf_config, "num_hidden_layers": 1}))
+    with pytest.raises(InvalidRequest, match=r"decoder layer\(s\) 1 but config.json's "
+                                             r"num_hidden_layers is 1"):
+        load_model(edited)
+    refused_by_the_build(edited, tmp_path / "work", r"num_hidden_layers is 1")
