@@ -15,6 +15,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from support.int4_tensors import int4_weight as _int4_weight
+from support.int4_tensors import packed_int4 as _packed
+from support.graph_replays import check_pairs_agree_at_every_replay
 from support.seeds import module_seed
 
 pytestmark = pytest.mark.gpu
@@ -46,24 +49,6 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def _generator(*salt) -> torch.Generator:
     return torch.Generator(device="cuda").manual_seed(SEED + hash(salt) % 100_003)
-
-
-def _int4_weight(n: int, k: int, group: int, dtype, generator):
-    qweight = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda",
-                            generator=generator)
-    scales = (torch.rand(n, k // group, device="cuda", generator=generator) * 0.02
-              + 0.002).to(dtype)
-    zeros = torch.randint(0, 16, (n, k // group), dtype=torch.uint8, device="cuda",
-                          generator=generator)
-    return qweight, scales, zeros
-
-
-def _packed(qweight, scales, zeros) -> tuple:
-    """The int4 triple as the CUDA kernels take it (`pack_for_device`'s layout)."""
-    from runtime_service.model.kernels.quant_linear import pack_for_device
-
-    packed = pack_for_device("int4", {"qweight": qweight, "scales": scales, "zeros": zeros})
-    return packed["qweight"], packed["scales"], packed["zeros"]
 
 
 def _x(rows: int, k: int, dtype, generator) -> torch.Tensor:
@@ -313,7 +298,6 @@ def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():
     some of the time), and every counter back at zero after."""
     from dataclasses import replace
 
-    from runtime_service.model.kernels import arrival_counts
     from runtime_service.model.kernels import fp8_row_gemv as fg
     from runtime_service.model.kernels import quant_tuning as qt
 
@@ -338,18 +322,7 @@ def test_fused_split_sums_give_the_split_sum_launchs_bits_at_every_replay():
                          fg.launch_fp8(xk, *w, bias, replace(config, fused_sum=False))))
         return outs
 
-    run_all()                                           # counters sized before capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = run_all()
-    mismatches = 0
-    for _ in range(200):
-        graph.replay()
-        torch.cuda.synchronize()
-        mismatches += sum(not torch.equal(fused, apart) for fused, apart in outs)
-    assert mismatches == 0, f"{mismatches} of {200 * len(outs)} launches differed"
-    assert not arrival_counts._counts[torch.device("cuda", torch.cuda.current_device())].any()
+    check_pairs_agree_at_every_replay(run_all, context="")
 
 
 def test_the_tuner_skips_a_candidate_whose_output_disagrees_with_the_default(caplog):

@@ -18,33 +18,8 @@ from runtime_service.model.kernels import jit_keys, pdl
 from runtime_service.model.kernels.gemv import (GemvConfig, _silu_mul, grid_launcher,
                                                 load_k_tiles)
 from runtime_service.model.kernels.quant_convert import FP8_MAX, quantize_rows_fp8
-from runtime_service.model.kernels.quant_gemv import finish_launch, launch_channel, split_counters
-
-
-@triton.jit
-def _sum_splits_when_last(y, Partials, Final, Bias, Counters, counter, offs, cols, mask,
-                          split_stride, pid_k, SPLIT_K, HAS_BIAS: tl.constexpr):
-    """A split-K program's end with its splits summed in the same launch (FUSED_SUM): it writes
-    its float32 partial `y` at `offs` of its split's [M, N] slab of Partials, then counts
-    itself in at `counter` (arrival_counts.py); the program that counts last sums the SPLIT_K
-    partials in split order, as `_split_sum_kernel` does (so the same bits), adds the bias,
-    writes Final and sets the counter back to zero. The ordering is the split-K decode
-    attention's: a CTA barrier, one thread's acq_rel add, the partials read from L2 (.cg). One
-    launch a linear instead of two (bench/NOTES.md, run 20b: the split sums' launches were 0.195
-    ms of an FP8 decode step). Returns whether this program was the last."""
-    tl.store(Partials + pid_k * split_stride + offs, y, mask=mask)
-    tl.debug_barrier()                  # every thread's partial, before the count
-    last = tl.atomic_add(Counters + counter, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1
-    if last:
-        total = tl.zeros(y.shape, tl.float32)
-        for split in range(SPLIT_K):
-            total += tl.load(Partials + split * split_stride + offs, mask=mask, other=0.0,
-                             cache_modifier=".cg")
-        if HAS_BIAS:
-            total += tl.load(Bias + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Final + offs, total.to(Final.dtype.element_ty), mask=mask)
-        tl.store(Counters + counter, 0)
-    return last
+from runtime_service.model.kernels.quant_gemv import (_sum_splits_when_last, finish_launch,
+                                                      launch_channel, split_counters)
 
 
 @jit_keys.helper

@@ -11,7 +11,9 @@ first use inside CUDA graphs with gemv's clock) and change only what the weight 
   or-ed into the mantissa of a power of two is that power plus q exactly. One row
   (`_int4_fma_kernel`, CUDA cores, the bf16 GEMV's single-row shape) unpacks four bytes per
   inline-PTX call and computes in float32; more rows (`_int4_dot_kernel`) dequantize in x's
-  16-bit type and meet x in tensor-core dots.
+  16-bit type and meet x in tensor-core dots. Every int4 kernel can sum its K splits in the
+  same launch (FUSED_SUM, `_sum_splits_when_last`) and form SwiGLU's silu(gate) * up as it
+  reads x (GATED), so a one-row W4A16 layer runs no split-sum or activation launch.
 - int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
   the dot's 16-bit type exactly, the per-channel and per-token scales multiply the float32 tile
   once at the end. One fp8 row can instead take fp8_row_gemv.py's kernel, which quantizes x
@@ -28,8 +30,8 @@ import triton
 import triton.language as tl
 
 from runtime_service.model.kernels import arrival_counts, jit_keys, pdl
-from runtime_service.model.kernels.gemv import (GemvConfig, _split_sum_kernel, grid_launcher,
-                                                load_k_tiles, row_tile)
+from runtime_service.model.kernels.gemv import (GemvConfig, _silu_mul, _split_sum_kernel,
+                                                grid_launcher, load_k_tiles, row_tile)
 
 _SUM_BLOCK = 1024
 
@@ -68,10 +70,64 @@ def _unpack_nibbles(packed):
                                      dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
 
 
-@triton.jit(do_not_specialize=["M", "N"])
-def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
-                     HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+@triton.jit
+def _sum_splits_when_last(y, Partials, Final, Bias, Counters, counter, offs, cols, mask,
+                          split_stride, pid_k, SPLIT_K, HAS_BIAS: tl.constexpr):
+    """A split-K program's end with its splits summed in the same launch (FUSED_SUM): it writes
+    its float32 partial `y` at `offs` of its split's [M, N] slab of Partials, then counts
+    itself in at `counter` (arrival_counts.py); the program that counts last sums the SPLIT_K
+    partials in split order, as `_split_sum_kernel` does (so the same bits), adds the bias
+    (`cols`: each element's column, `y`'s shape), writes Final and sets the counter back to
+    zero. The ordering is the split-K decode attention's: a CTA barrier, one thread's acq_rel
+    add, the partials read from L2 (.cg). One launch a linear instead of two (bench/NOTES.md,
+    run 20b: the split sums' launches were 0.195 ms of an FP8 decode step). Returns whether
+    this program was the last."""
+    tl.store(Partials + pid_k * split_stride + offs, y, mask=mask)
+    tl.debug_barrier()                  # every thread's partial, before the count
+    last = tl.atomic_add(Counters + counter, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1
+    if last:
+        total = tl.zeros(y.shape, tl.float32)
+        for split in range(SPLIT_K):
+            total += tl.load(Partials + split * split_stride + offs, mask=mask, other=0.0,
+                             cache_modifier=".cg")
+        if HAS_BIAS:
+            total += tl.load(Bias + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Final + offs, total.to(Final.dtype.element_ty), mask=mask)
+        tl.store(Counters + counter, 0)
+    return last
+
+
+@triton.jit
+def _finish_tile(y, Out, Final, Bias, Counters, counter, offs, cols, mask, split_stride, pid_k,
+                 SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SUM: tl.constexpr):
+    """An int4 program's float32 sums `y` to memory: summed with the other splits' in this
+    launch (FUSED_SUM), or to its split's slab of Out (the output itself when unsplit), plus
+    the bias where the launch was given it."""
+    if FUSED_SUM:
+        _sum_splits_when_last(y, Out, Final, Bias, Counters, counter, offs, cols, mask,
+                              split_stride, pid_k, SPLIT_K, HAS_BIAS)
+    else:
+        if HAS_BIAS:
+            y += tl.load(Bias + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Out + pid_k * split_stride + offs, y.to(Out.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_x(ptrs, K, GATED: tl.constexpr):
+    """x at `ptrs`; with GATED (x is SwiGLU's [gate | up], up K further on) silu(gate) * up,
+    rounded as the activation kernel rounds it (`gemv._silu_mul`), so a gated launch gives the
+    bits of the activation's launch followed by the plain one."""
+    if GATED:
+        return _silu_mul(tl.load(ptrs), tl.load(ptrs + K))
+    return tl.load(ptrs)
+
+
+@triton.jit(do_not_specialize=["M", "N", "SPLIT_K"])
+def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, stride_xm,
+                     k_per_split, SPLIT_K, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+                     FUSED_SUM: tl.constexpr, GROUP: tl.constexpr,
+                     GROUPS_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4). The tile is
     [BLOCK_N, groups, GROUP / 2] bytes; byte j of a group holds its columns j and GROUP / 2 + j
     (`pack_for_device`), so x is two plain [groups, GROUP / 2] loads.
@@ -83,7 +139,11 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
     the x sums are shared by all rows of the tile. That leaves one shift, two LOP3s and three
     float32 operations per weight byte (bench/kernel_sass.py); the offsets cost float32
     cancellation well under the output's own bf16 rounding. With half the instructions, bytes
-    in flight became the limit: small tiles with three pipeline stages won (run 17)."""
+    in flight became the limit: small tiles with three pipeline stages won (run 17).
+
+    GATED and FUSED_SUM, here as in the tensor-core kernels below: x is SwiGLU's [gate | up]
+    (`_load_x`), and the K splits are summed by the launch's last program per output tile
+    (`_finish_tile`)."""
     pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -106,8 +166,8 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
         lo, hi = _unpack_nibbles(tl.load(w_ptrs))
         scale = tl.load(Scales + sz_offs).to(tl.float32)
         zero = tl.load(Zeros + sz_offs).to(tl.float32)
-        x_lo = tl.load(x_ptrs).to(tl.float32)
-        x_hi = tl.load(x_ptrs + HALF).to(tl.float32)
+        x_lo = _load_x(x_ptrs, K, GATED).to(tl.float32)
+        x_hi = _load_x(x_ptrs + HALF, K, GATED).to(tl.float32)
         acc += (lo * x_lo[None, :, :] + hi * x_hi[None, :, :]) * scale[:, :, None]
         sum_lo = tl.sum(x_lo, axis=1)
         sum_hi = tl.sum(x_hi, axis=1)
@@ -117,9 +177,8 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
         x_ptrs += BLOCK_K
         sz_offs += GROUPS_PER_TILE
     y = tl.sum(tl.sum(acc, axis=2), axis=1) - tl.sum(corrections, axis=1)
-    if HAS_BIAS:
-        y += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)
-    tl.store(Out + (pid_k * M + row) * N + cols, y.to(Out.dtype.element_ty), mask=cols < N)
+    _finish_tile(y, Out, Final, Bias, Counters, row * tl.num_programs(0) + pid_n, row * N + cols,
+                 cols, cols < N, M * N, pid_k, SPLIT_K, HAS_BIAS, FUSED_SUM)
 
 
 # The same four bytes ($4) -> their low nibbles ($0, $1) and high nibbles ($2, $3) as four 16-bit
@@ -154,11 +213,13 @@ def _unpack_nibbles_16(packed, DTYPE: tl.constexpr):
                                          dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
 
 
-@triton.jit(do_not_specialize=["M", "N"])
-def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
-                     HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     MAGIC: tl.constexpr, MAGIC_VALUE: tl.constexpr):
+@triton.jit(do_not_specialize=["M", "N", "SPLIT_K"])
+def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, stride_xm,
+                     k_per_split, SPLIT_K, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+                     FUSED_SUM: tl.constexpr, GROUP: tl.constexpr,
+                     GROUPS_PER_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MAGIC: tl.constexpr,
+                     MAGIC_VALUE: tl.constexpr):
     """Rows of x padded to a tensor-core tile. Each group is dequantized in x's 16-bit type:
     a nibble or-ed into the mantissa of MAGIC_VALUE (0x4300 = 128 in bf16, 0x6400 = 1024 in
     fp16) is MAGIC_VALUE + q exactly, minus (MAGIC_VALUE + z) is q - z exactly, times the scale
@@ -197,20 +258,21 @@ def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_
                 dtype)[:, None]
             w_lo = (lo - offset) * scale
             w_hi = (hi - offset) * scale
-            acc = tl.dot(tl.load(x_base + k0), tl.trans(w_lo), acc)
-            acc = tl.dot(tl.load(x_base + k0 + HALF), tl.trans(w_hi), acc)
-    if HAS_BIAS:
-        acc += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    out_ptrs = Out + (pid_k * M + rows[:, None]) * N + cols[None, :]
-    tl.store(out_ptrs, acc.to(Out.dtype.element_ty),
-             mask=(rows[:, None] < M) & (cols[None, :] < N))
+            acc = tl.dot(_load_x(x_base + k0, K, GATED), tl.trans(w_lo), acc)
+            acc = tl.dot(_load_x(x_base + k0 + HALF, K, GATED), tl.trans(w_hi), acc)
+    tile_cols = tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))
+    _finish_tile(acc, Out, Final, Bias, Counters, pid_m * tl.num_programs(0) + pid_n,
+                 rows[:, None] * N + tile_cols, tile_cols, (rows[:, None] < M) & (tile_cols < N),
+                 M * N, pid_k, SPLIT_K, HAS_BIAS, FUSED_SUM)
 
 
-@triton.jit(do_not_specialize=["M", "N"])
-def _int4_swap_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per_split,
-                      HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      MAGIC: tl.constexpr, MAGIC_VALUE: tl.constexpr, SLICES: tl.constexpr):
+@triton.jit(do_not_specialize=["M", "N", "SPLIT_K"])
+def _int4_swap_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, stride_xm,
+                      k_per_split, SPLIT_K, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+                      FUSED_SUM: tl.constexpr, GROUP: tl.constexpr,
+                      GROUPS_PER_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MAGIC: tl.constexpr,
+                      MAGIC_VALUE: tl.constexpr, SLICES: tl.constexpr):
     """`_int4_dot_kernel` with the operands swapped (out^T = W x^T) and the weight tile cut into
     SLICES slices of its rows, one per warp, as a batched dot [SLICES, BLOCK_N / SLICES, K] x
     [SLICES, K, BLOCK_M] (x broadcast to every slice). Triton lowers a batched dot to mma.sync,
@@ -246,15 +308,17 @@ def _int4_swap_kernel(X, QW, Scales, Zeros, Bias, Out, M, N, K, stride_xm, k_per
             scale = tl.load(Scales + sz_base + k0 // GROUP)[:, :, None]
             offset = (MAGIC_VALUE + tl.load(Zeros + sz_base + k0 // GROUP).to(tl.float32)).to(
                 dtype)[:, :, None]
-            x_lo = tl.broadcast_to(tl.load(xt_base + k0)[None], (SLICES, HALF, BLOCK_M))
-            x_hi = tl.broadcast_to(tl.load(xt_base + k0 + HALF)[None], (SLICES, HALF, BLOCK_M))
+            x_lo = tl.broadcast_to(_load_x(xt_base + k0, K, GATED)[None],
+                                   (SLICES, HALF, BLOCK_M))
+            x_hi = tl.broadcast_to(_load_x(xt_base + k0 + HALF, K, GATED)[None],
+                                   (SLICES, HALF, BLOCK_M))
             acc = tl.dot((lo - offset) * scale, x_lo, acc)
             acc = tl.dot((hi - offset) * scale, x_hi, acc)
-    if HAS_BIAS:
-        acc += tl.load(Bias + cols, mask=cols < N, other=0.0).to(tl.float32)[:, :, None]
-    out_ptrs = Out + (pid_k * M + rows[None, None, :]) * N + cols[:, :, None]
-    tl.store(out_ptrs, acc.to(Out.dtype.element_ty),
-             mask=(rows[None, None, :] < M) & (cols[:, :, None] < N))
+    tile_cols = tl.broadcast_to(cols[:, :, None], (SLICES, SLICE, BLOCK_M))
+    _finish_tile(acc, Out, Final, Bias, Counters, pid_m * tl.num_programs(0) + pid_n,
+                 rows[None, None, :] * N + tile_cols, tile_cols,
+                 (rows[None, None, :] < M) & (tile_cols < N), M * N, pid_k, SPLIT_K, HAS_BIAS,
+                 FUSED_SUM)
 
 
 @triton.jit(do_not_specialize=["M", "N"])
@@ -324,28 +388,30 @@ _INT4_MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
 
 
 def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvConfig,
-                warmup: bool = False):
-    """qweight in `pack_for_device`'s layout. `warmup`: compile, do not run (`precompile`)."""
-    rows, k = x.shape
-    n = qweight.shape[0]
+                warmup: bool = False, gated: bool = False):
+    """qweight in `pack_for_device`'s layout. `warmup`: compile, do not run (`precompile`).
+    `gated`: x is SwiGLU's [gate | up], [M, 2K], and the linear's input silu(gate) * up."""
+    rows = x.shape[0]
+    n, k = qweight.shape[0], qweight.shape[1] * 2
     groups_per_tile = config.block_k // group_size
     k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
+    n_blocks = triton.cdiv(n, config.block_n)
+    block_m = 1 if config.kind == "fma" else row_tile(rows)
+    grid = (n_blocks, config.split_k, triton.cdiv(rows, block_m))
 
-    def launch(target, fused_bias, final, counters):     # (no fused split sum here)
-        args = (x, qweight, scales, zeros, fused_bias, target, rows, n, k, x.stride(0),
-                k_per_split)
-        options = dict(HAS_BIAS=fused_bias is not None, GROUP=group_size,
+    def launch(target, fused_bias, final, counters):
+        args = (x, qweight, scales, zeros, fused_bias, target, final, counters, rows, n, k,
+                x.stride(0), k_per_split, config.split_k)
+        options = dict(HAS_BIAS=fused_bias is not None, GATED=gated,
+                       FUSED_SUM=final is not None, GROUP=group_size,
                        GROUPS_PER_TILE=groups_per_tile, BLOCK_N=config.block_n,
                        BLOCK_K=config.block_k, num_warps=config.num_warps,
                        num_stages=config.num_stages)
-        n_blocks = triton.cdiv(n, config.block_n)
         if config.kind == "fma":
-            grid_launcher(_int4_fma_kernel, (n_blocks, config.split_k, rows), warmup)(
+            grid_launcher(_int4_fma_kernel, grid, warmup)(
                 *args, NUM_STAGES=config.num_stages, **options)
         else:
-            block_m = row_tile(rows)
             magic, magic_value = _INT4_MAGIC[x.dtype]
-            grid = (n_blocks, config.split_k, triton.cdiv(rows, block_m))
             tile = dict(BLOCK_M=block_m, MAGIC=magic, MAGIC_VALUE=magic_value, **options)
             if config.kind == "swap":     # a warp per slice of the weight rows
                 grid_launcher(_int4_swap_kernel, grid, warmup)(
@@ -353,7 +419,7 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
             else:
                 grid_launcher(_int4_dot_kernel, grid, warmup)(*args, **tile)
 
-    return finish_launch(x, bias, x.dtype, n, config, launch, warmup)
+    return finish_launch(x, bias, x.dtype, n, config, launch, warmup, grid[0] * grid[2])
 
 
 def launch_channel(x, x_scales, qweight, scales, bias, out_dtype, config: GemvConfig,

@@ -28,8 +28,8 @@ log = logging.getLogger("kiln.kernels.quant_tuning")
 def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
     """Tiles whose K span is whole groups dividing the row (no masks; a span that does not
     divide falls back to one group), each unsplit and split to fill the GPU (one-row tiles also
-    split twice that). One row also tries the CUDA-core kernel, first: it is the untimed
-    default there."""
+    split twice that), and each split tile with its sums fused. One row also tries the
+    CUDA-core kernel, first: it is the untimed default there."""
     num_groups = k // group_size
     # The fastest tiles of run 17's sweep on the Llama-3-8B shape (tiles x 1-4 stages x splits,
     # bench/NOTES.md): small one-row tiles, three stages; past 16 rows, 64-wide tiles.
@@ -58,7 +58,9 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
             config = GemvConfig(kind, block_n, block_k, warps, stages, split_k)
             if config not in configs:
                 configs.append(config)
-    return configs
+    # each split tile again with its splits summed in the same launch (no split-sum launch)
+    return configs + [replace(config, fused_sum=True) for config in configs
+                      if config.split_k > 1]
 
 
 def channel_candidates(rows: int, n: int, k: int, sm_count: int):
@@ -181,11 +183,11 @@ def tuning_totals() -> tuple[int, float]:
 
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-# fp8_gated: x is [gate | up] (fp8_gated_amax: with its block maxima given); fp8_gate_up: the
-# projection that gives them; fp8_dot: rows quantized beforehand (by a norm, or a split row);
-# fp8_rows: such rows past the GEMV's row limit (fp8_gemm.py)
-_KINDS = ("int4", "int8", "fp8", "fp8_gated", "fp8_gated_amax", "fp8_gate_up", "fp8_dot",
-          "fp8_rows")
+# int4_gated, fp8_gated: x is [gate | up] (fp8_gated_amax: with its block maxima given);
+# fp8_gate_up: the projection that gives them; fp8_dot: rows quantized beforehand (by a norm,
+# or a split row); fp8_rows: such rows past the GEMV's row limit (fp8_gemm.py)
+_KINDS = ("int4", "int4_gated", "int8", "fp8", "fp8_gated", "fp8_gated_amax", "fp8_gate_up",
+          "fp8_dot", "fp8_rows")
 
 
 def export_tuned(device: torch.device) -> list[dict]:
@@ -212,7 +214,7 @@ def import_tuned(device: torch.device, records: list[dict]) -> int:
             if kind not in _KINDS or rows < 1 or rows & (rows - 1):
                 raise ValueError(f"kind {kind!r} or rows {rows}")
             key = (kind, device, names[record["dtype"]], rows, int(record["n"]), int(record["k"]))
-            if kind == "int4":
+            if kind.startswith("int4"):
                 key += (int(record["group"]),)
             parsed[key] = GemvConfig(**record["config"])
         except (KeyError, TypeError, ValueError) as exc:
