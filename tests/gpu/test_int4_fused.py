@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from support.int4_tensors import int4_weight, packed_int4
+from gpu.tiers import sweep
 from support.graph_replays import check_pairs_agree_at_every_replay
 from support.seeds import module_seed
 
@@ -27,9 +28,20 @@ def _generator(*salt) -> torch.Generator:
     return torch.Generator(device="cuda").manual_seed(SEED + hash(salt) % 100_003)
 
 
+def _one_of_each_form(candidates: list) -> list:
+    """The first candidate of each kind, split or not, fused or not: every code path of the
+    launch, for a few compiles instead of the tuner's few dozen."""
+    forms = {}
+    for config in candidates:
+        forms.setdefault((config.kind, config.split_k > 1, config.fused_sum), config)
+    return list(forms.values())
+
+
+@pytest.mark.parametrize("every", sweep([False, True], core=[False], ids=["forms", "every"]))
 @pytest.mark.parametrize("rows", [1, 16, 64])
 @pytest.mark.parametrize("shape, group", DOWNS)
-def test_a_gated_launch_gives_the_activation_then_linear_bits(rows, shape, group):
+def test_a_gated_launch_gives_the_activation_then_linear_bits(rows, shape, group, every):
+    """At one candidate of each form (every candidate in the long tier)."""
     from runtime_service.model.kernels import quant_gemv as qg
     from runtime_service.model.kernels import quant_tuning as qt
     from runtime_service.model.kernels.activation import silu_and_mul
@@ -39,7 +51,8 @@ def test_a_gated_launch_gives_the_activation_then_linear_bits(rows, shape, group
     weight = packed_int4(*int4_weight(n, k, group, torch.bfloat16, generator))
     gate_up = torch.randn(rows, 2 * k, device="cuda", generator=generator).to(torch.bfloat16)
     activated = silu_and_mul(gate_up)
-    for config in qt.int4_candidates(rows, n, k, group, qt.sm_count(gate_up.device)):
+    candidates = qt.int4_candidates(rows, n, k, group, qt.sm_count(gate_up.device))
+    for config in candidates if every else _one_of_each_form(candidates):
         gated = qg.launch_int4(gate_up, *weight, group, None, config, gated=True)
         plain = qg.launch_int4(activated, *weight, group, None, config)
         assert torch.equal(gated, plain), f"{config} rows {rows} {shape} (seed {SEED})"
