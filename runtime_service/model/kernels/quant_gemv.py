@@ -12,8 +12,11 @@ first use inside CUDA graphs with gemv's clock) and change only what the weight 
   (`_int4_fma_kernel`, CUDA cores, the bf16 GEMV's single-row shape) unpacks four bytes per
   inline-PTX call and computes in float32; more rows (`_int4_dot_kernel`) dequantize in x's
   16-bit type and meet x in tensor-core dots. Every int4 kernel can sum its K splits in the
-  same launch (FUSED_SUM, `_sum_splits_when_last`) and form SwiGLU's silu(gate) * up as it
-  reads x (GATED), so a one-row W4A16 layer runs no split-sum or activation launch.
+  same launch (FUSED_SUM, `_sum_splits_when_last`): a tuner's choice, 1.2% off a one-row
+  W4A16 step (bench/NOTES.md, run 32c). Unlike the fp8 and bf16 GEMVs, the int4 ones do not
+  form SwiGLU's activation as they read x: every program recomputing silu for its slice of x
+  cost those issue-bound loops more than the activation's launch (run 32b: one row 2.95 ->
+  3.24 ms, 64 rows -11%).
 - int8 and fp8 (`_channel_kernel`): weights (and, for fp8, the quantized activations) convert to
   the dot's 16-bit type exactly, the per-channel and per-token scales multiply the float32 tile
   once at the end. One fp8 row can instead take fp8_row_gemv.py's kernel, which quantizes x
@@ -30,8 +33,8 @@ import triton
 import triton.language as tl
 
 from runtime_service.model.kernels import arrival_counts, jit_keys, pdl
-from runtime_service.model.kernels.gemv import (GemvConfig, _silu_mul, _split_sum_kernel,
-                                                grid_launcher, load_k_tiles, row_tile)
+from runtime_service.model.kernels.gemv import (GemvConfig, _split_sum_kernel, grid_launcher,
+                                                load_k_tiles, row_tile)
 
 _SUM_BLOCK = 1024
 
@@ -112,21 +115,10 @@ def _finish_tile(y, Out, Final, Bias, Counters, counter, offs, cols, mask, split
         tl.store(Out + pid_k * split_stride + offs, y.to(Out.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _load_x(ptrs, K, GATED: tl.constexpr):
-    """x at `ptrs`; with GATED (x is SwiGLU's [gate | up], up K further on) silu(gate) * up,
-    rounded as the activation kernel rounds it (`gemv._silu_mul`), so a gated launch gives the
-    bits of the activation's launch followed by the plain one."""
-    if GATED:
-        return _silu_mul(tl.load(ptrs), tl.load(ptrs + K))
-    return tl.load(ptrs)
-
-
 @triton.jit(do_not_specialize=["M", "N", "SPLIT_K"])
 def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, stride_xm,
-                     k_per_split, SPLIT_K, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-                     FUSED_SUM: tl.constexpr, GROUP: tl.constexpr,
-                     GROUPS_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr,
+                     k_per_split, SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SUM: tl.constexpr,
+                     GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     """One row of x per program, CUDA cores only (gemv.py's `_fma_kernel` for int4). The tile is
     [BLOCK_N, groups, GROUP / 2] bytes; byte j of a group holds its columns j and GROUP / 2 + j
@@ -141,9 +133,8 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, 
     cancellation well under the output's own bf16 rounding. With half the instructions, bytes
     in flight became the limit: small tiles with three pipeline stages won (run 17).
 
-    GATED and FUSED_SUM, here as in the tensor-core kernels below: x is SwiGLU's [gate | up]
-    (`_load_x`), and the K splits are summed by the launch's last program per output tile
-    (`_finish_tile`)."""
+    FUSED_SUM, here as in the tensor-core kernels below: the K splits are summed by the
+    launch's last program per output tile (`_finish_tile`)."""
     pdl.await_previous_kernel()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -166,8 +157,8 @@ def _int4_fma_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, 
         lo, hi = _unpack_nibbles(tl.load(w_ptrs))
         scale = tl.load(Scales + sz_offs).to(tl.float32)
         zero = tl.load(Zeros + sz_offs).to(tl.float32)
-        x_lo = _load_x(x_ptrs, K, GATED).to(tl.float32)
-        x_hi = _load_x(x_ptrs + HALF, K, GATED).to(tl.float32)
+        x_lo = tl.load(x_ptrs).to(tl.float32)
+        x_hi = tl.load(x_ptrs + HALF).to(tl.float32)
         acc += (lo * x_lo[None, :, :] + hi * x_hi[None, :, :]) * scale[:, :, None]
         sum_lo = tl.sum(x_lo, axis=1)
         sum_hi = tl.sum(x_hi, axis=1)
@@ -215,9 +206,8 @@ def _unpack_nibbles_16(packed, DTYPE: tl.constexpr):
 
 @triton.jit(do_not_specialize=["M", "N", "SPLIT_K"])
 def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, stride_xm,
-                     k_per_split, SPLIT_K, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-                     FUSED_SUM: tl.constexpr, GROUP: tl.constexpr,
-                     GROUPS_PER_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
+                     k_per_split, SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SUM: tl.constexpr,
+                     GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MAGIC: tl.constexpr,
                      MAGIC_VALUE: tl.constexpr):
     """Rows of x padded to a tensor-core tile. Each group is dequantized in x's 16-bit type:
@@ -258,8 +248,8 @@ def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, 
                 dtype)[:, None]
             w_lo = (lo - offset) * scale
             w_hi = (hi - offset) * scale
-            acc = tl.dot(_load_x(x_base + k0, K, GATED), tl.trans(w_lo), acc)
-            acc = tl.dot(_load_x(x_base + k0 + HALF, K, GATED), tl.trans(w_hi), acc)
+            acc = tl.dot(tl.load(x_base + k0), tl.trans(w_lo), acc)
+            acc = tl.dot(tl.load(x_base + k0 + HALF), tl.trans(w_hi), acc)
     tile_cols = tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))
     _finish_tile(acc, Out, Final, Bias, Counters, pid_m * tl.num_programs(0) + pid_n,
                  rows[:, None] * N + tile_cols, tile_cols, (rows[:, None] < M) & (tile_cols < N),
@@ -268,9 +258,8 @@ def _int4_dot_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, 
 
 @triton.jit(do_not_specialize=["M", "N", "SPLIT_K"])
 def _int4_swap_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K, stride_xm,
-                      k_per_split, SPLIT_K, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-                      FUSED_SUM: tl.constexpr, GROUP: tl.constexpr,
-                      GROUPS_PER_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
+                      k_per_split, SPLIT_K, HAS_BIAS: tl.constexpr, FUSED_SUM: tl.constexpr,
+                      GROUP: tl.constexpr, GROUPS_PER_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MAGIC: tl.constexpr,
                       MAGIC_VALUE: tl.constexpr, SLICES: tl.constexpr):
     """`_int4_dot_kernel` with the operands swapped (out^T = W x^T) and the weight tile cut into
@@ -308,10 +297,8 @@ def _int4_swap_kernel(X, QW, Scales, Zeros, Bias, Out, Final, Counters, M, N, K,
             scale = tl.load(Scales + sz_base + k0 // GROUP)[:, :, None]
             offset = (MAGIC_VALUE + tl.load(Zeros + sz_base + k0 // GROUP).to(tl.float32)).to(
                 dtype)[:, :, None]
-            x_lo = tl.broadcast_to(_load_x(xt_base + k0, K, GATED)[None],
-                                   (SLICES, HALF, BLOCK_M))
-            x_hi = tl.broadcast_to(_load_x(xt_base + k0 + HALF, K, GATED)[None],
-                                   (SLICES, HALF, BLOCK_M))
+            x_lo = tl.broadcast_to(tl.load(xt_base + k0)[None], (SLICES, HALF, BLOCK_M))
+            x_hi = tl.broadcast_to(tl.load(xt_base + k0 + HALF)[None], (SLICES, HALF, BLOCK_M))
             acc = tl.dot((lo - offset) * scale, x_lo, acc)
             acc = tl.dot((hi - offset) * scale, x_hi, acc)
     tile_cols = tl.broadcast_to(cols[:, :, None], (SLICES, SLICE, BLOCK_M))
@@ -388,11 +375,10 @@ _INT4_MAGIC = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
 
 
 def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvConfig,
-                warmup: bool = False, gated: bool = False):
-    """qweight in `pack_for_device`'s layout. `warmup`: compile, do not run (`precompile`).
-    `gated`: x is SwiGLU's [gate | up], [M, 2K], and the linear's input silu(gate) * up."""
-    rows = x.shape[0]
-    n, k = qweight.shape[0], qweight.shape[1] * 2
+                warmup: bool = False):
+    """qweight in `pack_for_device`'s layout. `warmup`: compile, do not run (`precompile`)."""
+    rows, k = x.shape
+    n = qweight.shape[0]
     groups_per_tile = config.block_k // group_size
     k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
     n_blocks = triton.cdiv(n, config.block_n)
@@ -402,8 +388,8 @@ def launch_int4(x, qweight, scales, zeros, group_size: int, bias, config: GemvCo
     def launch(target, fused_bias, final, counters):
         args = (x, qweight, scales, zeros, fused_bias, target, final, counters, rows, n, k,
                 x.stride(0), k_per_split, config.split_k)
-        options = dict(HAS_BIAS=fused_bias is not None, GATED=gated,
-                       FUSED_SUM=final is not None, GROUP=group_size,
+        options = dict(HAS_BIAS=fused_bias is not None, FUSED_SUM=final is not None,
+                       GROUP=group_size,
                        GROUPS_PER_TILE=groups_per_tile, BLOCK_N=config.block_n,
                        BLOCK_K=config.block_k, num_warps=config.num_warps,
                        num_stages=config.num_stages)

@@ -85,19 +85,11 @@ def _regroup_nibbles(qweight: torch.Tensor, group: int, to_halves: bool) -> torc
 # ---- public entry points -----------------------------------------------------------------------
 
 def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                zeros: torch.Tensor, group_size: int, bias: torch.Tensor | None = None,
-                gated: bool = False) -> torch.Tensor:
+                zeros: torch.Tensor, group_size: int, bias: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """x [M, K] (bf16/fp16) times the int4 weight [N, K] (+ bias) -> [M, N] in x's dtype.
-    On CUDA, qweight is in `pack_for_device`'s layout; on the CPU in the contract's.
-    `gated`: x is SwiGLU's [gate | up], [M, 2K], and the linear's input silu(gate) * up,
-    rounded as the activation kernel rounds it; on CUDA the GEMVs form it as they read x (no
-    activation launch), with the bits of the activation's launch followed by the plain linear."""
-    if gated:
-        _check_gated(x, qweight.shape[-1] * 2)
-        if not x.is_cuda or x.shape[0] > GEMV_ROW_LIMIT:
-            return int4_linear(_silu_and_mul(x), qweight, scales, zeros, group_size, bias)
-    _check_int4(x[:, :x.shape[1] // 2] if gated else x, qweight, scales, zeros, group_size,
-                bias)
+    On CUDA, qweight is in `pack_for_device`'s layout; on the CPU in the contract's."""
+    _check_int4(x, qweight, scales, zeros, group_size, bias)
     if not x.is_cuda:
         return int4_linear_reference(x, qweight, scales, zeros, group_size, bias)
     if x.shape[0] > GEMV_ROW_LIMIT:
@@ -108,15 +100,14 @@ def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     from runtime_service.model.kernels import quant_gemv as qg
     from runtime_service.model.kernels import quant_tuning as qt
 
-    rows = x.shape[0]
-    n, k = qweight.shape[0], qweight.shape[1] * 2
-    key = ("int4_gated" if gated else "int4", x.device, x.dtype, _bucket(rows), n, k, group_size)
+    rows, k = x.shape
+    n = qweight.shape[0]
+    key = ("int4", x.device, x.dtype, _bucket(rows), n, k, group_size)
     config = qt.tuned_config(
         key, x, (qweight, scales, zeros),
         qt.int4_candidates(rows, n, k, group_size, qt.sm_count(x.device)),
-        lambda x_, w, c, warmup=False: qg.launch_int4(x_, *w, group_size, None, c, warmup,
-                                                      gated))
-    return qg.launch_int4(x, qweight, scales, zeros, group_size, bias, config, gated=gated)
+        lambda x_, w, c, warmup=False: qg.launch_int4(x_, *w, group_size, None, c, warmup))
+    return qg.launch_int4(x, qweight, scales, zeros, group_size, bias, config)
 
 
 def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -141,7 +132,7 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     so there is no activation launch. `gate_amax`: what `fp8_gate_up` gave with this x, from
     which one row's scale comes without a pass over the row."""
     if gated:
-        _check_gated(x, qweight.shape[-1])
+        _check_gated(x, qweight)
         if not x.is_cuda:
             return fp8_linear(_silu_and_mul(x), qweight, scales, bias)
     _check_channel(x[:, :x.shape[1] // 2] if gated else x, qweight, scales, bias,
@@ -240,7 +231,8 @@ def _quantized_rows_matmul(xq, x_scales, qweight, scales, bias, out_dtype) -> to
     return fp8_gemm.launch_fp8_gemm(xq, x_scales, qweight, scales, bias, out_dtype, config)
 
 
-def _check_gated(x: torch.Tensor, k: int) -> None:
+def _check_gated(x: torch.Tensor, qweight: torch.Tensor) -> None:
+    k = qweight.shape[-1]
     if x.dim() != 2 or x.shape[1] != 2 * k:
         raise ValueError(f"gated x must be [M, 2K] = [gate | up] with K = {k}, got "
                          f"{tuple(x.shape)}")

@@ -183,11 +183,11 @@ def tuning_totals() -> tuple[int, float]:
 
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-# int4_gated, fp8_gated: x is [gate | up] (fp8_gated_amax: with its block maxima given);
-# fp8_gate_up: the projection that gives them; fp8_dot: rows quantized beforehand (by a norm,
-# or a split row); fp8_rows: such rows past the GEMV's row limit (fp8_gemm.py)
-_KINDS = ("int4", "int4_gated", "int8", "fp8", "fp8_gated", "fp8_gated_amax", "fp8_gate_up",
-          "fp8_dot", "fp8_rows")
+# fp8_gated: x is [gate | up] (fp8_gated_amax: with its block maxima given); fp8_gate_up: the
+# projection that gives them; fp8_dot: rows quantized beforehand (by a norm, or a split row);
+# fp8_rows: such rows past the GEMV's row limit (fp8_gemm.py)
+_KINDS = ("int4", "int8", "fp8", "fp8_gated", "fp8_gated_amax", "fp8_gate_up", "fp8_dot",
+          "fp8_rows")
 
 
 def export_tuned(device: torch.device) -> list[dict]:
@@ -214,7 +214,7 @@ def import_tuned(device: torch.device, records: list[dict]) -> int:
             if kind not in _KINDS or rows < 1 or rows & (rows - 1):
                 raise ValueError(f"kind {kind!r} or rows {rows}")
             key = (kind, device, names[record["dtype"]], rows, int(record["n"]), int(record["k"]))
-            if kind.startswith("int4"):
+            if kind == "int4":
                 key += (int(record["group"]),)
             parsed[key] = GemvConfig(**record["config"])
         except (KeyError, TypeError, ValueError) as exc:

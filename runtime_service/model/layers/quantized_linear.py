@@ -124,8 +124,7 @@ def quantized_linear(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
         y = _cuda_linear(module, quant, x2, bias, gated, row_max, gate_amax)
     else:
         if gated:
-            raise ValueError("only the CUDA fp8 and int4 kernels take a gated x "
-                             "(forms_gate_up)")
+            raise ValueError("only the CUDA fp8 kernels take a gated x (forms_gate_up)")
         y = _portable_linear(module, quant, x2, bias, row_max)
     return y.reshape(*shape[:-1], y.shape[-1])
 
@@ -147,11 +146,10 @@ def quantized_gate_up(module: nn.Module, quant: WeightQuant, x: torch.Tensor,
 
 def forms_gate_up(module: nn.Module, quant: WeightQuant, gate_up: torch.Tensor) -> bool:
     """True where the layer's matmul forms SwiGLU's silu(gate) * up itself as it reads
-    [gate | up]: fp8 and int4 weights on the CUDA kernels, where the launch that quantizes the
-    rows (fp8) or the GEMV (int4) forms it (one launch fewer per layer and step, bit for bit
-    the same)."""
+    [gate | up]: fp8 weights on the CUDA kernels, where the launch that quantizes the rows
+    forms it (one launch fewer per layer and step, bit for bit the same)."""
     rows = gate_up.reshape(-1, gate_up.shape[-1])
-    return quant.kind in ("fp8", "int4") and _on_kernels(module, quant, rows)
+    return quant.kind == "fp8" and _on_kernels(module, quant, rows)
 
 
 def takes_fp8_rows(module: nn.Module, quant: WeightQuant, x: torch.Tensor) -> bool:
@@ -193,14 +191,14 @@ def _portable_linear(module, quant: WeightQuant, x: torch.Tensor, bias, row_max
 def _cuda_linear(module, quant: WeightQuant, x: torch.Tensor, bias, gated: bool = False,
                  row_max=None, gate_amax=None) -> torch.Tensor:
     from runtime_service.model.kernels import quant_linear
-    if gated and (quant.kind == "int8" or row_max is not None):
-        raise ValueError("only fp8 and int4 weights of a whole row take a gated x")
+    if gated and (quant.kind != "fp8" or row_max is not None):
+        raise ValueError("only fp8 weights of a whole row take a gated x")
     if quant.kind == "fp8" and row_max is not None:
         y = quant_linear.fp8_linear_split_row(x, module.qweight, module.scales, row_max)
         return y if bias is None else y + bias
     if quant.kind == "int4":
         return quant_linear.int4_linear(x, module.qweight, module.scales, module.zeros,
-                                        quant.group_size, bias, gated)
+                                        quant.group_size, bias)
     if quant.kind == "int8":
         return quant_linear.int8_linear(x, module.qweight, module.scales, bias)
     return quant_linear.fp8_linear(x, module.qweight, module.scales, bias, gated, gate_amax)
