@@ -25,11 +25,14 @@ from runtime_service.model.kernels.tuning_clock import (copies_beyond_l2, fastes
 log = logging.getLogger("kiln.kernels.quant_tuning")
 
 
+FUSED_SUM_MAX_ROWS = 16
+
+
 def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
     """Tiles whose K span is whole groups dividing the row (no masks; a span that does not
     divide falls back to one group), each unsplit and split to fill the GPU (one-row tiles also
-    split twice that), and each split tile with its sums fused. One row also tries the
-    CUDA-core kernel, first: it is the untimed default there."""
+    split twice that), and up to FUSED_SUM_MAX_ROWS rows each split tile with its sums fused.
+    One row also tries the CUDA-core kernel, first: it is the untimed default there."""
     num_groups = k // group_size
     # The fastest tiles of run 17's sweep on the Llama-3-8B shape (tiles x 1-4 stages x splits,
     # bench/NOTES.md): small one-row tiles, three stages; past 16 rows, 64-wide tiles.
@@ -58,9 +61,10 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
             config = GemvConfig(kind, block_n, block_k, warps, stages, split_k)
             if config not in configs:
                 configs.append(config)
-    # each split tile again with its splits summed in the same launch (no split-sum launch)
+    # Up to 16 rows, each split tile again with its splits summed in the same launch: run 32a's
+    # tuner took them at 1-16 rows and never at 32 or 64, where they would only add compiles.
     return configs + [replace(config, fused_sum=True) for config in configs
-                      if config.split_k > 1]
+                      if config.split_k > 1 and rows <= FUSED_SUM_MAX_ROWS]
 
 
 def channel_candidates(rows: int, n: int, k: int, sm_count: int):

@@ -71,6 +71,7 @@ assert fused and all(c.split_k > 1 for c in fused)
 assert ({replace(c, fused_sum=False) for c in fused}
         == {c for c in candidates if c.split_k > 1 and not c.fused_sum})
 assert not candidates[0].fused_sum
+assert not any(c.fused_sum for c in qt.int4_candidates(64, 4096, 14336, 128, 132))
 print("ok")
 """
 
