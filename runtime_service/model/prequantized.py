@@ -42,9 +42,15 @@ def _awq_columns(packed: torch.Tensor) -> torch.Tensor:
     return columns.flatten(-2).to(torch.uint8)
 
 
-def _plain_columns(packed: torch.Tensor) -> torch.Tensor:
-    """compressed-tensors' int32 [R, C // 8] (nibble i = column 8j + i) -> uint8 [R, C]."""
-    return _unpack_int32_nibbles(packed).flatten(-2).to(torch.uint8)
+def _compressed_codes(packed: torch.Tensor, rows: int, cols: int, packed_dim: int
+                      ) -> torch.Tensor:
+    """compressed-tensors' pack-quantized int32 words -> uint8 codes 0..15 [rows, cols], unpacked
+    by the format's own library (which gives them signed, -8..7; `packed_dim` 0: packed along
+    the rows, as zero points are). AutoAWQ's words, whose library is not installed (it is
+    GPU-only and no longer maintained), are unpacked here (`_awq_columns`)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    signed = unpack_from_int32(packed, 4, torch.Size((rows, cols)), packed_dim=packed_dim)
+    return (signed.to(torch.int16) + 8).to(torch.uint8)
 
 
 def quant_config_of(hf_config: dict) -> QuantConfig | None:
@@ -307,8 +313,8 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
         return {"qweight": pack_int4(codes), "scales": scales, "zeros": zeros}
     if prefix + "weight_packed" in names:                            # compressed-tensors int4
         groups = _groups(prefix, k, quant)
-        codes = _plain_columns(_stored(get, prefix + "weight_packed", (torch.int32,),
-                                       (n, k // 8)))                          # q + 8, [N, K]
+        codes = _compressed_codes(_stored(get, prefix + "weight_packed", (torch.int32,),
+                                          (n, k // 8)), n, k, 1)              # q + 8, [N, K]
         scales = _stored(get, prefix + "weight_scale", FLOAT_DTYPES, (n, groups))
         _finite(prefix + "weight_scale", scales)
         if prefix + "weight_shape" in names:
@@ -323,7 +329,7 @@ def read_linear(get: Callable[[str], torch.Tensor], names: set[str], prefix: str
             check_stored(prefix + "weight_zero_point", zero, (torch.int32, torch.int8),
                      (-(-n // 8) if packed else n, groups))
             if packed:
-                zeros = _plain_columns(zero.T.contiguous()).T[:n].contiguous()
+                zeros = _compressed_codes(zero, n, groups, 0).contiguous()
             else:                                       # signed int8 zero points
                 zeros = _int4_zero_points(prefix + "weight_zero_point", zero)
         else:
