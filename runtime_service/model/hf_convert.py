@@ -178,5 +178,5 @@ def rank_tensors(source: SafetensorsFolder, args: ModelArgs, mapping: Mapping,
             yield out_name, shard_for_rank(out_name, out, args, mapping, rank)
 
 
-__all__ = ["SafetensorsFolder", "check_layer_count", "read_hf_config", "convert_hf_tensors", "shard_for_rank",
-           "rank_tensors", "layer_index"]
+__all__ = ["SafetensorsFolder", "check_layer_count", "read_hf_config", "convert_hf_tensors",
+           "shard_for_rank", "rank_tensors", "layer_index"]

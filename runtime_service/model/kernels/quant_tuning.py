@@ -25,6 +25,8 @@ from runtime_service.model.kernels.tuning_clock import (copies_beyond_l2, fastes
 log = logging.getLogger("kiln.kernels.quant_tuning")
 
 
+# Rows up to which int4 split tiles are also offered with their sums fused: run 32a's tuner
+# took such tiles at 1-16 rows and never at 32 or 64, where they would only add compiles.
 FUSED_SUM_MAX_ROWS = 16
 
 
@@ -61,8 +63,7 @@ def int4_candidates(rows: int, n: int, k: int, group_size: int, sm_count: int):
             config = GemvConfig(kind, block_n, block_k, warps, stages, split_k)
             if config not in configs:
                 configs.append(config)
-    # Up to 16 rows, each split tile again with its splits summed in the same launch: run 32a's
-    # tuner took them at 1-16 rows and never at 32 or 64, where they would only add compiles.
+    # each split tile again with its splits summed in the same launch (no split-sum launch)
     return configs + [replace(config, fused_sum=True) for config in configs
                       if config.split_k > 1 and rows <= FUSED_SUM_MAX_ROWS]
 
