@@ -60,8 +60,12 @@ def test_async_streaming_yields_growing_output_in_order(llm, tiny_model):
         return seen
 
     seen = asyncio.run(collect())
-    assert [len(s) for s in seen] == [1, 2, 3, 4, 5]
-    assert all(seen[i] == seen[-1][:i + 1] for i in range(len(seen)))
+    # one yield per chunk; a chunk may carry several tokens when the client fell behind (the
+    # runtime folds them), so the counts grow but need not grow by one
+    lengths = [len(s) for s in seen]
+    assert lengths[0] >= 1 and lengths[-1] == 5
+    assert all(a < b for a, b in zip(lengths, lengths[1:])), lengths
+    assert all(s == seen[-1][:len(s)] for s in seen)
     assert seen[-1] == hf_greedy(tiny_model, [9, 8, 7], 5)
 
 
