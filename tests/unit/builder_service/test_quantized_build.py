@@ -11,17 +11,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from builder_service import awq
-from builder_service.builder import EngineBuilder
 from builder_service.calibration import CalibrationData
 from builder_service.pipeline import BuildProgress
 from builder_service.reshard import KilnShards
 from builder_service.settings import BuildSpec
-from builder_service.sources import SourceResolver
 from runtime_service.errors import Cancelled
 from runtime_service.format.engine_config import EngineConfig, Mapping, QuantConfig
-from runtime_service.model.layers.attention import AttentionMetadata
 from runtime_service.model.loader import load_model
 from runtime_service.store import open_store
+from support.engine_logits import folder_logits, local_builder, model_logits
 from support.tiny_llama import make_tiny_llama
 
 GROUP = 32
@@ -46,11 +44,6 @@ def awq_engine(tmp_path_factory, tiny):
     return folder, events
 
 
-def builder(tmp_path) -> EngineBuilder:
-    return EngineBuilder(open_store(str(tmp_path / "store")), SourceResolver(tmp_path / "w", None),
-                         tmp_path / "w")
-
-
 def build(tmp_path, tiny, algo, tp=1, pp=1, progress=lambda _: None, **quant):
     folder, calib = tiny
     calibrated = algo == "W4A16_AWQ"
@@ -59,34 +52,13 @@ def build(tmp_path, tiny, algo, tp=1, pp=1, progress=lambda _: None, **quant):
                                        **({"calib_num_samples": 4, "calib_seq_len": 64,
                                            **quant} if calibrated else quant)),
                      calib_data=str(calib) if calibrated else "")
-    outcome = builder(tmp_path).build(spec, progress)
+    outcome = local_builder(tmp_path).build(spec, progress)
     return tmp_path / "store" / "engines" / outcome.engine.engine_key, outcome
 
 
 def tensors(path):
     with safe_open(path, framework="pt") as handle:
         return {name: handle.get_tensor(name) for name in handle.keys()}
-
-
-def model_logits(model, tokens):
-    """Float32 logits of every position of one sequence, through the runtime's model."""
-    seq = len(tokens)
-    meta = AttentionMetadata(
-        positions=torch.arange(seq), slot_mapping=torch.arange(seq),
-        query_start=torch.tensor([0, seq], dtype=torch.int32),
-        seq_lens=torch.tensor([seq], dtype=torch.int32),
-        block_tables=torch.zeros(1, 1, dtype=torch.int32),
-        token_seq_lens=torch.full((seq,), seq), query_lens_host=[seq], seq_lens_host=[seq],
-        block_size=seq)
-    args = model.args
-    caches = [(torch.zeros(1, seq, args.num_kv_heads, args.head_dim),
-               torch.zeros(1, seq, args.num_kv_heads, args.head_dim)) for _ in model.layer_ids]
-    with torch.inference_mode():
-        return model.compute_logits(model(torch.tensor(tokens), meta, caches))
-
-
-def logits(folder, tokens):
-    return model_logits(load_model(folder, "cpu", "float32").model, tokens)
 
 
 PROMPT = [5, 17, 99, 3, 250, 8, 9, 41, 2, 120, 33, 7]
@@ -113,7 +85,7 @@ def test_quantized_engine_holds_the_format_tensors_and_computes_close_to_float(
     for kept in ("embed_tokens.weight", "lm_head.weight", "norm.weight",
                  "layers.0.input_norm.weight"):
         assert held[kept].dtype == torch.float32
-    got, want = logits(folder, PROMPT), logits(tiny[0], PROMPT)
+    got, want = folder_logits(folder, PROMPT), folder_logits(tiny[0], PROMPT)
     cosine = torch.nn.functional.cosine_similarity(got, want, dim=-1)
     assert cosine.min() > min_cosine, cosine
 
@@ -164,13 +136,13 @@ def test_excluded_linears_keep_the_source_weights_and_the_rest_quantize_as_befor
     assert layers["0"].attn.qkv_proj.quant is None and layers["0"].mlp.down_proj.quant is None
     assert layers["1"].attn.qkv_proj.quant is not None
     assert layers["1"].mlp.gate_up_proj.quant is not None
-    got, want = logits(kept, PROMPT), logits(tiny[0], PROMPT)
+    got, want = folder_logits(kept, PROMPT), folder_logits(tiny[0], PROMPT)
     assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.95
 
 
 def test_an_engine_that_excludes_every_linear_computes_the_float_model_exactly(tmp_path, tiny):
     folder, _ = build(tmp_path, tiny, "W4A16", exclude_modules=["*"])
-    assert torch.equal(logits(folder, PROMPT), logits(tiny[0], PROMPT))
+    assert torch.equal(folder_logits(folder, PROMPT), folder_logits(tiny[0], PROMPT))
 
 
 def test_a_split_engine_with_excluded_linears_is_the_slices_of_the_whole(tmp_path, tiny):
@@ -184,7 +156,7 @@ def test_a_split_engine_with_excluded_linears_is_the_slices_of_the_whole(tmp_pat
 
 def test_engine_key_follows_every_quant_setting_and_the_calibration_digest(tmp_path, tiny):
     folder, calib = tiny
-    b = builder(tmp_path)
+    b = local_builder(tmp_path)
     source = b.sources.resolve(str(folder))
 
     def key(quant, data=""):
@@ -262,8 +234,8 @@ def test_awq_beats_round_to_nearest_on_text_like_its_calibration(tmp_path, tiny,
     awq_folder, _ = awq_engine
     rtn_folder, _ = build(tmp_path / "rtn", tiny, "W4A16")
     text = [int(w[1:]) for w in WORDS.split()[1000:1096]]
-    want = logits(tiny[0], text)
-    errors = {name: (logits(folder, text) - want).pow(2).mean().item()
+    want = folder_logits(tiny[0], text)
+    errors = {name: (folder_logits(folder, text) - want).pow(2).mean().item()
               for name, folder in (("awq", awq_folder), ("rtn", rtn_folder))}
     assert errors["awq"] < errors["rtn"], errors
 
