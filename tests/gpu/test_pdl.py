@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from gpu.tiers import LONG
+from support.engine_logits import local_builder
 from support.random_llama import make_random_llama, random_prompts
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
@@ -95,15 +96,11 @@ def test_a_bf16_engine_computes_the_same_bits_with_pdl(tmp_path):
 @LONG
 @pytest.mark.parametrize("algo, kv", [("FP8", "fp8"), ("W4A16", "auto")])
 def test_a_quantized_engine_computes_the_same_bits_with_pdl(tmp_path, algo, kv):
-    from builder_service.builder import EngineBuilder
     from builder_service.settings import BuildSpec
-    from builder_service.sources import SourceResolver
     from runtime_service.format.engine_config import QuantConfig
-    from runtime_service.store import open_store
     hf = make_random_llama(tmp_path / "hf", hidden_size=256, intermediate_size=512,
                            num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2)
-    builder = EngineBuilder(open_store(str(tmp_path / "store")),
-                            SourceResolver(tmp_path / "w", None), tmp_path / "w")
+    builder = local_builder(tmp_path)
     key = builder.build(BuildSpec(source=str(hf), dtype="bfloat16", quant=QuantConfig(
         algo=algo, group_size=128, kv_cache_dtype=kv))).engine.engine_key
     _assert_same_with_and_without(tmp_path / "store" / "engines" / key)

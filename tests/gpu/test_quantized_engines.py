@@ -10,6 +10,7 @@ from gpu.tiers import sweep
 from runtime_service.model.layers.linear import ColumnParallelLinear
 from runtime_service.model.layers.quantized_linear import (WeightQuant, dequantized_weight,
                                                            pack_for_device, quantize_weight)
+from support.engine_logits import local_builder
 
 pytestmark = pytest.mark.gpu
 
@@ -40,17 +41,13 @@ def test_quantized_layer_on_cuda_matches_its_cpu_path(kind, tolerance, rows):
 # The FP8 KV kernels have their own default-tier tests (test_kv_quant_kernels.py).
 @pytest.mark.parametrize("kind", sweep(["int8", "fp8"], core=("int8",)))
 def test_quantized_kv_engine_on_cuda_matches_the_cpu_engine(kind, tmp_path):
-    from builder_service.builder import EngineBuilder
     from builder_service.settings import BuildSpec
-    from builder_service.sources import SourceResolver
     from runtime_service.engine.executor import Executor, ExecutorOptions
     from runtime_service.engine.request import Request, SamplingParams
     from runtime_service.format.engine_config import QuantConfig
-    from runtime_service.store import open_store
     from support.random_llama import make_random_llama
     hf = make_random_llama(tmp_path / "hf", num_hidden_layers=2)
-    builder = EngineBuilder(open_store(str(tmp_path / "store")),
-                            SourceResolver(tmp_path / "w", None), tmp_path / "w")
+    builder = local_builder(tmp_path)
     # layer 0 and the down projections stay float: one graph mixes both kinds of linear
     key = builder.build(BuildSpec(source=str(hf), dtype="float32", quant=QuantConfig(
         algo="W8A16", kv_cache_dtype=kind,

@@ -8,11 +8,9 @@ import pytest
 from runtime_service.distributed.rank_worker import start_ranked_executor
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
-from builder_service.builder import EngineBuilder
 from builder_service.settings import BuildSpec
-from builder_service.sources import SourceResolver
 from runtime_service.format.engine_config import Mapping, QuantConfig
-from runtime_service.store import open_store
+from support.engine_logits import local_builder
 from support.random_llama import make_random_llama
 
 PROMPTS = [[5, 17, 99, 3, 250, 8, 9], list(range(10, 50))]
@@ -25,8 +23,7 @@ def engines(tmp_path_factory):
     """Built in process (a subprocess per build costs its imports every time)."""
     hf = make_random_llama(tmp_path_factory.mktemp("hf") / "llama", num_hidden_layers=2)
     work = tmp_path_factory.mktemp("work")
-    builder = EngineBuilder(open_store(str(work / "store")), SourceResolver(work / "w", None),
-                            work / "w")
+    builder = local_builder(work)
     out = {}
     for algo in ALGOS:
         for tp, pp in [(1, 1), (2, 2)]:
@@ -67,8 +64,7 @@ def test_one_kv_head_and_an_odd_vocabulary_on_two_ranks_give_the_single_rank_tok
     before sampling): the ranks' tokens are one rank's, here with int4 weights."""
     hf = make_random_llama(tmp_path / "hf", num_hidden_layers=2, num_key_value_heads=1,
                            vocab_size=321)
-    builder = EngineBuilder(open_store(str(tmp_path / "store")),
-                            SourceResolver(tmp_path / "w", None), tmp_path / "w")
+    builder = local_builder(tmp_path)
     folders = {}
     for tp in (1, 2):
         outcome = builder.build(BuildSpec(

@@ -8,22 +8,19 @@ import logging
 
 import pytest
 
-from builder_service.builder import EngineBuilder
 from builder_service.engine_key import engine_key
 from builder_service.settings import BuildSpec
-from builder_service.sources import SourceResolver
 from runtime_service.errors import FailedPrecondition, InvalidRequest
 from runtime_service.format.engine_config import Mapping, QuantConfig
 from runtime_service.format.linear_names import matching_no_linear
-from runtime_service.store import open_store
+from support.engine_logits import local_builder
 from support.tiny_llama import make_tiny_llama
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("settings")
-    builder = EngineBuilder(open_store(str(root / "store")), SourceResolver(root / "w", None),
-                            root / "w")
+    builder = local_builder(root)
     return builder, make_tiny_llama(root / "hf" / "tiny")
 
 

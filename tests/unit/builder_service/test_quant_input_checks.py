@@ -10,12 +10,11 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from builder_service.builder import EngineBuilder
 from builder_service.settings import BuildSpec
-from builder_service.sources import SourceResolver
 from runtime_service.errors import InvalidRequest
 from runtime_service.format.engine_config import QuantConfig
 from runtime_service.store import open_store
+from support.engine_logits import local_builder
 
 GROUP = 32
 WORDS = " ".join(f"w{(i * 37) % 250}" for i in range(1500))
@@ -38,8 +37,7 @@ def _build(tmp_path, folder, algo):
                                for i in range(0, len(words), 500)))
     quant = QuantConfig(algo=algo, group_size=GROUP, **(
         {"calib_num_samples": 2, "calib_seq_len": 32} if calibrated else {}))
-    builder = EngineBuilder(open_store(str(tmp_path / "store")),
-                            SourceResolver(tmp_path / "w", None), tmp_path / "w")
+    builder = local_builder(tmp_path)
     builder.build(BuildSpec(source=str(folder), dtype="float32", quant=quant,
                             calib_data=str(calib) if calibrated else ""), lambda _: None)
 

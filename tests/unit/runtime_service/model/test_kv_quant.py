@@ -6,15 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from builder_service.builder import EngineBuilder
 from builder_service.settings import BuildSpec
-from builder_service.sources import SourceResolver
 from runtime_service.engine.executor import Executor, ExecutorOptions
 from runtime_service.engine.request import Request, SamplingParams
 from runtime_service.format.engine_config import QuantConfig
 from runtime_service.model.layers.kv_quant import (QuantizedKVCache, allocate_kv_cache,
                                                    dequantize_kv, quantize_kv)
-from runtime_service.store import open_store
+from support.engine_logits import local_builder
 from support.random_llama import make_random_llama
 
 CODES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -54,8 +52,7 @@ def test_cache_writes_quantize_reads_dequantize_and_block_copies_are_exact(kind)
 def engines(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kv")
     hf = make_random_llama(tmp / "hf", num_hidden_layers=2)
-    builder = EngineBuilder(open_store(str(tmp / "store")), SourceResolver(tmp / "w", None),
-                            tmp / "w")
+    builder = local_builder(tmp)
     out = {}
     for kind in ("auto", "int8", "fp8"):
         outcome = builder.build(BuildSpec(source=str(hf), dtype="float32", max_beam_width=2,
