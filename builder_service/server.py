@@ -118,9 +118,6 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
             outcome = job.result()
             record.finish("cached" if outcome.cached else "built", outcome.engine.engine_key)
             yield result_event(outcome)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
         except Exception as exc:
             code, message = grpc_status(exc)
             log.info("build source=%s status=%s seconds=%.2f: %s",
@@ -129,7 +126,11 @@ class BuilderServicer(builder_pb2_grpc.BuilderServicer):
             record.finish(code.name)
             await context.abort(code, message)
         finally:
-            if not record.finished:         # the client left (cancel, deadline, disconnect)
+            # The client left (cancel, deadline, disconnect). grpc.aio's cancel reaches this
+            # generator as CancelledError only while it awaits; one that lands while gRPC
+            # sends a yielded event closes it at that yield (GeneratorExit). Both end here.
+            if not record.finished:
+                cancelled.set()
                 record.finish("CANCELLED")
 
     async def _unary(self, context, fn, *args):
